@@ -1,0 +1,61 @@
+//! Starts descendants of every kind, prints their pids (`pid <what> <pid>`,
+//! then `ready`) and hangs, waiting to be SIGKILLed by a test.
+
+use corral::{Process, Sender, StartMethod};
+use corral_fixtures::hang;
+use std::io::Write;
+
+fn nested(tx: Sender) {
+    let grandchild = corral::spawn(hang::<()>, ()).expect("nested spawn");
+    let server = corral::internal::fork_server_pid().unwrap_or(0);
+    tx.send(&(grandchild.pid(), server)).expect("report");
+    hang(())
+}
+
+fn main() {
+    corral::init();
+    let mut pids: Vec<(&str, u32)> = Vec::new();
+    pids.push((
+        "fork-server",
+        corral::internal::fork_server_pid().expect("a fork server"),
+    ));
+    let mut keep = Vec::new();
+    for (what, method) in [
+        ("forkserver-child", StartMethod::ForkServer),
+        ("spawn-child", StartMethod::Spawn),
+        ("fork-child", StartMethod::Fork),
+    ] {
+        let daemon = what == "spawn-child";
+        let child = Process::builder()
+            .start_method(method)
+            .daemon(daemon)
+            .spawn(hang::<()>, ())
+            .expect(what);
+        pids.push((what, child.pid()));
+        keep.push(child);
+    }
+    let from_thread = std::thread::spawn(|| {
+        Process::builder()
+            .start_method(StartMethod::Fork)
+            .spawn(hang::<()>, ())
+            .expect("fork from thread")
+    })
+    .join()
+    .expect("thread");
+    pids.push(("fork-child-from-thread", from_thread.pid()));
+    keep.push(from_thread);
+    let (rx, tx) = corral::Pipe::simplex().expect("pipe");
+    let middle = corral::spawn(nested, tx).expect("nested parent");
+    let (grandchild, nested_server): (u32, u32) = rx.recv().expect("nested report");
+    pids.push(("nested-parent", middle.pid()));
+    pids.push(("grandchild", grandchild));
+    pids.push(("nested-fork-server", nested_server));
+    let mut out = std::io::stdout().lock();
+    for (what, pid) in pids {
+        writeln!(out, "pid {what} {pid}").expect("stdout");
+    }
+    writeln!(out, "ready").expect("stdout");
+    out.flush().expect("stdout");
+    drop(out);
+    hang(())
+}

@@ -1,0 +1,100 @@
+//! Functions and programs that misbehave on purpose, for corral's tests.
+//!
+//! The functions are spawn targets (`corral::spawn(corral_fixtures::segfault,
+//! ())`): each really crashes, exits or hangs the process that runs it. The
+//! binaries are whole corral programs for scenarios a test cannot stage in
+//! its own process: a parent that gets SIGKILLed, a program that forgets
+//! `corral::init()`, a program that exits with daemon and non-daemon children.
+#![allow(unsafe_code, reason = "crashing on purpose needs raw signals")]
+
+use std::time::Duration;
+
+/// Kills the calling process with a real `SIGSEGV`: a store to an unmapped
+/// address (Rust's stack-overflow handler lets such a fault through).
+pub fn segfault(_: ()) {
+    let unmapped = std::hint::black_box(16usize) as *mut u8;
+    // SAFETY: not safe at all, on purpose: the store faults and the process
+    // dies of SIGSEGV before anything can observe it.
+    unsafe { unmapped.write_volatile(1) };
+    unreachable!("the store faults");
+}
+
+/// Aborts the calling process (`SIGABRT`).
+pub fn abort(_: ()) {
+    std::process::abort()
+}
+
+/// SIGKILLs the calling process.
+pub fn kill_self(_: ()) {
+    // SAFETY: kill with our own pid has no memory-safety preconditions.
+    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    unreachable!("SIGKILL is fatal");
+}
+
+/// Exits with `code` without returning a result.
+pub fn exit_with(code: i32) {
+    std::process::exit(code)
+}
+
+/// Never returns.
+pub fn hang<T>(_: T) {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Panics with a payload that is not a string.
+pub fn panic_with_number(_: ()) {
+    std::panic::panic_any(42u32)
+}
+
+/// Starts `sleep 600` (a process corral did not create, holding this
+/// process's stdout), sends its pid on `report` and waits for it.
+pub fn grandchild_holding_fd(report: corral::Sender) {
+    let mut child = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .expect("sleep");
+    report.send(&child.id()).expect("report the grandchild");
+    let _ = child.wait();
+}
+
+/// Whether `pid` is gone: no such process, or a zombie awaiting its reaper.
+pub fn is_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// The number of open descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Children of this process that are zombies.
+pub fn zombie_children() -> Vec<u32> {
+    let me = std::process::id().to_string();
+    let Ok(tasks) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                let rest: Vec<&str> = stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .collect();
+                rest.first() == Some(&"Z") && rest.get(1) == Some(&me.as_str())
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,2 @@
+//! Required by `links = "corral"`; nothing to build.
+fn main() {}

@@ -1,0 +1,300 @@
+//! Every public error type of corral, in one place.
+//!
+//! Errors say what happened and, where there is one, what to do about it.
+//! They are `Send + Sync + 'static`; wrapped `io::Error`s stay reachable
+//! through [`std::error::Error::source`].
+
+use std::fmt;
+use std::io;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ExitStatus;
+use crate::process::Child;
+
+/// An error starting a process or using a corral handle.
+///
+/// # Examples
+///
+/// ```
+/// let err = corral::Error::NotInitialized;
+/// assert!(err.to_string().contains("corral::init()"));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A process was started before [`crate::init`] ran.
+    #[error(
+        "corral::init() was not called: make `corral::init();` the first line of `main` \
+         (in a test crate, add `corral::test_support!();` once at its top level)"
+    )]
+    NotInitialized,
+    /// A system call failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What corral was doing.
+        context: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The argument could not be serialized.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The fork server that starts children is gone or answered nonsense.
+    #[error("the corral fork server failed ({0}); it restarts on the next spawn")]
+    ForkServer(String),
+    /// The operation is not available on this platform or configuration.
+    #[error("unsupported: {0}")]
+    Unsupported(&'static str),
+}
+
+impl Error {
+    pub(crate) fn io(context: &'static str) -> impl FnOnce(io::Error) -> Error {
+        move |source| Error::Io { context, source }
+    }
+}
+
+/// A value that could not be serialized or deserialized.
+///
+/// # Examples
+///
+/// ```
+/// let err = corral::CodecError::new("a test");
+/// assert_eq!(err.to_string(), "serialization failed: a test");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("serialization failed: {message}")]
+pub struct CodecError {
+    message: String,
+}
+
+impl CodecError {
+    /// A codec error with a message.
+    pub fn new(message: impl Into<String>) -> CodecError {
+        CodecError {
+            message: message.into(),
+        }
+    }
+
+    /// What went wrong.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// A malformed frame on a corral channel: truncated, oversized or corrupt.
+///
+/// # Examples
+///
+/// ```
+/// let err = corral::WireError::TooLarge { len: 1 << 40, max: 1 << 31 };
+/// assert!(err.to_string().contains("too large"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// The stream ended inside a frame.
+    #[error("frame truncated: expected {expected} bytes, the stream ended after {received}")]
+    Truncated {
+        /// Bytes the frame announced (header included).
+        expected: u64,
+        /// Bytes that arrived.
+        received: u64,
+    },
+    /// The frame announces more than the channel accepts.
+    #[error("frame too large: {len} bytes announced, at most {max} accepted")]
+    TooLarge {
+        /// Announced length.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The frame's content is not a valid corral message.
+    #[error("corrupt frame: {0}")]
+    Corrupt(&'static str),
+}
+
+/// How a child ended, when it did not return a value.
+///
+/// `Display` includes the panic message.
+///
+/// # Examples
+///
+/// ```
+/// use corral::{ExitStatus, ProcessError};
+/// let err = ProcessError::Exited(ExitStatus::Signal(9));
+/// assert_eq!(err.to_string(), "the child ended without a result: killed by signal 9 (SIGKILL)");
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProcessError {
+    /// The child's function panicked.
+    #[error("the child panicked: {0}")]
+    Panicked(RemotePanic),
+    /// The child exited or was killed before it produced a result.
+    #[error("the child ended without a result: {0}")]
+    Exited(ExitStatus),
+    /// The argument or the result could not be (de)serialized.
+    #[error("the child's argument or result failed to cross: {0}")]
+    Codec(CodecError),
+    /// The child refused the task (for example, it runs a different binary).
+    #[error("the child refused to run the task: {0}")]
+    Refused(String),
+    /// The child's exit status is unknown because the fork server died.
+    #[error("the child's fate is unknown: the fork server that reaps it died")]
+    Lost,
+    /// A system call failed while waiting for the child.
+    #[error("waiting for the child failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl ProcessError {
+    /// The panic, if the child panicked.
+    pub fn panic(&self) -> Option<&RemotePanic> {
+        match self {
+            ProcessError::Panicked(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The exit status, if the child ended without a result.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        match self {
+            ProcessError::Exited(s) => Some(*s),
+            _ => None,
+        }
+    }
+}
+
+/// A panic that happened in another process, brought back as data.
+///
+/// # Examples
+///
+/// ```no_run
+/// fn fails(_: ()) -> u8 { panic!("boom") }
+/// corral::init();
+/// let err = corral::spawn(fails, ()).unwrap().join().unwrap_err();
+/// let panic = err.panic().unwrap();
+/// assert_eq!(panic.message, "boom");
+/// println!("{}", panic.backtrace);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemotePanic {
+    /// The panic message (`"Box<dyn Any>"` for a payload that is not a string).
+    pub message: String,
+    /// `file:line:column` of the panic, when known.
+    pub location: Option<String>,
+    /// The child's backtrace at the panic (empty if it could not be captured).
+    pub backtrace: String,
+    /// The process id of the child that panicked.
+    pub pid: u32,
+}
+
+impl fmt::Display for RemotePanic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.location {
+            Some(at) => write!(f, "'{}' at {} (pid {})", self.message, at, self.pid),
+            None => write!(f, "'{}' (pid {})", self.message, self.pid),
+        }
+    }
+}
+
+impl std::error::Error for RemotePanic {}
+
+/// The result of [`Child::join_timeout`]: the child is still running (and is
+/// handed back), or it ended with an error.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use corral::JoinTimeout;
+/// fn slow(_: ()) { std::thread::sleep(Duration::from_secs(5)) }
+/// corral::init();
+/// let child = corral::spawn(slow, ()).unwrap();
+/// match child.join_timeout(Duration::from_millis(10)) {
+///     Err(JoinTimeout::Elapsed(child)) => child.kill().unwrap(),
+///     other => panic!("{other:?}"),
+/// }
+/// ```
+#[derive(thiserror::Error)]
+pub enum JoinTimeout<R> {
+    /// The timeout passed; here is the child back.
+    #[error("the child is still running after the timeout")]
+    Elapsed(Child<R>),
+    /// The child ended without a value.
+    #[error(transparent)]
+    Failed(ProcessError),
+}
+
+impl<R> fmt::Debug for JoinTimeout<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JoinTimeout::Elapsed(child) => f.debug_tuple("Elapsed").field(child).finish(),
+            JoinTimeout::Failed(e) => f.debug_tuple("Failed").field(e).finish(),
+        }
+    }
+}
+
+/// An error sending on a [`crate::Pipe`] end.
+///
+/// # Examples
+///
+/// ```
+/// let (a, b) = corral::Pipe::duplex().unwrap();
+/// drop(b);
+/// assert!(matches!(a.send(&1u8), Err(corral::SendError::Disconnected)));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The other end is closed.
+    #[error("sending on a closed pipe")]
+    Disconnected,
+    /// The value could not be serialized.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// A system call failed.
+    #[error("sending failed: {0}")]
+    Io(io::Error),
+}
+
+/// An error receiving from a [`crate::Pipe`] end.
+///
+/// # Examples
+///
+/// ```
+/// let (a, b) = corral::Pipe::duplex().unwrap();
+/// a.send_bytes(b"hello").unwrap();
+/// let mut small = [0u8; 2];
+/// match b.recv_bytes_into(&mut small) {
+///     Err(corral::RecvError::BufferTooSmall { needed }) => assert_eq!(needed, 5),
+///     other => panic!("{other:?}"),
+/// }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// The other end is closed and nothing is left to read.
+    #[error("receiving on a closed pipe")]
+    Disconnected,
+    /// Nothing arrived before the timeout.
+    #[error("timed out waiting on a pipe")]
+    Timeout,
+    /// The buffer is too small; the message stays queued for the next call.
+    #[error("buffer too small: the message needs {needed} bytes")]
+    BufferTooSmall {
+        /// The size the message needs.
+        needed: usize,
+    },
+    /// The frame was malformed.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The value could not be deserialized.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// A system call failed.
+    #[error("receiving failed: {0}")]
+    Io(io::Error),
+}

@@ -1,0 +1,228 @@
+//! # corral: Python's `multiprocessing`, done right
+//!
+//! corral starts processes that run a function, talks to them over pipes and
+//! never loses track of them. Everything Python's `multiprocessing` promised,
+//! plus what it never kept: a child that crashes is reported exactly (panic
+//! message and backtrace, signal or exit code), nothing hangs, no child
+//! outlives its parent (even a SIGKILLed one), no zombie is left behind.
+//!
+//! ## Quick start
+//!
+//! ```no_run
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! fn main() {
+//!     corral::init(); // first line of main: in a child, it runs the task instead
+//!     let child = corral::spawn(square, 7).unwrap();
+//!     assert_eq!(child.join().unwrap(), 49);
+//! }
+//! ```
+//!
+//! [`init`] must be the first line of `main`: it starts the fork server while
+//! your program is still single-threaded, and in a child started by
+//! re-execution it runs the task and never returns. Forgetting it is a clear
+//! [`Error::NotInitialized`] at the first spawn, never a fork bomb.
+//!
+//! ## Tasks cross as data
+//!
+//! A task is a function `fn(A) -> R` (a closure that captures nothing coerces
+//! to one) and an argument `A`; both `A` and `R` are serde types ([`Data`]).
+//! The child runs the same binary, so the function travels as an offset in
+//! that binary, checked against the child's build-id before it is called.
+//! A struct implementing [`Job`] is the equivalent of subclassing Python's
+//! `Process`. Only [`ProcessBuilder::fork_closure`] runs a capturing closure
+//! (it forks the caller).
+//!
+//! ## Start methods
+//!
+//! [`StartMethod::ForkServer`] (default) forks children from a clean server
+//! started at [`init`]; [`StartMethod::Spawn`] re-executes the binary;
+//! [`StartMethod::Fork`] forks the caller. See [`StartMethod`].
+//!
+//! ```no_run
+//! use corral::{Process, StartMethod};
+//! fn pid(_: ()) -> u32 { std::process::id() }
+//! corral::init();
+//! let child = Process::builder()
+//!     .name("worker")
+//!     .start_method(StartMethod::Spawn)
+//!     .spawn(pid, ())
+//!     .unwrap();
+//! let reported = child.pid();
+//! assert_eq!(child.join().unwrap(), reported);
+//! ```
+//!
+//! ## Panics and crashes come back as data
+//!
+//! ```no_run
+//! use corral::{ExitStatus, ProcessError};
+//! fn fails(_: ()) { panic!("disk full") }
+//! fn crashes(_: ()) { std::process::abort() }
+//! corral::init();
+//! match corral::spawn(fails, ()).unwrap().join() {
+//!     Err(ProcessError::Panicked(p)) => println!("{} at {:?}\n{}", p.message, p.location, p.backtrace),
+//!     other => unreachable!("{other:?}"),
+//! }
+//! let err = corral::spawn(crashes, ()).unwrap().join().unwrap_err();
+//! assert_eq!(err.exit_status(), Some(ExitStatus::Signal(6)));
+//! ```
+//!
+//! ## Waiting, timeouts, signals
+//!
+//! [`Child::join_timeout`] gives the child back when time is up;
+//! [`Child::terminate`] / [`Child::kill`] send SIGTERM / SIGKILL (the latter to
+//! the child's whole process group); [`wait`] waits on several children and
+//! pipe ends at once, like `multiprocessing.connection.wait`.
+//!
+//! ## Pipes
+//!
+//! ```no_run
+//! use corral::{Connection, Pipe};
+//! fn doubler(conn: Connection) {
+//!     while let Ok(n) = conn.recv::<u64>() {
+//!         conn.send(&(n * 2)).unwrap();
+//!     }
+//! }
+//! corral::init();
+//! let (ours, theirs) = Pipe::duplex().unwrap();
+//! let child = corral::spawn(doubler, theirs).unwrap(); // pipe ends are handles: pass them
+//! ours.send(&21u64).unwrap();
+//! assert_eq!(ours.recv::<u64>().unwrap(), 42);
+//! drop(ours); // the child sees end-of-file and returns
+//! child.join().unwrap();
+//! ```
+//!
+//! ## Lifetimes: no zombies, no orphans
+//!
+//! * Every child is reaped: by [`Child::join`], or, for a dropped handle, at
+//!   the next spawn or at exit.
+//! * At normal exit, daemon children are terminated and the others joined
+//!   (Python's semantics).
+//! * If the parent dies, however it dies, its children die within
+//!   milliseconds: the fork server sees its socket close and kills them, and
+//!   each child also carries `PR_SET_PDEATHSIG`.
+//!
+//! ## Testing
+//!
+//! Test binaries have no `main` of yours; add one line at the top level of
+//! each test crate (integration test file or the crate root for unit tests):
+//!
+//! ```ignore
+//! corral::test_support!();
+//! ```
+//!
+//! It runs [`init`] before the test harness starts (an ELF constructor), so
+//! `cargo test` can spawn real processes under every start method.
+//!
+//! ## Platform support
+//!
+//! Linux (pidfd, `close_range`, memfd: kernel 5.9 or later). Other platforms
+//! are not supported yet.
+#![deny(unsafe_code)]
+#![doc(test(attr(deny(warnings))))]
+
+mod error;
+pub mod pipe;
+mod process;
+mod start;
+mod sys;
+mod wire;
+
+pub use error::{
+    CodecError, Error, JoinTimeout, ProcessError, RecvError, RemotePanic, SendError, WireError,
+};
+pub use pipe::{Connection, Pipe, Receiver, Sender};
+pub use process::{Child, ExitStatus, Job, Process, ProcessBuilder, Waitable, spawn, wait};
+pub use start::StartMethod;
+
+/// What can cross a process boundary: serde-serializable, owned, sendable.
+///
+/// Implemented for every type that qualifies.
+///
+/// # Examples
+///
+/// ```
+/// fn takes<T: corral::Data>(_: T) {}
+/// takes((1u8, String::from("two"), vec![3.0f64]));
+/// ```
+pub trait Data: serde::Serialize + serde::de::DeserializeOwned + Send + 'static {}
+
+impl<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static> Data for T {}
+
+/// Prepares this process for corral; call it as the first line of `main`.
+///
+/// * In your program: starts the fork server while the program is still
+///   single-threaded and arranges Python's exit semantics (daemon children
+///   terminated, the others joined).
+/// * In a child started by [`StartMethod::Spawn`], or in a re-executed fork
+///   server: runs that role and **never returns**. Code before `init()` runs
+///   again in such children, which is why it must come first.
+///
+/// Calling it again is harmless.
+///
+/// # Examples
+///
+/// ```no_run
+/// corral::init();
+/// // ... the rest of `main`
+/// ```
+pub fn init() {
+    start::runtime::init();
+}
+
+/// Makes `cargo test` able to spawn processes: runs [`init`] before the test
+/// harness starts. Put it once at the top level of each test crate.
+///
+/// # Examples
+///
+/// ```ignore
+/// corral::test_support!();
+///
+/// fn double(x: i32) -> i32 { x * 2 }
+///
+/// #[test]
+/// fn doubles_in_a_child() {
+///     assert_eq!(corral::spawn(double, 21).unwrap().join().unwrap(), 42);
+/// }
+/// ```
+#[macro_export]
+macro_rules! test_support {
+    () => {
+        #[used]
+        #[allow(unsafe_code)]
+        #[unsafe(link_section = ".init_array")]
+        static __CORRAL_TEST_SUPPORT: extern "C" fn() = {
+            extern "C" fn corral_test_support() {
+                $crate::init();
+            }
+            corral_test_support
+        };
+    };
+}
+
+/// Plumbing for corral's own tests, fuzz targets and benchmarks. Not part of
+/// the public API; may change at any time.
+#[doc(hidden)]
+pub mod internal {
+    pub use crate::wire::{decode_untrusted, frame_bytes, split_frames};
+
+    /// The pid of this process's fork server, if it runs one.
+    pub fn fork_server_pid() -> Option<u32> {
+        crate::start::runtime::server_pid().map(|p| p as u32)
+    }
+
+    /// Spawns (by re-execution) with a forged binary identity, to prove that
+    /// a child refuses a task meant for another binary.
+    pub fn spawn_with_identity<A: crate::Data, R: crate::Data>(
+        identity: Vec<u8>,
+        f: fn(A) -> R,
+        arg: A,
+    ) -> Result<crate::Child<R>, crate::Error> {
+        crate::Process::builder()
+            .start_method(crate::StartMethod::Spawn)
+            .with_identity(identity)
+            .spawn(f, arg)
+    }
+}

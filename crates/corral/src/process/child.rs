@@ -1,0 +1,331 @@
+//! A handle on a running child and the state behind it.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::start::bootstrap::decode_outcome;
+use crate::start::forkserver::decode_status;
+use crate::start::runtime;
+use crate::wire::{self, FrameReader, Progress};
+use crate::{Data, Error, ExitStatus, JoinTimeout, ProcessError, sys};
+
+/// Who reaps the child and so knows its exit status.
+#[derive(Debug)]
+pub(crate) enum Reaper {
+    /// This process forked it and reaps it through its pidfd.
+    Own,
+    /// The fork server forked it; it writes the status to this pipe.
+    Server { status: OwnedFd },
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fate {
+    Exited(ExitStatus),
+    /// The fork server died before it could report the status.
+    Lost,
+}
+
+#[derive(Debug)]
+struct ProcState {
+    reader: FrameReader,
+    frame: Option<Vec<u8>>,
+    /// No more result bytes will be read (a frame arrived, or the stream
+    /// ended or broke).
+    result_done: bool,
+    fate: Option<Fate>,
+}
+
+/// The untyped state of one child process.
+#[derive(Debug)]
+pub(crate) struct Proc {
+    pid: i32,
+    name: Option<String>,
+    daemon: bool,
+    pidfd: OwnedFd,
+    reaper: Reaper,
+    result: OwnedFd,
+    state: Mutex<ProcState>,
+}
+
+impl Proc {
+    pub(crate) fn new(
+        pid: i32,
+        name: Option<String>,
+        daemon: bool,
+        pidfd: OwnedFd,
+        reaper: Reaper,
+        result: OwnedFd,
+    ) -> Proc {
+        let _ = sys::set_nonblocking(result.as_fd(), true);
+        Proc {
+            pid,
+            name,
+            daemon,
+            pidfd,
+            reaper,
+            result,
+            state: Mutex::new(ProcState {
+                reader: FrameReader::new(wire::MAX_FRAME),
+                frame: None,
+                result_done: false,
+                fate: None,
+            }),
+        }
+    }
+
+    pub(crate) fn daemon(&self) -> bool {
+        self.daemon
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ProcState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads whatever result bytes are available without blocking.
+    fn pump(&self, st: &mut ProcState) {
+        while !st.result_done {
+            match st.reader.read_from(self.result.as_fd()) {
+                Ok(Progress::Pending) => return,
+                Ok(Progress::Frame(frame)) => {
+                    st.frame = Some(frame);
+                    st.result_done = true;
+                }
+                // End of stream, a torn frame or an I/O error: the child died
+                // without a (whole) result; its exit status tells the story.
+                Ok(Progress::Eof) | Err(_) => st.result_done = true,
+            }
+        }
+    }
+
+    /// After the child exited: collects its exit status, waiting at most
+    /// until `deadline` for the fork server to report it.
+    fn collect(&self, st: &mut ProcState, deadline: Option<Instant>) -> std::io::Result<bool> {
+        self.pump(st);
+        st.result_done = true;
+        let fate = match &self.reaper {
+            Reaper::Own => match sys::reap(self.pidfd.as_fd(), true)? {
+                Some(status) => Fate::Exited(status),
+                None => return Ok(false),
+            },
+            Reaper::Server { status } => {
+                if !sys::poll_readable(&[status.as_fd()], remaining(deadline))?[0] {
+                    return Ok(false);
+                }
+                let mut message = [0u8; 8];
+                let mut got = 0;
+                while got < message.len() {
+                    match sys::read(status.as_fd(), &mut message[got..])? {
+                        0 => break,
+                        n => got += n,
+                    }
+                }
+                if got == message.len() {
+                    Fate::Exited(decode_status(&message))
+                } else {
+                    Fate::Lost
+                }
+            }
+        };
+        st.fate = Some(fate);
+        Ok(true)
+    }
+
+    /// Waits until the child has exited and its status is known, or until
+    /// `deadline`. Returns whether it finished.
+    pub(crate) fn wait(&self, deadline: Option<Instant>) -> std::io::Result<bool> {
+        loop {
+            let result_done = {
+                let mut st = self.lock();
+                if st.fate.is_some() {
+                    return Ok(true);
+                }
+                self.pump(&mut st);
+                st.result_done
+            };
+            let mut fds = vec![self.pidfd.as_fd()];
+            if !result_done {
+                fds.push(self.result.as_fd());
+            }
+            let ready = sys::poll_readable(&fds, remaining(deadline))?;
+            if ready[0] {
+                let mut st = self.lock();
+                if st.fate.is_some() {
+                    return Ok(true);
+                }
+                return self.collect(&mut st, deadline);
+            }
+            if !ready.iter().any(|&r| r) {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Reaps the child if it has exited, without blocking.
+    pub(crate) fn try_finish(&self) -> bool {
+        self.wait(Some(Instant::now())).unwrap_or(true)
+    }
+
+    /// Sends a signal to the child (race-free through its pidfd).
+    pub(crate) fn signal(&self, sig: sys::Sig) -> std::io::Result<()> {
+        if self.lock().fate.is_some() {
+            return Ok(());
+        }
+        sys::signal(self.pidfd.as_fd(), sig)
+    }
+
+    /// Kills the child and everything in its process group.
+    pub(crate) fn kill_group(&self) -> std::io::Result<()> {
+        let reaped = self.lock().fate.is_some();
+        if !reaped {
+            sys::signal(self.pidfd.as_fd(), sys::Sig::Kill)?;
+            // The group id cannot be reused while the leader is unreaped or
+            // any member is alive.
+            sys::signal_group(self.pid, sys::Sig::Kill)?;
+        }
+        Ok(())
+    }
+
+    fn outcome<R: Data>(&self) -> Result<R, ProcessError> {
+        let mut st = self.lock();
+        if let Some(frame) = st.frame.take() {
+            return decode_outcome(&frame);
+        }
+        match st.fate {
+            Some(Fate::Exited(status)) => Err(ProcessError::Exited(status)),
+            Some(Fate::Lost) | None => Err(ProcessError::Lost),
+        }
+    }
+
+    pub(crate) fn wait_fds(&self) -> Vec<BorrowedFd<'_>> {
+        vec![self.pidfd.as_fd(), self.result.as_fd()]
+    }
+}
+
+fn remaining(deadline: Option<Instant>) -> Option<Duration> {
+    deadline.map(|d| d.saturating_duration_since(Instant::now()))
+}
+
+/// A child process that runs a function and returns an `R`.
+///
+/// Made by [`crate::spawn`] or [`crate::ProcessBuilder`]. Like
+/// `std::thread::JoinHandle`, [`join`](Child::join) waits for the child and
+/// returns its result.
+///
+/// # Dropping
+///
+/// Dropping a `Child` does not stop the process (as in Python). corral still
+/// reaps it (no zombie outlives the next spawn), joins it at normal program
+/// exit unless it is a daemon, and kills it if this process dies.
+///
+/// # Examples
+///
+/// ```no_run
+/// fn add((a, b): (u64, u64)) -> u64 { a + b }
+/// corral::init();
+/// let child = corral::spawn(add, (1, 2)).unwrap();
+/// println!("running as pid {}", child.pid());
+/// assert_eq!(child.join().unwrap(), 3);
+/// ```
+pub struct Child<R> {
+    proc: Arc<Proc>,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R> fmt::Debug for Child<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Child")
+            .field("pid", &self.proc.pid)
+            .field("name", &self.proc.name)
+            .field("daemon", &self.proc.daemon)
+            .finish()
+    }
+}
+
+impl<R: Data> Child<R> {
+    pub(crate) fn new(proc: Proc) -> Child<R> {
+        let proc = Arc::new(proc);
+        runtime::register(proc.clone());
+        Child {
+            proc,
+            _result: PhantomData,
+        }
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid as u32
+    }
+
+    /// The child's name, if it was given one.
+    pub fn name(&self) -> Option<&str> {
+        self.proc.name.as_deref()
+    }
+
+    /// Whether the child is a daemon (terminated, not joined, at exit).
+    pub fn is_daemon(&self) -> bool {
+        self.proc.daemon
+    }
+
+    /// Whether the child is still running.
+    pub fn is_alive(&self) -> bool {
+        !self.proc.try_finish()
+    }
+
+    /// Waits for the child to exit and returns its result.
+    ///
+    /// # Errors
+    ///
+    /// [`ProcessError::Panicked`] with the child's panic message, location and
+    /// backtrace; [`ProcessError::Exited`] with the exit code or signal if it
+    /// ended without a result (crash, `exit`, kill); [`ProcessError::Codec`]
+    /// if the argument or result could not cross.
+    pub fn join(self) -> Result<R, ProcessError> {
+        self.proc.wait(None)?;
+        runtime::unregister(&self.proc);
+        self.proc.outcome()
+    }
+
+    /// Like [`join`](Child::join), but gives up after `timeout` and hands the
+    /// child back in [`JoinTimeout::Elapsed`].
+    #[doc(alias = "join_deadline")]
+    pub fn join_timeout(self, timeout: Duration) -> Result<R, JoinTimeout<R>> {
+        match self.proc.wait(Some(Instant::now() + timeout)) {
+            Ok(true) => {
+                runtime::unregister(&self.proc);
+                self.proc.outcome().map_err(JoinTimeout::Failed)
+            }
+            Ok(false) => Err(JoinTimeout::Elapsed(self)),
+            Err(e) => Err(JoinTimeout::Failed(ProcessError::Io(e))),
+        }
+    }
+
+    /// Sends `SIGTERM` to the child. A child that already exited is not an error.
+    pub fn terminate(&self) -> Result<(), Error> {
+        self.proc
+            .signal(sys::Sig::Term)
+            .map_err(Error::io("sending SIGTERM"))
+    }
+
+    /// Sends `SIGKILL` to the child and its process group (anything it started
+    /// with `std::process::Command`, say). A child that already exited is not
+    /// an error.
+    pub fn kill(&self) -> Result<(), Error> {
+        self.proc.kill_group().map_err(Error::io("sending SIGKILL"))
+    }
+
+    /// The exit status, if the child has exited (never blocks).
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.proc.try_finish();
+        match self.proc.lock().fate {
+            Some(Fate::Exited(status)) => Some(status),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn proc(&self) -> &Proc {
+        &self.proc
+    }
+}

@@ -1,0 +1,257 @@
+//! The child side of a start: run the task, report its outcome, exit.
+//!
+//! The outcome travels back as one frame on the child's result socket: a tag
+//! byte followed by the encoded value, panic, refusal or codec error. A child
+//! that dies before writing a whole frame is reported through its exit status.
+
+use std::cell::{Cell, RefCell};
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Once;
+
+use serde::{Deserialize, Serialize};
+
+use crate::sys::code::{Entry, Verified};
+use crate::{CodecError, Data, ProcessError, RemotePanic, sys, wire};
+
+/// What the parent sends with a start request, except the argument bytes.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct StartMeta {
+    /// The parent's [`sys::executable_identity`].
+    pub(crate) identity: Vec<u8>,
+    /// Offset of the typed entry point (a [`trampoline`]).
+    pub(crate) entry: i64,
+    /// Offset of the user's function.
+    pub(crate) func: i64,
+    /// The child's name, for `ps`.
+    pub(crate) name: Option<String>,
+}
+
+/// How a task ended, as the child reports it.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Value(Vec<u8>),
+    Panic(RemotePanic),
+    Refused(String),
+    Codec(CodecError),
+}
+
+const TAG_VALUE: u8 = 0;
+const TAG_PANIC: u8 = 1;
+const TAG_REFUSED: u8 = 2;
+const TAG_CODEC: u8 = 3;
+
+impl Outcome {
+    /// The child's exit code for this outcome (1 for a panic, like Python's
+    /// exit code for an uncaught exception).
+    fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::Value(_) => 0,
+            Outcome::Panic(_) => 1,
+            Outcome::Refused(_) => 2,
+            Outcome::Codec(_) => 3,
+        }
+    }
+
+    /// Writes the outcome as one frame.
+    pub(crate) fn write_to(&self, fd: BorrowedFd<'_>) -> std::io::Result<()> {
+        let encoded;
+        let (tag, body): (u8, &[u8]) = match self {
+            Outcome::Value(bytes) => (TAG_VALUE, bytes),
+            Outcome::Panic(p) => {
+                encoded = postcard::to_stdvec(p).unwrap_or_default();
+                (TAG_PANIC, &encoded)
+            }
+            Outcome::Refused(msg) => (TAG_REFUSED, msg.as_bytes()),
+            Outcome::Codec(e) => (TAG_CODEC, e.message().as_bytes()),
+        };
+        wire::write_frame(fd, &[&[tag], body], &[])
+    }
+}
+
+/// Turns a result frame into the task's value or error.
+pub(crate) fn decode_outcome<R: Data>(frame: &[u8]) -> Result<R, ProcessError> {
+    let Some((&tag, body)) = frame.split_first() else {
+        return Err(ProcessError::Codec(CodecError::new("empty result frame")));
+    };
+    let text = || String::from_utf8_lossy(body).into_owned();
+    match tag {
+        TAG_VALUE => wire::decode(body, Vec::new()).map_err(ProcessError::Codec),
+        TAG_PANIC => match postcard::from_bytes::<RemotePanic>(body) {
+            Ok(p) => Err(ProcessError::Panicked(p)),
+            Err(e) => Err(ProcessError::Codec(CodecError::new(format!(
+                "bad panic report: {e}"
+            )))),
+        },
+        TAG_REFUSED => Err(ProcessError::Refused(text())),
+        TAG_CODEC => Err(ProcessError::Codec(CodecError::new(text()))),
+        _ => Err(ProcessError::Codec(CodecError::new(format!(
+            "unknown result tag {tag}"
+        )))),
+    }
+}
+
+/// The entry offset for tasks of type `fn(A) -> R`.
+pub(crate) fn entry_offset<A: Data, R: Data>() -> i64 {
+    sys::code::offset_of(trampoline::<A, R> as Entry as usize)
+}
+
+/// The function offset of `f`.
+pub(crate) fn func_offset<A, R>(f: fn(A) -> R) -> i64 {
+    sys::code::offset_of(sys::code::fn_addr(f))
+}
+
+fn trampoline<A: Data, R: Data>(
+    verified: &Verified,
+    func: i64,
+    arg: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Outcome {
+    let f = verified.func::<A, R>(func);
+    match wire::decode::<A>(arg, fds) {
+        Ok(arg) => run_body(move || f(arg)),
+        Err(e) => Outcome::Codec(CodecError::new(format!("the argument: {}", e.message()))),
+    }
+}
+
+/// Runs a start message's task: checks the binary, then calls the entry.
+pub(crate) fn run_task(meta: &StartMeta, arg: &[u8], fds: Vec<OwnedFd>) -> Outcome {
+    match Verified::check(&meta.identity) {
+        Ok(verified) => (verified.entry(meta.entry))(&verified, meta.func, arg, fds),
+        Err(why) => Outcome::Refused(why),
+    }
+}
+
+thread_local! {
+    static CAPTURING: Cell<bool> = const { Cell::new(false) };
+    static LAST_PANIC: RefCell<Option<(Option<String>, String)>> = const { RefCell::new(None) };
+}
+
+fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if CAPTURING.get() {
+                let location = info.location().map(|l| l.to_string());
+                let backtrace = std::backtrace::Backtrace::force_capture().to_string();
+                LAST_PANIC.with(|p| *p.borrow_mut() = Some((location, backtrace)));
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Runs `body` in this child, catching a panic as data.
+pub(crate) fn run_body<R: serde::Serialize>(body: impl FnOnce() -> R) -> Outcome {
+    install_panic_hook();
+    CAPTURING.set(true);
+    let result = catch_unwind(AssertUnwindSafe(body));
+    CAPTURING.set(false);
+    match result {
+        Ok(value) => match wire::encode(&value) {
+            Ok(encoded) if encoded.fds.is_empty() => Outcome::Value(encoded.bytes),
+            Ok(_) => Outcome::Codec(CodecError::new(
+                "the result contains corral handles; send handles over a Pipe instead",
+            )),
+            Err(e) => Outcome::Codec(CodecError::new(format!("the result: {}", e.message()))),
+        },
+        Err(payload) => {
+            let message = if let Some(s) = payload.downcast_ref::<&str>() {
+                (*s).to_owned()
+            } else if let Some(s) = payload.downcast_ref::<String>() {
+                s.clone()
+            } else {
+                "Box<dyn Any>".to_owned()
+            };
+            let (location, backtrace) = LAST_PANIC
+                .with(|p| p.borrow_mut().take())
+                .unwrap_or((None, String::new()));
+            // The payload may itself panic on drop; keep it out of the report.
+            std::mem::forget(payload);
+            Outcome::Panic(RemotePanic {
+                message,
+                location,
+                backtrace,
+                pid: sys::getpid() as u32,
+            })
+        }
+    }
+}
+
+/// Reports `outcome` on `result` and ends the child.
+///
+/// Exits through `std::process::exit`, so this child's own non-daemon
+/// children are joined first (see [`crate::init`]).
+pub(crate) fn finish(result: BorrowedFd<'_>, outcome: Outcome) -> ! {
+    let code = outcome.exit_code();
+    if outcome.write_to(result).is_err() {
+        // The parent is gone or stopped listening: nobody wants the result.
+        sys::exit_immediately(code);
+    }
+    drop(outcome);
+    std::process::exit(code)
+}
+
+/// Environment variable through which an exec'd child finds its start message.
+pub(crate) const BOOT_ENV: &str = "CORRAL_BOOT";
+
+/// Serializes the boot descriptor list for an exec'd child.
+pub(crate) fn boot_spec(memfd: RawFd, result: RawFd, handles: &[RawFd]) -> String {
+    let mut spec = format!("{memfd},{result}");
+    for fd in handles {
+        spec.push_str(&format!(",{fd}"));
+    }
+    spec
+}
+
+/// The body of a boot file: `[meta length: u32 LE][meta][argument]`.
+pub(crate) fn boot_file(meta: &[u8], arg: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + meta.len() + arg.len());
+    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    out.extend_from_slice(meta);
+    out.extend_from_slice(arg);
+    out
+}
+
+/// Entry of a child started by re-execution: called by `init()` when
+/// [`BOOT_ENV`] is set. Never returns.
+pub(crate) fn run_exec_child(spec: &OsStr) -> ! {
+    let numbers: Option<Vec<RawFd>> = spec
+        .to_str()
+        .and_then(|s| s.split(',').map(str::parse).collect::<Result<_, _>>().ok());
+    let Some(numbers) = numbers.filter(|n| n.len() >= 2 && n.iter().all(|&fd| sys::is_open(fd)))
+    else {
+        eprintln!("corral: malformed {BOOT_ENV}={spec:?}; this process was not started by corral");
+        sys::exit_immediately(2);
+    };
+    let mut fds = sys::adopt_inherited_fds(&numbers).into_iter();
+    let (memfd, result) = (fds.next().expect("checked"), fds.next().expect("checked"));
+    let handles: Vec<OwnedFd> = fds.collect();
+    for fd in handles.iter().chain([&memfd, &result]) {
+        let _ = sys::set_cloexec(fd.as_fd(), true);
+    }
+    let outcome = match read_boot_file(memfd) {
+        Ok((meta, arg)) => run_task(&meta, &arg, handles),
+        Err(why) => Outcome::Refused(why),
+    };
+    finish(result.as_fd(), outcome)
+}
+
+fn read_boot_file(memfd: OwnedFd) -> Result<(StartMeta, Vec<u8>), String> {
+    let bytes = std::fs::read(format!("/proc/self/fd/{}", sys::raw(&memfd)))
+        .map_err(|e| format!("reading the start message: {e}"))?;
+    drop(memfd);
+    let meta_len = bytes
+        .get(..4)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+        .ok_or("start message too short")?;
+    let meta_bytes = bytes
+        .get(4..4 + meta_len)
+        .ok_or("start message truncated")?;
+    let meta: StartMeta =
+        postcard::from_bytes(meta_bytes).map_err(|e| format!("corrupt start message: {e}"))?;
+    Ok((meta, bytes[4 + meta_len..].to_vec()))
+}

@@ -1,0 +1,442 @@
+//! The fork server: a small single-threaded process that forks children on
+//! request.
+//!
+//! # Protocol
+//!
+//! The parent holds one end of a Unix stream socket; the server the other. A
+//! request is a 16-byte header `[kind: u32][meta length: u32][arg length:
+//! u64]` (little-endian), the encoded [`StartMeta`], the argument bytes and,
+//! attached with `SCM_RIGHTS`, the child's result socket, the write end of its
+//! status pipe and the descriptors of the handles in the argument. The server
+//! forks, answers `[pid: i32][errno: i32]` with a pidfd of the child attached,
+//! and from then on watches the child: when it exits, the server reaps it and
+//! writes its wait status to the status pipe.
+//!
+//! A `watch` request hands the server a pidfd of a child the parent forked
+//! itself (the Fork start method from a non-main thread), for the last duty
+//! below.
+//!
+//! # Lifetime
+//!
+//! The server sees end-of-file on its socket when the parent dies, however it
+//! dies (only the parent holds that end, close-on-exec). It then kills every
+//! child it started or watches, with their process groups, reaps its own and
+//! exits. That is how no process outlives a SIGKILLed parent. The server's
+//! own children also carry `PR_SET_PDEATHSIG(SIGKILL)` (tied to the server),
+//! so they die with it whatever kills it.
+//!
+//! [`StartMeta`]: super::bootstrap::StartMeta
+
+use std::ffi::CString;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+
+use super::bootstrap::{self, BOOT_ENV, Outcome, StartMeta};
+use crate::{Error, sys, wire};
+
+/// Environment variable through which an exec'd fork server finds its socket.
+pub(crate) const SERVER_ENV: &str = "CORRAL_SERVER";
+
+const KIND_FORK: u32 = 0;
+const KIND_EXEC: u32 = 1;
+const KIND_WATCH: u32 = 2;
+
+const MAX_META: usize = 1 << 20;
+
+/// How the server should start a child.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Launch {
+    /// Fork and run the task in the forked child.
+    Fork,
+    /// Fork and re-execute the binary.
+    Exec,
+}
+
+/// The parent's connection to its fork server.
+#[derive(Debug)]
+pub(crate) struct ServerClient {
+    sock: OwnedFd,
+    pid: i32,
+}
+
+impl ServerClient {
+    /// Starts a fork server for the calling process: forked directly while the
+    /// process is single-threaded, re-executed otherwise.
+    pub(crate) fn start() -> Result<ServerClient, Error> {
+        let (ours, theirs) =
+            sys::socketpair().map_err(Error::io("creating the fork server socket"))?;
+        let parent = sys::getpid();
+        // No death signal for the server: it must outlive the parent by the
+        // moment it takes to see end-of-file and kill the children it watches.
+        let die_with_parent = false;
+        let theirs_raw = sys::raw(&theirs);
+        let pid = if sys::thread_count() == 1 {
+            sys::fork_with(|| {
+                sys::enter_child(parent, die_with_parent, Some("corral-server"));
+                sys::close_all_except(&[theirs_raw]);
+                serve(theirs_raw)
+            })
+        } else {
+            let argv = sys::own_cmdline();
+            let mut env = exec_env();
+            env.push(
+                sys::c_string(format!("{SERVER_ENV}={theirs_raw}").as_bytes())
+                    .map_err(Error::io("preparing the fork server"))?,
+            );
+            sys::fork_with(|| {
+                // Only async-signal-safe calls until exec: the process may
+                // have other threads.
+                sys::enter_child(parent, die_with_parent, None);
+                let _ = sys::set_cloexec(theirs.as_fd(), false);
+                let _ = sys::exec_self(&argv, &env);
+                sys::exit_immediately(127)
+            })
+        }
+        .map_err(Error::io("forking the fork server"))?;
+        drop(theirs);
+        Ok(ServerClient { sock: ours, pid })
+    }
+
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The raw number of the parent's end of the socket.
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        sys::raw(&self.sock)
+    }
+
+    /// Asks the server to start a child. `fds` are the child's result socket,
+    /// the write end of its status pipe, then the argument's handles.
+    pub(crate) fn spawn(
+        &self,
+        launch: Launch,
+        meta: &[u8],
+        arg: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(i32, OwnedFd), Error> {
+        let kind = match launch {
+            Launch::Fork => KIND_FORK,
+            Launch::Exec => KIND_EXEC,
+        };
+        self.send(kind, meta, arg, fds)?;
+        let mut reply = [0u8; 8];
+        let mut got = 0;
+        let mut received = Vec::new();
+        while got < reply.len() {
+            let n = sys::recv_with_fds(self.sock.as_fd(), &mut reply[got..], &mut received)
+                .map_err(|e| Error::ForkServer(format!("reading its answer: {e}")))?;
+            if n == 0 {
+                return Err(Error::ForkServer("it closed the connection".into()));
+            }
+            got += n;
+        }
+        let pid = i32::from_le_bytes(reply[..4].try_into().expect("4 bytes"));
+        let errno = i32::from_le_bytes(reply[4..].try_into().expect("4 bytes"));
+        if pid <= 0 {
+            return Err(Error::Io {
+                context: "the fork server could not fork",
+                source: io::Error::from_raw_os_error(errno),
+            });
+        }
+        let pidfd = received
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::ForkServer("its answer carried no pidfd".into()))?;
+        Ok((pid, pidfd))
+    }
+
+    /// Asks the server to kill `pidfd`'s process if this process dies.
+    pub(crate) fn watch(&self, pid: i32, pidfd: BorrowedFd<'_>) -> Result<(), Error> {
+        self.send(KIND_WATCH, &pid.to_le_bytes(), &[], &[pidfd])
+    }
+
+    fn send(
+        &self,
+        kind: u32,
+        meta: &[u8],
+        arg: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), Error> {
+        let mut header = [0u8; 16];
+        header[..4].copy_from_slice(&kind.to_le_bytes());
+        header[4..8].copy_from_slice(&(meta.len() as u32).to_le_bytes());
+        header[8..].copy_from_slice(&(arg.len() as u64).to_le_bytes());
+        wire::send_all(self.sock.as_fd(), &[&header, meta, arg], fds)
+            .map_err(|e| Error::ForkServer(format!("sending a request: {e}")))
+    }
+}
+
+/// The environment for re-executed children: ours without corral's variables.
+fn exec_env() -> Vec<CString> {
+    std::env::vars_os()
+        .filter(|(k, _)| k != BOOT_ENV && k != SERVER_ENV)
+        .filter_map(|(k, v)| {
+            let mut entry = k.into_encoded_bytes();
+            entry.push(b'=');
+            entry.extend(v.into_encoded_bytes());
+            CString::new(entry).ok()
+        })
+        .collect()
+}
+
+/// Entry of a fork server started by re-execution (from `init()`).
+pub(crate) fn serve_exec(spec: &std::ffi::OsStr) -> ! {
+    match spec
+        .to_str()
+        .and_then(|s| s.parse::<RawFd>().ok())
+        .filter(|&fd| sys::is_open(fd))
+    {
+        Some(fd) => serve(fd),
+        None => sys::exit_immediately(2),
+    }
+}
+
+struct Kid {
+    pid: i32,
+    pidfd: OwnedFd,
+    /// The status pipe for children the server forked; `None` for watched ones.
+    status: Option<OwnedFd>,
+}
+
+struct Request {
+    kind: u32,
+    meta: Vec<u8>,
+    arg: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+/// The server loop. Never returns.
+fn serve(ctrl: RawFd) -> ! {
+    let ctrl = sys::adopt_inherited_fds(&[ctrl])
+        .pop()
+        .expect("one descriptor");
+    let _ = sys::set_cloexec(ctrl.as_fd(), true);
+    let server_pid = sys::getpid();
+    let argv = sys::own_cmdline();
+    let env = exec_env();
+    let mut kids: Vec<Kid> = Vec::new();
+    loop {
+        let ready = {
+            let mut fds = vec![ctrl.as_fd()];
+            fds.extend(kids.iter().map(|k| k.pidfd.as_fd()));
+            sys::poll_readable(&fds, None)
+        };
+        let Ok(ready) = ready else { shutdown(kids) };
+        for i in (0..kids.len()).rev() {
+            if ready[i + 1] {
+                report(kids.swap_remove(i));
+            }
+        }
+        if ready[0] {
+            match read_request(ctrl.as_fd()) {
+                Ok(Some(request)) => handle(request, &ctrl, &mut kids, server_pid, &argv, &env),
+                Ok(None) | Err(_) => shutdown(kids),
+            }
+        }
+    }
+}
+
+fn report(kid: Kid) {
+    let Some(status) = kid.status else { return };
+    let mut message = [0u8; 8];
+    match sys::reap(kid.pidfd.as_fd(), true) {
+        Ok(Some(crate::ExitStatus::Code(code))) => {
+            message[4..].copy_from_slice(&code.to_le_bytes())
+        }
+        Ok(Some(crate::ExitStatus::Signal(sig))) => {
+            message[0] = 1;
+            message[4..].copy_from_slice(&sig.to_le_bytes());
+        }
+        // Not reapable: close the pipe without a status ("lost").
+        Ok(None) | Err(_) => return,
+    }
+    let _ = sys::write_all(status.as_fd(), &message);
+}
+
+/// Decodes a status-pipe message written by the server.
+pub(crate) fn decode_status(message: &[u8; 8]) -> crate::ExitStatus {
+    let value = i32::from_le_bytes(message[4..].try_into().expect("4 bytes"));
+    if message[0] == 1 {
+        crate::ExitStatus::Signal(value)
+    } else {
+        crate::ExitStatus::Code(value)
+    }
+}
+
+fn shutdown(kids: Vec<Kid>) -> ! {
+    for kid in &kids {
+        let _ = sys::signal(kid.pidfd.as_fd(), sys::Sig::Kill);
+        let _ = sys::signal_group(kid.pid, sys::Sig::Kill);
+    }
+    for kid in kids {
+        if kid.status.is_some() {
+            let _ = sys::reap(kid.pidfd.as_fd(), true);
+        }
+    }
+    sys::exit_immediately(0)
+}
+
+fn read_request(ctrl: BorrowedFd<'_>) -> io::Result<Option<Request>> {
+    let mut header = [0u8; 16];
+    let mut got = 0;
+    let mut fds = Vec::new();
+    while got < header.len() {
+        let n = sys::recv_with_fds(ctrl, &mut header[got..], &mut fds)?;
+        if n == 0 {
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(io::ErrorKind::UnexpectedEof.into())
+            };
+        }
+        got += n;
+    }
+    let kind = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+    let meta_len = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as usize;
+    let arg_len = u64::from_le_bytes(header[8..].try_into().expect("8 bytes"));
+    if meta_len > MAX_META || arg_len > wire::MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "oversized request",
+        ));
+    }
+    let meta = wire::read_exact_growing(ctrl, meta_len, &mut fds)?;
+    let arg = wire::read_exact_growing(ctrl, arg_len as usize, &mut fds)?;
+    Ok(Some(Request {
+        kind,
+        meta,
+        arg,
+        fds,
+    }))
+}
+
+fn handle(
+    request: Request,
+    ctrl: &OwnedFd,
+    kids: &mut Vec<Kid>,
+    server_pid: i32,
+    argv: &[CString],
+    env: &[CString],
+) {
+    let Request {
+        kind,
+        meta,
+        arg,
+        mut fds,
+    } = request;
+    if kind == KIND_WATCH {
+        if let (Some(pidfd), Ok(pid)) = (
+            fds.pop(),
+            meta.as_slice().try_into().map(i32::from_le_bytes),
+        ) {
+            kids.push(Kid {
+                pid,
+                pidfd,
+                status: None,
+            });
+        }
+        return;
+    }
+    let reply = |pid: i32, errno: i32, pidfd: Option<&OwnedFd>| {
+        let mut message = [0u8; 8];
+        message[..4].copy_from_slice(&pid.to_le_bytes());
+        message[4..].copy_from_slice(&errno.to_le_bytes());
+        let attached: Vec<BorrowedFd<'_>> = pidfd.map(|fd| fd.as_fd()).into_iter().collect();
+        let _ = sys::send_with_fds(ctrl.as_fd(), &[IoSlice::new(&message)], &attached);
+    };
+    if fds.len() < 2 || (kind != KIND_FORK && kind != KIND_EXEC) {
+        return reply(-1, libc::EINVAL, None);
+    }
+    let status = fds.remove(1);
+    let result_raw = sys::raw(&fds[0]);
+    let handle_raws: Vec<RawFd> = fds[1..].iter().map(sys::raw).collect();
+    let forked = sys::fork_with(|| {
+        child_main(
+            kind,
+            &meta,
+            &arg,
+            result_raw,
+            &handle_raws,
+            server_pid,
+            argv,
+            env,
+        )
+    });
+    drop(fds);
+    match forked.and_then(|pid| Ok((pid, sys::pidfd_open(pid)?))) {
+        Ok((pid, pidfd)) => {
+            reply(pid, 0, Some(&pidfd));
+            kids.push(Kid {
+                pid,
+                pidfd,
+                status: Some(status),
+            });
+        }
+        Err(e) => reply(-1, e.raw_os_error().unwrap_or(libc::EIO), None),
+    }
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the pieces of one request, unpacked"
+)]
+fn child_main(
+    kind: u32,
+    meta_bytes: &[u8],
+    arg: &[u8],
+    result_raw: RawFd,
+    handle_raws: &[RawFd],
+    server_pid: i32,
+    argv: &[CString],
+    env: &[CString],
+) -> ! {
+    let meta = postcard::from_bytes::<StartMeta>(meta_bytes);
+    let name = meta.as_ref().ok().and_then(|m| m.name.as_deref());
+    sys::enter_child(server_pid, true, name);
+    let mut keep = vec![result_raw];
+    keep.extend_from_slice(handle_raws);
+    sys::close_all_except(&keep);
+    let mut owned = sys::adopt_inherited_fds(&keep).into_iter();
+    let result = owned.next().expect("the result socket");
+    let handles: Vec<OwnedFd> = owned.collect();
+    let meta = match meta {
+        Ok(meta) => meta,
+        Err(e) => bootstrap::finish(
+            result.as_fd(),
+            Outcome::Refused(format!("corrupt start message: {e}")),
+        ),
+    };
+    if kind == KIND_FORK {
+        let outcome = bootstrap::run_task(&meta, arg, handles);
+        bootstrap::finish(result.as_fd(), outcome)
+    }
+    let failure = match exec_child(meta_bytes, arg, &result, &handles, argv, env) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    bootstrap::finish(
+        result.as_fd(),
+        Outcome::Refused(format!("re-executing the binary failed: {failure}")),
+    )
+}
+
+fn exec_child(
+    meta_bytes: &[u8],
+    arg: &[u8],
+    result: &OwnedFd,
+    handles: &[OwnedFd],
+    argv: &[CString],
+    env: &[CString],
+) -> io::Result<std::convert::Infallible> {
+    let memfd = sys::memfd_with(&bootstrap::boot_file(meta_bytes, arg))?;
+    for fd in handles.iter().chain([&memfd, result]) {
+        sys::set_cloexec(fd.as_fd(), false)?;
+    }
+    let raws: Vec<RawFd> = handles.iter().map(sys::raw).collect();
+    let spec = bootstrap::boot_spec(sys::raw(&memfd), sys::raw(result), &raws);
+    let mut env = env.to_vec();
+    env.push(sys::c_string(format!("{BOOT_ENV}={spec}").as_bytes())?);
+    Err(sys::exec_self(argv, &env))
+}

@@ -1,0 +1,53 @@
+//! Start methods and the child bootstrap.
+//!
+//! * [`StartMethod::ForkServer`] (the default): at [`crate::init`], while the
+//!   program is still single-threaded, corral forks a small server. Children
+//!   are forked from that clean server, never from your (possibly
+//!   multi-threaded) program. Fast and safe.
+//! * [`StartMethod::Spawn`]: the server forks and the child re-executes the
+//!   current binary (`/proc/self/exe`), which runs `main` up to
+//!   `corral::init()` and then the task. Slowest and most isolated; the basis
+//!   for running the same binary on other machines.
+//! * [`StartMethod::Fork`]: fork the caller directly. The only method that can
+//!   run a capturing closure ([`crate::ProcessBuilder::fork_closure`]). The
+//!   child is a copy of your program with only the calling thread: a lock that
+//!   another thread held at that instant stays locked in the child, so a child
+//!   that touches such a lock deadlocks (it is not memory-unsafe). Prefer it
+//!   only for single-threaded programs or when the closure touches no shared
+//!   locks.
+//!
+//! A task crosses into a ForkServer or Spawn child as data: the offsets of its
+//! function and a typed entry point, and the serialized argument. Before it
+//! resolves those offsets the child checks that it runs the same binary as the
+//! parent (its ELF build-id) and refuses with a clear error otherwise.
+
+pub(crate) mod bootstrap;
+pub(crate) mod forkserver;
+pub(crate) mod runtime;
+
+/// How a child process is created.
+///
+/// # Examples
+///
+/// ```no_run
+/// use corral::{Process, StartMethod};
+/// fn square(x: u64) -> u64 { x * x }
+/// corral::init();
+/// for method in [StartMethod::ForkServer, StartMethod::Spawn, StartMethod::Fork] {
+///     let child = Process::builder().start_method(method).spawn(square, 7).unwrap();
+///     assert_eq!(child.join().unwrap(), 49);
+/// }
+/// ```
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[non_exhaustive]
+pub enum StartMethod {
+    /// Fork from a clean single-threaded server started at [`crate::init`].
+    #[default]
+    ForkServer,
+    /// Re-execute the current binary.
+    Spawn,
+    /// Fork the calling process directly.
+    Fork,
+}

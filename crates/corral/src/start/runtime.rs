@@ -1,0 +1,146 @@
+//! Process-wide state: initialisation, the fork server client, the registry
+//! of live children and what happens at exit.
+
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::time::{Duration, Instant};
+
+use super::bootstrap::{self, BOOT_ENV};
+use super::forkserver::{self, SERVER_ENV, ServerClient};
+use crate::process::Proc;
+use crate::{Error, sys};
+
+static INITIALIZED: AtomicBool = AtomicBool::new(false);
+/// The raw descriptor of this process's fork server socket, so that a child
+/// forked directly can close its inherited copy (else the server would not
+/// see end-of-file when this process dies).
+static SERVER_FD: AtomicI32 = AtomicI32::new(-1);
+
+struct State {
+    server: Mutex<Option<ServerClient>>,
+    children: Mutex<Vec<Arc<Proc>>>,
+}
+
+static STATE: sys::ForkLocal<State> = sys::ForkLocal::new(|| State {
+    server: Mutex::new(None),
+    children: Mutex::new(Vec::new()),
+});
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// See [`crate::init`].
+pub(crate) fn init() {
+    if let Some(spec) = std::env::var_os(BOOT_ENV) {
+        sys::remove_env(BOOT_ENV.as_ref());
+        mark_initialized();
+        bootstrap::run_exec_child(&spec);
+    }
+    if let Some(spec) = std::env::var_os(SERVER_ENV) {
+        sys::remove_env(SERVER_ENV.as_ref());
+        forkserver::serve_exec(&spec);
+    }
+    if !mark_initialized() {
+        return;
+    }
+    // Fork the server now, while the program is (normally) single-threaded.
+    // A failure here is retried, and reported, at the first spawn.
+    if sys::thread_count() == 1 {
+        let _ = with_server(|_| Ok(()));
+    }
+}
+
+/// Marks the process initialized; returns whether this call did it.
+fn mark_initialized() -> bool {
+    let first = !INITIALIZED.swap(true, Ordering::AcqRel);
+    if first {
+        sys::at_exit(at_exit);
+    }
+    first
+}
+
+/// Fails with [`Error::NotInitialized`] unless [`crate::init`] ran.
+pub(crate) fn ensure_initialized() -> Result<(), Error> {
+    if INITIALIZED.load(Ordering::Acquire) {
+        Ok(())
+    } else {
+        Err(Error::NotInitialized)
+    }
+}
+
+/// Runs `f` with this process's fork server, starting one if needed and
+/// restarting it once if it turns out to be dead.
+pub(crate) fn with_server<T>(f: impl Fn(&ServerClient) -> Result<T, Error>) -> Result<T, Error> {
+    let mut server = lock(&STATE.get().server);
+    for attempt in 0..2 {
+        if server.is_none() {
+            let client = ServerClient::start()?;
+            SERVER_FD.store(client.raw_fd(), Ordering::Release);
+            *server = Some(client);
+        }
+        match f(server.as_ref().expect("just set")) {
+            Err(Error::ForkServer(_)) if attempt == 0 => {
+                *server = None;
+                SERVER_FD.store(-1, Ordering::Release);
+            }
+            other => return other,
+        }
+    }
+    unreachable!("the loop returns on its second attempt")
+}
+
+/// The fork server's pid, if this process has one running.
+pub(crate) fn server_pid() -> Option<i32> {
+    lock(&STATE.get().server).as_ref().map(ServerClient::pid)
+}
+
+/// In a child forked directly: drops the parent's fork server connection.
+pub(crate) fn forget_inherited_server() {
+    sys::close_inherited(SERVER_FD.swap(-1, Ordering::AcqRel));
+}
+
+/// Tracks a live child until it is reaped.
+pub(crate) fn register(child: Arc<Proc>) {
+    let mut children = lock(&STATE.get().children);
+    // Reap children whose handles were dropped and that have since exited:
+    // no zombie outlives the next spawn.
+    children.retain(|c| Arc::strong_count(c) > 1 || !c.try_finish());
+    children.push(child);
+}
+
+/// Stops tracking a child (it was reaped through its handle).
+pub(crate) fn unregister(child: &Arc<Proc>) {
+    lock(&STATE.get().children).retain(|c| !Arc::ptr_eq(c, child));
+}
+
+/// Python's exit semantics: daemon children are terminated, the others are
+/// joined. Then the fork server's socket closes and the server kills anything
+/// left.
+extern "C" fn at_exit() {
+    let state = STATE.get();
+    let children = match state.children.try_lock() {
+        Ok(mut guard) => std::mem::take(&mut *guard),
+        Err(TryLockError::Poisoned(p)) => std::mem::take(&mut *p.into_inner()),
+        // Another thread is spawning while the process exits: leave the
+        // children to the fork server and the death signal.
+        Err(TryLockError::WouldBlock) => Vec::new(),
+    };
+    for child in children.iter().filter(|c| c.daemon()) {
+        let _ = child.signal(sys::Sig::Term);
+    }
+    let grace = Instant::now() + Duration::from_secs(1);
+    for child in &children {
+        if child.daemon() {
+            if !child.wait(Some(grace)).unwrap_or(true) {
+                let _ = child.signal(sys::Sig::Kill);
+                let _ = child.wait(None);
+            }
+        } else {
+            let _ = child.wait(None);
+        }
+    }
+    if let Ok(mut server) = state.server.try_lock() {
+        server.take();
+    }
+}

@@ -1,0 +1,73 @@
+//! Process-global values that every forked child gets afresh.
+//!
+//! After `fork` the child holds a copy of the parent's globals, including
+//! mutexes that a vanished parent thread may have held at the instant of the
+//! fork. A [`ForkLocal`] never hands such a copy out: each forked child bumps
+//! the process generation first thing ([`new_process_generation`]) and the
+//! next access builds a new value. The stale value is leaked on purpose (it may
+//! be locked forever); that is one small allocation per fork generation.
+
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// Marks the calling process as a new process: every [`ForkLocal`] is rebuilt
+/// on its next access. Call it first thing in a freshly forked child.
+pub(crate) fn new_process_generation() {
+    GENERATION.fetch_add(1, Ordering::AcqRel);
+}
+
+struct Slot<T> {
+    generation: u64,
+    value: T,
+}
+
+/// A lazily built global that is distinct in every process.
+pub(crate) struct ForkLocal<T: 'static> {
+    slot: AtomicPtr<Slot<T>>,
+    init: fn() -> T,
+}
+
+impl<T: Send + Sync + 'static> ForkLocal<T> {
+    /// A global built by `init` on first access in each process.
+    pub(crate) const fn new(init: fn() -> T) -> Self {
+        ForkLocal {
+            slot: AtomicPtr::new(ptr::null_mut()),
+            init,
+        }
+    }
+
+    /// The value of the current process.
+    pub(crate) fn get(&'static self) -> &'static T {
+        let generation = GENERATION.load(Ordering::Acquire);
+        loop {
+            let current = self.slot.load(Ordering::Acquire);
+            if !current.is_null() {
+                // SAFETY: a non-null pointer in `slot` came from `Box::into_raw`
+                // below and is never freed once published (stale slots are
+                // leaked), so it is valid for 'static and only read here.
+                let slot = unsafe { &*current };
+                if slot.generation == generation {
+                    return &slot.value;
+                }
+            }
+            let fresh = Box::into_raw(Box::new(Slot {
+                generation,
+                value: (self.init)(),
+            }));
+            match self
+                .slot
+                .compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire)
+            {
+                // SAFETY: `fresh` was just published and is never freed.
+                Ok(_) => return unsafe { &(*fresh).value },
+                Err(_) => {
+                    // SAFETY: `fresh` was never published, so this thread still
+                    // owns it exclusively.
+                    drop(unsafe { Box::from_raw(fresh) });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,445 @@
+//! Linux system calls, wrapped into safe functions with I/O-safe types.
+//!
+//! # Safety
+//!
+//! Each `unsafe` block below states the invariant it relies on. The blocks
+//! are: `fork`, `execve`, `atexit`, `_exit`, environment removal, `close_range`
+//! in a freshly forked child, and adopting file descriptors that the child
+//! bootstrap received by number.
+
+use std::convert::Infallible;
+use std::ffi::{CString, OsStr};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
+
+use crate::ExitStatus;
+
+/// Most file descriptors one message may carry (the kernel's `SCM_MAX_FD` is 253).
+pub(crate) const MAX_FDS_PER_MESSAGE: usize = 250;
+
+/// Forks the calling process and runs `child` in the child.
+///
+/// Returns the child's pid in the parent. `child` never returns (its return
+/// type is uninhabited): it must end the process.
+///
+/// # Caveats
+///
+/// The child is a copy of the caller with only the calling thread. Memory
+/// safety holds (each process owns its own copy of every value), but a lock
+/// that another thread held at the instant of the fork stays locked forever in
+/// the child. glibc's `malloc` is fork-safe; code run by `child` must avoid
+/// other locks that foreign threads may hold. corral's own globals are
+/// [`super::ForkLocal`] and are rebuilt in the child.
+pub(crate) fn fork_with(child: impl FnOnce() -> Infallible) -> io::Result<i32> {
+    // SAFETY: `fork` itself has no memory-safety preconditions; the hazard is
+    // the one documented above (deadlock on locks held by vanished threads),
+    // which `child` is responsible for avoiding. The child never returns into
+    // the caller's frames: `child` diverges.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            super::new_process_generation();
+            #[expect(unreachable_code, reason = "`child` cannot return; this spells it out")]
+            match child() {}
+        }
+        pid => Ok(pid),
+    }
+}
+
+/// Whether the calling thread is the process's main thread.
+pub(crate) fn is_main_thread() -> bool {
+    rustix::thread::gettid() == rustix::process::getpid()
+}
+
+/// The number of threads of the calling process.
+pub(crate) fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(usize::MAX)
+}
+
+/// The calling process's id.
+pub(crate) fn getpid() -> i32 {
+    rustix::process::getpid().as_raw_nonzero().get()
+}
+
+/// Makes a freshly forked process a well-behaved corral child: its own process
+/// group (so signals reach its descendants), killed when `parent` dies (if
+/// `die_with_parent`), and named for `ps`.
+///
+/// Exits immediately if `parent` is already gone.
+pub(crate) fn enter_child(parent: i32, die_with_parent: bool, name: Option<&str>) {
+    let _ = rustix::process::setpgid(None, None);
+    if die_with_parent {
+        let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
+        // The parent may have died before the death signal was armed.
+        if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(parent) {
+            exit_immediately(1);
+        }
+    }
+    if let Some(name) = name {
+        let short: Vec<u8> = name.bytes().filter(|&b| b != 0).take(15).collect();
+        if let Ok(name) = CString::new(short) {
+            let _ = rustix::thread::set_name(&name);
+        }
+    }
+}
+
+/// Closes every descriptor above stderr except those in `keep`.
+///
+/// Only for a freshly forked child that will never drop the `OwnedFd` values
+/// it inherited (it ends with [`exit_immediately`] or `std::process::exit`).
+pub(crate) fn close_all_except(keep: &[RawFd]) {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter(|&&fd| fd > 2)
+        .map(|&fd| fd as u32)
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut next = 3u32;
+    for fd in keep.into_iter().chain([u32::MAX]) {
+        if fd > next {
+            let last = if fd == u32::MAX { u32::MAX } else { fd - 1 };
+            // SAFETY: close_range only closes descriptors. The caller is a
+            // freshly forked child whose inherited `OwnedFd` values are never
+            // dropped (the process exits without running destructors), so no
+            // live owner will close or use these numbers again.
+            unsafe { libc::syscall(libc::SYS_close_range, next, last, 0) };
+        }
+        next = fd.saturating_add(1);
+    }
+}
+
+/// Adopts descriptors that this process received by number from its parent
+/// through the corral bootstrap protocol.
+///
+/// Only the child bootstrap calls this, once, with the numbers its start
+/// message lists; nothing else in the process owns them.
+pub(crate) fn adopt_inherited_fds(raw: &[RawFd]) -> Vec<OwnedFd> {
+    raw.iter()
+        .map(|&fd| {
+            // SAFETY: the bootstrap protocol hands each listed descriptor to
+            // this process exactly once and nothing else refers to it, so
+            // taking ownership here is the only owner.
+            unsafe { OwnedFd::from_raw_fd(fd) }
+        })
+        .collect()
+}
+
+/// Sets or clears close-on-exec.
+pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    let flags = if on {
+        rustix::io::FdFlags::CLOEXEC
+    } else {
+        rustix::io::FdFlags::empty()
+    };
+    rustix::io::fcntl_setfd(fd, flags)?;
+    Ok(())
+}
+
+/// Sets or clears `O_NONBLOCK`.
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    let mut flags = rustix::fs::fcntl_getfl(fd)?;
+    flags.set(rustix::fs::OFlags::NONBLOCK, on);
+    rustix::fs::fcntl_setfl(fd, flags)?;
+    Ok(())
+}
+
+/// Replaces the process image with `/proc/self/exe` (the running binary, even
+/// if its path was replaced on disk). Returns only on failure.
+pub(crate) fn exec_self(argv: &[CString], envp: &[CString]) -> io::Error {
+    let path = c"/proc/self/exe";
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut env_ptrs: Vec<*const libc::c_char> = envp.iter().map(|e| e.as_ptr()).collect();
+    env_ptrs.push(std::ptr::null());
+    // SAFETY: `path`, every argv and envp entry are NUL-terminated C strings
+    // that outlive the call; both arrays end with a null pointer as execve
+    // requires.
+    unsafe { libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+/// Ends the process at once: no destructors, no `atexit` handlers, no flush.
+pub(crate) fn exit_immediately(code: i32) -> ! {
+    // SAFETY: `_exit` is always safe to call; it never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// Registers `f` to run when the process exits normally.
+pub(crate) fn at_exit(f: extern "C" fn()) {
+    // SAFETY: `f` is a plain `extern "C" fn()` with 'static lifetime, which is
+    // what `atexit` requires.
+    unsafe { libc::atexit(f) };
+}
+
+/// Removes an environment variable.
+///
+/// Only called from `corral::init` in a child the bootstrap just started,
+/// before the child runs any user code that could start threads.
+pub(crate) fn remove_env(key: &OsStr) {
+    // SAFETY: edition 2024 makes this unsafe because another thread could
+    // read the environment concurrently. The bootstrap calls it before any
+    // user code runs, while the process has a single thread.
+    unsafe { std::env::remove_var(key) };
+}
+
+/// Opens a pidfd for `pid`.
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
+}
+
+/// Reaps the child behind `pidfd` (which must be a child of this process).
+///
+/// Returns `None` if it is still running and `block` is false.
+pub(crate) fn reap(pidfd: BorrowedFd<'_>, block: bool) -> io::Result<Option<ExitStatus>> {
+    let mut options = WaitIdOptions::EXITED;
+    if !block {
+        options |= WaitIdOptions::NOHANG;
+    }
+    loop {
+        match rustix::process::waitid(WaitId::PidFd(pidfd), options) {
+            Ok(Some(status)) => return Ok(decode_wait(&status)),
+            Ok(None) => return Ok(None),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn decode_wait(status: &rustix::process::WaitIdStatus) -> Option<ExitStatus> {
+    if let Some(code) = status.exit_status() {
+        Some(ExitStatus::Code(code))
+    } else {
+        status.terminating_signal().map(ExitStatus::Signal)
+    }
+}
+
+/// A signal corral sends.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Sig {
+    Term,
+    Kill,
+}
+
+impl Sig {
+    fn to_rustix(self) -> Signal {
+        match self {
+            Sig::Term => Signal::TERM,
+            Sig::Kill => Signal::KILL,
+        }
+    }
+}
+
+/// Sends `sig` to the process behind `pidfd` (race-free against pid reuse).
+/// A process that already exited is not an error.
+pub(crate) fn signal(pidfd: BorrowedFd<'_>, sig: Sig) -> io::Result<()> {
+    match rustix::process::pidfd_send_signal(pidfd, sig.to_rustix()) {
+        Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Sends `sig` to the process group `pgid`. A vanished group is not an error.
+pub(crate) fn signal_group(pgid: i32, sig: Sig) -> io::Result<()> {
+    let Some(pgid) = Pid::from_raw(pgid) else {
+        return Ok(());
+    };
+    match rustix::process::kill_process_group(pgid, sig.to_rustix()) {
+        Ok(()) | Err(rustix::io::Errno::SRCH) | Err(rustix::io::Errno::PERM) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Waits until at least one descriptor is readable (or at its end, or in
+/// error), or until `timeout` passes. Returns which ones are ready.
+pub(crate) fn poll_readable(
+    fds: &[BorrowedFd<'_>],
+    timeout: Option<Duration>,
+) -> io::Result<Vec<bool>> {
+    let mut polls: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(fd, PollFlags::IN))
+        .collect();
+    let timespec = timeout.map(|t| Timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: i64::from(t.subsec_nanos()),
+    });
+    loop {
+        match rustix::event::poll(&mut polls, timespec.as_ref()) {
+            Ok(_) => break,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(polls.iter().map(|p| !p.revents().is_empty()).collect())
+}
+
+/// A connected pair of close-on-exec Unix stream sockets.
+pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// Sets both socket buffer sizes (the kernel caps them at `wmem_max`/`rmem_max`).
+pub(crate) fn set_socket_buffers(fd: BorrowedFd<'_>, bytes: usize) {
+    let _ = rustix::net::sockopt::set_socket_send_buffer_size(fd, bytes);
+    let _ = rustix::net::sockopt::set_socket_recv_buffer_size(fd, bytes);
+}
+
+/// A close-on-exec pipe: `(read end, write end)`.
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
+}
+
+/// Reads into `buf`, retrying on `EINTR`. `Ok(0)` is end of file.
+pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match rustix::io::read(fd, &mut *buf) {
+            Ok(n) => return Ok(n),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Writes all of `buf`, retrying on `EINTR` and short writes.
+pub(crate) fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match rustix::io::write(fd, buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Sends `iov` on a stream socket with `fds` attached to its first byte.
+/// Returns how many bytes went out (possibly fewer than `iov` holds).
+pub(crate) fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    iov: &[IoSlice<'_>],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
+    if fds.len() > MAX_FDS_PER_MESSAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many descriptors",
+        ));
+    }
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() {
+        control.push(SendAncillaryMessage::ScmRights(fds));
+    }
+    loop {
+        match rustix::net::sendmsg(sock, iov, &mut control, SendFlags::NOSIGNAL) {
+            Ok(n) => return Ok(n),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Receives into `buf` from a stream socket; descriptors that arrive are
+/// appended to `fds` (close-on-exec). `Ok(0)` is end of file.
+pub(crate) fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<usize> {
+    let mut space =
+        vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE + 3))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut iov = [IoSliceMut::new(buf)];
+    let received = loop {
+        match rustix::net::recvmsg(sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+            Ok(r) => break r,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = message {
+            fds.extend(rights);
+        }
+    }
+    Ok(received.bytes)
+}
+
+/// A sealed-size anonymous file holding `bytes`, for handing data across `exec`.
+pub(crate) fn memfd_with(bytes: &[u8]) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create(c"corral-boot", rustix::fs::MemfdFlags::CLOEXEC)?;
+    write_all(fd.as_fd(), bytes)?;
+    rustix::fs::seek(&fd, rustix::fs::SeekFrom::Start(0))?;
+    Ok(fd)
+}
+
+/// A C string for `exec`, or an error naming the offending value.
+pub(crate) fn c_string(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte"))
+}
+
+/// Whether `fd` refers to an open descriptor.
+pub(crate) fn is_open(fd: RawFd) -> bool {
+    fd >= 0 && std::fs::metadata(format!("/proc/self/fd/{fd}")).is_ok()
+}
+
+/// Closes a raw descriptor this process inherited by fork and no longer needs.
+///
+/// Only for a freshly forked child, for descriptors whose `OwnedFd` owner lives
+/// in a stale [`super::ForkLocal`] that is never dropped.
+pub(crate) fn close_inherited(fd: RawFd) {
+    if fd > 2 {
+        // SAFETY: the owner of `fd` is a value of the parent's generation that
+        // this process never uses or drops again, so closing the number here
+        // cannot cause a double close or a use after close.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// The arguments this process was started with, from `/proc/self/cmdline`.
+pub(crate) fn own_cmdline() -> Vec<CString> {
+    let mut raw = std::fs::read("/proc/self/cmdline").unwrap_or_default();
+    if raw.last() == Some(&0) {
+        raw.pop();
+    }
+    raw.split(|&b| b == 0)
+        .filter_map(|a| CString::new(a).ok())
+        .collect()
+}
+
+/// Raw number of a descriptor, for the boot protocol.
+pub(crate) fn raw(fd: &impl AsRawFd) -> RawFd {
+    fd.as_raw_fd()
+}
+
+/// Waits until `fd` can be written to.
+pub(crate) fn poll_writable(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut polls = [PollFd::new(&fd, PollFlags::OUT)];
+    loop {
+        match rustix::event::poll(&mut polls, None) {
+            Ok(_) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

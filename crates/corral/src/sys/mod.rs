@@ -1,0 +1,26 @@
+//! The operating-system boundary: the only module with FFI and `unsafe`.
+//!
+//! # Contract
+//!
+//! Everything above this module speaks in owned, I/O-safe types (`OwnedFd`,
+//! `BorrowedFd`, [`Pid`]) and typed errors. This module provides:
+//!
+//! * process creation ([`fork_with`], [`exec_self`]) and reaping through pidfds
+//!   ([`pidfd_open`], [`reap`]), signals ([`signal`], [`signal_group`]);
+//! * child setup after fork ([`enter_child`], [`close_all_except`]);
+//! * sockets and pipes that carry file descriptors ([`send_with_fds`],
+//!   [`recv_with_fds`]) and readiness ([`poll_readable`]);
+//! * process-global state that is fresh in every forked child ([`ForkLocal`]);
+//! * function addresses that survive re-execution ([`code`]).
+//!
+//! Linux is the supported platform (pidfd, memfd, `prctl`, `close_range`).
+#![allow(unsafe_code, reason = "this module is the FFI boundary of the crate")]
+
+pub(crate) mod code;
+mod exe;
+mod global;
+mod linux;
+
+pub(crate) use exe::executable_identity;
+pub(crate) use global::{ForkLocal, new_process_generation};
+pub(crate) use linux::*;

@@ -1,0 +1,191 @@
+//! Serde encoding with corral handles carried out of band.
+
+use std::cell::RefCell;
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use serde::de::{DeserializeOwned, Error as _};
+use serde::ser::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::CodecError;
+
+thread_local! {
+    /// Descriptors collected while encoding, in index order.
+    static OUTGOING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
+    /// Descriptors available while decoding, taken by index.
+    static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+}
+
+const OUTSIDE: &str = "a corral handle can only be sent to another process through corral \
+                       (spawn, a Pipe or a Queue), not serialized on its own";
+
+/// An encoded value and the descriptors its handles refer to.
+#[derive(Debug)]
+pub(crate) struct Encoded {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+/// Encodes `value`, collecting duplicates of the descriptors of the corral
+/// handles it contains.
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded, CodecError> {
+    let outer = OUTGOING.with(|cell| cell.replace(Some(Vec::new())));
+    let result = postcard::to_stdvec(value);
+    let fds = OUTGOING
+        .with(|cell| cell.replace(outer))
+        .unwrap_or_default();
+    match result {
+        Ok(bytes) => Ok(Encoded { bytes, fds }),
+        Err(e) => Err(CodecError::new(format!(
+            "{e} (encoding {})",
+            std::any::type_name::<T>()
+        ))),
+    }
+}
+
+/// Decodes a `T` from `bytes`; handles inside take their descriptors from `fds`.
+/// Descriptors that no handle claimed are closed.
+pub(crate) fn decode<T: DeserializeOwned>(
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Result<T, CodecError> {
+    let table = fds.into_iter().map(Some).collect();
+    let outer = INCOMING.with(|cell| cell.replace(Some(table)));
+    let result = postcard::take_from_bytes::<T>(bytes);
+    INCOMING.with(|cell| cell.replace(outer));
+    let name = std::any::type_name::<T>();
+    match result {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(CodecError::new(format!(
+            "{} trailing bytes after a {name}: the two sides disagree on the type",
+            rest.len()
+        ))),
+        Err(e) => Err(CodecError::new(format!("{e} (decoding {name})"))),
+    }
+}
+
+/// Serializes a descriptor as an index into the outgoing descriptor table.
+pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, s: S) -> Result<S::Ok, S::Error> {
+    let index = OUTGOING.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let table = cell.as_mut().ok_or_else(|| S::Error::custom(OUTSIDE))?;
+        let dup = fd
+            .try_clone_to_owned()
+            .map_err(|e| S::Error::custom(e.to_string()))?;
+        table.push(dup);
+        Ok(table.len() as u32 - 1)
+    })?;
+    s.serialize_newtype_struct("corral.fd", &index)
+}
+
+/// Deserializes a descriptor serialized by [`serialize_fd`].
+pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(d: D) -> Result<OwnedFd, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(rename = "corral.fd")]
+    struct Index(u32);
+    let Index(index) = Index::deserialize(d)?;
+    INCOMING.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let table = cell.as_mut().ok_or_else(|| D::Error::custom(OUTSIDE))?;
+        table
+            .get_mut(index as usize)
+            .and_then(Option::take)
+            .ok_or_else(|| D::Error::custom(format!("handle #{index} has no descriptor")))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize, Clone)]
+    struct Sample {
+        id: u64,
+        name: String,
+        values: Vec<i32>,
+        nested: Option<Box<Sample>>,
+    }
+
+    fn sample() -> impl Strategy<Value = Sample> {
+        let leaf = (
+            any::<u64>(),
+            ".*",
+            proptest::collection::vec(any::<i32>(), 0..20),
+        )
+            .prop_map(|(id, name, values)| Sample {
+                id,
+                name,
+                values,
+                nested: None,
+            });
+        leaf.prop_recursive(3, 8, 1, |inner| {
+            (any::<u64>(), ".*", inner).prop_map(|(id, name, n)| Sample {
+                id,
+                name,
+                values: vec![],
+                nested: Some(Box::new(n)),
+            })
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn values_round_trip(value in sample()) {
+            let encoded = encode(&value).unwrap();
+            prop_assert!(encoded.fds.is_empty());
+            let back: Sample = decode(&encoded.bytes, vec![]).unwrap();
+            prop_assert_eq!(back, value);
+        }
+
+        #[test]
+        fn framed_values_round_trip(values in proptest::collection::vec(sample(), 0..5)) {
+            let mut stream = Vec::new();
+            for v in &values {
+                stream.extend(crate::wire::frame_bytes(&encode(v).unwrap().bytes));
+            }
+            let frames = crate::wire::split_frames(&stream);
+            prop_assert_eq!(frames.len(), values.len());
+            for (frame, v) in frames.into_iter().zip(&values) {
+                let back: Sample = decode(&frame.unwrap(), vec![]).unwrap();
+                prop_assert_eq!(&back, v);
+            }
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<Sample>(&bytes, vec![]);
+            let _ = crate::wire::split_frames(&bytes);
+        }
+
+        #[test]
+        fn truncated_frames_are_errors(value in sample(), cut in 1usize..64) {
+            let frame = crate::wire::frame_bytes(&encode(&value).unwrap().bytes);
+            let cut = cut.min(frame.len());
+            let frames = crate::wire::split_frames(&frame[..frame.len() - cut]);
+            prop_assert!(
+                matches!(frames.last(), Some(Err(crate::WireError::Truncated { .. }))),
+                "{:?}", frames
+            );
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_rejected() {
+        let mut bytes = encode(&7u32).unwrap().bytes;
+        bytes.push(0);
+        assert!(
+            decode::<u32>(&bytes, vec![])
+                .unwrap_err()
+                .message()
+                .contains("trailing")
+        );
+    }
+
+    #[test]
+    fn a_huge_announced_vec_does_not_allocate() {
+        // A varint length of 2^62 elements with no data behind it.
+        let bytes = [0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40];
+        assert!(decode::<Vec<u64>>(&bytes, vec![]).is_err());
+    }
+}

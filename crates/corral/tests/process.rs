@@ -1,0 +1,322 @@
+//! Processes under every start method: values, panics, crashes, timeouts,
+//! signals, nesting, reaping.
+
+use std::time::{Duration, Instant};
+
+use corral::{ExitStatus, JoinTimeout, Pipe, Process, ProcessError, Sender, StartMethod};
+use corral_fixtures as fx;
+use serde::{Deserialize, Serialize};
+
+corral::test_support!();
+
+const METHODS: [StartMethod; 3] = [
+    StartMethod::ForkServer,
+    StartMethod::Spawn,
+    StartMethod::Fork,
+];
+
+fn builder(method: StartMethod) -> corral::ProcessBuilder {
+    Process::builder().start_method(method)
+}
+
+/// `join`, bounded: a child that hangs fails the test in a minute instead of
+/// hanging CI.
+fn done<R: corral::Data>(child: corral::Child<R>) -> Result<R, ProcessError> {
+    match child.join_timeout(Duration::from_secs(60)) {
+        Ok(value) => Ok(value),
+        Err(JoinTimeout::Failed(e)) => Err(e),
+        Err(JoinTimeout::Elapsed(child)) => {
+            child.kill().unwrap();
+            panic!("child {} still running after 60 s", child.pid());
+        }
+    }
+}
+
+fn add((a, b): (u64, u64)) -> u64 {
+    a + b
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Report {
+    pid: u32,
+    words: Vec<String>,
+    ratio: f64,
+}
+
+fn describe(words: Vec<String>) -> Report {
+    Report {
+        pid: std::process::id(),
+        ratio: words.len() as f64 / 2.0,
+        words,
+    }
+}
+
+#[test]
+fn values_round_trip_under_every_method() {
+    for method in METHODS {
+        let child = builder(method).spawn(add, (40, 2)).unwrap();
+        assert_eq!(done(child).unwrap(), 42, "{method:?}");
+        let words = vec!["a".to_string(), "b".into(), "c".into()];
+        let child = builder(method).spawn(describe, words.clone()).unwrap();
+        let pid = child.pid();
+        let report = done(child).unwrap();
+        assert_eq!(
+            report,
+            Report {
+                pid,
+                words,
+                ratio: 1.5
+            },
+            "{method:?}"
+        );
+        assert_ne!(pid, std::process::id());
+    }
+}
+
+fn fails(code: u32) -> u32 {
+    if code > 0 {
+        panic!("bad input {code}");
+    }
+    code
+}
+
+#[test]
+fn panics_come_back_with_message_location_and_backtrace() {
+    for method in METHODS {
+        let err = done(builder(method).spawn(fails, 7).unwrap()).unwrap_err();
+        let panic = err.panic().unwrap_or_else(|| panic!("{method:?}: {err:?}"));
+        assert_eq!(panic.message, "bad input 7");
+        assert!(
+            panic
+                .location
+                .as_deref()
+                .unwrap()
+                .contains("tests/process.rs"),
+            "{panic:?}"
+        );
+        assert!(panic.backtrace.contains("fails"), "{}", panic.backtrace);
+        assert!(err.to_string().contains("bad input 7"), "{err}");
+        let err = done(builder(method).spawn(fx::panic_with_number, ()).unwrap()).unwrap_err();
+        assert_eq!(err.panic().unwrap().message, "Box<dyn Any>");
+    }
+}
+
+#[test]
+fn crashes_are_reported_exactly() {
+    for method in METHODS {
+        let status = |r: Result<(), ProcessError>| r.unwrap_err().exit_status();
+        assert_eq!(
+            status(done(builder(method).spawn(fx::segfault, ()).unwrap())),
+            Some(ExitStatus::Signal(libc::SIGSEGV)),
+            "{method:?}"
+        );
+        assert_eq!(
+            status(done(builder(method).spawn(fx::abort, ()).unwrap())),
+            Some(ExitStatus::Signal(libc::SIGABRT))
+        );
+        assert_eq!(
+            status(done(builder(method).spawn(fx::kill_self, ()).unwrap())),
+            Some(ExitStatus::Signal(libc::SIGKILL))
+        );
+        assert_eq!(
+            status(done(builder(method).spawn(fx::exit_with, 17).unwrap())),
+            Some(ExitStatus::Code(17))
+        );
+    }
+}
+
+#[test]
+fn join_timeout_hands_the_child_back_then_kill_reports_the_signal() {
+    for method in METHODS {
+        let child = builder(method).spawn(fx::hang::<()>, ()).unwrap();
+        let started = Instant::now();
+        let child = match child.join_timeout(Duration::from_millis(100)) {
+            Err(JoinTimeout::Elapsed(child)) => child,
+            other => panic!("{method:?}: {other:?}"),
+        };
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert!(child.is_alive());
+        assert_eq!(child.exit_status(), None);
+        child.kill().unwrap();
+        let err = child.join_timeout(Duration::from_secs(10)).unwrap_err();
+        match err {
+            JoinTimeout::Failed(e) => {
+                assert_eq!(e.exit_status(), Some(ExitStatus::Signal(libc::SIGKILL)))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn terminate_sends_sigterm_and_exit_status_does_not_block() {
+    for method in METHODS {
+        let child = builder(method).spawn(fx::hang::<()>, ()).unwrap();
+        child.terminate().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.exit_status().is_none() {
+            assert!(Instant::now() < deadline, "{method:?}: SIGTERM ignored");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(child.exit_status(), Some(ExitStatus::Signal(libc::SIGTERM)));
+        assert!(!child.is_alive());
+        // Signalling a finished child is not an error.
+        child.terminate().unwrap();
+        child.kill().unwrap();
+    }
+}
+
+#[test]
+fn kill_takes_the_childs_own_descendants_with_it() {
+    let (rx, tx) = Pipe::simplex().unwrap();
+    let child = corral::spawn(fx::grandchild_holding_fd, tx).unwrap();
+    let grandchild: u32 = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(!fx::is_gone(grandchild));
+    child.kill().unwrap();
+    assert!(child.join_timeout(Duration::from_secs(10)).is_err());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !fx::is_gone(grandchild) {
+        assert!(
+            Instant::now() < deadline,
+            "grandchild {grandchild} survived kill()"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn nest((depth, method): (u32, StartMethod)) -> Vec<u32> {
+    let mut pids = vec![std::process::id()];
+    if depth > 0 {
+        let child = Process::builder()
+            .start_method(method)
+            .spawn(nest, (depth - 1, method))
+            .unwrap();
+        pids.extend(child.join().unwrap());
+    }
+    pids
+}
+
+#[test]
+fn children_spawn_children_under_every_method() {
+    for method in METHODS {
+        let pids = done(builder(method).spawn(nest, (3, method)).unwrap()).unwrap();
+        assert_eq!(pids.len(), 4, "{method:?}");
+        let mut unique = pids.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 4, "{method:?}: {pids:?}");
+    }
+}
+
+fn sum_over(conn: corral::Connection) -> u64 {
+    let mut total = 0;
+    while let Ok(n) = conn.recv::<u64>() {
+        total += n;
+        conn.send(&total).unwrap();
+    }
+    total
+}
+
+#[test]
+fn pipe_ends_pass_to_children_under_every_method() {
+    for method in METHODS {
+        let (ours, theirs) = Pipe::duplex().unwrap();
+        let child = builder(method).spawn(sum_over, theirs).unwrap();
+        for n in 1..=10u64 {
+            ours.send(&n).unwrap();
+            assert_eq!(ours.recv::<u64>().unwrap(), n * (n + 1) / 2);
+        }
+        drop(ours);
+        assert_eq!(done(child).unwrap(), 55, "{method:?}");
+    }
+}
+
+fn big(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+fn checksum(data: Vec<u8>) -> (usize, u64) {
+    (data.len(), data.iter().map(|&b| u64::from(b)).sum())
+}
+
+#[test]
+fn a_256_mib_value_crosses_both_ways() {
+    let len = 256 << 20;
+    let expected: u64 = big(len).iter().map(|&b| u64::from(b)).sum();
+    let back = done(corral::spawn(big, len).unwrap()).unwrap();
+    assert_eq!(back.len(), len);
+    assert_eq!(back.iter().map(|&b| u64::from(b)).sum::<u64>(), expected);
+    let child = corral::spawn(checksum, back).unwrap();
+    assert_eq!(done(child).unwrap(), (len, expected));
+}
+
+fn returns_handle(_: ()) -> Sender {
+    Pipe::simplex().unwrap().1
+}
+
+#[test]
+fn a_result_that_cannot_cross_is_a_codec_error() {
+    let err = done(corral::spawn(returns_handle, ()).unwrap()).unwrap_err();
+    assert!(matches!(err, ProcessError::Codec(_)), "{err:?}");
+}
+
+#[test]
+fn a_child_refuses_a_task_from_another_binary() {
+    let child =
+        corral::internal::spawn_with_identity(b"build-id:other".to_vec(), add, (1, 2)).unwrap();
+    match done(child) {
+        Err(ProcessError::Refused(why)) => assert!(why.contains("different binary"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn sleepy(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[test]
+fn wait_reports_which_children_finished() {
+    let fast = corral::spawn(sleepy, 10).unwrap();
+    let slow = corral::spawn(fx::hang::<()>, ()).unwrap();
+    let ready = corral::wait(&[&slow, &fast], Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(ready, vec![1]);
+    assert!(
+        corral::wait(&[&slow], Some(Duration::from_millis(20)))
+            .unwrap()
+            .is_empty()
+    );
+    slow.kill().unwrap();
+    assert_eq!(
+        corral::wait(&[&slow], Some(Duration::from_secs(10))).unwrap(),
+        vec![0]
+    );
+    assert_eq!(done(fast).unwrap(), 10);
+}
+
+#[derive(Serialize, Deserialize)]
+struct Countdown {
+    from: u32,
+}
+
+impl corral::Job for Countdown {
+    type Output = Vec<u32>;
+    fn run(self) -> Vec<u32> {
+        (0..=self.from).rev().collect()
+    }
+}
+
+#[test]
+fn jobs_and_closures_run_in_children() {
+    let named = Process::builder()
+        .name("countdown")
+        .spawn_job(Countdown { from: 3 })
+        .unwrap();
+    assert_eq!(named.name(), Some("countdown"));
+    assert_eq!(done(named).unwrap(), vec![3, 2, 1, 0]);
+    let captured = vec![5u64, 6, 7];
+    let child = Process::builder()
+        .fork_closure(move || captured.iter().sum::<u64>())
+        .unwrap();
+    assert_eq!(done(child).unwrap(), 18);
+}
