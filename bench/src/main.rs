@@ -1,1 +1,2 @@
+//! Benchmarks (see bench/README.md).
 fn main() {}

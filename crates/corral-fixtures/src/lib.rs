@@ -98,3 +98,21 @@ pub fn zombie_children() -> Vec<u32> {
         })
         .collect()
 }
+
+/// Makes this process the reaper of its orphaned descendants
+/// (`PR_SET_CHILD_SUBREAPER`), so a test can reap what a killed child left.
+pub fn become_subreaper() {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) has no memory-safety preconditions.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+}
+
+/// Reaps every exited child of this process without blocking.
+pub fn reap_exited_children() {
+    loop {
+        // SAFETY: waitpid with a null status pointer has no preconditions.
+        let reaped = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+        if reaped <= 0 {
+            break;
+        }
+    }
+}

@@ -418,3 +418,27 @@ sending!(Sender);
 cloning!(Sender);
 receiving!(Receiver);
 cloning!(Receiver);
+
+macro_rules! from_socket {
+    ($ty:ident) => {
+        impl From<OwnedFd> for $ty {
+            /// Wraps a connected Unix stream socket, like Python's
+            /// `Connection(handle)`. The peer must speak corral's framing (a
+            /// Python `multiprocessing.connection` peer does, for bytes).
+            fn from(socket: OwnedFd) -> $ty {
+                let _ = sys::set_nonblocking(socket.as_fd(), false);
+                $ty(Endpoint::new(socket))
+            }
+        }
+
+        impl AsFd for $ty {
+            fn as_fd(&self) -> BorrowedFd<'_> {
+                self.0.fd.as_fd()
+            }
+        }
+    };
+}
+
+from_socket!(Connection);
+from_socket!(Sender);
+from_socket!(Receiver);
