@@ -1,2 +1,348 @@
-//! Benchmarks (see bench/README.md).
-fn main() {}
+//! corral's side of the benchmarks, and the raw syscall floor, measured in the
+//! same run. Prints one JSON object per line: `{"name", "value", "unit"}`.
+//!
+//! `corral-bench <spawn|floor|pipe|all>`; `bench/run.sh` drives everything.
+#![allow(
+    unsafe_code,
+    reason = "the raw syscall floor calls fork, pipe and waitpid directly"
+)]
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use corral::{Connection, Process, StartMethod};
+
+const RUNS: usize = 7;
+
+fn emit(name: &str, value: f64, unit: &str) {
+    println!("{{\"name\": \"{name}\", \"value\": {value:.4}, \"unit\": \"{unit}\"}}");
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    v[v.len() / 2]
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn noop(_: ()) {}
+
+/// Median µs of `spawn + join` of a no-op child.
+fn spawn_join(method: StartMethod, iterations: usize) -> f64 {
+    let builder = Process::builder().start_method(method);
+    for _ in 0..10 {
+        builder
+            .clone()
+            .spawn(noop, ())
+            .expect("spawn")
+            .join()
+            .expect("join");
+    }
+    let samples = (0..iterations)
+        .map(|_| {
+            let t = Instant::now();
+            builder
+                .clone()
+                .spawn(noop, ())
+                .expect("spawn")
+                .join()
+                .expect("join");
+            micros(t.elapsed())
+        })
+        .collect();
+    median(samples)
+}
+
+/// Median µs of raw `fork` + `_exit` + `waitpid`.
+fn raw_fork(iterations: usize) -> f64 {
+    let samples = (0..iterations + 10)
+        .map(|_| {
+            let t = Instant::now();
+            // SAFETY: the child calls only `_exit`.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                // SAFETY: `_exit` is async-signal-safe.
+                unsafe { libc::_exit(0) };
+            }
+            // SAFETY: waiting for our own child; a null status is allowed.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            micros(t.elapsed())
+        })
+        .skip(10)
+        .collect();
+    median(samples)
+}
+
+fn raw_pipe() -> (i32, i32) {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    (fds[0], fds[1])
+}
+
+fn read_full(fd: i32, buf: &mut [u8]) -> bool {
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: writing into the unfilled tail of `buf`.
+        let n = unsafe { libc::read(fd, buf[got..].as_mut_ptr().cast(), buf.len() - got) };
+        if n <= 0 {
+            return false;
+        }
+        got += n as usize;
+    }
+    true
+}
+
+fn write_full(fd: i32, buf: &[u8]) {
+    let mut sent = 0;
+    while sent < buf.len() {
+        // SAFETY: reading from the unsent tail of `buf`.
+        let n = unsafe { libc::write(fd, buf[sent..].as_ptr().cast(), buf.len() - sent) };
+        assert!(n > 0, "write failed");
+        sent += n as usize;
+    }
+}
+
+/// Median µs per 8-byte round trip over two raw pipes to a forked child.
+fn raw_pipe_rtt(round_trips: usize) -> f64 {
+    let (to_child_r, to_child_w) = raw_pipe();
+    let (to_parent_r, to_parent_w) = raw_pipe();
+    // SAFETY: the child only reads, writes and `_exit`s.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: closing the ends this side does not use, so end-of-file works.
+        unsafe {
+            libc::close(to_child_w);
+            libc::close(to_parent_r);
+        }
+        let mut buf = [0u8; 8];
+        while read_full(to_child_r, &mut buf) {
+            write_full(to_parent_w, &buf);
+        }
+        // SAFETY: `_exit` is async-signal-safe.
+        unsafe { libc::_exit(0) };
+    }
+    // SAFETY: closing the ends this side does not use.
+    unsafe {
+        libc::close(to_child_r);
+        libc::close(to_parent_w);
+    }
+    let mut buf = [0u8; 8];
+    let samples = (0..RUNS + 1)
+        .map(|_| {
+            let t = Instant::now();
+            for i in 0..round_trips as u64 {
+                write_full(to_child_w, &i.to_le_bytes());
+                read_full(to_parent_r, &mut buf);
+            }
+            micros(t.elapsed()) / round_trips as f64
+        })
+        .skip(1)
+        .collect();
+    // SAFETY: closing our own descriptors and reaping our own child.
+    unsafe {
+        for fd in [to_child_w, to_parent_r] {
+            libc::close(fd);
+        }
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+    median(samples)
+}
+
+/// GB/s of 1 MiB messages through a raw pipe to a forked child that reads
+/// them into a private buffer. `pipe_size`: the pipe's capacity, if set.
+fn raw_pipe_throughput(messages: usize, pipe_size: Option<i32>) -> f64 {
+    const MIB: usize = 1 << 20;
+    let (r, w) = raw_pipe();
+    if let Some(size) = pipe_size {
+        // SAFETY: F_SETPIPE_SZ on our own pipe.
+        unsafe { libc::fcntl(w, libc::F_SETPIPE_SZ, size) };
+    }
+    let (done_r, done_w) = raw_pipe();
+    // SAFETY: the child only reads, writes and `_exit`s.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: closing the ends this side does not use, so end-of-file works.
+        unsafe {
+            libc::close(w);
+            libc::close(done_r);
+        }
+        let mut buf = vec![0u8; MIB];
+        while read_full(r, &mut buf) {
+            black_box(&buf);
+            write_full(done_w, &[1]);
+        }
+        // SAFETY: `_exit` is async-signal-safe.
+        unsafe { libc::_exit(0) };
+    }
+    // SAFETY: closing the ends this side does not use.
+    unsafe {
+        libc::close(r);
+        libc::close(done_w);
+    }
+    let data = vec![7u8; MIB];
+    let mut ack = [0u8; 1];
+    let samples = (0..RUNS)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..messages {
+                write_full(w, &data);
+            }
+            for _ in 0..messages {
+                read_full(done_r, &mut ack);
+            }
+            (messages * MIB) as f64 / t.elapsed().as_secs_f64() / 1e9
+        })
+        .collect();
+    // SAFETY: closing our own descriptors and reaping our own child.
+    unsafe {
+        for fd in [w, done_r] {
+            libc::close(fd);
+        }
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+    median(samples)
+}
+
+/// GB/s of a single-core 1 MiB memcpy (L2/L3-resident).
+fn memcpy_rate() -> f64 {
+    let src = vec![3u8; 1 << 20];
+    let mut dst = vec![0u8; 1 << 20];
+    let samples = (0..RUNS)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..2000 {
+                dst.copy_from_slice(black_box(&src));
+                black_box(&dst);
+            }
+            (2000usize << 20) as f64 / t.elapsed().as_secs_f64() / 1e9
+        })
+        .collect();
+    median(samples)
+}
+
+fn echo(conn: Connection) {
+    let mut buf = [0u8; 64];
+    while let Ok(n) = conn.recv_bytes_into(&mut buf) {
+        conn.send_bytes(&buf[..n]).expect("echo");
+    }
+}
+
+/// Median µs per 8-byte `send_bytes`/`recv_bytes` round trip.
+fn pipe_rtt(round_trips: usize) -> f64 {
+    let (ours, theirs) = corral::Pipe::duplex().expect("pipe");
+    let child = corral::spawn(echo, theirs).expect("spawn");
+    let mut buf = [0u8; 64];
+    let samples = (0..RUNS + 1)
+        .map(|_| {
+            let t = Instant::now();
+            for i in 0..round_trips as u64 {
+                ours.send_bytes(&i.to_le_bytes()).expect("send");
+                ours.recv_bytes_into(&mut buf).expect("recv");
+            }
+            micros(t.elapsed()) / round_trips as f64
+        })
+        .skip(1)
+        .collect();
+    drop(ours);
+    child.join().expect("echo child");
+    median(samples)
+}
+
+fn sink(conn: Connection) {
+    let mut buf = vec![0u8; 1 << 20];
+    while let Ok(n) = conn.recv_bytes_into(&mut buf) {
+        black_box(&buf[..n]);
+        conn.send_bytes(&[1]).expect("ack");
+    }
+}
+
+fn sink_alloc(conn: Connection) {
+    while let Ok(data) = conn.recv_bytes() {
+        black_box(&data);
+        conn.send_bytes(&[1]).expect("ack");
+    }
+}
+
+/// GB/s of 1 MiB `send_bytes` messages to a child that receives each into a
+/// buffer (`recv_bytes_into`) or a fresh vector (`recv_bytes`).
+fn pipe_throughput(messages: usize, allocate: bool) -> f64 {
+    let (ours, theirs) = corral::Pipe::duplex().expect("pipe");
+    let child = if allocate {
+        corral::spawn(sink_alloc, theirs)
+    } else {
+        corral::spawn(sink, theirs)
+    }
+    .expect("spawn");
+    let data = vec![7u8; 1 << 20];
+    let mut ack = [0u8; 8];
+    let samples = (0..RUNS)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..messages {
+                ours.send_bytes(&data).expect("send");
+            }
+            for _ in 0..messages {
+                ours.recv_bytes_into(&mut ack).expect("ack");
+            }
+            (messages << 20) as f64 / t.elapsed().as_secs_f64() / 1e9
+        })
+        .collect();
+    drop(ours);
+    child.join().expect("sink child");
+    median(samples)
+}
+
+fn main() {
+    corral::init();
+    let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    let quick = std::env::var_os("CORRAL_BENCH_QUICK").is_some();
+    let n = |full: usize| if quick { full / 10 } else { full };
+    if what == "floor" || what == "all" {
+        emit("raw fork+waitpid", raw_fork(n(500)), "us");
+        emit("raw pipe 8B round trip", raw_pipe_rtt(n(20_000)), "us");
+        emit(
+            "raw pipe 1MiB (64 KiB pipe)",
+            raw_pipe_throughput(n(256), None),
+            "GB/s",
+        );
+        emit(
+            "raw pipe 1MiB (1 MiB pipe)",
+            raw_pipe_throughput(n(256), Some(1 << 20)),
+            "GB/s",
+        );
+        emit("memcpy 1MiB", memcpy_rate(), "GB/s");
+    }
+    if what == "spawn" || what == "all" {
+        emit(
+            "corral spawn+join forkserver",
+            spawn_join(StartMethod::ForkServer, n(500)),
+            "us",
+        );
+        emit(
+            "corral spawn+join fork",
+            spawn_join(StartMethod::Fork, n(500)),
+            "us",
+        );
+        emit(
+            "corral spawn+join spawn",
+            spawn_join(StartMethod::Spawn, n(200)),
+            "us",
+        );
+    }
+    if what == "pipe" || what == "all" {
+        emit("corral pipe 8B round trip", pipe_rtt(n(20_000)), "us");
+        emit(
+            "corral pipe 1MiB send_bytes (recv_bytes_into)",
+            pipe_throughput(n(256), false),
+            "GB/s",
+        );
+        emit(
+            "corral pipe 1MiB send_bytes (recv_bytes)",
+            pipe_throughput(n(256), true),
+            "GB/s",
+        );
+    }
+}

@@ -19,6 +19,7 @@ fn quick(_: ()) {}
 fn spawn_join_cycles_leave_no_zombie_and_no_descriptor() {
     // Warm up lazily created state (the fork server connection, the panic hook).
     corral::spawn(echo, 0).unwrap().join().unwrap();
+    let server = corral::internal::fork_server_pid().expect("a fork server");
     let baseline = open_fds();
     for i in 0..1_000 {
         assert_eq!(corral::spawn(echo, i).unwrap().join().unwrap(), i);
@@ -63,4 +64,12 @@ fn spawn_join_cycles_leave_no_zombie_and_no_descriptor() {
         "dropped children left zombies"
     );
     assert_eq!(open_fds(), baseline, "dropped children leaked descriptors");
+    // Joined handles close their status pipes before the server reports into
+    // them; the server must shrug that off (EPIPE), not die of SIGPIPE.
+    assert_eq!(
+        corral::internal::fork_server_pid(),
+        Some(server),
+        "the fork server was replaced"
+    );
+    assert!(!corral_fixtures::is_gone(server));
 }

@@ -314,7 +314,7 @@ fn jobs_and_closures_run_in_children() {
         .unwrap();
     assert_eq!(named.name(), Some("countdown"));
     assert_eq!(done(named).unwrap(), vec![3, 2, 1, 0]);
-    let captured = vec![5u64, 6, 7];
+    let captured: Vec<u64> = (5..8).collect();
     let child = Process::builder()
         .fork_closure(move || captured.iter().sum::<u64>())
         .unwrap();

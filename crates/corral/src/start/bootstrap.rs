@@ -128,7 +128,7 @@ thread_local! {
     static LAST_PANIC: RefCell<Option<(Option<String>, String)>> = const { RefCell::new(None) };
 }
 
-fn install_panic_hook() {
+pub(crate) fn install_panic_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();

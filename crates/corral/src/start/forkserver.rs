@@ -124,9 +124,24 @@ impl ServerClient {
         let mut reply = [0u8; 8];
         let mut got = 0;
         let mut received = Vec::new();
+        // A fork takes ~150 µs; watching for the answer that long is cheaper
+        // than being woken by it.
+        let spin_until = std::time::Instant::now() + std::time::Duration::from_micros(300);
         while got < reply.len() {
-            let n = sys::recv_with_fds(self.sock.as_fd(), &mut reply[got..], &mut received)
-                .map_err(|e| Error::ForkServer(format!("reading its answer: {e}")))?;
+            let spinning = std::time::Instant::now() < spin_until;
+            let n = match sys::recv_with_fds_flags(
+                self.sock.as_fd(),
+                &mut reply[got..],
+                &mut received,
+                !spinning,
+            ) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                other => other,
+            }
+            .map_err(|e| Error::ForkServer(format!("reading its answer: {e}")))?;
             if n == 0 {
                 return Err(Error::ForkServer("it closed the connection".into()));
             }
@@ -214,6 +229,11 @@ fn serve(ctrl: RawFd) -> ! {
         .expect("one descriptor");
     let _ = sys::set_cloexec(ctrl.as_fd(), true);
     let server_pid = sys::getpid();
+    // The parent may close a status pipe before the server reports into it.
+    sys::ignore_sigpipe();
+    // Inherited by every child: they need not set it up each.
+    bootstrap::install_panic_hook();
+    let _ = sys::executable_identity();
     let argv = sys::own_cmdline();
     let env = exec_env();
     let mut kids: Vec<Kid> = Vec::new();

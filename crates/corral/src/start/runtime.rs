@@ -44,6 +44,9 @@ pub(crate) fn init() {
     if !mark_initialized() {
         return;
     }
+    // Work every child would otherwise repeat: done once here, inherited by
+    // the fork server and everything it forks.
+    let _ = sys::executable_identity();
     // Fork the server now, while the program is (normally) single-threaded.
     // A failure here is retried, and reported, at the first spawn.
     if sys::thread_count() == 1 {

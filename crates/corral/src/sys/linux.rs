@@ -366,12 +366,28 @@ pub(crate) fn recv_with_fds(
     buf: &mut [u8],
     fds: &mut Vec<OwnedFd>,
 ) -> io::Result<usize> {
+    recv_with_fds_flags(sock, buf, fds, true)
+}
+
+/// [`recv_with_fds`], failing with `WouldBlock` instead of waiting unless
+/// `block`.
+pub(crate) fn recv_with_fds_flags(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+    block: bool,
+) -> io::Result<usize> {
+    let flags = if block {
+        RecvFlags::CMSG_CLOEXEC
+    } else {
+        RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT
+    };
     let mut space =
         vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE + 3))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut iov = [IoSliceMut::new(buf)];
     let received = loop {
-        match rustix::net::recvmsg(sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+        match rustix::net::recvmsg(sock, &mut iov, &mut control, flags) {
             Ok(r) => break r,
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
@@ -442,4 +458,12 @@ pub(crate) fn poll_writable(fd: BorrowedFd<'_>) -> io::Result<()> {
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Ignores `SIGPIPE` in this process (Rust's `main` does this for programs;
+/// a fork server started before `main`, from a test binary's constructor,
+/// must do it itself). Writes to closed pipes then fail with `EPIPE`.
+pub(crate) fn ignore_sigpipe() {
+    // SAFETY: installing SIG_IGN involves no handler code and no memory.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 }

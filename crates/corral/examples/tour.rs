@@ -1,0 +1,114 @@
+//! A tour of corral: `cargo run --release --example tour`.
+//!
+//! Starts children under every start method, brings a panic and a crash back
+//! as data, gives up on a hung child and kills it, and talks over a pipe.
+
+use std::time::{Duration, Instant};
+
+use corral::{Connection, JoinTimeout, Pipe, Process, ProcessError, StartMethod};
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn parse(text: String) -> u32 {
+    text.parse().expect("a number")
+}
+
+fn crash(_: ()) {
+    std::process::abort()
+}
+
+fn hang(_: ()) {
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+fn shout(conn: Connection) -> usize {
+    let mut served = 0;
+    while let Ok(word) = conn.recv::<String>() {
+        conn.send(&word.to_uppercase()).expect("reply");
+        served += 1;
+    }
+    served
+}
+
+fn main() {
+    corral::init(); // first line of main
+
+    println!("1. A function runs in a child process; its result comes back.");
+    for method in [
+        StartMethod::ForkServer,
+        StartMethod::Spawn,
+        StartMethod::Fork,
+    ] {
+        let started = Instant::now();
+        let child = Process::builder()
+            .start_method(method)
+            .spawn(square, 12)
+            .expect("spawn");
+        let pid = child.pid();
+        let value = child.join().expect("join");
+        println!(
+            "   {method:?}: pid {pid} returned {value} in {:?}",
+            started.elapsed()
+        );
+    }
+
+    println!("\n2. A panic in the child comes back as data.");
+    match corral::spawn(parse, "twelve".to_string())
+        .expect("spawn")
+        .join()
+    {
+        Err(ProcessError::Panicked(panic)) => {
+            println!("   message:  {}", panic.message);
+            println!("   location: {}", panic.location.as_deref().unwrap_or("?"));
+            let frames = panic
+                .backtrace
+                .lines()
+                .filter(|l| l.contains("tour::"))
+                .count();
+            println!(
+                "   backtrace: {} lines, {frames} in this program",
+                panic.backtrace.lines().count()
+            );
+        }
+        other => println!("   unexpected: {other:?}"),
+    }
+
+    println!("\n3. A crash is reported exactly, not as a hang.");
+    let err = corral::spawn(crash, ()).expect("spawn").join().unwrap_err();
+    println!("   {err}");
+
+    println!("\n4. A hung child: join_timeout gives it back, kill ends it.");
+    let child = corral::spawn(hang, ()).expect("spawn");
+    match child.join_timeout(Duration::from_millis(200)) {
+        Err(JoinTimeout::Elapsed(child)) => {
+            println!("   still running after 200 ms: killing pid {}", child.pid());
+            child.kill().expect("kill");
+            let err = child.join().unwrap_err();
+            println!("   {err}");
+        }
+        other => println!("   unexpected: {other:?}"),
+    }
+
+    println!("\n5. Pipe ends are handles: pass one to a child and talk.");
+    let (ours, theirs) = Pipe::duplex().expect("pipe");
+    let child = corral::spawn(shout, theirs).expect("spawn");
+    for word in ["corral", "keeps", "its", "promises"] {
+        ours.send(word).expect("send");
+        println!(
+            "   sent {word:?}, got {:?}",
+            ours.recv::<String>().expect("recv")
+        );
+    }
+    drop(ours);
+    println!(
+        "   the child served {} words and exited",
+        child.join().expect("join")
+    );
+
+    println!("\n6. If this program is killed, even by SIGKILL, every child dies with it.");
+    println!("   (tested: crates/corral-fixtures/tests/orphans.rs)");
+}
