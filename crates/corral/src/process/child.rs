@@ -112,10 +112,10 @@ impl Proc {
         self.pump(st);
         st.result_done = true;
         st.exited = true;
-        if let Reaper::Own = self.reaper {
-            if let Some(status) = sys::reap(self.pidfd.as_fd(), true)? {
-                st.fate = Some(Fate::Exited(status));
-            }
+        if let Reaper::Own = self.reaper
+            && let Some(status) = sys::reap(self.pidfd.as_fd(), true)?
+        {
+            st.fate = Some(Fate::Exited(status));
         }
         Ok(())
     }
