@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs every benchmark side by side in one session and writes bench/RESULTS.md.
+# CORRAL_BENCH_QUICK=1 runs a tenth of the iterations (a smoke test).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -q -p corral-bench
+mkdir -p bench/out
+out=bench/out/results.jsonl
+: > "$out"
+./target/release/corral-bench floor | tee -a "$out"
+./target/release/corral-bench spawn | tee -a "$out"
+./target/release/procspawn-bench | tee -a "$out"
+./target/release/corral-bench pipe | tee -a "$out"
+python3 bench/python/process_bench.py | tee -a "$out"
+python3 bench/report.py "$out" > bench/RESULTS.md
+echo "wrote bench/RESULTS.md"
