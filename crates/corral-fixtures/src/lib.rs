@@ -116,3 +116,10 @@ pub fn reap_exited_children() {
         }
     }
 }
+
+/// Sends `SIGKILL` to `pid` (a process the test does not own a handle to,
+/// like the fork server).
+pub fn sigkill(pid: u32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+}

@@ -211,13 +211,14 @@ impl Proc {
     /// Kills the child and everything in its process group.
     pub(crate) fn kill_group(&self) -> std::io::Result<()> {
         let exited = self.lock().exited;
-        if !exited {
-            sys::signal(self.pidfd.as_fd(), sys::Sig::Kill)?;
-            // The group id cannot be reused while the leader is unreaped or
-            // any member is alive.
-            sys::signal_group(self.pid, sys::Sig::Kill)?;
+        if exited || sys::poll_readable(&[self.pidfd.as_fd()], Some(Duration::ZERO))?[0] {
+            // Already gone. A fork server may have reaped it, so its pid (and
+            // group id) may be recycled: do not signal by number.
+            return Ok(());
         }
-        Ok(())
+        sys::signal(self.pidfd.as_fd(), sys::Sig::Kill)?;
+        // The leader was alive an instant ago, so the group is still its own.
+        sys::signal_group(self.pid, sys::Sig::Kill)
     }
 
     fn outcome<R: Data>(&self) -> Result<R, ProcessError> {

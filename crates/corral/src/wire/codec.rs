@@ -161,7 +161,7 @@ mod tests {
         #[test]
         fn truncated_frames_are_errors(value in sample(), cut in 1usize..64) {
             let frame = crate::wire::frame_bytes(&encode(&value).unwrap().bytes);
-            let cut = cut.min(frame.len());
+            let cut = cut.min(frame.len() - 1); // an empty stream is simply no frames
             let frames = crate::wire::split_frames(&frame[..frame.len() - cut]);
             prop_assert!(
                 matches!(frames.last(), Some(Err(crate::WireError::Truncated { .. }))),

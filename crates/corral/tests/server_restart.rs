@@ -1,0 +1,40 @@
+//! The fork server killed from outside: its children die with it and say so,
+//! and the next spawn starts a new server. A test binary of its own, so that
+//! no other test's children die with the server.
+
+use std::time::{Duration, Instant};
+
+use corral::{ExitStatus, JoinTimeout, ProcessError};
+use corral_fixtures::{hang, is_gone, sigkill};
+
+corral::test_support!();
+
+fn triple(x: u32) -> u32 {
+    x * 3
+}
+
+#[test]
+fn a_killed_fork_server_is_replaced_and_its_children_do_not_hang() {
+    assert_eq!(corral::spawn(triple, 1).unwrap().join().unwrap(), 3);
+    let server = corral::internal::fork_server_pid().expect("a fork server");
+    let orphaned = corral::spawn(hang::<()>, ()).unwrap();
+    let pid = orphaned.pid();
+
+    sigkill(server);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(is_gone(server) && is_gone(pid)) {
+        assert!(Instant::now() < deadline, "the server's child outlived it");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The child died with its server (death signal); nobody can report its
+    // status any more, and join says so instead of hanging.
+    match orphaned.join_timeout(Duration::from_secs(10)) {
+        Err(JoinTimeout::Failed(ProcessError::Lost)) => {}
+        Err(JoinTimeout::Failed(ProcessError::Exited(ExitStatus::Signal(9)))) => {}
+        other => panic!("{other:?}"),
+    }
+    // The next spawn starts a new server transparently.
+    assert_eq!(corral::spawn(triple, 5).unwrap().join().unwrap(), 15);
+    let replacement = corral::internal::fork_server_pid().expect("a new fork server");
+    assert_ne!(replacement, server);
+}
