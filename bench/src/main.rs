@@ -2,7 +2,7 @@
 //! same run. Prints one JSON object per line: `{"name", "value", "unit"}`.
 //!
 //! `corral-bench <spawn|floor|pipe|all>`; `bench/run.sh` drives everything.
-#![allow(
+#![expect(
     unsafe_code,
     reason = "the raw syscall floor calls fork, pipe and waitpid directly"
 )]

@@ -5,7 +5,7 @@
 //! binaries are whole corral programs for scenarios a test cannot stage in
 //! its own process: a parent that gets SIGKILLed, a program that forgets
 //! `corral::init()`, a program that exits with daemon and non-daemon children.
-#![allow(unsafe_code, reason = "crashing on purpose needs raw signals")]
+#![expect(unsafe_code, reason = "crashing on purpose needs raw signals")]
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;
 
 #[derive(Deserialize)]
-#[allow(dead_code)]
+#[allow(dead_code, reason = "the fields exist to be decoded, never read")]
 enum Message {
     Unit,
     Number(u64),

@@ -6,10 +6,6 @@ use std::time::Duration;
 use crate::{Child, Data, Error, sys};
 
 mod sealed {
-    #[allow(
-        unreachable_pub,
-        reason = "sealed-trait pattern: public name in a private module"
-    )]
     pub trait Sealed {}
 }
 

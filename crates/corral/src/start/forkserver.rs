@@ -398,7 +398,7 @@ fn handle(
     }
 }
 
-#[allow(
+#[expect(
     clippy::too_many_arguments,
     reason = "the pieces of one request, unpacked"
 )]

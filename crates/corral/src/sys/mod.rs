@@ -14,7 +14,7 @@
 //! * function addresses that survive re-execution ([`code`]).
 //!
 //! Linux is the supported platform (pidfd, memfd, `prctl`, `close_range`).
-#![allow(unsafe_code, reason = "this module is the FFI boundary of the crate")]
+#![expect(unsafe_code, reason = "this module is the FFI boundary of the crate")]
 
 pub(crate) mod code;
 mod exe;
