@@ -105,49 +105,80 @@ fn write_full(fd: i32, buf: &[u8]) {
     }
 }
 
+/// A forked child connected by two raw pipes; dropping it closes our ends and
+/// reaps the child.
+struct RawPeer {
+    pid: i32,
+    to_child: i32,
+    from_child: i32,
+}
+
+impl RawPeer {
+    /// Forks a child running `serve(read_end, write_end)`. `pipe_size` sets
+    /// the capacity of the pipe towards the child.
+    fn start(pipe_size: Option<i32>, serve: fn(i32, i32)) -> RawPeer {
+        let (to_child_r, to_child_w) = raw_pipe();
+        let (from_child_r, from_child_w) = raw_pipe();
+        if let Some(size) = pipe_size {
+            // SAFETY: F_SETPIPE_SZ on our own pipe.
+            unsafe { libc::fcntl(to_child_w, libc::F_SETPIPE_SZ, size) };
+        }
+        // SAFETY: the child only closes, reads, writes and `_exit`s.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: closing the ends this side does not use, so end-of-file works.
+            unsafe {
+                libc::close(to_child_w);
+                libc::close(from_child_r);
+            }
+            serve(to_child_r, from_child_w);
+            // SAFETY: `_exit` is async-signal-safe.
+            unsafe { libc::_exit(0) };
+        }
+        // SAFETY: closing the ends this side does not use.
+        unsafe {
+            libc::close(to_child_r);
+            libc::close(from_child_w);
+        }
+        RawPeer {
+            pid,
+            to_child: to_child_w,
+            from_child: from_child_r,
+        }
+    }
+}
+
+impl Drop for RawPeer {
+    fn drop(&mut self) {
+        // SAFETY: closing our own descriptors and reaping our own child.
+        unsafe {
+            libc::close(self.to_child);
+            libc::close(self.from_child);
+            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
 /// Median µs per 8-byte round trip over two raw pipes to a forked child.
 fn raw_pipe_rtt(round_trips: usize) -> f64 {
-    let (to_child_r, to_child_w) = raw_pipe();
-    let (to_parent_r, to_parent_w) = raw_pipe();
-    // SAFETY: the child only reads, writes and `_exit`s.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        // SAFETY: closing the ends this side does not use, so end-of-file works.
-        unsafe {
-            libc::close(to_child_w);
-            libc::close(to_parent_r);
-        }
+    let peer = RawPeer::start(None, |input, output| {
         let mut buf = [0u8; 8];
-        while read_full(to_child_r, &mut buf) {
-            write_full(to_parent_w, &buf);
+        while read_full(input, &mut buf) {
+            write_full(output, &buf);
         }
-        // SAFETY: `_exit` is async-signal-safe.
-        unsafe { libc::_exit(0) };
-    }
-    // SAFETY: closing the ends this side does not use.
-    unsafe {
-        libc::close(to_child_r);
-        libc::close(to_parent_w);
-    }
+    });
     let mut buf = [0u8; 8];
     let samples = (0..RUNS + 1)
         .map(|_| {
             let t = Instant::now();
             for i in 0..round_trips as u64 {
-                write_full(to_child_w, &i.to_le_bytes());
-                read_full(to_parent_r, &mut buf);
+                write_full(peer.to_child, &i.to_le_bytes());
+                read_full(peer.from_child, &mut buf);
             }
             micros(t.elapsed()) / round_trips as f64
         })
         .skip(1)
         .collect();
-    // SAFETY: closing our own descriptors and reaping our own child.
-    unsafe {
-        for fd in [to_child_w, to_parent_r] {
-            libc::close(fd);
-        }
-        libc::waitpid(pid, std::ptr::null_mut(), 0);
-    }
     median(samples)
 }
 
@@ -155,54 +186,27 @@ fn raw_pipe_rtt(round_trips: usize) -> f64 {
 /// them into a private buffer. `pipe_size`: the pipe's capacity, if set.
 fn raw_pipe_throughput(messages: usize, pipe_size: Option<i32>) -> f64 {
     const MIB: usize = 1 << 20;
-    let (r, w) = raw_pipe();
-    if let Some(size) = pipe_size {
-        // SAFETY: F_SETPIPE_SZ on our own pipe.
-        unsafe { libc::fcntl(w, libc::F_SETPIPE_SZ, size) };
-    }
-    let (done_r, done_w) = raw_pipe();
-    // SAFETY: the child only reads, writes and `_exit`s.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        // SAFETY: closing the ends this side does not use, so end-of-file works.
-        unsafe {
-            libc::close(w);
-            libc::close(done_r);
-        }
+    let peer = RawPeer::start(pipe_size, |input, output| {
         let mut buf = vec![0u8; MIB];
-        while read_full(r, &mut buf) {
+        while read_full(input, &mut buf) {
             black_box(&buf);
-            write_full(done_w, &[1]);
+            write_full(output, &[1]);
         }
-        // SAFETY: `_exit` is async-signal-safe.
-        unsafe { libc::_exit(0) };
-    }
-    // SAFETY: closing the ends this side does not use.
-    unsafe {
-        libc::close(r);
-        libc::close(done_w);
-    }
+    });
     let data = vec![7u8; MIB];
     let mut ack = [0u8; 1];
     let samples = (0..RUNS)
         .map(|_| {
             let t = Instant::now();
             for _ in 0..messages {
-                write_full(w, &data);
+                write_full(peer.to_child, &data);
             }
             for _ in 0..messages {
-                read_full(done_r, &mut ack);
+                read_full(peer.from_child, &mut ack);
             }
             (messages * MIB) as f64 / t.elapsed().as_secs_f64() / 1e9
         })
         .collect();
-    // SAFETY: closing our own descriptors and reaping our own child.
-    unsafe {
-        for fd in [w, done_r] {
-            libc::close(fd);
-        }
-        libc::waitpid(pid, std::ptr::null_mut(), 0);
-    }
     median(samples)
 }
 
