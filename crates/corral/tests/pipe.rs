@@ -162,3 +162,24 @@ fn python_framing_is_byte_for_byte_compatible() {
     std::io::Read::read_exact(&mut theirs, &mut wire).unwrap();
     assert_eq!(wire, [0, 0, 0, 3, b'a', b'b', b'c']);
 }
+
+#[test]
+fn a_1_gib_message_crosses_a_pipe() {
+    let (rx, tx) = Pipe::simplex().unwrap();
+    let receiver = std::thread::spawn(move || {
+        let data = rx.recv_bytes().unwrap();
+        (
+            data.len(),
+            data[0],
+            data[data.len() / 2],
+            data[data.len() - 1],
+        )
+    });
+    let mut data = vec![0u8; 1 << 30];
+    data[0] = 1;
+    data[1 << 29] = 2;
+    *data.last_mut().unwrap() = 3;
+    tx.send_bytes(&data).unwrap();
+    drop(data);
+    assert_eq!(receiver.join().unwrap(), (1 << 30, 1, 2, 3));
+}

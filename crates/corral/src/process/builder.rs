@@ -214,10 +214,11 @@ impl ProcessBuilder {
         drop(arg);
         let handles: Vec<RawFd> = encoded.fds.iter().map(sys::raw).collect();
         let bytes = &encoded.bytes;
+        let mut keep = handles.clone();
+        keep.push(-1);
         let child = self.fork_with(move |result| {
-            let mut keep = handles.clone();
-            keep.push(result);
-            sys::close_all_except(&keep);
+            *keep.last_mut().expect("the result slot") = result;
+            sys::close_all_except(&mut keep);
             let fds = sys::adopt_inherited_fds(&handles);
             match wire::decode::<A>(bytes, fds) {
                 Ok(arg) => bootstrap::run_body(move || f(arg)),
@@ -238,10 +239,10 @@ impl ProcessBuilder {
         let parent = sys::getpid();
         let main_thread = sys::is_main_thread();
         let result = theirs.as_fd();
-        let name = self.name.as_deref();
+        let name = self.name.as_deref().and_then(sys::process_name);
         let pid = sys::fork_with(move || {
             runtime::forget_inherited_server();
-            sys::enter_child(parent, main_thread, name);
+            sys::enter_child(parent, main_thread, name.as_deref());
             let outcome = body(sys::raw(&result));
             bootstrap::finish(result, outcome)
         })

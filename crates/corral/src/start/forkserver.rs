@@ -72,8 +72,8 @@ impl ServerClient {
         let theirs_raw = sys::raw(&theirs);
         let pid = if sys::thread_count() == 1 {
             sys::fork_with(|| {
-                sys::enter_child(parent, die_with_parent, Some("corral-server"));
-                sys::close_all_except(&[theirs_raw]);
+                sys::enter_child(parent, die_with_parent, Some(c"corral-server"));
+                sys::close_all_except(&mut [theirs_raw]);
                 serve(theirs_raw)
             })
         } else {
@@ -370,20 +370,25 @@ fn handle(
         return reply(-1, libc::EINVAL, None);
     }
     let status = fds.remove(1);
-    let result_raw = sys::raw(&fds[0]);
-    let handle_raws: Vec<RawFd> = fds[1..].iter().map(sys::raw).collect();
-    let forked = sys::fork_with(|| {
-        child_main(
-            kind,
-            &meta,
-            &arg,
-            result_raw,
-            &handle_raws,
-            server_pid,
-            argv,
-            env,
-        )
-    });
+    // Everything the child needs is prepared here, before the fork: each
+    // allocation in the child would cost it copy-on-write faults.
+    let start = postcard::from_bytes::<StartMeta>(&meta).map_err(|e| e.to_string());
+    let name = start
+        .as_ref()
+        .ok()
+        .and_then(|m| m.name.as_deref())
+        .and_then(sys::process_name);
+    let mut keep: Vec<RawFd> = fds.iter().map(sys::raw).collect();
+    let handles: Vec<RawFd> = keep[1..].to_vec();
+    let prepared = Prepared {
+        kind,
+        start,
+        meta: &meta,
+        arg: &arg,
+        name,
+        handles,
+    };
+    let forked = sys::fork_with(|| child_main(prepared, &mut keep, server_pid, argv, env));
     drop(fds);
     match forked.and_then(|pid| Ok((pid, sys::pidfd_open(pid)?))) {
         Ok((pid, pidfd)) => {
@@ -398,41 +403,43 @@ fn handle(
     }
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the pieces of one request, unpacked"
-)]
-fn child_main(
+/// A start request, decoded and made ready by the server before it forks.
+struct Prepared<'a> {
     kind: u32,
-    meta_bytes: &[u8],
-    arg: &[u8],
-    result_raw: RawFd,
-    handle_raws: &[RawFd],
+    start: Result<StartMeta, String>,
+    meta: &'a [u8],
+    arg: &'a [u8],
+    name: Option<CString>,
+    /// The argument's handles (the result socket is `keep[0]`).
+    handles: Vec<RawFd>,
+}
+
+fn child_main(
+    prepared: Prepared<'_>,
+    keep: &mut [RawFd],
     server_pid: i32,
     argv: &[CString],
     env: &[CString],
 ) -> ! {
-    let meta = postcard::from_bytes::<StartMeta>(meta_bytes);
-    let name = meta.as_ref().ok().and_then(|m| m.name.as_deref());
-    sys::enter_child(server_pid, true, name);
-    let mut keep = vec![result_raw];
-    keep.extend_from_slice(handle_raws);
-    sys::close_all_except(&keep);
-    let mut owned = sys::adopt_inherited_fds(&keep).into_iter();
-    let result = owned.next().expect("the result socket");
-    let handles: Vec<OwnedFd> = owned.collect();
-    let meta = match meta {
-        Ok(meta) => meta,
+    sys::enter_child(server_pid, true, prepared.name.as_deref());
+    let result_raw = keep[0];
+    sys::close_all_except(keep);
+    let result = sys::adopt_inherited_fds(&[result_raw])
+        .pop()
+        .expect("the result socket");
+    let handles = sys::adopt_inherited_fds(&prepared.handles);
+    let start = match prepared.start {
+        Ok(start) => start,
         Err(e) => bootstrap::finish(
             result.as_fd(),
             Outcome::Refused(format!("corrupt start message: {e}")),
         ),
     };
-    if kind == KIND_FORK {
-        let outcome = bootstrap::run_task(&meta, arg, handles);
+    if prepared.kind == KIND_FORK {
+        let outcome = bootstrap::run_task(&start, prepared.arg, handles);
         bootstrap::finish(result.as_fd(), outcome)
     }
-    let failure = match exec_child(meta_bytes, arg, &result, &handles, argv, env) {
+    let failure = match exec_child(prepared.meta, prepared.arg, &result, &handles, argv, env) {
         Ok(never) => match never {},
         Err(e) => e,
     };

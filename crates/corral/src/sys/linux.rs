@@ -8,7 +8,7 @@
 //! bootstrap received by number.
 
 use std::convert::Infallible;
-use std::ffi::{CString, OsStr};
+use std::ffi::{CStr, CString, OsStr};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -75,10 +75,11 @@ pub(crate) fn getpid() -> i32 {
 
 /// Makes a freshly forked process a well-behaved corral child: its own process
 /// group (so signals reach its descendants), killed when `parent` dies (if
-/// `die_with_parent`), and named for `ps`.
+/// `die_with_parent`), and named for `ps` (see [`process_name`]).
 ///
-/// Exits immediately if `parent` is already gone.
-pub(crate) fn enter_child(parent: i32, die_with_parent: bool, name: Option<&str>) {
+/// Exits immediately if `parent` is already gone. Allocates nothing: every
+/// write in a fresh child costs a copy-on-write page fault.
+pub(crate) fn enter_child(parent: i32, die_with_parent: bool, name: Option<&CStr>) {
     let _ = rustix::process::setpgid(None, None);
     if die_with_parent {
         let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
@@ -88,27 +89,29 @@ pub(crate) fn enter_child(parent: i32, die_with_parent: bool, name: Option<&str>
         }
     }
     if let Some(name) = name {
-        let short: Vec<u8> = name.bytes().filter(|&b| b != 0).take(15).collect();
-        if let Ok(name) = CString::new(short) {
-            let _ = rustix::thread::set_name(&name);
-        }
+        let _ = rustix::thread::set_name(name);
     }
+}
+
+/// A process name as the kernel takes it (at most 15 bytes, no NUL).
+pub(crate) fn process_name(name: &str) -> Option<CString> {
+    let short: Vec<u8> = name.bytes().filter(|&b| b != 0).take(15).collect();
+    CString::new(short).ok()
 }
 
 /// Closes every descriptor above stderr except those in `keep`.
 ///
 /// Only for a freshly forked child that will never drop the `OwnedFd` values
 /// it inherited (it ends with [`exit_immediately`] or `std::process::exit`).
-pub(crate) fn close_all_except(keep: &[RawFd]) {
-    let mut keep: Vec<u32> = keep
-        .iter()
-        .filter(|&&fd| fd > 2)
-        .map(|&fd| fd as u32)
-        .collect();
+pub(crate) fn close_all_except(keep: &mut [RawFd]) {
     keep.sort_unstable();
-    keep.dedup();
     let mut next = 3u32;
-    for fd in keep.into_iter().chain([u32::MAX]) {
+    for fd in keep
+        .iter()
+        .map(|&fd| fd as u32)
+        .filter(|&fd| fd > 2)
+        .chain([u32::MAX])
+    {
         if fd > next {
             let last = if fd == u32::MAX { u32::MAX } else { fd - 1 };
             // SAFETY: close_range only closes descriptors. The caller is a
@@ -117,7 +120,7 @@ pub(crate) fn close_all_except(keep: &[RawFd]) {
             // live owner will close or use these numbers again.
             unsafe { libc::syscall(libc::SYS_close_range, next, last, 0) };
         }
-        next = fd.saturating_add(1);
+        next = next.max(fd.saturating_add(1));
     }
 }
 
