@@ -51,7 +51,6 @@ def main():
     r = load(sys.argv[1])
     py = next((k.split()[0] for k in r if k.startswith("python")), "python")
     g = r.get
-    raw_fork = g("raw fork+waitpid")
     lines = []
     w = lines.append
     w("# Benchmark results")
@@ -67,13 +66,16 @@ def main():
     w("| start method | corral | raw `fork`+`waitpid` | corral / raw | CPython | CPython / corral | procspawn | procspawn / corral |")
     w("|---|---|---|---|---|---|---|---|")
     for method, pyname in [("forkserver", "forkserver"), ("fork", "fork"), ("spawn", "spawn")]:
+        raw_fork = g(f"raw fork+waitpid (alternating with {method})")
         c = g(f"corral spawn+join {method}")
         p = g(f"{py} Process start+join {pyname}")
         ps = g("procspawn spawn+join") if method == "spawn" else None
         w(f"| {method} | {fmt(c, 'us')} | {fmt(raw_fork, 'us')} | {ratio(c, raw_fork)} | {fmt(p, 'us')} | "
           f"{ratio(p, c)} | {fmt(ps, 'us') if ps else '—'} | {ratio(ps, c) if ps else '—'} |")
     w("")
-    w("procspawn re-executes the binary, so it compares with corral's `spawn` method.")
+    w("Raw `fork`+`waitpid` is measured alternately with each corral loop (one raw fork after each "
+      "spawn+join), so each ratio compares two figures taken under the same load. "
+      "procspawn re-executes the binary, so it compares with corral's `spawn` method.")
     w("")
     w("## Pipe: 8-byte message round trip to a child")
     w("")
@@ -94,6 +96,7 @@ def main():
     w("## Targets (issue #2)")
     w("")
     fs = g("corral spawn+join forkserver")
+    raw_fork = g("raw fork+waitpid (alternating with forkserver)")
     pfs = g(f"{py} Process start+join forkserver")
     w("| target | figure | verdict |")
     w("|---|---|---|")

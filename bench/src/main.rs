@@ -29,50 +29,37 @@ fn micros(d: Duration) -> f64 {
 
 fn noop(_: ()) {}
 
-/// Median µs of `spawn + join` of a no-op child.
-fn spawn_join(method: StartMethod, iterations: usize) -> f64 {
+/// Median µs of `spawn + join` of a no-op child, and of raw `fork` +
+/// `waitpid` measured alternately in the same loop, so that both figures see
+/// the same machine (this VM is shared and noisy).
+fn spawn_join(method: StartMethod, iterations: usize) -> (f64, f64) {
     let builder = Process::builder().start_method(method);
     for _ in 0..10 {
-        builder
-            .clone()
-            .spawn(noop, ())
-            .expect("spawn")
-            .join()
-            .expect("join");
+        builder.clone().spawn(noop, ()).expect("spawn").join().expect("join");
     }
-    let samples = (0..iterations)
-        .map(|_| {
-            let t = Instant::now();
-            builder
-                .clone()
-                .spawn(noop, ())
-                .expect("spawn")
-                .join()
-                .expect("join");
-            micros(t.elapsed())
-        })
-        .collect();
-    median(samples)
+    let mut corral = Vec::with_capacity(iterations);
+    let mut raw = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let t = Instant::now();
+        builder.clone().spawn(noop, ()).expect("spawn").join().expect("join");
+        corral.push(micros(t.elapsed()));
+        raw.push(raw_fork_once());
+    }
+    (median(corral), median(raw))
 }
 
-/// Median µs of raw `fork` + `_exit` + `waitpid`.
-fn raw_fork(iterations: usize) -> f64 {
-    let samples = (0..iterations + 10)
-        .map(|_| {
-            let t = Instant::now();
-            // SAFETY: the child calls only `_exit`.
-            let pid = unsafe { libc::fork() };
-            if pid == 0 {
-                // SAFETY: `_exit` is async-signal-safe.
-                unsafe { libc::_exit(0) };
-            }
-            // SAFETY: waiting for our own child; a null status is allowed.
-            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-            micros(t.elapsed())
-        })
-        .skip(10)
-        .collect();
-    median(samples)
+/// µs of one raw `fork` + `_exit` + `waitpid`.
+fn raw_fork_once() -> f64 {
+    let t = Instant::now();
+    // SAFETY: the child calls only `_exit`.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: `_exit` is async-signal-safe.
+        unsafe { libc::_exit(0) };
+    }
+    // SAFETY: waiting for our own child; a null status is allowed.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    micros(t.elapsed())
 }
 
 fn raw_pipe() -> (i32, i32) {
@@ -305,7 +292,6 @@ fn main() {
     let quick = std::env::var_os("CORRAL_BENCH_QUICK").is_some();
     let n = |full: usize| if quick { full / 10 } else { full };
     if what == "floor" || what == "all" {
-        emit("raw fork+waitpid", raw_fork(n(500)), "us");
         emit("raw pipe 8B round trip", raw_pipe_rtt(n(20_000)), "us");
         emit(
             "raw pipe 1MiB (64 KiB pipe)",
@@ -320,21 +306,15 @@ fn main() {
         emit("memcpy 1MiB", memcpy_rate(), "GB/s");
     }
     if what == "spawn" || what == "all" {
-        emit(
-            "corral spawn+join forkserver",
-            spawn_join(StartMethod::ForkServer, n(500)),
-            "us",
-        );
-        emit(
-            "corral spawn+join fork",
-            spawn_join(StartMethod::Fork, n(500)),
-            "us",
-        );
-        emit(
-            "corral spawn+join spawn",
-            spawn_join(StartMethod::Spawn, n(200)),
-            "us",
-        );
+        for (method, label, iterations) in [
+            (StartMethod::ForkServer, "forkserver", n(500)),
+            (StartMethod::Fork, "fork", n(500)),
+            (StartMethod::Spawn, "spawn", n(200)),
+        ] {
+            let (corral, raw) = spawn_join(method, iterations);
+            emit(&format!("corral spawn+join {label}"), corral, "us");
+            emit(&format!("raw fork+waitpid (alternating with {label})"), raw, "us");
+        }
     }
     if what == "pipe" || what == "all" {
         emit("corral pipe 8B round trip", pipe_rtt(n(20_000)), "us");
