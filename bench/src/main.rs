@@ -35,13 +35,23 @@ fn noop(_: ()) {}
 fn spawn_join(method: StartMethod, iterations: usize) -> (f64, f64) {
     let builder = Process::builder().start_method(method);
     for _ in 0..10 {
-        builder.clone().spawn(noop, ()).expect("spawn").join().expect("join");
+        builder
+            .clone()
+            .spawn(noop, ())
+            .expect("spawn")
+            .join()
+            .expect("join");
     }
     let mut corral = Vec::with_capacity(iterations);
     let mut raw = Vec::with_capacity(iterations);
     for _ in 0..iterations {
         let t = Instant::now();
-        builder.clone().spawn(noop, ()).expect("spawn").join().expect("join");
+        builder
+            .clone()
+            .spawn(noop, ())
+            .expect("spawn")
+            .join()
+            .expect("join");
         corral.push(micros(t.elapsed()));
         raw.push(raw_fork_once());
     }
@@ -313,7 +323,11 @@ fn main() {
         ] {
             let (corral, raw) = spawn_join(method, iterations);
             emit(&format!("corral spawn+join {label}"), corral, "us");
-            emit(&format!("raw fork+waitpid (alternating with {label})"), raw, "us");
+            emit(
+                &format!("raw fork+waitpid (alternating with {label})"),
+                raw,
+                "us",
+            );
         }
     }
     if what == "pipe" || what == "all" {

@@ -320,3 +320,42 @@ fn jobs_and_closures_run_in_children() {
         .unwrap();
     assert_eq!(done(child).unwrap(), 18);
 }
+
+fn write_marker_later(path: String) {
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(path, b"done").unwrap();
+}
+
+fn leave_a_child_behind((path, method): (String, StartMethod)) {
+    // The handle is dropped at once: the grandchild keeps running, and this
+    // child must join it before it exits (Python's exit semantics).
+    let _ = Process::builder()
+        .start_method(method)
+        .spawn(write_marker_later, path)
+        .unwrap();
+}
+
+#[test]
+fn a_child_joins_its_own_children_before_it_exits() {
+    for method in METHODS {
+        let dir = std::env::temp_dir().join(format!(
+            "corral-nested-exit-{}-{method:?}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let marker = dir.join("grandchild-done");
+        let path = marker.to_str().unwrap().to_string();
+        done(
+            builder(method)
+                .spawn(leave_a_child_behind, (path, method))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read(&marker).unwrap_or_default(),
+            b"done",
+            "{method:?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

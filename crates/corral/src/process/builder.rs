@@ -244,7 +244,7 @@ impl ProcessBuilder {
             runtime::forget_inherited_server();
             sys::enter_child(parent, main_thread, name.as_deref());
             let outcome = body(sys::raw(&result));
-            bootstrap::finish(result, outcome)
+            bootstrap::finish(result, outcome, bootstrap::Ending::Careful)
         })
         .map_err(Error::io("forking"))?;
         drop(theirs);

@@ -6,6 +6,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::ffi::OsStr;
+use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Once;
@@ -181,18 +182,40 @@ pub(crate) fn run_body<R: serde::Serialize>(body: impl FnOnce() -> R) -> Outcome
     }
 }
 
+/// How a child ends once its outcome is reported.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Ending {
+    /// A child of the fork server or a re-executed one: it started with a
+    /// single thread of its own. It joins its own children, flushes stdout and
+    /// stderr and calls `_exit`, like Python's children (`os._exit`): exit
+    /// handlers of libraries do not run, and the ~50 µs they cost is saved.
+    Quick,
+    /// A child forked from a program that may have other threads: a lock
+    /// such as stdout's may be held forever by a thread that did not come
+    /// along. It exits through `std::process::exit`, which only try-locks.
+    Careful,
+}
+
 /// Reports `outcome` on `result` and ends the child.
 ///
-/// Exits through `std::process::exit`, so this child's own non-daemon
-/// children are joined first (see [`crate::init`]).
-pub(crate) fn finish(result: BorrowedFd<'_>, outcome: Outcome) -> ! {
+/// Either way, this child's own non-daemon children are joined first and its
+/// daemons terminated (see [`crate::init`]).
+pub(crate) fn finish(result: BorrowedFd<'_>, outcome: Outcome, ending: Ending) -> ! {
     let code = outcome.exit_code();
     if outcome.write_to(result).is_err() {
         // The parent is gone or stopped listening: nobody wants the result.
         sys::exit_immediately(code);
     }
     drop(outcome);
-    std::process::exit(code)
+    match ending {
+        Ending::Quick => {
+            super::runtime::finalize_children();
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stderr().flush();
+            sys::exit_immediately(code)
+        }
+        Ending::Careful => std::process::exit(code),
+    }
 }
 
 /// Environment variable through which an exec'd child finds its start message.
@@ -237,7 +260,7 @@ pub(crate) fn run_exec_child(spec: &OsStr) -> ! {
         Ok((meta, arg)) => run_task(&meta, &arg, handles),
         Err(why) => Outcome::Refused(why),
     };
-    finish(result.as_fd(), outcome)
+    finish(result.as_fd(), outcome, Ending::Quick)
 }
 
 fn read_boot_file(memfd: OwnedFd) -> Result<(StartMeta, Vec<u8>), String> {

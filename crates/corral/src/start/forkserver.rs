@@ -31,7 +31,7 @@ use std::ffi::CString;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 
-use super::bootstrap::{self, BOOT_ENV, Outcome, StartMeta};
+use super::bootstrap::{self, BOOT_ENV, Ending, Outcome, StartMeta};
 use crate::{Error, sys, wire};
 
 /// Environment variable through which an exec'd fork server finds its socket.
@@ -433,11 +433,12 @@ fn child_main(
         Err(e) => bootstrap::finish(
             result.as_fd(),
             Outcome::Refused(format!("corrupt start message: {e}")),
+            Ending::Quick,
         ),
     };
     if prepared.kind == KIND_FORK {
         let outcome = bootstrap::run_task(&start, prepared.arg, handles);
-        bootstrap::finish(result.as_fd(), outcome)
+        bootstrap::finish(result.as_fd(), outcome, Ending::Quick)
     }
     let failure = match exec_child(prepared.meta, prepared.arg, &result, &handles, argv, env) {
         Ok(never) => match never {},
@@ -446,6 +447,7 @@ fn child_main(
     bootstrap::finish(
         result.as_fd(),
         Outcome::Refused(format!("re-executing the binary failed: {failure}")),
+        Ending::Quick,
     )
 }
 

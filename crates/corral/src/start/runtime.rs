@@ -121,7 +121,16 @@ pub(crate) fn unregister(child: &Arc<Proc>) {
 /// joined. Then the fork server's socket closes and the server kills anything
 /// left.
 extern "C" fn at_exit() {
-    let state = STATE.get();
+    finalize_children();
+}
+
+/// See [`at_exit`]; also called directly by a child that ends with `_exit`.
+pub(crate) fn finalize_children() {
+    // A process that never started a child has nothing to do (and building
+    // the state here would cost a fresh child page faults for nothing).
+    let Some(state) = STATE.get_if_built() else {
+        return;
+    };
     let children = match state.children.try_lock() {
         Ok(mut guard) => std::mem::take(&mut *guard),
         Err(TryLockError::Poisoned(p)) => std::mem::take(&mut *p.into_inner()),

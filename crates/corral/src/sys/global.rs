@@ -38,6 +38,18 @@ impl<T: Send + Sync + 'static> ForkLocal<T> {
         }
     }
 
+    /// The value of the current process, if it was built (never builds it).
+    pub(crate) fn get_if_built(&'static self) -> Option<&'static T> {
+        let generation = GENERATION.load(Ordering::Acquire);
+        let current = self.slot.load(Ordering::Acquire);
+        if current.is_null() {
+            return None;
+        }
+        // SAFETY: as in `get`: published slots are never freed.
+        let slot = unsafe { &*current };
+        (slot.generation == generation).then_some(&slot.value)
+    }
+
     /// The value of the current process.
     pub(crate) fn get(&'static self) -> &'static T {
         let generation = GENERATION.load(Ordering::Acquire);
