@@ -99,7 +99,11 @@
 //! * Every child is reaped: by [`Child::join`], or, for a dropped handle, at
 //!   the next spawn or at exit.
 //! * At normal exit, daemon children are terminated and the others joined
-//!   (Python's semantics).
+//!   (Python's semantics). A child does the same for its own children when
+//!   its function returns; then, like Python's children (`os._exit`), a child
+//!   of the fork server or of `Spawn` flushes stdout and stderr and ends with
+//!   `_exit`: exit handlers that libraries registered with `atexit` run in
+//!   your program, not in its children.
 //! * If the parent dies, however it dies, its children die within
 //!   milliseconds: the fork server sees its socket close and kills them, and
 //!   each child also carries `PR_SET_PDEATHSIG`.
