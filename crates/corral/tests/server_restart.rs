@@ -15,6 +15,8 @@ fn triple(x: u32) -> u32 {
 
 #[test]
 fn a_killed_fork_server_is_replaced_and_its_children_do_not_hang() {
+    // The killed server's children are orphaned: make them ours to reap.
+    corral_fixtures::become_subreaper();
     assert_eq!(corral::spawn(triple, 1).unwrap().join().unwrap(), 3);
     let server = corral::internal::fork_server_pid().expect("a fork server");
     let orphaned = corral::spawn(hang::<()>, ()).unwrap();
@@ -37,4 +39,5 @@ fn a_killed_fork_server_is_replaced_and_its_children_do_not_hang() {
     assert_eq!(corral::spawn(triple, 5).unwrap().join().unwrap(), 15);
     let replacement = corral::internal::fork_server_pid().expect("a new fork server");
     assert_ne!(replacement, server);
+    corral_fixtures::reap_exited_children();
 }

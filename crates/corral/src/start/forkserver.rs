@@ -57,6 +57,24 @@ pub(crate) enum Launch {
 pub(crate) struct ServerClient {
     sock: OwnedFd,
     pid: i32,
+    /// The server is this process's child: reaped when the client drops.
+    pidfd: Option<OwnedFd>,
+}
+
+impl Drop for ServerClient {
+    /// Closes the socket (the server then kills what it started and exits)
+    /// and reaps the server, so that it never lingers as a zombie.
+    fn drop(&mut self) {
+        let _ = rustix::net::shutdown(&self.sock, rustix::net::Shutdown::Both);
+        if let Some(pidfd) = &self.pidfd {
+            let exited =
+                sys::poll_readable(&[pidfd.as_fd()], Some(std::time::Duration::from_secs(2)));
+            if !matches!(exited.as_deref(), Ok([true])) {
+                let _ = sys::signal(pidfd.as_fd(), sys::Sig::Kill);
+            }
+            let _ = sys::reap(pidfd.as_fd(), true);
+        }
+    }
 }
 
 impl ServerClient {
@@ -94,7 +112,12 @@ impl ServerClient {
         }
         .map_err(Error::io("forking the fork server"))?;
         drop(theirs);
-        Ok(ServerClient { sock: ours, pid })
+        let pidfd = sys::pidfd_open(pid).ok();
+        Ok(ServerClient {
+            sock: ours,
+            pid,
+            pidfd,
+        })
     }
 
     /// The server's process id.
