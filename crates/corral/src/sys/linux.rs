@@ -348,8 +348,10 @@ pub(crate) fn send_with_fds(
             "too many descriptors",
         ));
     }
-    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
+    // On the stack: this runs for every message sent.
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+    let used = if fds.is_empty() { 0 } else { space.len() };
+    let mut control = SendAncillaryBuffer::new(&mut space[..used]);
     if !fds.is_empty() {
         control.push(SendAncillaryMessage::ScmRights(fds));
     }
@@ -385,8 +387,9 @@ pub(crate) fn recv_with_fds_flags(
     } else {
         RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT
     };
+    // On the stack: this runs for every read of a message.
     let mut space =
-        vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE + 3))];
+        [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE + 3))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut iov = [IoSliceMut::new(buf)];
     let received = loop {
