@@ -43,6 +43,62 @@ pub fn hang<T>(_: T) {
     }
 }
 
+/// Allocates and fills `bytes` of memory; returns how many it filled. Under a
+/// memory limit smaller than `bytes`, the allocation fails and the process
+/// aborts.
+pub fn allocate(bytes: u64) -> u64 {
+    let block = std::hint::black_box(vec![1u8; bytes as usize]);
+    block.len() as u64
+}
+
+/// A value whose serialization always fails (it deserializes from a unit).
+#[derive(Debug)]
+pub struct Unserializable;
+
+impl serde::Serialize for Unserializable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("Unserializable refuses to be serialized"))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Unserializable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <()>::deserialize(d).map(|()| Unserializable)
+    }
+}
+
+/// A value that serializes (as a unit) but never deserializes.
+#[derive(Debug)]
+pub struct Undeserializable;
+
+impl serde::Serialize for Undeserializable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_unit()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Undeserializable {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom("Undeserializable refuses to be deserialized"))
+    }
+}
+
+/// Returns a value that cannot be serialized.
+pub fn make_unserializable(_: ()) -> Unserializable {
+    Unserializable
+}
+
+/// Returns a value that cannot be deserialized.
+pub fn make_undeserializable(_: ()) -> Undeserializable {
+    Undeserializable
+}
+
+/// Takes a value that cannot be deserialized (so its task cannot start).
+pub fn take_undeserializable(_: Undeserializable) {}
+
+/// Takes a value that cannot be serialized (so its task cannot be sent).
+pub fn take_unserializable(_: Unserializable) {}
+
 /// Panics with a payload that is not a string.
 pub fn panic_with_number(_: ()) {
     std::panic::panic_any(42u32)

@@ -298,3 +298,97 @@ pub enum RecvError {
     #[error("receiving failed: {0}")]
     Io(io::Error),
 }
+
+/// Why a pool task ended without a value. Every task submitted to a
+/// [`crate::Pool`] ends exactly once: with its value or with one of these.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use corral::{Pool, TaskError};
+/// fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+/// corral::init();
+/// let pool = Pool::builder().processes(2).task_timeout(Duration::from_millis(100)).build().unwrap();
+/// assert!(matches!(pool.apply(nap, 10_000), Err(TaskError::TimedOut(_))));
+/// assert_eq!(pool.apply(nap, 1).unwrap(), 1); // the worker was replaced
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TaskError {
+    /// The task's function panicked in the worker.
+    #[error("the task panicked: {0}")]
+    Panicked(RemotePanic),
+    /// The task ran longer than the pool's `task_timeout`; its worker was
+    /// killed (SIGTERM, then SIGKILL) and replaced.
+    #[error("the task ran past its timeout of {0:?}; its worker was killed and replaced")]
+    TimedOut(std::time::Duration),
+    /// The worker running the task died (a crash, a signal, `exit`, the
+    /// OOM killer); it was replaced, and only this task failed.
+    #[error("the worker running the task died ({0}); it was replaced")]
+    WorkerLost(ExitStatus),
+    /// The task went past the pool's `memory_limit` (bytes of address space
+    /// per worker); its worker was replaced.
+    #[error(
+        "the task exceeded the worker memory limit of {0} bytes; raise `memory_limit` or use less"
+    )]
+    MemoryExceeded(u64),
+    /// The task was cancelled ([`crate::Task::cancel`]).
+    #[error("the task was cancelled")]
+    Cancelled,
+    /// The argument or the result could not be serialized or deserialized.
+    #[error("the task's argument or result failed to cross between processes: {0}")]
+    Codec(String),
+    /// The pool was closed or terminated before the task could run or finish.
+    #[error("the pool was closed or terminated before the task finished")]
+    PoolClosed,
+    /// The pool's initializer failed, so the pool runs no task (it does not
+    /// restart failing workers forever).
+    #[error("the pool's initializer failed ({0}); the pool runs no more tasks")]
+    InitializerFailed(String),
+}
+
+impl TaskError {
+    /// The panic, if the task panicked.
+    pub fn panic(&self) -> Option<&RemotePanic> {
+        match self {
+            TaskError::Panicked(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// The result of [`crate::Task::join_timeout`]: the task is still running
+/// (and is handed back), or it ended with an error.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use corral::{Pool, TaskTimeout};
+/// fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+/// corral::init();
+/// let pool = Pool::new(1).unwrap();
+/// match pool.submit(nap, 300).join_timeout(Duration::from_millis(10)) {
+///     Err(TaskTimeout::Elapsed(task)) => assert_eq!(task.join().unwrap(), 300),
+///     other => panic!("{other:?}"),
+/// }
+/// ```
+#[derive(thiserror::Error)]
+pub enum TaskTimeout<R> {
+    /// The timeout passed; here is the task back.
+    #[error("the task is still running after the timeout")]
+    Elapsed(crate::Task<R>),
+    /// The task ended without a value.
+    #[error(transparent)]
+    Failed(TaskError),
+}
+
+impl<R> fmt::Debug for TaskTimeout<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TaskTimeout::Elapsed(_) => f.write_str("Elapsed(..)"),
+            TaskTimeout::Failed(e) => f.debug_tuple("Failed").field(e).finish(),
+        }
+    }
+}

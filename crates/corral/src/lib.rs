@@ -129,15 +129,20 @@
 
 mod error;
 pub mod pipe;
+pub mod pool;
 mod process;
 mod start;
 mod sys;
 mod wire;
 
 pub use error::{
-    CodecError, Error, JoinTimeout, ProcessError, RecvError, RemotePanic, SendError, WireError,
+    CodecError, Error, JoinTimeout, ProcessError, RecvError, RemotePanic, SendError, TaskError,
+    TaskTimeout, WireError,
 };
 pub use pipe::{Connection, Pipe, Receiver, Sender};
+pub use pool::{
+    AsCompleted, Imap, Pool, PoolBuilder, PoolStats, Task, as_completed, wait_all, wait_any,
+};
 pub use process::{Child, ExitStatus, Job, Process, ProcessBuilder, Waitable, spawn, wait};
 pub use start::StartMethod;
 

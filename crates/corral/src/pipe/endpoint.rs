@@ -234,6 +234,12 @@ impl Endpoint {
         Ok(len)
     }
 
+    fn recv_frame(&self) -> Result<(Vec<u8>, Vec<OwnedFd>), RecvError> {
+        let mut st = lock(&self.recv);
+        self.next_header(&mut st)?;
+        self.take_payload(&mut st)
+    }
+
     fn recv_value<T: DeserializeOwned>(&self) -> Result<T, RecvError> {
         let mut st = lock(&self.recv);
         self.next_header(&mut st)?;
@@ -410,6 +416,12 @@ macro_rules! receiving {
 
             pub(crate) fn fd(&self) -> BorrowedFd<'_> {
                 self.0.fd.as_fd()
+            }
+
+            /// Receives one frame and the descriptors that came with it.
+            #[allow(dead_code, reason = "not every end type uses it")]
+            pub(crate) fn recv_frame(&self) -> Result<(Vec<u8>, Vec<OwnedFd>), RecvError> {
+                self.0.recv_frame()
             }
         }
     };

@@ -147,11 +147,7 @@ pub(crate) fn install_panic_hook() {
 
 /// Runs `body` in this child, catching a panic as data.
 pub(crate) fn run_body<R: serde::Serialize>(body: impl FnOnce() -> R) -> Outcome {
-    install_panic_hook();
-    CAPTURING.set(true);
-    let result = catch_unwind(AssertUnwindSafe(body));
-    CAPTURING.set(false);
-    match result {
+    match catch_panic(body) {
         Ok(value) => match wire::encode(&value) {
             Ok(encoded) if encoded.fds.is_empty() => Outcome::Value(encoded.bytes),
             Ok(_) => Outcome::Codec(CodecError::new(
@@ -159,27 +155,37 @@ pub(crate) fn run_body<R: serde::Serialize>(body: impl FnOnce() -> R) -> Outcome
             )),
             Err(e) => Outcome::Codec(CodecError::new(format!("the result: {}", e.message()))),
         },
-        Err(payload) => {
-            let message = if let Some(s) = payload.downcast_ref::<&str>() {
-                (*s).to_owned()
-            } else if let Some(s) = payload.downcast_ref::<String>() {
-                s.clone()
-            } else {
-                "Box<dyn Any>".to_owned()
-            };
-            let (location, backtrace) = LAST_PANIC
-                .with(|p| p.borrow_mut().take())
-                .unwrap_or((None, String::new()));
-            // The payload may itself panic on drop; keep it out of the report.
-            std::mem::forget(payload);
-            Outcome::Panic(RemotePanic {
-                message,
-                location,
-                backtrace,
-                pid: sys::getpid() as u32,
-            })
-        }
+        Err(panic) => Outcome::Panic(panic),
     }
+}
+
+/// Runs `body`, turning a panic into a [`RemotePanic`] report (message,
+/// location and backtrace of this process).
+pub(crate) fn catch_panic<R>(body: impl FnOnce() -> R) -> Result<R, RemotePanic> {
+    install_panic_hook();
+    CAPTURING.set(true);
+    let result = catch_unwind(AssertUnwindSafe(body));
+    CAPTURING.set(false);
+    result.map_err(|payload| {
+        let message = if let Some(s) = payload.downcast_ref::<&str>() {
+            (*s).to_owned()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "Box<dyn Any>".to_owned()
+        };
+        let (location, backtrace) = LAST_PANIC
+            .with(|p| p.borrow_mut().take())
+            .unwrap_or((None, String::new()));
+        // The payload may itself panic on drop; keep it out of the report.
+        std::mem::forget(payload);
+        RemotePanic {
+            message,
+            location,
+            backtrace,
+            pid: sys::getpid() as u32,
+        }
+    })
 }
 
 /// How a child ends once its outcome is reported.

@@ -59,6 +59,16 @@ pub(crate) struct Verified(());
 pub(crate) type Entry =
     fn(&Verified, i64, &[u8], Vec<std::os::fd::OwnedFd>) -> crate::start::bootstrap::Outcome;
 
+/// The signature of a pool job entry point (a monomorphized loop that runs
+/// the function at the given offset on each item of a job).
+pub(crate) type JobEntry = fn(
+    &Verified,
+    i64,
+    &crate::pool::JobMsg<'_>,
+    &mut std::vec::IntoIter<std::os::fd::OwnedFd>,
+    &mut crate::pool::Recorder<'_>,
+) -> Result<(), crate::SendError>;
+
 impl Verified {
     /// Checks that `identity` names this very binary.
     pub(crate) fn check(identity: &[u8]) -> Result<Verified, String> {
@@ -82,6 +92,14 @@ impl Verified {
         // the parent computed `offset` from an `Entry` function, so `addr` is
         // that function's address here.
         unsafe { std::mem::transmute::<usize, Entry>(addr) }
+    }
+
+    /// The pool job entry point at `offset` from the anchor.
+    pub(crate) fn job_entry(&self, offset: i64) -> JobEntry {
+        let addr = addr_at(offset);
+        // SAFETY: the identity check proved that this is the binary in which
+        // the parent computed `offset` from a `JobEntry` function.
+        unsafe { std::mem::transmute::<usize, JobEntry>(addr) }
     }
 
     /// The user function at `offset`, typed as the entry point that the parent

@@ -4,8 +4,9 @@
 //!
 //! Each `unsafe` block below states the invariant it relies on. The blocks
 //! are: `fork`, `execve`, `atexit`, `_exit`, environment removal, `close_range`
-//! in a freshly forked child, and adopting file descriptors that the child
-//! bootstrap received by number.
+//! in a freshly forked child, adopting file descriptors that the child
+//! bootstrap received by number, and the `SIGABRT` handler that flags
+//! out-of-memory aborts of pool workers.
 
 use std::convert::Infallible;
 use std::ffi::{CStr, CString, OsStr};
@@ -189,8 +190,9 @@ pub(crate) fn at_exit(f: extern "C" fn()) {
 
 /// Removes an environment variable.
 ///
-/// Only called from `corral::init` in a child the bootstrap just started,
-/// before the child runs any user code that could start threads.
+/// Only called from `corral::init` in a child the bootstrap just started, or
+/// by a pool worker before its first task: before the process runs any user
+/// code that could start threads.
 pub(crate) fn remove_env(key: &OsStr) {
     // SAFETY: edition 2024 makes this unsafe because another thread could
     // read the environment concurrently. The bootstrap calls it before any
@@ -472,4 +474,96 @@ pub(crate) fn poll_writable(fd: BorrowedFd<'_>) -> io::Result<()> {
 pub(crate) fn ignore_sigpipe() {
     // SAFETY: installing SIG_IGN involves no handler code and no memory.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+/// Caps this process's address space (`RLIMIT_AS`) at `bytes`: allocations
+/// beyond it fail (and Rust aborts on a failed allocation).
+pub(crate) fn limit_address_space(bytes: u64) -> io::Result<()> {
+    let limit = rustix::process::Rlimit {
+        current: Some(bytes),
+        maximum: Some(bytes),
+    };
+    rustix::process::setrlimit(rustix::process::Resource::As, limit)?;
+    Ok(())
+}
+
+static ABORT_FLAG: std::sync::atomic::AtomicPtr<std::sync::atomic::AtomicU64> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+extern "C" fn on_abort(_: libc::c_int) {
+    // SAFETY: reading this thread's errno is async-signal-safe.
+    let errno = unsafe { *libc::__errno_location() };
+    let flag = ABORT_FLAG.load(std::sync::atomic::Ordering::Acquire);
+    if errno == libc::ENOMEM && !flag.is_null() {
+        // SAFETY: `flag` came from a `&'static AtomicU64`; an atomic store is
+        // async-signal-safe.
+        unsafe { (*flag).store(1, std::sync::atomic::Ordering::Release) };
+    }
+    // Returning lets `abort` go on to kill the process with SIGABRT.
+}
+
+/// Makes an abort caused by a failed allocation (errno `ENOMEM`, as Rust's
+/// allocation-error handler leaves it) set `flag` to 1 before the process
+/// dies, so that its parent can tell "out of memory" from other aborts.
+///
+/// The handler prints a backtrace first when `RUST_BACKTRACE` is set, which
+/// overwrites errno; callers unset it (see the pool worker).
+pub(crate) fn flag_out_of_memory_aborts(flag: &'static std::sync::atomic::AtomicU64) {
+    ABORT_FLAG.store(
+        flag as *const _ as *mut std::sync::atomic::AtomicU64,
+        std::sync::atomic::Ordering::Release,
+    );
+    // SAFETY: a zeroed sigaction is valid; the handler only reads errno and
+    // does one atomic store, both async-signal-safe; SA_RESETHAND restores the
+    // default action so that `abort` still ends the process.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_abort as extern "C" fn(libc::c_int) as usize;
+        action.sa_flags = libc::SA_RESETHAND;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGABRT, &action, std::ptr::null_mut());
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: comparable across processes.
+pub(crate) fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// A non-blocking eventfd, for waking a thread blocked in [`poll_readable`].
+pub(crate) fn eventfd() -> io::Result<OwnedFd> {
+    Ok(rustix::event::eventfd(
+        0,
+        rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+    )?)
+}
+
+/// Makes an eventfd readable.
+pub(crate) fn eventfd_notify(fd: BorrowedFd<'_>) {
+    let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+}
+
+/// Makes an eventfd unreadable again.
+pub(crate) fn eventfd_drain(fd: BorrowedFd<'_>) {
+    let mut buf = [0u8; 8];
+    let _ = rustix::io::read(fd, &mut buf);
+}
+
+/// Waits until `fd` is readable or writable; returns (readable, writable).
+pub(crate) fn poll_in_out(fd: BorrowedFd<'_>) -> io::Result<(bool, bool)> {
+    let mut polls = [PollFd::new(&fd, PollFlags::IN | PollFlags::OUT)];
+    loop {
+        match rustix::event::poll(&mut polls, None) {
+            Ok(_) => break,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let r = polls[0].revents();
+    let failed = r.intersects(PollFlags::ERR | PollFlags::HUP);
+    Ok((
+        r.contains(PollFlags::IN) || failed,
+        r.contains(PollFlags::OUT),
+    ))
 }

@@ -11,7 +11,9 @@
 //! * sockets and pipes that carry file descriptors ([`send_with_fds`],
 //!   [`recv_with_fds`]) and readiness ([`poll_readable`]);
 //! * process-global state that is fresh in every forked child ([`ForkLocal`]);
-//! * function addresses that survive re-execution ([`code`]).
+//! * function addresses that survive re-execution ([`code`]);
+//! * shared memory ([`SharedRegion`]), resource limits and the clock that
+//!   pool workers and their supervisor share.
 //!
 //! Linux is the supported platform (pidfd, memfd, `prctl`, `close_range`).
 #![expect(unsafe_code, reason = "this module is the FFI boundary of the crate")]
@@ -20,7 +22,9 @@ pub(crate) mod code;
 mod exe;
 mod global;
 mod linux;
+mod shm;
 
 pub(crate) use exe::executable_identity;
 pub(crate) use global::{ForkLocal, new_process_generation};
 pub(crate) use linux::*;
+pub(crate) use shm::SharedRegion;

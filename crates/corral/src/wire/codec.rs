@@ -43,6 +43,78 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded, CodecE
     }
 }
 
+/// A postcard output that appends to a borrowed vector.
+struct AppendTo<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for AppendTo<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Appends the encoding of `value` to `out` (left as it was on error) and
+/// returns duplicates of the descriptors of the corral handles inside it
+/// (usually none: no allocation then).
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<Vec<OwnedFd>, CodecError> {
+    let start = out.len();
+    let outer = OUTGOING.with(|cell| cell.replace(Some(Vec::new())));
+    let result = postcard::serialize_with_flavor(value, AppendTo(out));
+    let fds = OUTGOING
+        .with(|cell| cell.replace(outer))
+        .unwrap_or_default();
+    match result {
+        Ok(()) => Ok(fds),
+        Err(e) => {
+            out.truncate(start);
+            Err(CodecError::new(format!(
+                "{e} (encoding {})",
+                std::any::type_name::<T>()
+            )))
+        }
+    }
+}
+
+/// Appends the encoding of a value that holds no corral handles (one that
+/// does fails, and `out` is left as it was).
+pub(crate) fn encode_plain_into<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    let start = out.len();
+    postcard::serialize_with_flavor(value, AppendTo(out)).map_err(|e| {
+        out.truncate(start);
+        CodecError::new(format!("{e} (encoding {})", std::any::type_name::<T>()))
+    })
+}
+
+/// Decodes a value that holds no corral handles.
+pub(crate) fn decode_plain<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let name = std::any::type_name::<T>();
+    match postcard::take_from_bytes::<T>(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(CodecError::new(format!(
+            "{} trailing bytes after a {name}: the two sides disagree on the type",
+            rest.len()
+        ))),
+        Err(e) => Err(CodecError::new(format!("{e} (decoding {name})"))),
+    }
+}
+
 /// Decodes a `T` from `bytes`; handles inside take their descriptors from `fds`.
 /// Descriptors that no handle claimed are closed.
 pub(crate) fn decode<T: DeserializeOwned>(

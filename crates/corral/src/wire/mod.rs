@@ -33,7 +33,10 @@
 mod codec;
 mod frame;
 
-pub(crate) use codec::{decode, deserialize_fd, encode, serialize_fd};
+pub(crate) use codec::{
+    Encoded, decode, decode_plain, deserialize_fd, encode, encode_into, encode_plain_into,
+    serialize_fd,
+};
 pub(crate) use frame::{
     FrameReader, Progress, encode_header, parse_header, read_exact_growing, send_all, write_frame,
 };

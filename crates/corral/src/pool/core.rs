@@ -1,0 +1,1290 @@
+//! The supervisor: one state, one dispatcher thread, any thread may help.
+//!
+//! All of a pool's state lives in one [`Core`] behind one mutex: the queue,
+//! every worker with the batches it holds (so the pool always knows which
+//! item each worker is running), counters, and the pool's lifecycle. The
+//! dispatcher thread sleeps in `poll` on the workers' sockets and pidfds, a
+//! wake-up eventfd and the next deadline; it alone reaps and replaces
+//! workers and enforces timeouts. Threads that submit or wait may take the
+//! lock to hand out work and read results themselves, which keeps the
+//! 35-60 µs cross-CPU wake-up of a dispatcher hop off the round trip of a
+//! waiting caller.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::worker::{self, BatchMsg, InitMsg, JobMsg, RegionFd, WorkerBoot};
+use crate::sys::{self, SharedRegion};
+use crate::wire::{self, FrameReader, Progress};
+use crate::{
+    Child, Connection, Data, Error, ExitStatus, PoolStats, Process, RemotePanic, StartMethod,
+    TaskError,
+};
+
+/// Batches a worker may hold at once: one running, one waiting in its socket
+/// so that it never idles between batches.
+const MAX_INFLIGHT: usize = 2;
+/// Most items in one batch.
+const MAX_BATCH_ITEMS: usize = 4096;
+/// Most argument bytes in one batch (a single larger job still goes alone).
+const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Between SIGTERM and SIGKILL for a timed-out or cancelled task.
+const KILL_GRACE: Duration = Duration::from_millis(20);
+/// How long a closing pool waits for an idle worker to exit before killing it.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// Socket buffer for a worker channel.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// An outcome on its way to a sink.
+#[derive(Debug)]
+pub(super) enum Raw<'a> {
+    Value(&'a [u8]),
+    Panic(&'a [u8]),
+    Codec(&'a [u8]),
+    Failed(TaskError),
+}
+
+impl Raw<'_> {
+    /// Decodes the outcome as the task's result.
+    pub(super) fn decode<R: Data>(self) -> Result<R, TaskError> {
+        match self {
+            Raw::Value(bytes) => wire::decode_plain(bytes)
+                .map_err(|e| TaskError::Codec(format!("the result: {}", e.message()))),
+            Raw::Panic(bytes) => Err(match postcard::from_bytes::<RemotePanic>(bytes) {
+                Ok(panic) => TaskError::Panicked(panic),
+                Err(e) => TaskError::Codec(format!("a panic report: {e}")),
+            }),
+            Raw::Codec(text) => Err(TaskError::Codec(String::from_utf8_lossy(text).into_owned())),
+            Raw::Failed(e) => Err(e),
+        }
+    }
+}
+
+/// Where the outcomes of a job's items go (a task's slot, a map's vector, an
+/// iterator's buffer). Items are numbered by the sink.
+pub(super) trait Sink: Send + Sync {
+    /// Takes outcomes of some of its items.
+    fn deliver(&self, outcomes: &mut dyn Iterator<Item = (u32, Raw<'_>)>);
+    /// Whether item `index` still needs to run (false once cancelled).
+    fn wanted(&self, index: u32) -> bool;
+}
+
+/// Items that share a function and a sink, in flight or waiting.
+pub(super) struct Job {
+    pub(super) entry: i64,
+    pub(super) func: i64,
+    /// The encoded arguments, back to back.
+    pub(super) args: Vec<u8>,
+    /// End of each item's argument in `args`.
+    pub(super) ends: Vec<u32>,
+    /// Each item's number in the sink.
+    pub(super) indices: Vec<u32>,
+    /// Each item's descriptors (empty: none for any item).
+    pub(super) fds: Vec<Vec<OwnedFd>>,
+    pub(super) sink: Arc<dyn Sink>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("items", &self.len()).finish()
+    }
+}
+
+impl Job {
+    /// A job of one item.
+    pub(super) fn single(
+        entry: i64,
+        func: i64,
+        encoded: wire::Encoded,
+        sink: Arc<dyn Sink>,
+    ) -> Job {
+        let fds = if encoded.fds.is_empty() {
+            Vec::new()
+        } else {
+            vec![encoded.fds]
+        };
+        Job {
+            entry,
+            func,
+            ends: vec![encoded.bytes.len() as u32],
+            args: encoded.bytes,
+            indices: vec![0],
+            fds,
+            sink,
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn arg(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.args[start..self.ends[i] as usize]
+    }
+
+    /// A job of the items at `positions` (moving their descriptors).
+    fn subset(&mut self, positions: &[usize]) -> Job {
+        let mut out = Job {
+            entry: self.entry,
+            func: self.func,
+            args: Vec::new(),
+            ends: Vec::with_capacity(positions.len()),
+            indices: Vec::with_capacity(positions.len()),
+            fds: Vec::new(),
+            sink: self.sink.clone(),
+        };
+        for &p in positions {
+            out.args.extend_from_slice(self.arg(p));
+            out.ends.push(out.args.len() as u32);
+            out.indices.push(self.indices[p]);
+            if !self.fds.is_empty() {
+                out.fds.push(std::mem::take(&mut self.fds[p]));
+            }
+        }
+        if out.fds.iter().all(Vec::is_empty) {
+            out.fds.clear();
+        }
+        out
+    }
+
+    /// Splits off the first `n` items as a job of their own.
+    fn take_front(&mut self, n: usize) -> Job {
+        let positions: Vec<usize> = (0..n).collect();
+        let front = self.subset(&positions);
+        let rest: Vec<usize> = (n..self.len()).collect();
+        *self = self.subset(&rest);
+        front
+    }
+
+    fn fail_all(&self, error: &TaskError) {
+        let mut it = self
+            .indices
+            .iter()
+            .map(|&i| (i, Raw::Failed(error.clone())));
+        self.sink.deliver(&mut it);
+    }
+}
+
+/// A batch a worker holds.
+struct InFlight {
+    seq: u64,
+    jobs: Vec<Job>,
+    /// Flattened index at which each job starts.
+    starts: Vec<usize>,
+    /// Which items have an outcome.
+    got: Vec<bool>,
+    remaining: usize,
+}
+
+impl InFlight {
+    fn locate(&self, index: usize) -> (usize, usize) {
+        let job = self.starts.partition_point(|&s| s <= index) - 1;
+        (job, index - self.starts[job])
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KillWhy {
+    Timeout,
+    Cancel,
+}
+
+#[derive(Debug)]
+struct Kill {
+    seq: u64,
+    index: usize,
+    why: KillWhy,
+    at: Instant,
+    escalated: bool,
+}
+
+/// One worker process and what it holds.
+struct Worker {
+    id: u64,
+    child: Child<()>,
+    pidfd: Arc<OwnedFd>,
+    sock: Arc<OwnedFd>,
+    reader: FrameReader,
+    /// Frames read while a send was blocked, not yet handled.
+    backlog: Vec<Vec<u8>>,
+    region: SharedRegion,
+    inflight: VecDeque<InFlight>,
+    ready: bool,
+    eof: bool,
+    /// Items it may still take before it retires (`max_tasks_per_child`).
+    tasks_left: Option<u64>,
+    kill: Option<Kill>,
+}
+
+/// The pool's configuration, fixed at build time.
+#[derive(Debug)]
+pub(super) struct Config {
+    pub(super) processes: usize,
+    pub(super) init: Option<InitMsg>,
+    pub(super) max_tasks: Option<u64>,
+    pub(super) task_timeout: Option<Duration>,
+    pub(super) memory_limit: Option<u64>,
+    pub(super) max_pending: usize,
+    pub(super) start_method: StartMethod,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Accepting work.
+    Open,
+    /// No new work; what was submitted still runs.
+    Closed,
+    /// Workers are being stopped; the dispatcher exits once they are gone.
+    Stopping,
+    /// Killed: nothing runs any more.
+    Terminated,
+}
+
+/// Everything the pool knows, behind one lock.
+pub(super) struct Core {
+    pending: VecDeque<Job>,
+    pending_items: usize,
+    workers: Vec<Worker>,
+    next_seq: u64,
+    next_worker: u64,
+    pub(super) phase: Phase,
+    broken: Option<String>,
+    /// Items submitted that have not ended.
+    pub(super) outstanding: usize,
+    pub(super) stats: PoolStats,
+    /// Threads waiting on [`Shared::changed`].
+    waiters: usize,
+    /// Consecutive workers that died before they were ready.
+    early_deaths: u32,
+    /// When to try again after a failed spawn.
+    retry_spawn: Option<Instant>,
+    /// Set by the dispatcher thread when it has exited.
+    pub(super) dispatcher_gone: bool,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("phase", &self.phase)
+            .field("workers", &self.workers.len())
+            .field("pending_items", &self.pending_items)
+            .field("outstanding", &self.outstanding)
+            .finish()
+    }
+}
+
+/// The state shared by the pool handle, its tasks and the dispatcher.
+#[derive(Debug)]
+pub(super) struct Shared {
+    core: Mutex<Core>,
+    /// Signalled when items end, the queue shrinks or the phase changes (for
+    /// threads that registered in `Core::waiters`).
+    changed: Condvar,
+    /// Wakes the dispatcher thread.
+    wake: OwnedFd,
+    pub(super) config: Config,
+}
+
+fn now_ns() -> u64 {
+    sys::monotonic_ns()
+}
+
+impl Shared {
+    /// Starts the workers; the dispatcher thread is started by the caller.
+    pub(super) fn new(config: Config) -> Result<Arc<Shared>, Error> {
+        let wake = sys::eventfd().map_err(Error::io("creating the pool's wake-up eventfd"))?;
+        let shared = Arc::new(Shared {
+            core: Mutex::new(Core {
+                pending: VecDeque::new(),
+                pending_items: 0,
+                workers: Vec::new(),
+                // A fresh region reads 0: no batch may have that number.
+                next_seq: 1,
+                next_worker: 0,
+                phase: Phase::Open,
+                broken: None,
+                outstanding: 0,
+                stats: PoolStats::default(),
+                waiters: 0,
+                early_deaths: 0,
+                retry_spawn: None,
+                dispatcher_gone: false,
+            }),
+            changed: Condvar::new(),
+            wake,
+            config,
+        });
+        {
+            let mut core = shared.lock();
+            for _ in 0..shared.config.processes {
+                let worker = shared.spawn_worker(&mut core)?;
+                core.workers.push(worker);
+            }
+        }
+        Ok(shared)
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn try_lock(&self) -> Option<MutexGuard<'_, Core>> {
+        match self.core.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Records that the dispatcher thread has ended (however it ended).
+    pub(super) fn mark_dispatcher_gone(&self) {
+        let mut core = self.lock();
+        core.dispatcher_gone = true;
+        drop(core);
+        self.changed.notify_all();
+    }
+
+    /// Wakes the dispatcher thread.
+    pub(super) fn wake_dispatcher(&self) {
+        sys::eventfd_notify(self.wake.as_fd());
+    }
+
+    /// Waits on the condition until `done(core)` holds or `deadline` passes.
+    pub(super) fn wait_until<'a>(
+        &'a self,
+        mut core: MutexGuard<'a, Core>,
+        deadline: Option<Instant>,
+        mut done: impl FnMut(&mut Core) -> bool,
+    ) -> MutexGuard<'a, Core> {
+        while !done(&mut core) {
+            core.waiters += 1;
+            core = match deadline {
+                None => self.changed.wait(core).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        core.waiters -= 1;
+                        return core;
+                    }
+                    self.changed
+                        .wait_timeout(core, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+            core.waiters -= 1;
+        }
+        core
+    }
+
+    fn notify(&self, core: &Core) {
+        if core.waiters > 0 {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Queues jobs, waiting while `max_pending` items wait already.
+    ///
+    /// On error (closed or broken pool) the jobs are failed with it.
+    pub(super) fn submit(&self, jobs: Vec<Job>) {
+        let items: usize = jobs.iter().map(Job::len).sum();
+        let max = self.config.max_pending;
+        let mut core = self.lock();
+        if core.pending_items + items > max && core.pending_items > 0 {
+            core = self.wait_until(core, None, |c| {
+                c.pending_items == 0 || c.pending_items + items <= max || c.phase != Phase::Open
+            });
+        }
+        let refusal = match (&core.phase, &core.broken) {
+            (_, Some(why)) => Some(TaskError::InitializerFailed(why.clone())),
+            (Phase::Open, None) => None,
+            _ => Some(TaskError::PoolClosed),
+        };
+        if let Some(error) = refusal {
+            drop(core);
+            for job in &jobs {
+                job.fail_all(&error);
+            }
+            return;
+        }
+        core.stats.submitted += items as u64;
+        core.outstanding += items;
+        core.pending_items += items;
+        core.pending.extend(jobs);
+        let started_idle = self.dispatch(&mut core);
+        drop(core);
+        if started_idle && self.config.task_timeout.is_some() {
+            // The dispatcher must learn of a new deadline.
+            self.wake_dispatcher();
+        }
+    }
+
+    /// Reads what workers have sent and hands out work, without blocking.
+    /// Any thread may call it.
+    pub(super) fn pump(&self, core: &mut Core) {
+        let mut progress = false;
+        for i in 0..core.workers.len() {
+            if !core.workers[i].inflight.is_empty() {
+                progress |= self.read_worker(core, i);
+            }
+        }
+        if progress {
+            self.dispatch(core);
+            self.notify(core);
+        }
+    }
+
+    /// Reads and handles everything worker `i` has sent; true if any frame.
+    fn read_worker(&self, core: &mut Core, i: usize) -> bool {
+        let mut frames = std::mem::take(&mut core.workers[i].backlog);
+        {
+            let w = &mut core.workers[i];
+            while !w.eof {
+                match w.reader.read_from(w.sock.as_fd()) {
+                    Ok(Progress::Frame(frame)) => frames.push(frame),
+                    Ok(Progress::Pending) => break,
+                    Ok(Progress::Eof) | Err(_) => w.eof = true,
+                }
+            }
+        }
+        let any = !frames.is_empty();
+        for frame in frames {
+            self.handle_frame(core, i, &frame);
+        }
+        any
+    }
+
+    fn handle_frame(&self, core: &mut Core, i: usize, frame: &[u8]) {
+        let Some(header) = frame.get(..worker::FRAME_HEADER) else {
+            return self.kill_worker(core, i);
+        };
+        let seq = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
+        let done = header[8] == 1;
+        let body = &frame[worker::FRAME_HEADER..];
+        match seq {
+            worker::SEQ_READY => {
+                core.workers[i].ready = true;
+                core.early_deaths = 0;
+            }
+            worker::SEQ_INIT_FAILED => {
+                let why = match worker::records(body).next() {
+                    Some(r) if r.tag == worker::TAG_PANIC => {
+                        match postcard::from_bytes::<RemotePanic>(r.body) {
+                            Ok(p) => format!("it panicked: {p}"),
+                            Err(_) => "it panicked".to_owned(),
+                        }
+                    }
+                    Some(r) => String::from_utf8_lossy(r.body).into_owned(),
+                    None => "no report".to_owned(),
+                };
+                self.break_pool(core, why);
+            }
+            _ => {
+                let Core {
+                    workers,
+                    stats,
+                    outstanding,
+                    ..
+                } = core;
+                let w = &mut workers[i];
+                let Some(front) = w.inflight.front_mut().filter(|b| b.seq == seq) else {
+                    // Out of order: the worker is not the one we started.
+                    return self.kill_worker(core, i);
+                };
+                deliver_records(front, worker::records(body), stats, outstanding);
+                if done {
+                    let batch = w.inflight.pop_front().expect("the front batch");
+                    if batch.remaining > 0 {
+                        let error = TaskError::Codec("the worker skipped the item".into());
+                        fail_missing(&batch, &error, stats, outstanding);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Kills worker `i` (its death is handled by the dispatcher).
+    fn kill_worker(&self, core: &mut Core, i: usize) {
+        let _ = core.workers[i].child.kill();
+        self.wake_dispatcher();
+    }
+
+    /// The initializer failed: fail everything, run nothing more.
+    fn break_pool(&self, core: &mut Core, why: String) {
+        if core.broken.is_some() {
+            return;
+        }
+        let error = TaskError::InitializerFailed(why.clone());
+        core.broken = Some(why);
+        let jobs: Vec<Job> = core.pending.drain(..).collect();
+        core.pending_items = 0;
+        for job in &jobs {
+            count_failure(&mut core.stats, &error, job.len());
+            job.fail_all(&error);
+        }
+        core.outstanding -= jobs.iter().map(Job::len).sum::<usize>();
+        self.notify(core);
+    }
+
+    /// Hands waiting jobs to workers with room. Returns true if a worker that
+    /// held nothing got work.
+    fn dispatch(&self, core: &mut Core) -> bool {
+        let mut started_idle = false;
+        while core.pending_items > 0 {
+            let eligible = core
+                .workers
+                .iter()
+                .filter(|w| {
+                    w.kill.is_none()
+                        && !w.eof
+                        && w.inflight.len() < MAX_INFLIGHT
+                        && w.tasks_left != Some(0)
+                })
+                .count();
+            let Some(i) = (0..core.workers.len())
+                .filter(|&i| {
+                    let w = &core.workers[i];
+                    w.kill.is_none()
+                        && !w.eof
+                        && w.inflight.len() < MAX_INFLIGHT
+                        && w.tasks_left != Some(0)
+                })
+                .min_by_key(|&i| core.workers[i].inflight.len())
+            else {
+                break;
+            };
+            let share = core.pending_items.div_ceil(eligible.max(1));
+            let mut room = share.clamp(1, MAX_BATCH_ITEMS);
+            if let Some(left) = core.workers[i].tasks_left {
+                room = room.min(left as usize);
+            }
+            let mut jobs = Vec::new();
+            let mut items = 0;
+            let mut bytes = 0;
+            while items < room
+                && bytes < MAX_BATCH_BYTES
+                && let Some(mut job) = core.pending.pop_front()
+            {
+                core.pending_items -= job.len();
+                if job.len() == 1 && !job.sink.wanted(job.indices[0]) {
+                    // Cancelled while queued: it has its outcome already.
+                    core.outstanding -= 1;
+                    count_failure(&mut core.stats, &TaskError::Cancelled, 1);
+                    continue;
+                }
+                if items + job.len() > room && core.workers[i].tasks_left.is_some() {
+                    let front = job.take_front(room - items);
+                    core.pending_items += job.len();
+                    core.pending.push_front(job);
+                    job = front;
+                }
+                items += job.len();
+                bytes += job.args.len();
+                jobs.push(job);
+            }
+            if jobs.is_empty() {
+                continue;
+            }
+            started_idle |= core.workers[i].inflight.is_empty();
+            let seq = core.next_seq;
+            core.next_seq += 1;
+            if let Err(jobs) = send_batch(&mut core.workers[i], seq, jobs) {
+                // The worker is dying: its death handler requeues nothing of
+                // this batch, so requeue it here.
+                for job in jobs.into_iter().rev() {
+                    core.pending_items += job.len();
+                    core.pending.push_front(job);
+                }
+                core.workers[i].eof = true;
+                self.wake_dispatcher();
+            }
+        }
+        self.notify(core);
+        started_idle
+    }
+
+    /// Spawns one worker.
+    fn spawn_worker(&self, core: &mut Core) -> Result<Worker, Error> {
+        let (ours, theirs) = sys::socketpair().map_err(Error::io("creating a worker channel"))?;
+        sys::set_socket_buffers(ours.as_fd(), SOCKET_BUFFER);
+        sys::set_nonblocking(ours.as_fd(), true)
+            .map_err(Error::io("configuring a worker channel"))?;
+        let region = SharedRegion::create(c"corral-pool-worker", worker::REGION_BYTES)
+            .map_err(Error::io("creating a worker's shared memory"))?;
+        let region_fd = region
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(Error::io("duplicating a descriptor"))?;
+        let boot = WorkerBoot {
+            conn: Connection::from(theirs),
+            region: RegionFd(region_fd),
+            identity: sys::executable_identity().to_vec(),
+            init: self.config.init.clone(),
+            memory_limit: self.config.memory_limit,
+            max_tasks: self.config.max_tasks,
+            timed: self.config.task_timeout.is_some(),
+        };
+        let child = Process::builder()
+            .name("corral-worker")
+            .daemon(true)
+            .start_method(self.config.start_method)
+            .spawn(worker::worker_main, boot)?;
+        let pidfd = child
+            .proc()
+            .wait_fds()
+            .first()
+            .expect("a pidfd")
+            .try_clone_to_owned()
+            .map_err(Error::io("duplicating a pidfd"))?;
+        core.next_worker += 1;
+        core.stats.workers_started += 1;
+        Ok(Worker {
+            id: core.next_worker,
+            child,
+            pidfd: Arc::new(pidfd),
+            sock: Arc::new(ours),
+            reader: FrameReader::new(wire::MAX_FRAME),
+            backlog: Vec::new(),
+            region,
+            inflight: VecDeque::new(),
+            ready: false,
+            eof: false,
+            tasks_left: self.config.max_tasks,
+            kill: None,
+        })
+    }
+
+    /// Cancels item `index` of `sink` if a worker is running it (kills that
+    /// worker); a queued item is skipped when its turn comes.
+    pub(super) fn cancel_running(&self, sink: &Arc<dyn Sink>, index: u32) {
+        let mut core = self.lock();
+        for w in &mut core.workers {
+            let Some(front) = w.inflight.front() else {
+                continue;
+            };
+            let Some(flat) = front
+                .jobs
+                .iter()
+                .zip(&front.starts)
+                .find_map(|(job, &start)| {
+                    (Arc::ptr_eq(&job.sink, sink))
+                        .then(|| job.indices.iter().position(|&x| x == index))
+                        .flatten()
+                        .map(|p| start + p)
+                })
+            else {
+                continue;
+            };
+            let seq = w.region.word(worker::W_SEQ).load(Ordering::Acquire);
+            let started = w.region.word(worker::W_STARTED).load(Ordering::Acquire) as usize;
+            let finished = w.region.word(worker::W_FINISHED).load(Ordering::Acquire) as usize;
+            if seq == front.seq && started == flat + 1 && finished <= flat && w.kill.is_none() {
+                w.kill = Some(Kill {
+                    seq,
+                    index: flat,
+                    why: KillWhy::Cancel,
+                    at: Instant::now(),
+                    escalated: true,
+                });
+                let _ = w.child.kill();
+                drop(core);
+                self.wake_dispatcher();
+                return;
+            }
+        }
+    }
+
+    /// Stops accepting work.
+    pub(super) fn close(&self) {
+        let mut core = self.lock();
+        if core.phase == Phase::Open {
+            core.phase = Phase::Closed;
+        }
+        self.notify(&core);
+    }
+
+    /// Waits for all work, then stops the workers and the dispatcher.
+    pub(super) fn join(&self) {
+        let mut core = self.lock();
+        if core.phase == Phase::Open {
+            core.phase = Phase::Closed;
+        }
+        core = self.wait_until(core, None, |c| {
+            c.outstanding == 0 || c.phase == Phase::Terminated
+        });
+        if core.phase == Phase::Closed {
+            core.phase = Phase::Stopping;
+        }
+        self.wake_dispatcher();
+        drop(self.wait_until(core, None, |c| c.dispatcher_gone));
+    }
+
+    /// Kills every worker and fails every unfinished item.
+    pub(super) fn terminate(&self) {
+        let mut core = self.lock();
+        if core.phase != Phase::Terminated {
+            core.phase = Phase::Terminated;
+            let error = TaskError::PoolClosed;
+            let Core {
+                workers,
+                pending,
+                pending_items,
+                stats,
+                outstanding,
+                ..
+            } = &mut *core;
+            for w in workers.iter_mut() {
+                let _ = w.child.kill();
+                for batch in w.inflight.drain(..) {
+                    fail_missing(&batch, &error, stats, outstanding);
+                }
+            }
+            for job in pending.drain(..) {
+                count_failure(stats, &error, job.len());
+                *outstanding -= job.len();
+                job.fail_all(&error);
+            }
+            *pending_items = 0;
+        }
+        self.wake_dispatcher();
+        drop(self.wait_until(core, None, |c| c.dispatcher_gone));
+    }
+
+    /// The dispatcher thread's body.
+    pub(super) fn run_dispatcher(self: Arc<Shared>) {
+        let mut dead: Vec<u64> = Vec::new();
+        loop {
+            let (socks, pidfds, ids, timeout) = {
+                let mut core = self.lock();
+                self.service(&mut core, &dead);
+                if self.finished(&mut core) {
+                    core.dispatcher_gone = true;
+                    self.changed.notify_all();
+                    return;
+                }
+                let timeout = self
+                    .next_deadline(&core)
+                    .map(|d| d.saturating_duration_since(Instant::now()));
+                let mut socks = Vec::new();
+                let mut pidfds = Vec::new();
+                let mut ids = Vec::new();
+                for w in &core.workers {
+                    ids.push(w.id);
+                    pidfds.push(w.pidfd.clone());
+                    // Every live channel: a batch handed out by another
+                    // thread after this poll starts must still wake us.
+                    socks.push((!w.eof).then(|| w.sock.clone()));
+                }
+                (socks, pidfds, ids, timeout)
+            };
+            let mut fds: Vec<BorrowedFd<'_>> = vec![self.wake.as_fd()];
+            fds.extend(pidfds.iter().map(|p| p.as_fd()));
+            fds.extend(socks.iter().flatten().map(|s| s.as_fd()));
+            let ready = sys::poll_readable(&fds, timeout).unwrap_or_default();
+            if ready.first() == Some(&true) {
+                sys::eventfd_drain(self.wake.as_fd());
+            }
+            dead.clear();
+            for (k, id) in ids.iter().enumerate() {
+                if ready.get(1 + k) == Some(&true) {
+                    dead.push(*id);
+                }
+            }
+        }
+    }
+
+    /// One round of the dispatcher: results, deaths, timeouts, replacements,
+    /// work.
+    fn service(&self, core: &mut Core, dead: &[u64]) {
+        for i in 0..core.workers.len() {
+            self.read_worker(core, i);
+        }
+        for id in dead {
+            if let Some(i) = core.workers.iter().position(|w| w.id == *id) {
+                self.bury(core, i);
+            }
+        }
+        self.enforce_timeouts(core);
+        self.replace_workers(core);
+        self.dispatch(core);
+        if core.phase == Phase::Stopping || core.phase == Phase::Terminated {
+            self.stop_workers(core);
+        }
+        self.notify(core);
+    }
+
+    /// Whether the dispatcher's work is over.
+    fn finished(&self, core: &mut Core) -> bool {
+        matches!(core.phase, Phase::Stopping | Phase::Terminated) && core.workers.is_empty()
+    }
+
+    /// The earliest moment the dispatcher must look again without an event.
+    fn next_deadline(&self, core: &Core) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut at = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        if let Some(t) = core.retry_spawn {
+            at(t);
+        }
+        if matches!(core.phase, Phase::Stopping | Phase::Terminated) && !core.workers.is_empty() {
+            at(Instant::now() + Duration::from_millis(50));
+        }
+        for w in &core.workers {
+            if let Some(kill) = &w.kill
+                && !kill.escalated
+            {
+                at(kill.at + KILL_GRACE);
+            }
+        }
+        if let Some(timeout) = self.config.task_timeout {
+            let now = Instant::now();
+            let now_ns = now_ns();
+            for w in &core.workers {
+                if w.kill.is_some() || w.inflight.is_empty() {
+                    continue;
+                }
+                match running_item(w) {
+                    Some((_, start_ns)) => {
+                        let deadline_ns = start_ns + timeout.as_nanos() as u64;
+                        at(now + Duration::from_nanos(deadline_ns.saturating_sub(now_ns)));
+                    }
+                    // Between items or not started: look again soon.
+                    None => at(now + timeout.min(Duration::from_millis(5))),
+                }
+            }
+        }
+        next
+    }
+
+    fn enforce_timeouts(&self, core: &mut Core) {
+        let now = Instant::now();
+        for w in &mut core.workers {
+            if let Some(kill) = &mut w.kill {
+                if !kill.escalated && now >= kill.at + KILL_GRACE {
+                    kill.escalated = true;
+                    let _ = w.child.kill();
+                }
+                continue;
+            }
+            let Some(timeout) = self.config.task_timeout else {
+                continue;
+            };
+            if w.inflight.is_empty() {
+                continue;
+            }
+            if let Some((index, start_ns)) = running_item(w)
+                && now_ns() >= start_ns + timeout.as_nanos() as u64
+            {
+                let seq = w.inflight.front().expect("a batch").seq;
+                w.kill = Some(Kill {
+                    seq,
+                    index,
+                    why: KillWhy::Timeout,
+                    at: now,
+                    escalated: false,
+                });
+                let _ = w.child.terminate();
+            }
+        }
+    }
+
+    /// Handles the death of worker `i`: keeps finished results, fails the
+    /// item that was running, requeues the rest, counts.
+    fn bury(&self, core: &mut Core, i: usize) {
+        // Whatever it wrote before dying is still in the socket.
+        self.read_worker(core, i);
+        let mut w = core.workers.remove(i);
+        let status = match w.child.join() {
+            Ok(()) => ExitStatus::Code(0),
+            Err(e) => e.exit_status().unwrap_or(ExitStatus::Code(-1)),
+        };
+        let Core {
+            pending,
+            pending_items,
+            stats,
+            outstanding,
+            phase,
+            broken,
+            ..
+        } = core;
+        let mut failed_item = false;
+        if let Some(front) = w.inflight.front_mut() {
+            let seq = w.region.word(worker::W_SEQ).load(Ordering::Acquire);
+            if seq == front.seq {
+                let len = (w.region.word(worker::W_ARENA_LEN).load(Ordering::Acquire) as usize)
+                    .min(worker::ARENA_BYTES);
+                let arena = w.region.load_bytes(worker::ARENA_OFFSET, len);
+                deliver_records(front, worker::records(&arena), stats, outstanding);
+                let started = w.region.word(worker::W_STARTED).load(Ordering::Acquire) as usize;
+                let finished = w.region.word(worker::W_FINISHED).load(Ordering::Acquire) as usize;
+                if started > finished && started <= front.got.len() && !front.got[started - 1] {
+                    let index = started - 1;
+                    let error = match &w.kill {
+                        Some(k) if k.seq == seq && k.index == index => match k.why {
+                            KillWhy::Timeout => Some(TaskError::TimedOut(
+                                self.config.task_timeout.unwrap_or_default(),
+                            )),
+                            KillWhy::Cancel => Some(TaskError::Cancelled),
+                        },
+                        // Killed for another item, which finished meanwhile:
+                        // this one is a bystander and runs again.
+                        Some(_) => None,
+                        None if w
+                            .region
+                            .word(worker::W_OUT_OF_MEMORY)
+                            .load(Ordering::Acquire)
+                            == 1 =>
+                        {
+                            Some(TaskError::MemoryExceeded(
+                                self.config.memory_limit.unwrap_or_default(),
+                            ))
+                        }
+                        None => Some(TaskError::WorkerLost(status)),
+                    };
+                    if let Some(error) = error {
+                        failed_item = true;
+                        let (j, p) = front.locate(index);
+                        front.got[index] = true;
+                        front.remaining -= 1;
+                        *outstanding -= 1;
+                        count_failure(stats, &error, 1);
+                        let job = &front.jobs[j];
+                        job.sink
+                            .deliver(&mut std::iter::once((job.indices[p], Raw::Failed(error))));
+                    }
+                }
+            }
+        }
+        // Everything else it held runs elsewhere, first in line.
+        let mut requeue = Vec::new();
+        for mut batch in w.inflight.drain(..) {
+            for (j, job) in batch.jobs.iter_mut().enumerate() {
+                let start = batch.starts[j];
+                let missing: Vec<usize> =
+                    (0..job.len()).filter(|&p| !batch.got[start + p]).collect();
+                if !missing.is_empty() {
+                    requeue.push(job.subset(&missing));
+                }
+            }
+        }
+        if broken.is_some() || *phase == Phase::Terminated {
+            let error = match broken {
+                Some(why) => TaskError::InitializerFailed(why.clone()),
+                None => TaskError::PoolClosed,
+            };
+            for job in &requeue {
+                count_failure(stats, &error, job.len());
+                *outstanding -= job.len();
+                job.fail_all(&error);
+            }
+        } else {
+            for job in requeue.into_iter().rev() {
+                *pending_items += job.len();
+                pending.push_front(job);
+            }
+        }
+        let retired = status == ExitStatus::Code(0) && w.tasks_left == Some(0) && !failed_item;
+        if retired {
+            stats.workers_retired += 1;
+        } else if !matches!(phase, Phase::Stopping | Phase::Terminated) {
+            stats.workers_replaced += 1;
+        }
+        if !w.ready && !matches!(phase, Phase::Stopping | Phase::Terminated) {
+            core.early_deaths += 1;
+            let why = if self.config.init.is_some() {
+                Some(format!("its worker died while running it ({status})"))
+            } else if core.early_deaths as usize >= 3 * self.config.processes.max(1) {
+                Some(format!("workers die as soon as they start ({status})"))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                self.break_pool(core, why);
+            }
+        }
+
+        self.notify(core);
+    }
+
+    /// Starts workers until there are `processes` of them, when they have
+    /// work to do.
+    fn replace_workers(&self, core: &mut Core) {
+        let wanted = match core.phase {
+            Phase::Open => self.config.processes,
+            Phase::Closed if core.outstanding > 0 => self.config.processes,
+            _ => return,
+        };
+        if core.broken.is_some() {
+            return;
+        }
+        if core.retry_spawn.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        core.retry_spawn = None;
+        while core.workers.len() < wanted {
+            match self.spawn_worker(core) {
+                Ok(w) => core.workers.push(w),
+                Err(_) => {
+                    // Out of processes or memory for now: try again shortly.
+                    core.retry_spawn = Some(Instant::now() + Duration::from_millis(100));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Closing: lets idle workers exit (closing their channel), kills those
+    /// that linger; terminating: they were killed already.
+    fn stop_workers(&self, core: &mut Core) {
+        for w in &mut core.workers {
+            if w.eof {
+                continue;
+            }
+            if core.phase == Phase::Terminated {
+                let _ = w.child.kill();
+            }
+            // Closing our end ends the worker's loop.
+            let _ = rustix::net::shutdown(&*w.sock, rustix::net::Shutdown::Both);
+            w.eof = true;
+            w.kill.get_or_insert(Kill {
+                seq: u64::MAX,
+                index: usize::MAX,
+                why: KillWhy::Cancel,
+                at: Instant::now() + EXIT_GRACE - KILL_GRACE,
+                escalated: false,
+            });
+        }
+        let now = Instant::now();
+        for w in &mut core.workers {
+            if let Some(kill) = &mut w.kill
+                && !kill.escalated
+                && now >= kill.at + KILL_GRACE
+            {
+                kill.escalated = true;
+                let _ = w.child.kill();
+            }
+        }
+        let mut i = 0;
+        while i < core.workers.len() {
+            if core.workers[i].child.is_alive() {
+                i += 1;
+            } else {
+                let w = core.workers.remove(i);
+                let _ = w.child.join();
+            }
+        }
+    }
+
+    pub(super) fn stats(&self) -> PoolStats {
+        let core = self.lock();
+        PoolStats {
+            workers: core.workers.len(),
+            queued: core.pending_items,
+            ..core.stats
+        }
+    }
+}
+
+/// The item a worker is running and when it started, if it runs one.
+fn running_item(w: &Worker) -> Option<(usize, u64)> {
+    let front = w.inflight.front()?;
+    let seq = w.region.word(worker::W_SEQ).load(Ordering::Acquire);
+    if seq != front.seq {
+        return None;
+    }
+    let started = w.region.word(worker::W_STARTED).load(Ordering::Acquire) as usize;
+    let start_ns = w.region.word(worker::W_START_NS).load(Ordering::Acquire);
+    let finished = w.region.word(worker::W_FINISHED).load(Ordering::Acquire) as usize;
+    (started > finished).then_some((started - 1, start_ns))
+}
+
+/// Sends a batch to `w`; on failure hands the jobs back.
+fn send_batch(w: &mut Worker, seq: u64, jobs: Vec<Job>) -> Result<(), Vec<Job>> {
+    let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
+    let mut starts = Vec::with_capacity(jobs.len());
+    let mut tables: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(jobs.len());
+    let mut total = 0;
+    let mut bytes = 64;
+    for job in &jobs {
+        starts.push(total);
+        total += job.len();
+        bytes += job.args.len() + 8 * job.len() + 32;
+        let ends: Vec<u8> = job.ends.iter().flat_map(|e| e.to_le_bytes()).collect();
+        let counts: Vec<u8> = if job.fds.is_empty() {
+            Vec::new()
+        } else {
+            job.fds
+                .iter()
+                .flat_map(|f| (f.len() as u32).to_le_bytes())
+                .collect()
+        };
+        fds.extend(job.fds.iter().flatten().map(|fd| fd.as_fd()));
+        tables.push((ends, counts));
+    }
+    let msg = BatchMsg {
+        seq,
+        jobs: jobs
+            .iter()
+            .zip(&tables)
+            .map(|(job, (ends, counts))| JobMsg {
+                entry: job.entry,
+                func: job.func,
+                ends,
+                fds: counts,
+                args: &job.args,
+            })
+            .collect(),
+    };
+    let ok = fds.len() <= sys::MAX_FDS_PER_MESSAGE
+        && match postcard::to_extend(&msg, Vec::with_capacity(bytes)) {
+            Ok(bytes) => send_frame_reading(w, &bytes, &fds).is_ok(),
+            Err(_) => false,
+        };
+    drop(msg);
+    drop(fds);
+    if !ok {
+        return Err(jobs);
+    }
+    if let Some(left) = &mut w.tasks_left {
+        *left = left.saturating_sub(total as u64);
+    }
+    w.inflight.push_back(InFlight {
+        seq,
+        jobs,
+        starts,
+        got: vec![false; total],
+        remaining: total,
+    });
+    Ok(())
+}
+
+/// Writes a frame to the worker; while the socket is full, reads what the
+/// worker sends (into its backlog) so that neither side can block the other.
+fn send_frame_reading(w: &mut Worker, payload: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let (header, n) = wire::encode_header(payload.len() as u64);
+    let mut pieces: [&[u8]; 2] = [&header[..n], payload];
+    let mut fds = fds;
+    let mut first = 0;
+    while first < 2 {
+        let iov: Vec<io::IoSlice<'_>> = pieces[first..]
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| io::IoSlice::new(p))
+            .collect();
+        if iov.is_empty() {
+            break;
+        }
+        match sys::send_with_fds(w.sock.as_fd(), &iov, fds) {
+            Ok(mut sent) => {
+                fds = &[];
+                while first < 2 && sent >= pieces[first].len() {
+                    sent -= pieces[first].len();
+                    first += 1;
+                }
+                if first < 2 {
+                    pieces[first] = &pieces[first][sent..];
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let (readable, _) = sys::poll_in_out(w.sock.as_fd())?;
+                if readable {
+                    loop {
+                        match w.reader.read_from(w.sock.as_fd())? {
+                            Progress::Frame(frame) => w.backlog.push(frame),
+                            Progress::Pending => break,
+                            Progress::Eof => {
+                                return Err(io::Error::from(io::ErrorKind::BrokenPipe));
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Hands the records of `batch` that have no outcome yet to their sinks.
+fn deliver_records<'a>(
+    batch: &mut InFlight,
+    records: impl Iterator<Item = worker::Record<'a>>,
+    stats: &mut PoolStats,
+    outstanding: &mut usize,
+) {
+    let mut group: Vec<(u32, Raw<'a>)> = Vec::new();
+    let mut group_job = usize::MAX;
+    let flush = |group: &mut Vec<(u32, Raw<'a>)>, job: usize, batch: &InFlight| {
+        if !group.is_empty() {
+            batch.jobs[job].sink.deliver(&mut group.drain(..));
+        }
+    };
+    for r in records {
+        let index = r.index as usize;
+        if index >= batch.got.len() || batch.got[index] {
+            continue;
+        }
+        batch.got[index] = true;
+        batch.remaining -= 1;
+        *outstanding -= 1;
+        let raw = match r.tag {
+            worker::TAG_VALUE => {
+                stats.completed += 1;
+                Raw::Value(r.body)
+            }
+            worker::TAG_PANIC => {
+                stats.failed += 1;
+                Raw::Panic(r.body)
+            }
+            _ => {
+                stats.failed += 1;
+                Raw::Codec(r.body)
+            }
+        };
+        let (j, p) = batch.locate(index);
+        if j != group_job {
+            if group_job != usize::MAX {
+                flush(&mut group, group_job, batch);
+            }
+            group_job = j;
+        }
+        group.push((batch.jobs[j].indices[p], raw));
+    }
+    if group_job != usize::MAX {
+        flush(&mut group, group_job, batch);
+    }
+}
+
+/// Fails the items of `batch` that have no outcome.
+fn fail_missing(
+    batch: &InFlight,
+    error: &TaskError,
+    stats: &mut PoolStats,
+    outstanding: &mut usize,
+) {
+    for (j, job) in batch.jobs.iter().enumerate() {
+        let start = batch.starts[j];
+        let mut it = (0..job.len())
+            .filter(|&p| !batch.got[start + p])
+            .map(|p| (job.indices[p], Raw::Failed(error.clone())));
+        let mut n = 0;
+        job.sink.deliver(&mut it.by_ref().inspect(|_| n += 1));
+        count_failure(stats, error, n);
+        *outstanding -= n;
+    }
+}
+
+fn count_failure(stats: &mut PoolStats, error: &TaskError, n: usize) {
+    let n = n as u64;
+    stats.failed += n;
+    match error {
+        TaskError::TimedOut(_) => stats.timed_out += n,
+        TaskError::Cancelled => stats.cancelled += n,
+        TaskError::WorkerLost(_) | TaskError::MemoryExceeded(_) => stats.lost += n,
+        _ => {}
+    }
+}

@@ -1,0 +1,853 @@
+//! A supervised pool of worker processes: Python's `multiprocessing.Pool`
+//! and `ProcessPoolExecutor`, without their hangs.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use corral::{Pool, TaskError};
+//!
+//! fn square(x: u64) -> u64 { x * x }
+//!
+//! corral::init();
+//! let pool = Pool::builder()
+//!     .processes(4)
+//!     .task_timeout(Duration::from_secs(30))
+//!     .build()
+//!     .unwrap();
+//! assert_eq!(pool.apply(square, 7).unwrap(), 49);
+//! assert_eq!(pool.map(square, 0..4).unwrap(), [0, 1, 4, 9]);
+//! let total: u64 = pool.imap(square, 0..1_000).map(Result::unwrap).sum();
+//! # let _ = total;
+//! ```
+//!
+//! # What the pool promises
+//!
+//! * **Every task ends exactly once**, with its value or a [`TaskError`].
+//! * **A dying worker fails only the item it was running.** Whatever killed
+//!   it (a signal, a segfault, `abort`, `exit`, the OOM killer), that item
+//!   gets [`TaskError::WorkerLost`] with the exit status. Items of the same
+//!   batch that finished keep their results (they survive in shared memory
+//!   even if the worker dies before sending them); items not yet started run
+//!   on another worker. The worker is replaced and the pool goes on.
+//! * **Per-task timeouts.** With [`PoolBuilder::task_timeout`], a task
+//!   running past its limit has its worker killed (SIGTERM, then SIGKILL
+//!   20 ms later) and ends with [`TaskError::TimedOut`].
+//! * **Memory caps.** [`PoolBuilder::memory_limit`] caps each worker's
+//!   address space (`RLIMIT_AS`). A task whose allocation fails ends with
+//!   [`TaskError::MemoryExceeded`]. (cgroup v2 `memory.max` would cap
+//!   resident memory instead, but needs a delegated memory controller, which
+//!   most machines, this project's CI included, do not give to a user
+//!   process; the rlimit works everywhere. It counts *virtual* memory, so
+//!   leave room for the worker's own ~20-100 MiB of mappings.)
+//! * **Values that cannot cross** (serialize or deserialize, either way)
+//!   fail their own task with [`TaskError::Codec`]; nothing hangs.
+//! * **Lazy input.** [`Pool::imap`] and [`Pool::imap_unordered`] pull input
+//!   only as results are consumed, keeping a bounded number of items in
+//!   flight: an endless iterator runs in constant memory.
+//! * **Backpressure.** [`PoolBuilder::max_pending`] bounds the queue:
+//!   `submit` blocks while that many items wait.
+//! * **Clean ends.** Dropping the pool stops accepting work, lets submitted
+//!   work finish (within its timeout) and stops the workers;
+//!   [`Pool::terminate`] kills them at once. No process, descriptor or
+//!   shared memory is left behind, and the workers die with this process if
+//!   it is killed.
+//! * **Nesting.** A task may create and use its own pool.
+//!
+//! # How it works
+//!
+//! One supervisor state, guarded by one lock, knows which batch each worker
+//! holds; a dispatcher thread reaps and replaces workers and enforces
+//! deadlines. Work travels in batches over one socket per worker, so a busy
+//! pool pays one system call per batch rather than per task, and a caller
+//! waiting for a result reads it itself instead of paying a thread hop.
+
+mod core;
+mod task;
+mod worker;
+
+pub(crate) use self::worker::{JobMsg, Recorder};
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use self::core::{Config, Job, Raw, Shared, Sink};
+use self::task::TaskSlot;
+pub use self::task::{AsCompleted, Task, as_completed, wait_all, wait_any};
+use crate::start::bootstrap::func_offset;
+use crate::start::runtime;
+use crate::{Data, Error, StartMethod, TaskError, wire};
+
+/// Counters of a pool's life, from [`Pool::stats`].
+///
+/// # Examples
+///
+/// ```no_run
+/// fn id(x: u8) -> u8 { x }
+/// corral::init();
+/// let pool = corral::Pool::new(2).unwrap();
+/// pool.map(id, 0..10).unwrap();
+/// let stats = pool.stats();
+/// assert_eq!(stats.completed, 10);
+/// assert_eq!(stats.workers_replaced, 0);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// Items accepted.
+    pub submitted: u64,
+    /// Items that returned a value.
+    pub completed: u64,
+    /// Items that ended with an error (all kinds, including the ones below).
+    pub failed: u64,
+    /// Items that ran past the task timeout.
+    pub timed_out: u64,
+    /// Items cancelled while running or queued.
+    pub cancelled: u64,
+    /// Items whose worker died under them (including memory-limit deaths).
+    pub lost: u64,
+    /// Worker processes started, replacements included.
+    pub workers_started: u64,
+    /// Workers replaced after a death, a timeout or a cancellation.
+    pub workers_replaced: u64,
+    /// Workers that retired after `max_tasks_per_child` items.
+    pub workers_retired: u64,
+    /// Workers alive now.
+    pub workers: usize,
+    /// Items waiting for a worker now.
+    pub queued: usize,
+}
+
+/// Options for a [`Pool`]; made by [`Pool::builder`].
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use corral::{Pool, StartMethod};
+/// fn setup(level: u8) { let _ = level; }
+/// corral::init();
+/// let pool = Pool::builder()
+///     .processes(4)
+///     .initializer(setup, 3)
+///     .max_tasks_per_child(1_000)
+///     .task_timeout(Duration::from_secs(30))
+///     .memory_limit(512 << 20)
+///     .max_pending(10_000)
+///     .start_method(StartMethod::ForkServer)
+///     .build()
+///     .unwrap();
+/// # drop(pool);
+/// ```
+#[derive(Debug, Default)]
+pub struct PoolBuilder {
+    processes: Option<usize>,
+    init: Option<Result<worker::InitMsg, crate::CodecError>>,
+    max_tasks: Option<u64>,
+    task_timeout: Option<Duration>,
+    memory_limit: Option<u64>,
+    max_pending: Option<usize>,
+    start_method: StartMethod,
+}
+
+impl PoolBuilder {
+    /// How many worker processes (default: the available parallelism). The
+    /// pool never runs more.
+    pub fn processes(mut self, n: usize) -> PoolBuilder {
+        self.processes = Some(n);
+        self
+    }
+
+    /// A function each worker runs once, with `arg`, before its first task
+    /// (Python's `initializer`/`initargs`). If it fails (panics, crashes) the
+    /// pool is broken: every queued and later task ends with
+    /// [`TaskError::InitializerFailed`], and no worker is restarted.
+    pub fn initializer<A: Data>(mut self, f: fn(A), arg: A) -> PoolBuilder {
+        self.init = Some(
+            wire::encode(&arg)
+                .and_then(|e| {
+                    if e.fds.is_empty() {
+                        Ok(e.bytes)
+                    } else {
+                        Err(crate::CodecError::new(
+                            "an initializer argument cannot hold corral handles",
+                        ))
+                    }
+                })
+                .map(|arg| worker::InitMsg {
+                    entry: worker::job_entry_offset::<A, ()>(),
+                    func: func_offset(f),
+                    arg,
+                }),
+        );
+        self
+    }
+
+    /// Replaces a worker after it has run `n` tasks (Python's
+    /// `maxtasksperchild`): a bound on what a leaky task can accumulate.
+    pub fn max_tasks_per_child(mut self, n: u64) -> PoolBuilder {
+        self.max_tasks = Some(n.max(1));
+        self
+    }
+
+    /// Limits each task's running time: past it, the worker is killed and
+    /// replaced, and the task ends with [`TaskError::TimedOut`] (reported
+    /// within milliseconds of the deadline).
+    pub fn task_timeout(mut self, timeout: Duration) -> PoolBuilder {
+        self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// Caps each worker's memory at `bytes` of address space (`RLIMIT_AS`;
+    /// see the [module docs](crate::pool) for why not a cgroup). A task that
+    /// goes over ends with [`TaskError::MemoryExceeded`]; its worker is
+    /// replaced.
+    pub fn memory_limit(mut self, bytes: u64) -> PoolBuilder {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// Makes `submit` (and `map`) block while `n` items wait for a worker:
+    /// backpressure for fast producers. Default: unbounded.
+    pub fn max_pending(mut self, n: usize) -> PoolBuilder {
+        self.max_pending = Some(n.max(1));
+        self
+    }
+
+    /// How workers are started (default [`StartMethod::ForkServer`]).
+    pub fn start_method(mut self, method: StartMethod) -> PoolBuilder {
+        self.start_method = method;
+        self
+    }
+
+    /// Starts the workers and the dispatcher.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotInitialized`] without [`crate::init`]; [`Error::Codec`]
+    /// if the initializer's argument cannot be serialized; [`Error::Io`] if
+    /// the system refuses processes or descriptors;
+    /// [`Error::Unsupported`] for a pool of zero processes.
+    pub fn build(self) -> Result<Pool, Error> {
+        runtime::ensure_initialized()?;
+        let processes = self.processes.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        });
+        if processes == 0 {
+            return Err(Error::Unsupported("a pool needs at least one process"));
+        }
+        let init = self.init.transpose()?;
+        let shared = Shared::new(Config {
+            processes,
+            init,
+            max_tasks: self.max_tasks,
+            task_timeout: self.task_timeout,
+            memory_limit: self.memory_limit,
+            max_pending: self.max_pending.unwrap_or(usize::MAX),
+            start_method: self.start_method,
+        })?;
+        let runner = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("corral-pool".into())
+            .spawn(move || {
+                let _gone = DispatcherGone(runner.clone());
+                runner.run_dispatcher();
+            });
+        match thread {
+            Ok(handle) => Ok(Pool {
+                shared,
+                dispatcher: Mutex::new(Some(handle)),
+            }),
+            Err(e) => {
+                shared.lock().dispatcher_gone = true;
+                shared.terminate();
+                Err(Error::Io {
+                    context: "starting the pool's dispatcher thread",
+                    source: e,
+                })
+            }
+        }
+    }
+}
+
+/// Marks the dispatcher gone however its thread ends.
+struct DispatcherGone(Arc<Shared>);
+
+impl Drop for DispatcherGone {
+    fn drop(&mut self) {
+        self.0.mark_dispatcher_gone();
+    }
+}
+
+/// A pool of worker processes that run functions on serialized arguments.
+///
+/// See the [module docs](crate::pool) for its promises. Tasks are plain
+/// functions (`fn(A) -> R`; closures that capture nothing coerce), as for
+/// [`crate::spawn`].
+///
+/// | Python | corral |
+/// |---|---|
+/// | `Pool(4)` / `ProcessPoolExecutor(4)` | [`Pool::new(4)`](Pool::new) |
+/// | `apply_async(f, (x,))` / `submit(f, x)` | [`pool.submit(f, x)`](Pool::submit) |
+/// | `apply(f, (x,))` | [`pool.apply(f, x)`](Pool::apply) |
+/// | `map(f, xs, chunksize)` | [`pool.map(f, xs)`](Pool::map), [`map_chunked`](Pool::map_chunked) |
+/// | `imap` / `imap_unordered` | [`pool.imap`](Pool::imap) / [`imap_unordered`](Pool::imap_unordered) |
+/// | `as_completed(fs)`, `wait(fs)` | [`as_completed`], [`wait_all`], [`wait_any`] |
+/// | `close()`, `join()`, `terminate()` | the same |
+/// | pebble `schedule(f, timeout=)` | [`PoolBuilder::task_timeout`] |
+///
+/// # Examples
+///
+/// ```no_run
+/// fn square(x: u64) -> u64 { x * x }
+/// corral::init();
+/// let pool = corral::Pool::new(2).unwrap();
+/// assert_eq!(pool.map(square, 1..=3).unwrap(), [1, 4, 9]);
+/// ```
+pub struct Pool {
+    shared: Arc<Shared>,
+    dispatcher: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("processes", &self.shared.config.processes)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Pool {
+    /// A pool of `processes` workers with default options.
+    ///
+    /// # Errors
+    ///
+    /// As [`PoolBuilder::build`].
+    pub fn new(processes: usize) -> Result<Pool, Error> {
+        Pool::builder().processes(processes).build()
+    }
+
+    /// Options for a pool.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// The number of worker processes.
+    pub fn processes(&self) -> usize {
+        self.shared.config.processes
+    }
+
+    /// Submits `f(arg)` and returns its [`Task`] at once (blocking only
+    /// while [`max_pending`](PoolBuilder::max_pending) items wait).
+    ///
+    /// An argument that cannot be serialized gives a task that has already
+    /// failed with [`TaskError::Codec`]; a closed pool, one that failed
+    /// with [`TaskError::PoolClosed`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// fn add((a, b): (i32, i32)) -> i32 { a + b }
+    /// corral::init();
+    /// let pool = corral::Pool::new(1).unwrap();
+    /// assert_eq!(pool.submit(add, (2, 3)).join().unwrap(), 5);
+    /// ```
+    #[doc(alias = "apply_async")]
+    pub fn submit<A: Data, R: Data>(&self, f: fn(A) -> R, arg: A) -> Task<R> {
+        let slot = Arc::new(TaskSlot::<R>::new());
+        let task = Task::new(slot.clone(), self.shared.clone());
+        match wire::encode(&arg) {
+            Ok(encoded) if encoded.fds.len() > crate::sys::MAX_FDS_PER_MESSAGE => {
+                let error = TaskError::Codec("more than 250 corral handles in one argument".into());
+                slot.deliver(&mut std::iter::once((0, Raw::Failed(error))));
+            }
+            Ok(encoded) => {
+                drop(arg);
+                let job = Job::single(
+                    worker::job_entry_offset::<A, R>(),
+                    func_offset(f),
+                    encoded,
+                    slot,
+                );
+                self.shared.submit(vec![job]);
+            }
+            Err(e) => {
+                let error = TaskError::Codec(format!("the argument: {}", e.message()));
+                slot.deliver(&mut std::iter::once((0, Raw::Failed(error))));
+            }
+        }
+        task
+    }
+
+    /// Runs `f(arg)` in a worker and waits for it: `submit(f, arg).join()`.
+    ///
+    /// # Errors
+    ///
+    /// Any [`TaskError`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// fn double(x: i32) -> i32 { x * 2 }
+    /// corral::init();
+    /// let pool = corral::Pool::new(1).unwrap();
+    /// assert_eq!(pool.apply(double, 21).unwrap(), 42);
+    /// ```
+    pub fn apply<A: Data, R: Data>(&self, f: fn(A) -> R, arg: A) -> Result<R, TaskError> {
+        self.submit(f, arg).join()
+    }
+
+    /// Runs `f` on every item and returns the results in input order.
+    ///
+    /// Items travel in chunks (about four per worker, like Python's default
+    /// `chunksize`), so a big map costs a few system calls, not one per item.
+    /// Every item runs even if some fail; the error returned is that of the
+    /// first failing item in input order. Use [`imap`](Pool::imap) for every
+    /// item's own outcome.
+    ///
+    /// # Errors
+    ///
+    /// The first item's [`TaskError`], in input order.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// fn square(x: u64) -> u64 { x * x }
+    /// corral::init();
+    /// let pool = corral::Pool::new(2).unwrap();
+    /// assert_eq!(pool.map(square, vec![1, 2, 3]).unwrap(), [1, 4, 9]);
+    /// ```
+    pub fn map<A: Data, R: Data, I: IntoIterator<Item = A>>(
+        &self,
+        f: fn(A) -> R,
+        items: I,
+    ) -> Result<Vec<R>, TaskError> {
+        self.map_inner(f, items, None)
+    }
+
+    /// [`map`](Pool::map) with an explicit chunk size (items per batch a
+    /// worker takes at once; Python's `chunksize`). Small chunks balance
+    /// uneven tasks; large ones cost less per item.
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Pool::map).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// fn square(x: u64) -> u64 { x * x }
+    /// corral::init();
+    /// let pool = corral::Pool::new(2).unwrap();
+    /// assert_eq!(pool.map_chunked(square, 0..4, 1).unwrap(), [0, 1, 4, 9]);
+    /// ```
+    pub fn map_chunked<A: Data, R: Data, I: IntoIterator<Item = A>>(
+        &self,
+        f: fn(A) -> R,
+        items: I,
+        chunk_size: usize,
+    ) -> Result<Vec<R>, TaskError> {
+        self.map_inner(f, items, Some(chunk_size.max(1)))
+    }
+
+    fn map_inner<A: Data, R: Data, I: IntoIterator<Item = A>>(
+        &self,
+        f: fn(A) -> R,
+        items: I,
+        chunk: Option<usize>,
+    ) -> Result<Vec<R>, TaskError> {
+        let items: Vec<A> = items.into_iter().collect();
+        let n = items.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let chunk = chunk.unwrap_or_else(|| n.div_ceil(4 * self.processes()).max(1));
+        let sink = Arc::new(MapSink::<R>::new(n));
+        let dyn_sink: Arc<dyn Sink> = sink.clone();
+        let (entry, func) = (worker::job_entry_offset::<A, R>(), func_offset(f));
+        let mut jobs = Vec::with_capacity(n.div_ceil(chunk));
+        let mut items = items.into_iter().enumerate().peekable();
+        while items.peek().is_some() {
+            let mut job = Job {
+                entry,
+                func,
+                args: Vec::new(),
+                ends: Vec::with_capacity(chunk),
+                indices: Vec::with_capacity(chunk),
+                fds: Vec::new(),
+                sink: dyn_sink.clone(),
+            };
+            for (index, item) in items.by_ref().take(chunk) {
+                add_item(&mut job, index as u32, &item);
+            }
+            if job.len() > 0 {
+                jobs.push(job);
+            }
+        }
+        self.shared.submit(jobs);
+        sink.wait(&self.shared)
+    }
+
+    /// Runs `f` on the items lazily and yields the outcomes in input order.
+    ///
+    /// Input is pulled only as outcomes are consumed, with at most
+    /// `64 × processes` items in flight, so an endless iterator runs in
+    /// constant memory. Each item has its own outcome: a failing item does
+    /// not stop the others.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// fn square(x: u64) -> u64 { x * x }
+    /// corral::init();
+    /// let pool = corral::Pool::new(2).unwrap();
+    /// let first: Vec<u64> = pool.imap(square, 0..).take(4).map(Result::unwrap).collect();
+    /// assert_eq!(first, [0, 1, 4, 9]);
+    /// ```
+    pub fn imap<A: Data, R: Data, I>(&self, f: fn(A) -> R, items: I) -> Imap<'_, A, R, I::IntoIter>
+    where
+        I: IntoIterator<Item = A>,
+    {
+        Imap::new(self, f, items.into_iter(), true)
+    }
+
+    /// Like [`imap`](Pool::imap), but yields outcomes as they come.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// fn square(x: u64) -> u64 { x * x }
+    /// corral::init();
+    /// let pool = corral::Pool::new(2).unwrap();
+    /// let mut all: Vec<u64> = pool.imap_unordered(square, 0..4).map(Result::unwrap).collect();
+    /// all.sort();
+    /// assert_eq!(all, [0, 1, 4, 9]);
+    /// ```
+    pub fn imap_unordered<A: Data, R: Data, I>(
+        &self,
+        f: fn(A) -> R,
+        items: I,
+    ) -> Imap<'_, A, R, I::IntoIter>
+    where
+        I: IntoIterator<Item = A>,
+    {
+        Imap::new(self, f, items.into_iter(), false)
+    }
+
+    /// Stops accepting work; what was submitted still runs. Later submits
+    /// fail with [`TaskError::PoolClosed`].
+    pub fn close(&self) {
+        self.shared.close();
+    }
+
+    /// Closes the pool, waits for every submitted task and stops the
+    /// workers. (Python requires `close()` first; here `join` implies it.)
+    pub fn join(&self) {
+        self.shared.join();
+        self.join_dispatcher();
+    }
+
+    /// Kills the workers at once. Unfinished tasks end with
+    /// [`TaskError::PoolClosed`].
+    pub fn terminate(&self) {
+        self.shared.terminate();
+        self.join_dispatcher();
+    }
+
+    /// The pool's counters.
+    pub fn stats(&self) -> PoolStats {
+        self.shared.stats()
+    }
+
+    fn join_dispatcher(&self) {
+        let handle = self
+            .dispatcher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Pool {
+    /// Graceful: like [`Pool::join`].
+    fn drop(&mut self) {
+        self.join();
+    }
+}
+
+/// Appends one encoded item to a job; an item that cannot be encoded fails
+/// on its own.
+fn add_item<A: Data>(job: &mut Job, index: u32, item: &A) {
+    // Plain data (the common case) needs no descriptor table.
+    if job.fds.is_empty() && wire::encode_plain_into(item, &mut job.args).is_ok() {
+        job.ends.push(job.args.len() as u32);
+        job.indices.push(index);
+        return;
+    }
+    match wire::encode_into(item, &mut job.args) {
+        Ok(fds) => {
+            if !fds.is_empty() || !job.fds.is_empty() {
+                job.fds.resize_with(job.ends.len(), Vec::new);
+                job.fds.push(fds);
+            }
+            job.ends.push(job.args.len() as u32);
+            job.indices.push(index);
+        }
+        Err(e) => {
+            let error = TaskError::Codec(format!("the argument: {}", e.message()));
+            job.sink
+                .deliver(&mut std::iter::once((index, Raw::Failed(error))));
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How long a consumer helps read results before it sleeps.
+const SPIN: Duration = Duration::from_micros(100);
+
+/// Spins (reading results itself) for a short while until `ready` holds.
+fn help_until(shared: &Shared, mut ready: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + SPIN;
+    loop {
+        if ready() {
+            return true;
+        }
+        if let Some(mut core) = shared.try_lock() {
+            shared.pump(&mut core);
+        }
+        if Instant::now() >= until {
+            return ready();
+        }
+        std::hint::spin_loop();
+    }
+}
+
+struct MapState<R> {
+    results: Vec<Option<Result<R, TaskError>>>,
+    left: usize,
+}
+
+/// The outcomes of one `map` call.
+struct MapSink<R> {
+    state: Mutex<MapState<R>>,
+    done: Condvar,
+}
+
+impl<R: Data> MapSink<R> {
+    fn new(n: usize) -> MapSink<R> {
+        MapSink {
+            state: Mutex::new(MapState {
+                results: (0..n).map(|_| None).collect(),
+                left: n,
+            }),
+            done: Condvar::new(),
+        }
+    }
+
+    fn wait(&self, shared: &Shared) -> Result<Vec<R>, TaskError> {
+        help_until(shared, || lock(&self.state).left == 0);
+        let mut st = lock(&self.state);
+        while st.left > 0 {
+            st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        std::mem::take(&mut st.results)
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(TaskError::Cancelled)))
+            .collect()
+    }
+}
+
+impl<R: Data> Sink for MapSink<R> {
+    fn deliver(&self, outcomes: &mut dyn Iterator<Item = (u32, Raw<'_>)>) {
+        let mut st = lock(&self.state);
+        for (index, raw) in outcomes {
+            let Some(slot) = st.results.get_mut(index as usize) else {
+                continue;
+            };
+            if slot.is_none() {
+                *slot = Some(raw.decode());
+                st.left -= 1;
+            }
+        }
+        if st.left == 0 {
+            self.done.notify_all();
+        }
+    }
+
+    fn wanted(&self, _: u32) -> bool {
+        true
+    }
+}
+
+struct StreamState<R> {
+    /// Ordered mode: outcomes by item number (mod 2³²).
+    by_index: HashMap<u32, Result<R, TaskError>>,
+    /// Unordered mode: outcomes in completion order.
+    arrived: VecDeque<Result<R, TaskError>>,
+}
+
+/// The outcomes of one `imap` call.
+struct StreamSink<R> {
+    ordered: bool,
+    state: Mutex<StreamState<R>>,
+    arrived: Condvar,
+}
+
+impl<R: Data> Sink for StreamSink<R> {
+    fn deliver(&self, outcomes: &mut dyn Iterator<Item = (u32, Raw<'_>)>) {
+        let mut st = lock(&self.state);
+        for (index, raw) in outcomes {
+            let outcome = raw.decode();
+            if self.ordered {
+                st.by_index.entry(index).or_insert(outcome);
+            } else {
+                st.arrived.push_back(outcome);
+            }
+        }
+        self.arrived.notify_all();
+    }
+
+    fn wanted(&self, _: u32) -> bool {
+        true
+    }
+}
+
+/// The lazy iterator of [`Pool::imap`] and [`Pool::imap_unordered`].
+///
+/// It yields `Result<R, TaskError>` per input item and pulls input only as
+/// it yields, with a bounded window of items in flight. Dropping it early
+/// lets the items in flight finish and discards their outcomes.
+pub struct Imap<'p, A, R, I> {
+    pool: &'p Pool,
+    input: Option<I>,
+    sink: Arc<StreamSink<R>>,
+    entry: i64,
+    func: i64,
+    submitted: u64,
+    yielded: u64,
+    window: u64,
+    _a: PhantomData<fn(A)>,
+}
+
+impl<A, R, I> fmt::Debug for Imap<'_, A, R, I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Imap")
+            .field("ordered", &self.sink.ordered)
+            .field("in_flight", &(self.submitted - self.yielded))
+            .finish()
+    }
+}
+
+impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
+    fn new(pool: &'p Pool, f: fn(A) -> R, input: I, ordered: bool) -> Self {
+        let mut imap = Imap {
+            pool,
+            input: Some(input),
+            sink: Arc::new(StreamSink {
+                ordered,
+                state: Mutex::new(StreamState {
+                    by_index: HashMap::new(),
+                    arrived: VecDeque::new(),
+                }),
+                arrived: Condvar::new(),
+            }),
+            entry: worker::job_entry_offset::<A, R>(),
+            func: func_offset(f),
+            submitted: 0,
+            yielded: 0,
+            window: 64 * pool.processes() as u64,
+            _a: PhantomData,
+        };
+        imap.refill();
+        imap
+    }
+
+    /// Pulls input until the window is full.
+    fn refill(&mut self) {
+        let Some(input) = &mut self.input else {
+            return;
+        };
+        let sink: Arc<dyn Sink> = self.sink.clone();
+        let mut jobs = Vec::new();
+        while self.submitted - self.yielded < self.window {
+            let Some(item) = input.next() else {
+                self.input = None;
+                break;
+            };
+            let mut job = Job {
+                entry: self.entry,
+                func: self.func,
+                args: Vec::new(),
+                ends: Vec::with_capacity(1),
+                indices: Vec::with_capacity(1),
+                fds: Vec::new(),
+                sink: sink.clone(),
+            };
+            add_item(&mut job, self.submitted as u32, &item);
+            drop(item);
+            if job.len() > 0 {
+                jobs.push(job);
+            }
+            self.submitted += 1;
+        }
+        if !jobs.is_empty() {
+            self.pool.shared.submit(jobs);
+        }
+    }
+
+    fn take_ready(&self) -> Option<Result<R, TaskError>> {
+        let mut st = lock(&self.sink.state);
+        if self.sink.ordered {
+            st.by_index.remove(&(self.yielded as u32))
+        } else {
+            st.arrived.pop_front()
+        }
+    }
+}
+
+impl<A: Data, R: Data, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
+    type Item = Result<R, TaskError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.refill();
+        if self.yielded == self.submitted {
+            return None;
+        }
+        let mut outcome = None;
+        help_until(&self.pool.shared, || {
+            outcome = self.take_ready();
+            outcome.is_some()
+        });
+        while outcome.is_none() {
+            {
+                let st = lock(&self.sink.state);
+                let empty = if self.sink.ordered {
+                    !st.by_index.contains_key(&(self.yielded as u32))
+                } else {
+                    st.arrived.is_empty()
+                };
+                if empty {
+                    drop(
+                        self.sink
+                            .arrived
+                            .wait(st)
+                            .unwrap_or_else(|p| p.into_inner()),
+                    );
+                }
+            }
+            outcome = self.take_ready();
+        }
+        self.yielded += 1;
+        self.refill();
+        outcome
+    }
+}

@@ -1,0 +1,435 @@
+//! The worker process: runs batches of items and reports every outcome.
+//!
+//! # Protocol
+//!
+//! The supervisor sends a *batch* per frame ([`BatchMsg`]): a sequence
+//! number and items, each an entry point, a function, an encoded argument and
+//! a count of descriptors (the frame's `SCM_RIGHTS`, in item order). The
+//! worker answers with *result* frames: `[seq: u64 LE][done: u8]` then
+//! records `[index: u32 LE][tag: u8][len: u32 LE][bytes]`, where `index` is
+//! the item's position in its batch. `done` marks the batch's last frame.
+//!
+//! # What survives a crash
+//!
+//! Each worker shares a [`SharedRegion`] with its supervisor. Before an item
+//! runs, the worker publishes the batch sequence, how many items it has
+//! started and when the current one started; after it runs, the record is
+//! appended to the region's *arena* before it joins the next result frame.
+//! If the worker dies, whatever killed it, the supervisor reads the arena:
+//! finished items keep their results, the item that was running is the one
+//! that failed, and unstarted items run elsewhere. Records that reached both
+//! the socket and the arena are told apart by their index.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::start::bootstrap;
+use crate::sys::code::{JobEntry, Verified};
+use crate::sys::{self, SharedRegion};
+use crate::{Connection, Data, wire};
+
+/// Header word: sequence number of the batch being run.
+pub(super) const W_SEQ: usize = 0;
+/// Header word: how many items of that batch have started.
+pub(super) const W_STARTED: usize = 1;
+/// Header word: when the current item started ([`sys::monotonic_ns`]).
+pub(super) const W_START_NS: usize = 2;
+/// Header word: bytes of records in the arena.
+pub(super) const W_ARENA_LEN: usize = 3;
+/// Header word: 1 once an allocation failure aborted the worker.
+pub(super) const W_OUT_OF_MEMORY: usize = 4;
+/// Header word: how many items of the batch have finished (their record
+/// written).
+pub(super) const W_FINISHED: usize = 5;
+/// Where the arena starts.
+pub(super) const ARENA_OFFSET: usize = 64;
+/// Arena capacity: results beyond it are flushed to the socket first.
+pub(super) const ARENA_BYTES: usize = 1 << 20;
+/// Size of a worker's shared region.
+pub(super) const REGION_BYTES: usize = ARENA_OFFSET + ARENA_BYTES;
+
+/// Result-frame sequence number: the worker is initialized and waiting.
+pub(super) const SEQ_READY: u64 = u64::MAX - 1;
+/// Result-frame sequence number: the initializer failed (one record).
+pub(super) const SEQ_INIT_FAILED: u64 = u64::MAX;
+
+/// Record tag: an encoded value.
+pub(super) const TAG_VALUE: u8 = 0;
+/// Record tag: a postcard-encoded [`crate::RemotePanic`].
+pub(super) const TAG_PANIC: u8 = 1;
+/// Record tag: a codec error message (UTF-8).
+pub(super) const TAG_CODEC: u8 = 2;
+
+/// Bytes before the records of a result frame.
+pub(super) const FRAME_HEADER: usize = 9;
+/// Bytes before the payload of a record.
+pub(super) const RECORD_HEADER: usize = 9;
+
+/// One batch, as it crosses to the worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct BatchMsg<'a> {
+    pub(super) seq: u64,
+    #[serde(borrow)]
+    pub(super) jobs: Vec<JobMsg<'a>>,
+}
+
+/// One job of a batch: items that share a function.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct JobMsg<'a> {
+    pub(super) entry: i64,
+    pub(super) func: i64,
+    /// End of each item's argument in `args` (`u32` LE each).
+    #[serde(borrow, serialize_with = "as_bytes")]
+    pub(super) ends: &'a [u8],
+    /// How many descriptors each item has (`u32` LE each), or empty: none.
+    #[serde(borrow, serialize_with = "as_bytes")]
+    pub(super) fds: &'a [u8],
+    /// The encoded arguments, back to back.
+    #[serde(borrow, serialize_with = "as_bytes")]
+    pub(super) args: &'a [u8],
+}
+
+fn as_bytes<S: Serializer>(bytes: &&[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bytes(bytes)
+}
+
+fn u32_at(bytes: &[u8], i: usize) -> u32 {
+    bytes
+        .get(4 * i..4 * i + 4)
+        .map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+}
+
+impl JobMsg<'_> {
+    fn len(&self) -> usize {
+        self.ends.len() / 4
+    }
+
+    fn arg(&self, i: usize) -> &[u8] {
+        let start = if i == 0 {
+            0
+        } else {
+            u32_at(self.ends, i - 1) as usize
+        };
+        let end = u32_at(self.ends, i) as usize;
+        self.args.get(start..end).unwrap_or(&[])
+    }
+}
+
+/// The initializer, as it crosses.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct InitMsg {
+    pub(super) entry: i64,
+    pub(super) func: i64,
+    pub(super) arg: Vec<u8>,
+}
+
+/// Everything a worker starts with (its spawn argument).
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct WorkerBoot {
+    pub(super) conn: Connection,
+    pub(super) region: RegionFd,
+    pub(super) identity: Vec<u8>,
+    pub(super) init: Option<InitMsg>,
+    pub(super) memory_limit: Option<u64>,
+    pub(super) max_tasks: Option<u64>,
+    /// Whether tasks have a timeout (only then is each start time stamped).
+    pub(super) timed: bool,
+}
+
+/// A shared region's descriptor as a spawn argument.
+#[derive(Debug)]
+pub(super) struct RegionFd(pub(super) OwnedFd);
+
+impl Serialize for RegionFd {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        wire::serialize_fd(self.0.as_fd(), s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RegionFd {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RegionFd, D::Error> {
+        wire::deserialize_fd(d).map(RegionFd)
+    }
+}
+
+/// The entry offset for jobs of type `fn(A) -> R`.
+pub(super) fn job_entry_offset<A: Data, R: Data>() -> i64 {
+    sys::code::offset_of(job_trampoline::<A, R> as JobEntry as usize)
+}
+
+/// Runs every item of a job: decodes each argument, calls `f`, records the
+/// outcome. Monomorphized, so a job of small items pays no dynamic dispatch
+/// per item.
+fn job_trampoline<A: Data, R: Data>(
+    verified: &Verified,
+    func: i64,
+    job: &JobMsg<'_>,
+    fds: &mut std::vec::IntoIter<OwnedFd>,
+    rec: &mut Recorder<'_>,
+) -> Result<(), crate::SendError> {
+    let f = verified.func::<A, R>(func);
+    for i in 0..job.len() {
+        let item_fds = u32_at(job.fds, i) as usize;
+        let at = rec.begin();
+        let out = &mut rec.msg;
+        let decoded = if job.fds.is_empty() {
+            wire::decode_plain::<A>(job.arg(i))
+        } else {
+            wire::decode::<A>(job.arg(i), fds.by_ref().take(item_fds).collect())
+        };
+        let tag = match decoded {
+            Ok(arg) => run_one(f, arg, out),
+            Err(e) => {
+                out.extend_from_slice(format!("the argument: {}", e.message()).as_bytes());
+                TAG_CODEC
+            }
+        };
+        rec.end(at, tag)?;
+    }
+    Ok(())
+}
+
+/// Calls `f(arg)` and appends its outcome to `out`; returns the tag.
+fn run_one<A, R: Data>(f: fn(A) -> R, arg: A, out: &mut Vec<u8>) -> u8 {
+    match bootstrap::catch_panic(move || f(arg)) {
+        Ok(value) => match wire::encode_plain_into(&value, out) {
+            Ok(()) => TAG_VALUE,
+            Err(e) => {
+                out.extend_from_slice(format!("the result: {}", e.message()).as_bytes());
+                TAG_CODEC
+            }
+        },
+        Err(panic) => {
+            let _ = wire::encode_plain_into(&panic, out);
+            TAG_PANIC
+        }
+    }
+}
+
+/// Where a worker writes outcomes: the next result frame, mirrored in the
+/// shared arena, with the progress words the supervisor watches.
+pub(crate) struct Recorder<'a> {
+    region: &'a SharedRegion,
+    conn: &'a Connection,
+    msg: Vec<u8>,
+    arena: usize,
+    next: u32,
+    timed: bool,
+}
+
+impl Recorder<'_> {
+    /// Announces the next item; returns where its record starts.
+    #[inline]
+    fn begin(&mut self) -> usize {
+        if self.timed {
+            self.region
+                .word(W_START_NS)
+                .store(sys::monotonic_ns(), Ordering::Relaxed);
+        }
+        self.region
+            .word(W_STARTED)
+            .store(u64::from(self.next) + 1, Ordering::Release);
+        open_record(&mut self.msg, self.next)
+    }
+
+    /// Seals the record started at `at`, mirrors it in the arena (or, if
+    /// the arena is full, sends what has accumulated).
+    #[inline]
+    fn end(&mut self, at: usize, tag: u8) -> Result<(), crate::SendError> {
+        close_record(&mut self.msg, at, tag);
+        let record = &self.msg[at..];
+        if self.arena + record.len() <= ARENA_BYTES {
+            self.region.store_bytes(ARENA_OFFSET + self.arena, record);
+            self.arena += record.len();
+            self.region
+                .word(W_ARENA_LEN)
+                .store(self.arena as u64, Ordering::Release);
+        } else {
+            // The arena is full: hand everything over now. Until the frame is
+            // out, the arena still holds what it held; clear it only after.
+            self.conn.send_bytes(&self.msg)?;
+            self.msg.truncate(FRAME_HEADER);
+            self.arena = 0;
+            self.region.word(W_ARENA_LEN).store(0, Ordering::Release);
+        }
+        self.next += 1;
+        self.region
+            .word(W_FINISHED)
+            .store(u64::from(self.next), Ordering::Release);
+        Ok(())
+    }
+}
+
+/// Appends a record header for item `index`; returns where it starts.
+fn open_record(out: &mut Vec<u8>, index: u32) -> usize {
+    let at = out.len();
+    out.extend_from_slice(&index.to_le_bytes());
+    out.extend_from_slice(&[0; 5]);
+    at
+}
+
+/// Fills in the tag and length of the record opened at `at`.
+fn close_record(out: &mut [u8], at: usize, tag: u8) {
+    let len = (out.len() - at - RECORD_HEADER) as u32;
+    out[at + 4] = tag;
+    out[at + 5..at + 9].copy_from_slice(&len.to_le_bytes());
+}
+
+fn frame_header(seq: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4096);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.push(0);
+    out
+}
+
+/// The worker's main function (spawned by the pool; returns when the pool
+/// closes its socket or the task quota is used up).
+pub(super) fn worker_main(boot: WorkerBoot) {
+    let WorkerBoot {
+        conn,
+        region,
+        identity,
+        init,
+        memory_limit,
+        max_tasks,
+        timed,
+    } = boot;
+    let Ok(region) = SharedRegion::map(region.0) else {
+        return;
+    };
+    // The worker keeps its region until it exits, and the abort flag must
+    // stay valid for a signal handler: give it the life of the process.
+    let region: &'static SharedRegion = Box::leak(Box::new(region));
+    sys::flag_out_of_memory_aborts(region.word(W_OUT_OF_MEMORY));
+    // Rust's allocation-failure handler prints a backtrace when this is set,
+    // which hides the failure's errno from the flag above. Task panics
+    // carry their backtrace in `RemotePanic` regardless.
+    sys::remove_env(std::ffi::OsStr::new("RUST_BACKTRACE"));
+    let fail = |tag: u8, why: &[u8]| {
+        let mut msg = frame_header(SEQ_INIT_FAILED);
+        let at = open_record(&mut msg, 0);
+        msg.extend_from_slice(why);
+        close_record(&mut msg, at, tag);
+        let _ = conn.send_bytes(&msg);
+    };
+    let verified = match Verified::check(&identity) {
+        Ok(v) => v,
+        Err(why) => return fail(TAG_CODEC, why.as_bytes()),
+    };
+    if let Some(limit) = memory_limit
+        && let Err(e) = sys::limit_address_space(limit)
+    {
+        return fail(
+            TAG_CODEC,
+            format!("setting the memory limit: {e}").as_bytes(),
+        );
+    }
+    // Whatever the initializer leaves in the arena belongs to no batch.
+    region.word(W_SEQ).store(SEQ_INIT_FAILED, Ordering::Release);
+    let mut rec = Recorder {
+        region,
+        conn: &conn,
+        msg: frame_header(SEQ_INIT_FAILED),
+        arena: 0,
+        next: 0,
+        timed,
+    };
+    if let Some(init) = init {
+        let end = (init.arg.len() as u32).to_le_bytes();
+        let job = JobMsg {
+            entry: init.entry,
+            func: init.func,
+            ends: &end,
+            fds: &[],
+            args: &init.arg,
+        };
+        let entry = verified.job_entry(init.entry);
+        if entry(
+            &verified,
+            init.func,
+            &job,
+            &mut Vec::new().into_iter(),
+            &mut rec,
+        )
+        .is_err()
+        {
+            return;
+        }
+        if let Some(record) = records(&rec.msg[FRAME_HEADER..]).next()
+            && record.tag != TAG_VALUE
+        {
+            let _ = conn.send_bytes(&rec.msg);
+            return;
+        }
+    }
+    if conn.send_bytes(&frame_header(SEQ_READY)).is_err() {
+        return;
+    }
+    let mut left = max_tasks.unwrap_or(u64::MAX);
+    while left > 0 {
+        let Ok((frame, fds)) = conn.recv_frame() else {
+            return; // the pool is gone or closed us
+        };
+        let Ok(batch) = postcard::from_bytes::<BatchMsg<'_>>(&frame) else {
+            return; // cannot happen between two copies of one binary
+        };
+        let items: usize = batch.jobs.iter().map(JobMsg::len).sum();
+        if run_batch(&verified, &mut rec, batch, fds).is_err() {
+            return;
+        }
+        left = left.saturating_sub(items as u64);
+    }
+}
+
+/// Runs one batch; `Err` if the supervisor is gone.
+fn run_batch(
+    verified: &Verified,
+    rec: &mut Recorder<'_>,
+    batch: BatchMsg<'_>,
+    fds: Vec<OwnedFd>,
+) -> Result<(), crate::SendError> {
+    let region = rec.region;
+    region.word(W_STARTED).store(0, Ordering::Relaxed);
+    region.word(W_FINISHED).store(0, Ordering::Relaxed);
+    region.word(W_ARENA_LEN).store(0, Ordering::Relaxed);
+    region.word(W_SEQ).store(batch.seq, Ordering::Release);
+    rec.msg.clear();
+    rec.msg.extend_from_slice(&batch.seq.to_le_bytes());
+    rec.msg.push(0);
+    rec.arena = 0;
+    rec.next = 0;
+    let mut fds = fds.into_iter();
+    for job in &batch.jobs {
+        let entry = verified.job_entry(job.entry);
+        entry(verified, job.func, job, &mut fds, rec)?;
+    }
+    rec.msg[8] = 1;
+    rec.conn.send_bytes(&rec.msg)?;
+    region.word(W_ARENA_LEN).store(0, Ordering::Release);
+    Ok(())
+}
+
+/// One record parsed out of a result frame or the arena.
+#[derive(Debug)]
+pub(super) struct Record<'a> {
+    pub(super) index: u32,
+    pub(super) tag: u8,
+    pub(super) body: &'a [u8],
+}
+
+/// Splits records; stops at the first malformed one.
+pub(super) fn records(mut bytes: &[u8]) -> impl Iterator<Item = Record<'_>> {
+    std::iter::from_fn(move || {
+        if bytes.len() < RECORD_HEADER {
+            return None;
+        }
+        let index = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
+        let tag = bytes[4];
+        let len = u32::from_le_bytes(bytes[5..9].try_into().expect("4 bytes")) as usize;
+        let body = bytes.get(RECORD_HEADER..RECORD_HEADER + len)?;
+        bytes = &bytes[RECORD_HEADER + len..];
+        Some(Record { index, tag, body })
+    })
+}

@@ -1,0 +1,553 @@
+//! The pool with real worker processes: values, every kind of fault, timeouts,
+//! memory caps, cancellation, lazy input, backpressure, nesting, async.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use corral::{ExitStatus, Pool, StartMethod, Task, TaskError, TaskTimeout};
+use corral_fixtures as fx;
+
+corral::test_support!();
+
+/// `join`, bounded: a task that never ends fails the test in a minute
+/// instead of hanging CI.
+fn done<R: corral::Data>(task: Task<R>) -> Result<R, TaskError> {
+    match task.join_timeout(Duration::from_secs(60)) {
+        Ok(value) => Ok(value),
+        Err(TaskTimeout::Failed(e)) => Err(e),
+        Err(TaskTimeout::Elapsed(task)) => {
+            task.cancel();
+            panic!("a task still running after 60 s");
+        }
+    }
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn pid(_: ()) -> u32 {
+    std::process::id()
+}
+
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// Checks that the pool still runs tasks, on every worker.
+fn still_works(pool: &Pool) {
+    let results = pool.map(square, 0..100u64).expect("the pool still works");
+    assert_eq!(results, (0..100u64).map(|x| x * x).collect::<Vec<_>>());
+}
+
+#[test]
+fn values_come_back_under_every_start_method() {
+    for method in [StartMethod::ForkServer, StartMethod::Spawn, StartMethod::Fork] {
+        let pool = Pool::builder()
+            .processes(2)
+            .start_method(method)
+            .build()
+            .unwrap();
+        assert_eq!(pool.apply(square, 12).unwrap(), 144, "{method:?}");
+        assert_eq!(done(pool.submit(square, 3)).unwrap(), 9);
+        still_works(&pool);
+        let crash = done(pool.submit(fx::segfault, ()));
+        assert_eq!(
+            crash.unwrap_err(),
+            TaskError::WorkerLost(ExitStatus::Signal(libc::SIGSEGV)),
+            "{method:?}"
+        );
+        still_works(&pool);
+    }
+}
+
+/// Every fault fails its own task only; every other task returns its value;
+/// the pool goes on.
+#[test]
+fn each_fault_fails_alone() {
+    let pool = Pool::builder()
+        .processes(2)
+        .task_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let before: Vec<Task<u64>> = (0..20).map(|x| pool.submit(square, x)).collect();
+    let sigkill = pool.submit(fx::kill_self, ());
+    let abort = pool.submit(fx::abort, ());
+    let segv = pool.submit(fx::segfault, ());
+    let exit = pool.submit(fx::exit_with, 7);
+    let hang = pool.submit(fx::hang::<()>, ());
+    let panic = pool.submit(fx::panic_with_number, ());
+    let after: Vec<Task<u64>> = (20..40).map(|x| pool.submit(square, x)).collect();
+
+    assert_eq!(
+        done(sigkill).unwrap_err(),
+        TaskError::WorkerLost(ExitStatus::Signal(libc::SIGKILL))
+    );
+    assert_eq!(
+        done(abort).unwrap_err(),
+        TaskError::WorkerLost(ExitStatus::Signal(libc::SIGABRT))
+    );
+    assert_eq!(
+        done(segv).unwrap_err(),
+        TaskError::WorkerLost(ExitStatus::Signal(libc::SIGSEGV))
+    );
+    assert_eq!(
+        done(exit).unwrap_err(),
+        TaskError::WorkerLost(ExitStatus::Code(7))
+    );
+    assert_eq!(
+        done(hang).unwrap_err(),
+        TaskError::TimedOut(Duration::from_secs(2))
+    );
+    let panic = done(panic).unwrap_err();
+    assert_eq!(panic.panic().unwrap().message, "Box<dyn Any>");
+    assert!(panic.to_string().contains("Box<dyn Any>"), "{panic}");
+    for (x, task) in (0..40).zip(before.into_iter().chain(after)) {
+        assert_eq!(done(task).unwrap(), x * x);
+    }
+    still_works(&pool);
+    let stats = pool.stats();
+    assert_eq!(stats.lost, 4);
+    assert_eq!(stats.timed_out, 1);
+    assert!(stats.workers_replaced >= 5, "{stats:?}");
+    assert_eq!(stats.workers, 2);
+}
+
+/// The same faults inside one big chunk of `map`: the crashing item fails,
+/// items that finished before it keep their results without running again,
+/// items after it run on another worker, exactly once.
+#[test]
+fn a_crash_inside_a_chunk_fails_only_its_item() {
+    let dir = std::env::temp_dir().join(format!("corral-chunk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("runs");
+    fn logged((log, x, crash): (String, u64, u64)) -> u64 {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&log)
+            .unwrap();
+        writeln!(f, "{x}").unwrap();
+        drop(f);
+        if x == crash {
+            fx::kill_self(());
+        }
+        x * 2
+    }
+    let pool = Pool::new(2).unwrap();
+    let items: Vec<(String, u64, u64)> = (0..200)
+        .map(|x| (log.display().to_string(), x, 57))
+        .collect();
+    // One chunk of 200 items: the worker dies in the middle of it.
+    let outcomes: Vec<Result<u64, TaskError>> = pool.imap(logged, items.clone()).collect();
+    for (x, outcome) in outcomes.iter().enumerate() {
+        if x == 57 {
+            assert_eq!(
+                outcome,
+                &Err(TaskError::WorkerLost(ExitStatus::Signal(libc::SIGKILL)))
+            );
+        } else {
+            assert_eq!(outcome, &Ok(x as u64 * 2));
+        }
+    }
+    std::fs::remove_file(&log).unwrap();
+    // map: the error of the failed item, after every item ran exactly once.
+    let err = pool.map_chunked(logged, items, 200).unwrap_err();
+    assert_eq!(err, TaskError::WorkerLost(ExitStatus::Signal(libc::SIGKILL)));
+    let runs = std::fs::read_to_string(&log).unwrap();
+    let mut seen: Vec<u64> = runs.lines().map(|l| l.parse().unwrap()).collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..200).collect::<Vec<u64>>(), "each item ran once");
+    std::fs::remove_dir_all(&dir).unwrap();
+    still_works(&pool);
+}
+
+#[test]
+fn a_hung_task_is_killed_and_reported_near_its_deadline() {
+    let timeout = Duration::from_millis(300);
+    let pool = Pool::builder()
+        .processes(2)
+        .task_timeout(timeout)
+        .build()
+        .unwrap();
+    let busy: Vec<Task<u64>> = (0..4).map(|_| pool.submit(nap, 50)).collect();
+    let started = Instant::now();
+    let hung = pool.submit(fx::hang::<u8>, 0);
+    assert_eq!(done(hung).unwrap_err(), TaskError::TimedOut(timeout));
+    // Generous: timing belongs to the benchmarks; this only catches a
+    // timeout that is not enforced at all.
+    assert!(started.elapsed() < timeout + Duration::from_secs(5));
+    for task in busy {
+        assert_eq!(done(task).unwrap(), 50);
+    }
+    assert_eq!(pool.stats().timed_out, 1);
+    still_works(&pool);
+}
+
+#[test]
+fn values_that_cannot_cross_fail_their_own_task() {
+    let pool = Pool::new(2).unwrap();
+    let bad_arg = pool.submit(fx::take_unserializable, fx::Unserializable);
+    let bad_arg_in_worker = pool.submit(fx::take_undeserializable, fx::Undeserializable);
+    let bad_result = pool.submit(fx::make_unserializable, ());
+    let bad_result_in_parent = pool.submit(fx::make_undeserializable, ());
+    for (task, side) in [
+        (bad_arg.join().map(|_| ()), "Unserializable"),
+        (bad_arg_in_worker.join().map(|_| ()), "Undeserializable"),
+        (bad_result.join().map(|_| ()), "Unserializable"),
+        (bad_result_in_parent.join().map(|_| ()), "Undeserializable"),
+    ] {
+        match task {
+            Err(TaskError::Codec(why)) => assert!(why.contains(side), "{why}"),
+            other => panic!("expected a codec error, got {other:?}"),
+        }
+    }
+    still_works(&pool);
+}
+
+#[test]
+fn a_256_mib_result_comes_back() {
+    fn big(n: usize) -> Vec<u8> {
+        vec![7; n]
+    }
+    let pool = Pool::new(1).unwrap();
+    let value = done(pool.submit(big, 256 << 20)).unwrap();
+    assert_eq!(value.len(), 256 << 20);
+    assert!(value.iter().all(|&b| b == 7));
+    still_works(&pool);
+}
+
+#[test]
+fn a_task_over_the_memory_limit_fails_alone() {
+    let limit = 256 << 20;
+    let pool = Pool::builder()
+        .processes(2)
+        .memory_limit(limit)
+        .build()
+        .unwrap();
+    let small = pool.submit(fx::allocate, 16 << 20);
+    let huge = pool.submit(fx::allocate, 1 << 30);
+    assert_eq!(done(huge).unwrap_err(), TaskError::MemoryExceeded(limit));
+    assert_eq!(done(small).unwrap(), 16 << 20);
+    still_works(&pool);
+    assert_eq!(pool.stats().lost, 1);
+}
+
+#[test]
+fn a_failing_initializer_is_reported_not_retried_forever() {
+    fn setup(fail: bool) {
+        assert!(!fail, "the initializer refuses");
+    }
+    let pool = Pool::builder()
+        .processes(2)
+        .initializer(setup, true)
+        .build()
+        .unwrap();
+    let outcome = done(pool.submit(square, 2)).unwrap_err();
+    match &outcome {
+        TaskError::InitializerFailed(why) => {
+            assert!(why.contains("the initializer refuses"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        pool.map(square, 0..10),
+        Err(TaskError::InitializerFailed(_))
+    ));
+    // Broken for good: no worker is started again and again.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(pool.stats().workers_started <= 2, "{:?}", pool.stats());
+}
+
+#[test]
+fn the_initializer_runs_once_per_worker() {
+    static SETTING: AtomicUsize = AtomicUsize::new(0);
+    fn setup(value: usize) {
+        assert_eq!(SETTING.swap(value, Ordering::SeqCst), 0, "runs once");
+    }
+    fn read(_: ()) -> usize {
+        SETTING.load(Ordering::SeqCst)
+    }
+    let pool = Pool::builder()
+        .processes(2)
+        .initializer(setup, 42)
+        .build()
+        .unwrap();
+    let values = pool.map(read, vec![(); 50]).unwrap();
+    assert!(values.iter().all(|&v| v == 42));
+}
+
+fn announce_then_hang(started: corral::Sender) {
+    started.send(&()).unwrap();
+    fx::hang(())
+}
+
+#[test]
+fn cancel_skips_a_queued_task_and_kills_a_running_one() {
+    let pool = Pool::builder().processes(1).build().unwrap();
+    let (rx, tx) = corral::Pipe::simplex().unwrap();
+    let running = pool.submit(announce_then_hang, tx);
+    let behind = pool.submit(square, 1);
+    rx.recv_timeout::<()>(Duration::from_secs(30))
+        .expect("the task starts");
+    // The worker holds two batches; this one waits in the pool's queue.
+    let queued = pool.submit(square, 2);
+    queued.cancel();
+    assert!(queued.is_finished());
+    assert_eq!(done(queued).unwrap_err(), TaskError::Cancelled);
+    running.cancel();
+    assert_eq!(done(running).unwrap_err(), TaskError::Cancelled);
+    // The worker was replaced; the task behind the cancelled one runs.
+    assert_eq!(done(behind).unwrap(), 1);
+    still_works(&pool);
+    let stats = pool.stats();
+    assert_eq!(stats.workers_replaced, 1, "{stats:?}");
+    assert_eq!(stats.cancelled, 2, "{stats:?}");
+}
+
+#[test]
+fn imap_pulls_an_endless_input_lazily() {
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let counter = pulled.clone();
+    let input = (0u64..).inspect(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+    });
+    let pool = Pool::new(2).unwrap();
+    let mut results = pool.imap(square, input);
+    let first: Vec<u64> = results.by_ref().take(5_000).map(Result::unwrap).collect();
+    assert_eq!(first, (0..5_000u64).map(|x| x * x).collect::<Vec<_>>());
+    let window = 64 * pool.processes();
+    assert!(
+        pulled.load(Ordering::SeqCst) <= 5_000 + window,
+        "pulled {} items for 5,000 results",
+        pulled.load(Ordering::SeqCst)
+    );
+    drop(results);
+    let mut unordered: Vec<u64> = pool
+        .imap_unordered(square, 0..1_000u64)
+        .map(Result::unwrap)
+        .collect();
+    unordered.sort_unstable();
+    assert_eq!(unordered, (0..1_000u64).map(|x| x * x).collect::<Vec<_>>());
+}
+
+#[test]
+fn max_pending_bounds_the_queue() {
+    let pool = Arc::new(
+        Pool::builder()
+            .processes(1)
+            .max_pending(3)
+            .build()
+            .unwrap(),
+    );
+    let producer = {
+        let pool = pool.clone();
+        std::thread::spawn(move || {
+            (0..30)
+                .map(|_| pool.submit(nap, 5))
+                .collect::<Vec<Task<u64>>>()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut most = 0;
+    while !producer.is_finished() {
+        assert!(Instant::now() < deadline, "the producer is stuck");
+        most = most.max(pool.stats().queued);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(most <= 3, "{most} items queued with max_pending(3)");
+    for task in producer.join().unwrap() {
+        assert_eq!(done(task).unwrap(), 5);
+    }
+}
+
+#[test]
+fn workers_retire_after_max_tasks_per_child() {
+    let pool = Pool::builder()
+        .processes(2)
+        .max_tasks_per_child(3)
+        .build()
+        .unwrap();
+    let pids: Vec<u32> = (0..30).map(|_| pool.apply(pid, ()).unwrap()).collect();
+    let distinct: HashSet<u32> = pids.iter().copied().collect();
+    assert!(distinct.len() >= 10, "{} workers for 30 tasks", distinct.len());
+    let stats = pool.stats();
+    assert!(stats.workers <= 2);
+    assert!(stats.workers_retired >= 8, "{stats:?}");
+    assert_eq!(stats.failed, 0);
+}
+
+#[test]
+fn close_join_and_terminate() {
+    let pool = Pool::new(2).unwrap();
+    let tasks: Vec<Task<u64>> = (0..10).map(|_| pool.submit(nap, 20)).collect();
+    pool.close();
+    assert_eq!(
+        done(pool.submit(square, 1)).unwrap_err(),
+        TaskError::PoolClosed
+    );
+    pool.join();
+    for task in tasks {
+        assert_eq!(done(task).unwrap(), 20);
+    }
+
+    let pool = Pool::new(1).unwrap();
+    let workers: Vec<u32> = (0..4).map(|_| pool.apply(pid, ()).unwrap()).collect();
+    let hung = pool.submit(fx::hang::<u8>, 0);
+    let queued = pool.submit(square, 3);
+    pool.terminate();
+    assert_eq!(done(hung).unwrap_err(), TaskError::PoolClosed);
+    assert_eq!(done(queued).unwrap_err(), TaskError::PoolClosed);
+    for pid in workers {
+        assert!(fx::is_gone(pid), "worker {pid} survived terminate");
+    }
+}
+
+#[test]
+fn a_task_can_run_its_own_pool() {
+    fn inner_sum(n: u64) -> u64 {
+        let pool = Pool::new(2).unwrap();
+        pool.map(square, 0..n).unwrap().into_iter().sum()
+    }
+    let pool = Pool::new(2).unwrap();
+    let sums = pool.map(inner_sum, vec![10u64, 20, 30]).unwrap();
+    let expected: Vec<u64> = [10u64, 20, 30]
+        .iter()
+        .map(|&n| (0..n).map(|x| x * x).sum())
+        .collect();
+    assert_eq!(sums, expected);
+}
+
+#[test]
+fn waiting_on_many_tasks() {
+    let pool = Pool::new(2).unwrap();
+    let tasks = vec![pool.submit(nap, 400), pool.submit(nap, 1)];
+    assert_eq!(corral::wait_any(&tasks, Some(Duration::from_secs(30))), Some(1));
+    assert!(corral::wait_all(&tasks, Some(Duration::from_secs(30))));
+    let order: Vec<usize> = corral::as_completed(vec![pool.submit(nap, 300), pool.submit(nap, 1)])
+        .map(|(i, r)| {
+            r.unwrap();
+            i
+        })
+        .collect();
+    assert_eq!(order, [1, 0]);
+    let slow = [pool.submit(fx::hang::<u8>, 0)];
+    assert_eq!(corral::wait_any(&slow, Some(Duration::from_millis(50))), None);
+    assert!(!corral::wait_all(&slow, Some(Duration::from_millis(50))));
+    slow[0].cancel();
+}
+
+#[test]
+fn tasks_are_futures_that_do_not_block_the_runtime() {
+    let pool = Pool::new(2).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let (value, ticks) = runtime.block_on(async {
+        let ticker = tokio::spawn(async {
+            let mut ticks = 0;
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                ticks += 1;
+            }
+            ticks
+        });
+        // One thread runs both: if awaiting the task blocked it, the ticker
+        // could not tick before the task ends.
+        let value = tokio::time::timeout(Duration::from_secs(60), pool.submit(nap, 300))
+            .await
+            .expect("the task ends")
+            .unwrap();
+        (value, ticker.await.unwrap())
+    });
+    assert_eq!(value, 300);
+    assert_eq!(ticks, 10);
+}
+
+#[test]
+fn handles_travel_to_pool_tasks() {
+    fn report((tx, x): (corral::Sender, u64)) -> u64 {
+        tx.send(&(x + 1)).unwrap();
+        x
+    }
+    let (rx, tx) = corral::Pipe::simplex().unwrap();
+    let pool = Pool::new(2).unwrap();
+    let tasks: Vec<Task<u64>> = (0..5)
+        .map(|x| pool.submit(report, (tx.try_clone().unwrap(), x)))
+        .collect();
+    let mut got: Vec<u64> = (0..5)
+        .map(|_| rx.recv_timeout(Duration::from_secs(30)).unwrap())
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, [1, 2, 3, 4, 5]);
+    for (x, task) in tasks.into_iter().enumerate() {
+        assert_eq!(done(task).unwrap(), x as u64);
+    }
+}
+
+#[test]
+fn a_killed_worker_is_replaced_and_the_pool_never_exceeds_its_size() {
+    let pool = Pool::new(2).unwrap();
+    let victim = pool.apply(pid, ()).unwrap();
+    fx::sigkill(victim);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pool.stats().workers_replaced == 0 {
+        assert!(Instant::now() < deadline, "the death went unnoticed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pids: HashSet<u32> = pool
+        .map(pid, vec![(); 200])
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert!(!pids.contains(&victim));
+    assert!(pids.len() <= 2);
+    assert_eq!(pool.stats().workers, 2);
+}
+
+/// Random faults among many tasks: every task is accounted for exactly once.
+/// `CORRAL_SOAK=1000000` runs the long version.
+#[test]
+fn soak_every_task_ends_exactly_once() {
+    fn maybe_fail(x: u64) -> u64 {
+        // A cheap deterministic scramble decides each task's fate.
+        let h = x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40;
+        match h % 2_000 {
+            0 => fx::kill_self(()),
+            1 => fx::abort(()),
+            2 => panic!("task {x} panics"),
+            3 => fx::exit_with(3),
+            _ => {}
+        }
+        x
+    }
+    let n: u64 = std::env::var("CORRAL_SOAK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let pool = Pool::new(2).unwrap();
+    let (mut ok, mut failed) = (0u64, 0u64);
+    for (x, outcome) in (0..n).zip(pool.imap(maybe_fail, 0..n)) {
+        match outcome {
+            Ok(v) => {
+                assert_eq!(v, x);
+                ok += 1;
+            }
+            Err(TaskError::WorkerLost(_) | TaskError::Panicked(_)) => failed += 1,
+            Err(e) => panic!("task {x}: unexpected {e}"),
+        }
+    }
+    assert_eq!(ok + failed, n);
+    let expected_failures = (0..n)
+        .filter(|x| (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) % 2_000 < 4)
+        .count() as u64;
+    assert_eq!(failed, expected_failures);
+    let stats = pool.stats();
+    assert_eq!(stats.completed, ok);
+    assert_eq!(stats.failed, failed);
+}
