@@ -57,7 +57,9 @@ pub struct Unserializable;
 
 impl serde::Serialize for Unserializable {
     fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
-        Err(serde::ser::Error::custom("Unserializable refuses to be serialized"))
+        Err(serde::ser::Error::custom(
+            "Unserializable refuses to be serialized",
+        ))
     }
 }
 
@@ -79,7 +81,9 @@ impl serde::Serialize for Undeserializable {
 
 impl<'de> serde::Deserialize<'de> for Undeserializable {
     fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
-        Err(serde::de::Error::custom("Undeserializable refuses to be deserialized"))
+        Err(serde::de::Error::custom(
+            "Undeserializable refuses to be deserialized",
+        ))
     }
 }
 

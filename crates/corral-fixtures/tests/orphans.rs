@@ -57,7 +57,9 @@ fn no_descendant_outlives_a_sigkilled_parent() {
             "fork-child-from-thread",
             "nested-parent",
             "grandchild",
-            "nested-fork-server"
+            "nested-fork-server",
+            "pool-worker",
+            "fork-pool-worker"
         ]
     );
     for (what, pid) in &pids {

@@ -45,7 +45,11 @@ fn still_works(pool: &Pool) {
 
 #[test]
 fn values_come_back_under_every_start_method() {
-    for method in [StartMethod::ForkServer, StartMethod::Spawn, StartMethod::Fork] {
+    for method in [
+        StartMethod::ForkServer,
+        StartMethod::Spawn,
+        StartMethod::Fork,
+    ] {
         let pool = Pool::builder()
             .processes(2)
             .start_method(method)
@@ -157,7 +161,10 @@ fn a_crash_inside_a_chunk_fails_only_its_item() {
     std::fs::remove_file(&log).unwrap();
     // map: the error of the failed item, after every item ran exactly once.
     let err = pool.map_chunked(logged, items, 200).unwrap_err();
-    assert_eq!(err, TaskError::WorkerLost(ExitStatus::Signal(libc::SIGKILL)));
+    assert_eq!(
+        err,
+        TaskError::WorkerLost(ExitStatus::Signal(libc::SIGKILL))
+    );
     let runs = std::fs::read_to_string(&log).unwrap();
     let mut seen: Vec<u64> = runs.lines().map(|l| l.parse().unwrap()).collect();
     seen.sort_unstable();
@@ -337,13 +344,7 @@ fn imap_pulls_an_endless_input_lazily() {
 
 #[test]
 fn max_pending_bounds_the_queue() {
-    let pool = Arc::new(
-        Pool::builder()
-            .processes(1)
-            .max_pending(3)
-            .build()
-            .unwrap(),
-    );
+    let pool = Arc::new(Pool::builder().processes(1).max_pending(3).build().unwrap());
     let producer = {
         let pool = pool.clone();
         std::thread::spawn(move || {
@@ -374,7 +375,11 @@ fn workers_retire_after_max_tasks_per_child() {
         .unwrap();
     let pids: Vec<u32> = (0..30).map(|_| pool.apply(pid, ()).unwrap()).collect();
     let distinct: HashSet<u32> = pids.iter().copied().collect();
-    assert!(distinct.len() >= 10, "{} workers for 30 tasks", distinct.len());
+    assert!(
+        distinct.len() >= 10,
+        "{} workers for 30 tasks",
+        distinct.len()
+    );
     let stats = pool.stats();
     assert!(stats.workers <= 2);
     assert!(stats.workers_retired >= 8, "{stats:?}");
@@ -426,7 +431,10 @@ fn a_task_can_run_its_own_pool() {
 fn waiting_on_many_tasks() {
     let pool = Pool::new(2).unwrap();
     let tasks = vec![pool.submit(nap, 400), pool.submit(nap, 1)];
-    assert_eq!(corral::wait_any(&tasks, Some(Duration::from_secs(30))), Some(1));
+    assert_eq!(
+        corral::wait_any(&tasks, Some(Duration::from_secs(30))),
+        Some(1)
+    );
     assert!(corral::wait_all(&tasks, Some(Duration::from_secs(30))));
     let order: Vec<usize> = corral::as_completed(vec![pool.submit(nap, 300), pool.submit(nap, 1)])
         .map(|(i, r)| {
@@ -436,7 +444,10 @@ fn waiting_on_many_tasks() {
         .collect();
     assert_eq!(order, [1, 0]);
     let slow = [pool.submit(fx::hang::<u8>, 0)];
-    assert_eq!(corral::wait_any(&slow, Some(Duration::from_millis(50))), None);
+    assert_eq!(
+        corral::wait_any(&slow, Some(Duration::from_millis(50))),
+        None
+    );
     assert!(!corral::wait_all(&slow, Some(Duration::from_millis(50))));
     slow[0].cancel();
 }
@@ -500,11 +511,7 @@ fn a_killed_worker_is_replaced_and_the_pool_never_exceeds_its_size() {
         assert!(Instant::now() < deadline, "the death went unnoticed");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let pids: HashSet<u32> = pool
-        .map(pid, vec![(); 200])
-        .unwrap()
-        .into_iter()
-        .collect();
+    let pids: HashSet<u32> = pool.map(pid, vec![(); 200]).unwrap().into_iter().collect();
     assert!(!pids.contains(&victim));
     assert!(pids.len() <= 2);
     assert_eq!(pool.stats().workers, 2);

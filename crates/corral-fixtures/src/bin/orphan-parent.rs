@@ -12,6 +12,11 @@ fn nested(tx: Sender) {
     hang(())
 }
 
+fn report_and_hang(tx: Sender) {
+    tx.send(&std::process::id()).expect("report");
+    hang(())
+}
+
 fn main() {
     corral::init();
     let mut pids: Vec<(&str, u32)> = Vec::new();
@@ -50,6 +55,24 @@ fn main() {
     pids.push(("nested-parent", middle.pid()));
     pids.push(("grandchild", grandchild));
     pids.push(("nested-fork-server", nested_server));
+    // Pool workers, under the default start method and under Fork, each
+    // holding a task that never ends.
+    let mut pools = Vec::new();
+    for (what, method) in [
+        ("pool-worker", StartMethod::ForkServer),
+        ("fork-pool-worker", StartMethod::Fork),
+    ] {
+        let pool = corral::Pool::builder()
+            .processes(1)
+            .start_method(method)
+            .build()
+            .expect("a pool");
+        let (rx, tx) = corral::Pipe::simplex().expect("pipe");
+        let task = pool.submit(report_and_hang, tx);
+        let pid: u32 = rx.recv().expect("the worker reports");
+        pids.push((what, pid));
+        pools.push((pool, task));
+    }
     let mut out = std::io::stdout().lock();
     for (what, pid) in pids {
         writeln!(out, "pid {what} {pid}").expect("stdout");

@@ -1,0 +1,87 @@
+//! Pools leave nothing behind: create/use/drop cycles return descriptors,
+//! children and `/dev/shm` entries to their baseline. One test, so that no
+//! concurrent test disturbs the counts. `CORRAL_POOL_CYCLES=10000` runs the
+//! long version.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use corral::{Pool, StartMethod, TaskError};
+use corral_fixtures::{is_gone, open_fds, zombie_children};
+
+corral::test_support!();
+
+fn pid(_: ()) -> u32 {
+    std::process::id()
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn shm_entries() -> HashSet<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn pool_cycles_leave_nothing_behind() {
+    // Warm up lazily created state (the fork server connection, the panic hook).
+    Pool::new(1).unwrap().apply(square, 1).unwrap();
+    let fds = open_fds();
+    let shm = shm_entries();
+    let cycles: usize = std::env::var("CORRAL_POOL_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let mut workers = HashSet::new();
+    for i in 0..cycles {
+        let method = match i % 10 {
+            0 => StartMethod::Fork,
+            5 => StartMethod::Spawn,
+            _ => StartMethod::ForkServer,
+        };
+        let pool = Pool::builder()
+            .processes(2)
+            .start_method(method)
+            .build()
+            .unwrap();
+        workers.insert(pool.apply(pid, ()).unwrap());
+        match i % 3 {
+            0 => assert_eq!(pool.map(square, 0..50).unwrap()[7], 49),
+            1 => {
+                // Terminate with work in flight.
+                let _tasks: Vec<_> = (0..20).map(|x| pool.submit(square, x)).collect();
+                pool.terminate();
+            }
+            _ => {
+                // A crash, then the graceful drop.
+                assert!(matches!(
+                    pool.apply(corral_fixtures::abort, ()),
+                    Err(TaskError::WorkerLost(_))
+                ));
+            }
+        }
+        drop(pool);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !workers.iter().all(|&pid| is_gone(pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "pool workers outlived their pool"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(open_fds(), fds, "descriptors leaked");
+    assert_eq!(zombie_children(), Vec::<u32>::new());
+    assert_eq!(shm_entries(), shm, "/dev/shm entries leaked");
+    println!(
+        "{cycles} pool cycles, {} workers, nothing left",
+        workers.len()
+    );
+}
