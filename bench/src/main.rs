@@ -1,7 +1,7 @@
 //! corral's side of the benchmarks, and the raw syscall floor, measured in the
 //! same run. Prints one JSON object per line: `{"name", "value", "unit"}`.
 //!
-//! `corral-bench <spawn|floor|pipe|all>`; `bench/run.sh` drives everything.
+//! `corral-bench <spawn|floor|pipe|pool|all>`; `bench/run.sh` drives everything.
 #![expect(
     unsafe_code,
     reason = "the raw syscall floor calls fork, pipe and waitpid directly"
@@ -11,6 +11,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use corral::{Connection, Process, StartMethod};
+
+mod pool;
 
 const RUNS: usize = 7;
 
@@ -342,5 +344,8 @@ fn main() {
             pipe_throughput(n(256), true),
             "GB/s",
         );
+    }
+    if what == "pool" || what == "all" {
+        pool::run(n);
     }
 }

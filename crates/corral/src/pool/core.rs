@@ -45,7 +45,8 @@ pub(super) enum Raw<'a> {
     Value(&'a [u8]),
     Panic(&'a [u8]),
     Codec(&'a [u8]),
-    Failed(TaskError),
+    /// Boxed: outcomes travel by the thousand, and errors are rare.
+    Failed(Box<TaskError>),
 }
 
 impl Raw<'_> {
@@ -59,7 +60,7 @@ impl Raw<'_> {
                 Err(e) => TaskError::Codec(format!("a panic report: {e}")),
             }),
             Raw::Codec(text) => Err(TaskError::Codec(String::from_utf8_lossy(text).into_owned())),
-            Raw::Failed(e) => Err(e),
+            Raw::Failed(e) => Err(*e),
         }
     }
 }
@@ -165,7 +166,7 @@ impl Job {
         let mut it = self
             .indices
             .iter()
-            .map(|&i| (i, Raw::Failed(error.clone())));
+            .map(|&i| (i, Raw::Failed(Box::new(error.clone()))));
         self.sink.deliver(&mut it);
     }
 }
@@ -953,8 +954,10 @@ impl Shared {
                         *outstanding -= 1;
                         count_failure(stats, &error, 1);
                         let job = &front.jobs[j];
-                        job.sink
-                            .deliver(&mut std::iter::once((job.indices[p], Raw::Failed(error))));
+                        job.sink.deliver(&mut std::iter::once((
+                            job.indices[p],
+                            Raw::Failed(Box::new(error)),
+                        )));
                     }
                 }
             }
@@ -1270,7 +1273,7 @@ fn fail_missing(
         let start = batch.starts[j];
         let mut it = (0..job.len())
             .filter(|&p| !batch.got[start + p])
-            .map(|p| (job.indices[p], Raw::Failed(error.clone())));
+            .map(|p| (job.indices[p], Raw::Failed(Box::new(error.clone()))));
         let mut n = 0;
         job.sink.deliver(&mut it.by_ref().inspect(|_| n += 1));
         count_failure(stats, error, n);

@@ -66,7 +66,7 @@ mod worker;
 
 pub(crate) use self::worker::{JobMsg, Recorder};
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -362,7 +362,7 @@ impl Pool {
         match wire::encode(&arg) {
             Ok(encoded) if encoded.fds.len() > crate::sys::MAX_FDS_PER_MESSAGE => {
                 let error = TaskError::Codec("more than 250 corral handles in one argument".into());
-                slot.deliver(&mut std::iter::once((0, Raw::Failed(error))));
+                slot.deliver(&mut std::iter::once((0, Raw::Failed(Box::new(error)))));
             }
             Ok(encoded) => {
                 drop(arg);
@@ -376,7 +376,7 @@ impl Pool {
             }
             Err(e) => {
                 let error = TaskError::Codec(format!("the argument: {}", e.message()));
-                slot.deliver(&mut std::iter::once((0, Raw::Failed(error))));
+                slot.deliver(&mut std::iter::once((0, Raw::Failed(Box::new(error)))));
             }
         }
         task
@@ -459,8 +459,16 @@ impl Pool {
         items: I,
         chunk: Option<usize>,
     ) -> Result<Vec<R>, TaskError> {
-        let items: Vec<A> = items.into_iter().collect();
-        let n = items.len();
+        let items = items.into_iter();
+        // Chunks are sized from the item count; an iterator that knows its
+        // length exactly is not collected first.
+        let (n, items): (usize, Box<dyn Iterator<Item = A>>) = match items.size_hint() {
+            (low, Some(high)) if low == high => (low, Box::new(items)),
+            _ => {
+                let all: Vec<A> = items.collect();
+                (all.len(), Box::new(all.into_iter()))
+            }
+        };
         if n == 0 {
             return Ok(Vec::new());
         }
@@ -468,8 +476,8 @@ impl Pool {
         let sink = Arc::new(MapSink::<R>::new(n));
         let dyn_sink: Arc<dyn Sink> = sink.clone();
         let (entry, func) = (worker::job_entry_offset::<A, R>(), func_offset(f));
-        let mut jobs = Vec::with_capacity(n.div_ceil(chunk));
-        let mut items = items.into_iter().enumerate().peekable();
+        let mut items = items.enumerate().take(n).peekable();
+        let mut count = 0;
         while items.peek().is_some() {
             let mut job = Job {
                 entry,
@@ -482,12 +490,18 @@ impl Pool {
             };
             for (index, item) in items.by_ref().take(chunk) {
                 add_item(&mut job, index as u32, &item);
+                count += 1;
             }
+            // Each chunk goes out as soon as it is encoded: workers start
+            // while the rest is being encoded.
             if job.len() > 0 {
-                jobs.push(job);
+                self.shared.submit(vec![job]);
             }
         }
-        self.shared.submit(jobs);
+        if count < n {
+            // The iterator promised more items than it had.
+            sink.truncate(count);
+        }
         sink.wait(&self.shared)
     }
 
@@ -602,7 +616,7 @@ fn add_item<A: Data>(job: &mut Job, index: u32, item: &A) {
         Err(e) => {
             let error = TaskError::Codec(format!("the argument: {}", e.message()));
             job.sink
-                .deliver(&mut std::iter::once((index, Raw::Failed(error))));
+                .deliver(&mut std::iter::once((index, Raw::Failed(Box::new(error)))));
         }
     }
 }
@@ -632,7 +646,10 @@ fn help_until(shared: &Shared, mut ready: impl FnMut() -> bool) -> bool {
 }
 
 struct MapState<R> {
-    results: Vec<Option<Result<R, TaskError>>>,
+    /// Values by item; errors (rare) on the side, so a big map of small
+    /// values stays small.
+    values: Vec<Option<R>>,
+    errors: std::collections::BTreeMap<u32, TaskError>,
     left: usize,
 }
 
@@ -646,10 +663,22 @@ impl<R: Data> MapSink<R> {
     fn new(n: usize) -> MapSink<R> {
         MapSink {
             state: Mutex::new(MapState {
-                results: (0..n).map(|_| None).collect(),
+                values: (0..n).map(|_| None).collect(),
+                errors: std::collections::BTreeMap::new(),
                 left: n,
             }),
             done: Condvar::new(),
+        }
+    }
+
+    /// Forgets the items from `n` on (they were never submitted).
+    fn truncate(&self, n: usize) {
+        let mut st = lock(&self.state);
+        let missing = st.values.len() - n;
+        st.values.truncate(n);
+        st.left -= missing;
+        if st.left == 0 {
+            self.done.notify_all();
         }
     }
 
@@ -659,24 +688,32 @@ impl<R: Data> MapSink<R> {
         while st.left > 0 {
             st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
         }
-        std::mem::take(&mut st.results)
+        if let Some((_, first)) = std::mem::take(&mut st.errors).into_iter().next() {
+            return Err(first);
+        }
+        Ok(std::mem::take(&mut st.values)
             .into_iter()
-            .map(|r| r.unwrap_or(Err(TaskError::Cancelled)))
-            .collect()
+            .map(|v| v.expect("every item has an outcome"))
+            .collect())
     }
 }
 
 impl<R: Data> Sink for MapSink<R> {
     fn deliver(&self, outcomes: &mut dyn Iterator<Item = (u32, Raw<'_>)>) {
         let mut st = lock(&self.state);
+        let st = &mut *st;
         for (index, raw) in outcomes {
-            let Some(slot) = st.results.get_mut(index as usize) else {
+            let i = index as usize;
+            if i >= st.values.len() || st.values[i].is_some() || st.errors.contains_key(&index) {
                 continue;
-            };
-            if slot.is_none() {
-                *slot = Some(raw.decode());
-                st.left -= 1;
             }
+            match raw.decode() {
+                Ok(value) => st.values[i] = Some(value),
+                Err(e) => {
+                    st.errors.insert(index, e);
+                }
+            }
+            st.left -= 1;
         }
         if st.left == 0 {
             self.done.notify_all();
@@ -689,8 +726,11 @@ impl<R: Data> Sink for MapSink<R> {
 }
 
 struct StreamState<R> {
-    /// Ordered mode: outcomes by item number (mod 2³²).
-    by_index: HashMap<u32, Result<R, TaskError>>,
+    /// Ordered mode: outcomes of the items from number `base` on, by
+    /// distance from `base` (item numbers wrap at 2³²; the window is far
+    /// smaller).
+    ring: VecDeque<Option<Result<R, TaskError>>>,
+    base: u32,
     /// Unordered mode: outcomes in completion order.
     arrived: VecDeque<Result<R, TaskError>>,
 }
@@ -708,7 +748,13 @@ impl<R: Data> Sink for StreamSink<R> {
         for (index, raw) in outcomes {
             let outcome = raw.decode();
             if self.ordered {
-                st.by_index.entry(index).or_insert(outcome);
+                let at = index.wrapping_sub(st.base) as usize;
+                if st.ring.len() <= at {
+                    st.ring.resize_with(at + 1, || None);
+                }
+                if st.ring[at].is_none() {
+                    st.ring[at] = Some(outcome);
+                }
             } else {
                 st.arrived.push_back(outcome);
             }
@@ -718,6 +764,36 @@ impl<R: Data> Sink for StreamSink<R> {
 
     fn wanted(&self, _: u32) -> bool {
         true
+    }
+}
+
+impl<R> StreamSink<R> {
+    /// The next outcome in this stream's order, if it has arrived.
+    fn take(&self) -> Option<Result<R, TaskError>> {
+        let mut st = lock(&self.state);
+        if self.ordered {
+            if st.ring.front().is_some_and(Option::is_some) {
+                st.base = st.base.wrapping_add(1);
+                st.ring.pop_front().flatten()
+            } else {
+                None
+            }
+        } else {
+            st.arrived.pop_front()
+        }
+    }
+
+    /// Sleeps until an outcome may be ready.
+    fn wait(&self) {
+        let st = lock(&self.state);
+        let ready = if self.ordered {
+            st.ring.front().is_some_and(Option::is_some)
+        } else {
+            !st.arrived.is_empty()
+        };
+        if !ready {
+            drop(self.arrived.wait(st).unwrap_or_else(|p| p.into_inner()));
+        }
     }
 }
 
@@ -755,7 +831,8 @@ impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
             sink: Arc::new(StreamSink {
                 ordered,
                 state: Mutex::new(StreamState {
-                    by_index: HashMap::new(),
+                    ring: VecDeque::new(),
+                    base: 0,
                     arrived: VecDeque::new(),
                 }),
                 arrived: Condvar::new(),
@@ -771,45 +848,47 @@ impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
         imap
     }
 
-    /// Pulls input until the window is full.
+    /// Pulls input until the window is full, once it is half empty: a
+    /// refill is one submission, with the new items in a few jobs.
     fn refill(&mut self) {
-        let Some(input) = &mut self.input else {
+        let in_flight = self.submitted - self.yielded;
+        if self.input.is_none() || in_flight > self.window / 2 {
             return;
-        };
+        }
+        let room = (self.window - in_flight) as usize;
+        let per_job = room.div_ceil(2 * self.pool.processes()).max(1);
         let sink: Arc<dyn Sink> = self.sink.clone();
         let mut jobs = Vec::new();
-        while self.submitted - self.yielded < self.window {
-            let Some(item) = input.next() else {
-                self.input = None;
-                break;
-            };
+        let mut pulled = 0;
+        while pulled < room {
             let mut job = Job {
                 entry: self.entry,
                 func: self.func,
                 args: Vec::new(),
-                ends: Vec::with_capacity(1),
-                indices: Vec::with_capacity(1),
+                ends: Vec::with_capacity(per_job),
+                indices: Vec::with_capacity(per_job),
                 fds: Vec::new(),
                 sink: sink.clone(),
             };
-            add_item(&mut job, self.submitted as u32, &item);
-            drop(item);
+            while job.ends.len() < per_job && pulled < room {
+                let Some(item) = self.input.as_mut().and_then(Iterator::next) else {
+                    self.input = None;
+                    break;
+                };
+                add_item(&mut job, self.submitted as u32, &item);
+                drop(item);
+                self.submitted += 1;
+                pulled += 1;
+            }
             if job.len() > 0 {
                 jobs.push(job);
             }
-            self.submitted += 1;
+            if self.input.is_none() {
+                break;
+            }
         }
         if !jobs.is_empty() {
             self.pool.shared.submit(jobs);
-        }
-    }
-
-    fn take_ready(&self) -> Option<Result<R, TaskError>> {
-        let mut st = lock(&self.sink.state);
-        if self.sink.ordered {
-            st.by_index.remove(&(self.yielded as u32))
-        } else {
-            st.arrived.pop_front()
         }
     }
 }
@@ -822,29 +901,16 @@ impl<A: Data, R: Data, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
         if self.yielded == self.submitted {
             return None;
         }
-        let mut outcome = None;
-        help_until(&self.pool.shared, || {
-            outcome = self.take_ready();
-            outcome.is_some()
-        });
+        let mut outcome = self.sink.take();
+        if outcome.is_none() {
+            help_until(&self.pool.shared, || {
+                outcome = self.sink.take();
+                outcome.is_some()
+            });
+        }
         while outcome.is_none() {
-            {
-                let st = lock(&self.sink.state);
-                let empty = if self.sink.ordered {
-                    !st.by_index.contains_key(&(self.yielded as u32))
-                } else {
-                    st.arrived.is_empty()
-                };
-                if empty {
-                    drop(
-                        self.sink
-                            .arrived
-                            .wait(st)
-                            .unwrap_or_else(|p| p.into_inner()),
-                    );
-                }
-            }
-            outcome = self.take_ready();
+            self.sink.wait();
+            outcome = self.sink.take();
         }
         self.yielded += 1;
         self.refill();

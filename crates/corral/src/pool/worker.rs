@@ -21,7 +21,7 @@
 //! the socket and the arena are told apart by their index.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -105,16 +105,6 @@ impl JobMsg<'_> {
     fn len(&self) -> usize {
         self.ends.len() / 4
     }
-
-    fn arg(&self, i: usize) -> &[u8] {
-        let start = if i == 0 {
-            0
-        } else {
-            u32_at(self.ends, i - 1) as usize
-        };
-        let end = u32_at(self.ends, i) as usize;
-        self.args.get(start..end).unwrap_or(&[])
-    }
 }
 
 /// The initializer, as it crosses.
@@ -170,14 +160,18 @@ fn job_trampoline<A: Data, R: Data>(
     rec: &mut Recorder<'_>,
 ) -> Result<(), crate::SendError> {
     let f = verified.func::<A, R>(func);
-    for i in 0..job.len() {
-        let item_fds = u32_at(job.fds, i) as usize;
+    let mut start = 0usize;
+    for (i, end) in job.ends.chunks_exact(4).enumerate() {
+        let end = u32::from_le_bytes(end.try_into().expect("4 bytes")) as usize;
+        let arg = job.args.get(start..end).unwrap_or(&[]);
+        start = end;
         let at = rec.begin();
         let out = &mut rec.msg;
         let decoded = if job.fds.is_empty() {
-            wire::decode_plain::<A>(job.arg(i))
+            wire::decode_plain::<A>(arg)
         } else {
-            wire::decode::<A>(job.arg(i), fds.by_ref().take(item_fds).collect())
+            let item_fds = u32_at(job.fds, i) as usize;
+            wire::decode::<A>(arg, fds.by_ref().take(item_fds).collect())
         };
         let tag = match decoded {
             Ok(arg) => run_one(f, arg, out),
@@ -192,8 +186,9 @@ fn job_trampoline<A: Data, R: Data>(
 }
 
 /// Calls `f(arg)` and appends its outcome to `out`; returns the tag.
+#[inline]
 fn run_one<A, R: Data>(f: fn(A) -> R, arg: A, out: &mut Vec<u8>) -> u8 {
-    match bootstrap::catch_panic(move || f(arg)) {
+    match bootstrap::catch_panic_hooked(move || f(arg)) {
         Ok(value) => match wire::encode_plain_into(&value, out) {
             Ok(()) => TAG_VALUE,
             Err(e) => {
@@ -212,6 +207,10 @@ fn run_one<A, R: Data>(f: fn(A) -> R, arg: A, out: &mut Vec<u8>) -> u8 {
 /// shared arena, with the progress words the supervisor watches.
 pub(crate) struct Recorder<'a> {
     region: &'a SharedRegion,
+    started: &'a AtomicU64,
+    finished: &'a AtomicU64,
+    start_ns: &'a AtomicU64,
+    arena_len: &'a AtomicU64,
     conn: &'a Connection,
     msg: Vec<u8>,
     arena: usize,
@@ -224,12 +223,9 @@ impl Recorder<'_> {
     #[inline]
     fn begin(&mut self) -> usize {
         if self.timed {
-            self.region
-                .word(W_START_NS)
-                .store(sys::monotonic_ns(), Ordering::Relaxed);
+            self.start_ns.store(sys::monotonic_ns(), Ordering::Relaxed);
         }
-        self.region
-            .word(W_STARTED)
+        self.started
             .store(u64::from(self.next) + 1, Ordering::Release);
         open_record(&mut self.msg, self.next)
     }
@@ -243,34 +239,32 @@ impl Recorder<'_> {
         if self.arena + record.len() <= ARENA_BYTES {
             self.region.store_bytes(ARENA_OFFSET + self.arena, record);
             self.arena += record.len();
-            self.region
-                .word(W_ARENA_LEN)
-                .store(self.arena as u64, Ordering::Release);
+            self.arena_len.store(self.arena as u64, Ordering::Release);
         } else {
             // The arena is full: hand everything over now. Until the frame is
             // out, the arena still holds what it held; clear it only after.
             self.conn.send_bytes(&self.msg)?;
             self.msg.truncate(FRAME_HEADER);
             self.arena = 0;
-            self.region.word(W_ARENA_LEN).store(0, Ordering::Release);
+            self.arena_len.store(0, Ordering::Release);
         }
         self.next += 1;
-        self.region
-            .word(W_FINISHED)
-            .store(u64::from(self.next), Ordering::Release);
+        self.finished.store(u64::from(self.next), Ordering::Release);
         Ok(())
     }
 }
 
 /// Appends a record header for item `index`; returns where it starts.
+#[inline]
 fn open_record(out: &mut Vec<u8>, index: u32) -> usize {
     let at = out.len();
-    out.extend_from_slice(&index.to_le_bytes());
-    out.extend_from_slice(&[0; 5]);
+    let i = index.to_le_bytes();
+    out.extend_from_slice(&[i[0], i[1], i[2], i[3], 0, 0, 0, 0, 0]);
     at
 }
 
 /// Fills in the tag and length of the record opened at `at`.
+#[inline]
 fn close_record(out: &mut [u8], at: usize, tag: u8) {
     let len = (out.len() - at - RECORD_HEADER) as u32;
     out[at + 4] = tag;
@@ -328,8 +322,13 @@ pub(super) fn worker_main(boot: WorkerBoot) {
     }
     // Whatever the initializer leaves in the arena belongs to no batch.
     region.word(W_SEQ).store(SEQ_INIT_FAILED, Ordering::Release);
+    bootstrap::install_panic_hook();
     let mut rec = Recorder {
         region,
+        started: region.word(W_STARTED),
+        finished: region.word(W_FINISHED),
+        start_ns: region.word(W_START_NS),
+        arena_len: region.word(W_ARENA_LEN),
         conn: &conn,
         msg: frame_header(SEQ_INIT_FAILED),
         arena: 0,
@@ -396,6 +395,9 @@ fn run_batch(
     region.word(W_ARENA_LEN).store(0, Ordering::Relaxed);
     region.word(W_SEQ).store(batch.seq, Ordering::Release);
     rec.msg.clear();
+    let items: usize = batch.jobs.iter().map(JobMsg::len).sum();
+    rec.msg
+        .reserve((FRAME_HEADER + items * (RECORD_HEADER + 8)).min(ARENA_BYTES));
     rec.msg.extend_from_slice(&batch.seq.to_le_bytes());
     rec.msg.push(0);
     rec.arena = 0;

@@ -163,6 +163,13 @@ pub(crate) fn run_body<R: serde::Serialize>(body: impl FnOnce() -> R) -> Outcome
 /// location and backtrace of this process).
 pub(crate) fn catch_panic<R>(body: impl FnOnce() -> R) -> Result<R, RemotePanic> {
     install_panic_hook();
+    catch_panic_hooked(body)
+}
+
+/// [`catch_panic`] for callers that ran [`install_panic_hook`] already (a
+/// pool worker, once, rather than once per item).
+#[inline]
+pub(crate) fn catch_panic_hooked<R>(body: impl FnOnce() -> R) -> Result<R, RemotePanic> {
     CAPTURING.set(true);
     let result = catch_unwind(AssertUnwindSafe(body));
     CAPTURING.set(false);

@@ -1,0 +1,182 @@
+//! The pool figures: apply round trip, submit-each throughput, map, imap,
+//! start-up, idle CPU, timeout overshoot; rayon as the in-process ceiling.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use corral::{Pool, TaskError};
+use rayon::prelude::*;
+
+use crate::{RUNS, emit, median, micros};
+
+fn square(x: u64) -> u64 {
+    x.wrapping_mul(x)
+}
+
+fn echo(x: u64) -> u64 {
+    x
+}
+
+fn pid(_: u64) -> u32 {
+    std::process::id()
+}
+
+fn hang(_: ()) {
+    std::thread::sleep(Duration::from_secs(3600));
+}
+
+/// Items per second of `f` over `RUNS` runs of `items` items.
+fn rate(items: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let samples: Vec<f64> = (0..RUNS)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            items as f64 / t.elapsed().as_secs_f64()
+        })
+        .collect();
+    median(samples)
+}
+
+/// CPU time (user + system) of process `pid`, from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5) (utime, stime), counted after the name.
+    let ticks: u64 = fields
+        .get(11..13)
+        .map_or(0, |f| f.iter().filter_map(|x| x.parse::<u64>().ok()).sum());
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_secs_f64(ticks as f64 / hz as f64)
+}
+
+pub(crate) fn run(n: impl Fn(usize) -> usize) {
+    let pool = Pool::new(2).expect("a pool");
+    pool.map(square, 0..10_000u64).expect("warm up");
+
+    // apply round trip.
+    for x in 0..1_000 {
+        pool.apply(echo, x).expect("apply");
+    }
+    let rtt: Vec<f64> = (0..n(5_000) as u64)
+        .map(|x| {
+            let t = Instant::now();
+            pool.apply(echo, x).expect("apply");
+            micros(t.elapsed())
+        })
+        .collect();
+    emit("corral pool apply round trip", median(rtt), "us");
+
+    // submit each, then join all.
+    let count = n(100_000);
+    emit(
+        "corral pool submit-each throughput",
+        rate(count, || {
+            let tasks: Vec<_> = (0..count as u64).map(|x| pool.submit(echo, x)).collect();
+            for task in tasks {
+                task.join().expect("task");
+            }
+        }),
+        "items/s",
+    );
+
+    let items = n(100_000);
+    emit(
+        "corral pool map 100k u64",
+        rate(items, || {
+            pool.map(square, 0..items as u64).expect("map");
+        }),
+        "items/s",
+    );
+    emit(
+        "corral pool map 100k u64 chunksize 1",
+        rate(items, || {
+            pool.map_chunked(square, 0..items as u64, 1).expect("map");
+        }),
+        "items/s",
+    );
+    emit(
+        "corral pool imap 100k u64",
+        rate(items, || {
+            let total = pool
+                .imap(square, 0..items as u64)
+                .map(Result::unwrap)
+                .fold(0u64, u64::wrapping_add);
+            std::hint::black_box(total);
+        }),
+        "items/s",
+    );
+    emit(
+        "corral pool imap_unordered 100k u64",
+        rate(items, || {
+            let total = pool
+                .imap_unordered(square, 0..items as u64)
+                .map(Result::unwrap)
+                .fold(0u64, u64::wrapping_add);
+            std::hint::black_box(total);
+        }),
+        "items/s",
+    );
+    emit(
+        "rayon par_iter map 100k u64",
+        rate(items, || {
+            let v: Vec<u64> = (0..items as u64).into_par_iter().map(square).collect();
+            std::hint::black_box(v);
+        }),
+        "items/s",
+    );
+
+    // Idle CPU: the dispatcher and both workers, over two quiet seconds.
+    let workers: HashSet<u32> = pool
+        .map_chunked(pid, 0..200u64, 1)
+        .expect("pids")
+        .into_iter()
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let own = || cpu_time(std::process::id());
+    let before: Duration = own() + workers.iter().map(|&p| cpu_time(p)).sum::<Duration>();
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let after: Duration = own() + workers.iter().map(|&p| cpu_time(p)).sum::<Duration>();
+    emit(
+        "corral pool idle CPU",
+        100.0 * (after - before).as_secs_f64() / t.elapsed().as_secs_f64(),
+        "%",
+    );
+    drop(pool);
+
+    // Start-up: build a 2-worker pool until each worker has answered.
+    let startup: Vec<f64> = (0..n(50))
+        .map(|_| {
+            let t = Instant::now();
+            let pool = Pool::new(2).expect("a pool");
+            let a = pool.submit(echo, 1);
+            let b = pool.submit(echo, 2);
+            a.join().expect("a");
+            b.join().expect("b");
+            let took = micros(t.elapsed());
+            pool.terminate();
+            took
+        })
+        .collect();
+    emit("corral pool start-up 2 workers", median(startup), "us");
+
+    // How late a hung task is reported after its deadline.
+    let timeout = Duration::from_millis(100);
+    let pool = Pool::builder()
+        .processes(2)
+        .task_timeout(timeout)
+        .build()
+        .expect("a pool");
+    let late: Vec<f64> = (0..n(20).max(5))
+        .map(|_| {
+            let t = Instant::now();
+            let outcome = pool.apply(hang, ());
+            assert_eq!(outcome, Err(TaskError::TimedOut(timeout)));
+            (t.elapsed().saturating_sub(timeout)).as_secs_f64() * 1e3
+        })
+        .collect();
+    emit("corral pool timeout overshoot", median(late), "ms");
+}
