@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p corral-bench
+# The Python anchors beyond the standard library.
+python3 -m pip install -q --disable-pip-version-check pebble loky 2>/dev/null \
+    || python3 -m pip install -q --disable-pip-version-check --break-system-packages pebble loky
 mkdir -p bench/out
 out=bench/out/results.jsonl
 : > "$out"
@@ -12,5 +15,7 @@ out=bench/out/results.jsonl
 ./target/release/procspawn-bench | tee -a "$out"
 ./target/release/corral-bench pipe | tee -a "$out"
 python3 bench/python/process_bench.py | tee -a "$out"
+./target/release/corral-bench pool | tee -a "$out"
+python3 bench/python/pool_bench.py | tee -a "$out"
 python3 bench/report.py "$out" > bench/RESULTS.md
 echo "wrote bench/RESULTS.md"
