@@ -1,11 +1,12 @@
 //! A tour of corral: `cargo run --release --example tour`.
 //!
 //! Starts children under every start method, brings a panic and a crash back
-//! as data, gives up on a hung child and kills it, and talks over a pipe.
+//! as data, gives up on a hung child and kills it, talks over a pipe, and
+//! runs a pool whose workers crash, hang and panic without stopping it.
 
 use std::time::{Duration, Instant};
 
-use corral::{Connection, JoinTimeout, Pipe, Process, ProcessError, StartMethod};
+use corral::{Connection, JoinTimeout, Pipe, Pool, Process, ProcessError, StartMethod};
 
 fn square(x: u64) -> u64 {
     x * x
@@ -22,6 +23,17 @@ fn crash(_: ()) {
 fn hang(_: ()) {
     loop {
         std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+fn risky(x: u64) -> u64 {
+    match x {
+        3 => std::process::abort(),
+        5 => panic!("five is right out"),
+        7 => loop {
+            std::thread::sleep(Duration::from_secs(60));
+        },
+        _ => x * x,
     }
 }
 
@@ -109,6 +121,35 @@ fn main() {
         child.join().expect("join")
     );
 
-    println!("\n6. If this program is killed, even by SIGKILL, every child dies with it.");
+    println!("\n6. A pool: each failure fails only its own task, and the pool goes on.");
+    let pool = Pool::builder()
+        .processes(2)
+        .task_timeout(Duration::from_millis(300))
+        .build()
+        .expect("pool");
+    let started = Instant::now();
+    for (x, outcome) in (0..10).zip(pool.imap(risky, 0..10)) {
+        match outcome {
+            Ok(value) => println!("   risky({x}) = {value}"),
+            Err(e) => println!("   risky({x}) failed: {e}"),
+        }
+    }
+    println!("   all ten in {:?}; {:?}", started.elapsed(), pool.stats());
+    let started = Instant::now();
+    let squares = pool.map(square, 0..100_000).expect("map");
+    println!(
+        "   then map over 100,000 items: {:?} (last: {})",
+        started.elapsed(),
+        squares[99_999]
+    );
+    let first: Vec<u64> = pool
+        .imap(square, 1..) // endless input, pulled lazily
+        .take(5)
+        .map(Result::unwrap)
+        .collect();
+    println!("   imap over an endless iterator, first five: {first:?}");
+    drop(pool); // graceful: finishes what was submitted, stops the workers
+
+    println!("\n7. If this program is killed, even by SIGKILL, every child dies with it.");
     println!("   (tested: crates/corral-fixtures/tests/orphans.rs)");
 }

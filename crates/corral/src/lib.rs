@@ -94,6 +94,30 @@
 //! child.join().unwrap();
 //! ```
 //!
+//! ## Pools
+//!
+//! A [`Pool`] keeps worker processes and runs tasks on them: [`Pool::submit`]
+//! (Python's `apply_async`) gives a [`Task`] to `join` or `.await`;
+//! [`Pool::map`], [`Pool::imap`] and [`Pool::imap_unordered`] run a function
+//! over many items. Unlike Python's pools, a worker that dies fails only the
+//! item it was running ([`TaskError::WorkerLost`]), a task can have a
+//! timeout and a memory cap, a value that cannot cross fails its own task,
+//! and `imap` pulls its input lazily. See the [`pool`] module.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use corral::{Pool, TaskError};
+//! fn slow_square(x: u64) -> u64 {
+//!     if x == 3 { std::thread::sleep(Duration::from_secs(60)) }
+//!     x * x
+//! }
+//! corral::init();
+//! let pool = Pool::builder().processes(4).task_timeout(Duration::from_secs(1)).build().unwrap();
+//! let outcomes: Vec<Result<u64, TaskError>> = pool.imap(slow_square, 0..5).collect();
+//! assert_eq!(outcomes[2], Ok(4));
+//! assert!(matches!(outcomes[3], Err(TaskError::TimedOut(_))));
+//! ```
+//!
 //! ## Lifetimes: no zombies, no orphans
 //!
 //! * Every child is reaped: by [`Child::join`], or, for a dropped handle, at

@@ -1102,7 +1102,7 @@ fn running_item(w: &Worker) -> Option<(usize, u64)> {
     let started = w.region.word(worker::W_STARTED).load(Ordering::Acquire) as usize;
     let start_ns = w.region.word(worker::W_START_NS).load(Ordering::Acquire);
     let finished = w.region.word(worker::W_FINISHED).load(Ordering::Acquire) as usize;
-    (started > finished).then_some((started - 1, start_ns))
+    (started > finished).then(|| (started - 1, start_ns))
 }
 
 /// Sends a batch to `w`; on failure hands the jobs back.

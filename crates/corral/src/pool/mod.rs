@@ -278,6 +278,11 @@ struct DispatcherGone(Arc<Shared>);
 impl Drop for DispatcherGone {
     fn drop(&mut self) {
         self.0.mark_dispatcher_gone();
+        if std::thread::panicking() {
+            // A bug in the dispatcher must not leave callers waiting forever:
+            // kill the workers and end every unfinished task.
+            self.0.terminate();
+        }
     }
 }
 
@@ -801,7 +806,20 @@ impl<R> StreamSink<R> {
 ///
 /// It yields `Result<R, TaskError>` per input item and pulls input only as
 /// it yields, with a bounded window of items in flight. Dropping it early
-/// lets the items in flight finish and discards their outcomes.
+/// lets the items in flight finish and discards their outcomes. It is a
+/// plain iterator, so progress bars such as `indicatif`'s `.progress()` wrap
+/// it as they wrap any other.
+///
+/// # Examples
+///
+/// ```no_run
+/// fn parse(s: String) -> u32 { s.parse().unwrap() }
+/// corral::init();
+/// let pool = corral::Pool::new(2).unwrap();
+/// let lines = ["1", "2", "x", "4"].map(String::from);
+/// let parsed: Vec<Option<u32>> = pool.imap(parse, lines).map(Result::ok).collect();
+/// assert_eq!(parsed, [Some(1), Some(2), None, Some(4)]);
+/// ```
 pub struct Imap<'p, A, R, I> {
     pool: &'p Pool,
     input: Option<I>,

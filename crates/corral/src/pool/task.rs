@@ -394,7 +394,20 @@ pub fn as_completed<R: Data>(tasks: impl IntoIterator<Item = Task<R>>) -> AsComp
     }
 }
 
-/// The iterator made by [`as_completed`].
+/// The iterator made by [`as_completed`]: `(index, outcome)` pairs in the
+/// order the tasks end.
+///
+/// # Examples
+///
+/// ```no_run
+/// fn id(x: u8) -> u8 { x }
+/// corral::init();
+/// let pool = corral::Pool::new(2).unwrap();
+/// let mut done = corral::as_completed((0..3).map(|x| pool.submit(id, x)));
+/// assert_eq!(done.len(), 3);
+/// let (index, value) = done.next().unwrap();
+/// assert_eq!(value.unwrap(), index as u8);
+/// ```
 pub struct AsCompleted<R> {
     tasks: Vec<Option<Task<R>>>,
     ready: Arc<ReadyList>,
@@ -436,3 +449,5 @@ impl<R: Data> Iterator for AsCompleted<R> {
         (self.left, Some(self.left))
     }
 }
+
+impl<R: Data> ExactSizeIterator for AsCompleted<R> {}
