@@ -3,7 +3,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use corral::{Pool, TaskError};
+//! use corral::Pool;
 //!
 //! fn square(x: u64) -> u64 { x * x }
 //!
