@@ -97,28 +97,21 @@ pub(crate) fn run(n: impl Fn(usize) -> usize) {
         }),
         "items/s",
     );
-    emit(
-        "corral pool imap 100k u64",
-        rate(items, || {
-            let total = pool
-                .imap(square, 0..items as u64)
-                .map(Result::unwrap)
-                .fold(0u64, u64::wrapping_add);
-            std::hint::black_box(total);
-        }),
-        "items/s",
-    );
-    emit(
-        "corral pool imap_unordered 100k u64",
-        rate(items, || {
-            let total = pool
-                .imap_unordered(square, 0..items as u64)
-                .map(Result::unwrap)
-                .fold(0u64, u64::wrapping_add);
-            std::hint::black_box(total);
-        }),
-        "items/s",
-    );
+    for (label, ordered) in [("imap", true), ("imap_unordered", false)] {
+        emit(
+            &format!("corral pool {label} 100k u64"),
+            rate(items, || {
+                let outcomes: Box<dyn Iterator<Item = Result<u64, TaskError>>> = if ordered {
+                    Box::new(pool.imap(square, 0..items as u64))
+                } else {
+                    Box::new(pool.imap_unordered(square, 0..items as u64))
+                };
+                let total = outcomes.map(Result::unwrap).fold(0u64, u64::wrapping_add);
+                std::hint::black_box(total);
+            }),
+            "items/s",
+        );
+    }
     emit(
         "rayon par_iter map 100k u64",
         rate(items, || {

@@ -119,6 +119,22 @@ fn thread_waker() -> Waker {
     Waker::from(Arc::new(ThreadWaker(std::thread::current())))
 }
 
+/// Parks this thread until it is woken or `deadline` comes; false once the
+/// deadline has passed (then it does not park).
+fn park(deadline: Option<Instant>) -> bool {
+    match deadline {
+        None => std::thread::park(),
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            std::thread::park_timeout(left);
+        }
+    }
+    true
+}
+
 /// A task submitted to a [`crate::Pool`]: Python's `AsyncResult` /
 /// `concurrent.futures.Future`.
 ///
@@ -233,15 +249,8 @@ impl<R: Data> Task<R> {
             if self.slot.register(&waker) {
                 return true;
             }
-            match deadline {
-                None => std::thread::park(),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return self.slot.is_done();
-                    }
-                    std::thread::park_timeout(left);
-                }
+            if !park(deadline) {
+                return self.slot.is_done();
             }
         }
     }
@@ -281,15 +290,8 @@ pub fn wait_all<R: Data>(tasks: &[Task<R>], timeout: Option<Duration>) -> bool {
     let waker = thread_waker();
     for task in tasks {
         while !task.slot.register(&waker) {
-            match deadline {
-                None => std::thread::park(),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return false;
-                    }
-                    std::thread::park_timeout(left);
-                }
+            if !park(deadline) {
+                return false;
             }
         }
     }
@@ -317,18 +319,8 @@ pub fn wait_any<R: Data>(tasks: &[Task<R>], timeout: Option<Duration>) -> Option
         if let Some(i) = tasks.iter().position(|t| t.slot.register(&waker)) {
             return Some(i);
         }
-        if tasks.is_empty() {
+        if tasks.is_empty() || !park(deadline) {
             return None;
-        }
-        match deadline {
-            None => std::thread::park(),
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return None;
-                }
-                std::thread::park_timeout(left);
-            }
         }
     }
 }
