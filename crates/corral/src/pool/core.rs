@@ -1219,46 +1219,56 @@ fn deliver_records<'a>(
     stats: &mut PoolStats,
     outstanding: &mut usize,
 ) {
-    let mut group: Vec<(u32, Raw<'a>)> = Vec::new();
-    let mut group_job = usize::MAX;
-    let flush = |group: &mut Vec<(u32, Raw<'a>)>, job: usize, batch: &InFlight| {
-        if !group.is_empty() {
-            batch.jobs[job].sink.deliver(&mut group.drain(..));
-        }
-    };
-    for r in records {
-        let index = r.index as usize;
-        if index >= batch.got.len() || batch.got[index] {
+    let InFlight {
+        jobs,
+        starts,
+        got,
+        remaining,
+        ..
+    } = batch;
+    let mut records = records.peekable();
+    // Records come in item order: hand each job's run of them to its sink
+    // in one call, straight from the frame.
+    while let Some(first) = records.peek() {
+        let index = first.index as usize;
+        if index >= got.len() {
+            records.next();
             continue;
         }
-        batch.got[index] = true;
-        batch.remaining -= 1;
-        *outstanding -= 1;
-        let raw = match r.tag {
-            worker::TAG_VALUE => {
-                stats.completed += 1;
-                Raw::Value(r.body)
+        let j = starts.partition_point(|&s| s <= index) - 1;
+        let (start, end) = (starts[j], starts.get(j + 1).copied().unwrap_or(got.len()));
+        let job = &jobs[j];
+        let mut run = std::iter::from_fn(|| {
+            loop {
+                let r = records.next_if(|r| (start..end).contains(&(r.index as usize)))?;
+                let index = r.index as usize;
+                if got[index] {
+                    continue;
+                }
+                got[index] = true;
+                *remaining -= 1;
+                *outstanding -= 1;
+                let raw = match r.tag {
+                    worker::TAG_VALUE => {
+                        stats.completed += 1;
+                        Raw::Value(r.body)
+                    }
+                    worker::TAG_PANIC => {
+                        stats.failed += 1;
+                        Raw::Panic(r.body)
+                    }
+                    _ => {
+                        stats.failed += 1;
+                        Raw::Codec(r.body)
+                    }
+                };
+                return Some((job.indices[index - start], raw));
             }
-            worker::TAG_PANIC => {
-                stats.failed += 1;
-                Raw::Panic(r.body)
-            }
-            _ => {
-                stats.failed += 1;
-                Raw::Codec(r.body)
-            }
-        };
-        let (j, p) = batch.locate(index);
-        if j != group_job {
-            if group_job != usize::MAX {
-                flush(&mut group, group_job, batch);
-            }
-            group_job = j;
-        }
-        group.push((batch.jobs[j].indices[p], raw));
-    }
-    if group_job != usize::MAX {
-        flush(&mut group, group_job, batch);
+        });
+        job.sink.deliver(&mut run);
+        // A sink takes every outcome it is offered; this only guards the
+        // bookkeeping against one that stops early.
+        run.for_each(drop);
     }
 }
 
