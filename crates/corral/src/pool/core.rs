@@ -191,8 +191,12 @@ impl InFlight {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum KillWhy {
+    /// The running item passed its deadline.
     Timeout,
+    /// The running item was cancelled.
     Cancel,
+    /// The pool is stopping and the worker did not exit when told to.
+    Stop,
 }
 
 #[derive(Debug)]
@@ -930,6 +934,7 @@ impl Shared {
                                 self.config.task_timeout.unwrap_or_default(),
                             )),
                             KillWhy::Cancel => Some(TaskError::Cancelled),
+                            KillWhy::Stop => Some(TaskError::PoolClosed),
                         },
                         // Killed for another item, which finished meanwhile:
                         // this one is a bystander and runs again.
@@ -1053,10 +1058,11 @@ impl Shared {
             // Closing our end ends the worker's loop.
             let _ = rustix::net::shutdown(&*w.sock, rustix::net::Shutdown::Both);
             w.eof = true;
+            // It gets EXIT_GRACE to exit on its own before it is killed.
             w.kill.get_or_insert(Kill {
                 seq: u64::MAX,
                 index: usize::MAX,
-                why: KillWhy::Cancel,
+                why: KillWhy::Stop,
                 at: Instant::now() + EXIT_GRACE - KILL_GRACE,
                 escalated: false,
             });
