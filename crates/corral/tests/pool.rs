@@ -271,6 +271,24 @@ fn a_failing_initializer_is_reported_not_retried_forever() {
 }
 
 #[test]
+fn a_hung_initializer_is_reported_after_the_task_timeout() {
+    fn setup(_: ()) {
+        fx::hang(())
+    }
+    let pool = Pool::builder()
+        .processes(2)
+        .initializer(setup, ())
+        .task_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    match done(pool.submit(square, 2)).unwrap_err() {
+        TaskError::InitializerFailed(why) => assert!(why.contains("timeout"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(pool.stats().workers_started <= 2, "{:?}", pool.stats());
+}
+
+#[test]
 fn the_initializer_runs_once_per_worker() {
     static SETTING: AtomicUsize = AtomicUsize::new(0);
     fn setup(value: usize) {

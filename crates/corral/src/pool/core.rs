@@ -197,6 +197,8 @@ enum KillWhy {
     Cancel,
     /// The pool is stopping and the worker did not exit when told to.
     Stop,
+    /// The initializer ran past the task timeout.
+    Init,
 }
 
 #[derive(Debug)]
@@ -223,6 +225,8 @@ struct Worker {
     eof: bool,
     /// Items it may still take before it retires (`max_tasks_per_child`).
     tasks_left: Option<u64>,
+    /// When it was started (its initializer's deadline counts from here).
+    spawned: Instant,
     kill: Option<Kill>,
 }
 
@@ -660,6 +664,7 @@ impl Shared {
             ready: false,
             eof: false,
             tasks_left: self.config.max_tasks,
+            spawned: Instant::now(),
             kill: None,
         })
     }
@@ -848,6 +853,11 @@ impl Shared {
         if let Some(timeout) = self.config.task_timeout {
             let now = Instant::now();
             let now_ns = now_ns();
+            if self.config.init.is_some() {
+                for w in core.workers.iter().filter(|w| !w.ready && w.kill.is_none()) {
+                    at(w.spawned + timeout);
+                }
+            }
             for w in &core.workers {
                 if w.kill.is_some() || w.inflight.is_empty() {
                     continue;
@@ -878,6 +888,19 @@ impl Shared {
             let Some(timeout) = self.config.task_timeout else {
                 continue;
             };
+            if !w.ready && self.config.init.is_some() && now >= w.spawned + timeout {
+                // A hung initializer must not hang the pool: it gets the
+                // task timeout too.
+                w.kill = Some(Kill {
+                    seq: u64::MAX,
+                    index: usize::MAX,
+                    why: KillWhy::Init,
+                    at: now,
+                    escalated: false,
+                });
+                let _ = w.child.terminate();
+                continue;
+            }
             if w.inflight.is_empty() {
                 continue;
             }
@@ -935,6 +958,8 @@ impl Shared {
                             )),
                             KillWhy::Cancel => Some(TaskError::Cancelled),
                             KillWhy::Stop => Some(TaskError::PoolClosed),
+                            // No item runs before the initializer ends.
+                            KillWhy::Init => None,
                         },
                         // Killed for another item, which finished meanwhile:
                         // this one is a bystander and runs again.
@@ -1003,7 +1028,13 @@ impl Shared {
         }
         if !w.ready && !matches!(phase, Phase::Stopping | Phase::Terminated) {
             core.early_deaths += 1;
-            let why = if self.config.init.is_some() {
+            let timed_out = w.kill.as_ref().is_some_and(|k| k.why == KillWhy::Init);
+            let why = if timed_out {
+                Some(format!(
+                    "it ran past the task timeout of {:?}",
+                    self.config.task_timeout.unwrap_or_default()
+                ))
+            } else if self.config.init.is_some() {
                 Some(format!("its worker died while running it ({status})"))
             } else if core.early_deaths as usize >= 3 * self.config.processes.max(1) {
                 Some(format!("workers die as soon as they start ({status})"))
@@ -1122,7 +1153,10 @@ fn send_batch(w: &mut Worker, seq: u64, jobs: Vec<Job>) -> Result<(), Vec<Job>> 
         starts.push(total);
         total += job.len();
         bytes += job.args.len() + 8 * job.len() + 32;
-        let ends: Vec<u8> = job.ends.iter().flat_map(|e| e.to_le_bytes()).collect();
+        let mut ends = Vec::with_capacity(4 * job.ends.len());
+        for end in &job.ends {
+            ends.extend_from_slice(&end.to_le_bytes());
+        }
         let counts: Vec<u8> = if job.fds.is_empty() {
             Vec::new()
         } else {

@@ -161,8 +161,9 @@ impl PoolBuilder {
     }
 
     /// A function each worker runs once, with `arg`, before its first task
-    /// (Python's `initializer`/`initargs`). If it fails (panics, crashes) the
-    /// pool is broken: every queued and later task ends with
+    /// (Python's `initializer`/`initargs`). If it fails (panics, crashes, or
+    /// runs past the [`task_timeout`](PoolBuilder::task_timeout), when one
+    /// is set) the pool is broken: every queued and later task ends with
     /// [`TaskError::InitializerFailed`], and no worker is restarted.
     pub fn initializer<A: Data>(mut self, f: fn(A), arg: A) -> PoolBuilder {
         self.init = Some(
@@ -709,7 +710,9 @@ impl<R: Data> Sink for MapSink<R> {
         let st = &mut *st;
         for (index, raw) in outcomes {
             let i = index as usize;
-            if i >= st.values.len() || st.values[i].is_some() || st.errors.contains_key(&index) {
+            let known = st.values.get(i).is_none_or(Option::is_some)
+                || (!st.errors.is_empty() && st.errors.contains_key(&index));
+            if known {
                 continue;
             }
             match raw.decode() {
