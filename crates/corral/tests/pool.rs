@@ -228,6 +228,30 @@ fn a_256_mib_result_comes_back() {
     still_works(&pool);
 }
 
+/// Big arguments and big results at once: neither side may block the other
+/// (both exceed the socket buffers, and the worker holds two batches).
+#[test]
+fn big_arguments_and_results_cross_both_ways_at_once() {
+    fn reverse(mut bytes: Vec<u8>) -> Vec<u8> {
+        bytes.reverse();
+        bytes
+    }
+    let pool = Pool::new(1).unwrap();
+    let inputs: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 24 << 20]).collect();
+    let tasks: Vec<Task<Vec<u8>>> = inputs
+        .iter()
+        .map(|v| pool.submit(reverse, v.clone()))
+        .collect();
+    for (input, task) in inputs.iter().zip(tasks) {
+        let output = done(task).unwrap();
+        assert_eq!(output.len(), input.len());
+        assert_eq!(output[0], input[0]);
+    }
+    let outputs = pool.map(reverse, inputs.clone()).unwrap();
+    assert_eq!(outputs.len(), 6);
+    still_works(&pool);
+}
+
 #[test]
 fn a_task_over_the_memory_limit_fails_alone() {
     let limit = 256 << 20;
