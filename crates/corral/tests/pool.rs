@@ -196,6 +196,34 @@ fn a_hung_task_is_killed_and_reported_near_its_deadline() {
 }
 
 #[test]
+fn a_task_can_have_its_own_timeout() {
+    // No pool-wide timeout: only the task that asked for one is limited.
+    let pool = Pool::new(2).unwrap();
+    let limit = Duration::from_millis(200);
+    let hung = pool.submit_with_timeout(fx::hang::<u8>, 0, limit);
+    let quick = pool.submit_with_timeout(nap, 10, Duration::from_secs(30));
+    let free = pool.submit(nap, 400);
+    assert_eq!(done(hung).unwrap_err(), TaskError::TimedOut(limit));
+    assert_eq!(done(quick).unwrap(), 10);
+    assert_eq!(done(free).unwrap(), 400);
+    // A per-task limit replaces the pool's.
+    let strict = Pool::builder()
+        .processes(1)
+        .task_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    assert_eq!(
+        done(strict.submit_with_timeout(nap, 300, Duration::from_secs(30))).unwrap(),
+        300
+    );
+    assert_eq!(
+        done(strict.submit(nap, 5_000)).unwrap_err(),
+        TaskError::TimedOut(Duration::from_millis(100))
+    );
+    still_works(&pool);
+}
+
+#[test]
 fn values_that_cannot_cross_fail_their_own_task() {
     let pool = Pool::new(2).unwrap();
     let bad_arg = pool.submit(fx::take_unserializable, fx::Unserializable);

@@ -87,6 +87,8 @@ pub(super) struct Job {
     /// Each item's descriptors (empty: none for any item).
     pub(super) fds: Vec<Vec<OwnedFd>>,
     pub(super) sink: Arc<dyn Sink>,
+    /// The items' own time limit (`None`: the pool's `task_timeout`).
+    pub(super) timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for Job {
@@ -102,6 +104,7 @@ impl Job {
         func: i64,
         encoded: wire::Encoded,
         sink: Arc<dyn Sink>,
+        timeout: Option<Duration>,
     ) -> Job {
         let fds = if encoded.fds.is_empty() {
             Vec::new()
@@ -116,6 +119,7 @@ impl Job {
             indices: vec![0],
             fds,
             sink,
+            timeout,
         }
     }
 
@@ -138,6 +142,7 @@ impl Job {
             indices: Vec::with_capacity(positions.len()),
             fds: Vec::new(),
             sink: self.sink.clone(),
+            timeout: self.timeout,
         };
         for &p in positions {
             out.args.extend_from_slice(self.arg(p));
@@ -180,12 +185,19 @@ struct InFlight {
     /// Which items have an outcome.
     got: Vec<bool>,
     remaining: usize,
+    /// Whether any item has a time limit (the worker then stamps starts).
+    timed: bool,
 }
 
 impl InFlight {
     fn locate(&self, index: usize) -> (usize, usize) {
         let job = self.starts.partition_point(|&s| s <= index) - 1;
         (job, index - self.starts[job])
+    }
+
+    /// The time limit of item `index`, given the pool's default.
+    fn timeout(&self, index: usize, default: Option<Duration>) -> Option<Duration> {
+        self.jobs[self.locate(index).0].timeout.or(default)
     }
 }
 
@@ -402,6 +414,7 @@ impl Shared {
     /// On error (closed or broken pool) the jobs are failed with it.
     pub(super) fn submit(&self, jobs: Vec<Job>) {
         let items: usize = jobs.iter().map(Job::len).sum();
+        let timed = jobs.iter().any(|j| j.timeout.is_some());
         let max = self.config.max_pending;
         let mut core = self.lock();
         if core.pending_items + items > max && core.pending_items > 0 {
@@ -427,7 +440,7 @@ impl Shared {
         core.pending.extend(jobs);
         let started_idle = self.dispatch(&mut core);
         drop(core);
-        if started_idle && self.config.task_timeout.is_some() {
+        if started_idle && (self.config.task_timeout.is_some() || timed) {
             // The dispatcher must learn of a new deadline.
             self.wake_dispatcher();
         }
@@ -602,7 +615,8 @@ impl Shared {
             started_idle |= core.workers[i].inflight.is_empty();
             let seq = core.next_seq;
             core.next_seq += 1;
-            if let Err(jobs) = send_batch(&mut core.workers[i], seq, jobs) {
+            let default_timeout = self.config.task_timeout;
+            if let Err(jobs) = send_batch(&mut core.workers[i], seq, jobs, default_timeout) {
                 // The worker is dying: its death handler requeues nothing of
                 // this batch, so requeue it here.
                 for job in jobs.into_iter().rev() {
@@ -636,7 +650,6 @@ impl Shared {
             init: self.config.init.clone(),
             memory_limit: self.config.memory_limit,
             max_tasks: self.config.max_tasks,
-            timed: self.config.task_timeout.is_some(),
         };
         let child = Process::builder()
             .name("corral-worker")
@@ -850,26 +863,31 @@ impl Shared {
                 at(kill.at + KILL_GRACE);
             }
         }
-        if let Some(timeout) = self.config.task_timeout {
-            let now = Instant::now();
-            let now_ns = now_ns();
-            if self.config.init.is_some() {
-                for w in core.workers.iter().filter(|w| !w.ready && w.kill.is_none()) {
-                    at(w.spawned + timeout);
-                }
+        let now = Instant::now();
+        let now_ns = now_ns();
+        if let Some(timeout) = self.config.task_timeout
+            && self.config.init.is_some()
+        {
+            for w in core.workers.iter().filter(|w| !w.ready && w.kill.is_none()) {
+                at(w.spawned + timeout);
             }
-            for w in &core.workers {
-                if w.kill.is_some() || w.inflight.is_empty() {
-                    continue;
-                }
-                match running_item(w) {
-                    Some((_, start_ns)) => {
+        }
+        for w in &core.workers {
+            let Some(front) = w.inflight.front().filter(|b| b.timed) else {
+                continue;
+            };
+            if w.kill.is_some() {
+                continue;
+            }
+            match running_item(w) {
+                Some((index, start_ns)) => {
+                    if let Some(timeout) = front.timeout(index, self.config.task_timeout) {
                         let deadline_ns = start_ns + timeout.as_nanos() as u64;
                         at(now + Duration::from_nanos(deadline_ns.saturating_sub(now_ns)));
                     }
-                    // Between items or not started: look again soon.
-                    None => at(now + timeout.min(Duration::from_millis(5))),
                 }
+                // Between items or not started: look again soon.
+                None => at(now + Duration::from_millis(5)),
             }
         }
         next
@@ -885,10 +903,11 @@ impl Shared {
                 }
                 continue;
             }
-            let Some(timeout) = self.config.task_timeout else {
-                continue;
-            };
-            if !w.ready && self.config.init.is_some() && now >= w.spawned + timeout {
+            if let Some(timeout) = self.config.task_timeout
+                && !w.ready
+                && self.config.init.is_some()
+                && now >= w.spawned + timeout
+            {
                 // A hung initializer must not hang the pool: it gets the
                 // task timeout too.
                 w.kill = Some(Kill {
@@ -901,10 +920,11 @@ impl Shared {
                 let _ = w.child.terminate();
                 continue;
             }
-            if w.inflight.is_empty() {
+            let Some(front) = w.inflight.front().filter(|b| b.timed) else {
                 continue;
-            }
+            };
             if let Some((index, start_ns)) = running_item(w)
+                && let Some(timeout) = front.timeout(index, self.config.task_timeout)
                 && now_ns() >= start_ns + timeout.as_nanos() as u64
             {
                 let seq = w.inflight.front().expect("a batch").seq;
@@ -954,7 +974,9 @@ impl Shared {
                     let error = match &w.kill {
                         Some(k) if k.seq == seq && k.index == index => match k.why {
                             KillWhy::Timeout => Some(TaskError::TimedOut(
-                                self.config.task_timeout.unwrap_or_default(),
+                                front
+                                    .timeout(index, self.config.task_timeout)
+                                    .unwrap_or_default(),
                             )),
                             KillWhy::Cancel => Some(TaskError::Cancelled),
                             KillWhy::Stop => Some(TaskError::PoolClosed),
@@ -1143,7 +1165,13 @@ fn running_item(w: &Worker) -> Option<(usize, u64)> {
 }
 
 /// Sends a batch to `w`; on failure hands the jobs back.
-fn send_batch(w: &mut Worker, seq: u64, jobs: Vec<Job>) -> Result<(), Vec<Job>> {
+fn send_batch(
+    w: &mut Worker,
+    seq: u64,
+    jobs: Vec<Job>,
+    default_timeout: Option<Duration>,
+) -> Result<(), Vec<Job>> {
+    let timed = jobs.iter().any(|j| j.timeout.or(default_timeout).is_some());
     let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
     let mut starts = Vec::with_capacity(jobs.len());
     let mut tables: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(jobs.len());
@@ -1170,6 +1198,7 @@ fn send_batch(w: &mut Worker, seq: u64, jobs: Vec<Job>) -> Result<(), Vec<Job>> 
     }
     let msg = BatchMsg {
         seq,
+        timed,
         jobs: jobs
             .iter()
             .zip(&tables)
@@ -1201,6 +1230,7 @@ fn send_batch(w: &mut Worker, seq: u64, jobs: Vec<Job>) -> Result<(), Vec<Job>> 
         starts,
         got: vec![false; total],
         remaining: total,
+        timed,
     });
     Ok(())
 }

@@ -28,9 +28,10 @@
 //!   batch that finished keep their results (they survive in shared memory
 //!   even if the worker dies before sending them); items not yet started run
 //!   on another worker. The worker is replaced and the pool goes on.
-//! * **Per-task timeouts.** With [`PoolBuilder::task_timeout`], a task
-//!   running past its limit has its worker killed (SIGTERM, then SIGKILL
-//!   20 ms later) and ends with [`TaskError::TimedOut`].
+//! * **Per-task timeouts.** With [`PoolBuilder::task_timeout`] (every task)
+//!   or [`Pool::submit_with_timeout`] (one task), a task running past its
+//!   limit has its worker killed (SIGTERM, then SIGKILL 20 ms later) and
+//!   ends with [`TaskError::TimedOut`].
 //! * **Memory caps.** [`PoolBuilder::memory_limit`] caps each worker's
 //!   address space (`RLIMIT_AS`). A task whose allocation fails ends with
 //!   [`TaskError::MemoryExceeded`]. (cgroup v2 `memory.max` would cap
@@ -302,7 +303,7 @@ impl Drop for DispatcherGone {
 /// | `imap` / `imap_unordered` | [`pool.imap`](Pool::imap) / [`imap_unordered`](Pool::imap_unordered) |
 /// | `as_completed(fs)`, `wait(fs)` | [`as_completed`], [`wait_all`], [`wait_any`] |
 /// | `close()`, `join()`, `terminate()` | the same |
-/// | pebble `schedule(f, timeout=)` | [`PoolBuilder::task_timeout`] |
+/// | pebble `schedule(f, timeout=)` | [`Pool::submit_with_timeout`], [`PoolBuilder::task_timeout`] |
 ///
 /// # Examples
 ///
@@ -363,6 +364,41 @@ impl Pool {
     /// ```
     #[doc(alias = "apply_async")]
     pub fn submit<A: Data, R: Data>(&self, f: fn(A) -> R, arg: A) -> Task<R> {
+        self.submit_inner(f, arg, None)
+    }
+
+    /// Like [`submit`](Pool::submit), with a time limit for this task alone
+    /// (it replaces the pool's [`task_timeout`](PoolBuilder::task_timeout)):
+    /// pebble's `schedule(f, args, timeout=...)`. Past it, the worker is
+    /// killed and replaced and the task ends with [`TaskError::TimedOut`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use corral::TaskError;
+    /// fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// corral::init();
+    /// let pool = corral::Pool::new(1).unwrap();
+    /// let task = pool.submit_with_timeout(nap, 5_000, Duration::from_millis(100));
+    /// assert_eq!(task.join(), Err(TaskError::TimedOut(Duration::from_millis(100))));
+    /// ```
+    #[doc(alias = "schedule")]
+    pub fn submit_with_timeout<A: Data, R: Data>(
+        &self,
+        f: fn(A) -> R,
+        arg: A,
+        timeout: Duration,
+    ) -> Task<R> {
+        self.submit_inner(f, arg, Some(timeout))
+    }
+
+    fn submit_inner<A: Data, R: Data>(
+        &self,
+        f: fn(A) -> R,
+        arg: A,
+        timeout: Option<Duration>,
+    ) -> Task<R> {
         let slot = Arc::new(TaskSlot::<R>::new());
         let task = Task::new(slot.clone(), self.shared.clone());
         match wire::encode(&arg) {
@@ -377,6 +413,7 @@ impl Pool {
                     func_offset(f),
                     encoded,
                     slot,
+                    timeout,
                 );
                 self.shared.submit(vec![job]);
             }
@@ -493,6 +530,7 @@ impl Pool {
                 indices: Vec::with_capacity(chunk),
                 fds: Vec::new(),
                 sink: dyn_sink.clone(),
+                timeout: None,
             };
             for (index, item) in items.by_ref().take(chunk) {
                 add_item(&mut job, index as u32, &item);
@@ -890,6 +928,7 @@ impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
                 indices: Vec::with_capacity(per_job),
                 fds: Vec::new(),
                 sink: sink.clone(),
+                timeout: None,
             };
             while job.ends.len() < per_job && pulled < room {
                 let Some(item) = self.input.as_mut().and_then(Iterator::next) else {

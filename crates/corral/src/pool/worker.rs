@@ -71,6 +71,8 @@ pub(super) const RECORD_HEADER: usize = 9;
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct BatchMsg<'a> {
     pub(super) seq: u64,
+    /// Whether any item has a time limit: only then are starts stamped.
+    pub(super) timed: bool,
     #[serde(borrow)]
     pub(super) jobs: Vec<JobMsg<'a>>,
 }
@@ -124,8 +126,6 @@ pub(super) struct WorkerBoot {
     pub(super) init: Option<InitMsg>,
     pub(super) memory_limit: Option<u64>,
     pub(super) max_tasks: Option<u64>,
-    /// Whether tasks have a timeout (only then is each start time stamped).
-    pub(super) timed: bool,
 }
 
 /// A shared region's descriptor as a spawn argument.
@@ -288,7 +288,6 @@ pub(super) fn worker_main(boot: WorkerBoot) {
         init,
         memory_limit,
         max_tasks,
-        timed,
     } = boot;
     let Ok(region) = SharedRegion::map(region.0) else {
         return;
@@ -333,7 +332,7 @@ pub(super) fn worker_main(boot: WorkerBoot) {
         msg: frame_header(SEQ_INIT_FAILED),
         arena: 0,
         next: 0,
-        timed,
+        timed: false,
     };
     if let Some(init) = init {
         let end = (init.arg.len() as u32).to_le_bytes();
@@ -402,6 +401,7 @@ fn run_batch(
     rec.msg.push(0);
     rec.arena = 0;
     rec.next = 0;
+    rec.timed = batch.timed;
     let mut fds = fds.into_iter();
     for job in &batch.jobs {
         let entry = verified.job_entry(job.entry);
