@@ -386,6 +386,38 @@ fn cancel_skips_a_queued_task_and_kills_a_running_one() {
     assert_eq!(stats.cancelled, 2, "{stats:?}");
 }
 
+fn wait_for_go(go: corral::Receiver) -> u8 {
+    go.recv::<u8>().unwrap()
+}
+
+fn leave_a_mark(path: String) -> u8 {
+    std::fs::write(path, b"ran").unwrap();
+    1
+}
+
+/// A task already handed to a worker, waiting behind a running one, is
+/// skipped when cancelled; the worker is not killed.
+#[test]
+fn cancel_skips_a_task_a_worker_holds_but_has_not_started() {
+    let pool = Pool::builder().processes(1).build().unwrap();
+    let (rx, tx) = corral::Pipe::simplex().unwrap();
+    let mark = std::env::temp_dir().join(format!("corral-cancel-{}", std::process::id()));
+    let _ = std::fs::remove_file(&mark);
+    let running = pool.submit(wait_for_go, rx);
+    let held = pool.submit(leave_a_mark, mark.display().to_string());
+    // One worker, two batches in flight: `held` waits in the worker's socket.
+    assert_eq!(pool.stats().queued, 0);
+    held.cancel();
+    tx.send(&7u8).unwrap();
+    assert_eq!(done(running).unwrap(), 7);
+    assert_eq!(done(held).unwrap_err(), TaskError::Cancelled);
+    still_works(&pool);
+    assert!(!mark.exists(), "the cancelled task ran");
+    let stats = pool.stats();
+    assert_eq!(stats.workers_replaced, 0, "{stats:?}");
+    assert_eq!(stats.cancelled, 1, "{stats:?}");
+}
+
 #[test]
 fn imap_pulls_an_endless_input_lazily() {
     let pulled = Arc::new(AtomicUsize::new(0));

@@ -687,26 +687,45 @@ impl Shared {
     pub(super) fn cancel_running(&self, sink: &Arc<dyn Sink>, index: u32) {
         let mut core = self.lock();
         for w in &mut core.workers {
-            let Some(front) = w.inflight.front() else {
+            let found = w.inflight.iter().enumerate().find_map(|(b, batch)| {
+                batch
+                    .jobs
+                    .iter()
+                    .zip(&batch.starts)
+                    .find_map(|(job, &start)| {
+                        Arc::ptr_eq(&job.sink, sink)
+                            .then(|| job.indices.iter().position(|&x| x == index))
+                            .flatten()
+                            .map(|p| start + p)
+                    })
+                    .map(|flat| (b, batch.seq, flat))
+            });
+            let Some((b, seq, flat)) = found else {
                 continue;
             };
-            let Some(flat) = front
-                .jobs
-                .iter()
-                .zip(&front.starts)
-                .find_map(|(job, &start)| {
-                    (Arc::ptr_eq(&job.sink, sink))
-                        .then(|| job.indices.iter().position(|&x| x == index))
-                        .flatten()
-                        .map(|p| start + p)
-                })
-            else {
-                continue;
-            };
-            let seq = w.region.word(worker::W_SEQ).load(Ordering::Acquire);
-            let started = w.region.word(worker::W_STARTED).load(Ordering::Acquire) as usize;
-            let finished = w.region.word(worker::W_FINISHED).load(Ordering::Acquire) as usize;
-            if seq == front.seq && started == flat + 1 && finished <= flat && w.kill.is_none() {
+            if w.kill.is_some() {
+                return;
+            }
+            // Tell the worker to skip the item if it has not started it...
+            let count = w.region.word(worker::W_CANCELS).load(Ordering::Relaxed) as usize;
+            if count < worker::CANCEL_SLOTS {
+                w.region
+                    .word(worker::CANCELS + 2 * count)
+                    .store(seq, Ordering::Relaxed);
+                w.region
+                    .word(worker::CANCELS + 2 * count + 1)
+                    .store(flat as u64, Ordering::Relaxed);
+                w.region
+                    .word(worker::W_CANCELS)
+                    .store(count as u64 + 1, Ordering::SeqCst);
+            }
+            // ...and kill it if it has. (With no room left to tell it, an
+            // item that has not started runs; its outcome is discarded.)
+            let running = b == 0
+                && w.region.word(worker::W_SEQ).load(Ordering::SeqCst) == seq
+                && w.region.word(worker::W_STARTED).load(Ordering::SeqCst) as usize == flat + 1
+                && w.region.word(worker::W_FINISHED).load(Ordering::SeqCst) as usize <= flat;
+            if running {
                 w.kill = Some(Kill {
                     seq,
                     index: flat,
@@ -717,8 +736,8 @@ impl Shared {
                 let _ = w.child.kill();
                 drop(core);
                 self.wake_dispatcher();
-                return;
             }
+            return;
         }
     }
 
@@ -1211,6 +1230,11 @@ fn send_batch(
             })
             .collect(),
     };
+    if w.inflight.is_empty() {
+        // The worker is between batches and reads no entry now: reclaim the
+        // cancellation slots (entries name batches, so old ones never match).
+        w.region.word(worker::W_CANCELS).store(0, Ordering::SeqCst);
+    }
     let ok = fds.len() <= sys::MAX_FDS_PER_MESSAGE
         && match postcard::to_extend(&msg, Vec::with_capacity(bytes)) {
             Ok(bytes) => send_frame_reading(w, &bytes, &fds).is_ok(),
@@ -1326,6 +1350,10 @@ fn deliver_records<'a>(
                     worker::TAG_PANIC => {
                         stats.failed += 1;
                         Raw::Panic(r.body)
+                    }
+                    worker::TAG_CANCELLED => {
+                        count_failure(stats, &TaskError::Cancelled, 1);
+                        Raw::Failed(Box::new(TaskError::Cancelled))
                     }
                     _ => {
                         stats.failed += 1;

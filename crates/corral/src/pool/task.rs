@@ -206,11 +206,11 @@ impl<R: Data> Task<R> {
         self.slot.is_done()
     }
 
-    /// Cancels the task: a queued task will not run; a running one has its
+    /// Cancels the task: a queued task will not run (whether it waits in
+    /// the pool's queue or already in a worker's); a running one has its
     /// worker killed (and replaced). Either way it ends with
     /// [`TaskError::Cancelled`], at once. A task that has ended is left
-    /// alone. (A task that its worker has received but not yet started still
-    /// runs; its result is discarded.)
+    /// alone.
     ///
     /// Doc alias: Python's `Future.cancel`, which, unlike this, cannot stop a
     /// running task.

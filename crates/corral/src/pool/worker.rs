@@ -43,8 +43,15 @@ pub(super) const W_OUT_OF_MEMORY: usize = 4;
 /// Header word: how many items of the batch have finished (their record
 /// written).
 pub(super) const W_FINISHED: usize = 5;
+/// Header word: how many cancellation entries follow (see [`CANCELS`]).
+pub(super) const W_CANCELS: usize = 7;
+/// Header words from here: `(batch, item)` pairs the supervisor cancelled
+/// after handing them out; the worker skips them.
+pub(super) const CANCELS: usize = 8;
+/// Room for that many pairs.
+pub(super) const CANCEL_SLOTS: usize = 28;
 /// Where the arena starts.
-pub(super) const ARENA_OFFSET: usize = 64;
+pub(super) const ARENA_OFFSET: usize = 8 * (CANCELS + 2 * CANCEL_SLOTS);
 /// Arena capacity: results beyond it are flushed to the socket first.
 pub(super) const ARENA_BYTES: usize = 1 << 20;
 /// Size of a worker's shared region.
@@ -61,6 +68,8 @@ pub(super) const TAG_VALUE: u8 = 0;
 pub(super) const TAG_PANIC: u8 = 1;
 /// Record tag: a codec error message (UTF-8).
 pub(super) const TAG_CODEC: u8 = 2;
+/// Record tag: skipped, the supervisor cancelled it (no body).
+pub(super) const TAG_CANCELLED: u8 = 3;
 
 /// Bytes before the records of a result frame.
 pub(super) const FRAME_HEADER: usize = 9;
@@ -166,6 +175,10 @@ fn job_trampoline<A: Data, R: Data>(
         let arg = job.args.get(start..end).unwrap_or(&[]);
         start = end;
         let at = rec.begin();
+        if rec.cancelled() {
+            rec.end(at, TAG_CANCELLED)?;
+            continue;
+        }
         let out = &mut rec.msg;
         let decoded = if job.fds.is_empty() {
             wire::decode_plain::<A>(arg)
@@ -207,6 +220,8 @@ fn run_one<A, R: Data>(f: fn(A) -> R, arg: A, out: &mut Vec<u8>) -> u8 {
 /// shared arena, with the progress words the supervisor watches.
 pub(crate) struct Recorder<'a> {
     region: &'a SharedRegion,
+    cancels: &'a AtomicU64,
+    seq: u64,
     started: &'a AtomicU64,
     finished: &'a AtomicU64,
     start_ns: &'a AtomicU64,
@@ -225,9 +240,27 @@ impl Recorder<'_> {
         if self.timed {
             self.start_ns.store(sys::monotonic_ns(), Ordering::Relaxed);
         }
+        // SeqCst, paired with the supervisor's in `cancel_running`: either
+        // it sees this item started (and kills the worker), or this worker
+        // sees the cancellation (and skips the item).
         self.started
-            .store(u64::from(self.next) + 1, Ordering::Release);
+            .store(u64::from(self.next) + 1, Ordering::SeqCst);
         open_record(&mut self.msg, self.next)
+    }
+
+    /// Whether the supervisor cancelled the item just announced.
+    #[inline]
+    fn cancelled(&self) -> bool {
+        let n = self.cancels.load(Ordering::SeqCst) as usize;
+        n > 0
+            && (0..n.min(CANCEL_SLOTS)).any(|k| {
+                self.region.word(CANCELS + 2 * k).load(Ordering::Relaxed) == self.seq
+                    && self
+                        .region
+                        .word(CANCELS + 2 * k + 1)
+                        .load(Ordering::Relaxed)
+                        == u64::from(self.next)
+            })
     }
 
     /// Seals the record started at `at`, mirrors it in the arena (or, if
@@ -328,6 +361,8 @@ pub(super) fn worker_main(boot: WorkerBoot) {
         finished: region.word(W_FINISHED),
         start_ns: region.word(W_START_NS),
         arena_len: region.word(W_ARENA_LEN),
+        cancels: region.word(W_CANCELS),
+        seq: SEQ_INIT_FAILED,
         conn: &conn,
         msg: frame_header(SEQ_INIT_FAILED),
         arena: 0,
@@ -402,6 +437,7 @@ fn run_batch(
     rec.arena = 0;
     rec.next = 0;
     rec.timed = batch.timed;
+    rec.seq = batch.seq;
     let mut fds = fds.into_iter();
     for job in &batch.jobs {
         let entry = verified.job_entry(job.entry);
