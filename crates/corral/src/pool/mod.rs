@@ -343,6 +343,13 @@ impl Pool {
     }
 
     /// The number of worker processes.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// corral::init();
+    /// assert_eq!(corral::Pool::new(3).unwrap().processes(), 3);
+    /// ```
     pub fn processes(&self) -> usize {
         self.shared.config.processes
     }
@@ -597,12 +604,35 @@ impl Pool {
 
     /// Stops accepting work; what was submitted still runs. Later submits
     /// fail with [`TaskError::PoolClosed`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// fn id(x: u8) -> u8 { x }
+    /// corral::init();
+    /// let pool = corral::Pool::new(1).unwrap();
+    /// let before = pool.submit(id, 1);
+    /// pool.close();
+    /// assert_eq!(before.join().unwrap(), 1);
+    /// assert_eq!(pool.apply(id, 2), Err(corral::TaskError::PoolClosed));
+    /// ```
     pub fn close(&self) {
         self.shared.close();
     }
 
     /// Closes the pool, waits for every submitted task and stops the
     /// workers. (Python requires `close()` first; here `join` implies it.)
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// fn id(x: u8) -> u8 { x }
+    /// corral::init();
+    /// let pool = corral::Pool::new(2).unwrap();
+    /// let tasks: Vec<_> = (0..4).map(|x| pool.submit(id, x)).collect();
+    /// pool.join(); // every task has ended; the workers are gone
+    /// assert!(tasks.iter().all(|t| t.is_finished()));
+    /// ```
     pub fn join(&self) {
         self.shared.join();
         self.join_dispatcher();
@@ -610,12 +640,34 @@ impl Pool {
 
     /// Kills the workers at once. Unfinished tasks end with
     /// [`TaskError::PoolClosed`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// fn forever(_: ()) { loop { std::thread::park() } }
+    /// corral::init();
+    /// let pool = corral::Pool::new(1).unwrap();
+    /// let task = pool.submit(forever, ());
+    /// pool.terminate();
+    /// assert_eq!(task.join(), Err(corral::TaskError::PoolClosed));
+    /// ```
     pub fn terminate(&self) {
         self.shared.terminate();
         self.join_dispatcher();
     }
 
     /// The pool's counters.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// fn crash(_: ()) { std::process::abort() }
+    /// corral::init();
+    /// let pool = corral::Pool::new(1).unwrap();
+    /// let _ = pool.apply(crash, ());
+    /// let stats = pool.stats();
+    /// assert_eq!((stats.lost, stats.workers_replaced), (1, 1));
+    /// ```
     pub fn stats(&self) -> PoolStats {
         self.shared.stats()
     }

@@ -178,6 +178,17 @@ impl<R: Data> Task<R> {
     /// Any [`TaskError`]: the task panicked, timed out, lost its worker,
     /// went over the memory limit, was cancelled, could not cross, or the
     /// pool closed first.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// fn half(x: u32) -> u32 { assert!(x % 2 == 0, "odd"); x / 2 }
+    /// corral::init();
+    /// let pool = corral::Pool::new(1).unwrap();
+    /// assert_eq!(pool.submit(half, 8).join().unwrap(), 4);
+    /// let err = pool.submit(half, 3).join().unwrap_err();
+    /// assert_eq!(err.panic().unwrap().message, "odd");
+    /// ```
     pub fn join(self) -> Result<R, TaskError> {
         self.wait(None);
         self.slot.take().unwrap_or(Err(TaskError::Cancelled))
@@ -202,6 +213,17 @@ impl<R: Data> Task<R> {
     }
 
     /// Whether the task has ended (with its value or an error).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// fn id(x: u8) -> u8 { x }
+    /// corral::init();
+    /// let pool = corral::Pool::new(1).unwrap();
+    /// let task = pool.submit(id, 1);
+    /// assert!(corral::wait_all(std::slice::from_ref(&task), None));
+    /// assert!(task.is_finished());
+    /// ```
     pub fn is_finished(&self) -> bool {
         self.slot.is_done()
     }
@@ -212,8 +234,19 @@ impl<R: Data> Task<R> {
     /// [`TaskError::Cancelled`], at once. A task that has ended is left
     /// alone.
     ///
-    /// Doc alias: Python's `Future.cancel`, which, unlike this, cannot stop a
-    /// running task.
+    /// Python's `Future.cancel` cannot stop a running task; pebble's can,
+    /// and so can this (billiard calls it `terminate_job`).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// fn forever(_: ()) { loop { std::thread::park() } }
+    /// corral::init();
+    /// let pool = corral::Pool::new(1).unwrap();
+    /// let task = pool.submit(forever, ());
+    /// task.cancel(); // skipped if not started yet, else its worker is killed
+    /// assert_eq!(task.join(), Err(corral::TaskError::Cancelled));
+    /// ```
     #[doc(alias = "terminate_job")]
     pub fn cancel(&self) {
         if self.slot.complete(Err(TaskError::Cancelled)) {
