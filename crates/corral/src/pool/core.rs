@@ -1263,47 +1263,21 @@ fn send_batch(
 /// worker sends (into its backlog) so that neither side can block the other.
 fn send_frame_reading(w: &mut Worker, payload: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     let (header, n) = wire::encode_header(payload.len() as u64);
-    let mut pieces: [&[u8]; 2] = [&header[..n], payload];
-    let mut fds = fds;
-    let mut first = 0;
-    while first < 2 {
-        let iov: Vec<io::IoSlice<'_>> = pieces[first..]
-            .iter()
-            .filter(|p| !p.is_empty())
-            .map(|p| io::IoSlice::new(p))
-            .collect();
-        if iov.is_empty() {
-            break;
-        }
-        match sys::send_with_fds(w.sock.as_fd(), &iov, fds) {
-            Ok(mut sent) => {
-                fds = &[];
-                while first < 2 && sent >= pieces[first].len() {
-                    sent -= pieces[first].len();
-                    first += 1;
-                }
-                if first < 2 {
-                    pieces[first] = &pieces[first][sent..];
+    let sock = w.sock.as_fd();
+    let (reader, backlog) = (&mut w.reader, &mut w.backlog);
+    wire::send_all_with(sock, &[&header[..n], payload], fds, || {
+        let (readable, _) = sys::poll_in_out(sock)?;
+        if readable {
+            loop {
+                match reader.read_from(sock)? {
+                    Progress::Frame(frame) => backlog.push(frame),
+                    Progress::Pending => return Ok(()),
+                    Progress::Eof => return Err(io::Error::from(io::ErrorKind::BrokenPipe)),
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let (readable, _) = sys::poll_in_out(w.sock.as_fd())?;
-                if readable {
-                    loop {
-                        match w.reader.read_from(w.sock.as_fd())? {
-                            Progress::Frame(frame) => w.backlog.push(frame),
-                            Progress::Pending => break,
-                            Progress::Eof => {
-                                return Err(io::Error::from(io::ErrorKind::BrokenPipe));
-                            }
-                        }
-                    }
-                }
-            }
-            Err(e) => return Err(e),
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Hands the records of `batch` that have no outcome yet to their sinks.

@@ -149,6 +149,18 @@ pub(crate) fn send_all(
     pieces: &[&[u8]],
     fds: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
+    send_all_with(sock, pieces, fds, || sys::poll_writable(sock))
+}
+
+/// [`send_all`], calling `blocked` whenever the socket is full; it returns
+/// once writing may succeed again (it may do other work meanwhile, such as
+/// draining the other direction so that the peer can make progress).
+pub(crate) fn send_all_with(
+    sock: BorrowedFd<'_>,
+    pieces: &[&[u8]],
+    fds: &[BorrowedFd<'_>],
+    mut blocked: impl FnMut() -> io::Result<()>,
+) -> io::Result<()> {
     let mut pieces: Vec<&[u8]> = pieces.iter().copied().filter(|p| !p.is_empty()).collect();
     let mut fds = fds;
     let mut first = 0;
@@ -160,7 +172,7 @@ pub(crate) fn send_all(
         let mut sent = match sys::send_with_fds(sock, &iov, fds) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                sys::poll_writable(sock)?;
+                blocked()?;
                 continue;
             }
             Err(e) => return Err(e),

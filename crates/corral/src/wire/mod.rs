@@ -38,7 +38,8 @@ pub(crate) use codec::{
     serialize_fd,
 };
 pub(crate) use frame::{
-    FrameReader, Progress, encode_header, parse_header, read_exact_growing, send_all, write_frame,
+    FrameReader, Progress, encode_header, parse_header, read_exact_growing, send_all,
+    send_all_with, write_frame,
 };
 
 /// The largest frame corral accepts (4 GiB): large enough for 1 GiB values
