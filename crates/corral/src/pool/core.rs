@@ -456,8 +456,8 @@ impl Shared {
             }
         }
         if progress {
+            // Hands out work and wakes threads waiting for a change.
             self.dispatch(core);
-            self.notify(core);
         }
     }
 
@@ -558,24 +558,15 @@ impl Shared {
     fn dispatch(&self, core: &mut Core) -> bool {
         let mut started_idle = false;
         while core.pending_items > 0 {
-            let eligible = core
-                .workers
-                .iter()
-                .filter(|w| {
-                    w.kill.is_none()
-                        && !w.eof
-                        && w.inflight.len() < MAX_INFLIGHT
-                        && w.tasks_left != Some(0)
-                })
-                .count();
+            let has_room = |w: &Worker| {
+                w.kill.is_none()
+                    && !w.eof
+                    && w.inflight.len() < MAX_INFLIGHT
+                    && w.tasks_left != Some(0)
+            };
+            let eligible = core.workers.iter().filter(|w| has_room(w)).count();
             let Some(i) = (0..core.workers.len())
-                .filter(|&i| {
-                    let w = &core.workers[i];
-                    w.kill.is_none()
-                        && !w.eof
-                        && w.inflight.len() < MAX_INFLIGHT
-                        && w.tasks_left != Some(0)
-                })
+                .filter(|&i| has_room(&core.workers[i]))
                 .min_by_key(|&i| core.workers[i].inflight.len())
             else {
                 break;
@@ -682,9 +673,11 @@ impl Shared {
         })
     }
 
-    /// Cancels item `index` of `sink` if a worker is running it (kills that
-    /// worker); a queued item is skipped when its turn comes.
-    pub(super) fn cancel_running(&self, sink: &Arc<dyn Sink>, index: u32) {
+    /// Cancels item `index` of `sink` wherever a worker holds it: an item
+    /// not started yet is put on the worker's skip list, a running one has
+    /// its worker killed. (An item still in the pool's queue is skipped when
+    /// its turn comes; its sink says it is no longer wanted.)
+    pub(super) fn cancel(&self, sink: &Arc<dyn Sink>, index: u32) {
         let mut core = self.lock();
         for w in &mut core.workers {
             let found = w.inflight.iter().enumerate().find_map(|(b, batch)| {

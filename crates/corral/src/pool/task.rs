@@ -251,7 +251,7 @@ impl<R: Data> Task<R> {
     pub fn cancel(&self) {
         if self.slot.complete(Err(TaskError::Cancelled)) {
             let sink: Arc<dyn Sink> = self.slot.clone();
-            self.shared.cancel_running(&sink, 0);
+            self.shared.cancel(&sink, 0);
         }
     }
 

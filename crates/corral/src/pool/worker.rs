@@ -240,7 +240,7 @@ impl Recorder<'_> {
         if self.timed {
             self.start_ns.store(sys::monotonic_ns(), Ordering::Relaxed);
         }
-        // SeqCst, paired with the supervisor's in `cancel_running`: either
+        // SeqCst, paired with the supervisor's in `Shared::cancel`: either
         // it sees this item started (and kills the worker), or this worker
         // sees the cancellation (and skips the item).
         self.started
