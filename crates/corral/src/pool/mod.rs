@@ -72,7 +72,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use self::core::{Config, Job, Raw, Shared, Sink};
 use self::task::TaskSlot;
@@ -721,26 +721,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// How long a consumer helps read results before it sleeps.
-const SPIN: Duration = Duration::from_micros(100);
-
-/// Spins (reading results itself) for a short while until `ready` holds.
-fn help_until(shared: &Shared, mut ready: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + SPIN;
-    loop {
-        if ready() {
-            return true;
-        }
-        if let Some(mut core) = shared.try_lock() {
-            shared.pump(&mut core);
-        }
-        if Instant::now() >= until {
-            return ready();
-        }
-        std::hint::spin_loop();
-    }
-}
-
 struct MapState<R> {
     /// Values by item; errors (rare) on the side, so a big map of small
     /// values stays small.
@@ -779,7 +759,7 @@ impl<R: Data> MapSink<R> {
     }
 
     fn wait(&self, shared: &Shared) -> Result<Vec<R>, TaskError> {
-        help_until(shared, || lock(&self.state).left == 0);
+        shared.help_until(None, || lock(&self.state).left == 0);
         let mut st = lock(&self.state);
         while st.left > 0 {
             st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
@@ -1015,7 +995,7 @@ impl<A: Data, R: Data, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
         }
         let mut outcome = self.sink.take();
         if outcome.is_none() {
-            help_until(&self.pool.shared, || {
+            self.pool.shared.help_until(None, || {
                 outcome = self.sink.take();
                 outcome.is_some()
             });

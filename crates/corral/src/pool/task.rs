@@ -14,11 +14,6 @@ use std::time::{Duration, Instant};
 use super::core::{Raw, Shared, Sink};
 use crate::{Data, TaskError, TaskTimeout};
 
-/// How long a thread waiting for a task helps the pool read results before
-/// it sleeps: a result due within microseconds is cheaper to watch for than
-/// to be woken for (35-60 µs across CPUs on small VMs).
-const SPIN: Duration = Duration::from_micros(100);
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -257,25 +252,8 @@ impl<R: Data> Task<R> {
 
     /// Waits until done or `deadline`; true if done.
     fn wait(&self, deadline: Option<Instant>) -> bool {
-        if self.slot.is_done() {
+        if self.shared.help_until(deadline, || self.slot.is_done()) {
             return true;
-        }
-        let spin_until = Instant::now() + SPIN;
-        loop {
-            if let Some(mut core) = self.shared.try_lock() {
-                self.shared.pump(&mut core);
-            }
-            if self.slot.is_done() {
-                return true;
-            }
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
-                return false;
-            }
-            if now >= spin_until {
-                break;
-            }
-            std::hint::spin_loop();
         }
         let waker = thread_waker();
         loop {
