@@ -486,6 +486,16 @@ fn workers_retire_after_max_tasks_per_child() {
     assert!(stats.workers <= 2);
     assert!(stats.workers_retired >= 8, "{stats:?}");
     assert_eq!(stats.failed, 0);
+    // A map's chunks respect the quota too.
+    fn pid_of(_: u64) -> u32 {
+        std::process::id()
+    }
+    let pids = pool.map(pid_of, 0..300u64).unwrap();
+    let mut runs = std::collections::HashMap::new();
+    for p in pids {
+        *runs.entry(p).or_insert(0) += 1;
+    }
+    assert!(runs.values().all(|&n| n <= 3), "{runs:?}");
 }
 
 #[test]

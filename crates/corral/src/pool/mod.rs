@@ -522,7 +522,8 @@ impl Pool {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let chunk = chunk.unwrap_or_else(|| n.div_ceil(4 * self.processes()).max(1));
+        let chunk =
+            self.fit_quota(chunk.unwrap_or_else(|| n.div_ceil(4 * self.processes()).max(1)));
         let sink = Arc::new(MapSink::<R>::new(n));
         let dyn_sink: Arc<dyn Sink> = sink.clone();
         let (entry, func) = (worker::job_entry_offset::<A, R>(), func_offset(f));
@@ -654,6 +655,16 @@ impl Pool {
     pub fn terminate(&self) {
         self.shared.terminate();
         self.join_dispatcher();
+    }
+
+    /// A job size no larger than a worker's task quota
+    /// (`max_tasks_per_child`), so that jobs rarely need splitting.
+    fn fit_quota(&self, items: usize) -> usize {
+        self.shared
+            .config
+            .max_tasks
+            .map_or(items, |quota| items.min(quota as usize))
+            .max(1)
     }
 
     /// The pool's counters.
@@ -947,7 +958,9 @@ impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
             return;
         }
         let room = (self.window - in_flight) as usize;
-        let per_job = room.div_ceil(2 * self.pool.processes()).max(1);
+        let per_job = self
+            .pool
+            .fit_quota(room.div_ceil(2 * self.pool.processes()).max(1));
         let sink: Arc<dyn Sink> = self.sink.clone();
         let mut jobs = Vec::new();
         let mut pulled = 0;
