@@ -183,3 +183,36 @@ pub fn sigkill(pid: u32) {
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
 }
+
+/// Whether `pid` is asleep in the kernel (state `S`): blocked on a futex, a
+/// read, a lock.
+pub fn is_sleeping(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('S'))
+    })
+}
+
+/// Waits until `test` holds, at most `limit`; returns whether it did.
+pub fn wait_for(limit: std::time::Duration, mut test: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < end {
+        if test() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    test()
+}
+
+/// The names in `/dev/shm`.
+pub fn shm_entries() -> std::collections::BTreeSet<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}

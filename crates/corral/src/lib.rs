@@ -155,7 +155,10 @@ mod error;
 pub mod pipe;
 pub mod pool;
 mod process;
+pub mod queue;
+pub mod shared;
 mod start;
+pub mod sync;
 mod sys;
 mod wire;
 
@@ -168,7 +171,13 @@ pub use pool::{
     AsCompleted, Imap, Pool, PoolBuilder, PoolStats, Task, as_completed, wait_all, wait_any,
 };
 pub use process::{Child, ExitStatus, Job, Process, ProcessBuilder, Waitable, spawn, wait};
+pub use queue::{GetError, JoinableQueue, PutError, Queue, SimpleQueue};
+pub use shared::{Array, ArrayGuard, RawArray, RawValue, SharedMemory, Value, ValueGuard};
 pub use start::StartMethod;
+pub use sync::{
+    AcquireError, Barrier, BarrierError, BarrierWaitResult, BoundedSemaphore, Condition,
+    ConditionGuard, Event, Lock, LockGuard, RLock, RLockGuard, Semaphore, SemaphoreGuard,
+};
 
 /// What can cross a process boundary: serde-serializable, owned, sendable.
 ///

@@ -16,6 +16,10 @@
 //! itself (the Fork start method from a non-main thread), for the last duty
 //! below.
 //!
+//! `track` / `untrack` requests name POSIX shared memory objects
+//! (`/dev/shm/<name>`) that the server removes when the parent dies: Python's
+//! `resource_tracker`, without a process of its own.
+//!
 //! # Lifetime
 //!
 //! The server sees end-of-file on its socket when the parent dies, however it
@@ -40,6 +44,8 @@ pub(crate) const SERVER_ENV: &str = "CORRAL_SERVER";
 const KIND_FORK: u32 = 0;
 const KIND_EXEC: u32 = 1;
 const KIND_WATCH: u32 = 2;
+const KIND_TRACK_SHM: u32 = 3;
+const KIND_UNTRACK_SHM: u32 = 4;
 
 const MAX_META: usize = 1 << 20;
 
@@ -190,6 +196,17 @@ impl ServerClient {
         self.send(KIND_WATCH, &pid.to_le_bytes(), &[], &[pidfd])
     }
 
+    /// Asks the server to remove the shared memory object `name` when this
+    /// process dies (or `forget` it: it was removed already).
+    pub(crate) fn track_shm(&self, name: &str, track: bool) -> Result<(), Error> {
+        let kind = if track {
+            KIND_TRACK_SHM
+        } else {
+            KIND_UNTRACK_SHM
+        };
+        self.send(kind, name.as_bytes(), &[], &[])
+    }
+
     fn send(
         &self,
         kind: u32,
@@ -260,13 +277,16 @@ fn serve(ctrl: RawFd) -> ! {
     let argv = sys::own_cmdline();
     let env = exec_env();
     let mut kids: Vec<Kid> = Vec::new();
+    let mut shm_names: Vec<String> = Vec::new();
     loop {
         let ready = {
             let mut fds = vec![ctrl.as_fd()];
             fds.extend(kids.iter().map(|k| k.pidfd.as_fd()));
             sys::poll_readable(&fds, None)
         };
-        let Ok(ready) = ready else { shutdown(kids) };
+        let Ok(ready) = ready else {
+            shutdown(kids, &shm_names)
+        };
         for i in (0..kids.len()).rev() {
             if ready[i + 1] {
                 report(kids.swap_remove(i));
@@ -274,8 +294,14 @@ fn serve(ctrl: RawFd) -> ! {
         }
         if ready[0] {
             match read_request(ctrl.as_fd()) {
+                Ok(Some(request)) if request.kind == KIND_TRACK_SHM => {
+                    shm_names.extend(String::from_utf8(request.meta).ok())
+                }
+                Ok(Some(request)) if request.kind == KIND_UNTRACK_SHM => {
+                    shm_names.retain(|n| n.as_bytes() != request.meta)
+                }
                 Ok(Some(request)) => handle(request, &ctrl, &mut kids, server_pid, &argv, &env),
-                Ok(None) | Err(_) => shutdown(kids),
+                Ok(None) | Err(_) => shutdown(kids, &shm_names),
             }
         }
     }
@@ -308,7 +334,10 @@ pub(crate) fn decode_status(message: &[u8; 8]) -> crate::ExitStatus {
     }
 }
 
-fn shutdown(kids: Vec<Kid>) -> ! {
+fn shutdown(kids: Vec<Kid>, shm_names: &[String]) -> ! {
+    for name in shm_names {
+        let _ = sys::SharedRegion::unlink_named(name);
+    }
     for kid in &kids {
         let _ = sys::signal(kid.pidfd.as_fd(), sys::Sig::Kill);
         let _ = sys::signal_group(kid.pid, sys::Sig::Kill);

@@ -93,6 +93,12 @@ pub(crate) fn with_server<T>(f: impl Fn(&ServerClient) -> Result<T, Error>) -> R
     unreachable!("the loop returns on its second attempt")
 }
 
+/// Has this process's fork server remove `/dev/shm/<name>` when this
+/// process ends, however it ends (`track: false` undoes it).
+pub(crate) fn track_shm(name: &str, track: bool) -> Result<(), Error> {
+    with_server(|server| server.track_shm(name, track))
+}
+
 /// The fork server's pid, if this process has one running.
 pub(crate) fn server_pid() -> Option<i32> {
     lock(&STATE.get().server).as_ref().map(ServerClient::pid)

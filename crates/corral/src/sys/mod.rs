@@ -20,11 +20,13 @@
 
 pub(crate) mod code;
 mod exe;
+mod futex;
 mod global;
 mod linux;
 mod shm;
 
 pub(crate) use exe::executable_identity;
+pub(crate) use futex::*;
 pub(crate) use global::{ForkLocal, new_process_generation};
 pub(crate) use linux::*;
 pub(crate) use shm::SharedRegion;

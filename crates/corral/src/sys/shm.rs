@@ -14,7 +14,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use rustix::mm::{MapFlags, ProtFlags};
 
@@ -53,6 +53,57 @@ impl SharedRegion {
                 format!("a shared region of {len} bytes is not a corral region"),
             ));
         }
+        SharedRegion::map_len(fd, len)
+    }
+
+    /// Maps a received byte segment of any non-zero size.
+    pub(crate) fn map_any(fd: OwnedFd) -> io::Result<SharedRegion> {
+        let len = rustix::fs::fstat(&fd)?.st_size as usize;
+        if len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "an empty shared memory segment",
+            ));
+        }
+        SharedRegion::map_len(fd, len)
+    }
+
+    /// Creates a named POSIX shared memory object (`/dev/shm/<name>`) of
+    /// `len` bytes; fails with `AlreadyExists` if the name is taken.
+    pub(crate) fn create_named(name: &str, len: usize) -> io::Result<SharedRegion> {
+        use rustix::shm::OFlags;
+        let fd = rustix::shm::open(
+            name,
+            OFlags::CREATE | OFlags::EXCL | OFlags::RDWR,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )?;
+        if let Err(e) = rustix::fs::ftruncate(&fd, len as u64) {
+            let _ = rustix::shm::unlink(name);
+            return Err(e.into());
+        }
+        SharedRegion::map_len(fd, len)
+    }
+
+    /// Opens an existing named shared memory object, whatever its size.
+    pub(crate) fn open_named(name: &str) -> io::Result<SharedRegion> {
+        let fd = rustix::shm::open(name, rustix::shm::OFlags::RDWR, rustix::fs::Mode::empty())?;
+        let len = rustix::fs::fstat(&fd)?.st_size as usize;
+        if len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the shared memory object {name:?} is empty"),
+            ));
+        }
+        SharedRegion::map_len(fd, len)
+    }
+
+    /// Removes a named shared memory object (mappings stay valid).
+    pub(crate) fn unlink_named(name: &str) -> io::Result<()> {
+        Ok(rustix::shm::unlink(name)?)
+    }
+
+    /// Maps `len` bytes (at least one) of `fd`.
+    fn map_len(fd: OwnedFd, len: usize) -> io::Result<SharedRegion> {
         // SAFETY: a fresh mapping chosen by the kernel (null hint) cannot
         // overlap any Rust object; `fd` is a regular file of `len` bytes.
         let ptr = unsafe {
@@ -83,6 +134,62 @@ impl SharedRegion {
         // for the life of `&self`; shared words are only ever accessed
         // atomically, by every process.
         unsafe { AtomicU64::from_ptr(self.ptr.as_ptr().add(index * 8).cast::<u64>()) }
+    }
+
+    /// The region's size in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The 4-byte word at byte `offset` (a multiple of 4) as an atomic: the
+    /// unit futexes wait on.
+    ///
+    /// # Panics
+    ///
+    /// If the word lies outside the region or is misaligned.
+    pub(crate) fn word32(&self, offset: usize) -> &AtomicU32 {
+        assert!(
+            offset.is_multiple_of(4) && offset + 4 <= self.len,
+            "word32 at {offset} outside the region or misaligned"
+        );
+        // SAFETY: in bounds and 4-aligned (checked; the mapping is page
+        // aligned), valid for the life of `&self`; accessed atomically only.
+        unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(offset).cast::<u32>()) }
+    }
+
+    /// The 8-byte word at byte `offset` (a multiple of 8) as an atomic.
+    ///
+    /// # Panics
+    ///
+    /// If the word lies outside the region or is misaligned.
+    pub(crate) fn word64(&self, offset: usize) -> &AtomicU64 {
+        assert!(offset.is_multiple_of(8), "word64 at {offset} is misaligned");
+        self.word(offset / 8)
+    }
+
+    /// The address of byte `offset`, for code that reads and writes shared
+    /// plain data under its own synchronisation (the `shared` module).
+    ///
+    /// # Panics
+    ///
+    /// If `offset + len` lies outside the region.
+    pub(crate) fn ptr_at(&self, offset: usize, len: usize) -> *mut u8 {
+        let end = offset.checked_add(len).expect("range overflow");
+        assert!(end <= self.len, "bytes {offset}..{end} outside the region");
+        // SAFETY: `offset` is within the mapping (checked).
+        unsafe { self.ptr.as_ptr().add(offset) }
+    }
+
+    /// Copies `out.len()` bytes out of the region at `offset` into `out`.
+    ///
+    /// # Panics
+    ///
+    /// If the range lies outside the region.
+    pub(crate) fn load_into(&self, offset: usize, out: &mut [u8]) {
+        let src = self.ptr_at(offset, out.len());
+        // SAFETY: the source range is inside the mapping (checked by
+        // `ptr_at`); `out` is ordinary process memory, distinct from it.
+        unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
     }
 
     /// Copies `bytes` into the region at `offset`.

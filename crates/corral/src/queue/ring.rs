@@ -1,0 +1,630 @@
+//! The byte queue under [`super::Queue`]: a ring of chunks in shared memory,
+//! one robust lock for producers and one for consumers.
+//!
+//! # Layout
+//!
+//! After the object header come cache lines that each side writes alone:
+//! the producers' lock and private state, the published tail, the consumers'
+//! lock and private state, the published head, then the rarely written
+//! waiter counts. The ring starts at [`DATA`]; positions are byte counts
+//! that only grow, and `position % ring` is where they land.
+//!
+//! # Chunks
+//!
+//! A message is one or more chunks, each an 8-byte header (`len: u32`,
+//! `flags: u32`) and its payload padded to 8 bytes. A message larger than a
+//! quarter of the ring streams through it: the producer writes chunks as the
+//! consumer frees space, so a 1 GiB message needs no 1 GiB ring.
+//!
+//! # Publication and waiting
+//!
+//! The producer holding the producer lock copies a chunk in, then stores
+//! the new tail (release). The consumer holding the consumer lock reads the
+//! tail (acquire), copies the chunk out, then stores the new head (release).
+//! Neither side takes the other's lock, so one producer and one consumer
+//! run in parallel. Each side caches the other's position in its private
+//! line and rereads it only when the ring looks full (or empty).
+//!
+//! A side that must wait spins briefly, then announces itself in a waiter
+//! count and sleeps on the other side's sequence word (a futex). The waker
+//! publishes its position, then reads the waiter count: both with
+//! sequentially consistent operations, so either the sleeper sees the new
+//! position or the waker sees the sleeper (a Dekker pair).
+//!
+//! # Death
+//!
+//! Both locks are robust. A message or chunk becomes visible only by the
+//! single store that moves tail past it, and is consumed only by the single
+//! store that moves head past it, so a process killed anywhere leaves a
+//! consistent ring. What it leaves half-done is recorded in its side's
+//! private line and finished by the next holder of that lock, which the
+//! kernel tells that the owner died:
+//!
+//! * a producer killed inside a multi-chunk message (`p_open`): the next
+//!   producer appends an `ABORT` chunk (space for it is always reserved), and
+//!   the consumers drop the partial message;
+//! * a consumer killed inside a multi-chunk message (`c_open`): the next
+//!   consumer skips the rest of it (the message was being delivered to the
+//!   dead process), unless the dead one had not consumed any of it yet.
+//!
+//! A consumer streaming a message whose producer died notices within
+//! [`DEATH_CHECK`] (the death wakes nobody) and finishes the recovery itself.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use std::time::{Duration, Instant};
+
+use crate::Error;
+use crate::shared::object::{HEADER, Kind, Object};
+use crate::sys::{self, Acquired, NotAcquired, RobustMutex};
+
+// Producer side.
+const P_LOCK: usize = HEADER;
+const P_OPEN: usize = 128;
+const P_CACHED_HEAD: usize = 136;
+const P_CACHED_GOT: usize = 144;
+// Published by producers.
+const TAIL: usize = 192;
+const PUT_COUNT: usize = 200;
+const TAIL_SEQ: usize = 208;
+// Consumer side.
+const C_LOCK: usize = 256;
+const C_OPEN: usize = 320;
+const C_CACHED_TAIL: usize = 328;
+const C_OPEN_AT: usize = 336;
+// Published by consumers.
+const HEAD: usize = 384;
+const GOT_COUNT: usize = 392;
+const HEAD_SEQ: usize = 400;
+// Rarely written.
+const CONSUMERS_WAITING: usize = 448;
+const CLOSED: usize = 456;
+const PRODUCERS_WAITING: usize = 512;
+const UNFINISHED: usize = 576;
+const JOIN_SEQ: usize = 584;
+const JOIN_WAITERS: usize = 588;
+/// Where the ring starts.
+pub(crate) const DATA: usize = 4096;
+
+const CHUNK_HEADER: u64 = 8;
+const FIRST: u32 = 1;
+const LAST: u32 = 2;
+const ABORT: u32 = 4;
+
+/// How long a waiting side watches the other before it sleeps: waking a
+/// sleeping process costs 35–60 µs on a 2-CPU machine.
+const SPIN: Duration = Duration::from_micros(50);
+/// How often a consumer waiting inside a message checks that its producer
+/// is alive.
+pub(crate) const DEATH_CHECK: Duration = Duration::from_millis(20);
+
+/// How a call waits.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Wait {
+    /// As long as it takes.
+    Block,
+    /// Not at all.
+    Try,
+    /// Until the instant.
+    Until(Instant),
+}
+
+impl Wait {
+    fn deadline(self) -> Option<Instant> {
+        match self {
+            Wait::Block => None,
+            Wait::Try => Some(Instant::now()),
+            Wait::Until(at) => Some(at),
+        }
+    }
+}
+
+/// Why a put did not store its message.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum PutFail {
+    /// No room within the wait allowed.
+    Full,
+    /// The queue was closed.
+    Closed,
+}
+
+/// Why a get returned no message.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum GetFail {
+    /// `Try`: nothing there.
+    Empty,
+    /// `Until`: nothing came in time.
+    Timeout,
+    /// The queue is closed and drained.
+    Closed,
+}
+
+/// The untyped queue.
+#[derive(Clone, Debug)]
+pub(crate) struct Ring {
+    obj: Object,
+    size: u64,
+    capacity: u64,
+    joinable: bool,
+}
+
+fn pad(len: u64) -> u64 {
+    len.next_multiple_of(8)
+}
+
+fn lock_mutex(m: RobustMutex<'_>, wait: Wait) -> Result<Acquired, ()> {
+    let result = match wait {
+        Wait::Block => m.lock(),
+        Wait::Try => m.try_lock(),
+        Wait::Until(at) => m.lock_until(at),
+    };
+    match result {
+        Ok(how) => Ok(how),
+        Err(NotAcquired::Busy | NotAcquired::TimedOut) => Err(()),
+        Err(NotAcquired::Deadlock) => {
+            panic!("a queue operation re-entered itself on the same thread")
+        }
+        Err(NotAcquired::Os(e)) => panic!("the shared queue's lock is corrupt: {e}"),
+    }
+}
+
+/// Releases a side's lock when dropped (also on a panic while copying).
+struct Held<'a>(RobustMutex<'a>);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.unlock();
+    }
+}
+
+impl Ring {
+    /// A ring of `size` bytes (a power of two, at least 4 KiB) holding at
+    /// most `capacity` messages (0: no count limit).
+    pub(crate) fn create(size: usize, capacity: u64, joinable: bool) -> Result<Ring, Error> {
+        debug_assert!(size.is_power_of_two() && size >= 4096);
+        let obj = Object::create(
+            Kind::Queue,
+            DATA + size,
+            &[size as u64, capacity, joinable as u64],
+        )?;
+        for at in [P_LOCK, C_LOCK] {
+            obj.region()
+                .robust_mutex(at)
+                .init(false)
+                .map_err(Error::io("initialising a process-shared mutex"))?;
+        }
+        Ring::from_object(obj).map_err(|_| Error::Unsupported("a queue of this size"))
+    }
+
+    /// Checks a received queue region.
+    pub(crate) fn from_object(obj: Object) -> Result<Ring, String> {
+        let size = obj.param(0);
+        if !size.is_power_of_two() || size < 4096 || obj.region().len() as u64 != DATA as u64 + size
+        {
+            return Err("a corrupt Queue handle".into());
+        }
+        Ok(Ring {
+            capacity: obj.param(1),
+            joinable: obj.param(2) != 0,
+            size,
+            obj,
+        })
+    }
+
+    pub(crate) fn object(&self) -> &Object {
+        &self.obj
+    }
+
+    fn w64(&self, at: usize) -> &AtomicU64 {
+        self.obj.region().word64(at)
+    }
+
+    fn w32(&self, at: usize) -> &AtomicU32 {
+        self.obj.region().word32(at)
+    }
+
+    /// The largest chunk payload: a quarter of the ring, so that a message
+    /// streams rather than waiting for the whole ring to drain.
+    fn max_chunk(&self) -> u64 {
+        self.size / 4 - CHUNK_HEADER
+    }
+
+    /// Copies `bytes` into the ring at position `pos`, wrapping.
+    fn write_at(&self, pos: u64, bytes: &[u8]) {
+        let at = (pos % self.size) as usize;
+        let first = bytes.len().min(self.size as usize - at);
+        self.obj.region().store_bytes(DATA + at, &bytes[..first]);
+        if first < bytes.len() {
+            self.obj.region().store_bytes(DATA, &bytes[first..]);
+        }
+    }
+
+    /// Copies `out.len()` bytes out of the ring at position `pos`, wrapping.
+    fn read_at(&self, pos: u64, out: &mut [u8]) {
+        let at = (pos % self.size) as usize;
+        let first = out.len().min(self.size as usize - at);
+        self.obj.region().load_into(DATA + at, &mut out[..first]);
+        if first < out.len() {
+            self.obj.region().load_into(DATA, &mut out[first..]);
+        }
+    }
+
+    /// Messages stored and not yet taken.
+    pub(crate) fn len(&self) -> usize {
+        let got = self.w64(GOT_COUNT).load(Ordering::Acquire);
+        let put = self.w64(PUT_COUNT).load(Ordering::Acquire);
+        put.saturating_sub(got) as usize
+    }
+
+    /// Closes the queue for every holder: puts fail, gets drain what is left.
+    pub(crate) fn close(&self) {
+        self.w32(CLOSED).store(1, Ordering::SeqCst);
+        sys::futex_wake(self.w32(TAIL_SEQ), u32::MAX);
+        sys::futex_wake(self.w32(HEAD_SEQ), u32::MAX);
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.w32(CLOSED).load(Ordering::Acquire) != 0
+    }
+
+    // ---------------------------------------------------------------- put
+
+    /// Stores one message.
+    pub(crate) fn put(&self, bytes: &[u8], wait: Wait) -> Result<(), PutFail> {
+        if self.is_closed() {
+            return Err(PutFail::Closed);
+        }
+        let lock = self.obj.region().robust_mutex(P_LOCK);
+        let how = lock_mutex(lock, wait).map_err(|()| PutFail::Full)?;
+        let _held = Held(lock);
+        if how == Acquired::OwnerDied {
+            self.recover_producer();
+        }
+        let total = bytes.len() as u64;
+        // The whole message must fit at once unless it has to stream.
+        let single = total <= self.max_chunk();
+        let first_need = if single {
+            CHUNK_HEADER + pad(total)
+        } else {
+            CHUNK_HEADER + self.max_chunk() + CHUNK_HEADER
+        };
+        self.wait_for_room(first_need, true, wait.deadline())?;
+        if self.joinable {
+            self.w64(UNFINISHED).fetch_add(1, Ordering::SeqCst);
+        }
+        if single {
+            self.write_chunk(bytes, FIRST | LAST);
+            return Ok(());
+        }
+        self.w32(P_OPEN).store(1, Ordering::Relaxed);
+        let mut rest = bytes;
+        let mut flags = FIRST;
+        loop {
+            let n = rest.len().min(self.max_chunk() as usize);
+            let last = n == rest.len();
+            if last {
+                flags |= LAST;
+            }
+            // Every chunk but the last leaves room for an ABORT after it.
+            let need = CHUNK_HEADER + pad(n as u64) + if last { 0 } else { CHUNK_HEADER };
+            // The message has started: it is finished whatever the deadline
+            // (consumers are draining it).
+            let _ = self.wait_for_room(need, false, None);
+            self.write_chunk(&rest[..n], flags);
+            rest = &rest[n..];
+            flags = 0;
+            if last {
+                break;
+            }
+        }
+        self.w32(P_OPEN).store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes one chunk at the tail and publishes it.
+    fn write_chunk(&self, payload: &[u8], flags: u32) {
+        let tail = self.w64(TAIL).load(Ordering::Relaxed);
+        let mut header = [0u8; 8];
+        header[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        header[4..].copy_from_slice(&flags.to_le_bytes());
+        self.write_at(tail, &header);
+        self.write_at(tail + CHUNK_HEADER, payload);
+        if flags & LAST != 0 {
+            self.w64(PUT_COUNT).fetch_add(1, Ordering::Relaxed);
+        }
+        let next = tail + CHUNK_HEADER + pad(payload.len() as u64);
+        self.w64(TAIL).store(next, Ordering::Release);
+        self.w32(TAIL_SEQ).store(next as u32, Ordering::Release);
+        fence(Ordering::SeqCst);
+        if self.w32(CONSUMERS_WAITING).load(Ordering::Relaxed) > 0 {
+            // All: one of them may be streaming this very message.
+            sys::futex_wake(self.w32(TAIL_SEQ), u32::MAX);
+        }
+    }
+
+    /// Free bytes and free message slots, by the producer's cached view.
+    fn room(&self, fresh: bool) -> (u64, bool) {
+        if fresh {
+            let got = self.w64(GOT_COUNT).load(Ordering::Acquire);
+            let head = self.w64(HEAD).load(Ordering::Acquire);
+            self.w64(P_CACHED_HEAD).store(head, Ordering::Relaxed);
+            self.w64(P_CACHED_GOT).store(got, Ordering::Relaxed);
+        }
+        let head = self.w64(P_CACHED_HEAD).load(Ordering::Relaxed);
+        let got = self.w64(P_CACHED_GOT).load(Ordering::Relaxed);
+        let tail = self.w64(TAIL).load(Ordering::Relaxed);
+        let put = self.w64(PUT_COUNT).load(Ordering::Relaxed);
+        let slot = self.capacity == 0 || put - got < self.capacity;
+        (self.size - (tail - head), slot)
+    }
+
+    /// Waits (holding the producer lock) until `need` bytes are free and,
+    /// for a new message, a message slot too.
+    fn wait_for_room(
+        &self,
+        need: u64,
+        new: bool,
+        deadline: Option<Instant>,
+    ) -> Result<(), PutFail> {
+        let fits = |fresh| {
+            let (bytes, slot) = self.room(fresh);
+            bytes >= need && (slot || !new)
+        };
+        if fits(false) || fits(true) {
+            return Ok(());
+        }
+        let spin_until = Instant::now() + SPIN;
+        loop {
+            let seen = self.w32(HEAD_SEQ).load(Ordering::Acquire);
+            if fits(true) {
+                return Ok(());
+            }
+            if new && self.is_closed() {
+                return Err(PutFail::Closed);
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|at| now >= at) {
+                return Err(PutFail::Full);
+            }
+            if now < spin_until {
+                std::hint::spin_loop();
+                continue;
+            }
+            self.w32(PRODUCERS_WAITING).fetch_add(1, Ordering::SeqCst);
+            if !fits(true) {
+                sys::futex_wait_until(self.w32(HEAD_SEQ), seen, deadline);
+            }
+            self.w32(PRODUCERS_WAITING).fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Run by a producer that got the lock from a dead one.
+    fn recover_producer(&self) {
+        if self.w32(P_OPEN).load(Ordering::Relaxed) != 0 {
+            // Room for this chunk was reserved by the dead producer.
+            let _ = self.wait_for_room(CHUNK_HEADER, false, None);
+            self.write_chunk(&[], ABORT);
+            self.w32(P_OPEN).store(0, Ordering::Relaxed);
+        }
+    }
+
+    // ---------------------------------------------------------------- get
+
+    /// Takes one message into `out` (cleared first).
+    pub(crate) fn get(&self, out: &mut Vec<u8>, wait: Wait) -> Result<(), GetFail> {
+        let deadline = wait.deadline();
+        let spin_until = Instant::now() + SPIN;
+        loop {
+            let seen = self.w32(TAIL_SEQ).load(Ordering::Acquire);
+            if self.maybe_nonempty() {
+                match self.try_take(out, wait)? {
+                    true => return Ok(()),
+                    false => continue,
+                }
+            }
+            if self.is_closed() && !self.maybe_nonempty() {
+                return Err(GetFail::Closed);
+            }
+            let now = Instant::now();
+            if let Some(at) = deadline
+                && now >= at
+            {
+                return Err(match wait {
+                    Wait::Try => GetFail::Empty,
+                    _ => GetFail::Timeout,
+                });
+            }
+            if now < spin_until {
+                std::hint::spin_loop();
+                continue;
+            }
+            self.w32(CONSUMERS_WAITING).fetch_add(1, Ordering::SeqCst);
+            if !self.maybe_nonempty() && !self.is_closed() {
+                sys::futex_wait_until(self.w32(TAIL_SEQ), seen, deadline);
+            }
+            self.w32(CONSUMERS_WAITING).fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Is anything published beyond the head (without the lock)?
+    fn maybe_nonempty(&self) -> bool {
+        self.w64(TAIL).load(Ordering::SeqCst) != self.w64(HEAD).load(Ordering::SeqCst)
+    }
+
+    /// With the consumer lock: takes a message if one is there. `Ok(false)`:
+    /// another consumer was faster (or only an ABORT was there).
+    fn try_take(&self, out: &mut Vec<u8>, wait: Wait) -> Result<bool, GetFail> {
+        let lock = self.obj.region().robust_mutex(C_LOCK);
+        let how = match lock_mutex(lock, wait) {
+            Ok(how) => how,
+            Err(()) => {
+                return Err(match wait {
+                    Wait::Try => GetFail::Empty,
+                    _ => GetFail::Timeout,
+                });
+            }
+        };
+        let _held = Held(lock);
+        if how == Acquired::OwnerDied {
+            self.recover_consumer(out);
+        }
+        if !self.chunk_ready() {
+            return Ok(false);
+        }
+        Ok(self.read_message(out, false))
+    }
+
+    /// Is a whole chunk published at the head (consumer lock held)?
+    fn chunk_ready(&self) -> bool {
+        let head = self.w64(HEAD).load(Ordering::Relaxed);
+        if self.w64(C_CACHED_TAIL).load(Ordering::Relaxed) > head {
+            return true;
+        }
+        let tail = self.w64(TAIL).load(Ordering::Acquire);
+        self.w64(C_CACHED_TAIL).store(tail, Ordering::Relaxed);
+        tail > head
+    }
+
+    /// Reads chunks from the head until a message is complete. Returns
+    /// `false` if the message was aborted by a dying producer. With
+    /// `discard`, the message's remaining chunks are skipped instead.
+    fn read_message(&self, out: &mut Vec<u8>, discard: bool) -> bool {
+        out.clear();
+        loop {
+            self.wait_for_chunk();
+            let head = self.w64(HEAD).load(Ordering::Relaxed);
+            let mut header = [0u8; 8];
+            self.read_at(head, &mut header);
+            let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as u64;
+            let flags = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+            if flags & ABORT != 0 {
+                self.advance(head, 0, false);
+                self.w32(C_OPEN).store(0, Ordering::Relaxed);
+                out.clear();
+                return false;
+            }
+            if !discard {
+                let at = out.len();
+                out.resize(at + len as usize, 0);
+                self.read_at(head + CHUNK_HEADER, &mut out[at..]);
+            }
+            let last = flags & LAST != 0;
+            if flags & FIRST != 0 && !last {
+                self.w64(C_OPEN_AT).store(head, Ordering::Relaxed);
+                self.w32(C_OPEN).store(1, Ordering::Relaxed);
+            }
+            self.advance(head, len, last);
+            if last {
+                self.w32(C_OPEN).store(0, Ordering::Relaxed);
+                return !discard;
+            }
+        }
+    }
+
+    /// Moves the head past a chunk and wakes a waiting producer.
+    fn advance(&self, head: u64, len: u64, last: bool) {
+        if last {
+            self.w64(GOT_COUNT).fetch_add(1, Ordering::Release);
+        }
+        let next = head + CHUNK_HEADER + pad(len);
+        self.w64(HEAD).store(next, Ordering::Release);
+        self.w32(HEAD_SEQ).store(next as u32, Ordering::Release);
+        fence(Ordering::SeqCst);
+        if self.w32(PRODUCERS_WAITING).load(Ordering::Relaxed) > 0 {
+            sys::futex_wake(self.w32(HEAD_SEQ), 1);
+        }
+    }
+
+    /// Inside a message: waits for its next chunk, checking that the
+    /// producer streaming it is alive.
+    fn wait_for_chunk(&self) {
+        let spin_until = Instant::now() + SPIN;
+        loop {
+            let seen = self.w32(TAIL_SEQ).load(Ordering::Acquire);
+            if self.chunk_ready() {
+                return;
+            }
+            if Instant::now() < spin_until {
+                std::hint::spin_loop();
+                continue;
+            }
+            self.w32(CONSUMERS_WAITING).fetch_add(1, Ordering::SeqCst);
+            if !self.chunk_ready() {
+                sys::futex_wait(self.w32(TAIL_SEQ), seen, Some(DEATH_CHECK));
+            }
+            self.w32(CONSUMERS_WAITING).fetch_sub(1, Ordering::SeqCst);
+            // A producer that died mid-message wakes nobody: finish its
+            // recovery here.
+            let producers = self.obj.region().robust_mutex(P_LOCK);
+            if let Ok(how) = producers.try_lock() {
+                let _held = Held(producers);
+                if how == Acquired::OwnerDied {
+                    self.recover_producer();
+                }
+            }
+        }
+    }
+
+    /// Run by a consumer that got the lock from a dead one.
+    fn recover_consumer(&self, scratch: &mut Vec<u8>) {
+        if self.w32(C_OPEN).load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let head = self.w64(HEAD).load(Ordering::Relaxed);
+        if head == self.w64(C_OPEN_AT).load(Ordering::Relaxed) {
+            // It died before taking any of the message: deliver it.
+            self.w32(C_OPEN).store(0, Ordering::Relaxed);
+            return;
+        }
+        // The rest of a message that was being delivered to the dead.
+        self.read_message(scratch, true);
+        scratch.clear();
+    }
+
+    // ----------------------------------------------------------- joining
+
+    /// Marks one message processed (`JoinableQueue::task_done`); `false` if
+    /// there was none outstanding.
+    pub(crate) fn task_done(&self) -> bool {
+        let unfinished = self.w64(UNFINISHED);
+        let mut now = unfinished.load(Ordering::Acquire);
+        loop {
+            if now == 0 {
+                return false;
+            }
+            match unfinished.compare_exchange(now, now - 1, Ordering::SeqCst, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(seen) => now = seen,
+            }
+        }
+        if now == 1 {
+            self.w32(JOIN_SEQ).fetch_add(1, Ordering::SeqCst);
+            if self.w32(JOIN_WAITERS).load(Ordering::SeqCst) > 0 {
+                sys::futex_wake(self.w32(JOIN_SEQ), u32::MAX);
+            }
+        }
+        true
+    }
+
+    /// Messages put and not yet marked done.
+    pub(crate) fn unfinished(&self) -> u64 {
+        self.w64(UNFINISHED).load(Ordering::SeqCst)
+    }
+
+    /// Waits until every message put has been marked done; `false` if
+    /// `deadline` came first.
+    pub(crate) fn join(&self, deadline: Option<Instant>) -> bool {
+        loop {
+            let seen = self.w32(JOIN_SEQ).load(Ordering::SeqCst);
+            if self.unfinished() == 0 {
+                return true;
+            }
+            self.w32(JOIN_WAITERS).fetch_add(1, Ordering::SeqCst);
+            let slept =
+                self.unfinished() == 0 || sys::futex_wait_until(self.w32(JOIN_SEQ), seen, deadline);
+            self.w32(JOIN_WAITERS).fetch_sub(1, Ordering::SeqCst);
+            if !slept {
+                return self.unfinished() == 0;
+            }
+        }
+    }
+}

@@ -1,0 +1,579 @@
+//! Shared memory: [`Value`], [`Array`], their unlocked forms [`RawValue`]
+//! and [`RawArray`], and byte segments ([`SharedMemory`]).
+//!
+//! Like Python's `multiprocessing.Value` and `Array`, these hold plain data
+//! (here: any [`bytemuck::Pod`] type) in memory every process maps. `Value`
+//! and `Array` carry a robust lock and take it for every access, as
+//! Python's do; the `Raw` forms have no lock, and a reader may see a value
+//! half-written by another process (any bit pattern is a valid `Pod`, so
+//! that is a torn value, never undefined behaviour in Rust).
+//!
+//! Every handle is a serde value: pass it to [`crate::spawn`] or a pool
+//! task. The memory goes away when the last process holding it drops its
+//! handle, whatever process dies, so nothing is left in `/dev/shm` — except
+//! for [`SharedMemory::create`], which names a segment so that unrelated
+//! processes can [`open`](SharedMemory::open) it; named segments are removed
+//! by [`SharedMemory::unlink`] or, at the latest, when their creator exits or
+//! is killed.
+//!
+//! ```no_run
+//! use corral::Value;
+//! fn add(counter: Value<u64>) {
+//!     for _ in 0..10_000 {
+//!         *counter.lock() += 1;
+//!     }
+//! }
+//! corral::init();
+//! let counter = Value::new(0u64).unwrap();
+//! let kids: Vec<_> = (0..2).map(|_| corral::spawn(add, counter.clone()).unwrap()).collect();
+//! for k in kids { k.join().unwrap(); }
+//! assert_eq!(counter.get(), 20_000);
+//! ```
+#![expect(
+    unsafe_code,
+    reason = "plain data in shared memory is read and written through raw pointers"
+)]
+
+pub(crate) mod object;
+mod segment;
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+
+use bytemuck::Pod;
+
+pub use segment::SharedMemory;
+
+use crate::Error;
+use crate::sys::{self, Acquired, NotAcquired, RobustMutex};
+use object::{HEADER, Kind, Object, object_handle_serde};
+
+/// Where the lock of a locked value lives.
+const LOCK: usize = HEADER;
+/// Where a locked value's data starts (a raw value's starts at `HEADER`).
+const LOCKED_DATA: usize = HEADER + sys::MUTEX_BYTES;
+
+fn check_layout<T>() -> Result<(), Error> {
+    if std::mem::align_of::<T>() > 64 {
+        return Err(Error::Unsupported(
+            "shared values must have an alignment of at most 64 bytes",
+        ));
+    }
+    Ok(())
+}
+
+/// Creates the region for `len` elements of `T` at `data`, with `init`
+/// copied in; the lock (if `data` leaves room for one) initialised.
+fn create<T: Pod>(kind: Kind, data: usize, init: &[T]) -> Result<Object, Error> {
+    check_layout::<T>()?;
+    let bytes = std::mem::size_of_val(init);
+    let obj = Object::create(
+        kind,
+        data + bytes,
+        &[std::mem::size_of::<T>() as u64, init.len() as u64],
+    )?;
+    if data == LOCKED_DATA {
+        obj.region()
+            .robust_mutex(LOCK)
+            .init(false)
+            .map_err(Error::io("initialising a process-shared mutex"))?;
+    }
+    obj.region().store_bytes(data, bytemuck::cast_slice(init));
+    Ok(obj)
+}
+
+/// Checks a received region against `T` and returns its element count.
+fn check_received<T>(obj: &Object, data: usize) -> Result<usize, String> {
+    let size = obj.param(0) as usize;
+    let len = obj.param(1) as usize;
+    let fits = len
+        .checked_mul(size)
+        .and_then(|b| b.checked_add(data))
+        .is_some_and(|end| end <= obj.region().len());
+    if size != std::mem::size_of::<T>() || !fits || std::mem::align_of::<T>() > 64 {
+        return Err(format!(
+            "the shared value received does not hold {} (the two sides disagree on the type)",
+            std::any::type_name::<T>()
+        ));
+    }
+    Ok(len)
+}
+
+/// The elements at `data` as a raw slice pointer.
+fn elements<T>(obj: &Object, data: usize, len: usize) -> *mut T {
+    obj.region()
+        .ptr_at(data, len * std::mem::size_of::<T>())
+        .cast::<T>()
+}
+
+fn lock_region(obj: &Object) -> (RobustMutex<'_>, bool) {
+    let mutex = obj.region().robust_mutex(LOCK);
+    match mutex.lock() {
+        Ok(Acquired::Clean) => (mutex, false),
+        Ok(Acquired::OwnerDied) => (mutex, true),
+        Err(NotAcquired::Deadlock) => panic!(
+            "this thread already holds this shared value's lock (a guard from `lock()` is \
+             alive): taking it again would deadlock"
+        ),
+        Err(e) => panic!("the shared value's lock is corrupt: {e:?}"),
+    }
+}
+
+/// Holds a [`Value`]'s lock and derefs to its value; unlocks on drop.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct ValueGuard<'a, T> {
+    mutex: RobustMutex<'a>,
+    ptr: *mut T,
+    owner_died: bool,
+    _not_send: PhantomData<(&'a mut T, *const ())>,
+}
+
+impl<T> ValueGuard<'_, T> {
+    /// Did the previous holder of the lock die holding it? The value may
+    /// then be half-updated.
+    pub fn previous_owner_died(&self) -> bool {
+        self.owner_died
+    }
+}
+
+impl<T> Deref for ValueGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: `ptr` is in bounds and aligned (checked when the handle
+        // was made or received) for the life of the guard, which holds the
+        // value's lock: every access by any process through `Value` takes
+        // that lock, so nothing writes the value while this reference lives.
+        unsafe { &*self.ptr }
+    }
+}
+
+impl<T> DerefMut for ValueGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`; the lock makes this access exclusive.
+        unsafe { &mut *self.ptr }
+    }
+}
+
+impl<T> Drop for ValueGuard<'_, T> {
+    fn drop(&mut self) {
+        self.mutex.unlock();
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for ValueGuard<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+/// A value of plain data in shared memory, with a lock (Python's
+/// `multiprocessing.Value`).
+///
+/// [`Value::get`] and [`Value::set`] take the lock for one access;
+/// [`Value::lock`] holds it for a read-modify-write such as
+/// `*v.lock() += 1`, which Python gets wrong by default (`v.value += 1` is
+/// two locked accesses, not one).
+///
+/// # Examples
+///
+/// ```
+/// let v = corral::Value::new(41u32).unwrap();
+/// *v.lock() += 1;
+/// assert_eq!(v.get(), 42);
+/// ```
+#[derive(Clone)]
+pub struct Value<T> {
+    obj: Object,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T: Pod> Value<T> {
+    /// Puts `v` in fresh shared memory.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if shared memory cannot be created;
+    /// [`Error::Unsupported`] for a type aligned to more than 64 bytes.
+    pub fn new(v: T) -> Result<Value<T>, Error> {
+        Ok(Value {
+            obj: create(Kind::Value, LOCKED_DATA, &[v])?,
+            _type: PhantomData,
+        })
+    }
+
+    fn from_object(obj: Object) -> Result<Value<T>, String> {
+        match check_received::<T>(&obj, LOCKED_DATA)? {
+            1 => Ok(Value {
+                obj,
+                _type: PhantomData,
+            }),
+            _ => Err("a corrupt Value handle".into()),
+        }
+    }
+
+    /// Takes the lock; the guard derefs to the value.
+    ///
+    /// A holder that died holding the lock does not block: the guard says
+    /// so through [`ValueGuard::previous_owner_died`].
+    ///
+    /// # Panics
+    ///
+    /// If this thread already holds the lock (that would deadlock).
+    pub fn lock(&self) -> ValueGuard<'_, T> {
+        let (mutex, owner_died) = lock_region(&self.obj);
+        ValueGuard {
+            mutex,
+            ptr: elements::<T>(&self.obj, LOCKED_DATA, 1),
+            owner_died,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Reads the value (under the lock).
+    pub fn get(&self) -> T {
+        *self.lock()
+    }
+
+    /// Writes the value (under the lock).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let v = corral::Value::new(1.5f64).unwrap();
+    /// v.set(2.5);
+    /// assert_eq!(v.get(), 2.5);
+    /// ```
+    pub fn set(&self, v: T) {
+        *self.lock() = v;
+    }
+}
+
+impl<T: Pod + fmt::Debug> fmt::Debug for Value<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Value").field(&self.get()).finish()
+    }
+}
+
+object_handle_serde!(Value<T: Pod>, Kind::Value);
+
+/// Holds an [`Array`]'s lock and derefs to its elements; unlocks on drop.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct ArrayGuard<'a, T> {
+    mutex: RobustMutex<'a>,
+    ptr: *mut T,
+    len: usize,
+    owner_died: bool,
+    _not_send: PhantomData<(&'a mut [T], *const ())>,
+}
+
+impl<T> ArrayGuard<'_, T> {
+    /// Did the previous holder of the lock die holding it?
+    pub fn previous_owner_died(&self) -> bool {
+        self.owner_died
+    }
+}
+
+impl<T> Deref for ArrayGuard<'_, T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: `ptr..ptr+len` is in bounds and aligned (checked when the
+        // handle was made or received); the guard holds the array's lock,
+        // which every `Array` access in every process takes.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl<T> DerefMut for ArrayGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as in `deref`; the lock makes this access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl<T> Drop for ArrayGuard<'_, T> {
+    fn drop(&mut self) {
+        self.mutex.unlock();
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for ArrayGuard<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+/// A fixed-length array of plain data in shared memory, with a lock
+/// (Python's `multiprocessing.Array`).
+///
+/// # Examples
+///
+/// ```
+/// let a = corral::Array::from_slice(&[1u32, 2, 3]).unwrap();
+/// a.lock()[1] = 20;
+/// assert_eq!(a.to_vec(), [1, 20, 3]);
+/// let zeros = corral::Array::<f64>::zeroed(1_000).unwrap();
+/// assert_eq!(zeros.len(), 1_000);
+/// ```
+#[derive(Clone)]
+pub struct Array<T> {
+    obj: Object,
+    len: usize,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T: Pod> Array<T> {
+    /// An array holding a copy of `items`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if shared memory cannot be created;
+    /// [`Error::Unsupported`] for a type aligned to more than 64 bytes.
+    pub fn from_slice(items: &[T]) -> Result<Array<T>, Error> {
+        Ok(Array {
+            obj: create(Kind::Array, LOCKED_DATA, items)?,
+            len: items.len(),
+            _type: PhantomData,
+        })
+    }
+
+    /// An array of `len` zeroed elements.
+    ///
+    /// # Errors
+    ///
+    /// As [`Array::from_slice`].
+    pub fn zeroed(len: usize) -> Result<Array<T>, Error> {
+        Array::from_slice(&vec![T::zeroed(); len])
+    }
+
+    fn from_object(obj: Object) -> Result<Array<T>, String> {
+        let len = check_received::<T>(&obj, LOCKED_DATA)?;
+        Ok(Array {
+            obj,
+            len,
+            _type: PhantomData,
+        })
+    }
+
+    /// The number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Is the array empty?
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Takes the lock; the guard derefs to the elements.
+    ///
+    /// # Panics
+    ///
+    /// If this thread already holds the lock (that would deadlock).
+    pub fn lock(&self) -> ArrayGuard<'_, T> {
+        let (mutex, owner_died) = lock_region(&self.obj);
+        ArrayGuard {
+            mutex,
+            ptr: elements::<T>(&self.obj, LOCKED_DATA, self.len),
+            len: self.len,
+            owner_died,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Element `index` (under the lock), or `None` past the end.
+    pub fn get(&self, index: usize) -> Option<T> {
+        self.lock().get(index).copied()
+    }
+
+    /// Writes element `index` (under the lock).
+    ///
+    /// # Panics
+    ///
+    /// If `index` is out of bounds.
+    pub fn set(&self, index: usize, v: T) {
+        self.lock()[index] = v;
+    }
+
+    /// A copy of every element (under the lock).
+    pub fn to_vec(&self) -> Vec<T> {
+        self.lock().to_vec()
+    }
+}
+
+impl<T: Pod + fmt::Debug> fmt::Debug for Array<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Array").field(&self.to_vec()).finish()
+    }
+}
+
+object_handle_serde!(Array<T: Pod>, Kind::Array);
+
+/// A value of plain data in shared memory without a lock (Python's
+/// `multiprocessing.RawValue`). Reads and writes are single copies; a
+/// reader racing a writer may see a torn value.
+///
+/// # Examples
+///
+/// ```
+/// let v = corral::RawValue::new([0u8; 16]).unwrap();
+/// v.set([7; 16]);
+/// assert_eq!(v.get(), [7; 16]);
+/// ```
+#[derive(Clone)]
+pub struct RawValue<T> {
+    obj: Object,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T: Pod> RawValue<T> {
+    /// Puts `v` in fresh shared memory.
+    ///
+    /// # Errors
+    ///
+    /// As [`Value::new`].
+    pub fn new(v: T) -> Result<RawValue<T>, Error> {
+        Ok(RawValue {
+            obj: create(Kind::RawValue, HEADER, &[v])?,
+            _type: PhantomData,
+        })
+    }
+
+    fn from_object(obj: Object) -> Result<RawValue<T>, String> {
+        match check_received::<T>(&obj, HEADER)? {
+            1 => Ok(RawValue {
+                obj,
+                _type: PhantomData,
+            }),
+            _ => Err("a corrupt RawValue handle".into()),
+        }
+    }
+
+    /// Reads the value.
+    pub fn get(&self) -> T {
+        // SAFETY: the pointer is in bounds and aligned (checked when the
+        // handle was made or received). Other processes may write the bytes
+        // concurrently; they are outside this program's memory model, and a
+        // torn read of a `Pod` type is still a valid `T`.
+        unsafe { elements::<T>(&self.obj, HEADER, 1).read_volatile() }
+    }
+
+    /// Writes the value.
+    pub fn set(&self, v: T) {
+        // SAFETY: as in `get`; every bit pattern written is a valid `T`.
+        unsafe { elements::<T>(&self.obj, HEADER, 1).write_volatile(v) }
+    }
+}
+
+impl<T: Pod + fmt::Debug> fmt::Debug for RawValue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("RawValue").field(&self.get()).finish()
+    }
+}
+
+object_handle_serde!(RawValue<T: Pod>, Kind::RawValue);
+
+/// A fixed-length array of plain data in shared memory without a lock
+/// (Python's `multiprocessing.RawArray`).
+///
+/// # Examples
+///
+/// ```
+/// let a = corral::RawArray::<u64>::zeroed(4).unwrap();
+/// a.set(2, 9);
+/// assert_eq!(a.get(2), Some(9));
+/// assert_eq!(a.to_vec(), [0, 0, 9, 0]);
+/// ```
+#[derive(Clone)]
+pub struct RawArray<T> {
+    obj: Object,
+    len: usize,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T: Pod> RawArray<T> {
+    /// An array holding a copy of `items`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Array::from_slice`].
+    pub fn from_slice(items: &[T]) -> Result<RawArray<T>, Error> {
+        Ok(RawArray {
+            obj: create(Kind::RawArray, HEADER, items)?,
+            len: items.len(),
+            _type: PhantomData,
+        })
+    }
+
+    /// An array of `len` zeroed elements.
+    ///
+    /// # Errors
+    ///
+    /// As [`Array::from_slice`].
+    pub fn zeroed(len: usize) -> Result<RawArray<T>, Error> {
+        RawArray::from_slice(&vec![T::zeroed(); len])
+    }
+
+    fn from_object(obj: Object) -> Result<RawArray<T>, String> {
+        let len = check_received::<T>(&obj, HEADER)?;
+        Ok(RawArray {
+            obj,
+            len,
+            _type: PhantomData,
+        })
+    }
+
+    /// The number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Is the array empty?
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Element `index`, or `None` past the end.
+    pub fn get(&self, index: usize) -> Option<T> {
+        (index < self.len).then(|| {
+            // SAFETY: in bounds (checked) and aligned; see `RawValue::get`.
+            unsafe {
+                elements::<T>(&self.obj, HEADER, self.len)
+                    .add(index)
+                    .read_volatile()
+            }
+        })
+    }
+
+    /// Writes element `index`.
+    ///
+    /// # Panics
+    ///
+    /// If `index` is out of bounds.
+    pub fn set(&self, index: usize, v: T) {
+        assert!(
+            index < self.len,
+            "index {index} out of bounds ({})",
+            self.len
+        );
+        // SAFETY: in bounds (checked) and aligned; see `RawValue::set`.
+        unsafe {
+            elements::<T>(&self.obj, HEADER, self.len)
+                .add(index)
+                .write_volatile(v)
+        }
+    }
+
+    /// A copy of every element.
+    pub fn to_vec(&self) -> Vec<T> {
+        (0..self.len).filter_map(|i| self.get(i)).collect()
+    }
+}
+
+impl<T: Pod + fmt::Debug> fmt::Debug for RawArray<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("RawArray").field(&self.to_vec()).finish()
+    }
+}
+
+object_handle_serde!(RawArray<T: Pod>, Kind::RawArray);
