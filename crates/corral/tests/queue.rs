@@ -90,7 +90,7 @@ type Item = (u64, Vec<u8>);
 /// Every 50th item is 300 KiB: it streams through the 1 MiB ring in chunks,
 /// so a kill can land inside a message.
 fn item(i: u64) -> Item {
-    let len = if i % 50 == 0 { 300 << 10 } else { 8 };
+    let len = if i.is_multiple_of(50) { 300 << 10 } else { 8 };
     (i, vec![(i % 251) as u8; len])
 }
 

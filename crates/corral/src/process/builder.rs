@@ -240,6 +240,10 @@ impl ProcessBuilder {
         let main_thread = sys::is_main_thread();
         let result = theirs.as_fd();
         let name = self.name.as_deref().and_then(sys::process_name);
+        // Installed here, not in the child: installing takes std's panic-hook
+        // lock, which another thread of ours may hold at the moment of the
+        // fork (a test panicking, say) and which the child could never get.
+        bootstrap::install_panic_hook();
         let pid = sys::fork_with(move || {
             runtime::forget_inherited_server();
             sys::enter_child(parent, main_thread, name.as_deref());
