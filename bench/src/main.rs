@@ -1,7 +1,7 @@
 //! corral's side of the benchmarks, and the raw syscall floor, measured in the
 //! same run. Prints one JSON object per line: `{"name", "value", "unit"}`.
 //!
-//! `corral-bench <spawn|floor|pipe|pool|all>`; `bench/run.sh` drives everything.
+//! `corral-bench <spawn|floor|pipe|pool|queue|all>`; `bench/run.sh` drives everything.
 #![expect(
     unsafe_code,
     reason = "the raw syscall floor calls fork, pipe and waitpid directly"
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use corral::{Connection, Process, StartMethod};
 
 mod pool;
+mod queue;
 
 const RUNS: usize = 7;
 
@@ -344,6 +345,9 @@ fn main() {
             pipe_throughput(n(256), true),
             "GB/s",
         );
+    }
+    if what == "queue" || what == "all" {
+        queue::run();
     }
     if what == "pool" || what == "all" {
         pool::run(n);

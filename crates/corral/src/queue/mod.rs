@@ -70,6 +70,10 @@ const BOUNDED_BUFFER: usize = 1 << 20;
 /// The ring of an unbounded queue (address space; filled lazily).
 const UNBOUNDED_BUFFER: usize = 64 << 20;
 
+/// The largest scratch buffer a thread keeps between calls: enough for
+/// messages of a few MiB to cost no allocation (and no page faults).
+const KEEP_SCRATCH: usize = 8 << 20;
+
 thread_local! {
     /// Encoding and decoding scratch, reused by every queue call of a thread.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -81,7 +85,7 @@ fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
         Ok(mut buf) => {
             buf.clear();
             let r = f(&mut buf);
-            if buf.capacity() > 1 << 20 {
+            if buf.capacity() > KEEP_SCRATCH {
                 *buf = Vec::new(); // do not keep a huge buffer alive
             }
             r

@@ -97,6 +97,31 @@ const SPIN: Duration = Duration::from_micros(50);
 /// is alive.
 pub(crate) const DEATH_CHECK: Duration = Duration::from_millis(20);
 
+/// Spins for [`SPIN`] from its first use (the clock is not read before a
+/// wait is needed: reading it costs as much as a whole uncontended get).
+struct Spinner(Option<Instant>);
+
+impl Spinner {
+    fn new() -> Spinner {
+        Spinner(None)
+    }
+
+    /// `true` (after a pause instruction) while the spin lasts.
+    fn spin(&mut self) -> bool {
+        let now = Instant::now();
+        if now < *self.0.get_or_insert(now + SPIN) {
+            // Between looks, leave the other side's line alone for a while:
+            // every look steals it from the process writing it.
+            for _ in 0..8 {
+                std::hint::spin_loop();
+            }
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// How a call waits.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Wait {
@@ -238,6 +263,16 @@ impl Ring {
         }
     }
 
+    /// Appends `len` bytes of the ring at position `pos` to `out`, wrapping.
+    fn append_from(&self, pos: u64, len: usize, out: &mut Vec<u8>) {
+        let at = (pos % self.size) as usize;
+        let first = len.min(self.size as usize - at);
+        self.obj.region().load_append(DATA + at, first, out);
+        if first < len {
+            self.obj.region().load_append(DATA, len - first, out);
+        }
+    }
+
     /// Copies `out.len()` bytes out of the ring at position `pos`, wrapping.
     fn read_at(&self, pos: u64, out: &mut [u8]) {
         let at = (pos % self.size) as usize;
@@ -329,7 +364,9 @@ impl Ring {
         self.write_at(tail, &header);
         self.write_at(tail + CHUNK_HEADER, payload);
         if flags & LAST != 0 {
-            self.w64(PUT_COUNT).fetch_add(1, Ordering::Relaxed);
+            // Only the producer-lock holder writes it: no read-modify-write.
+            let put = self.w64(PUT_COUNT).load(Ordering::Relaxed);
+            self.w64(PUT_COUNT).store(put + 1, Ordering::Relaxed);
         }
         let next = tail + CHUNK_HEADER + pad(payload.len() as u64);
         self.w64(TAIL).store(next, Ordering::Release);
@@ -372,7 +409,7 @@ impl Ring {
         if fits(false) || fits(true) {
             return Ok(());
         }
-        let spin_until = Instant::now() + SPIN;
+        let mut spinner = Spinner::new();
         loop {
             let seen = self.w32(HEAD_SEQ).load(Ordering::Acquire);
             if fits(true) {
@@ -381,12 +418,10 @@ impl Ring {
             if new && self.is_closed() {
                 return Err(PutFail::Closed);
             }
-            let now = Instant::now();
-            if deadline.is_some_and(|at| now >= at) {
+            if deadline.is_some_and(|at| Instant::now() >= at) {
                 return Err(PutFail::Full);
             }
-            if now < spin_until {
-                std::hint::spin_loop();
+            if spinner.spin() {
                 continue;
             }
             self.w32(PRODUCERS_WAITING).fetch_add(1, Ordering::SeqCst);
@@ -411,8 +446,11 @@ impl Ring {
 
     /// Takes one message into `out` (cleared first).
     pub(crate) fn get(&self, out: &mut Vec<u8>, wait: Wait) -> Result<(), GetFail> {
+        if self.cached_nonempty() && self.try_take(out, wait)? {
+            return Ok(());
+        }
         let deadline = wait.deadline();
-        let spin_until = Instant::now() + SPIN;
+        let mut spinner = Spinner::new();
         loop {
             let seen = self.w32(TAIL_SEQ).load(Ordering::Acquire);
             if self.maybe_nonempty() {
@@ -424,17 +462,15 @@ impl Ring {
             if self.is_closed() && !self.maybe_nonempty() {
                 return Err(GetFail::Closed);
             }
-            let now = Instant::now();
             if let Some(at) = deadline
-                && now >= at
+                && Instant::now() >= at
             {
                 return Err(match wait {
                     Wait::Try => GetFail::Empty,
                     _ => GetFail::Timeout,
                 });
             }
-            if now < spin_until {
-                std::hint::spin_loop();
+            if spinner.spin() {
                 continue;
             }
             self.w32(CONSUMERS_WAITING).fetch_add(1, Ordering::SeqCst);
@@ -443,6 +479,12 @@ impl Ring {
             }
             self.w32(CONSUMERS_WAITING).fetch_sub(1, Ordering::SeqCst);
         }
+    }
+
+    /// Does the consumers' cached tail say a chunk is waiting? (Reads no
+    /// line the producer writes.)
+    fn cached_nonempty(&self) -> bool {
+        self.w64(C_CACHED_TAIL).load(Ordering::Relaxed) > self.w64(HEAD).load(Ordering::Relaxed)
     }
 
     /// Is anything published beyond the head (without the lock)?
@@ -503,9 +545,7 @@ impl Ring {
                 return false;
             }
             if !discard {
-                let at = out.len();
-                out.resize(at + len as usize, 0);
-                self.read_at(head + CHUNK_HEADER, &mut out[at..]);
+                self.append_from(head + CHUNK_HEADER, len as usize, out);
             }
             let last = flags & LAST != 0;
             if flags & FIRST != 0 && !last {
@@ -523,7 +563,9 @@ impl Ring {
     /// Moves the head past a chunk and wakes a waiting producer.
     fn advance(&self, head: u64, len: u64, last: bool) {
         if last {
-            self.w64(GOT_COUNT).fetch_add(1, Ordering::Release);
+            // Only the consumer-lock holder writes it.
+            let got = self.w64(GOT_COUNT).load(Ordering::Relaxed);
+            self.w64(GOT_COUNT).store(got + 1, Ordering::Release);
         }
         let next = head + CHUNK_HEADER + pad(len);
         self.w64(HEAD).store(next, Ordering::Release);
@@ -537,14 +579,13 @@ impl Ring {
     /// Inside a message: waits for its next chunk, checking that the
     /// producer streaming it is alive.
     fn wait_for_chunk(&self) {
-        let spin_until = Instant::now() + SPIN;
+        let mut spinner = Spinner::new();
         loop {
             let seen = self.w32(TAIL_SEQ).load(Ordering::Acquire);
             if self.chunk_ready() {
                 return;
             }
-            if Instant::now() < spin_until {
-                std::hint::spin_loop();
+            if spinner.spin() {
                 continue;
             }
             self.w32(CONSUMERS_WAITING).fetch_add(1, Ordering::SeqCst);

@@ -192,6 +192,25 @@ impl SharedRegion {
         unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
     }
 
+    /// Appends `len` bytes of the region at `offset` to `out` (no zero-fill
+    /// of the destination first).
+    ///
+    /// # Panics
+    ///
+    /// If the range lies outside the region.
+    pub(crate) fn load_append(&self, offset: usize, len: usize, out: &mut Vec<u8>) {
+        let src = self.ptr_at(offset, len);
+        out.reserve(len);
+        // SAFETY: the source range is inside the mapping (checked by
+        // `ptr_at`); `reserve` made room for `len` more bytes after
+        // `out.len()`, which the copy initialises before `set_len` exposes
+        // them. The two ranges are distinct allocations.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src, out.as_mut_ptr().add(out.len()), len);
+            out.set_len(out.len() + len);
+        }
+    }
+
     /// Copies `bytes` into the region at `offset`.
     ///
     /// # Panics
