@@ -44,6 +44,8 @@ def fmt(v, unit):
         return f"{v:.2f} %"
     if unit == "ms":
         return f"{v:.1f} ms"
+    if unit == "ns":
+        return f"{v:.1f} ns"
     return f"{v:.2f} GB/s"
 
 
@@ -120,6 +122,7 @@ def main():
         w(f"| 1 MiB `send_bytes` ≥ 2 GB/s | {ca:.2f} GB/s | {verdict(ca >= 2.0)} |")
     w("")
     pool_section(g, py, w)
+    queue_section(g, py, w)
     print("\n".join(lines))
 
 
@@ -205,6 +208,76 @@ def pool_section(g, py, w):
     late = c("timeout overshoot")
     if late is not None:
         w(f"| timed-out task reported ≤ 100 ms after its deadline | {late:.1f} ms | {verdict(late <= 100)} |")
+    w("")
+
+
+def queue_section(g, py, w):
+    """Queues, locks and shared values (issue #4): corral against CPython's
+    Queue, SimpleQueue, Pipe, Lock, Value and shared_memory, and the floor."""
+    if g("corral queue 1->1 small") is None:
+        return
+    c = lambda k: g(f"corral {k}")  # noqa: E731
+    p = lambda k: g(f"{py} {k}")  # noqa: E731
+    w("## Queues, locks and shared values")
+    w("")
+    w("Producers and consumers are separate processes (the parent consumes in 1→1); messages are 64-bit "
+      "integers, or 1 MiB byte strings (`serde_bytes::ByteBuf` for corral, `bytes` for Python). Locks: one "
+      "acquire + release. Contended figures: two processes, each acquiring 1 M times (Python: 200 k).")
+    w("")
+    w("| figure | corral | CPython | floor | corral / CPython | corral / floor |")
+    w("|---|---|---|---|---|---|")
+
+    def row(label, unit, corral, python, pyname, floor, floorname, higher_is_better):
+        if corral is None or python is None:
+            rel = "n/a"
+        else:
+            rel = f"{corral / python:.1f}×" if higher_is_better else f"{python / corral:.1f}×"
+        if floor is None or corral is None:
+            frel = "—"
+        else:
+            frel = f"{corral / floor:.2f}" if higher_is_better else f"{corral / floor:.2f}× the time"
+        fcell = f"{fmt(floor, unit)} ({floorname})" if floor is not None else "—"
+        w(f"| {label} | {fmt(corral, unit)} | {fmt(python, unit)} ({pyname}) | {fcell} | {rel} | {frel} |")
+
+    best_small = max(v for v in [p("queue 1->1 small"), p("simplequeue 1->1 small"), p("pipe 1->1 small"), 1] if v)
+    row("small messages 1→1", "items/s", c("queue 1->1 small"), p("queue 1->1 small"), "`Queue`",
+        g("raw pipe 8B messages"), "raw pipe, 8 B writes", True)
+    row("small messages 1→1", "items/s", c("queue 1->1 small"), p("simplequeue 1->1 small"), "`SimpleQueue`",
+        None, "", True)
+    row("small messages 1→1", "items/s", c("queue 1->1 small"), p("pipe 1->1 small"), "`Pipe`", None, "", True)
+    row("small messages 4→4", "items/s", c("queue 4->4 small"), p("queue 4->4 small"), "`Queue`", None, "", True)
+    row("1 MiB messages", "GB/s", c("queue 1MiB"), p("queue 1MiB"), "`Queue`", g("memcpy 1MiB"), "memcpy", True)
+    row("1 MiB messages", "GB/s", c("queue 1MiB"), p("pipe 1MiB"), "`Pipe.send_bytes`",
+        g("raw pipe 1MiB (1 MiB pipe)"), "raw pipe", True)
+    row("queue round trip to a child", "us", c("queue round trip"), p("queue round trip"), "`Queue`",
+        g("raw pipe 8B round trip"), "raw pipe ping-pong", False)
+    row("lock, uncontended", "ns", c("lock uncontended"), p("lock uncontended"), "`Lock`",
+        g("raw futex uncontended"), "CAS + swap", False)
+    row("lock, 2 processes contending", "items/s", c("lock contended 2 procs"), p("lock contended 2 procs"),
+        "`Lock`", None, "", True)
+    row("locked `Value` increments, 2 processes", "items/s", c("value locked increments 2 procs"),
+        p("value locked increments 2 procs"), "`Value` + `get_lock()`", None, "", True)
+    row("shared memory, 1 MiB write", "GB/s", c("shared memory 1MiB write"), p("shared memory 1MiB write"),
+        "`shared_memory`", g("memcpy 1MiB"), "memcpy", True)
+    w("")
+    w(f"For the same uncontended acquire + release: a bare glibc robust process-shared mutex (what `Lock` is "
+      f"built on) takes {fmt(g('glibc robust mutex uncontended'), 'ns')}; `std::sync::Mutex` (in-process, not "
+      f"robust) {fmt(g('std mutex uncontended'), 'ns')}.")
+    w("")
+    w("## Targets (issue #4)")
+    w("")
+    w("| target | figure | verdict |")
+    w("|---|---|---|")
+    small = c("queue 1->1 small")
+    if small:
+        w(f"| ≥ 10 M small messages/s 1→1 | {fmt(small, 'items/s')} | {verdict(small >= 10e6)} |")
+        w(f"| ≥ 20× Python's best 1→1 | {small / best_small:.0f}× | {verdict(small >= 20 * best_small)} |")
+    big = c("queue 1MiB")
+    if big:
+        w(f"| ≥ 5 GB/s for 1 MiB messages | {big:.2f} GB/s | {verdict(big >= 5)} |")
+    lk = c("lock uncontended")
+    if lk:
+        w(f"| uncontended lock ≤ 10 ns, robust | {lk:.1f} ns | {verdict(lk <= 10)} |")
     w("")
 
 

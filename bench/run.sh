@@ -17,5 +17,7 @@ out=bench/out/results.jsonl
 python3 bench/python/process_bench.py | tee -a "$out"
 ./target/release/corral-bench pool | tee -a "$out"
 python3 bench/python/pool_bench.py | tee -a "$out"
+./target/release/corral-bench queue | tee -a "$out"
+python3 bench/python/queue_bench.py | tee -a "$out"
 python3 bench/report.py "$out" > bench/RESULTS.md
 echo "wrote bench/RESULTS.md"

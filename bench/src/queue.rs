@@ -202,23 +202,99 @@ fn shm_write_rate() -> f64 {
     median(samples)
 }
 
+/// 8-byte messages per second through a raw pipe from a forked child, one
+/// `read` per message (the floor a pipe-based queue cannot beat).
+fn raw_pipe_small_rate(messages: u64) -> f64 {
+    let samples: Vec<f64> = (0..RUNS)
+        .map(|_| {
+            let mut fds = [0; 2];
+            // SAFETY: `fds` has room for the two descriptors.
+            assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+            let t = Instant::now();
+            // SAFETY: the child only writes to the pipe and calls `_exit`.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                for i in 0..messages {
+                    let bytes = i.to_le_bytes();
+                    // SAFETY: writing 8 bytes from a live stack buffer.
+                    unsafe { libc::write(fds[1], bytes.as_ptr().cast(), 8) };
+                }
+                // SAFETY: `_exit` is async-signal-safe.
+                unsafe { libc::_exit(0) };
+            }
+            // SAFETY: closing our copy of the write end.
+            unsafe { libc::close(fds[1]) };
+            let mut buf = [0u8; 8];
+            for _ in 0..messages {
+                // SAFETY: reading 8 bytes into a live stack buffer.
+                unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), 8) };
+            }
+            let rate = messages as f64 / t.elapsed().as_secs_f64();
+            // SAFETY: closing our read end; reaping our own child.
+            unsafe {
+                libc::close(fds[0]);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            rate
+        })
+        .collect();
+    median(samples)
+}
+
+/// ns per acquire + release of a bare glibc robust, process-shared mutex:
+/// what corral's `Lock` is built on, without corral around it.
+fn glibc_robust_pair_ns(iterations: u64) -> f64 {
+    // SAFETY: a fresh shared anonymous page holds the mutex for the whole
+    // function; the attribute is initialised before use and destroyed after.
+    unsafe {
+        let page = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(page, libc::MAP_FAILED);
+        let m = page.cast::<libc::pthread_mutex_t>();
+        let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
+        libc::pthread_mutexattr_init(attr.as_mut_ptr());
+        libc::pthread_mutexattr_setpshared(attr.as_mut_ptr(), libc::PTHREAD_PROCESS_SHARED);
+        libc::pthread_mutexattr_setrobust(attr.as_mut_ptr(), libc::PTHREAD_MUTEX_ROBUST);
+        libc::pthread_mutexattr_settype(attr.as_mut_ptr(), libc::PTHREAD_MUTEX_ERRORCHECK);
+        libc::pthread_mutex_init(m, attr.as_ptr());
+        libc::pthread_mutexattr_destroy(attr.as_mut_ptr());
+        let ns = pair_ns(iterations, || {
+            libc::pthread_mutex_lock(black_box(m));
+            libc::pthread_mutex_unlock(black_box(m));
+        });
+        libc::munmap(page, 4096);
+        ns
+    }
+}
+
 pub(crate) fn run() {
     if std::env::var_os("CORRAL_BENCH_ONLY_SMALL").is_some() {
-        emit("queue 1->1 small", small_rate(1, 0), "items/s");
-        emit("queue 4->4 small", small_rate(4, 4), "items/s");
+        emit("corral queue 1->1 small", small_rate(1, 0), "items/s");
+        emit("corral queue 4->4 small", small_rate(4, 4), "items/s");
         return;
     }
-    emit("queue 1->1 small", small_rate(1, 0), "items/s");
-    emit("queue 4->4 small", small_rate(4, 4), "items/s");
-    emit("queue 1MiB", big_rate(), "GB/s");
-    emit("queue round trip", round_trip(20_000), "us");
+    emit("corral queue 1->1 small", small_rate(1, 0), "items/s");
+    emit("corral queue 4->4 small", small_rate(4, 4), "items/s");
+    emit("corral queue 1MiB", big_rate(), "GB/s");
+    emit("corral queue round trip", round_trip(20_000), "us");
 
     let lock = Lock::new().expect("lock");
     emit(
-        "lock uncontended",
+        "corral lock uncontended",
         pair_ns(20_000_000, || {
             drop(black_box(lock.acquire().expect("lock")))
         }),
+        "ns",
+    );
+    emit(
+        "glibc robust mutex uncontended",
+        glibc_robust_pair_ns(20_000_000),
         "ns",
     );
     let mutex = std::sync::Mutex::new(0u64);
@@ -237,11 +313,16 @@ pub(crate) fn run() {
         }),
         "ns",
     );
+    emit(
+        "raw pipe 8B messages",
+        raw_pipe_small_rate(1_000_000),
+        "items/s",
+    );
     const CONTENDED: u64 = 1_000_000;
     let lock = Lock::new().expect("lock");
     let v = Value::new(0u64).expect("value");
     emit(
-        "lock contended 2 procs",
+        "corral lock contended 2 procs",
         two_processes(
             CONTENDED,
             |go| (lock.clone(), v.clone(), go, CONTENDED),
@@ -251,9 +332,9 @@ pub(crate) fn run() {
     );
     let v = Value::new(0u64).expect("value");
     emit(
-        "value locked increments 2 procs",
+        "corral value locked increments 2 procs",
         two_processes(CONTENDED, |go| (v.clone(), go, CONTENDED), increment),
         "items/s",
     );
-    emit("shared memory 1MiB write", shm_write_rate(), "GB/s");
+    emit("corral shared memory 1MiB write", shm_write_rate(), "GB/s");
 }

@@ -26,6 +26,7 @@ fn create(kind: Kind, recursive: bool, len: usize) -> Result<Object, Error> {
     Ok(obj)
 }
 
+#[inline]
 fn acquire_with(mutex: RobustMutex<'_>, how: How) -> Result<Acquired, NotAcquired> {
     match how {
         How::Wait => mutex.lock(),
@@ -68,6 +69,7 @@ macro_rules! lock_type {
                 Ok($name { obj })
             }
 
+            #[inline]
             fn acquire_how(&self, how: How) -> Result<$guard<'_>, AcquireError<$guard<'_>>> {
                 let mutex = self.obj.region().robust_mutex(MUTEX);
                 outcome(acquire_with(mutex, how), matches!(how, How::Try), $what, || $guard {
@@ -87,6 +89,7 @@ macro_rules! lock_type {
             /// # Panics
             ///
             /// If the shared memory was corrupted by someone writing over it.
+            #[inline]
             pub fn acquire(&self) -> Result<$guard<'_>, AcquireError<$guard<'_>>> {
                 self.acquire_how(How::Wait)
             }
@@ -97,6 +100,7 @@ macro_rules! lock_type {
             ///
             /// [`AcquireError::WouldBlock`] if it is held, or
             /// [`AcquireError::OwnerDied`] (acquired).
+            #[inline]
             pub fn try_acquire(&self) -> Result<$guard<'_>, AcquireError<$guard<'_>>> {
                 self.acquire_how(How::Try)
             }
@@ -131,6 +135,7 @@ macro_rules! lock_type {
         }
 
         impl Drop for $guard<'_> {
+            #[inline]
             fn drop(&mut self) {
                 self.mutex.unlock();
             }

@@ -125,6 +125,7 @@ impl<G> std::error::Error for AcquireError<G> {}
 /// A `try_` form on a lock this thread holds would block: `WouldBlock`, as
 /// Python's `acquire(False)` returns `False`. A waiting form would deadlock:
 /// a panic that says so.
+#[inline]
 fn outcome<G>(
     result: Result<Acquired, NotAcquired>,
     trying: bool,

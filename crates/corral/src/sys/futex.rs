@@ -76,6 +76,7 @@ impl super::SharedRegion {
     /// # Panics
     ///
     /// If the range lies outside the region or is misaligned.
+    #[inline]
     pub(crate) fn robust_mutex(&self, offset: usize) -> RobustMutex<'_> {
         assert!(offset.is_multiple_of(64), "a mutex must be 64-byte aligned");
         RobustMutex {
@@ -118,6 +119,7 @@ impl RobustMutex<'_> {
         }
     }
 
+    #[inline]
     fn finish(&self, code: libc::c_int) -> Result<Acquired, NotAcquired> {
         match code {
             0 => Ok(Acquired::Clean),
@@ -138,6 +140,7 @@ impl RobustMutex<'_> {
     }
 
     /// Locks, waiting as long as it takes (a dead holder does not count).
+    #[inline]
     pub(crate) fn lock(&self) -> Result<Acquired, NotAcquired> {
         // SAFETY: `ptr` points at an initialised mutex in a mapping that
         // outlives `self` (the lifetime ties it to the region).
@@ -145,6 +148,7 @@ impl RobustMutex<'_> {
     }
 
     /// Locks if nobody holds the mutex.
+    #[inline]
     pub(crate) fn try_lock(&self) -> Result<Acquired, NotAcquired> {
         // SAFETY: as in `lock`.
         self.finish(unsafe { libc::pthread_mutex_trylock(self.ptr) })
@@ -170,6 +174,7 @@ impl RobustMutex<'_> {
 
     /// Unlocks. Only the holding thread may call this (the guards that call
     /// it are neither `Send` nor `Clone`).
+    #[inline]
     pub(crate) fn unlock(&self) {
         // SAFETY: as in `lock`. For a robust mutex the C library checks the
         // owner and returns EPERM instead of misbehaving.

@@ -125,6 +125,7 @@ impl SharedRegion {
     /// # Panics
     ///
     /// If the word lies outside the region.
+    #[inline]
     pub(crate) fn word(&self, index: usize) -> &AtomicU64 {
         assert!(
             (index + 1) * 8 <= self.len,
@@ -147,6 +148,7 @@ impl SharedRegion {
     /// # Panics
     ///
     /// If the word lies outside the region or is misaligned.
+    #[inline]
     pub(crate) fn word32(&self, offset: usize) -> &AtomicU32 {
         assert!(
             offset.is_multiple_of(4) && offset + 4 <= self.len,
@@ -162,6 +164,7 @@ impl SharedRegion {
     /// # Panics
     ///
     /// If the word lies outside the region or is misaligned.
+    #[inline]
     pub(crate) fn word64(&self, offset: usize) -> &AtomicU64 {
         assert!(offset.is_multiple_of(8), "word64 at {offset} is misaligned");
         self.word(offset / 8)
@@ -173,6 +176,7 @@ impl SharedRegion {
     /// # Panics
     ///
     /// If `offset + len` lies outside the region.
+    #[inline]
     pub(crate) fn ptr_at(&self, offset: usize, len: usize) -> *mut u8 {
         let end = offset.checked_add(len).expect("range overflow");
         assert!(end <= self.len, "bytes {offset}..{end} outside the region");
