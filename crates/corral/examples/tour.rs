@@ -1,12 +1,17 @@
 //! A tour of corral: `cargo run --release --example tour`.
 //!
 //! Starts children under every start method, brings a panic and a crash back
-//! as data, gives up on a hung child and kills it, talks over a pipe, and
-//! runs a pool whose workers crash, hang and panic without stopping it.
+//! as data, gives up on a hung child and kills it, talks over a pipe, runs a
+//! pool whose workers crash, hang and panic without stopping it, feeds a
+//! worker farm through a shared-memory queue, and recovers a lock whose
+//! holder was killed.
 
 use std::time::{Duration, Instant};
 
-use corral::{Connection, JoinTimeout, Pipe, Pool, Process, ProcessError, StartMethod};
+use corral::{
+    AcquireError, Connection, Event, JoinTimeout, Lock, Pipe, Pool, Process, ProcessError, Queue,
+    StartMethod, Value,
+};
 
 fn square(x: u64) -> u64 {
     x * x
@@ -44,6 +49,24 @@ fn shout(conn: Connection) -> usize {
         served += 1;
     }
     served
+}
+
+fn farm_worker((tasks, results): (Queue<Option<u64>>, Queue<(u32, u64)>)) {
+    while let Ok(Some(n)) = tasks.get() {
+        results.put((std::process::id(), n * n)).expect("put");
+    }
+}
+
+fn count_to(counter: Value<u64>) {
+    for _ in 0..10_000 {
+        *counter.lock() += 1;
+    }
+}
+
+fn die_holding((lock, holding): (Lock, Event)) {
+    let _guard = lock.acquire().expect("lock");
+    holding.set();
+    hang(());
 }
 
 fn main() {
@@ -150,6 +173,64 @@ fn main() {
     println!("   imap over an endless iterator, first five: {first:?}");
     drop(pool); // graceful: finishes what was submitted, stops the workers
 
-    println!("\n7. If this program is killed, even by SIGKILL, every child dies with it.");
+    println!(
+        "\n7. A worker farm: a bounded shared-memory queue, None sentinels, results gathered."
+    );
+    let tasks = Queue::bounded(8).expect("queue");
+    let results = Queue::unbounded().expect("queue");
+    let workers: Vec<_> = (0..3)
+        .map(|_| corral::spawn(farm_worker, (tasks.clone(), results.clone())).expect("spawn"))
+        .collect();
+    let started = Instant::now();
+    for n in 0..30_000u64 {
+        tasks.put(Some(n)).expect("put"); // waits while 8 are queued: backpressure
+    }
+    for _ in &workers {
+        tasks.put(None).expect("sentinel");
+    }
+    let mut sum = 0u64;
+    let mut by_worker = std::collections::BTreeMap::new();
+    for _ in 0..30_000 {
+        let (pid, square) = results.get().expect("result");
+        sum += square;
+        *by_worker.entry(pid).or_insert(0u32) += 1;
+    }
+    for w in workers {
+        w.join().expect("worker");
+    }
+    println!(
+        "   30,000 squares (sum {sum}) in {:?}, per worker: {:?}",
+        started.elapsed(),
+        by_worker.values().collect::<Vec<_>>()
+    );
+
+    println!(
+        "\n8. Process-shared locks and values; a lock whose holder is killed is not a deadlock."
+    );
+    let counter = Value::new(0u64).expect("value");
+    let kids: Vec<_> = (0..2)
+        .map(|_| corral::spawn(count_to, counter.clone()).expect("spawn"))
+        .collect();
+    for k in kids {
+        k.join().expect("join");
+    }
+    println!(
+        "   two processes x 10,000 locked increments = {}",
+        counter.get()
+    );
+    let lock = Lock::new().expect("lock");
+    let holding = Event::new().expect("event");
+    let holder = corral::spawn(die_holding, (lock.clone(), holding.clone())).expect("spawn");
+    holding.wait();
+    holder.kill().expect("kill");
+    let _ = holder.join();
+    match lock.acquire_timeout(Duration::from_secs(5)) {
+        Err(AcquireError::OwnerDied(_guard)) => {
+            println!("   the holder was SIGKILLed; we got the lock and were told its owner died")
+        }
+        other => println!("   unexpected: {other:?}"),
+    }
+
+    println!("\n9. If this program is killed, even by SIGKILL, every child dies with it.");
     println!("   (tested: crates/corral-fixtures/tests/orphans.rs)");
 }

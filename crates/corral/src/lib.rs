@@ -118,6 +118,45 @@
 //! assert!(matches!(outcomes[3], Err(TaskError::TimedOut(_))));
 //! ```
 //!
+//! ## Queues, locks and shared memory
+//!
+//! A [`Queue`] lives in shared memory: many producers and consumers in any
+//! processes, `put` returns only once the item is stored (there is no feeder
+//! thread to lose it), and a process killed in the middle of a `put` or a
+//! `get` neither corrupts nor blocks the queue. See the [`queue`] module.
+//! [`Lock`], [`RLock`], [`Semaphore`], [`Condition`], [`Event`] and
+//! [`Barrier`] are process-shared; a lock whose holder dies goes to the next
+//! acquirer with [`AcquireError::OwnerDied`] instead of deadlocking (the
+//! [`sync`] module). [`Value`], [`Array`], [`RawValue`], [`RawArray`] and
+//! [`SharedMemory`] hold plain data every process maps (the [`shared`]
+//! module). All of them are handles: clone them, or pass them to
+//! [`spawn`] or a pool task like any argument.
+//!
+//! ```no_run
+//! use corral::{Queue, Value};
+//! fn worker((tasks, done): (Queue<Option<u64>>, Value<u64>)) {
+//!     while let Ok(Some(n)) = tasks.get() {
+//!         *done.lock() += n;
+//!     }
+//! }
+//! corral::init();
+//! let tasks = Queue::bounded(64).unwrap();
+//! let done = Value::new(0u64).unwrap();
+//! let kids: Vec<_> = (0..4)
+//!     .map(|_| corral::spawn(worker, (tasks.clone(), done.clone())).unwrap())
+//!     .collect();
+//! for n in 1..=100 {
+//!     tasks.put(Some(n)).unwrap();
+//! }
+//! for _ in &kids {
+//!     tasks.put(None).unwrap(); // one sentinel per worker
+//! }
+//! for k in kids {
+//!     k.join().unwrap();
+//! }
+//! assert_eq!(done.get(), 5050);
+//! ```
+//!
 //! ## Lifetimes: no zombies, no orphans
 //!
 //! * Every child is reaped: by [`Child::join`], or, for a dropped handle, at
@@ -131,6 +170,9 @@
 //! * If the parent dies, however it dies, its children die within
 //!   milliseconds: the fork server sees its socket close and kills them, and
 //!   each child also carries `PR_SET_PDEATHSIG`.
+//! * Queues, locks and values are anonymous shared memory (memfd): they
+//!   vanish with the last process that holds them. A named [`SharedMemory`]
+//!   segment is removed by the fork server when its creator dies.
 //!
 //! ## Testing
 //!
@@ -146,7 +188,8 @@
 //!
 //! ## Platform support
 //!
-//! Linux (pidfd, `close_range`, memfd: kernel 5.9 or later). Other platforms
+//! Linux (pidfd, `close_range`, memfd, robust futexes: kernel 5.9 or later)
+//! with glibc (process-shared robust mutexes). Other platforms
 //! are not supported yet.
 #![deny(unsafe_code)]
 #![doc(test(attr(deny(warnings))))]
