@@ -27,9 +27,9 @@
 //!
 //! A side that must wait spins briefly, then announces itself in a waiter
 //! count and sleeps on the other side's sequence word (a futex). The waker
-//! publishes its position, then reads the waiter count: both with
-//! sequentially consistent operations, so either the sleeper sees the new
-//! position or the waker sees the sleeper (a Dekker pair).
+//! publishes its position, then reads the waiter count, each side with a
+//! sequentially consistent fence in between, so either the sleeper sees the
+//! new position or the waker sees the sleeper (a Dekker pair).
 //!
 //! # Death
 //!
@@ -50,12 +50,13 @@
 //! A consumer streaming a message whose producer died notices within
 //! [`DEATH_CHECK`] (the death wakes nobody) and finishes the recovery itself.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::memory::{Memory, Region, Word32, Word64};
 use crate::Error;
 use crate::shared::object::{HEADER, Kind, Object};
-use crate::sys::{self, Acquired, NotAcquired, RobustMutex};
+use crate::sys::Acquired;
 
 // Producer side.
 const P_LOCK: usize = HEADER;
@@ -99,7 +100,7 @@ pub(crate) const DEATH_CHECK: Duration = Duration::from_millis(20);
 
 /// Spins for [`SPIN`] from its first use (the clock is not read before a
 /// wait is needed: reading it costs as much as a whole uncontended get).
-struct Spinner(Option<Instant>);
+pub(crate) struct Spinner(Option<Instant>);
 
 impl Spinner {
     fn new() -> Spinner {
@@ -107,7 +108,7 @@ impl Spinner {
     }
 
     /// `true` (after a pause instruction) while the spin lasts.
-    fn spin(&mut self) -> bool {
+    pub(crate) fn spin(&mut self) -> bool {
         let now = Instant::now();
         if now < *self.0.get_or_insert(now + SPIN) {
             // Between looks, leave the other side's line alone for a while:
@@ -163,10 +164,10 @@ pub(crate) enum GetFail {
     Closed,
 }
 
-/// The untyped queue.
+/// The untyped queue, in memory `M` (a shared region, or loom's model).
 #[derive(Clone, Debug)]
-pub(crate) struct Ring {
-    obj: Object,
+pub(crate) struct Ring<M = Region> {
+    mem: M,
     size: u64,
     capacity: u64,
     joinable: bool,
@@ -176,28 +177,12 @@ fn pad(len: u64) -> u64 {
     len.next_multiple_of(8)
 }
 
-fn lock_mutex(m: RobustMutex<'_>, wait: Wait) -> Result<Acquired, ()> {
-    let result = match wait {
-        Wait::Block => m.lock(),
-        Wait::Try => m.try_lock(),
-        Wait::Until(at) => m.lock_until(at),
-    };
-    match result {
-        Ok(how) => Ok(how),
-        Err(NotAcquired::Busy | NotAcquired::TimedOut) => Err(()),
-        Err(NotAcquired::Deadlock) => {
-            panic!("a queue operation re-entered itself on the same thread")
-        }
-        Err(NotAcquired::Os(e)) => panic!("the shared queue's lock is corrupt: {e}"),
-    }
-}
-
 /// Releases a side's lock when dropped (also on a panic while copying).
-struct Held<'a>(RobustMutex<'a>);
+struct Held<'a, M: Memory>(&'a M, usize);
 
-impl Drop for Held<'_> {
+impl<M: Memory> Drop for Held<'_, M> {
     fn drop(&mut self) {
-        self.0.unlock();
+        self.0.unlock(self.1);
     }
 }
 
@@ -220,6 +205,11 @@ impl Ring {
         Ring::from_object(obj).map_err(|_| Error::Unsupported("a queue of this size"))
     }
 
+    /// The region, for serialization.
+    pub(crate) fn object(&self) -> &Object {
+        &self.mem.0
+    }
+
     /// Checks a received queue region.
     pub(crate) fn from_object(obj: Object) -> Result<Ring, String> {
         let size = obj.param(0);
@@ -231,20 +221,32 @@ impl Ring {
             capacity: obj.param(1),
             joinable: obj.param(2) != 0,
             size,
-            obj,
+            mem: Region(obj),
         })
     }
+}
 
-    pub(crate) fn object(&self) -> &Object {
-        &self.obj
+impl<M: Memory> Ring<M> {
+    /// A ring over any memory (loom's model): `size` bytes of data at
+    /// [`DATA`], locks at zero, counters at zero.
+    #[cfg(test)]
+    pub(crate) fn over(mem: M, size: u64, capacity: u64, joinable: bool) -> Ring<M> {
+        Ring {
+            mem,
+            size,
+            capacity,
+            joinable,
+        }
     }
 
-    fn w64(&self, at: usize) -> &AtomicU64 {
-        self.obj.region().word64(at)
+    #[inline]
+    fn w64(&self, at: usize) -> &M::U64 {
+        self.mem.w64(at)
     }
 
-    fn w32(&self, at: usize) -> &AtomicU32 {
-        self.obj.region().word32(at)
+    #[inline]
+    fn w32(&self, at: usize) -> &M::U32 {
+        self.mem.w32(at)
     }
 
     /// The largest chunk payload: a quarter of the ring, so that a message
@@ -257,9 +259,9 @@ impl Ring {
     fn write_at(&self, pos: u64, bytes: &[u8]) {
         let at = (pos % self.size) as usize;
         let first = bytes.len().min(self.size as usize - at);
-        self.obj.region().store_bytes(DATA + at, &bytes[..first]);
+        self.mem.store(DATA + at, &bytes[..first]);
         if first < bytes.len() {
-            self.obj.region().store_bytes(DATA, &bytes[first..]);
+            self.mem.store(DATA, &bytes[first..]);
         }
     }
 
@@ -267,9 +269,9 @@ impl Ring {
     fn append_from(&self, pos: u64, len: usize, out: &mut Vec<u8>) {
         let at = (pos % self.size) as usize;
         let first = len.min(self.size as usize - at);
-        self.obj.region().load_append(DATA + at, first, out);
+        self.mem.append(DATA + at, first, out);
         if first < len {
-            self.obj.region().load_append(DATA, len - first, out);
+            self.mem.append(DATA, len - first, out);
         }
     }
 
@@ -277,9 +279,9 @@ impl Ring {
     fn read_at(&self, pos: u64, out: &mut [u8]) {
         let at = (pos % self.size) as usize;
         let first = out.len().min(self.size as usize - at);
-        self.obj.region().load_into(DATA + at, &mut out[..first]);
+        self.mem.load(DATA + at, &mut out[..first]);
         if first < out.len() {
-            self.obj.region().load_into(DATA, &mut out[first..]);
+            self.mem.load(DATA, &mut out[first..]);
         }
     }
 
@@ -293,8 +295,8 @@ impl Ring {
     /// Closes the queue for every holder: puts fail, gets drain what is left.
     pub(crate) fn close(&self) {
         self.w32(CLOSED).store(1, Ordering::SeqCst);
-        sys::futex_wake(self.w32(TAIL_SEQ), u32::MAX);
-        sys::futex_wake(self.w32(HEAD_SEQ), u32::MAX);
+        self.mem.wake(self.w32(TAIL_SEQ), u32::MAX);
+        self.mem.wake(self.w32(HEAD_SEQ), u32::MAX);
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -308,9 +310,8 @@ impl Ring {
         if self.is_closed() {
             return Err(PutFail::Closed);
         }
-        let lock = self.obj.region().robust_mutex(P_LOCK);
-        let how = lock_mutex(lock, wait).map_err(|()| PutFail::Full)?;
-        let _held = Held(lock);
+        let how = self.mem.lock(P_LOCK, wait).map_err(|()| PutFail::Full)?;
+        let _held = Held(&self.mem, P_LOCK);
         if how == Acquired::OwnerDied {
             self.recover_producer();
         }
@@ -371,10 +372,10 @@ impl Ring {
         let next = tail + CHUNK_HEADER + pad(payload.len() as u64);
         self.w64(TAIL).store(next, Ordering::Release);
         self.w32(TAIL_SEQ).store(next as u32, Ordering::Release);
-        fence(Ordering::SeqCst);
+        self.mem.fence();
         if self.w32(CONSUMERS_WAITING).load(Ordering::Relaxed) > 0 {
             // All: one of them may be streaming this very message.
-            sys::futex_wake(self.w32(TAIL_SEQ), u32::MAX);
+            self.mem.wake(self.w32(TAIL_SEQ), u32::MAX);
         }
     }
 
@@ -421,12 +422,15 @@ impl Ring {
             if deadline.is_some_and(|at| Instant::now() >= at) {
                 return Err(PutFail::Full);
             }
-            if spinner.spin() {
+            if self.mem.spin(&mut spinner) {
                 continue;
             }
             self.w32(PRODUCERS_WAITING).fetch_add(1, Ordering::SeqCst);
+            // Dekker with the waker's fence: it sees this count, or this
+            // side sees its publication (fences on both sides).
+            self.mem.fence();
             if !fits(true) {
-                sys::futex_wait_until(self.w32(HEAD_SEQ), seen, deadline);
+                self.mem.wait_until(self.w32(HEAD_SEQ), seen, deadline);
             }
             self.w32(PRODUCERS_WAITING).fetch_sub(1, Ordering::SeqCst);
         }
@@ -470,12 +474,15 @@ impl Ring {
                     _ => GetFail::Timeout,
                 });
             }
-            if spinner.spin() {
+            if self.mem.spin(&mut spinner) {
                 continue;
             }
             self.w32(CONSUMERS_WAITING).fetch_add(1, Ordering::SeqCst);
+            // Dekker with the waker's fence: it sees this count, or this
+            // side sees its publication (fences on both sides).
+            self.mem.fence();
             if !self.maybe_nonempty() && !self.is_closed() {
-                sys::futex_wait_until(self.w32(TAIL_SEQ), seen, deadline);
+                self.mem.wait_until(self.w32(TAIL_SEQ), seen, deadline);
             }
             self.w32(CONSUMERS_WAITING).fetch_sub(1, Ordering::SeqCst);
         }
@@ -495,8 +502,7 @@ impl Ring {
     /// With the consumer lock: takes a message if one is there. `Ok(false)`:
     /// another consumer was faster (or only an ABORT was there).
     fn try_take(&self, out: &mut Vec<u8>, wait: Wait) -> Result<bool, GetFail> {
-        let lock = self.obj.region().robust_mutex(C_LOCK);
-        let how = match lock_mutex(lock, wait) {
+        let how = match self.mem.lock(C_LOCK, wait) {
             Ok(how) => how,
             Err(()) => {
                 return Err(match wait {
@@ -505,7 +511,7 @@ impl Ring {
                 });
             }
         };
-        let _held = Held(lock);
+        let _held = Held(&self.mem, C_LOCK);
         if how == Acquired::OwnerDied {
             self.recover_consumer(out);
         }
@@ -570,9 +576,9 @@ impl Ring {
         let next = head + CHUNK_HEADER + pad(len);
         self.w64(HEAD).store(next, Ordering::Release);
         self.w32(HEAD_SEQ).store(next as u32, Ordering::Release);
-        fence(Ordering::SeqCst);
+        self.mem.fence();
         if self.w32(PRODUCERS_WAITING).load(Ordering::Relaxed) > 0 {
-            sys::futex_wake(self.w32(HEAD_SEQ), 1);
+            self.mem.wake(self.w32(HEAD_SEQ), 1);
         }
     }
 
@@ -585,19 +591,21 @@ impl Ring {
             if self.chunk_ready() {
                 return;
             }
-            if spinner.spin() {
+            if self.mem.spin(&mut spinner) {
                 continue;
             }
             self.w32(CONSUMERS_WAITING).fetch_add(1, Ordering::SeqCst);
+            // Dekker with the waker's fence: it sees this count, or this
+            // side sees its publication (fences on both sides).
+            self.mem.fence();
             if !self.chunk_ready() {
-                sys::futex_wait(self.w32(TAIL_SEQ), seen, Some(DEATH_CHECK));
+                self.mem.wait_for(self.w32(TAIL_SEQ), seen, DEATH_CHECK);
             }
             self.w32(CONSUMERS_WAITING).fetch_sub(1, Ordering::SeqCst);
             // A producer that died mid-message wakes nobody: finish its
             // recovery here.
-            let producers = self.obj.region().robust_mutex(P_LOCK);
-            if let Ok(how) = producers.try_lock() {
-                let _held = Held(producers);
+            if let Ok(how) = self.mem.lock(P_LOCK, Wait::Try) {
+                let _held = Held(&self.mem, P_LOCK);
                 if how == Acquired::OwnerDied {
                     self.recover_producer();
                 }
@@ -639,8 +647,9 @@ impl Ring {
         }
         if now == 1 {
             self.w32(JOIN_SEQ).fetch_add(1, Ordering::SeqCst);
+            self.mem.fence();
             if self.w32(JOIN_WAITERS).load(Ordering::SeqCst) > 0 {
-                sys::futex_wake(self.w32(JOIN_SEQ), u32::MAX);
+                self.mem.wake(self.w32(JOIN_SEQ), u32::MAX);
             }
         }
         true
@@ -660,12 +669,316 @@ impl Ring {
                 return true;
             }
             self.w32(JOIN_WAITERS).fetch_add(1, Ordering::SeqCst);
+            // Dekker with the waker's fence: it sees this count, or this
+            // side sees its publication (fences on both sides).
+            self.mem.fence();
             let slept =
-                self.unfinished() == 0 || sys::futex_wait_until(self.w32(JOIN_SEQ), seen, deadline);
+                self.unfinished() == 0 || self.mem.wait_until(self.w32(JOIN_SEQ), seen, deadline);
             self.w32(JOIN_WAITERS).fetch_sub(1, Ordering::SeqCst);
             if !slept {
                 return self.unfinished() == 0;
             }
         }
+    }
+}
+
+/// The ring algorithm under loom's model checker: every interleaving (up to
+/// a preemption bound) of producers, consumers, and processes that die
+/// holding a lock, with loom's model of memory ordering. Data words are
+/// relaxed atomics, so a missing release/acquire shows up as a stale read
+/// and a wrong message; a lost wake-up shows up as a deadlock.
+#[cfg(test)]
+mod model {
+    use std::sync::atomic::Ordering::{self, AcqRel, Acquire, Relaxed, Release, SeqCst};
+    use std::time::{Duration, Instant};
+
+    use loom::sync::atomic::{AtomicU32, AtomicU64};
+    use loom::sync::{Arc, Condvar, Mutex};
+
+    use super::*;
+    use crate::queue::memory::{Memory, Word32, Word64};
+
+    /// A ring small enough to wrap and stream: chunks of at most 8 bytes.
+    const SIZE: u64 = 64;
+    /// Lock word values: free, held, freed by the kernel after a death.
+    const FREE: u32 = 0;
+    const HELD: u32 = 1;
+    const DIED: u32 = 2;
+
+    impl Word64 for AtomicU64 {
+        fn load(&self, order: Ordering) -> u64 {
+            AtomicU64::load(self, order)
+        }
+        fn store(&self, value: u64, order: Ordering) {
+            AtomicU64::store(self, value, order)
+        }
+        fn fetch_add(&self, value: u64, order: Ordering) -> u64 {
+            AtomicU64::fetch_add(self, value, order)
+        }
+        fn compare_exchange(
+            &self,
+            current: u64,
+            new: u64,
+            success: Ordering,
+            failure: Ordering,
+        ) -> Result<u64, u64> {
+            AtomicU64::compare_exchange(self, current, new, success, failure)
+        }
+    }
+
+    impl Word32 for AtomicU32 {
+        fn load(&self, order: Ordering) -> u32 {
+            AtomicU32::load(self, order)
+        }
+        fn store(&self, value: u32, order: Ordering) {
+            AtomicU32::store(self, value, order)
+        }
+        fn fetch_add(&self, value: u32, order: Ordering) -> u32 {
+            AtomicU32::fetch_add(self, value, order)
+        }
+        fn fetch_sub(&self, value: u32, order: Ordering) -> u32 {
+            AtomicU32::fetch_sub(self, value, order)
+        }
+    }
+
+    /// Loom's stand-in for the shared region: words, data words, robust
+    /// locks (a word: FREE / HELD / DIED) and futexes (a condition variable
+    /// whose check-and-sleep is atomic with respect to wakes, as a futex's).
+    struct Model {
+        w64: Vec<AtomicU64>,
+        w32: Vec<AtomicU32>,
+        data: Vec<AtomicU64>,
+        futex: Mutex<()>,
+        wakes: Condvar,
+    }
+
+    impl Model {
+        fn new() -> Arc<Model> {
+            Arc::new(Model {
+                w64: (0..DATA / 8).map(|_| AtomicU64::new(0)).collect(),
+                w32: (0..DATA / 4).map(|_| AtomicU32::new(0)).collect(),
+                data: (0..SIZE / 8).map(|_| AtomicU64::new(0)).collect(),
+                futex: Mutex::new(()),
+                wakes: Condvar::new(),
+            })
+        }
+
+        /// A process dies holding the lock at `at`: the kernel marks it.
+        fn die_holding(&self, at: usize) {
+            assert_eq!(self.w32[at / 4].swap(DIED, AcqRel), HELD);
+        }
+    }
+
+    impl Memory for Arc<Model> {
+        type U64 = AtomicU64;
+        type U32 = AtomicU32;
+
+        fn w64(&self, at: usize) -> &AtomicU64 {
+            &self.w64[at / 8]
+        }
+        fn w32(&self, at: usize) -> &AtomicU32 {
+            &self.w32[at / 4]
+        }
+        // Word by word (the ring only starts copies on 8-byte boundaries):
+        // one relaxed access per word keeps the state space small.
+        fn store(&self, at: usize, bytes: &[u8]) {
+            let start = at - DATA;
+            assert_eq!(start % 8, 0);
+            for (i, piece) in bytes.chunks(8).enumerate() {
+                let word = &self.data[start / 8 + i];
+                let mut le = if piece.len() < 8 {
+                    word.load(Relaxed).to_le_bytes()
+                } else {
+                    [0; 8]
+                };
+                le[..piece.len()].copy_from_slice(piece);
+                word.store(u64::from_le_bytes(le), Relaxed);
+            }
+        }
+        fn load(&self, at: usize, out: &mut [u8]) {
+            let start = at - DATA;
+            assert_eq!(start % 8, 0);
+            for (i, piece) in out.chunks_mut(8).enumerate() {
+                let le = self.data[start / 8 + i].load(Relaxed).to_le_bytes();
+                piece.copy_from_slice(&le[..piece.len()]);
+            }
+        }
+        fn append(&self, at: usize, len: usize, out: &mut Vec<u8>) {
+            let start = out.len();
+            out.resize(start + len, 0);
+            self.load(at, &mut out[start..]);
+        }
+        fn fence(&self) {
+            loom::sync::atomic::fence(SeqCst);
+        }
+        fn lock(&self, at: usize, wait: Wait) -> Result<Acquired, ()> {
+            let word = &self.w32[at / 4];
+            loop {
+                if word.compare_exchange(FREE, HELD, Acquire, Relaxed).is_ok() {
+                    return Ok(Acquired::Clean);
+                }
+                if word.compare_exchange(DIED, HELD, Acquire, Relaxed).is_ok() {
+                    return Ok(Acquired::OwnerDied);
+                }
+                if matches!(wait, Wait::Try) {
+                    return Err(());
+                }
+                loom::thread::yield_now();
+            }
+        }
+        fn unlock(&self, at: usize) {
+            self.w32[at / 4].store(FREE, Release);
+        }
+        fn wait_until(&self, word: &AtomicU32, expected: u32, deadline: Option<Instant>) -> bool {
+            if deadline.is_some() {
+                // A timed wait may time out at any point: let others run.
+                loom::thread::yield_now();
+                return true;
+            }
+            let guard = self.futex.lock().unwrap();
+            if word.load(SeqCst) == expected {
+                drop(self.wakes.wait(guard).unwrap());
+            }
+            true
+        }
+        fn wait_for(&self, _word: &AtomicU32, _expected: u32, _timeout: Duration) {
+            loom::thread::yield_now();
+        }
+        fn wake(&self, _word: &AtomicU32, _count: u32) {
+            let _guard = self.futex.lock().unwrap();
+            self.wakes.notify_all();
+        }
+        fn spin(&self, _spinner: &mut Spinner) -> bool {
+            false
+        }
+    }
+
+    fn ring(capacity: u64) -> Ring<Arc<Model>> {
+        Ring::over(Model::new(), SIZE, capacity, false)
+    }
+
+    fn take(r: &Ring<Arc<Model>>) -> Vec<u8> {
+        let mut out = Vec::new();
+        r.get(&mut out, Wait::Block).unwrap();
+        out
+    }
+
+    fn bounded(preemptions: usize) -> loom::model::Builder {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(preemptions);
+        b
+    }
+
+    /// Messages arrive whole, in order, including one that streams through
+    /// the ring in three chunks and wraps around its end.
+    #[test]
+    fn messages_arrive_whole_and_in_order() {
+        bounded(2).check(|| {
+            let r = ring(0);
+            let producer = {
+                let r = r.clone();
+                loom::thread::spawn(move || {
+                    r.put(&[1; 8], Wait::Block).unwrap();
+                    r.put(&[2; 20], Wait::Block).unwrap();
+                })
+            };
+            assert_eq!(take(&r), [1; 8]);
+            assert_eq!(take(&r), [2; 20]);
+            producer.join().unwrap();
+        });
+    }
+
+    /// Two producers, two consumers: each message delivered exactly once.
+    #[test]
+    fn every_message_is_taken_exactly_once() {
+        bounded(1).check(|| {
+            let r = ring(0);
+            let threads: Vec<_> = (0..2u8)
+                .map(|i| {
+                    let r = r.clone();
+                    loom::thread::spawn(move || r.put(&[i; 4], Wait::Block).unwrap())
+                })
+                .collect();
+            let other = {
+                let r = r.clone();
+                loom::thread::spawn(move || take(&r))
+            };
+            let mine = take(&r);
+            let theirs = other.join().unwrap();
+            for t in threads {
+                t.join().unwrap();
+            }
+            let mut got = [mine, theirs];
+            got.sort();
+            assert_eq!(got, [vec![0; 4], vec![1; 4]]);
+            assert_eq!(r.len(), 0);
+        });
+    }
+
+    /// With room for one message, the producer sleeps until the consumer
+    /// takes it: the wake is never lost.
+    #[test]
+    fn a_full_queue_wakes_its_producer() {
+        bounded(2).check(|| {
+            let r = ring(1);
+            let producer = {
+                let r = r.clone();
+                loom::thread::spawn(move || {
+                    for i in 0..3u8 {
+                        r.put(&[i; 8], Wait::Block).unwrap();
+                    }
+                })
+            };
+            for i in 0..3u8 {
+                assert_eq!(take(&r), [i; 8]);
+            }
+            producer.join().unwrap();
+        });
+    }
+
+    /// A producer that dies after the first chunk of a message: whichever
+    /// of the next producer or the streaming consumer takes its lock first
+    /// closes the message, and the consumer gets the next one intact.
+    #[test]
+    fn a_producer_dying_mid_message_is_recovered() {
+        bounded(2).check(|| {
+            let r = ring(0);
+            // The dying producer's steps of `put`, up to its death.
+            assert_eq!(r.mem.lock(P_LOCK, Wait::Block), Ok(Acquired::Clean));
+            r.w32(P_OPEN).store(1, Relaxed);
+            r.write_chunk(&[9; 8], FIRST);
+            r.mem.die_holding(P_LOCK);
+            let consumer = {
+                let r = r.clone();
+                loom::thread::spawn(move || take(&r))
+            };
+            r.put(&[3; 8], Wait::Block).unwrap();
+            assert_eq!(consumer.join().unwrap(), [3; 8]);
+            assert_eq!(r.len(), 0);
+        });
+    }
+
+    /// A consumer that dies after taking the first chunk of a message: the
+    /// next consumer skips the rest and gets the following message intact.
+    #[test]
+    fn a_consumer_dying_mid_message_is_recovered() {
+        bounded(2).check(|| {
+            let r = ring(0);
+            r.put(&[4; 20], Wait::Block).unwrap();
+            // The dying consumer's steps of `get`, up to its death.
+            assert_eq!(r.mem.lock(C_LOCK, Wait::Block), Ok(Acquired::Clean));
+            assert!(r.chunk_ready());
+            let head = r.w64(HEAD).load(Relaxed);
+            r.w64(C_OPEN_AT).store(head, Relaxed);
+            r.w32(C_OPEN).store(1, Relaxed);
+            r.advance(head, 8, false);
+            r.mem.die_holding(C_LOCK);
+            let producer = {
+                let r = r.clone();
+                loom::thread::spawn(move || r.put(&[5; 8], Wait::Block).unwrap())
+            };
+            assert_eq!(take(&r), [5; 8]);
+            producer.join().unwrap();
+        });
     }
 }

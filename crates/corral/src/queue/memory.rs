@@ -1,0 +1,184 @@
+//! What the ring algorithm needs from the memory it lives in, so that the
+//! same code runs on a shared memory region (the real queue) and on loom's
+//! model of memory (the model checker, in `ring.rs`'s tests).
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::shared::object::Object;
+use crate::sys::{self, Acquired, NotAcquired};
+
+/// A 64-bit atomic word.
+pub(crate) trait Word64 {
+    fn load(&self, order: Ordering) -> u64;
+    fn store(&self, value: u64, order: Ordering);
+    fn fetch_add(&self, value: u64, order: Ordering) -> u64;
+    fn compare_exchange(
+        &self,
+        current: u64,
+        new: u64,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u64, u64>;
+}
+
+/// A 32-bit atomic word, the unit futexes wait on.
+pub(crate) trait Word32 {
+    fn load(&self, order: Ordering) -> u32;
+    fn store(&self, value: u32, order: Ordering);
+    fn fetch_add(&self, value: u32, order: Ordering) -> u32;
+    fn fetch_sub(&self, value: u32, order: Ordering) -> u32;
+}
+
+/// The ring's view of its memory: words, bytes, robust locks and futexes.
+pub(crate) trait Memory {
+    type U64: Word64;
+    type U32: Word32;
+
+    /// The 64-bit word at byte `at`.
+    fn w64(&self, at: usize) -> &Self::U64;
+    /// The 32-bit word at byte `at`.
+    fn w32(&self, at: usize) -> &Self::U32;
+    /// Copies `bytes` in at byte `at`.
+    fn store(&self, at: usize, bytes: &[u8]);
+    /// Copies `out.len()` bytes out from byte `at`.
+    fn load(&self, at: usize, out: &mut [u8]);
+    /// Appends `len` bytes from byte `at` to `out`.
+    fn append(&self, at: usize, len: usize, out: &mut Vec<u8>);
+    /// A full memory fence.
+    fn fence(&self);
+    /// Locks the robust lock at byte `at` (`Err`: busy or timed out).
+    fn lock(&self, at: usize, wait: super::ring::Wait) -> Result<Acquired, ()>;
+    /// Unlocks the lock at byte `at`, held by this thread.
+    fn unlock(&self, at: usize);
+    /// Sleeps while `word` holds `expected`, until `deadline`; `false` if
+    /// the deadline had passed.
+    fn wait_until(&self, word: &Self::U32, expected: u32, deadline: Option<Instant>) -> bool;
+    /// Sleeps while `word` holds `expected`, at most `timeout`.
+    fn wait_for(&self, word: &Self::U32, expected: u32, timeout: Duration);
+    /// Wakes up to `count` sleepers on `word`.
+    fn wake(&self, word: &Self::U32, count: u32);
+    /// Spins a little before sleeping: `true` while it is worth it.
+    fn spin(&self, spinner: &mut super::ring::Spinner) -> bool {
+        spinner.spin()
+    }
+}
+
+impl Word64 for AtomicU64 {
+    #[inline]
+    fn load(&self, order: Ordering) -> u64 {
+        AtomicU64::load(self, order)
+    }
+    #[inline]
+    fn store(&self, value: u64, order: Ordering) {
+        AtomicU64::store(self, value, order)
+    }
+    #[inline]
+    fn fetch_add(&self, value: u64, order: Ordering) -> u64 {
+        AtomicU64::fetch_add(self, value, order)
+    }
+    #[inline]
+    fn compare_exchange(
+        &self,
+        current: u64,
+        new: u64,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u64, u64> {
+        AtomicU64::compare_exchange(self, current, new, success, failure)
+    }
+}
+
+impl Word32 for AtomicU32 {
+    #[inline]
+    fn load(&self, order: Ordering) -> u32 {
+        AtomicU32::load(self, order)
+    }
+    #[inline]
+    fn store(&self, value: u32, order: Ordering) {
+        AtomicU32::store(self, value, order)
+    }
+    #[inline]
+    fn fetch_add(&self, value: u32, order: Ordering) -> u32 {
+        AtomicU32::fetch_add(self, value, order)
+    }
+    #[inline]
+    fn fetch_sub(&self, value: u32, order: Ordering) -> u32 {
+        AtomicU32::fetch_sub(self, value, order)
+    }
+}
+
+/// A queue's shared memory region: the real thing.
+#[derive(Clone, Debug)]
+pub(crate) struct Region(pub(crate) Object);
+
+impl Memory for Region {
+    type U64 = AtomicU64;
+    type U32 = AtomicU32;
+
+    #[inline]
+    fn w64(&self, at: usize) -> &AtomicU64 {
+        self.0.region().word64(at)
+    }
+
+    #[inline]
+    fn w32(&self, at: usize) -> &AtomicU32 {
+        self.0.region().word32(at)
+    }
+
+    #[inline]
+    fn store(&self, at: usize, bytes: &[u8]) {
+        self.0.region().store_bytes(at, bytes);
+    }
+
+    #[inline]
+    fn load(&self, at: usize, out: &mut [u8]) {
+        self.0.region().load_into(at, out);
+    }
+
+    #[inline]
+    fn append(&self, at: usize, len: usize, out: &mut Vec<u8>) {
+        self.0.region().load_append(at, len, out);
+    }
+
+    #[inline]
+    fn fence(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
+    #[inline]
+    fn lock(&self, at: usize, wait: super::ring::Wait) -> Result<Acquired, ()> {
+        use super::ring::Wait;
+        let m = self.0.region().robust_mutex(at);
+        let result = match wait {
+            Wait::Block => m.lock(),
+            Wait::Try => m.try_lock(),
+            Wait::Until(deadline) => m.lock_until(deadline),
+        };
+        match result {
+            Ok(how) => Ok(how),
+            Err(NotAcquired::Busy | NotAcquired::TimedOut) => Err(()),
+            Err(NotAcquired::Deadlock) => {
+                panic!("a queue operation re-entered itself on the same thread")
+            }
+            Err(NotAcquired::Os(e)) => panic!("the shared queue's lock is corrupt: {e}"),
+        }
+    }
+
+    #[inline]
+    fn unlock(&self, at: usize) {
+        self.0.region().robust_mutex(at).unlock();
+    }
+
+    fn wait_until(&self, word: &AtomicU32, expected: u32, deadline: Option<Instant>) -> bool {
+        sys::futex_wait_until(word, expected, deadline)
+    }
+
+    fn wait_for(&self, word: &AtomicU32, expected: u32, timeout: Duration) {
+        sys::futex_wait(word, expected, Some(timeout));
+    }
+
+    fn wake(&self, word: &AtomicU32, count: u32) {
+        sys::futex_wake(word, count);
+    }
+}
