@@ -53,7 +53,6 @@
 //! `put` waits for consumers as a full pipe would, rather than growing the
 //! producer's memory without limit.
 
-mod memory;
 mod ring;
 
 use std::cell::RefCell;

@@ -53,8 +53,9 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::memory::{Memory, Region, Word32, Word64};
 use crate::Error;
+use crate::shared::memory::{Memory, Region, Word32, Word64};
+pub(crate) use crate::shared::memory::{Spinner, Wait};
 use crate::shared::object::{HEADER, Kind, Object};
 use crate::sys::Acquired;
 
@@ -91,58 +92,9 @@ const FIRST: u32 = 1;
 const LAST: u32 = 2;
 const ABORT: u32 = 4;
 
-/// How long a waiting side watches the other before it sleeps: waking a
-/// sleeping process costs 35–60 µs on a 2-CPU machine.
-const SPIN: Duration = Duration::from_micros(50);
 /// How often a consumer waiting inside a message checks that its producer
 /// is alive.
 pub(crate) const DEATH_CHECK: Duration = Duration::from_millis(20);
-
-/// Spins for [`SPIN`] from its first use (the clock is not read before a
-/// wait is needed: reading it costs as much as a whole uncontended get).
-pub(crate) struct Spinner(Option<Instant>);
-
-impl Spinner {
-    fn new() -> Spinner {
-        Spinner(None)
-    }
-
-    /// `true` (after a pause instruction) while the spin lasts.
-    pub(crate) fn spin(&mut self) -> bool {
-        let now = Instant::now();
-        if now < *self.0.get_or_insert(now + SPIN) {
-            // Between looks, leave the other side's line alone for a while:
-            // every look steals it from the process writing it.
-            for _ in 0..8 {
-                std::hint::spin_loop();
-            }
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// How a call waits.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Wait {
-    /// As long as it takes.
-    Block,
-    /// Not at all.
-    Try,
-    /// Until the instant.
-    Until(Instant),
-}
-
-impl Wait {
-    fn deadline(self) -> Option<Instant> {
-        match self {
-            Wait::Block => None,
-            Wait::Try => Some(Instant::now()),
-            Wait::Until(at) => Some(at),
-        }
-    }
-}
 
 /// Why a put did not store its message.
 #[derive(Debug, PartialEq, Eq)]
@@ -207,7 +159,7 @@ impl Ring {
 
     /// The region, for serialization.
     pub(crate) fn object(&self) -> &Object {
-        &self.mem.0
+        &self.mem
     }
 
     /// Checks a received queue region.
@@ -221,7 +173,7 @@ impl Ring {
             capacity: obj.param(1),
             joinable: obj.param(2) != 0,
             size,
-            mem: Region(obj),
+            mem: obj,
         })
     }
 }
@@ -682,191 +634,31 @@ impl<M: Memory> Ring<M> {
     }
 }
 
-/// The ring algorithm under loom's model checker: every interleaving (up to
-/// a preemption bound) of producers, consumers, and processes that die
-/// holding a lock, with loom's model of memory ordering. Data words are
-/// relaxed atomics, so a missing release/acquire shows up as a stale read
-/// and a wrong message; a lost wake-up shows up as a deadlock.
+/// The ring under loom's model checker: every interleaving (up to a
+/// preemption bound) of producers, consumers, and processes that die holding
+/// a lock, with loom's model of memory ordering (see `shared::model`). A lost
+/// wake-up shows up as a deadlock, a missing release/acquire as a wrong
+/// message.
 #[cfg(test)]
 mod model {
-    use std::sync::atomic::Ordering::{self, AcqRel, Acquire, Relaxed, Release, SeqCst};
-    use std::time::{Duration, Instant};
+    use std::sync::atomic::Ordering::Relaxed;
 
-    use loom::sync::atomic::{AtomicU32, AtomicU64};
-    use loom::sync::{Arc, Condvar, Mutex};
+    use loom::sync::Arc;
 
     use super::*;
-    use crate::queue::memory::{Memory, Word32, Word64};
+    use crate::shared::model::{Model, bounded};
 
     /// A ring small enough to wrap and stream: chunks of at most 8 bytes.
     const SIZE: u64 = 64;
-    /// Lock word values: free, held, freed by the kernel after a death.
-    const FREE: u32 = 0;
-    const HELD: u32 = 1;
-    const DIED: u32 = 2;
-
-    impl Word64 for AtomicU64 {
-        fn load(&self, order: Ordering) -> u64 {
-            AtomicU64::load(self, order)
-        }
-        fn store(&self, value: u64, order: Ordering) {
-            AtomicU64::store(self, value, order)
-        }
-        fn fetch_add(&self, value: u64, order: Ordering) -> u64 {
-            AtomicU64::fetch_add(self, value, order)
-        }
-        fn compare_exchange(
-            &self,
-            current: u64,
-            new: u64,
-            success: Ordering,
-            failure: Ordering,
-        ) -> Result<u64, u64> {
-            AtomicU64::compare_exchange(self, current, new, success, failure)
-        }
-    }
-
-    impl Word32 for AtomicU32 {
-        fn load(&self, order: Ordering) -> u32 {
-            AtomicU32::load(self, order)
-        }
-        fn store(&self, value: u32, order: Ordering) {
-            AtomicU32::store(self, value, order)
-        }
-        fn fetch_add(&self, value: u32, order: Ordering) -> u32 {
-            AtomicU32::fetch_add(self, value, order)
-        }
-        fn fetch_sub(&self, value: u32, order: Ordering) -> u32 {
-            AtomicU32::fetch_sub(self, value, order)
-        }
-    }
-
-    /// Loom's stand-in for the shared region: words, data words, robust
-    /// locks (a word: FREE / HELD / DIED) and futexes (a condition variable
-    /// whose check-and-sleep is atomic with respect to wakes, as a futex's).
-    struct Model {
-        w64: Vec<AtomicU64>,
-        w32: Vec<AtomicU32>,
-        data: Vec<AtomicU64>,
-        futex: Mutex<()>,
-        wakes: Condvar,
-    }
-
-    impl Model {
-        fn new() -> Arc<Model> {
-            Arc::new(Model {
-                w64: (0..DATA / 8).map(|_| AtomicU64::new(0)).collect(),
-                w32: (0..DATA / 4).map(|_| AtomicU32::new(0)).collect(),
-                data: (0..SIZE / 8).map(|_| AtomicU64::new(0)).collect(),
-                futex: Mutex::new(()),
-                wakes: Condvar::new(),
-            })
-        }
-
-        /// A process dies holding the lock at `at`: the kernel marks it.
-        fn die_holding(&self, at: usize) {
-            assert_eq!(self.w32[at / 4].swap(DIED, AcqRel), HELD);
-        }
-    }
-
-    impl Memory for Arc<Model> {
-        type U64 = AtomicU64;
-        type U32 = AtomicU32;
-
-        fn w64(&self, at: usize) -> &AtomicU64 {
-            &self.w64[at / 8]
-        }
-        fn w32(&self, at: usize) -> &AtomicU32 {
-            &self.w32[at / 4]
-        }
-        // Word by word (the ring only starts copies on 8-byte boundaries):
-        // one relaxed access per word keeps the state space small.
-        fn store(&self, at: usize, bytes: &[u8]) {
-            let start = at - DATA;
-            assert_eq!(start % 8, 0);
-            for (i, piece) in bytes.chunks(8).enumerate() {
-                let word = &self.data[start / 8 + i];
-                let mut le = if piece.len() < 8 {
-                    word.load(Relaxed).to_le_bytes()
-                } else {
-                    [0; 8]
-                };
-                le[..piece.len()].copy_from_slice(piece);
-                word.store(u64::from_le_bytes(le), Relaxed);
-            }
-        }
-        fn load(&self, at: usize, out: &mut [u8]) {
-            let start = at - DATA;
-            assert_eq!(start % 8, 0);
-            for (i, piece) in out.chunks_mut(8).enumerate() {
-                let le = self.data[start / 8 + i].load(Relaxed).to_le_bytes();
-                piece.copy_from_slice(&le[..piece.len()]);
-            }
-        }
-        fn append(&self, at: usize, len: usize, out: &mut Vec<u8>) {
-            let start = out.len();
-            out.resize(start + len, 0);
-            self.load(at, &mut out[start..]);
-        }
-        fn fence(&self) {
-            loom::sync::atomic::fence(SeqCst);
-        }
-        fn lock(&self, at: usize, wait: Wait) -> Result<Acquired, ()> {
-            let word = &self.w32[at / 4];
-            loop {
-                if word.compare_exchange(FREE, HELD, Acquire, Relaxed).is_ok() {
-                    return Ok(Acquired::Clean);
-                }
-                if word.compare_exchange(DIED, HELD, Acquire, Relaxed).is_ok() {
-                    return Ok(Acquired::OwnerDied);
-                }
-                if matches!(wait, Wait::Try) {
-                    return Err(());
-                }
-                loom::thread::yield_now();
-            }
-        }
-        fn unlock(&self, at: usize) {
-            self.w32[at / 4].store(FREE, Release);
-        }
-        fn wait_until(&self, word: &AtomicU32, expected: u32, deadline: Option<Instant>) -> bool {
-            if deadline.is_some() {
-                // A timed wait may time out at any point: let others run.
-                loom::thread::yield_now();
-                return true;
-            }
-            let guard = self.futex.lock().unwrap();
-            if word.load(SeqCst) == expected {
-                drop(self.wakes.wait(guard).unwrap());
-            }
-            true
-        }
-        fn wait_for(&self, _word: &AtomicU32, _expected: u32, _timeout: Duration) {
-            loom::thread::yield_now();
-        }
-        fn wake(&self, _word: &AtomicU32, _count: u32) {
-            let _guard = self.futex.lock().unwrap();
-            self.wakes.notify_all();
-        }
-        fn spin(&self, _spinner: &mut Spinner) -> bool {
-            false
-        }
-    }
 
     fn ring(capacity: u64) -> Ring<Arc<Model>> {
-        Ring::over(Model::new(), SIZE, capacity, false)
+        Ring::over(Model::new(DATA, SIZE as usize), SIZE, capacity, false)
     }
 
     fn take(r: &Ring<Arc<Model>>) -> Vec<u8> {
         let mut out = Vec::new();
         r.get(&mut out, Wait::Block).unwrap();
         out
-    }
-
-    fn bounded(preemptions: usize) -> loom::model::Builder {
-        let mut b = loom::model::Builder::new();
-        b.preemption_bound = Some(preemptions);
-        b
     }
 
     /// Messages arrive whole, in order, including one that streams through

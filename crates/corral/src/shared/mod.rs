@@ -34,6 +34,9 @@
     reason = "plain data in shared memory is read and written through raw pointers"
 )]
 
+pub(crate) mod memory;
+#[cfg(test)]
+pub(crate) mod model;
 pub(crate) mod object;
 mod segment;
 

@@ -1,13 +1,13 @@
 //! `Barrier`: N processes meet, then all go on.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::deadline;
 use crate::Error;
+use crate::shared::memory::{Memory, Word32};
 use crate::shared::object::{HEADER, Kind, Object, object_handle_serde};
-use crate::sys;
 
 /// How many have arrived in the current round.
 const ARRIVED: usize = HEADER;
@@ -95,10 +95,6 @@ impl Barrier {
         Ok(Barrier { obj })
     }
 
-    fn word(&self, offset: usize) -> &AtomicU32 {
-        self.obj.region().word32(offset)
-    }
-
     /// How many parties the barrier waits for.
     pub fn parties(&self) -> u32 {
         self.obj.param(0) as u32
@@ -106,12 +102,12 @@ impl Barrier {
 
     /// How many parties wait at the barrier now.
     pub fn n_waiting(&self) -> u32 {
-        self.word(ARRIVED).load(Ordering::Acquire)
+        self.obj.w32(ARRIVED).load(Ordering::Acquire)
     }
 
     /// Is the barrier broken?
     pub fn is_broken(&self) -> bool {
-        self.word(ROUND).load(Ordering::Acquire) & BROKEN != 0
+        self.obj.w32(ROUND).load(Ordering::Acquire) & BROKEN != 0
     }
 
     /// Breaks the barrier: every waiter, now and later, gets
@@ -125,43 +121,7 @@ impl Barrier {
     /// assert_eq!(b.wait(), Err(corral::BarrierError::Broken));
     /// ```
     pub fn abort(&self) {
-        self.word(ROUND).fetch_or(BROKEN, Ordering::SeqCst);
-        sys::futex_wake(self.word(ROUND), u32::MAX);
-    }
-
-    fn wait_until(&self, deadline: Option<Instant>) -> Result<BarrierWaitResult, BarrierError> {
-        let round = self.word(ROUND).load(Ordering::SeqCst);
-        if round & BROKEN != 0 {
-            return Err(BarrierError::Broken);
-        }
-        let arrived = self.word(ARRIVED).fetch_add(1, Ordering::SeqCst) + 1;
-        let index = self.parties() - arrived;
-        if arrived == self.parties() {
-            self.word(ARRIVED).store(0, Ordering::SeqCst);
-            let next = (round + 1) & !BROKEN;
-            if self
-                .word(ROUND)
-                .compare_exchange(round, next, Ordering::SeqCst, Ordering::SeqCst)
-                .is_err()
-            {
-                return Err(BarrierError::Broken);
-            }
-            sys::futex_wake(self.word(ROUND), u32::MAX);
-            return Ok(BarrierWaitResult { index });
-        }
-        loop {
-            let now = self.word(ROUND).load(Ordering::SeqCst);
-            if now & BROKEN != 0 {
-                return Err(BarrierError::Broken);
-            }
-            if now != round {
-                return Ok(BarrierWaitResult { index });
-            }
-            if !sys::futex_wait_until(self.word(ROUND), round, deadline) {
-                self.abort();
-                return Err(BarrierError::Timeout);
-            }
-        }
+        abort(&self.obj);
     }
 
     /// Waits until all parties have arrived.
@@ -170,7 +130,7 @@ impl Barrier {
     ///
     /// [`BarrierError::Broken`] if the barrier is or becomes broken.
     pub fn wait(&self) -> Result<BarrierWaitResult, BarrierError> {
-        self.wait_until(None)
+        wait_until(&self.obj, self.parties(), None)
     }
 
     /// Waits at most `timeout`; on expiry the barrier breaks (as in Python).
@@ -180,7 +140,7 @@ impl Barrier {
     /// [`BarrierError::Timeout`] for this caller, [`BarrierError::Broken`]
     /// for the others.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<BarrierWaitResult, BarrierError> {
-        self.wait_until(deadline(timeout))
+        wait_until(&self.obj, self.parties(), deadline(timeout))
     }
 }
 
@@ -195,3 +155,80 @@ impl fmt::Debug for Barrier {
 }
 
 object_handle_serde!(Barrier, Kind::Barrier);
+
+fn abort<M: Memory>(m: &M) {
+    m.w32(ROUND).fetch_or(BROKEN, Ordering::SeqCst);
+    m.wake(m.w32(ROUND), u32::MAX);
+}
+
+fn wait_until<M: Memory>(
+    m: &M,
+    parties: u32,
+    deadline: Option<Instant>,
+) -> Result<BarrierWaitResult, BarrierError> {
+    let round = m.w32(ROUND).load(Ordering::SeqCst);
+    if round & BROKEN != 0 {
+        return Err(BarrierError::Broken);
+    }
+    let arrived = m.w32(ARRIVED).fetch_add(1, Ordering::SeqCst) + 1;
+    let index = parties - arrived;
+    if arrived == parties {
+        // The last to arrive opens the next round, then wakes the others
+        // (who sleep on the round word: the change itself cannot be missed).
+        m.w32(ARRIVED).store(0, Ordering::SeqCst);
+        let next = (round + 1) & !BROKEN;
+        if m.w32(ROUND)
+            .compare_exchange(round, next, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return Err(BarrierError::Broken);
+        }
+        m.wake(m.w32(ROUND), u32::MAX);
+        return Ok(BarrierWaitResult { index });
+    }
+    loop {
+        let now = m.w32(ROUND).load(Ordering::SeqCst);
+        if now & BROKEN != 0 {
+            return Err(BarrierError::Broken);
+        }
+        if now != round {
+            return Ok(BarrierWaitResult { index });
+        }
+        if !m.wait_until(m.w32(ROUND), round, deadline) {
+            abort(m);
+            return Err(BarrierError::Timeout);
+        }
+    }
+}
+
+/// The barrier under loom: every party passes each round, with one leader
+/// per round, and no party runs into the next round early.
+#[cfg(test)]
+mod model {
+    use crate::shared::model::{Model, bounded};
+
+    #[test]
+    fn three_parties_two_rounds() {
+        bounded(2).check(|| {
+            let m = Model::new(super::ROUND + 4, 0);
+            let others: Vec<_> = (0..2)
+                .map(|_| {
+                    let m = m.clone();
+                    loom::thread::spawn(move || {
+                        (0..2)
+                            .map(|_| super::wait_until(&m, 3, None).unwrap().is_leader())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            let mine: Vec<bool> = (0..2)
+                .map(|_| super::wait_until(&m, 3, None).unwrap().is_leader())
+                .collect();
+            let theirs: Vec<Vec<bool>> = others.into_iter().map(|t| t.join().unwrap()).collect();
+            for round in 0..2 {
+                let leaders = [mine[round], theirs[0][round], theirs[1][round]];
+                assert_eq!(leaders.iter().filter(|&&l| l).count(), 1);
+            }
+        });
+    }
+}

@@ -1,13 +1,13 @@
 //! `Event`: a process-shared flag that can be waited on.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::deadline;
 use crate::Error;
+use crate::shared::memory::{Memory, Word32};
 use crate::shared::object::{HEADER, Kind, Object, object_handle_serde};
-use crate::sys;
 
 /// The flag (0 or 1), also the futex word.
 const FLAG: usize = HEADER;
@@ -50,10 +50,6 @@ impl Event {
         Ok(Event { obj })
     }
 
-    fn word(&self, offset: usize) -> &AtomicU32 {
-        self.obj.region().word32(offset)
-    }
-
     /// Is the flag set?
     ///
     /// # Examples
@@ -67,37 +63,22 @@ impl Event {
     /// assert!(!e.is_set());
     /// ```
     pub fn is_set(&self) -> bool {
-        self.word(FLAG).load(Ordering::Acquire) != 0
+        is_set(&self.obj)
     }
 
     /// Sets the flag and wakes every waiter.
     pub fn set(&self) {
-        self.word(FLAG).store(1, Ordering::SeqCst);
-        if self.word(WAITERS).load(Ordering::SeqCst) > 0 {
-            sys::futex_wake(self.word(FLAG), u32::MAX);
-        }
+        set(&self.obj);
     }
 
     /// Clears the flag.
     pub fn clear(&self) {
-        self.word(FLAG).store(0, Ordering::SeqCst);
-    }
-
-    fn wait_until(&self, deadline: Option<Instant>) -> bool {
-        while !self.is_set() {
-            self.word(WAITERS).fetch_add(1, Ordering::SeqCst);
-            let slept = sys::futex_wait_until(self.word(FLAG), 0, deadline);
-            self.word(WAITERS).fetch_sub(1, Ordering::SeqCst);
-            if !slept {
-                return self.is_set();
-            }
-        }
-        true
+        self.obj.w32(FLAG).store(0, Ordering::SeqCst);
     }
 
     /// Waits until the flag is set (at once if it is).
     pub fn wait(&self) {
-        self.wait_until(None);
+        wait_until(&self.obj, None);
     }
 
     /// Waits at most `timeout` for the flag; returns whether it is set.
@@ -110,8 +91,34 @@ impl Event {
     /// assert!(!e.wait_timeout(Duration::from_millis(10)));
     /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.wait_until(deadline(timeout))
+        wait_until(&self.obj, deadline(timeout))
     }
+}
+
+fn is_set<M: Memory>(m: &M) -> bool {
+    m.w32(FLAG).load(Ordering::Acquire) != 0
+}
+
+fn set<M: Memory>(m: &M) {
+    m.w32(FLAG).store(1, Ordering::SeqCst);
+    // Dekker with a waiter's fence: it sees the flag, or this sees it.
+    m.fence();
+    if m.w32(WAITERS).load(Ordering::SeqCst) > 0 {
+        m.wake(m.w32(FLAG), u32::MAX);
+    }
+}
+
+fn wait_until<M: Memory>(m: &M, deadline: Option<Instant>) -> bool {
+    while !is_set(m) {
+        m.w32(WAITERS).fetch_add(1, Ordering::SeqCst);
+        m.fence();
+        let slept = m.wait_until(m.w32(FLAG), 0, deadline);
+        m.w32(WAITERS).fetch_sub(1, Ordering::SeqCst);
+        if !slept {
+            return is_set(m);
+        }
+    }
+    true
 }
 
 impl fmt::Debug for Event {
@@ -123,3 +130,22 @@ impl fmt::Debug for Event {
 }
 
 object_handle_serde!(Event, Kind::Event);
+
+/// The event's protocol under loom: a waiter never misses a `set`.
+#[cfg(test)]
+mod model {
+    use crate::shared::model::{Model, bounded};
+
+    #[test]
+    fn a_waiter_never_misses_a_set() {
+        bounded(3).check(|| {
+            let m = Model::new(super::WAITERS + 4, 0);
+            let setter = {
+                let m = m.clone();
+                loom::thread::spawn(move || super::set(&m))
+            };
+            assert!(super::wait_until(&m, None));
+            setter.join().unwrap();
+        });
+    }
+}

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{AcquireError, deadline, outcome};
 use crate::Error;
+use crate::shared::memory::{Memory, Wait, Word32};
 use crate::shared::object::{HEADER, Kind, Object, object_handle_serde};
 use crate::sys::{self, Acquired, NotAcquired, RobustMutex};
 
@@ -300,30 +301,13 @@ pub struct ConditionGuard<'a> {
 }
 
 impl ConditionGuard<'_> {
-    fn seq(&self) -> &std::sync::atomic::AtomicU32 {
-        self.cond.obj.region().word32(COND_SEQ)
-    }
-
-    fn waiters(&self) -> &std::sync::atomic::AtomicU32 {
-        self.cond.obj.region().word32(COND_WAITERS)
-    }
-
     /// Releases the lock, sleeps until notified (or `deadline`), and
     /// reacquires. Returns whether it was notified (or woke spuriously)
     /// rather than timed out.
     fn wait_until(&mut self, deadline: Option<Instant>) -> bool {
-        let seen = self.seq().load(Ordering::Acquire);
-        self.waiters().fetch_add(1, Ordering::SeqCst);
-        self.mutex.unlock();
-        let woke = sys::futex_wait_until(self.seq(), seen, deadline);
-        self.waiters().fetch_sub(1, Ordering::SeqCst);
-        match self.mutex.lock() {
-            Ok(Acquired::Clean) => {}
-            Ok(Acquired::OwnerDied) => self.owner_died = true,
-            Err(e) => panic!("the shared Condition is corrupt: {e:?}"),
-        }
-        let expired = !woke || deadline.is_some_and(|at| Instant::now() >= at);
-        !expired || self.seq().load(Ordering::Acquire) != seen
+        let (woke, died) = cond_wait(&self.cond.obj, deadline);
+        self.owner_died |= died;
+        woke
     }
 
     /// Releases the lock, sleeps until notified, and reacquires. May wake
@@ -364,10 +348,7 @@ impl ConditionGuard<'_> {
 
     /// Wakes up to `n` waiters.
     pub fn notify(&self, n: u32) {
-        self.seq().fetch_add(1, Ordering::SeqCst);
-        if self.waiters().load(Ordering::SeqCst) > 0 {
-            sys::futex_wake(self.seq(), n);
-        }
+        cond_notify(&self.cond.obj, n);
     }
 
     /// Wakes every waiter.
@@ -393,5 +374,71 @@ impl fmt::Debug for ConditionGuard<'_> {
         f.debug_struct("ConditionGuard")
             .field("owner_died", &self.owner_died)
             .finish_non_exhaustive()
+    }
+}
+
+/// The condition's wait, its lock held on entry and on return: (notified
+/// or spurious rather than timed out, the lock came back from a dead holder).
+fn cond_wait<M: Memory>(m: &M, deadline: Option<Instant>) -> (bool, bool) {
+    let seen = m.w32(COND_SEQ).load(Ordering::Acquire);
+    m.w32(COND_WAITERS).fetch_add(1, Ordering::SeqCst);
+    // Dekker with `cond_notify`'s fence.
+    m.fence();
+    m.unlock(MUTEX);
+    let woke = m.wait_until(m.w32(COND_SEQ), seen, deadline);
+    m.w32(COND_WAITERS).fetch_sub(1, Ordering::SeqCst);
+    let died = match m.lock(MUTEX, Wait::Block) {
+        Ok(Acquired::Clean) => false,
+        Ok(Acquired::OwnerDied) => true,
+        Err(()) => unreachable!("a waiting lock does not fail"),
+    };
+    let expired = !woke || deadline.is_some_and(|at| Instant::now() >= at);
+    (
+        !expired || m.w32(COND_SEQ).load(Ordering::Acquire) != seen,
+        died,
+    )
+}
+
+/// Wakes up to `n` waiters of the condition.
+fn cond_notify<M: Memory>(m: &M, n: u32) {
+    m.w32(COND_SEQ).fetch_add(1, Ordering::SeqCst);
+    m.fence();
+    if m.w32(COND_WAITERS).load(Ordering::SeqCst) > 0 {
+        m.wake(m.w32(COND_SEQ), n);
+    }
+}
+
+/// The condition's protocol under loom: a waiter that saw the predicate
+/// false under the lock never misses the notification that makes it true.
+#[cfg(test)]
+mod model {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use super::*;
+    use crate::shared::model::{Model, bounded};
+
+    /// The predicate: a word guarded by the condition's lock.
+    const READY: usize = COND_WAITERS + 4;
+
+    #[test]
+    fn a_notification_is_never_lost() {
+        bounded(3).check(|| {
+            let m = Model::new(READY + 4, 0);
+            let notifier = {
+                let m = m.clone();
+                loom::thread::spawn(move || {
+                    assert_eq!(m.lock(MUTEX, Wait::Block), Ok(Acquired::Clean));
+                    m.w32(READY).store(1, Relaxed);
+                    cond_notify(&m, u32::MAX);
+                    m.unlock(MUTEX);
+                })
+            };
+            assert_eq!(m.lock(MUTEX, Wait::Block), Ok(Acquired::Clean));
+            while m.w32(READY).load(Relaxed) == 0 {
+                cond_wait(&m, None);
+            }
+            m.unlock(MUTEX);
+            notifier.join().unwrap();
+        });
     }
 }

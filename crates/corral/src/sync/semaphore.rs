@@ -2,13 +2,14 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::{AcquireError, deadline};
 use crate::Error;
+use crate::shared::memory::{Memory, Wait, Word32};
 use crate::shared::object::{HEADER, Kind, Object, object_handle_serde};
-use crate::sys::{self, Acquired, NotAcquired, RobustMutex};
+use crate::sys::{self, Acquired};
 
 /// Counts releases: sleepers wait for it to change.
 const RELEASED: usize = HEADER;
@@ -97,57 +98,21 @@ impl Semaphore {
         self.obj.param(0) as usize
     }
 
-    fn slot(&self, i: usize) -> RobustMutex<'_> {
-        self.obj.region().robust_mutex(SLOTS + i * sys::MUTEX_BYTES)
-    }
-
-    fn word(&self, offset: usize) -> &AtomicU32 {
-        self.obj.region().word32(offset)
-    }
-
-    /// One pass over the permits, starting at a place of this thread's.
-    fn scan(&self) -> Option<(usize, Acquired)> {
-        let n = self.permits();
-        let start = rustix::thread::gettid().as_raw_nonzero().get() as usize % n;
-        (0..n)
-            .map(|k| (start + k) % n)
-            .find_map(|i| match self.slot(i).try_lock() {
-                Ok(how) => Some((i, how)),
-                Err(NotAcquired::Busy | NotAcquired::Deadlock) => None,
-                Err(e) => panic!("the shared Semaphore is corrupt: {e:?}"),
-            })
-    }
-
     fn acquire_until(
         &self,
         wait: bool,
         deadline: Option<Instant>,
     ) -> Result<SemaphoreGuard<'_>, AcquireError<SemaphoreGuard<'_>>> {
-        loop {
-            let seen = self.word(RELEASED).load(Ordering::SeqCst);
-            if let Some((slot, how)) = self.scan() {
-                let guard = SemaphoreGuard {
-                    sem: self,
-                    slot,
-                    _not_send: PhantomData,
-                };
-                return match how {
-                    Acquired::Clean => Ok(guard),
-                    Acquired::OwnerDied => Err(AcquireError::OwnerDied(guard)),
-                };
-            }
-            if !wait {
-                return Err(AcquireError::WouldBlock);
-            }
-            let now = Instant::now();
-            let nap = match deadline {
-                Some(at) if now >= at => return Err(AcquireError::Timeout),
-                Some(at) => (at - now).min(DEAD_HOLDER_CHECK),
-                None => DEAD_HOLDER_CHECK,
-            };
-            self.word(WAITERS).fetch_add(1, Ordering::SeqCst);
-            sys::futex_wait(self.word(RELEASED), seen, Some(nap));
-            self.word(WAITERS).fetch_sub(1, Ordering::SeqCst);
+        let start = rustix::thread::gettid().as_raw_nonzero().get() as usize;
+        let (slot, how) = acquire(&self.obj, self.permits(), start, wait, deadline)?;
+        let guard = SemaphoreGuard {
+            sem: self,
+            slot,
+            _not_send: PhantomData,
+        };
+        match how {
+            Acquired::Clean => Ok(guard),
+            Acquired::OwnerDied => Err(AcquireError::OwnerDied(guard)),
         }
     }
 
@@ -193,6 +158,56 @@ impl fmt::Debug for Semaphore {
 
 object_handle_serde!(Semaphore, Kind::Semaphore);
 
+fn slot_at(i: usize) -> usize {
+    SLOTS + i * sys::MUTEX_BYTES
+}
+
+/// Takes a free permit (each a robust lock), trying them from `start`; a
+/// permit whose holder died comes back as `OwnerDied`. Sleeps between
+/// passes until a release, or [`DEAD_HOLDER_CHECK`] (a death wakes no one).
+fn acquire<M: Memory, G>(
+    m: &M,
+    permits: usize,
+    start: usize,
+    wait: bool,
+    deadline: Option<Instant>,
+) -> Result<(usize, Acquired), AcquireError<G>> {
+    loop {
+        let seen = m.w32(RELEASED).load(Ordering::SeqCst);
+        let found = (0..permits)
+            .map(|k| (start + k) % permits)
+            .find_map(|i| m.lock(slot_at(i), Wait::Try).ok().map(|how| (i, how)));
+        if let Some(taken) = found {
+            return Ok(taken);
+        }
+        if !wait {
+            return Err(AcquireError::WouldBlock);
+        }
+        let now = Instant::now();
+        let nap = match deadline {
+            Some(at) if now >= at => return Err(AcquireError::Timeout),
+            Some(at) => at.min(now + DEAD_HOLDER_CHECK),
+            None => now + DEAD_HOLDER_CHECK,
+        };
+        m.w32(WAITERS).fetch_add(1, Ordering::SeqCst);
+        // Dekker with `release`'s fence: it sees this waiter, or this pass
+        // sees its release (through `RELEASED`, which the futex compares).
+        m.fence();
+        m.wait_until(m.w32(RELEASED), seen, Some(nap));
+        m.w32(WAITERS).fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Returns permit `slot` and wakes a waiter.
+fn release<M: Memory>(m: &M, slot: usize) {
+    m.unlock(slot_at(slot));
+    m.w32(RELEASED).fetch_add(1, Ordering::SeqCst);
+    m.fence();
+    if m.w32(WAITERS).load(Ordering::SeqCst) > 0 {
+        m.wake(m.w32(RELEASED), 1);
+    }
+}
+
 /// Holds one permit of a [`Semaphore`]; returns it on drop.
 #[must_use = "the permit is returned as soon as the guard is dropped"]
 pub struct SemaphoreGuard<'a> {
@@ -203,11 +218,7 @@ pub struct SemaphoreGuard<'a> {
 
 impl Drop for SemaphoreGuard<'_> {
     fn drop(&mut self) {
-        self.sem.slot(self.slot).unlock();
-        self.sem.word(RELEASED).fetch_add(1, Ordering::SeqCst);
-        if self.sem.word(WAITERS).load(Ordering::SeqCst) > 0 {
-            sys::futex_wake(self.sem.word(RELEASED), 1);
-        }
+        release(&self.sem.obj, self.slot);
     }
 }
 
@@ -216,5 +227,55 @@ impl fmt::Debug for SemaphoreGuard<'_> {
         f.debug_struct("SemaphoreGuard")
             .field("permit", &self.slot)
             .finish()
+    }
+}
+
+/// The semaphore under loom: permits are never held twice, a holder that
+/// dies gives its permit back (and the taker is told), and waiters get
+/// permits as they are returned.
+#[cfg(test)]
+mod model {
+    use loom::sync::atomic::AtomicUsize;
+    use std::sync::atomic::Ordering::SeqCst;
+
+    use super::*;
+    use crate::shared::model::{Model, bounded};
+
+    #[test]
+    fn two_permits_three_takers_and_a_dead_holder() {
+        bounded(2).check(|| {
+            let m = Model::new(slot_at(2), 0);
+            // A holder that dies with permit 0.
+            let (dead, how) = acquire::<_, ()>(&m, 2, 0, false, None).unwrap();
+            assert_eq!((dead, how), (0, Acquired::Clean));
+            m.die_holding(slot_at(0));
+            let inside = loom::sync::Arc::new(AtomicUsize::new(0));
+            let died = loom::sync::Arc::new(AtomicUsize::new(0));
+            let takers: Vec<_> = (0..3)
+                .map(|t| {
+                    let (m, inside, died) = (m.clone(), inside.clone(), died.clone());
+                    loom::thread::spawn(move || {
+                        let (slot, how) = acquire::<_, ()>(&m, 2, t, true, None).unwrap();
+                        assert!(
+                            inside.fetch_add(1, SeqCst) < 2,
+                            "three holders of two permits"
+                        );
+                        if how == Acquired::OwnerDied {
+                            died.fetch_add(1, SeqCst);
+                        }
+                        inside.fetch_sub(1, SeqCst);
+                        release(&m, slot);
+                    })
+                })
+                .collect();
+            for t in takers {
+                t.join().unwrap();
+            }
+            assert_eq!(
+                died.load(SeqCst),
+                1,
+                "the dead holder's permit, reported once"
+            );
+        });
     }
 }

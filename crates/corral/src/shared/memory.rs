@@ -1,12 +1,62 @@
-//! What the ring algorithm needs from the memory it lives in, so that the
-//! same code runs on a shared memory region (the real queue) and on loom's
-//! model of memory (the model checker, in `ring.rs`'s tests).
+//! What corral's shared-memory algorithms (the queue's ring, semaphores,
+//! conditions, events, barriers) need from the memory they live in, so that
+//! the same code runs on a shared memory region (the real thing) and on
+//! loom's model of memory (the model checker, in the tests).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::shared::object::Object;
 use crate::sys::{self, Acquired, NotAcquired};
+
+/// How long a waiting side watches the other before it sleeps: waking a
+/// sleeping process costs 35–60 µs on a 2-CPU machine.
+pub(crate) const SPIN: Duration = Duration::from_micros(50);
+/// Spins for [`SPIN`] from its first use (the clock is not read before a
+/// wait is needed: reading it costs as much as a whole uncontended get).
+pub(crate) struct Spinner(Option<Instant>);
+
+impl Spinner {
+    pub(crate) fn new() -> Spinner {
+        Spinner(None)
+    }
+
+    /// `true` (after a pause instruction) while the spin lasts.
+    pub(crate) fn spin(&mut self) -> bool {
+        let now = Instant::now();
+        if now < *self.0.get_or_insert(now + SPIN) {
+            // Between looks, leave the other side's line alone for a while:
+            // every look steals it from the process writing it.
+            for _ in 0..8 {
+                std::hint::spin_loop();
+            }
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// How a call waits.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Wait {
+    /// As long as it takes.
+    Block,
+    /// Not at all.
+    Try,
+    /// Until the instant.
+    Until(Instant),
+}
+
+impl Wait {
+    pub(crate) fn deadline(self) -> Option<Instant> {
+        match self {
+            Wait::Block => None,
+            Wait::Try => Some(Instant::now()),
+            Wait::Until(at) => Some(at),
+        }
+    }
+}
 
 /// A 64-bit atomic word.
 pub(crate) trait Word64 {
@@ -28,6 +78,14 @@ pub(crate) trait Word32 {
     fn store(&self, value: u32, order: Ordering);
     fn fetch_add(&self, value: u32, order: Ordering) -> u32;
     fn fetch_sub(&self, value: u32, order: Ordering) -> u32;
+    fn fetch_or(&self, value: u32, order: Ordering) -> u32;
+    fn compare_exchange(
+        &self,
+        current: u32,
+        new: u32,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u32, u32>;
 }
 
 /// The ring's view of its memory: words, bytes, robust locks and futexes.
@@ -47,8 +105,9 @@ pub(crate) trait Memory {
     fn append(&self, at: usize, len: usize, out: &mut Vec<u8>);
     /// A full memory fence.
     fn fence(&self);
-    /// Locks the robust lock at byte `at` (`Err`: busy or timed out).
-    fn lock(&self, at: usize, wait: super::ring::Wait) -> Result<Acquired, ()>;
+    /// Locks the robust lock at byte `at` (`Err`: busy, or held by this
+    /// thread, or timed out).
+    fn lock(&self, at: usize, wait: Wait) -> Result<Acquired, ()>;
     /// Unlocks the lock at byte `at`, held by this thread.
     fn unlock(&self, at: usize);
     /// Sleeps while `word` holds `expected`, until `deadline`; `false` if
@@ -59,7 +118,7 @@ pub(crate) trait Memory {
     /// Wakes up to `count` sleepers on `word`.
     fn wake(&self, word: &Self::U32, count: u32);
     /// Spins a little before sleeping: `true` while it is worth it.
-    fn spin(&self, spinner: &mut super::ring::Spinner) -> bool {
+    fn spin(&self, spinner: &mut Spinner) -> bool {
         spinner.spin()
     }
 }
@@ -106,39 +165,52 @@ impl Word32 for AtomicU32 {
     fn fetch_sub(&self, value: u32, order: Ordering) -> u32 {
         AtomicU32::fetch_sub(self, value, order)
     }
+    #[inline]
+    fn fetch_or(&self, value: u32, order: Ordering) -> u32 {
+        AtomicU32::fetch_or(self, value, order)
+    }
+    #[inline]
+    fn compare_exchange(
+        &self,
+        current: u32,
+        new: u32,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u32, u32> {
+        AtomicU32::compare_exchange(self, current, new, success, failure)
+    }
 }
 
-/// A queue's shared memory region: the real thing.
-#[derive(Clone, Debug)]
-pub(crate) struct Region(pub(crate) Object);
+/// An object's shared memory region: the real thing.
+pub(crate) type Region = Object;
 
-impl Memory for Region {
+impl Memory for Object {
     type U64 = AtomicU64;
     type U32 = AtomicU32;
 
     #[inline]
     fn w64(&self, at: usize) -> &AtomicU64 {
-        self.0.region().word64(at)
+        self.region().word64(at)
     }
 
     #[inline]
     fn w32(&self, at: usize) -> &AtomicU32 {
-        self.0.region().word32(at)
+        self.region().word32(at)
     }
 
     #[inline]
     fn store(&self, at: usize, bytes: &[u8]) {
-        self.0.region().store_bytes(at, bytes);
+        self.region().store_bytes(at, bytes);
     }
 
     #[inline]
     fn load(&self, at: usize, out: &mut [u8]) {
-        self.0.region().load_into(at, out);
+        self.region().load_into(at, out);
     }
 
     #[inline]
     fn append(&self, at: usize, len: usize, out: &mut Vec<u8>) {
-        self.0.region().load_append(at, len, out);
+        self.region().load_append(at, len, out);
     }
 
     #[inline]
@@ -147,9 +219,8 @@ impl Memory for Region {
     }
 
     #[inline]
-    fn lock(&self, at: usize, wait: super::ring::Wait) -> Result<Acquired, ()> {
-        use super::ring::Wait;
-        let m = self.0.region().robust_mutex(at);
+    fn lock(&self, at: usize, wait: Wait) -> Result<Acquired, ()> {
+        let m = self.region().robust_mutex(at);
         let result = match wait {
             Wait::Block => m.lock(),
             Wait::Try => m.try_lock(),
@@ -158,16 +229,17 @@ impl Memory for Region {
         match result {
             Ok(how) => Ok(how),
             Err(NotAcquired::Busy | NotAcquired::TimedOut) => Err(()),
+            Err(NotAcquired::Deadlock) if matches!(wait, Wait::Try) => Err(()),
             Err(NotAcquired::Deadlock) => {
-                panic!("a queue operation re-entered itself on the same thread")
+                panic!("this thread already holds a corral lock it is waiting for: a deadlock")
             }
-            Err(NotAcquired::Os(e)) => panic!("the shared queue's lock is corrupt: {e}"),
+            Err(NotAcquired::Os(e)) => panic!("a shared lock is corrupt: {e}"),
         }
     }
 
     #[inline]
     fn unlock(&self, at: usize) {
-        self.0.region().robust_mutex(at).unlock();
+        self.region().robust_mutex(at).unlock();
     }
 
     fn wait_until(&self, word: &AtomicU32, expected: u32, deadline: Option<Instant>) -> bool {
