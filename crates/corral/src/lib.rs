@@ -73,8 +73,8 @@
 //!
 //! [`Child::join_timeout`] gives the child back when time is up;
 //! [`Child::terminate`] / [`Child::kill`] send SIGTERM / SIGKILL (the latter to
-//! the child's whole process group); [`wait`] waits on several children and
-//! pipe ends at once, like `multiprocessing.connection.wait`.
+//! the child's whole process group); [`wait`] waits on several children,
+//! pipe ends and queues at once, like `multiprocessing.connection.wait`.
 //!
 //! ## Pipes
 //!

@@ -414,3 +414,38 @@ fn handles_cross_under_every_start_method_and_into_pool_tasks() {
     );
     assert_eq!(q.len(), 10);
 }
+
+fn put_later((q, ms): (Queue<u64>, u64)) {
+    std::thread::sleep(Duration::from_millis(ms));
+    q.put(ms).unwrap();
+}
+
+#[test]
+fn wait_covers_queues_children_and_pipes_together() {
+    let idle: Queue<u64> = Queue::unbounded().unwrap();
+    let busy: Queue<u64> = Queue::unbounded().unwrap();
+    let (rx, _tx) = corral::Pipe::simplex().unwrap();
+    // Nothing ready: the timeout, and no watcher left behind.
+    let start = Instant::now();
+    let ready = corral::wait(&[&idle, &busy, &rx], Some(Duration::from_millis(100))).unwrap();
+    assert!(ready.is_empty());
+    assert!(start.elapsed() >= Duration::from_millis(100));
+    // A child puts into one queue later: that queue, and only it, wakes the
+    // wait.
+    let child = corral::spawn(put_later, (busy.clone(), 50)).unwrap();
+    let ready = corral::wait(&[&idle, &busy, &rx], Some(Duration::from_secs(30))).unwrap();
+    assert_eq!(ready, vec![1]);
+    assert_eq!(get(&busy), 50);
+    done(child).unwrap();
+    // A queue with an item is ready at once; a closed one too.
+    busy.put(1).unwrap();
+    idle.close();
+    let ready = corral::wait(&[&idle, &busy], Some(Duration::ZERO)).unwrap();
+    assert_eq!(ready, vec![0, 1]);
+    // A child that ends is ready like a queue.
+    let child = corral::spawn(put_later, (busy.clone(), 0)).unwrap();
+    let fresh: Queue<u64> = Queue::unbounded().unwrap();
+    let ready = corral::wait(&[&fresh, &child], Some(Duration::from_secs(30))).unwrap();
+    assert_eq!(ready, vec![1]);
+    done(child).unwrap();
+}

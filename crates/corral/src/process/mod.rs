@@ -13,4 +13,5 @@ pub use child::Child;
 pub(crate) use child::Proc;
 pub use job::Job;
 pub use status::ExitStatus;
+pub(crate) use wait::Watched;
 pub use wait::{Waitable, wait};

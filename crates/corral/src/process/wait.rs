@@ -1,21 +1,43 @@
-//! Waiting on several processes and pipe ends at once.
+//! Waiting on several processes, pipe ends and queues at once.
 
-use std::os::fd::BorrowedFd;
-use std::time::Duration;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::{Child, Data, Error, sys};
 
 mod sealed {
     pub trait Sealed {}
+
+    /// A queue seen by [`super::wait`]: it has no descriptor to poll, so a
+    /// watcher thread sleeps on its futex instead.
+    pub trait Watched: Sync {
+        /// An item (or the end of a closed queue) is there to get.
+        fn readable(&self) -> bool;
+        /// Returns once the queue may be readable, `stop` is set, or a
+        /// short while has passed (so a missed interruption costs at most
+        /// that).
+        fn watch_once(&self, stop: &std::sync::atomic::AtomicBool);
+        /// Wakes the watchers sleeping in [`Watched::watch_once`].
+        fn interrupt(&self);
+    }
 }
 
-/// Something [`wait`] can wait on: a [`Child`] (ready when it finished) or a
-/// pipe end (ready when a message or end-of-file is waiting).
+pub(crate) use sealed::Watched;
+
+/// Something [`wait`] can wait on: a [`Child`] (ready when it finished), a
+/// pipe end (ready when a message or end-of-file is waiting), or a queue
+/// (ready when an item is there, or it is closed).
 ///
 /// This trait is sealed.
 pub trait Waitable: sealed::Sealed {
     #[doc(hidden)]
     fn wait_fds(&self) -> Vec<BorrowedFd<'_>>;
+
+    #[doc(hidden)]
+    fn wait_queue(&self) -> Option<&dyn sealed::Watched> {
+        None
+    }
 }
 
 impl<R> sealed::Sealed for Child<R> {}
@@ -39,11 +61,27 @@ impl Waitable for crate::pipe::Receiver {
     }
 }
 
+macro_rules! waitable_queue {
+    ($($ty:ident),*) => {$(
+        impl<T> sealed::Sealed for crate::queue::$ty<T> {}
+        impl<T> Waitable for crate::queue::$ty<T> {
+            fn wait_fds(&self) -> Vec<BorrowedFd<'_>> {
+                Vec::new()
+            }
+            fn wait_queue(&self) -> Option<&dyn sealed::Watched> {
+                Some(self.watched())
+            }
+        }
+    )*};
+}
+waitable_queue!(Queue, JoinableQueue, SimpleQueue);
+
 /// Waits until at least one of `objects` is ready, or until `timeout`
 /// passes (`None`: no limit). Returns the indices of the ready ones, in order
 /// (empty on timeout).
 ///
-/// Python's `multiprocessing.connection.wait` over sentinels and connections.
+/// Python's `multiprocessing.connection.wait` over sentinels, connections
+/// and queue readers.
 ///
 /// # Examples
 ///
@@ -53,21 +91,68 @@ impl Waitable for crate::pipe::Receiver {
 /// corral::init();
 /// let fast = corral::spawn(nap, 10).unwrap();
 /// let slow = corral::spawn(nap, 5_000).unwrap();
-/// let ready = corral::wait(&[&fast, &slow], Some(Duration::from_secs(2))).unwrap();
+/// let results = corral::Queue::<u64>::unbounded().unwrap();
+/// let ready = corral::wait(&[&fast, &slow, &results], Some(Duration::from_secs(2))).unwrap();
 /// assert_eq!(ready, vec![0]);
 /// slow.kill().unwrap();
 /// ```
 pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<usize>, Error> {
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    let queues: Vec<(usize, &dyn sealed::Watched)> = objects
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| o.wait_queue().map(|q| (i, q)))
+        .collect();
     let sets: Vec<Vec<BorrowedFd<'_>>> = objects.iter().map(|o| o.wait_fds()).collect();
-    let flat: Vec<BorrowedFd<'_>> = sets.iter().flatten().copied().collect();
-    let ready = sys::poll_readable(&flat, timeout).map_err(Error::io("waiting"))?;
-    let mut out = Vec::new();
-    let mut at = 0;
-    for (index, set) in sets.iter().enumerate() {
-        if ready[at..at + set.len()].iter().any(|&r| r) {
-            out.push(index);
+    let mut flat: Vec<BorrowedFd<'_>> = sets.iter().flatten().copied().collect();
+    let ready_now = |polled: &[bool]| {
+        let mut out = Vec::new();
+        let mut at = 0;
+        for (index, set) in sets.iter().enumerate() {
+            let fd_ready = polled[at..at + set.len()].iter().any(|&r| r);
+            let queue_ready = queues.iter().any(|&(i, q)| i == index && q.readable());
+            if fd_ready || queue_ready {
+                out.push(index);
+            }
+            at += set.len();
         }
-        at += set.len();
+        out
+    };
+    if queues.is_empty() {
+        let polled = sys::poll_readable(&flat, timeout).map_err(Error::io("waiting"))?;
+        return Ok(ready_now(&polled));
     }
-    Ok(out)
+    // Queues have no descriptor: a watcher thread per queue turns "may be
+    // readable" into an eventfd the poll below includes.
+    let polled = sys::poll_readable(&flat, Some(Duration::ZERO)).map_err(Error::io("waiting"))?;
+    let ready = ready_now(&polled);
+    if !ready.is_empty() {
+        return Ok(ready);
+    }
+    let bell = sys::eventfd().map_err(Error::io("creating an eventfd"))?;
+    flat.push(bell.as_fd());
+    let stop = AtomicBool::new(false);
+    let polled = std::thread::scope(|scope| {
+        for &(_, q) in &queues {
+            let (stop, bell) = (&stop, bell.as_fd());
+            scope.spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    if q.readable() {
+                        sys::eventfd_notify(bell);
+                        return;
+                    }
+                    q.watch_once(stop);
+                }
+            });
+        }
+        let left = deadline.map(|at| at.saturating_duration_since(Instant::now()));
+        let polled = sys::poll_readable(&flat, left);
+        stop.store(true, Ordering::SeqCst);
+        for &(_, q) in &queues {
+            q.interrupt();
+        }
+        polled
+    })
+    .map_err(Error::io("waiting"))?;
+    Ok(ready_now(&polled[..polled.len() - 1]))
 }

@@ -399,6 +399,36 @@ impl<T> Queue<T> {
 
 object_handle_serde!(Queue<T: Data>, Kind::Queue, |this| this.ring.object());
 
+impl<T> Queue<T> {
+    pub(crate) fn watched(&self) -> &dyn crate::process::Watched {
+        &self.ring
+    }
+}
+
+impl<T> JoinableQueue<T> {
+    pub(crate) fn watched(&self) -> &dyn crate::process::Watched {
+        &self.queue.ring
+    }
+}
+
+impl<T> SimpleQueue<T> {
+    pub(crate) fn watched(&self) -> &dyn crate::process::Watched {
+        &self.queue.ring
+    }
+}
+
+impl crate::process::Watched for Ring {
+    fn readable(&self) -> bool {
+        Ring::readable(self)
+    }
+    fn watch_once(&self, stop: &std::sync::atomic::AtomicBool) {
+        Ring::watch_once(self, stop)
+    }
+    fn interrupt(&self) {
+        Ring::interrupt(self)
+    }
+}
+
 fn until(timeout: Duration) -> Wait {
     match Instant::now().checked_add(timeout) {
         Some(at) => Wait::Until(at),

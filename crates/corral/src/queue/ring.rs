@@ -96,6 +96,10 @@ const ABORT: u32 = 4;
 /// is alive.
 pub(crate) const DEATH_CHECK: Duration = Duration::from_millis(20);
 
+/// The longest a `corral::wait` watcher sleeps before it rechecks whether
+/// the wait is over.
+const WATCH_NAP: Duration = Duration::from_millis(10);
+
 /// Why a put did not store its message.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum PutFail {
@@ -579,6 +583,31 @@ impl<M: Memory> Ring<M> {
         // The rest of a message that was being delivered to the dead.
         self.read_message(scratch, true);
         scratch.clear();
+    }
+
+    // ----------------------------------------------------------- waiting
+
+    /// Is an item there to get, or the queue closed (so a get returns at
+    /// once)?
+    pub(crate) fn readable(&self) -> bool {
+        self.maybe_nonempty() || self.is_closed()
+    }
+
+    /// Sleeps until the tail moves, `stop` is set, or [`WATCH_NAP`] passes.
+    pub(crate) fn watch_once(&self, stop: &std::sync::atomic::AtomicBool) {
+        let seen = self.w32(TAIL_SEQ).load(Ordering::Acquire);
+        self.w32(CONSUMERS_WAITING).fetch_add(1, Ordering::SeqCst);
+        self.mem.fence();
+        if !self.readable() && !stop.load(Ordering::SeqCst) {
+            self.mem.wait_for(self.w32(TAIL_SEQ), seen, WATCH_NAP);
+        }
+        self.w32(CONSUMERS_WAITING).fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Wakes everyone sleeping on the tail (consumers recheck and sleep
+    /// again: harmless).
+    pub(crate) fn interrupt(&self) {
+        self.mem.wake(self.w32(TAIL_SEQ), u32::MAX);
     }
 
     // ----------------------------------------------------------- joining
