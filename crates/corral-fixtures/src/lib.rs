@@ -216,3 +216,16 @@ pub fn shm_entries() -> std::collections::BTreeSet<String> {
         })
         .unwrap_or_default()
 }
+
+/// `child.join()`, bounded: a child still running after 60 s is killed and
+/// the test fails there, instead of hanging CI.
+pub fn done<R: corral::Data>(child: corral::Child<R>) -> Result<R, corral::ProcessError> {
+    match child.join_timeout(std::time::Duration::from_secs(60)) {
+        Ok(value) => Ok(value),
+        Err(corral::JoinTimeout::Failed(e)) => Err(e),
+        Err(corral::JoinTimeout::Elapsed(child)) => {
+            let _ = child.kill();
+            panic!("child {} still running after 60 s", child.pid());
+        }
+    }
+}

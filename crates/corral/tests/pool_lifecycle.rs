@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use corral::{Pool, StartMethod, TaskError};
-use corral_fixtures::{is_gone, open_fds, zombie_children};
+use corral_fixtures::{is_gone, open_fds, shm_entries, zombie_children};
 
 corral::test_support!();
 
@@ -17,16 +17,6 @@ fn pid(_: ()) -> u32 {
 
 fn square(x: u64) -> u64 {
     x * x
-}
-
-fn shm_entries() -> HashSet<String> {
-    std::fs::read_dir("/dev/shm")
-        .map(|dir| {
-            dir.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[test]

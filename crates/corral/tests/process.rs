@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use corral::{ExitStatus, JoinTimeout, Pipe, Process, ProcessError, Sender, StartMethod};
 use corral_fixtures as fx;
+use corral_fixtures::done;
 use serde::{Deserialize, Serialize};
 
 corral::test_support!();
@@ -17,19 +18,6 @@ const METHODS: [StartMethod; 3] = [
 
 fn builder(method: StartMethod) -> corral::ProcessBuilder {
     Process::builder().start_method(method)
-}
-
-/// `join`, bounded: a child that hangs fails the test in a minute instead of
-/// hanging CI.
-fn done<R: corral::Data>(child: corral::Child<R>) -> Result<R, ProcessError> {
-    match child.join_timeout(Duration::from_secs(60)) {
-        Ok(value) => Ok(value),
-        Err(JoinTimeout::Failed(e)) => Err(e),
-        Err(JoinTimeout::Elapsed(child)) => {
-            child.kill().unwrap();
-            panic!("child {} still running after 60 s", child.pid());
-        }
-    }
 }
 
 fn add((a, b): (u64, u64)) -> u64 {

@@ -6,10 +6,11 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use corral::{
-    Child, Event, GetError, JoinTimeout, JoinableQueue, Pool, ProcessError, PutError, Queue,
-    RawArray, RawValue, SimpleQueue, StartMethod,
+    Event, GetError, JoinableQueue, Pool, PutError, Queue, RawArray, RawValue, SimpleQueue,
+    StartMethod,
 };
 use corral_fixtures as fx;
+use corral_fixtures::done;
 
 corral::test_support!();
 
@@ -18,18 +19,6 @@ const METHODS: [StartMethod; 3] = [
     StartMethod::Spawn,
     StartMethod::Fork,
 ];
-
-/// `join`, bounded: a child that hangs fails the test in a minute.
-fn done<R: corral::Data>(child: Child<R>) -> Result<R, ProcessError> {
-    match child.join_timeout(Duration::from_secs(60)) {
-        Ok(value) => Ok(value),
-        Err(JoinTimeout::Failed(e)) => Err(e),
-        Err(JoinTimeout::Elapsed(child)) => {
-            child.kill().unwrap();
-            panic!("child {} still running after 60 s", child.pid());
-        }
-    }
-}
 
 /// `get`, bounded.
 fn get<T: corral::Data>(q: &Queue<T>) -> T {
@@ -193,8 +182,9 @@ fn stream_forever((q, started): (Queue<Vec<u8>>, Event)) {
     q.put(vec![9u8; 8 << 20]).unwrap();
 }
 
-#[test]
-fn a_producer_killed_mid_message_leaves_a_clean_queue() {
+/// A queue whose producer was SIGKILLed in the middle of streaming a
+/// message (asleep, waiting for room, holding the producers' lock).
+fn queue_with_a_producer_killed_mid_message() -> Queue<Vec<u8>> {
     let q: Queue<Vec<u8>> = Queue::with_buffer(None, 64 << 10).unwrap();
     let started = Event::new().unwrap();
     let child = corral::spawn(stream_forever, (q.clone(), started.clone())).unwrap();
@@ -205,6 +195,12 @@ fn a_producer_killed_mid_message_leaves_a_clean_queue() {
     )));
     child.kill().unwrap();
     assert!(child.join_timeout(Duration::from_secs(10)).is_err());
+    q
+}
+
+#[test]
+fn a_producer_killed_mid_message_leaves_a_clean_queue() {
+    let q = queue_with_a_producer_killed_mid_message();
     // The consumer finds a partial message whose producer is dead: it drops
     // it rather than waiting forever or returning a torn value.
     assert_eq!(
@@ -216,23 +212,9 @@ fn a_producer_killed_mid_message_leaves_a_clean_queue() {
     assert!(q.is_empty());
 }
 
-fn stream_then_report((q, started): (Queue<Vec<u8>>, Event)) {
-    started.set();
-    q.put(vec![5u8; 8 << 20]).unwrap();
-}
-
 #[test]
 fn a_producer_killed_mid_message_is_recovered_by_the_next_producer() {
-    let q: Queue<Vec<u8>> = Queue::with_buffer(None, 64 << 10).unwrap();
-    let started = Event::new().unwrap();
-    let child = corral::spawn(stream_then_report, (q.clone(), started.clone())).unwrap();
-    assert!(started.wait_timeout(Duration::from_secs(30)));
-    let pid = child.pid();
-    assert!(fx::wait_for(Duration::from_secs(30), || fx::is_sleeping(
-        pid
-    )));
-    child.kill().unwrap();
-    assert!(child.join_timeout(Duration::from_secs(10)).is_err());
+    let q = queue_with_a_producer_killed_mid_message();
     // This put takes the producers' lock from the dead one and closes its
     // message; it needs a consumer to drain the ring, so get concurrently.
     let reader = {

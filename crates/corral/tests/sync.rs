@@ -4,23 +4,13 @@
 use std::time::Duration;
 
 use corral::{
-    AcquireError, Array, Barrier, BarrierError, Child, Condition, Event, JoinTimeout, Lock,
-    ProcessError, RLock, Semaphore, SharedMemory, StartMethod, Value,
+    AcquireError, Array, Barrier, BarrierError, Child, Condition, Event, Lock, RLock, Semaphore,
+    SharedMemory, StartMethod, Value,
 };
 use corral_fixtures as fx;
+use corral_fixtures::done;
 
 corral::test_support!();
-
-fn done<R: corral::Data>(child: Child<R>) -> Result<R, ProcessError> {
-    match child.join_timeout(Duration::from_secs(60)) {
-        Ok(value) => Ok(value),
-        Err(JoinTimeout::Failed(e)) => Err(e),
-        Err(JoinTimeout::Elapsed(child)) => {
-            child.kill().unwrap();
-            panic!("child {} still running after 60 s", child.pid());
-        }
-    }
-}
 
 /// Kills `child` (which announced through `holding` that it holds what it
 /// should) and waits for it to be gone.

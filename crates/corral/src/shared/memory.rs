@@ -123,63 +123,73 @@ pub(crate) trait Memory {
     }
 }
 
-impl Word64 for AtomicU64 {
-    #[inline]
-    fn load(&self, order: Ordering) -> u64 {
-        AtomicU64::load(self, order)
-    }
-    #[inline]
-    fn store(&self, value: u64, order: Ordering) {
-        AtomicU64::store(self, value, order)
-    }
-    #[inline]
-    fn fetch_add(&self, value: u64, order: Ordering) -> u64 {
-        AtomicU64::fetch_add(self, value, order)
-    }
-    #[inline]
-    fn compare_exchange(
-        &self,
-        current: u64,
-        new: u64,
-        success: Ordering,
-        failure: Ordering,
-    ) -> Result<u64, u64> {
-        AtomicU64::compare_exchange(self, current, new, success, failure)
-    }
-}
+/// Implements [`Word64`] and [`Word32`] for atomic types with the standard
+/// methods (std's here, loom's in the model).
+macro_rules! delegate_words {
+    ($a64:ty, $a32:ty) => {
+        impl $crate::shared::memory::Word64 for $a64 {
+            #[inline]
+            fn load(&self, order: Ordering) -> u64 {
+                <$a64>::load(self, order)
+            }
+            #[inline]
+            fn store(&self, value: u64, order: Ordering) {
+                <$a64>::store(self, value, order)
+            }
+            #[inline]
+            fn fetch_add(&self, value: u64, order: Ordering) -> u64 {
+                <$a64>::fetch_add(self, value, order)
+            }
+            #[inline]
+            fn compare_exchange(
+                &self,
+                current: u64,
+                new: u64,
+                success: Ordering,
+                failure: Ordering,
+            ) -> Result<u64, u64> {
+                <$a64>::compare_exchange(self, current, new, success, failure)
+            }
+        }
 
-impl Word32 for AtomicU32 {
-    #[inline]
-    fn load(&self, order: Ordering) -> u32 {
-        AtomicU32::load(self, order)
-    }
-    #[inline]
-    fn store(&self, value: u32, order: Ordering) {
-        AtomicU32::store(self, value, order)
-    }
-    #[inline]
-    fn fetch_add(&self, value: u32, order: Ordering) -> u32 {
-        AtomicU32::fetch_add(self, value, order)
-    }
-    #[inline]
-    fn fetch_sub(&self, value: u32, order: Ordering) -> u32 {
-        AtomicU32::fetch_sub(self, value, order)
-    }
-    #[inline]
-    fn fetch_or(&self, value: u32, order: Ordering) -> u32 {
-        AtomicU32::fetch_or(self, value, order)
-    }
-    #[inline]
-    fn compare_exchange(
-        &self,
-        current: u32,
-        new: u32,
-        success: Ordering,
-        failure: Ordering,
-    ) -> Result<u32, u32> {
-        AtomicU32::compare_exchange(self, current, new, success, failure)
-    }
+        impl $crate::shared::memory::Word32 for $a32 {
+            #[inline]
+            fn load(&self, order: Ordering) -> u32 {
+                <$a32>::load(self, order)
+            }
+            #[inline]
+            fn store(&self, value: u32, order: Ordering) {
+                <$a32>::store(self, value, order)
+            }
+            #[inline]
+            fn fetch_add(&self, value: u32, order: Ordering) -> u32 {
+                <$a32>::fetch_add(self, value, order)
+            }
+            #[inline]
+            fn fetch_sub(&self, value: u32, order: Ordering) -> u32 {
+                <$a32>::fetch_sub(self, value, order)
+            }
+            #[inline]
+            fn fetch_or(&self, value: u32, order: Ordering) -> u32 {
+                <$a32>::fetch_or(self, value, order)
+            }
+            #[inline]
+            fn compare_exchange(
+                &self,
+                current: u32,
+                new: u32,
+                success: Ordering,
+                failure: Ordering,
+            ) -> Result<u32, u32> {
+                <$a32>::compare_exchange(self, current, new, success, failure)
+            }
+        }
+    };
 }
+#[cfg(test)]
+pub(crate) use delegate_words;
+
+delegate_words!(AtomicU64, AtomicU32);
 
 /// An object's shared memory region: the real thing.
 pub(crate) type Region = Object;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use loom::sync::atomic::{AtomicU32, AtomicU64};
 use loom::sync::{Arc, Condvar, Mutex};
 
-use super::memory::{Memory, Spinner, Wait, Word32, Word64};
+use super::memory::{Memory, Spinner, Wait, delegate_words};
 use crate::sys::Acquired;
 
 /// Lock word values: free, held, freed by the kernel after a death.
@@ -23,53 +23,7 @@ const FREE: u32 = 0;
 const HELD: u32 = 1;
 const DIED: u32 = 2;
 
-impl Word64 for AtomicU64 {
-    fn load(&self, order: Ordering) -> u64 {
-        AtomicU64::load(self, order)
-    }
-    fn store(&self, value: u64, order: Ordering) {
-        AtomicU64::store(self, value, order)
-    }
-    fn fetch_add(&self, value: u64, order: Ordering) -> u64 {
-        AtomicU64::fetch_add(self, value, order)
-    }
-    fn compare_exchange(
-        &self,
-        current: u64,
-        new: u64,
-        success: Ordering,
-        failure: Ordering,
-    ) -> Result<u64, u64> {
-        AtomicU64::compare_exchange(self, current, new, success, failure)
-    }
-}
-
-impl Word32 for AtomicU32 {
-    fn load(&self, order: Ordering) -> u32 {
-        AtomicU32::load(self, order)
-    }
-    fn store(&self, value: u32, order: Ordering) {
-        AtomicU32::store(self, value, order)
-    }
-    fn fetch_add(&self, value: u32, order: Ordering) -> u32 {
-        AtomicU32::fetch_add(self, value, order)
-    }
-    fn fetch_sub(&self, value: u32, order: Ordering) -> u32 {
-        AtomicU32::fetch_sub(self, value, order)
-    }
-    fn fetch_or(&self, value: u32, order: Ordering) -> u32 {
-        AtomicU32::fetch_or(self, value, order)
-    }
-    fn compare_exchange(
-        &self,
-        current: u32,
-        new: u32,
-        success: Ordering,
-        failure: Ordering,
-    ) -> Result<u32, u32> {
-        AtomicU32::compare_exchange(self, current, new, success, failure)
-    }
-}
+delegate_words!(AtomicU64, AtomicU32);
 
 /// loom's stand-in for a shared region: words, data words, robust
 /// locks (a word: FREE / HELD / DIED) and futexes (a condition variable
