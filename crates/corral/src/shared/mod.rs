@@ -260,6 +260,56 @@ impl<T: Pod + fmt::Debug> fmt::Debug for Value<T> {
 
 object_handle_serde!(Value<T: Pod>, Kind::Value);
 
+/// The constructors and size of an array type (`Array`, `RawArray`) whose
+/// elements start at byte `$data` of its object.
+macro_rules! array_common {
+    ($ty:ident, $kind:expr, $data:expr) => {
+        impl<T: Pod> $ty<T> {
+            /// An array holding a copy of `items`.
+            ///
+            /// # Errors
+            ///
+            /// [`Error::Io`] if shared memory cannot be created;
+            /// [`Error::Unsupported`] for a type aligned to more than 64 bytes.
+            pub fn from_slice(items: &[T]) -> Result<$ty<T>, Error> {
+                Ok($ty {
+                    obj: create($kind, $data, items)?,
+                    len: items.len(),
+                    _type: PhantomData,
+                })
+            }
+
+            /// An array of `len` zeroed elements.
+            ///
+            /// # Errors
+            ///
+            #[doc = concat!("As [`", stringify!($ty), "::from_slice`].")]
+            pub fn zeroed(len: usize) -> Result<$ty<T>, Error> {
+                $ty::from_slice(&vec![T::zeroed(); len])
+            }
+
+            fn from_object(obj: Object) -> Result<$ty<T>, String> {
+                let len = check_received::<T>(&obj, $data)?;
+                Ok($ty {
+                    obj,
+                    len,
+                    _type: PhantomData,
+                })
+            }
+
+            /// The number of elements.
+            pub fn len(&self) -> usize {
+                self.len
+            }
+
+            /// Is the array empty?
+            pub fn is_empty(&self) -> bool {
+                self.len == 0
+            }
+        }
+    };
+}
+
 /// Holds an [`Array`]'s lock and derefs to its elements; unlocks on drop.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ArrayGuard<'a, T> {
@@ -325,49 +375,9 @@ pub struct Array<T> {
     _type: PhantomData<fn() -> T>,
 }
 
+array_common!(Array, Kind::Array, LOCKED_DATA);
+
 impl<T: Pod> Array<T> {
-    /// An array holding a copy of `items`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Io`] if shared memory cannot be created;
-    /// [`Error::Unsupported`] for a type aligned to more than 64 bytes.
-    pub fn from_slice(items: &[T]) -> Result<Array<T>, Error> {
-        Ok(Array {
-            obj: create(Kind::Array, LOCKED_DATA, items)?,
-            len: items.len(),
-            _type: PhantomData,
-        })
-    }
-
-    /// An array of `len` zeroed elements.
-    ///
-    /// # Errors
-    ///
-    /// As [`Array::from_slice`].
-    pub fn zeroed(len: usize) -> Result<Array<T>, Error> {
-        Array::from_slice(&vec![T::zeroed(); len])
-    }
-
-    fn from_object(obj: Object) -> Result<Array<T>, String> {
-        let len = check_received::<T>(&obj, LOCKED_DATA)?;
-        Ok(Array {
-            obj,
-            len,
-            _type: PhantomData,
-        })
-    }
-
-    /// The number of elements.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Is the array empty?
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Takes the lock; the guard derefs to the elements.
     ///
     /// # Panics
@@ -494,48 +504,9 @@ pub struct RawArray<T> {
     _type: PhantomData<fn() -> T>,
 }
 
+array_common!(RawArray, Kind::RawArray, HEADER);
+
 impl<T: Pod> RawArray<T> {
-    /// An array holding a copy of `items`.
-    ///
-    /// # Errors
-    ///
-    /// As [`Array::from_slice`].
-    pub fn from_slice(items: &[T]) -> Result<RawArray<T>, Error> {
-        Ok(RawArray {
-            obj: create(Kind::RawArray, HEADER, items)?,
-            len: items.len(),
-            _type: PhantomData,
-        })
-    }
-
-    /// An array of `len` zeroed elements.
-    ///
-    /// # Errors
-    ///
-    /// As [`Array::from_slice`].
-    pub fn zeroed(len: usize) -> Result<RawArray<T>, Error> {
-        RawArray::from_slice(&vec![T::zeroed(); len])
-    }
-
-    fn from_object(obj: Object) -> Result<RawArray<T>, String> {
-        let len = check_received::<T>(&obj, HEADER)?;
-        Ok(RawArray {
-            obj,
-            len,
-            _type: PhantomData,
-        })
-    }
-
-    /// The number of elements.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Is the array empty?
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Element `index`, or `None` past the end.
     pub fn get(&self, index: usize) -> Option<T> {
         (index < self.len).then(|| {
