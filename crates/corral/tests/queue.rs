@@ -431,3 +431,28 @@ fn wait_covers_queues_children_and_pipes_together() {
     assert_eq!(ready, vec![1]);
     done(child).unwrap();
 }
+
+#[test]
+fn a_consumer_killed_in_its_sleep_is_forgotten_by_the_next_put() {
+    let q: Queue<u8> = Queue::unbounded().unwrap();
+    let child = corral::spawn(wait_for_item, q.clone()).unwrap();
+    let pid = child.pid();
+    assert!(fx::wait_for(Duration::from_secs(30), || fx::is_sleeping(
+        pid
+    ) && q
+        .sleeping_consumers()
+        == 1));
+    child.kill().unwrap();
+    assert!(child.join_timeout(Duration::from_secs(10)).is_err());
+    assert_eq!(
+        q.sleeping_consumers(),
+        1,
+        "the dead sleeper is still announced"
+    );
+    // The put finds no one to wake, checks the announced pids and clears
+    // the dead one: later puts make no futex call.
+    q.put(1).unwrap();
+    assert_eq!(q.sleeping_consumers(), 0);
+    assert_eq!(q.len(), 1);
+    assert_eq!(get(&q), 1);
+}

@@ -395,6 +395,12 @@ impl<T> Queue<T> {
     pub fn is_closed(&self) -> bool {
         self.ring.is_closed()
     }
+
+    /// How many consumers are announced as asleep in `get` (for tests).
+    #[doc(hidden)]
+    pub fn sleeping_consumers(&self) -> u32 {
+        self.ring.sleeping_consumers()
+    }
 }
 
 object_handle_serde!(Queue<T: Data>, Kind::Queue, |this| this.ring.object());

@@ -25,11 +25,15 @@
 //! run in parallel. Each side caches the other's position in its private
 //! line and rereads it only when the ring looks full (or empty).
 //!
-//! A side that must wait spins briefly, then announces itself in a waiter
-//! count and sleeps on the other side's sequence word (a futex). The waker
-//! publishes its position, then reads the waiter count, each side with a
-//! sequentially consistent fence in between, so either the sleeper sees the
-//! new position or the waker sees the sleeper (a Dekker pair).
+//! A side that must wait spins briefly, then announces itself in its
+//! side's sleeper record and sleeps on the other side's sequence word (a
+//! futex). The waker publishes its position, then reads the record, each
+//! side with a sequentially consistent fence in between, so either the
+//! sleeper sees the new position or the waker sees the sleeper (a Dekker
+//! pair). The record holds the sleepers' pids, so a sleeper SIGKILLed in its
+//! sleep is cleared by the next waker that finds no one to wake, instead of
+//! costing every later publication a system call (see
+//! [`crate::shared::memory::Sleepers`]).
 //!
 //! # Death
 //!
@@ -54,7 +58,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::Error;
-use crate::shared::memory::{Memory, Region, Word32, Word64};
+use crate::shared::memory::{Memory, Region, Sleepers, Word32, Word64};
 pub(crate) use crate::shared::memory::{Spinner, Wait};
 use crate::shared::object::{HEADER, Kind, Object};
 use crate::sys::Acquired;
@@ -78,12 +82,14 @@ const HEAD: usize = 384;
 const GOT_COUNT: usize = 392;
 const HEAD_SEQ: usize = 400;
 // Rarely written.
-const CONSUMERS_WAITING: usize = 448;
 const CLOSED: usize = 456;
-const PRODUCERS_WAITING: usize = 512;
 const UNFINISHED: usize = 576;
 const JOIN_SEQ: usize = 584;
 const JOIN_WAITERS: usize = 588;
+// Who sleeps, on each side.
+const CONSUMERS: Sleepers = Sleepers::at(1024);
+const PRODUCERS: Sleepers = Sleepers::at(1408);
+const _: () = assert!(1408 + Sleepers::BYTES <= DATA);
 /// Where the ring starts.
 pub(crate) const DATA: usize = 4096;
 
@@ -329,10 +335,8 @@ impl<M: Memory> Ring<M> {
         self.w64(TAIL).store(next, Ordering::Release);
         self.w32(TAIL_SEQ).store(next as u32, Ordering::Release);
         self.mem.fence();
-        if self.w32(CONSUMERS_WAITING).load(Ordering::Relaxed) > 0 {
-            // All: one of them may be streaming this very message.
-            self.mem.wake(self.w32(TAIL_SEQ), u32::MAX);
-        }
+        // All: one of them may be streaming this very message.
+        CONSUMERS.wake(&self.mem, self.w32(TAIL_SEQ), u32::MAX);
     }
 
     /// Free bytes and free message slots, by the producer's cached view.
@@ -381,14 +385,13 @@ impl<M: Memory> Ring<M> {
             if self.mem.spin(&mut spinner) {
                 continue;
             }
-            self.w32(PRODUCERS_WAITING).fetch_add(1, Ordering::SeqCst);
-            // Dekker with the waker's fence: it sees this count, or this
-            // side sees its publication (fences on both sides).
-            self.mem.fence();
+            // Dekker with the waker's fence (inside `enter`): it sees this
+            // sleeper, or this side sees its publication.
+            let ticket = PRODUCERS.enter(&self.mem);
             if !fits(true) {
                 self.mem.wait_until(self.w32(HEAD_SEQ), seen, deadline);
             }
-            self.w32(PRODUCERS_WAITING).fetch_sub(1, Ordering::SeqCst);
+            PRODUCERS.leave(&self.mem, ticket);
         }
     }
 
@@ -433,14 +436,13 @@ impl<M: Memory> Ring<M> {
             if self.mem.spin(&mut spinner) {
                 continue;
             }
-            self.w32(CONSUMERS_WAITING).fetch_add(1, Ordering::SeqCst);
-            // Dekker with the waker's fence: it sees this count, or this
-            // side sees its publication (fences on both sides).
-            self.mem.fence();
+            // Dekker with the waker's fence (inside `enter`): it sees this
+            // sleeper, or this side sees its publication.
+            let ticket = CONSUMERS.enter(&self.mem);
             if !self.maybe_nonempty() && !self.is_closed() {
                 self.mem.wait_until(self.w32(TAIL_SEQ), seen, deadline);
             }
-            self.w32(CONSUMERS_WAITING).fetch_sub(1, Ordering::SeqCst);
+            CONSUMERS.leave(&self.mem, ticket);
         }
     }
 
@@ -533,9 +535,7 @@ impl<M: Memory> Ring<M> {
         self.w64(HEAD).store(next, Ordering::Release);
         self.w32(HEAD_SEQ).store(next as u32, Ordering::Release);
         self.mem.fence();
-        if self.w32(PRODUCERS_WAITING).load(Ordering::Relaxed) > 0 {
-            self.mem.wake(self.w32(HEAD_SEQ), 1);
-        }
+        PRODUCERS.wake(&self.mem, self.w32(HEAD_SEQ), 1);
     }
 
     /// Inside a message: waits for its next chunk, checking that the
@@ -550,14 +550,13 @@ impl<M: Memory> Ring<M> {
             if self.mem.spin(&mut spinner) {
                 continue;
             }
-            self.w32(CONSUMERS_WAITING).fetch_add(1, Ordering::SeqCst);
-            // Dekker with the waker's fence: it sees this count, or this
-            // side sees its publication (fences on both sides).
-            self.mem.fence();
+            // Dekker with the waker's fence (inside `enter`): it sees this
+            // sleeper, or this side sees its publication.
+            let ticket = CONSUMERS.enter(&self.mem);
             if !self.chunk_ready() {
                 self.mem.wait_for(self.w32(TAIL_SEQ), seen, DEATH_CHECK);
             }
-            self.w32(CONSUMERS_WAITING).fetch_sub(1, Ordering::SeqCst);
+            CONSUMERS.leave(&self.mem, ticket);
             // A producer that died mid-message wakes nobody: finish its
             // recovery here.
             if let Ok(how) = self.mem.lock(P_LOCK, Wait::Try) {
@@ -596,12 +595,16 @@ impl<M: Memory> Ring<M> {
     /// Sleeps until the tail moves, `stop` is set, or [`WATCH_NAP`] passes.
     pub(crate) fn watch_once(&self, stop: &std::sync::atomic::AtomicBool) {
         let seen = self.w32(TAIL_SEQ).load(Ordering::Acquire);
-        self.w32(CONSUMERS_WAITING).fetch_add(1, Ordering::SeqCst);
-        self.mem.fence();
+        let ticket = CONSUMERS.enter(&self.mem);
         if !self.readable() && !stop.load(Ordering::SeqCst) {
             self.mem.wait_for(self.w32(TAIL_SEQ), seen, WATCH_NAP);
         }
-        self.w32(CONSUMERS_WAITING).fetch_sub(1, Ordering::SeqCst);
+        CONSUMERS.leave(&self.mem, ticket);
+    }
+
+    /// How many consumers are announced as sleeping.
+    pub(crate) fn sleeping_consumers(&self) -> u32 {
+        CONSUMERS.count(&self.mem)
     }
 
     /// Wakes everyone sleeping on the tail (consumers recheck and sleep

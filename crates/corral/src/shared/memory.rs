@@ -63,6 +63,8 @@ pub(crate) trait Word64 {
     fn load(&self, order: Ordering) -> u64;
     fn store(&self, value: u64, order: Ordering);
     fn fetch_add(&self, value: u64, order: Ordering) -> u64;
+    fn fetch_or(&self, value: u64, order: Ordering) -> u64;
+    fn fetch_and(&self, value: u64, order: Ordering) -> u64;
     fn compare_exchange(
         &self,
         current: u64,
@@ -115,8 +117,14 @@ pub(crate) trait Memory {
     fn wait_until(&self, word: &Self::U32, expected: u32, deadline: Option<Instant>) -> bool;
     /// Sleeps while `word` holds `expected`, at most `timeout`.
     fn wait_for(&self, word: &Self::U32, expected: u32, timeout: Duration);
-    /// Wakes up to `count` sleepers on `word`.
-    fn wake(&self, word: &Self::U32, count: u32);
+    /// Wakes up to `count` sleepers on `word`; returns how many woke.
+    fn wake(&self, word: &Self::U32, count: u32) -> usize;
+    /// This process's id, as [`Sleepers`] records it.
+    fn pid(&self) -> u32;
+    /// Is process `pid` alive (not gone, not a zombie)?
+    fn alive(&self, pid: u32) -> bool;
+    /// A monotonic clock in nanoseconds, the same in every process.
+    fn now_ns(&self) -> u64;
     /// Spins a little before sleeping: `true` while it is worth it.
     fn spin(&self, spinner: &mut Spinner) -> bool {
         spinner.spin()
@@ -139,6 +147,14 @@ macro_rules! delegate_words {
             #[inline]
             fn fetch_add(&self, value: u64, order: Ordering) -> u64 {
                 <$a64>::fetch_add(self, value, order)
+            }
+            #[inline]
+            fn fetch_or(&self, value: u64, order: Ordering) -> u64 {
+                <$a64>::fetch_or(self, value, order)
+            }
+            #[inline]
+            fn fetch_and(&self, value: u64, order: Ordering) -> u64 {
+                <$a64>::fetch_and(self, value, order)
             }
             #[inline]
             fn compare_exchange(
@@ -260,7 +276,142 @@ impl Memory for Object {
         sys::futex_wait(word, expected, Some(timeout));
     }
 
-    fn wake(&self, word: &AtomicU32, count: u32) {
-        sys::futex_wake(word, count);
+    fn wake(&self, word: &AtomicU32, count: u32) -> usize {
+        sys::futex_wake(word, count)
+    }
+
+    fn pid(&self) -> u32 {
+        std::process::id()
+    }
+
+    fn alive(&self, pid: u32) -> bool {
+        sys::process_alive(pid)
+    }
+
+    fn now_ns(&self) -> u64 {
+        sys::monotonic_ns()
+    }
+}
+
+/// Who sleeps on a futex, robustly: 64 slots, each holding the pid of its
+/// sleeper and marked in a bitmask, and an overflow count beyond them.
+///
+/// A plain count of sleepers leaks when a sleeper is SIGKILLed: the waker
+/// then makes a futex system call on every publication forever. Here a
+/// wake that woke nobody while the mask says someone sleeps makes the waker
+/// check the recorded pids and clear the slots of dead processes
+/// ([`Sleepers::heal`]). A live sleeper is never cleared, so no wake-up is
+/// ever lost to healing.
+///
+/// Layout at `at`: the mask (u64), the overflow count (u32), the time of the
+/// last healing (u64, monotonic ns), then at `at + 64` the 64 pid slots (u32
+/// each).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sleepers {
+    at: usize,
+}
+
+/// How often at most [`Sleepers`] looks for dead sleepers (a wake that woke
+/// no one is usually a sleeper that was woken and has not withdrawn yet).
+const HEAL_EVERY_NS: u64 = 50_000_000;
+
+/// A sleeper's place in [`Sleepers`].
+#[derive(Debug)]
+pub(crate) struct Ticket(Option<usize>);
+
+impl Sleepers {
+    /// Bytes the record takes.
+    pub(crate) const BYTES: usize = 64 + 64 * 4;
+
+    /// The record at byte `at` (8-aligned).
+    pub(crate) const fn at(at: usize) -> Sleepers {
+        Sleepers { at }
+    }
+
+    fn slot(&self, i: usize) -> usize {
+        self.at + 64 + 4 * i
+    }
+
+    /// Announces the caller as a sleeper, then fences (the sleeper's half of
+    /// the Dekker pair with [`Sleepers::wake`]).
+    pub(crate) fn enter<M: Memory>(&self, m: &M) -> Ticket {
+        let me = m.pid().max(1);
+        let start = me as usize % 64;
+        for k in 0..64 {
+            let i = (start + k) % 64;
+            if m.w32(self.slot(i))
+                .compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                m.w64(self.at).fetch_or(1 << i, Ordering::SeqCst);
+                m.fence();
+                return Ticket(Some(i));
+            }
+        }
+        m.w32(self.at + 8).fetch_add(1, Ordering::SeqCst);
+        m.fence();
+        Ticket(None)
+    }
+
+    /// Withdraws a sleeper.
+    pub(crate) fn leave<M: Memory>(&self, m: &M, ticket: Ticket) {
+        match ticket.0 {
+            Some(i) => {
+                m.w64(self.at).fetch_and(!(1 << i), Ordering::SeqCst);
+                m.w32(self.slot(i)).store(0, Ordering::Release);
+            }
+            None => {
+                m.w32(self.at + 8).fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// After the waker's publication and fence: wakes up to `count`
+    /// sleepers on `word` if any are announced, healing the record if the
+    /// announced ones turn out to be dead.
+    #[inline]
+    pub(crate) fn wake<M: Memory>(&self, m: &M, word: &M::U32, count: u32) {
+        if m.w64(self.at).load(Ordering::Relaxed) == 0
+            && m.w32(self.at + 8).load(Ordering::Relaxed) == 0
+        {
+            return;
+        }
+        if m.wake(word, count) == 0 {
+            // Usually a sleeper already woken and not yet withdrawn: heal
+            // at most every `HEAL_EVERY`, whoever calls.
+            let now = m.now_ns();
+            let last = m.w64(self.at + 16).load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= HEAL_EVERY_NS
+                && m.w64(self.at + 16)
+                    .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.heal(m);
+            }
+        }
+    }
+
+    /// How many sleepers are announced.
+    pub(crate) fn count<M: Memory>(&self, m: &M) -> u32 {
+        m.w64(self.at).load(Ordering::Acquire).count_ones()
+            + m.w32(self.at + 8).load(Ordering::Acquire)
+    }
+
+    /// Clears the slots of sleepers whose process is gone.
+    #[cold]
+    fn heal<M: Memory>(&self, m: &M) {
+        let mask = m.w64(self.at).load(Ordering::Acquire);
+        for i in (0..64).filter(|i| mask & (1 << i) != 0) {
+            let pid = m.w32(self.slot(i)).load(Ordering::Acquire);
+            if pid != 0 && !m.alive(pid) {
+                m.w64(self.at).fetch_and(!(1 << i), Ordering::SeqCst);
+                let _ = m.w32(self.slot(i)).compare_exchange(
+                    pid,
+                    0,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                );
+            }
+        }
     }
 }

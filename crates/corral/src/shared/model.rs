@@ -135,9 +135,21 @@ impl Memory for Arc<Model> {
     fn wait_for(&self, _word: &AtomicU32, _expected: u32, _timeout: Duration) {
         loom::thread::yield_now();
     }
-    fn wake(&self, _word: &AtomicU32, _count: u32) {
+    fn wake(&self, _word: &AtomicU32, _count: u32) -> usize {
         let _guard = self.futex.lock().unwrap();
         self.wakes.notify_all();
+        // Whether anyone slept is not known here: say one did, so that
+        // `Sleepers` does not heal (every modelled process is alive).
+        1
+    }
+    fn pid(&self) -> u32 {
+        1
+    }
+    fn alive(&self, _pid: u32) -> bool {
+        true
+    }
+    fn now_ns(&self) -> u64 {
+        0
     }
     fn spin(&self, _spinner: &mut Spinner) -> bool {
         false

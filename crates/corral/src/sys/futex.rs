@@ -194,10 +194,29 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Durati
     let _ = futex::wait(word, futex::Flags::empty(), expected, ts.as_ref());
 }
 
-/// Wakes up to `count` processes sleeping on `word`.
-pub(crate) fn futex_wake(word: &AtomicU32, count: u32) {
+/// Wakes up to `count` processes sleeping on `word`; returns how many woke.
+pub(crate) fn futex_wake(word: &AtomicU32, count: u32) -> usize {
     // The kernel reads the count as an `int`: keep it positive.
-    let _ = futex::wake(word, futex::Flags::empty(), count.min(i32::MAX as u32));
+    futex::wake(word, futex::Flags::empty(), count.min(i32::MAX as u32)).unwrap_or(0)
+}
+
+/// Is process `pid` alive: it exists and is not a zombie waiting to be
+/// reaped (a SIGKILLed process whose parent has not reaped it yet still
+/// answers `kill(pid, 0)`).
+pub(crate) fn process_alive(pid: u32) -> bool {
+    let Some(p) = rustix::process::Pid::from_raw(pid as i32) else {
+        return false;
+    };
+    match rustix::process::test_kill_process(p) {
+        Err(rustix::io::Errno::SRCH) => false,
+        _ => match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => !stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with(['Z', 'X'])),
+            Err(_) => true,
+        },
+    }
 }
 
 /// Sleeps on `word` until `deadline` (see [`futex_wait`]); returns `false`
