@@ -200,6 +200,17 @@ impl<T> fmt::Debug for Queue<T> {
     }
 }
 
+/// The ring's item limit: 0 for none.
+fn item_limit(capacity: Option<usize>) -> Result<u64, Error> {
+    match capacity {
+        Some(0) => Err(Error::Unsupported(
+            "a bounded queue needs a capacity of at least 1",
+        )),
+        Some(c) => Ok(c as u64),
+        None => Ok(0),
+    }
+}
+
 fn ring_size(bytes: usize) -> usize {
     bytes.clamp(4096, 1 << 40).next_power_of_two()
 }
@@ -213,11 +224,6 @@ impl<T: Data> Queue<T> {
     /// [`Error::Unsupported`] for a capacity of 0; [`Error::Io`] if shared
     /// memory cannot be created.
     pub fn bounded(capacity: usize) -> Result<Queue<T>, Error> {
-        if capacity == 0 {
-            return Err(Error::Unsupported(
-                "a bounded queue needs a capacity of at least 1",
-            ));
-        }
         Queue::with_buffer(Some(capacity), BOUNDED_BUFFER)
     }
 
@@ -237,7 +243,8 @@ impl<T: Data> Queue<T> {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if shared memory cannot be created.
+    /// [`Error::Unsupported`] for a capacity of `Some(0)`; [`Error::Io`] if
+    /// shared memory cannot be created.
     ///
     /// # Examples
     ///
@@ -250,11 +257,7 @@ impl<T: Data> Queue<T> {
     /// assert_eq!(taker.join().unwrap(), big);
     /// ```
     pub fn with_buffer(capacity: Option<usize>, buffer_bytes: usize) -> Result<Queue<T>, Error> {
-        let ring = Ring::create(
-            ring_size(buffer_bytes),
-            capacity.map_or(0, |c| c as u64),
-            false,
-        )?;
+        let ring = Ring::create(ring_size(buffer_bytes), item_limit(capacity)?, false)?;
         Ok(Queue {
             ring,
             _type: PhantomData,
@@ -488,7 +491,7 @@ impl<T> Deref for JoinableQueue<T> {
 
 impl<T: Data> JoinableQueue<T> {
     fn with_buffer(capacity: Option<usize>, bytes: usize) -> Result<JoinableQueue<T>, Error> {
-        let ring = Ring::create(ring_size(bytes), capacity.map_or(0, |c| c as u64), true)?;
+        let ring = Ring::create(ring_size(bytes), item_limit(capacity)?, true)?;
         Ok(JoinableQueue {
             queue: Queue {
                 ring,
@@ -503,11 +506,6 @@ impl<T: Data> JoinableQueue<T> {
     ///
     /// As [`Queue::bounded`].
     pub fn bounded(capacity: usize) -> Result<JoinableQueue<T>, Error> {
-        if capacity == 0 {
-            return Err(Error::Unsupported(
-                "a bounded queue needs a capacity of at least 1",
-            ));
-        }
         JoinableQueue::with_buffer(Some(capacity), BOUNDED_BUFFER)
     }
 
