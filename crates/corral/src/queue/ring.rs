@@ -85,11 +85,11 @@ const HEAD_SEQ: usize = 400;
 const CLOSED: usize = 456;
 const UNFINISHED: usize = 576;
 const JOIN_SEQ: usize = 584;
-const JOIN_WAITERS: usize = 588;
 // Who sleeps, on each side.
 const CONSUMERS: Sleepers = Sleepers::at(1024);
 const PRODUCERS: Sleepers = Sleepers::at(1408);
-const _: () = assert!(1408 + Sleepers::BYTES <= DATA);
+const JOINERS: Sleepers = Sleepers::at(1792);
+const _: () = assert!(1408 + Sleepers::BYTES <= 1792 && 1792 + Sleepers::BYTES <= DATA);
 /// Where the ring starts.
 pub(crate) const DATA: usize = 4096;
 
@@ -632,9 +632,7 @@ impl<M: Memory> Ring<M> {
         if now == 1 {
             self.w32(JOIN_SEQ).fetch_add(1, Ordering::SeqCst);
             self.mem.fence();
-            if self.w32(JOIN_WAITERS).load(Ordering::SeqCst) > 0 {
-                self.mem.wake(self.w32(JOIN_SEQ), u32::MAX);
-            }
+            JOINERS.wake(&self.mem, self.w32(JOIN_SEQ), u32::MAX);
         }
         true
     }
@@ -652,13 +650,11 @@ impl<M: Memory> Ring<M> {
             if self.unfinished() == 0 {
                 return true;
             }
-            self.w32(JOIN_WAITERS).fetch_add(1, Ordering::SeqCst);
-            // Dekker with the waker's fence: it sees this count, or this
-            // side sees its publication (fences on both sides).
-            self.mem.fence();
+            // Dekker with the waker's fence (inside `enter`).
+            let ticket = JOINERS.enter(&self.mem);
             let slept =
                 self.unfinished() == 0 || self.mem.wait_until(self.w32(JOIN_SEQ), seen, deadline);
-            self.w32(JOIN_WAITERS).fetch_sub(1, Ordering::SeqCst);
+            JOINERS.leave(&self.mem, ticket);
             if !slept {
                 return self.unfinished() == 0;
             }

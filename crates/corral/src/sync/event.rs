@@ -6,13 +6,14 @@ use std::time::{Duration, Instant};
 
 use super::deadline;
 use crate::Error;
-use crate::shared::memory::{Memory, Word32};
+use crate::shared::memory::{Memory, Sleepers, Word32};
 use crate::shared::object::{HEADER, Kind, Object, object_handle_serde};
 
 /// The flag (0 or 1), also the futex word.
 const FLAG: usize = HEADER;
-/// How many processes sleep on the flag.
-const WAITERS: usize = HEADER + 4;
+/// Who sleeps on the flag.
+const SLEEPERS: Sleepers = Sleepers::at(HEADER + 64);
+const END: usize = HEADER + 64 + Sleepers::BYTES;
 
 /// A process-shared event (Python's `multiprocessing.Event`): a flag that
 /// starts clear; [`Event::wait`] sleeps until someone sets it.
@@ -42,7 +43,7 @@ impl Event {
     /// [`Error::Io`] if shared memory cannot be created.
     pub fn new() -> Result<Event, Error> {
         Ok(Event {
-            obj: Object::create(Kind::Event, WAITERS + 4, &[])?,
+            obj: Object::create(Kind::Event, END, &[])?,
         })
     }
 
@@ -103,17 +104,14 @@ fn set<M: Memory>(m: &M) {
     m.w32(FLAG).store(1, Ordering::SeqCst);
     // Dekker with a waiter's fence: it sees the flag, or this sees it.
     m.fence();
-    if m.w32(WAITERS).load(Ordering::SeqCst) > 0 {
-        m.wake(m.w32(FLAG), u32::MAX);
-    }
+    SLEEPERS.wake(m, m.w32(FLAG), u32::MAX);
 }
 
 fn wait_until<M: Memory>(m: &M, deadline: Option<Instant>) -> bool {
     while !is_set(m) {
-        m.w32(WAITERS).fetch_add(1, Ordering::SeqCst);
-        m.fence();
+        let ticket = SLEEPERS.enter(m);
         let slept = m.wait_until(m.w32(FLAG), 0, deadline);
-        m.w32(WAITERS).fetch_sub(1, Ordering::SeqCst);
+        SLEEPERS.leave(m, ticket);
         if !slept {
             return is_set(m);
         }
@@ -139,7 +137,7 @@ mod model {
     #[test]
     fn a_waiter_never_misses_a_set() {
         bounded(3).check(|| {
-            let m = Model::new(super::WAITERS + 4, 0);
+            let m = Model::new(super::END, 0);
             let setter = {
                 let m = m.clone();
                 loom::thread::spawn(move || super::set(&m))

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{AcquireError, deadline, outcome};
 use crate::Error;
-use crate::shared::memory::{Memory, Wait, Word32};
+use crate::shared::memory::{Memory, Sleepers, Wait, Word32};
 use crate::shared::object::{HEADER, Kind, Object, object_handle_serde};
 use crate::sys::{self, Acquired, NotAcquired, RobustMutex};
 
@@ -15,8 +15,9 @@ use crate::sys::{self, Acquired, NotAcquired, RobustMutex};
 const MUTEX: usize = HEADER;
 /// A condition's notification counter (a futex word after the mutex).
 const COND_SEQ: usize = MUTEX + sys::MUTEX_BYTES;
-/// How many threads sleep on a condition.
-const COND_WAITERS: usize = COND_SEQ + 4;
+/// Who sleeps on a condition.
+const COND_SLEEPERS: Sleepers = Sleepers::at(COND_SEQ + 64);
+const COND_END: usize = COND_SEQ + 64 + Sleepers::BYTES;
 
 fn create(kind: Kind, recursive: bool, len: usize) -> Result<Object, Error> {
     let obj = Object::create(kind, len, &[])?;
@@ -226,7 +227,7 @@ impl Condition {
     /// [`Error::Io`] if shared memory cannot be created.
     pub fn new() -> Result<Condition, Error> {
         Ok(Condition {
-            obj: create(Kind::Condition, false, COND_WAITERS + 4)?,
+            obj: create(Kind::Condition, false, COND_END)?,
         })
     }
 
@@ -381,12 +382,11 @@ impl fmt::Debug for ConditionGuard<'_> {
 /// or spurious rather than timed out, the lock came back from a dead holder).
 fn cond_wait<M: Memory>(m: &M, deadline: Option<Instant>) -> (bool, bool) {
     let seen = m.w32(COND_SEQ).load(Ordering::Acquire);
-    m.w32(COND_WAITERS).fetch_add(1, Ordering::SeqCst);
-    // Dekker with `cond_notify`'s fence.
-    m.fence();
+    // Dekker with `cond_notify`'s fence (inside `enter`).
+    let ticket = COND_SLEEPERS.enter(m);
     m.unlock(MUTEX);
     let woke = m.wait_until(m.w32(COND_SEQ), seen, deadline);
-    m.w32(COND_WAITERS).fetch_sub(1, Ordering::SeqCst);
+    COND_SLEEPERS.leave(m, ticket);
     let died = match m.lock(MUTEX, Wait::Block) {
         Ok(Acquired::Clean) => false,
         Ok(Acquired::OwnerDied) => true,
@@ -403,9 +403,7 @@ fn cond_wait<M: Memory>(m: &M, deadline: Option<Instant>) -> (bool, bool) {
 fn cond_notify<M: Memory>(m: &M, n: u32) {
     m.w32(COND_SEQ).fetch_add(1, Ordering::SeqCst);
     m.fence();
-    if m.w32(COND_WAITERS).load(Ordering::SeqCst) > 0 {
-        m.wake(m.w32(COND_SEQ), n);
-    }
+    COND_SLEEPERS.wake(m, m.w32(COND_SEQ), n);
 }
 
 /// The condition's protocol under loom: a waiter that saw the predicate
@@ -418,7 +416,7 @@ mod model {
     use crate::shared::model::{Model, bounded};
 
     /// The predicate: a word guarded by the condition's lock.
-    const READY: usize = COND_WAITERS + 4;
+    const READY: usize = COND_END;
 
     #[test]
     fn a_notification_is_never_lost() {

@@ -7,16 +7,16 @@ use std::time::{Duration, Instant};
 
 use super::{AcquireError, deadline};
 use crate::Error;
-use crate::shared::memory::{Memory, Wait, Word32};
+use crate::shared::memory::{Memory, Sleepers, Wait, Word32};
 use crate::shared::object::{HEADER, Kind, Object, object_handle_serde};
 use crate::sys::{self, Acquired};
 
 /// Counts releases: sleepers wait for it to change.
 const RELEASED: usize = HEADER;
-/// How many acquirers sleep.
-const WAITERS: usize = HEADER + 4;
+/// Who sleeps waiting for a permit.
+const SLEEPERS: Sleepers = Sleepers::at(HEADER + 64);
 /// The permits' mutexes, one cache line each.
-const SLOTS: usize = HEADER + 64;
+const SLOTS: usize = (HEADER + 64 + Sleepers::BYTES).next_multiple_of(64);
 
 /// The most permits a semaphore may have.
 const MAX_PERMITS: usize = 1 << 16;
@@ -189,12 +189,12 @@ fn acquire<M: Memory, G>(
             Some(at) => at.min(now + DEAD_HOLDER_CHECK),
             None => now + DEAD_HOLDER_CHECK,
         };
-        m.w32(WAITERS).fetch_add(1, Ordering::SeqCst);
-        // Dekker with `release`'s fence: it sees this waiter, or this pass
-        // sees its release (through `RELEASED`, which the futex compares).
-        m.fence();
+        // Dekker with `release`'s fence: it sees this sleeper, or this
+        // pass sees its release (through `RELEASED`, which the futex
+        // compares).
+        let ticket = SLEEPERS.enter(m);
         m.wait_until(m.w32(RELEASED), seen, Some(nap));
-        m.w32(WAITERS).fetch_sub(1, Ordering::SeqCst);
+        SLEEPERS.leave(m, ticket);
     }
 }
 
@@ -203,9 +203,7 @@ fn release<M: Memory>(m: &M, slot: usize) {
     m.unlock(slot_at(slot));
     m.w32(RELEASED).fetch_add(1, Ordering::SeqCst);
     m.fence();
-    if m.w32(WAITERS).load(Ordering::SeqCst) > 0 {
-        m.wake(m.w32(RELEASED), 1);
-    }
+    SLEEPERS.wake(m, m.w32(RELEASED), 1);
 }
 
 /// Holds one permit of a [`Semaphore`]; returns it on drop.
