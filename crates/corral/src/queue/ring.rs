@@ -286,9 +286,6 @@ impl<M: Memory> Ring<M> {
             CHUNK_HEADER + self.max_chunk() + CHUNK_HEADER
         };
         self.wait_for_room(first_need, true, wait.deadline())?;
-        if self.joinable {
-            self.w64(UNFINISHED).fetch_add(1, Ordering::SeqCst);
-        }
         if single {
             self.write_chunk(bytes, FIRST | LAST);
             return Ok(());
@@ -326,6 +323,11 @@ impl<M: Memory> Ring<M> {
         header[4..].copy_from_slice(&flags.to_le_bytes());
         self.write_at(tail, &header);
         self.write_at(tail + CHUNK_HEADER, payload);
+        if flags & LAST != 0 && self.joinable {
+            // Counted as the message is published: an aborted message never
+            // was, and a consumer cannot mark it done before it counts.
+            self.w64(UNFINISHED).fetch_add(1, Ordering::SeqCst);
+        }
         if flags & LAST != 0 {
             // Only the producer-lock holder writes it: no read-modify-write.
             let put = self.w64(PUT_COUNT).load(Ordering::Relaxed);
@@ -519,7 +521,7 @@ impl<M: Memory> Ring<M> {
             self.advance(head, len, last);
             if last {
                 self.w32(C_OPEN).store(0, Ordering::Relaxed);
-                return !discard;
+                return true;
             }
         }
     }
@@ -579,8 +581,12 @@ impl<M: Memory> Ring<M> {
             self.w32(C_OPEN).store(0, Ordering::Relaxed);
             return;
         }
-        // The rest of a message that was being delivered to the dead.
-        self.read_message(scratch, true);
+        // The rest of a message that was being delivered to the dead. It
+        // will never be marked done by its taker: mark it here, so that a
+        // `JoinableQueue::join` does not wait for it forever.
+        if self.read_message(scratch, true) && self.joinable {
+            self.task_done();
+        }
         scratch.clear();
     }
 
@@ -779,11 +785,12 @@ mod model {
     }
 
     /// A consumer that dies after taking the first chunk of a message: the
-    /// next consumer skips the rest and gets the following message intact.
+    /// next consumer skips the rest, marks it done (a joinable queue), and
+    /// gets the following message intact.
     #[test]
     fn a_consumer_dying_mid_message_is_recovered() {
         bounded(2).check(|| {
-            let r = ring(0);
+            let r = Ring::over(Model::new(DATA, SIZE as usize), SIZE, 0, true);
             r.put(&[4; 20], Wait::Block).unwrap();
             // The dying consumer's steps of `get`, up to its death.
             assert_eq!(r.mem.lock(C_LOCK, Wait::Block), Ok(Acquired::Clean));
@@ -799,6 +806,9 @@ mod model {
             };
             assert_eq!(take(&r), [5; 8]);
             producer.join().unwrap();
+            // The skipped message was marked done for its dead taker: only
+            // the one just taken is outstanding.
+            assert_eq!(r.unfinished(), 1);
         });
     }
 }
