@@ -215,7 +215,9 @@ pub use pool::{
 };
 pub use process::{Child, ExitStatus, Job, Process, ProcessBuilder, Waitable, spawn, wait};
 pub use queue::{GetError, JoinableQueue, PutError, Queue, SimpleQueue};
-pub use shared::{Array, ArrayGuard, RawArray, RawValue, SharedMemory, Value, ValueGuard};
+pub use shared::{
+    Array, ArrayGuard, RawArray, RawValue, SharedGuard, SharedMemory, Value, ValueGuard,
+};
 pub use start::StartMethod;
 pub use sync::{
     AcquireError, Barrier, BarrierError, BarrierWaitResult, BoundedSemaphore, Condition,

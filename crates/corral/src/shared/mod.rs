@@ -110,61 +110,91 @@ fn elements<T>(obj: &Object, data: usize, len: usize) -> *mut T {
         .cast::<T>()
 }
 
-fn lock_region(obj: &Object) -> (RobustMutex<'_>, bool) {
+/// Takes the lock of a locked value or array whose data is at `ptr`.
+fn lock_region<U: ?Sized>(obj: &Object, ptr: *mut U) -> SharedGuard<'_, U> {
     let mutex = obj.region().robust_mutex(LOCK);
-    match mutex.lock() {
-        Ok(Acquired::Clean) => (mutex, false),
-        Ok(Acquired::OwnerDied) => (mutex, true),
+    let owner_died = match mutex.lock() {
+        Ok(Acquired::Clean) => false,
+        Ok(Acquired::OwnerDied) => true,
         Err(NotAcquired::Deadlock) => panic!(
             "this thread already holds this shared value's lock (a guard from `lock()` is \
              alive): taking it again would deadlock"
         ),
         Err(e) => panic!("the shared value's lock is corrupt: {e:?}"),
+    };
+    SharedGuard {
+        mutex,
+        ptr,
+        owner_died,
+        _not_send: PhantomData,
     }
 }
 
-/// Holds a [`Value`]'s lock and derefs to its value; unlocks on drop.
+/// Holds the lock of a [`Value`] or an [`Array`] and derefs to what it
+/// protects (a `T`, or the elements `[T]`); unlocks on drop.
+///
+/// # Examples
+///
+/// ```
+/// let v = corral::Value::new(1u64).unwrap();
+/// let mut g: corral::ValueGuard<'_, u64> = v.lock();
+/// *g *= 10;
+/// assert!(!g.previous_owner_died());
+/// drop(g);
+/// let a = corral::Array::from_slice(&[1u8, 2]).unwrap();
+/// let mut elems: corral::ArrayGuard<'_, u8> = a.lock();
+/// elems.reverse();
+/// drop(elems);
+/// assert_eq!((v.get(), a.to_vec()), (10, vec![2, 1]));
+/// ```
 #[must_use = "the lock is released as soon as the guard is dropped"]
-pub struct ValueGuard<'a, T> {
+pub struct SharedGuard<'a, U: ?Sized> {
     mutex: RobustMutex<'a>,
-    ptr: *mut T,
+    ptr: *mut U,
     owner_died: bool,
-    _not_send: PhantomData<(&'a mut T, *const ())>,
+    _not_send: PhantomData<(&'a mut U, *const ())>,
 }
 
-impl<T> ValueGuard<'_, T> {
-    /// Did the previous holder of the lock die holding it? The value may
-    /// then be half-updated.
+/// The guard of a [`Value`]: derefs to its value.
+pub type ValueGuard<'a, T> = SharedGuard<'a, T>;
+
+/// The guard of an [`Array`]: derefs to its elements.
+pub type ArrayGuard<'a, T> = SharedGuard<'a, [T]>;
+
+impl<U: ?Sized> SharedGuard<'_, U> {
+    /// Did the previous holder of the lock die holding it? What it protects
+    /// may then be half-updated.
     pub fn previous_owner_died(&self) -> bool {
         self.owner_died
     }
 }
 
-impl<T> Deref for ValueGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        // SAFETY: `ptr` is in bounds and aligned (checked when the handle
-        // was made or received) for the life of the guard, which holds the
-        // value's lock: every access by any process through `Value` takes
-        // that lock, so nothing writes the value while this reference lives.
+impl<U: ?Sized> Deref for SharedGuard<'_, U> {
+    type Target = U;
+    fn deref(&self) -> &U {
+        // SAFETY: `ptr` (with its length, for a slice) is in bounds and
+        // aligned (checked when the handle was made or received) for the
+        // life of the guard, which holds the object's lock: every access by
+        // any process through `Value` or `Array` takes that lock, so nothing
+        // writes the data while this reference lives.
         unsafe { &*self.ptr }
     }
 }
 
-impl<T> DerefMut for ValueGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
+impl<U: ?Sized> DerefMut for SharedGuard<'_, U> {
+    fn deref_mut(&mut self) -> &mut U {
         // SAFETY: as in `deref`; the lock makes this access exclusive.
         unsafe { &mut *self.ptr }
     }
 }
 
-impl<T> Drop for ValueGuard<'_, T> {
+impl<U: ?Sized> Drop for SharedGuard<'_, U> {
     fn drop(&mut self) {
         self.mutex.unlock();
     }
 }
 
-impl<T: fmt::Debug> fmt::Debug for ValueGuard<'_, T> {
+impl<U: ?Sized + fmt::Debug> fmt::Debug for SharedGuard<'_, U> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&**self, f)
     }
@@ -224,13 +254,7 @@ impl<T: Pod> Value<T> {
     ///
     /// If this thread already holds the lock (that would deadlock).
     pub fn lock(&self) -> ValueGuard<'_, T> {
-        let (mutex, owner_died) = lock_region(&self.obj);
-        ValueGuard {
-            mutex,
-            ptr: elements::<T>(&self.obj, LOCKED_DATA, 1),
-            owner_died,
-            _not_send: PhantomData,
-        }
+        lock_region(&self.obj, elements::<T>(&self.obj, LOCKED_DATA, 1))
     }
 
     /// Reads the value (under the lock).
@@ -310,52 +334,6 @@ macro_rules! array_common {
     };
 }
 
-/// Holds an [`Array`]'s lock and derefs to its elements; unlocks on drop.
-#[must_use = "the lock is released as soon as the guard is dropped"]
-pub struct ArrayGuard<'a, T> {
-    mutex: RobustMutex<'a>,
-    ptr: *mut T,
-    len: usize,
-    owner_died: bool,
-    _not_send: PhantomData<(&'a mut [T], *const ())>,
-}
-
-impl<T> ArrayGuard<'_, T> {
-    /// Did the previous holder of the lock die holding it?
-    pub fn previous_owner_died(&self) -> bool {
-        self.owner_died
-    }
-}
-
-impl<T> Deref for ArrayGuard<'_, T> {
-    type Target = [T];
-    fn deref(&self) -> &[T] {
-        // SAFETY: `ptr..ptr+len` is in bounds and aligned (checked when the
-        // handle was made or received); the guard holds the array's lock,
-        // which every `Array` access in every process takes.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-}
-
-impl<T> DerefMut for ArrayGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut [T] {
-        // SAFETY: as in `deref`; the lock makes this access exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-}
-
-impl<T> Drop for ArrayGuard<'_, T> {
-    fn drop(&mut self) {
-        self.mutex.unlock();
-    }
-}
-
-impl<T: fmt::Debug> fmt::Debug for ArrayGuard<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&**self, f)
-    }
-}
-
 /// A fixed-length array of plain data in shared memory, with a lock
 /// (Python's `multiprocessing.Array`).
 ///
@@ -384,14 +362,11 @@ impl<T: Pod> Array<T> {
     ///
     /// If this thread already holds the lock (that would deadlock).
     pub fn lock(&self) -> ArrayGuard<'_, T> {
-        let (mutex, owner_died) = lock_region(&self.obj);
-        ArrayGuard {
-            mutex,
-            ptr: elements::<T>(&self.obj, LOCKED_DATA, self.len),
-            len: self.len,
-            owner_died,
-            _not_send: PhantomData,
-        }
+        let first = elements::<T>(&self.obj, LOCKED_DATA, self.len);
+        lock_region(
+            &self.obj,
+            std::ptr::slice_from_raw_parts_mut(first, self.len),
+        )
     }
 
     /// Element `index` (under the lock), or `None` past the end.
