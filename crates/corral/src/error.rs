@@ -47,6 +47,9 @@ pub enum Error {
     /// The operation is not available on this platform or configuration.
     #[error("unsupported: {0}")]
     Unsupported(&'static str),
+    /// An argument is out of range (Python raises `ValueError`).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(&'static str),
 }
 
 impl Error {
@@ -346,6 +349,20 @@ pub enum TaskError {
     /// restart failing workers forever).
     #[error("the pool's initializer failed ({0}); the pool runs no more tasks")]
     InitializerFailed(String),
+    /// The worker running the task vanished and its exit status is unknown
+    /// (the fork server that reaped it died with it, say). Linux reports no
+    /// exit code for such a worker; this says what is known.
+    #[error("the worker running the task was lost ({0}); it was replaced")]
+    Lost(String),
+    /// Workers of a pool without an initializer died before they were
+    /// ready, every time, many times in a row (a memory limit too small for
+    /// a worker to start, say): the pool runs no more tasks rather than
+    /// restart them forever.
+    #[error("the pool cannot start workers ({0}); the pool runs no more tasks")]
+    PoolBroken(String),
+    /// An argument of the call is out of range (Python raises `ValueError`).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
 }
 
 impl TaskError {

@@ -203,6 +203,7 @@ pub mod shared;
 mod start;
 pub mod sync;
 mod sys;
+mod time;
 mod wire;
 
 pub use error::{

@@ -17,8 +17,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::life::{Action, Event, Life, Why};
 use super::worker::{self, BatchMsg, InitMsg, JobMsg, RegionFd, WorkerBoot};
 use crate::sys::{self, SharedRegion};
+use crate::time;
 use crate::wire::{self, FrameReader, Progress};
 use crate::{
     Child, Connection, Data, Error, ExitStatus, PoolStats, Process, RemotePanic, StartMethod,
@@ -36,10 +38,9 @@ const MAX_INFLIGHT: usize = 2;
 const MAX_BATCH_ITEMS: usize = 4096;
 /// Most argument bytes in one batch (a single larger job still goes alone).
 const MAX_BATCH_BYTES: usize = 1 << 20;
-/// Between SIGTERM and SIGKILL for a timed-out or cancelled task.
-const KILL_GRACE: Duration = Duration::from_millis(20);
-/// How long a closing pool waits for an idle worker to exit before killing it.
-const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// How long a worker whose send failed for want of kernel resources is left
+/// alone before the next try.
+const SEND_RETRY: Duration = Duration::from_millis(10);
 /// Socket buffer for a worker channel.
 const SOCKET_BUFFER: usize = 4 << 20;
 
@@ -162,6 +163,23 @@ impl Job {
         out
     }
 
+    /// How many of its leading items fit in `items` more items (`None`: any
+    /// number) carrying at most `fds` descriptors.
+    fn fits(&self, items: Option<usize>, fds: usize) -> usize {
+        let most = items.map_or(self.len(), |n| n.min(self.len()));
+        if self.fds.is_empty() {
+            return most;
+        }
+        let mut carried = 0;
+        self.fds[..most]
+            .iter()
+            .take_while(|f| {
+                carried += f.len();
+                carried <= fds
+            })
+            .count()
+    }
+
     /// Splits off the first `n` items as a job of their own.
     fn take_front(&mut self, n: usize) -> Job {
         let positions: Vec<usize> = (0..n).collect();
@@ -205,27 +223,6 @@ impl InFlight {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum KillWhy {
-    /// The running item passed its deadline.
-    Timeout,
-    /// The running item was cancelled.
-    Cancel,
-    /// The pool is stopping and the worker did not exit when told to.
-    Stop,
-    /// The initializer ran past the task timeout.
-    Init,
-}
-
-#[derive(Debug)]
-struct Kill {
-    seq: u64,
-    index: usize,
-    why: KillWhy,
-    at: Instant,
-    escalated: bool,
-}
-
 /// One worker process and what it holds.
 struct Worker {
     id: u64,
@@ -233,17 +230,86 @@ struct Worker {
     pidfd: Arc<OwnedFd>,
     sock: Arc<OwnedFd>,
     reader: FrameReader,
+    /// End-of-file (or a torn stream) was read: no more frames will come.
+    read_done: bool,
     /// Frames read while a send was blocked, not yet handled.
     backlog: Vec<Vec<u8>>,
     region: SharedRegion,
     inflight: VecDeque<InFlight>,
-    ready: bool,
-    eof: bool,
+    /// Where it is in its life: the one place that says what it may do.
+    life: Life,
     /// Items it may still take before it retires (`max_tasks_per_child`).
     tasks_left: Option<u64>,
     /// When it was started (its initializer's deadline counts from here).
     spawned: Instant,
-    kill: Option<Kill>,
+    /// No send before this: the last one failed for want of kernel memory
+    /// or descriptor room, with nothing sent.
+    send_after: Option<Instant>,
+    /// The last progress seen in its region (batch, started, finished) and
+    /// when it changed: a worker that holds a timed batch and shows none for
+    /// longer than the time limit is stalled (stopped, say).
+    progress: (u64, u64, u64),
+    progress_at: Instant,
+}
+
+impl Worker {
+    /// Feeds its state machine an event and carries out the action.
+    fn apply(&mut self, event: Event, now: Instant) {
+        let event = match event {
+            // A process that died on its own was not killed by the pool: its
+            // running item takes the blame for its death.
+            Event::Kill(_) | Event::SendBroken if self.exited() => Event::Eof,
+            other => other,
+        };
+        match self.life.on(event, now) {
+            Action::Nothing => {}
+            Action::Term => {
+                let _ = self.child.proc().signal_tree(sys::Sig::Term);
+            }
+            Action::Kill => {
+                let _ = self.child.proc().signal_tree(sys::Sig::Kill);
+            }
+            Action::Shutdown => {
+                let _ = rustix::net::shutdown(&*self.sock, rustix::net::Shutdown::Both);
+            }
+        }
+    }
+
+    /// Whether the process has exited (its pidfd is readable).
+    fn exited(&self) -> bool {
+        matches!(
+            sys::poll_readable(&[self.pidfd.as_fd()], Some(Duration::ZERO)).as_deref(),
+            Ok([true])
+        )
+    }
+
+    /// Whether it may be handed another batch now.
+    fn has_room(&self, now: Instant) -> bool {
+        self.life.takes_work()
+            && self.inflight.len() < MAX_INFLIGHT
+            && self.tasks_left != Some(0)
+            && self.send_after.is_none_or(|t| now >= t)
+    }
+
+    /// Notes the progress its region shows; returns when it last changed.
+    fn observe_progress(&mut self, now: Instant) -> Instant {
+        let seen = (
+            self.region.word(worker::W_SEQ).load(Ordering::Acquire),
+            self.region.word(worker::W_STARTED).load(Ordering::Acquire),
+            self.region.word(worker::W_FINISHED).load(Ordering::Acquire),
+        );
+        if seen != self.progress {
+            self.progress = seen;
+            self.progress_at = now;
+        }
+        self.progress_at
+    }
+
+    /// Whether it ever said READY (a READY frame read, or a batch begun).
+    fn said_ready(&self) -> bool {
+        let seq = self.region.word(worker::W_SEQ).load(Ordering::Acquire);
+        self.life.said_ready() || (seq != 0 && seq != worker::SEQ_INIT_FAILED)
+    }
 }
 
 /// The pool's configuration, fixed at build time.
@@ -278,7 +344,9 @@ pub(super) struct Core {
     next_seq: u64,
     next_worker: u64,
     pub(super) phase: Phase,
-    broken: Option<String>,
+    /// Why the pool runs no more tasks (its initializer failed, or workers
+    /// keep dying before they are ready): the error every task then gets.
+    broken: Option<TaskError>,
     /// Items submitted that have not ended.
     pub(super) outstanding: usize,
     pub(super) stats: PoolStats,
@@ -427,7 +495,7 @@ impl Shared {
             });
         }
         let refusal = match (&core.phase, &core.broken) {
-            (_, Some(why)) => Some(TaskError::InitializerFailed(why.clone())),
+            (_, Some(error)) => Some(error.clone()),
             (Phase::Open, None) => None,
             _ => Some(TaskError::PoolClosed),
         };
@@ -458,7 +526,8 @@ impl Shared {
         deadline: Option<Instant>,
         mut ready: impl FnMut() -> bool,
     ) -> bool {
-        let until = deadline.map_or(Instant::now() + SPIN, |d| d.min(Instant::now() + SPIN));
+        let spin = Instant::now() + SPIN;
+        let until = deadline.map_or(spin, |d| d.min(spin));
         loop {
             if ready() {
                 return true;
@@ -489,21 +558,30 @@ impl Shared {
     }
 
     /// Reads and handles everything worker `i` has sent; true if any frame.
+    /// Reads whatever the worker's state: a worker that can no longer be
+    /// sent to may still have results (or its READY frame) to read.
     fn read_worker(&self, core: &mut Core, i: usize) -> bool {
         let mut frames = std::mem::take(&mut core.workers[i].backlog);
+        let mut eof = false;
         {
             let w = &mut core.workers[i];
-            while !w.eof {
+            while !w.read_done {
                 match w.reader.read_from(w.sock.as_fd()) {
                     Ok(Progress::Frame(frame)) => frames.push(frame),
                     Ok(Progress::Pending) => break,
-                    Ok(Progress::Eof) | Err(_) => w.eof = true,
+                    Ok(Progress::Eof) | Err(_) => {
+                        w.read_done = true;
+                        eof = true;
+                    }
                 }
             }
         }
         let any = !frames.is_empty();
         for frame in frames {
             self.handle_frame(core, i, &frame);
+        }
+        if eof {
+            core.workers[i].apply(Event::Eof, Instant::now());
         }
         any
     }
@@ -517,7 +595,12 @@ impl Shared {
         let body = &frame[worker::FRAME_HEADER..];
         match seq {
             worker::SEQ_READY => {
-                core.workers[i].ready = true;
+                let now = Instant::now();
+                let w = &mut core.workers[i];
+                w.apply(Event::Ready, now);
+                // Batches it holds start their clock now, not while it
+                // started up.
+                w.progress_at = now;
                 core.early_deaths = 0;
             }
             worker::SEQ_INIT_FAILED => {
@@ -531,7 +614,7 @@ impl Shared {
                     Some(r) => String::from_utf8_lossy(r.body).into_owned(),
                     None => "no report".to_owned(),
                 };
-                self.break_pool(core, why);
+                self.break_pool(core, TaskError::InitializerFailed(why));
             }
             _ => {
                 let Core {
@@ -557,19 +640,20 @@ impl Shared {
         }
     }
 
-    /// Kills worker `i` (its death is handled by the dispatcher).
+    /// Kills worker `i`, whose channel spoke nonsense (its death is handled
+    /// by the dispatcher).
     fn kill_worker(&self, core: &mut Core, i: usize) {
-        let _ = core.workers[i].child.kill();
+        core.workers[i].apply(Event::Kill(Why::Broken), Instant::now());
         self.wake_dispatcher();
     }
 
-    /// The initializer failed: fail everything, run nothing more.
-    fn break_pool(&self, core: &mut Core, why: String) {
+    /// The pool cannot run tasks (see [`Core::broken`]): fail everything,
+    /// run nothing more.
+    fn break_pool(&self, core: &mut Core, error: TaskError) {
         if core.broken.is_some() {
             return;
         }
-        let error = TaskError::InitializerFailed(why.clone());
-        core.broken = Some(why);
+        core.broken = Some(error.clone());
         let jobs: Vec<Job> = core.pending.drain(..).collect();
         core.pending_items = 0;
         for job in &jobs {
@@ -584,16 +668,11 @@ impl Shared {
     /// held nothing got work.
     fn dispatch(&self, core: &mut Core) -> bool {
         let mut started_idle = false;
+        let now = Instant::now();
         while core.pending_items > 0 {
-            let has_room = |w: &Worker| {
-                w.kill.is_none()
-                    && !w.eof
-                    && w.inflight.len() < MAX_INFLIGHT
-                    && w.tasks_left != Some(0)
-            };
-            let eligible = core.workers.iter().filter(|w| has_room(w)).count();
+            let eligible = core.workers.iter().filter(|w| w.has_room(now)).count();
             let Some(i) = (0..core.workers.len())
-                .filter(|&i| has_room(&core.workers[i]))
+                .filter(|&i| core.workers[i].has_room(now))
                 .min_by_key(|&i| core.workers[i].inflight.len())
             else {
                 break;
@@ -603,50 +682,98 @@ impl Shared {
             if let Some(left) = core.workers[i].tasks_left {
                 room = room.min(left as usize);
             }
-            let mut jobs = Vec::new();
-            let mut items = 0;
-            let mut bytes = 0;
-            while items < room
-                && bytes < MAX_BATCH_BYTES
-                && let Some(mut job) = core.pending.pop_front()
-            {
-                core.pending_items -= job.len();
-                if job.len() == 1 && !job.sink.wanted(job.indices[0]) {
-                    // Cancelled while queued: it has its outcome already.
-                    core.outstanding -= 1;
-                    count_failure(&mut core.stats, &TaskError::Cancelled, 1);
-                    continue;
-                }
-                if items + job.len() > room && core.workers[i].tasks_left.is_some() {
-                    let front = job.take_front(room - items);
-                    core.pending_items += job.len();
-                    core.pending.push_front(job);
-                    job = front;
-                }
-                items += job.len();
-                bytes += job.args.len();
-                jobs.push(job);
-            }
+            let jobs = self.take_batch(core, room);
             if jobs.is_empty() {
                 continue;
             }
-            started_idle |= core.workers[i].inflight.is_empty();
+            let w = &mut core.workers[i];
+            started_idle |= w.inflight.is_empty();
+            if w.inflight.is_empty() {
+                w.progress_at = now;
+            }
             let seq = core.next_seq;
             core.next_seq += 1;
             let default_timeout = self.config.task_timeout;
-            if let Err(jobs) = send_batch(&mut core.workers[i], seq, jobs, default_timeout) {
-                // The worker is dying: its death handler requeues nothing of
-                // this batch, so requeue it here.
+            if let Err((jobs, failure)) = send_batch(w, seq, jobs, default_timeout) {
+                // Nothing of the batch is the worker's: it goes back first in
+                // line. What the failure says of the worker is its state
+                // machine's business; a failed send is never taken for a death.
+                match failure {
+                    SendFailure::NotNow => w.send_after = Some(now + SEND_RETRY),
+                    SendFailure::Closed => w.apply(Event::SendClosed, now),
+                    SendFailure::Broken => w.apply(Event::SendBroken, now),
+                }
                 for job in jobs.into_iter().rev() {
                     core.pending_items += job.len();
                     core.pending.push_front(job);
                 }
-                core.workers[i].eof = true;
                 self.wake_dispatcher();
             }
         }
         self.notify(core);
         started_idle
+    }
+
+    /// Takes up to `room` items off the queue for one batch: at most
+    /// [`MAX_BATCH_BYTES`] of arguments (a larger single item goes alone) and
+    /// at most [`sys::MAX_FDS_PER_MESSAGE`] descriptors, splitting a job
+    /// where a limit falls. An item that alone has more descriptors than one
+    /// message carries fails with a codec error.
+    fn take_batch(&self, core: &mut Core, room: usize) -> Vec<Job> {
+        let mut jobs = Vec::new();
+        let (mut items, mut bytes, mut fds) = (0, 0, 0);
+        while items < room
+            && bytes < MAX_BATCH_BYTES
+            && let Some(mut job) = core.pending.pop_front()
+        {
+            core.pending_items -= job.len();
+            if job.len() == 1 && !job.sink.wanted(job.indices[0]) {
+                // Cancelled while queued: it has its outcome already.
+                core.outstanding -= 1;
+                count_failure(&mut core.stats, &TaskError::Cancelled, 1);
+                continue;
+            }
+            if let Some(first) = job.fds.first().map(Vec::len)
+                && first > sys::MAX_FDS_PER_MESSAGE
+            {
+                let one = job.take_front(1);
+                if job.len() > 0 {
+                    core.pending_items += job.len();
+                    core.pending.push_front(job);
+                }
+                let error = TaskError::Codec(format!(
+                    "the argument holds {first} corral handles; one task can carry at most {}",
+                    sys::MAX_FDS_PER_MESSAGE
+                ));
+                core.outstanding -= 1;
+                count_failure(&mut core.stats, &error, 1);
+                one.fail_all(&error);
+                continue;
+            }
+            // Only a worker's task quota splits a job by items (map and imap
+            // size their jobs already); descriptors split any job.
+            let quota = self.config.max_tasks.is_some();
+            let fits = job.fits(
+                quota.then_some(room - items),
+                sys::MAX_FDS_PER_MESSAGE - fds,
+            );
+            if fits == 0 {
+                core.pending_items += job.len();
+                core.pending.push_front(job);
+                break;
+            }
+            if fits < job.len() {
+                let front = job.take_front(fits);
+                core.pending_items += job.len();
+                core.pending.push_front(job);
+                job = front;
+            }
+            items += job.len();
+            bytes += job.args.len();
+            fds += job.fds.iter().map(Vec::len).sum::<usize>();
+            jobs.push(job);
+        }
+        jobs
     }
 
     /// Spawns one worker.
@@ -673,6 +800,7 @@ impl Shared {
             .name("corral-worker")
             .daemon(true)
             .start_method(self.config.start_method)
+            .group_dies_with_leader()
             .spawn(worker::worker_main, boot)?;
         let pidfd = child
             .proc()
@@ -690,13 +818,15 @@ impl Shared {
             sock: Arc::new(ours),
             reader: FrameReader::new(wire::MAX_FRAME),
             backlog: Vec::new(),
+            read_done: false,
             region,
             inflight: VecDeque::new(),
-            ready: false,
-            eof: false,
+            life: Life::Starting,
             tasks_left: self.config.max_tasks,
             spawned: Instant::now(),
-            kill: None,
+            send_after: None,
+            progress: (0, 0, 0),
+            progress_at: Instant::now(),
         })
     }
 
@@ -723,7 +853,7 @@ impl Shared {
             let Some((b, seq, flat)) = found else {
                 continue;
             };
-            if w.kill.is_some() {
+            if w.life.being_killed() {
                 return;
             }
             // Tell the worker to skip the item if it has not started it...
@@ -746,14 +876,10 @@ impl Shared {
                 && w.region.word(worker::W_STARTED).load(Ordering::SeqCst) as usize == flat + 1
                 && w.region.word(worker::W_FINISHED).load(Ordering::SeqCst) as usize <= flat;
             if running {
-                w.kill = Some(Kill {
-                    seq,
-                    index: flat,
-                    why: KillWhy::Cancel,
-                    at: Instant::now(),
-                    escalated: true,
-                });
-                let _ = w.child.kill();
+                w.apply(
+                    Event::Kill(Why::Cancel { seq, index: flat }),
+                    Instant::now(),
+                );
                 drop(core);
                 self.wake_dispatcher();
             }
@@ -800,8 +926,9 @@ impl Shared {
                 outstanding,
                 ..
             } = &mut *core;
+            let now = Instant::now();
             for w in workers.iter_mut() {
-                let _ = w.child.kill();
+                w.apply(Event::Terminate, now);
                 for batch in w.inflight.drain(..) {
                     fail_missing(&batch, &error, stats, outstanding);
                 }
@@ -830,7 +957,7 @@ impl Shared {
                     return;
                 }
                 let timeout = self
-                    .next_deadline(&core)
+                    .next_deadline(&mut core)
                     .map(|d| d.saturating_duration_since(Instant::now()));
                 let mut socks = Vec::new();
                 let mut pidfds = Vec::new();
@@ -840,7 +967,7 @@ impl Shared {
                     pidfds.push(w.pidfd.clone());
                     // Every live channel: a batch handed out by another
                     // thread after this poll starts must still wake us.
-                    socks.push((!w.eof).then(|| w.sock.clone()));
+                    socks.push((!w.read_done).then(|| w.sock.clone()));
                 }
                 (socks, pidfds, ids, timeout)
             };
@@ -886,174 +1013,185 @@ impl Shared {
     }
 
     /// The earliest moment the dispatcher must look again without an event.
-    fn next_deadline(&self, core: &Core) -> Option<Instant> {
+    fn next_deadline(&self, core: &mut Core) -> Option<Instant> {
+        let now = Instant::now();
         let mut next: Option<Instant> = None;
         let mut at = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
         if let Some(t) = core.retry_spawn {
             at(t);
         }
         if matches!(core.phase, Phase::Stopping | Phase::Terminated) && !core.workers.is_empty() {
-            at(Instant::now() + Duration::from_millis(50));
+            at(now + Duration::from_millis(50));
         }
-        for w in &core.workers {
-            if let Some(kill) = &w.kill
-                && !kill.escalated
-            {
-                at(kill.at + KILL_GRACE);
+        for w in &mut core.workers {
+            if let Some(t) = w.life.next_tick() {
+                at(t);
             }
-        }
-        let now = Instant::now();
-        let now_ns = now_ns();
-        if let Some(timeout) = self.config.task_timeout
-            && self.config.init.is_some()
-        {
-            for w in core.workers.iter().filter(|w| !w.ready && w.kill.is_none()) {
-                at(w.spawned + timeout);
+            if let Some(t) = w.send_after {
+                at(t);
             }
-        }
-        for w in &core.workers {
-            let Some(front) = w.inflight.front().filter(|b| b.timed) else {
-                continue;
-            };
-            if w.kill.is_some() {
-                continue;
-            }
-            match running_item(w) {
-                Some((index, start_ns)) => {
-                    if let Some(timeout) = front.timeout(index, self.config.task_timeout) {
-                        let deadline_ns = start_ns + timeout.as_nanos() as u64;
-                        at(now + Duration::from_nanos(deadline_ns.saturating_sub(now_ns)));
-                    }
-                }
-                // Between items or not started: look again soon.
-                None => at(now + Duration::from_millis(5)),
+            if let Some((t, _)) = self.worker_deadline(w, now) {
+                at(t);
             }
         }
         next
     }
 
+    /// Kills workers past a deadline; escalates pending kills.
     fn enforce_timeouts(&self, core: &mut Core) {
         let now = Instant::now();
         for w in &mut core.workers {
-            if let Some(kill) = &mut w.kill {
-                if !kill.escalated && now >= kill.at + KILL_GRACE {
-                    kill.escalated = true;
-                    let _ = w.child.kill();
-                }
-                continue;
+            w.apply(Event::Tick, now);
+            if w.send_after.is_some_and(|t| now >= t) {
+                w.send_after = None;
             }
-            if let Some(timeout) = self.config.task_timeout
-                && !w.ready
-                && self.config.init.is_some()
-                && now >= w.spawned + timeout
+            if let Some((t, why)) = self.worker_deadline(w, now)
+                && now >= t
             {
-                // A hung initializer must not hang the pool: it gets the
-                // task timeout too.
-                w.kill = Some(Kill {
-                    seq: u64::MAX,
-                    index: usize::MAX,
-                    why: KillWhy::Init,
-                    at: now,
-                    escalated: false,
-                });
-                let _ = w.child.terminate();
-                continue;
-            }
-            let Some(front) = w.inflight.front().filter(|b| b.timed) else {
-                continue;
-            };
-            if let Some((index, start_ns)) = running_item(w)
-                && let Some(timeout) = front.timeout(index, self.config.task_timeout)
-                && now_ns() >= start_ns + timeout.as_nanos() as u64
-            {
-                let seq = w.inflight.front().expect("a batch").seq;
-                w.kill = Some(Kill {
-                    seq,
-                    index,
-                    why: KillWhy::Timeout,
-                    at: now,
-                    escalated: false,
-                });
-                let _ = w.child.terminate();
+                w.apply(Event::Kill(why), now);
             }
         }
+    }
+
+    /// When worker `w` must be killed if nothing changes, and why: its
+    /// initializer's limit, its running item's limit, or, holding a timed
+    /// batch and starting nothing, the limit of the item it should start
+    /// next (a worker stopped with SIGSTOP is found this way). Every sum
+    /// saturates: a limit of `Duration::MAX` means never.
+    fn worker_deadline(&self, w: &mut Worker, now: Instant) -> Option<(Instant, Why)> {
+        if w.life.being_killed() {
+            return None;
+        }
+        let default = self.config.task_timeout;
+        if !w.said_ready() {
+            let timeout = default.filter(|_| self.config.init.is_some())?;
+            return Some((time::after(w.spawned, timeout)?, Why::Init));
+        }
+        let front = w.inflight.front().filter(|b| b.timed)?;
+        let (seq, started, finished) = (
+            w.region.word(worker::W_SEQ).load(Ordering::Acquire),
+            w.region.word(worker::W_STARTED).load(Ordering::Acquire) as usize,
+            w.region.word(worker::W_FINISHED).load(Ordering::Acquire) as usize,
+        );
+        let front_seq = front.seq;
+        if seq == front_seq && started > finished {
+            let index = started - 1;
+            let timeout = front.timeout(index, default)?;
+            let start_ns = w.region.word(worker::W_START_NS).load(Ordering::Acquire);
+            let left_ns = time::ns_after(start_ns, timeout).saturating_sub(now_ns());
+            let deadline = now.checked_add(Duration::from_nanos(left_ns))?;
+            return Some((deadline, Why::Timeout { seq, index }));
+        }
+        let index = if seq == front_seq { finished } else { 0 };
+        let timeout = (index < front.got.len())
+            .then(|| front.timeout(index, default))
+            .flatten()?;
+        let since = w.observe_progress(now);
+        Some((time::after(since, timeout)?, Why::Stalled))
     }
 
     /// Handles the death of worker `i`: keeps finished results, fails the
     /// item that was running, requeues the rest, counts.
     fn bury(&self, core: &mut Core, i: usize) {
-        // Whatever it wrote before dying is still in the socket.
+        // Whatever it wrote before dying is still in the socket, READY
+        // included: read it whatever the worker's state.
         self.read_worker(core, i);
         let mut w = core.workers.remove(i);
-        let status = match w.child.join() {
-            Ok(()) => ExitStatus::Code(0),
-            Err(e) => e.exit_status().unwrap_or(ExitStatus::Code(-1)),
+        let death = match w.child.join_in_place() {
+            Ok(()) => Death::Exited(ExitStatus::Code(0)),
+            Err(e) => match e.exit_status() {
+                Some(status) => Death::Exited(status),
+                None => Death::Lost(e.to_string()),
+            },
         };
-        let Core {
-            pending,
-            pending_items,
-            stats,
-            outstanding,
-            phase,
-            broken,
-            ..
-        } = core;
-        let mut failed_item = false;
-        if let Some(front) = w.inflight.front_mut() {
-            let seq = w.region.word(worker::W_SEQ).load(Ordering::Acquire);
-            if seq == front.seq {
-                let len = (w.region.word(worker::W_ARENA_LEN).load(Ordering::Acquire) as usize)
-                    .min(worker::ARENA_BYTES);
-                let arena = w.region.load_bytes(worker::ARENA_OFFSET, len);
-                deliver_records(front, worker::records(&arena), stats, outstanding);
-                let started = w.region.word(worker::W_STARTED).load(Ordering::Acquire) as usize;
-                let finished = w.region.word(worker::W_FINISHED).load(Ordering::Acquire) as usize;
-                if started > finished && started <= front.got.len() && !front.got[started - 1] {
-                    let index = started - 1;
-                    let error = match &w.kill {
-                        Some(k) if k.seq == seq && k.index == index => match k.why {
-                            KillWhy::Timeout => Some(TaskError::TimedOut(
-                                front
-                                    .timeout(index, self.config.task_timeout)
-                                    .unwrap_or_default(),
-                            )),
-                            KillWhy::Cancel => Some(TaskError::Cancelled),
-                            KillWhy::Stop => Some(TaskError::PoolClosed),
-                            // No item runs before the initializer ends.
-                            KillWhy::Init => None,
-                        },
-                        // Killed for another item, which finished meanwhile:
-                        // this one is a bystander and runs again.
-                        Some(_) => None,
-                        None if w
-                            .region
-                            .word(worker::W_OUT_OF_MEMORY)
-                            .load(Ordering::Acquire)
-                            == 1 =>
-                        {
-                            Some(TaskError::MemoryExceeded(
-                                self.config.memory_limit.unwrap_or_default(),
-                            ))
-                        }
-                        None => Some(TaskError::WorkerLost(status)),
-                    };
-                    if let Some(error) = error {
-                        failed_item = true;
-                        let (j, p) = front.locate(index);
-                        front.got[index] = true;
-                        front.remaining -= 1;
-                        *outstanding -= 1;
-                        count_failure(stats, &error, 1);
-                        let job = &front.jobs[j];
-                        job.sink.deliver(&mut std::iter::once((
-                            job.indices[p],
-                            Raw::Failed(Box::new(error)),
-                        )));
-                    }
-                }
-            }
+        let failed_item = self.settle_running(core, &mut w, &death);
+        self.requeue_unfinished(core, &mut w);
+        let stopping = matches!(core.phase, Phase::Stopping | Phase::Terminated);
+        let retired =
+            death == Death::Exited(ExitStatus::Code(0)) && w.tasks_left == Some(0) && !failed_item;
+        if retired {
+            core.stats.workers_retired += 1;
+        } else if !stopping {
+            core.stats.workers_replaced += 1;
         }
-        // Everything else it held runs elsewhere, first in line.
+        if !w.said_ready() && !stopping {
+            self.died_starting(core, &w, &death);
+        }
+        self.notify(core);
+    }
+
+    /// Delivers what dead worker `w` finished of its front batch and fails
+    /// the item it was running, if its death was that item's doing. Returns
+    /// whether an item failed.
+    fn settle_running(&self, core: &mut Core, w: &mut Worker, death: &Death) -> bool {
+        let Core {
+            stats, outstanding, ..
+        } = core;
+        let Some(front) = w.inflight.front_mut() else {
+            return false;
+        };
+        let seq = w.region.word(worker::W_SEQ).load(Ordering::Acquire);
+        if seq != front.seq {
+            return false;
+        }
+        let len = (w.region.word(worker::W_ARENA_LEN).load(Ordering::Acquire) as usize)
+            .min(worker::ARENA_BYTES);
+        let arena = w.region.load_bytes(worker::ARENA_OFFSET, len);
+        deliver_records(front, worker::records(&arena), stats, outstanding);
+        let started = w.region.word(worker::W_STARTED).load(Ordering::Acquire) as usize;
+        let finished = w.region.word(worker::W_FINISHED).load(Ordering::Acquire) as usize;
+        if started <= finished || started > front.got.len() || front.got[started - 1] {
+            return false;
+        }
+        let index = started - 1;
+        let out_of_memory = w
+            .region
+            .word(worker::W_OUT_OF_MEMORY)
+            .load(Ordering::Acquire)
+            == 1;
+        let error = match w.life.why() {
+            Some(Why::Timeout { seq: s, index: x }) if (s, x) == (seq, index) => {
+                Some(TaskError::TimedOut(
+                    front
+                        .timeout(index, self.config.task_timeout)
+                        .unwrap_or_default(),
+                ))
+            }
+            Some(Why::Cancel { seq: s, index: x }) if (s, x) == (seq, index) => {
+                Some(TaskError::Cancelled)
+            }
+            Some(Why::Stop | Why::Terminate) => Some(TaskError::PoolClosed),
+            // Killed by the pool for another reason (another item's limit
+            // that finished meanwhile, a stall, a torn channel): this item
+            // is a bystander and runs again.
+            Some(why) if why.is_kill() => None,
+            _ if out_of_memory => Some(TaskError::MemoryExceeded(
+                self.config.memory_limit.unwrap_or_default(),
+            )),
+            _ => Some(match death {
+                Death::Exited(status) => TaskError::WorkerLost(*status),
+                Death::Lost(why) => TaskError::Lost(why.clone()),
+            }),
+        };
+        let Some(error) = error else {
+            return false;
+        };
+        let (j, p) = front.locate(index);
+        front.got[index] = true;
+        front.remaining -= 1;
+        *outstanding -= 1;
+        count_failure(stats, &error, 1);
+        let job = &front.jobs[j];
+        job.sink.deliver(&mut std::iter::once((
+            job.indices[p],
+            Raw::Failed(Box::new(error)),
+        )));
+        true
+    }
+
+    /// Everything else dead worker `w` held runs elsewhere, first in line
+    /// (or fails, if the pool runs nothing more).
+    fn requeue_unfinished(&self, core: &mut Core, w: &mut Worker) {
         let mut requeue = Vec::new();
         for mut batch in w.inflight.drain(..) {
             for (j, job) in batch.jobs.iter_mut().enumerate() {
@@ -1065,49 +1203,55 @@ impl Shared {
                 }
             }
         }
-        if broken.is_some() || *phase == Phase::Terminated {
-            let error = match broken {
-                Some(why) => TaskError::InitializerFailed(why.clone()),
-                None => TaskError::PoolClosed,
-            };
+        let refusal = match (&core.broken, core.phase) {
+            (Some(error), _) => Some(error.clone()),
+            (None, Phase::Terminated) => Some(TaskError::PoolClosed),
+            _ => None,
+        };
+        if let Some(error) = refusal {
             for job in &requeue {
-                count_failure(stats, &error, job.len());
-                *outstanding -= job.len();
+                count_failure(&mut core.stats, &error, job.len());
+                core.outstanding -= job.len();
                 job.fail_all(&error);
             }
         } else {
             for job in requeue.into_iter().rev() {
-                *pending_items += job.len();
-                pending.push_front(job);
+                core.pending_items += job.len();
+                core.pending.push_front(job);
             }
         }
-        let retired = status == ExitStatus::Code(0) && w.tasks_left == Some(0) && !failed_item;
-        if retired {
-            stats.workers_retired += 1;
-        } else if !matches!(phase, Phase::Stopping | Phase::Terminated) {
-            stats.workers_replaced += 1;
-        }
-        if !w.ready && !matches!(phase, Phase::Stopping | Phase::Terminated) {
-            core.early_deaths += 1;
-            let timed_out = w.kill.as_ref().is_some_and(|k| k.why == KillWhy::Init);
-            let why = if timed_out {
-                Some(format!(
-                    "it ran past the task timeout of {:?}",
-                    self.config.task_timeout.unwrap_or_default()
-                ))
-            } else if self.config.init.is_some() {
-                Some(format!("its worker died while running it ({status})"))
-            } else if core.early_deaths as usize >= 3 * self.config.processes.max(1) {
-                Some(format!("workers die as soon as they start ({status})"))
-            } else {
-                None
-            };
-            if let Some(why) = why {
-                self.break_pool(core, why);
-            }
-        }
+    }
 
-        self.notify(core);
+    /// A worker died before it was ready. Its initializer's own report or
+    /// time limit breaks the pool at once (handled where they are seen);
+    /// other deaths break it only when every start fails, many times in a
+    /// row, and the initializer is named only if the pool has one.
+    fn died_starting(&self, core: &mut Core, w: &Worker, death: &Death) {
+        if w.life.why() == Some(Why::Init) {
+            let timeout = self.config.task_timeout.unwrap_or_default();
+            let why = format!("it ran past the task timeout of {timeout:?}");
+            return self.break_pool(core, TaskError::InitializerFailed(why));
+        }
+        if w.life.being_killed() {
+            // The pool ended it (a torn channel, say): not a start-up failure.
+            return;
+        }
+        core.early_deaths += 1;
+        let limit = 3 * self.config.processes.max(1);
+        if (core.early_deaths as usize) < limit {
+            return;
+        }
+        let n = core.early_deaths;
+        let error = if self.config.init.is_some() {
+            TaskError::InitializerFailed(format!(
+                "{n} workers in a row died while running it (the last: {death})"
+            ))
+        } else {
+            TaskError::PoolBroken(format!(
+                "{n} workers in a row died before they were ready (the last: {death})"
+            ))
+        };
+        self.break_pool(core, error);
     }
 
     /// Starts workers until there are `processes` of them, when they have
@@ -1138,36 +1282,17 @@ impl Shared {
     }
 
     /// Closing: lets idle workers exit (closing their channel), kills those
-    /// that linger; terminating: they were killed already.
+    /// that linger; terminating: they were killed already. Reaps the dead.
     fn stop_workers(&self, core: &mut Core) {
-        for w in &mut core.workers {
-            if w.eof {
-                continue;
-            }
-            if core.phase == Phase::Terminated {
-                let _ = w.child.kill();
-            }
-            // Closing our end ends the worker's loop.
-            let _ = rustix::net::shutdown(&*w.sock, rustix::net::Shutdown::Both);
-            w.eof = true;
-            // It gets EXIT_GRACE to exit on its own before it is killed.
-            w.kill.get_or_insert(Kill {
-                seq: u64::MAX,
-                index: usize::MAX,
-                why: KillWhy::Stop,
-                at: Instant::now() + EXIT_GRACE - KILL_GRACE,
-                escalated: false,
-            });
-        }
         let now = Instant::now();
+        let event = if core.phase == Phase::Terminated {
+            Event::Terminate
+        } else {
+            Event::Stop
+        };
         for w in &mut core.workers {
-            if let Some(kill) = &mut w.kill
-                && !kill.escalated
-                && now >= kill.at + KILL_GRACE
-            {
-                kill.escalated = true;
-                let _ = w.child.kill();
-            }
+            w.apply(event, now);
+            w.apply(Event::Tick, now);
         }
         let mut i = 0;
         while i < core.workers.len() {
@@ -1190,26 +1315,59 @@ impl Shared {
     }
 }
 
-/// The item a worker is running and when it started, if it runs one.
-fn running_item(w: &Worker) -> Option<(usize, u64)> {
-    let front = w.inflight.front()?;
-    let seq = w.region.word(worker::W_SEQ).load(Ordering::Acquire);
-    if seq != front.seq {
-        return None;
-    }
-    let started = w.region.word(worker::W_STARTED).load(Ordering::Acquire) as usize;
-    let start_ns = w.region.word(worker::W_START_NS).load(Ordering::Acquire);
-    let finished = w.region.word(worker::W_FINISHED).load(Ordering::Acquire) as usize;
-    (started > finished).then(|| (started - 1, start_ns))
+/// How a worker's process ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Death {
+    Exited(ExitStatus),
+    /// Its status is unknown (the fork server that reaped it died).
+    Lost(String),
 }
 
-/// Sends a batch to `w`; on failure hands the jobs back.
+impl std::fmt::Display for Death {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Death::Exited(status) => write!(f, "{status}"),
+            Death::Lost(why) => write!(f, "lost: {why}"),
+        }
+    }
+}
+
+/// Why a batch could not be sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SendFailure {
+    /// Nothing left, for want of kernel memory or descriptor room: the
+    /// worker is fine; try again shortly.
+    NotNow,
+    /// Nothing left: the worker's end is closed (it is exiting).
+    Closed,
+    /// Part of the frame left before the failure: the stream is torn.
+    Broken,
+}
+
+impl SendFailure {
+    fn of(failed: &wire::SendFailed) -> SendFailure {
+        use rustix::io::Errno;
+        if failed.partial {
+            return SendFailure::Broken;
+        }
+        match failed.error.raw_os_error().map(Errno::from_raw_os_error) {
+            Some(Errno::PIPE | Errno::CONNRESET | Errno::NOTCONN) => SendFailure::Closed,
+            Some(
+                Errno::NOBUFS | Errno::NOMEM | Errno::TOOMANYREFS | Errno::MFILE | Errno::NFILE,
+            ) => SendFailure::NotNow,
+            _ => SendFailure::Broken,
+        }
+    }
+}
+
+/// Sends a batch to `w`; on failure hands the jobs back, with what the
+/// failure says of the worker.
 fn send_batch(
     w: &mut Worker,
     seq: u64,
     jobs: Vec<Job>,
     default_timeout: Option<Duration>,
-) -> Result<(), Vec<Job>> {
+) -> Result<(), (Vec<Job>, SendFailure)> {
     let timed = jobs.iter().any(|j| j.timeout.or(default_timeout).is_some());
     let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
     let mut starts = Vec::with_capacity(jobs.len());
@@ -1255,15 +1413,19 @@ fn send_batch(
         // cancellation slots (entries name batches, so old ones never match).
         w.region.word(worker::W_CANCELS).store(0, Ordering::SeqCst);
     }
-    let ok = fds.len() <= sys::MAX_FDS_PER_MESSAGE
-        && match postcard::to_extend(&msg, Vec::with_capacity(bytes)) {
-            Ok(bytes) => send_frame_reading(w, &bytes, &fds).is_ok(),
-            Err(_) => false,
-        };
+    debug_assert!(
+        fds.len() <= sys::MAX_FDS_PER_MESSAGE,
+        "take_batch splits by descriptors"
+    );
+    let sent = match postcard::to_extend(&msg, Vec::with_capacity(bytes)) {
+        Ok(bytes) => send_frame_reading(w, &bytes, &fds).map_err(|f| SendFailure::of(&f)),
+        // Only byte slices and integers: encoding cannot fail.
+        Err(_) => Err(SendFailure::Broken),
+    };
     drop(msg);
     drop(fds);
-    if !ok {
-        return Err(jobs);
+    if let Err(failure) = sent {
+        return Err((jobs, failure));
     }
     if let Some(left) = &mut w.tasks_left {
         *left = left.saturating_sub(total as u64);
@@ -1281,20 +1443,26 @@ fn send_batch(
 
 /// Writes a frame to the worker; while the socket is full, reads what the
 /// worker sends (into its backlog) so that neither side can block the other.
-fn send_frame_reading(w: &mut Worker, payload: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+fn send_frame_reading(
+    w: &mut Worker,
+    payload: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> Result<(), wire::SendFailed> {
     let (header, n) = wire::encode_header(payload.len() as u64);
     let sock = w.sock.as_fd();
-    let (reader, backlog) = (&mut w.reader, &mut w.backlog);
+    let (reader, backlog, read_done) = (&mut w.reader, &mut w.backlog, &mut w.read_done);
     wire::send_all_with(sock, &[&header[..n], payload], fds, || {
         let (readable, _) = sys::poll_in_out(sock)?;
-        if readable {
-            loop {
-                match reader.read_from(sock)? {
-                    Progress::Frame(frame) => backlog.push(frame),
-                    Progress::Pending => return Ok(()),
-                    Progress::Eof => return Err(io::Error::from(io::ErrorKind::BrokenPipe)),
-                }
+        while readable && !*read_done {
+            match reader.read_from(sock) {
+                Ok(Progress::Frame(frame)) => backlog.push(frame),
+                Ok(Progress::Pending) => return Ok(()),
+                Ok(Progress::Eof) | Err(_) => *read_done = true,
             }
+        }
+        if *read_done {
+            // It closed its end: it will never read the rest.
+            return Err(io::Error::from(io::ErrorKind::BrokenPipe));
         }
         Ok(())
     })

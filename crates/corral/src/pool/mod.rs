@@ -62,6 +62,7 @@
 //! waiting for a result reads it itself instead of paying a thread hop.
 
 mod core;
+mod life;
 mod task;
 mod worker;
 
@@ -190,7 +191,7 @@ impl PoolBuilder {
     /// Replaces a worker after it has run `n` tasks (Python's
     /// `maxtasksperchild`): a bound on what a leaky task can accumulate.
     pub fn max_tasks_per_child(mut self, n: u64) -> PoolBuilder {
-        self.max_tasks = Some(n.max(1));
+        self.max_tasks = Some(n);
         self
     }
 
@@ -214,7 +215,7 @@ impl PoolBuilder {
     /// Makes `submit` (and `map`) block while `n` items wait for a worker:
     /// backpressure for fast producers. Default: unbounded.
     pub fn max_pending(mut self, n: usize) -> PoolBuilder {
-        self.max_pending = Some(n.max(1));
+        self.max_pending = Some(n);
         self
     }
 
@@ -231,8 +232,20 @@ impl PoolBuilder {
     /// [`Error::NotInitialized`] without [`crate::init`]; [`Error::Codec`]
     /// if the initializer's argument cannot be serialized; [`Error::Io`] if
     /// the system refuses processes or descriptors;
-    /// [`Error::Unsupported`] for a pool of zero processes.
+    /// [`Error::Unsupported`] for a pool of zero processes;
+    /// [`Error::InvalidArgument`] for `max_tasks_per_child(0)` or
+    /// `max_pending(0)` (Python raises `ValueError`).
     pub fn build(self) -> Result<Pool, Error> {
+        if self.max_tasks == Some(0) {
+            return Err(Error::InvalidArgument(
+                "max_tasks_per_child must be at least 1 (leave it unset for no limit)",
+            ));
+        }
+        if self.max_pending == Some(0) {
+            return Err(Error::InvalidArgument(
+                "max_pending must be at least 1 (leave it unset for no limit)",
+            ));
+        }
         runtime::ensure_initialized()?;
         let processes = self.processes.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
@@ -500,7 +513,12 @@ impl Pool {
         items: I,
         chunk_size: usize,
     ) -> Result<Vec<R>, TaskError> {
-        self.map_inner(f, items, Some(chunk_size.max(1)))
+        if chunk_size == 0 {
+            return Err(TaskError::InvalidArgument(
+                "map_chunked needs a chunk size of at least 1".into(),
+            ));
+        }
+        self.map_inner(f, items, Some(chunk_size))
     }
 
     fn map_inner<A: Data, R: Data, I: IntoIterator<Item = A>>(

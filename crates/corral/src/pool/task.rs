@@ -197,7 +197,7 @@ impl<R: Data> Task<R> {
     /// [`TaskTimeout::Elapsed`] with the task; [`TaskTimeout::Failed`] with
     /// the task's error.
     pub fn join_timeout(self, timeout: Duration) -> Result<R, TaskTimeout<R>> {
-        if self.wait(Some(Instant::now() + timeout)) {
+        if self.wait(crate::time::deadline(timeout)) {
             self.slot
                 .take()
                 .unwrap_or(Err(TaskError::Cancelled))
@@ -297,7 +297,7 @@ impl<R: Data> Future for Task<R> {
 /// assert!(tasks.iter().all(|t| t.is_finished()));
 /// ```
 pub fn wait_all<R: Data>(tasks: &[Task<R>], timeout: Option<Duration>) -> bool {
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let deadline = crate::time::deadline_opt(timeout);
     let waker = thread_waker();
     for task in tasks {
         while !task.slot.register(&waker) {
@@ -324,7 +324,7 @@ pub fn wait_all<R: Data>(tasks: &[Task<R>], timeout: Option<Duration>) -> bool {
 /// assert_eq!(corral::wait_any(&tasks, Some(Duration::from_secs(1))), Some(1));
 /// ```
 pub fn wait_any<R: Data>(tasks: &[Task<R>], timeout: Option<Duration>) -> Option<usize> {
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let deadline = crate::time::deadline_opt(timeout);
     let waker = thread_waker();
     loop {
         if let Some(i) = tasks.iter().position(|t| t.slot.register(&waker)) {

@@ -77,6 +77,7 @@ pub struct ProcessBuilder {
     daemon: bool,
     start_method: StartMethod,
     identity: Option<Vec<u8>>,
+    group_dies: bool,
 }
 
 impl ProcessBuilder {
@@ -103,6 +104,13 @@ impl ProcessBuilder {
     /// How the child is created; see [`StartMethod`].
     pub fn start_method(mut self, method: StartMethod) -> ProcessBuilder {
         self.start_method = method;
+        self
+    }
+
+    /// When the child exits, whatever is left in its process group is killed
+    /// (pool workers: a task's subprocesses never outlive its worker).
+    pub(crate) fn group_dies_with_leader(mut self) -> ProcessBuilder {
+        self.group_dies = true;
         self
     }
 
@@ -177,6 +185,8 @@ impl ProcessBuilder {
             entry: bootstrap::entry_offset::<A, R>(),
             func: bootstrap::func_offset(f),
             name: self.name.clone(),
+            group_dies: self.group_dies,
+            context: runtime::start_context(),
         };
         let meta = postcard::to_stdvec(&meta)
             .map_err(|e| Error::Codec(crate::CodecError::new(e.to_string())))?;
@@ -195,14 +205,9 @@ impl ProcessBuilder {
         let reaper = Reaper::Server {
             status: status_read,
         };
-        Ok(Child::new(Proc::new(
-            pid,
-            self.name,
-            self.daemon,
-            pidfd,
-            reaper,
-            ours,
-        )))
+        Ok(Child::new(
+            Proc::new(pid, self.name, self.daemon, pidfd, reaper, ours).group_dies(self.group_dies),
+        ))
     }
 
     /// The Fork start method for a function: the argument still crosses as
@@ -258,14 +263,10 @@ impl ProcessBuilder {
             // the fork server kill the child when this process dies.
             let _ = runtime::with_server(|server| server.watch(pid, pidfd.as_fd()));
         }
-        Ok(Child::new(Proc::new(
-            pid,
-            self.name,
-            self.daemon,
-            pidfd,
-            Reaper::Own,
-            ours,
-        )))
+        Ok(Child::new(
+            Proc::new(pid, self.name, self.daemon, pidfd, Reaper::Own, ours)
+                .group_dies(self.group_dies),
+        ))
     }
 }
 

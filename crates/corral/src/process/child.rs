@@ -52,6 +52,8 @@ pub(crate) struct Proc {
     pidfd: OwnedFd,
     reaper: Reaper,
     result: OwnedFd,
+    /// Kill what is left of its process group when it exits (pool workers).
+    group_dies: bool,
     state: Mutex<ProcState>,
 }
 
@@ -72,6 +74,7 @@ impl Proc {
             pidfd,
             reaper,
             result,
+            group_dies: false,
             state: Mutex::new(ProcState {
                 reader: FrameReader::new(wire::MAX_FRAME),
                 frame: None,
@@ -80,6 +83,12 @@ impl Proc {
                 fate: None,
             }),
         }
+    }
+
+    /// See [`Proc::group_dies`]'s field.
+    pub(crate) fn group_dies(mut self, on: bool) -> Proc {
+        self.group_dies = on;
+        self
     }
 
     pub(crate) fn daemon(&self) -> bool {
@@ -112,6 +121,12 @@ impl Proc {
         self.pump(st);
         st.result_done = true;
         st.exited = true;
+        if let Reaper::Own = self.reaper
+            && self.group_dies
+        {
+            // Not reaped yet: the zombie keeps the group id from reuse.
+            let _ = sys::signal_group(self.pid, sys::Sig::Kill);
+        }
         if let Reaper::Own = self.reaper
             && let Some(status) = sys::reap(self.pidfd.as_fd(), true)?
         {
@@ -208,17 +223,18 @@ impl Proc {
         sys::signal(self.pidfd.as_fd(), sig)
     }
 
-    /// Kills the child and everything in its process group.
-    pub(crate) fn kill_group(&self) -> std::io::Result<()> {
+    /// Sends `sig` to the child's process group and the child.
+    pub(crate) fn signal_tree(&self, sig: sys::Sig) -> std::io::Result<()> {
         let exited = self.lock().exited;
         if exited || sys::poll_readable(&[self.pidfd.as_fd()], Some(Duration::ZERO))?[0] {
             // Already gone. A fork server may have reaped it, so its pid (and
-            // group id) may be recycled: do not signal by number.
+            // group id) may be recycled: do not signal by number. (A worker's
+            // group is killed by whoever reaps it, before reaping.)
             return Ok(());
         }
-        sys::signal(self.pidfd.as_fd(), sys::Sig::Kill)?;
         // The leader was alive an instant ago, so the group is still its own.
-        sys::signal_group(self.pid, sys::Sig::Kill)
+        sys::signal_group(self.pid, sig)?;
+        sys::signal(self.pidfd.as_fd(), sig)
     }
 
     fn outcome<R: Data>(&self) -> Result<R, ProcessError> {
@@ -326,11 +342,19 @@ impl<R: Data> Child<R> {
         self.proc.outcome()
     }
 
+    /// [`join`](Child::join) for an owner that keeps the handle (a pool's
+    /// worker record); joining it again returns a codec or lost error.
+    pub(crate) fn join_in_place(&self) -> Result<R, ProcessError> {
+        self.proc.wait(None)?;
+        runtime::unregister(&self.proc);
+        self.proc.outcome()
+    }
+
     /// Like [`join`](Child::join), but gives up after `timeout` and hands the
     /// child back in [`JoinTimeout::Elapsed`].
     #[doc(alias = "join_deadline")]
     pub fn join_timeout(self, timeout: Duration) -> Result<R, JoinTimeout<R>> {
-        match self.proc.wait(Some(Instant::now() + timeout)) {
+        match self.proc.wait(crate::time::deadline(timeout)) {
             Ok(true) => {
                 runtime::unregister(&self.proc);
                 self.proc.outcome().map_err(JoinTimeout::Failed)
@@ -351,7 +375,9 @@ impl<R: Data> Child<R> {
     /// with `std::process::Command`, say). A child that already exited is not
     /// an error.
     pub fn kill(&self) -> Result<(), Error> {
-        self.proc.kill_group().map_err(Error::io("sending SIGKILL"))
+        self.proc
+            .signal_tree(sys::Sig::Kill)
+            .map_err(Error::io("sending SIGKILL"))
     }
 
     /// The exit status, if the child has exited. Does not wait for a running

@@ -27,6 +27,22 @@ pub(crate) struct StartMeta {
     pub(crate) func: i64,
     /// The child's name, for `ps`.
     pub(crate) name: Option<String>,
+    /// Kill what is left of its process group when it exits.
+    pub(crate) group_dies: bool,
+    /// Where the parent's working directory and environment differ from the
+    /// fork server's.
+    pub(crate) context: StartContext,
+}
+
+/// The parent's working directory and environment at the start, sent only
+/// where they changed since the fork server started (Python's children
+/// follow the parent's current directory and `os.environ`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StartContext {
+    /// The working directory, as bytes.
+    pub(crate) cwd: Option<Vec<u8>>,
+    /// The whole environment, `KEY=VALUE` entries.
+    pub(crate) env: Option<Vec<Vec<u8>>>,
 }
 
 /// How a task ended, as the child reports it.

@@ -223,17 +223,30 @@ impl ServerClient {
     }
 }
 
-/// The environment for re-executed children: ours without corral's variables.
-fn exec_env() -> Vec<CString> {
+/// This process's environment without corral's variables, as `KEY=VALUE`.
+pub(crate) fn env_entries() -> Vec<Vec<u8>> {
     std::env::vars_os()
         .filter(|(k, _)| k != BOOT_ENV && k != SERVER_ENV)
-        .filter_map(|(k, v)| {
+        .map(|(k, v)| {
             let mut entry = k.into_encoded_bytes();
             entry.push(b'=');
             entry.extend(v.into_encoded_bytes());
-            CString::new(entry).ok()
+            entry
         })
         .collect()
+}
+
+/// The environment for re-executed children: `entries` as C strings.
+fn c_entries(entries: Vec<Vec<u8>>) -> Vec<CString> {
+    entries
+        .into_iter()
+        .filter_map(|e| CString::new(e).ok())
+        .collect()
+}
+
+/// The environment for re-executed children: ours without corral's variables.
+fn exec_env() -> Vec<CString> {
+    c_entries(env_entries())
 }
 
 /// Entry of a fork server started by re-execution (from `init()`).
@@ -253,6 +266,8 @@ struct Kid {
     pidfd: OwnedFd,
     /// The status pipe for children the server forked; `None` for watched ones.
     status: Option<OwnedFd>,
+    /// Kill what is left of its process group when it exits.
+    group_dies: bool,
 }
 
 struct Request {
@@ -309,6 +324,10 @@ fn serve(ctrl: RawFd) -> ! {
 
 fn report(kid: Kid) {
     let Some(status) = kid.status else { return };
+    if kid.group_dies {
+        // Before reaping: the zombie keeps the group id from reuse.
+        let _ = sys::signal_group(kid.pid, sys::Sig::Kill);
+    }
     let mut message = [0u8; 8];
     match sys::reap(kid.pidfd.as_fd(), true) {
         Ok(Some(crate::ExitStatus::Code(code))) => {
@@ -407,6 +426,7 @@ fn handle(
                 pid,
                 pidfd,
                 status: None,
+                group_dies: false,
             });
         }
         return;
@@ -425,11 +445,14 @@ fn handle(
     // Everything the child needs is prepared here, before the fork: each
     // allocation in the child would cost it copy-on-write faults.
     let start = postcard::from_bytes::<StartMeta>(&meta).map_err(|e| e.to_string());
-    let name = start
-        .as_ref()
-        .ok()
+    let meta_ok = start.as_ref().ok();
+    let name = meta_ok
         .and_then(|m| m.name.as_deref())
         .and_then(sys::process_name);
+    let group_dies = meta_ok.is_some_and(|m| m.group_dies);
+    let context = meta_ok.map(|m| m.context.clone()).unwrap_or_default();
+    let cwd = context.cwd.and_then(|d| CString::new(d).ok());
+    let child_env = context.env.map(c_entries);
     let mut keep: Vec<RawFd> = fds.iter().map(sys::raw).collect();
     let handles: Vec<RawFd> = keep[1..].to_vec();
     let prepared = Prepared {
@@ -439,6 +462,8 @@ fn handle(
         arg: &arg,
         name,
         handles,
+        cwd,
+        env: child_env,
     };
     let forked = sys::fork_with(|| child_main(prepared, &mut keep, server_pid, argv, env));
     drop(fds);
@@ -449,6 +474,7 @@ fn handle(
                 pid,
                 pidfd,
                 status: Some(status),
+                group_dies,
             });
         }
         Err(e) => reply(-1, e.raw_os_error().unwrap_or(libc::EIO), None),
@@ -464,6 +490,10 @@ struct Prepared<'a> {
     name: Option<CString>,
     /// The argument's handles (the result socket is `keep[0]`).
     handles: Vec<RawFd>,
+    /// The parent's working directory, where it differs from ours.
+    cwd: Option<CString>,
+    /// The parent's environment, where it differs from ours.
+    env: Option<Vec<CString>>,
 }
 
 fn child_main(
@@ -480,6 +510,15 @@ fn child_main(
         .pop()
         .expect("the result socket");
     let handles = sys::adopt_inherited_fds(&prepared.handles);
+    if let Some(cwd) = &prepared.cwd
+        && let Err(e) = sys::chdir(cwd)
+    {
+        bootstrap::finish(
+            result.as_fd(),
+            Outcome::Refused(format!("entering the parent's directory {cwd:?}: {e}")),
+            Ending::Quick,
+        )
+    }
     let start = match prepared.start {
         Ok(start) => start,
         Err(e) => bootstrap::finish(
@@ -489,9 +528,13 @@ fn child_main(
         ),
     };
     if prepared.kind == KIND_FORK {
+        if let Some(env) = &prepared.env {
+            sys::replace_env(env);
+        }
         let outcome = bootstrap::run_task(&start, prepared.arg, handles);
         bootstrap::finish(result.as_fd(), outcome, Ending::Quick)
     }
+    let env = prepared.env.as_deref().unwrap_or(env);
     let failure = match exec_child(prepared.meta, prepared.arg, &result, &handles, argv, env) {
         Ok(never) => match never {},
         Err(e) => e,

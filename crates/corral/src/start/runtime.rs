@@ -18,13 +18,52 @@ static SERVER_FD: AtomicI32 = AtomicI32::new(-1);
 
 struct State {
     server: Mutex<Option<ServerClient>>,
+    /// The working directory and environment the running fork server has
+    /// (what its children start with unless told otherwise).
+    baseline: Mutex<Option<Context>>,
     children: Mutex<Vec<Arc<Proc>>>,
+}
+
+/// A working directory and environment (`KEY=VALUE` entries).
+#[derive(Debug, PartialEq, Eq)]
+struct Context {
+    cwd: Vec<u8>,
+    env: Vec<Vec<u8>>,
+}
+
+impl Context {
+    fn current() -> Context {
+        use std::os::unix::ffi::OsStrExt;
+        let cwd = std::env::current_dir()
+            .map(|d| d.as_os_str().as_bytes().to_vec())
+            .unwrap_or_default();
+        Context {
+            cwd,
+            env: forkserver::env_entries(),
+        }
+    }
 }
 
 static STATE: sys::ForkLocal<State> = sys::ForkLocal::new(|| State {
     server: Mutex::new(None),
+    baseline: Mutex::new(None),
     children: Mutex::new(Vec::new()),
 });
+
+/// What a child must be told of this process's working directory and
+/// environment: only what changed since the fork server started.
+pub(crate) fn start_context() -> bootstrap::StartContext {
+    let baseline = lock(&STATE.get().baseline);
+    let Some(base) = baseline.as_ref() else {
+        // No server yet: the one about to start has today's.
+        return bootstrap::StartContext::default();
+    };
+    let now = Context::current();
+    bootstrap::StartContext {
+        cwd: (now.cwd != base.cwd && !now.cwd.is_empty()).then_some(now.cwd),
+        env: (now.env != base.env).then_some(now.env),
+    }
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -80,6 +119,7 @@ pub(crate) fn with_server<T>(f: impl Fn(&ServerClient) -> Result<T, Error>) -> R
         if server.is_none() {
             let client = ServerClient::start()?;
             SERVER_FD.store(client.raw_fd(), Ordering::Release);
+            *lock(&STATE.get().baseline) = Some(Context::current());
             *server = Some(client);
         }
         match f(server.as_ref().expect("just set")) {

@@ -148,5 +148,5 @@ fn outcome<G>(
 
 /// The deadline `timeout` from now (`None` if it is too far to represent).
 fn deadline(timeout: std::time::Duration) -> Option<std::time::Instant> {
-    std::time::Instant::now().checked_add(timeout)
+    crate::time::deadline(timeout)
 }

@@ -200,6 +200,34 @@ pub(crate) fn remove_env(key: &OsStr) {
     unsafe { std::env::remove_var(key) };
 }
 
+/// Changes the working directory.
+pub(crate) fn chdir(dir: &CStr) -> io::Result<()> {
+    Ok(rustix::process::chdir(dir)?)
+}
+
+/// Replaces this process's whole environment with `entries` (`KEY=VALUE`).
+///
+/// Only for a freshly forked, single-threaded child (the fork server's
+/// children, before they run anything else).
+pub(crate) fn replace_env(entries: &[CString]) {
+    let keys: Vec<std::ffi::OsString> = std::env::vars_os().map(|(k, _)| k).collect();
+    for key in keys {
+        // SAFETY: the caller is a freshly forked child with one thread, so
+        // no other thread reads or writes the environment concurrently.
+        unsafe { std::env::remove_var(key) };
+    }
+    for entry in entries {
+        let bytes = entry.as_bytes();
+        let Some(eq) = bytes.iter().position(|&b| b == b'=').filter(|&i| i > 0) else {
+            continue;
+        };
+        let (key, value) = (&bytes[..eq], &bytes[eq + 1..]);
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: as above, one thread.
+        unsafe { std::env::set_var(OsStr::from_bytes(key), OsStr::from_bytes(value)) };
+    }
+}
+
 /// Opens a pidfd for `pid`.
 pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;

@@ -149,7 +149,15 @@ pub(crate) fn send_all(
     pieces: &[&[u8]],
     fds: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
-    send_all_with(sock, pieces, fds, || sys::poll_writable(sock))
+    send_all_with(sock, pieces, fds, || sys::poll_writable(sock)).map_err(|f| f.error)
+}
+
+/// A send that failed part-way or before it began.
+#[derive(Debug)]
+pub(crate) struct SendFailed {
+    pub(crate) error: io::Error,
+    /// Whether some bytes had left: the stream is then torn.
+    pub(crate) partial: bool,
 }
 
 /// [`send_all`], calling `blocked` whenever the socket is full; it returns
@@ -160,24 +168,28 @@ pub(crate) fn send_all_with(
     pieces: &[&[u8]],
     fds: &[BorrowedFd<'_>],
     mut blocked: impl FnMut() -> io::Result<()>,
-) -> io::Result<()> {
+) -> Result<(), SendFailed> {
     let mut pieces: Vec<&[u8]> = pieces.iter().copied().filter(|p| !p.is_empty()).collect();
     let mut fds = fds;
     let mut first = 0;
+    let mut sent_any = false;
     while first < pieces.len() {
         let iov: Vec<std::io::IoSlice<'_>> = pieces[first..]
             .iter()
             .map(|p| std::io::IoSlice::new(p))
             .collect();
+        let partial = sent_any;
+        let failed = |error| SendFailed { error, partial };
         let mut sent = match sys::send_with_fds(sock, &iov, fds) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                blocked()?;
+                blocked().map_err(failed)?;
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(failed(e)),
         };
         fds = &[];
+        sent_any = true;
         while first < pieces.len() && sent >= pieces[first].len() {
             sent -= pieces[first].len();
             first += 1;

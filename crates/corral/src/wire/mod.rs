@@ -38,7 +38,7 @@ pub(crate) use codec::{
     serialize_fd,
 };
 pub(crate) use frame::{
-    FrameReader, Progress, encode_header, parse_header, read_exact_growing, send_all,
+    FrameReader, Progress, SendFailed, encode_header, parse_header, read_exact_growing, send_all,
     send_all_with, write_frame,
 };
 
