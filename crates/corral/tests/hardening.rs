@@ -1,0 +1,273 @@
+//! Regression tests for the promises that broke under attack (issue #9):
+//! each test names the class of defect it guards, with real processes and
+//! every wait bounded.
+
+use std::collections::HashSet;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use corral::{Pool, Queue, StartMethod, Task, TaskError, TaskTimeout};
+use corral_fixtures as fx;
+
+corral::test_support!();
+
+/// Runs `body` on a thread and fails the test if it has not finished
+/// within `limit` (a wedged pool must fail, not hang CI).
+fn within<T: Send + 'static>(limit: Duration, body: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(body());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("still running after {limit:?}: wedged"))
+}
+
+fn done<R: corral::Data>(task: Task<R>) -> Result<R, TaskError> {
+    match task.join_timeout(Duration::from_secs(60)) {
+        Ok(value) => Ok(value),
+        Err(TaskTimeout::Failed(e)) => Err(e),
+        Err(TaskTimeout::Elapsed(task)) => {
+            task.cancel();
+            panic!("a task still running after 60 s");
+        }
+    }
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn pid(_: u64) -> u32 {
+    std::process::id()
+}
+
+fn with_queue((queue, x): (Queue<u64>, u64)) -> u64 {
+    drop(queue);
+    x * 2
+}
+
+/// Class 1: batches carrying more descriptors than one message can hold.
+#[test]
+fn tasks_carrying_handles_never_wedge_the_pool() {
+    within(Duration::from_secs(120), || {
+        let queue: Queue<u64> = Queue::bounded(4).unwrap();
+        let pool = Pool::new(2).unwrap();
+        let tasks: Vec<Task<u64>> = (0..1_000u64)
+            .map(|x| pool.submit(with_queue, (queue.clone(), x)))
+            .collect();
+        let total: u64 = tasks.into_iter().map(|t| done(t).unwrap()).sum();
+        assert_eq!(total, (0..1_000u64).map(|x| x * 2).sum::<u64>());
+        let items: Vec<(Queue<u64>, u64)> = (0..1_200u64).map(|x| (queue.clone(), x)).collect();
+        let mapped = pool.map(with_queue, items).unwrap();
+        assert_eq!(mapped.len(), 1_200);
+        assert_eq!(mapped[1_199], 2_398);
+        // Every worker still takes work, and dropping the pool ends.
+        assert_eq!(pool.map(square, 0..100u64).unwrap()[9], 81);
+        drop(pool);
+    });
+}
+
+fn maybe_die(x: u64) -> u64 {
+    if x % 50 == 49 {
+        fx::kill_self(());
+    }
+    x
+}
+
+/// Class 2: a failed send to a worker that just died made its death look like
+/// a start-up failure; enough of them broke the pool for good.
+#[test]
+fn a_pool_whose_tasks_crash_never_breaks() {
+    within(Duration::from_secs(180), || {
+        for round in 0..3 {
+            let pool = Pool::new(2).unwrap();
+            let tasks: Vec<Task<u64>> = (0..2_000u64).map(|x| pool.submit(maybe_die, x)).collect();
+            let (mut ok, mut lost) = (0, 0);
+            for (x, task) in tasks.into_iter().enumerate() {
+                match done(task) {
+                    Ok(v) => {
+                        assert_eq!(v, x as u64);
+                        ok += 1;
+                    }
+                    Err(TaskError::WorkerLost(_)) => {
+                        assert_eq!(x % 50, 49, "only the crashing tasks fail");
+                        lost += 1;
+                    }
+                    Err(e) => panic!("round {round}, task {x}: {e}"),
+                }
+            }
+            assert_eq!((ok, lost), (1_960, 40), "round {round}");
+            assert_eq!(pool.apply(square, 3).unwrap(), 9);
+        }
+    });
+}
+
+/// Starts `sleep 1000` in the worker's process group, reports its pid and
+/// hangs.
+fn start_sleeper_and_hang(report: Queue<u32>) {
+    let child = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .expect("sleep");
+    report.put(child.id()).unwrap();
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Class 3: a timed-out, cancelled or terminated task's subprocesses die
+/// with it.
+#[test]
+fn a_task_subprocesses_die_with_its_timeout_cancel_or_terminate() {
+    within(Duration::from_secs(60), || {
+        let report: Queue<u32> = Queue::unbounded().unwrap();
+        let pool = Pool::builder()
+            .processes(2)
+            .task_timeout(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let task = pool.submit(start_sleeper_and_hang, report.clone());
+        let sleeper = report.get_timeout(Duration::from_secs(10)).unwrap();
+        assert!(matches!(done(task), Err(TaskError::TimedOut(_))));
+        assert!(
+            fx::wait_for(Duration::from_secs(2), || fx::is_gone(sleeper)),
+            "timeout: sleep {sleeper} survived"
+        );
+
+        let pool = Pool::new(1).unwrap();
+        let task = pool.submit(start_sleeper_and_hang, report.clone());
+        let sleeper = report.get_timeout(Duration::from_secs(10)).unwrap();
+        task.cancel();
+        assert!(matches!(done(task), Err(TaskError::Cancelled)));
+        assert!(
+            fx::wait_for(Duration::from_secs(2), || fx::is_gone(sleeper)),
+            "cancel: sleep {sleeper} survived"
+        );
+
+        let task = pool.submit(start_sleeper_and_hang, report.clone());
+        let sleeper = report.get_timeout(Duration::from_secs(10)).unwrap();
+        pool.terminate();
+        assert!(matches!(done(task), Err(TaskError::PoolClosed)));
+        assert!(
+            fx::wait_for(Duration::from_secs(2), || fx::is_gone(sleeper)),
+            "terminate: sleep {sleeper} survived"
+        );
+    });
+}
+
+/// Class 6: `Duration::MAX` and other huge limits mean "no limit".
+#[test]
+fn huge_timeouts_saturate() {
+    within(Duration::from_secs(60), || {
+        let pool = Pool::builder()
+            .processes(2)
+            .task_timeout(Duration::MAX)
+            .build()
+            .unwrap();
+        assert_eq!(pool.map(square, 0..50u64).unwrap()[7], 49);
+        let t = pool.submit_with_timeout(square, 5, Duration::MAX);
+        assert_eq!(t.join_timeout(Duration::MAX).unwrap(), 25);
+        let tasks: Vec<Task<u64>> = (0..4).map(|x| pool.submit(square, x)).collect();
+        assert!(corral::wait_all(&tasks, Some(Duration::MAX)));
+        assert!(corral::wait_any(&tasks, Some(Duration::MAX)).is_some());
+        let child = corral::spawn(square, 6).unwrap();
+        assert_eq!(child.join_timeout(Duration::MAX).unwrap(), 36);
+        assert_eq!(pool.stats().timed_out, 0);
+        let near_max = Duration::from_secs(u64::MAX / 2);
+        let t = pool.submit_with_timeout(square, 7, near_max);
+        assert_eq!(done(t).unwrap(), 49);
+    });
+}
+
+fn signal(pid: u32, sig: i32) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// Class 9: tasks handed to a worker stopped while idle still end, within
+/// their limit (the stalled worker's batch moves).
+#[test]
+fn a_stopped_idle_worker_does_not_hold_tasks_forever() {
+    within(Duration::from_secs(60), || {
+        let pool = Pool::builder()
+            .processes(2)
+            .task_timeout(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        let mut pids = HashSet::new();
+        while pids.len() < 2 {
+            pids.extend(pool.map_chunked(pid, 0..64u64, 1).unwrap());
+        }
+        for &p in &pids {
+            signal(p, 19); // SIGSTOP
+        }
+        let started = Instant::now();
+        let results = pool.map(square, 0..40u64).unwrap();
+        assert_eq!(results[39], 39 * 39);
+        assert!(started.elapsed() < Duration::from_secs(20));
+        for &p in &pids {
+            assert!(
+                fx::wait_for(Duration::from_secs(5), || fx::is_gone(p)),
+                "stopped worker {p} was not replaced"
+            );
+        }
+        assert!(pool.stats().workers_replaced >= 2);
+    });
+}
+
+/// Class 14: zero limits are refused with a clear error (Python raises
+/// `ValueError`), not silently taken as 1.
+#[test]
+fn zero_limits_are_refused() {
+    let err = Pool::builder().max_tasks_per_child(0).build().unwrap_err();
+    assert!(err.to_string().contains("max_tasks_per_child"), "{err}");
+    let err = Pool::builder().max_pending(0).build().unwrap_err();
+    assert!(err.to_string().contains("max_pending"), "{err}");
+    let pool = Pool::new(1).unwrap();
+    let err = pool.map_chunked(square, 0..4u64, 0).unwrap_err();
+    assert!(matches!(err, TaskError::InvalidArgument(_)), "{err}");
+}
+
+fn cwd_and_env(_: ()) -> (String, Option<String>) {
+    (
+        std::env::current_dir().unwrap().display().to_string(),
+        std::env::var("CORRAL_TEST_LATE").ok(),
+    )
+}
+
+/// Class 7: children follow the parent's working directory and environment
+/// at the moment they start, under every start method.
+#[test]
+#[expect(
+    unsafe_code,
+    reason = "set_var/remove_var: edition 2024 marks them unsafe"
+)]
+fn children_follow_the_current_directory_and_environment() {
+    // This test alone changes them; the others do not read them.
+    let dir = std::env::temp_dir().canonicalize().unwrap();
+    let before = std::env::current_dir().unwrap();
+    std::env::set_current_dir(&dir).unwrap();
+    // SAFETY: set_var is unsafe in edition 2024 because other threads may
+    // read the environment; no other test of this binary reads this name.
+    unsafe { std::env::set_var("CORRAL_TEST_LATE", "yes") };
+    for method in [
+        StartMethod::ForkServer,
+        StartMethod::Spawn,
+        StartMethod::Fork,
+    ] {
+        let child = corral::Process::builder()
+            .start_method(method)
+            .spawn(cwd_and_env, ())
+            .unwrap();
+        let (cwd, env) = fx::done(child).unwrap();
+        assert_eq!(cwd, dir.display().to_string(), "{method:?}");
+        assert_eq!(env.as_deref(), Some("yes"), "{method:?}");
+    }
+    // SAFETY: as above.
+    unsafe { std::env::remove_var("CORRAL_TEST_LATE") };
+    std::env::set_current_dir(before).unwrap();
+}
