@@ -29,8 +29,9 @@ pub enum Error {
          (in a test crate, add `corral::test_support!();` once at its top level)"
     )]
     NotInitialized,
-    /// A system call failed.
-    #[error("{context}: {source}")]
+    /// A system call failed. Out of descriptors (`EMFILE`/`ENFILE`) or
+    /// processes (`EAGAIN` from fork), the message says what to do.
+    #[error("{context}: {source}{}", hint(source))]
     Io {
         /// What corral was doing.
         context: &'static str,
@@ -50,6 +51,22 @@ pub enum Error {
     /// An argument is out of range (Python raises `ValueError`).
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),
+}
+
+/// What to do about a resource error, as a sentence to append.
+fn hint(source: &io::Error) -> &'static str {
+    match source.raw_os_error() {
+        Some(libc::EMFILE) => {
+            "; this process has no file descriptor left: close handles it no longer needs \
+             (each live child holds 3), or raise the hard limit (`ulimit -Hn`, \
+             LimitNOFILE= in systemd); corral already raised the soft limit to the hard one"
+        }
+        Some(libc::ENFILE) => "; the whole system is out of file descriptors (fs.file-max)",
+        Some(libc::EAGAIN) => {
+            "; the system refused another process: check `ulimit -u` and the pids cgroup"
+        }
+        _ => "",
+    }
 }
 
 impl Error {

@@ -271,3 +271,84 @@ fn children_follow_the_current_directory_and_environment() {
     unsafe { std::env::remove_var("CORRAL_TEST_LATE") };
     std::env::set_current_dir(before).unwrap();
 }
+
+fn worker_pids(pool: &Pool) -> HashSet<u32> {
+    let mut pids = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pids.len() < pool.processes() && Instant::now() < deadline {
+        pids.extend(pool.map_chunked(pid, 0..64u64, 1).unwrap());
+    }
+    pids
+}
+
+/// What happened to spawns under descriptor pressure, seen from inside.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Pressure {
+    refused: Vec<String>,
+    pool_survived: bool,
+    same_workers: bool,
+    spawn_after: u64,
+}
+
+fn spawn_under_pressure() -> Pressure {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let pool = Pool::new(2).unwrap();
+    let before = worker_pids(&pool);
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = Some(fx::open_fds() as u64 + 16);
+    setrlimit(Resource::Nofile, limit).unwrap();
+    let mut hoard = Vec::new();
+    while let Ok(f) = std::fs::File::open("/dev/null") {
+        hoard.push(f);
+    }
+    let mut refused = Vec::new();
+    // None left at all, then exactly enough for the result socket and the
+    // status pipe but not for the new child's pidfd.
+    for free in [0, 4, 4, 0] {
+        for _ in 0..free {
+            hoard.pop();
+        }
+        match corral::spawn(square, 2) {
+            Ok(child) => refused.push(format!("started: {:?}", fx::done(child))),
+            Err(e) => refused.push(e.to_string()),
+        }
+        while let Ok(f) = std::fs::File::open("/dev/null") {
+            hoard.push(f);
+        }
+    }
+    let pool_survived = pool.map(square, 0..100u64).is_ok_and(|v| v[9] == 81);
+    let same_workers = worker_pids(&pool) == before;
+    drop(hoard);
+    let spawn_after = fx::done(corral::spawn(square, 9).unwrap()).unwrap();
+    Pressure {
+        refused,
+        pool_survived,
+        same_workers,
+        spawn_after,
+    }
+}
+
+/// Class 4: one spawn short of descriptors fails alone; the fork server is
+/// not restarted and no other child dies.
+#[test]
+fn a_spawn_out_of_descriptors_fails_alone() {
+    let child = corral::Process::builder()
+        .start_method(StartMethod::Fork)
+        .fork_closure(spawn_under_pressure)
+        .unwrap();
+    let seen = fx::done(child).unwrap();
+    assert_eq!(seen.refused.len(), 4, "{seen:?}");
+    assert!(seen.refused[1].contains("pidfd"), "{seen:?}");
+    for message in &seen.refused {
+        assert!(message.contains("descriptor"), "{message}");
+    }
+    assert!(seen.pool_survived && seen.same_workers, "{seen:?}");
+    assert_eq!(seen.spawn_after, 81);
+}
+
+#[test]
+fn init_raises_the_descriptor_limit() {
+    use rustix::process::{Resource, getrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    assert_eq!(limit.current, limit.maximum);
+}

@@ -91,6 +91,15 @@ impl Proc {
         self
     }
 
+    /// The pid and pidfd of a child this process forked itself (and so
+    /// reaps), for a fork server to watch.
+    pub(crate) fn own_pidfd(&self) -> Option<(i32, BorrowedFd<'_>)> {
+        match self.reaper {
+            Reaper::Own if !self.lock().exited => Some((self.pid, self.pidfd.as_fd())),
+            _ => None,
+        }
+    }
+
     pub(crate) fn daemon(&self) -> bool {
         self.daemon
     }

@@ -46,6 +46,7 @@ const KIND_EXEC: u32 = 1;
 const KIND_WATCH: u32 = 2;
 const KIND_TRACK_SHM: u32 = 3;
 const KIND_UNTRACK_SHM: u32 = 4;
+const KIND_KILL: u32 = 5;
 
 const MAX_META: usize = 1 << 20;
 
@@ -126,6 +127,17 @@ impl ServerClient {
         })
     }
 
+    /// Whether the server is gone: exited, or its end of the socket closed.
+    pub(crate) fn is_gone(&self) -> bool {
+        let exited = self.pidfd.as_ref().is_some_and(|fd| {
+            matches!(
+                sys::poll_readable(&[fd.as_fd()], Some(std::time::Duration::ZERO)).as_deref(),
+                Ok([true])
+            )
+        });
+        exited || sys::peer_closed(self.sock.as_fd())
+    }
+
     /// The server's process id.
     pub(crate) fn pid(&self) -> i32 {
         self.pid
@@ -184,11 +196,21 @@ impl ServerClient {
                 source: io::Error::from_raw_os_error(errno),
             });
         }
-        let pidfd = received
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::ForkServer("its answer carried no pidfd".into()))?;
-        Ok((pid, pidfd))
+        if let Some(pidfd) = received.into_iter().next() {
+            return Ok((pid, pidfd));
+        }
+        // The kernel dropped the pidfd: this process has no descriptor left.
+        // The child runs without a handle; have the server end it.
+        match sys::pidfd_open(pid) {
+            Ok(pidfd) => Ok((pid, pidfd)),
+            Err(e) => {
+                let _ = self.send(KIND_KILL, &pid.to_le_bytes(), &[], &[]);
+                Err(Error::Io {
+                    context: "receiving the new child's pidfd",
+                    source: e,
+                })
+            }
+        }
     }
 
     /// Asks the server to kill `pidfd`'s process if this process dies.
@@ -417,6 +439,15 @@ fn handle(
         arg,
         mut fds,
     } = request;
+    if kind == KIND_KILL {
+        // A child whose parent could not take its pidfd: nobody can use it.
+        if let Ok(pid) = meta.as_slice().try_into().map(i32::from_le_bytes)
+            && let Some(kid) = kids.iter().find(|k| k.pid == pid)
+        {
+            let _ = sys::signal(kid.pidfd.as_fd(), sys::Sig::Kill);
+        }
+        return;
+    }
     if kind == KIND_WATCH {
         if let (Some(pidfd), Ok(pid)) = (
             fds.pop(),

@@ -21,6 +21,8 @@ struct State {
     /// The working directory and environment the running fork server has
     /// (what its children start with unless told otherwise).
     baseline: Mutex<Option<Context>>,
+    /// Named shared memory the server must remove when this process dies.
+    tracked_shm: Mutex<Vec<String>>,
     children: Mutex<Vec<Arc<Proc>>>,
 }
 
@@ -47,6 +49,7 @@ impl Context {
 static STATE: sys::ForkLocal<State> = sys::ForkLocal::new(|| State {
     server: Mutex::new(None),
     baseline: Mutex::new(None),
+    tracked_shm: Mutex::new(Vec::new()),
     children: Mutex::new(Vec::new()),
 });
 
@@ -86,6 +89,9 @@ pub(crate) fn init() {
     // Work every child would otherwise repeat: done once here, inherited by
     // the fork server and everything it forks.
     let _ = sys::executable_identity();
+    // Each live child costs a few descriptors: allow as many as the hard
+    // limit does, as Go's runtime does (1024 would stop near 340 children).
+    sys::raise_fd_limit();
     // Fork the server now, while the program is (normally) single-threaded.
     // A failure here is retried, and reported, at the first spawn.
     if sys::thread_count() == 1 {
@@ -113,6 +119,10 @@ pub(crate) fn ensure_initialized() -> Result<(), Error> {
 
 /// Runs `f` with this process's fork server, starting one if needed and
 /// restarting it once if it turns out to be dead.
+///
+/// Only a server that is really gone (exited, or its connection closed) is
+/// replaced: replacing a live one would kill every child it started. Any
+/// other failure (out of descriptors, say) is this call's error alone.
 pub(crate) fn with_server<T>(f: impl Fn(&ServerClient) -> Result<T, Error>) -> Result<T, Error> {
     let mut server = lock(&STATE.get().server);
     for attempt in 0..2 {
@@ -120,10 +130,14 @@ pub(crate) fn with_server<T>(f: impl Fn(&ServerClient) -> Result<T, Error>) -> R
             let client = ServerClient::start()?;
             SERVER_FD.store(client.raw_fd(), Ordering::Release);
             *lock(&STATE.get().baseline) = Some(Context::current());
+            if attempt > 0 {
+                hand_over(&client);
+            }
             *server = Some(client);
         }
-        match f(server.as_ref().expect("just set")) {
-            Err(Error::ForkServer(_)) if attempt == 0 => {
+        let client = server.as_ref().expect("just set");
+        match f(client) {
+            Err(Error::ForkServer(_)) if attempt == 0 && client.is_gone() => {
                 *server = None;
                 SERVER_FD.store(-1, Ordering::Release);
             }
@@ -133,9 +147,32 @@ pub(crate) fn with_server<T>(f: impl Fn(&ServerClient) -> Result<T, Error>) -> R
     unreachable!("the loop returns on its second attempt")
 }
 
+/// Tells a replacement fork server what the dead one was keeping for this
+/// process: the named segments to remove, the children it forked itself to
+/// kill, when this process dies.
+fn hand_over(client: &ServerClient) {
+    for name in lock(&STATE.get().tracked_shm).iter() {
+        let _ = client.track_shm(name, true);
+    }
+    for child in lock(&STATE.get().children).iter() {
+        if let Some((pid, pidfd)) = child.own_pidfd() {
+            let _ = client.watch(pid, pidfd);
+        }
+    }
+}
+
 /// Has this process's fork server remove `/dev/shm/<name>` when this
-/// process ends, however it ends (`track: false` undoes it).
+/// process ends, however it ends (`track: false` undoes it). Remembered, so
+/// that a replacement server is told too.
 pub(crate) fn track_shm(name: &str, track: bool) -> Result<(), Error> {
+    {
+        let mut tracked = lock(&STATE.get().tracked_shm);
+        if track {
+            tracked.push(name.to_owned());
+        } else {
+            tracked.retain(|n| n != name);
+        }
+    }
     with_server(|server| server.track_shm(name, track))
 }
 

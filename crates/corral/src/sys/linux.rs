@@ -200,6 +200,30 @@ pub(crate) fn remove_env(key: &OsStr) {
     unsafe { std::env::remove_var(key) };
 }
 
+/// Raises the soft limit on open descriptors to the hard limit.
+pub(crate) fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+}
+
+/// Whether the peer of a stream socket has closed its end (end-of-file or
+/// hang-up is pending), without reading anything.
+pub(crate) fn peer_closed(fd: BorrowedFd<'_>) -> bool {
+    let mut polls = [PollFd::new(&fd, PollFlags::RDHUP)];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(rustix::event::poll(&mut polls, Some(&zero)), Ok(n) if n > 0)
+        && polls[0]
+            .revents()
+            .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR)
+}
+
 /// Changes the working directory.
 pub(crate) fn chdir(dir: &CStr) -> io::Result<()> {
     Ok(rustix::process::chdir(dir)?)
