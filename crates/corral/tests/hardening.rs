@@ -110,9 +110,12 @@ fn start_sleeper_and_hang(report: Queue<u32>) {
         .spawn()
         .expect("sleep");
     report.put(child.id()).unwrap();
+    // Never returns: the task hangs until the pool ends it.
     loop {
         std::thread::park();
     }
+    #[expect(unreachable_code, reason = "the child is left to the pool's kill")]
+    drop(child.wait());
 }
 
 /// Class 3: a timed-out, cancelled or terminated task's subprocesses die
