@@ -136,7 +136,7 @@ fn malformed_frames_are_typed_errors() {
     let conn = hostile(&liar);
     assert!(matches!(
         conn.recv_bytes(),
-        Err(RecvError::Wire(WireError::Truncated { .. }))
+        Err(RecvError::Wire(WireError::Truncated { received: 22, .. }))
     ));
     // A header cut in half.
     let conn = hostile(&[0, 0]);
@@ -150,6 +150,43 @@ fn malformed_frames_are_typed_errors() {
     // A payload with bytes left over.
     let conn = hostile(&corral::internal::frame_bytes(&[1, 2, 3]));
     assert!(matches!(conn.recv::<u8>(), Err(RecvError::Codec(_))));
+}
+
+/// A time limit bounds the whole receive: a sender stalling mid-message or
+/// another thread blocked on the same end cannot stretch it.
+#[test]
+fn recv_timeout_bounds_the_whole_call() {
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    let conn = std::sync::Arc::new(Connection::from(OwnedFd::from(ours)));
+    // Header for 100 bytes, then 10 of them, then nothing.
+    theirs.write_all(&100i32.to_be_bytes()).unwrap();
+    theirs.write_all(&[7; 10]).unwrap();
+    let started = Instant::now();
+    assert!(matches!(
+        conn.recv_bytes_timeout(Duration::from_millis(200)),
+        Err(RecvError::Timeout)
+    ));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The part that arrived is kept: the rest completes the message.
+    theirs.write_all(&[7; 90]).unwrap();
+    assert_eq!(conn.recv_bytes().unwrap(), vec![7; 100]);
+
+    // Another thread blocked receiving on the same end.
+    let blocked = {
+        let conn = conn.clone();
+        std::thread::spawn(move || conn.recv_bytes())
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let started = Instant::now();
+    assert!(matches!(
+        conn.recv_timeout::<u8>(Duration::from_millis(200)),
+        Err(RecvError::Timeout)
+    ));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    theirs
+        .write_all(&corral::internal::frame_bytes(b"go"))
+        .unwrap();
+    assert_eq!(blocked.join().unwrap().unwrap(), b"go");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::wire::{self, parse_header, read_exact_growing};
+use crate::wire::{self, FrameReader, Progress};
 use crate::{Error, RecvError, SendError, WireError, sys};
 
 /// Socket buffer size requested for pipes (the kernel caps it at `wmem_max`):
@@ -64,11 +64,27 @@ impl Pipe {
     }
 }
 
-#[derive(Default)]
+/// A frame's payload and the descriptors that came with it.
+type Frame = (Vec<u8>, Vec<OwnedFd>);
+
 struct RecvState {
-    /// A header already read whose payload is still in the socket (kept when
-    /// `recv_bytes_into` got too small a buffer).
-    pending: Option<(usize, Vec<OwnedFd>)>,
+    /// The frame being read: partial frames survive a timeout, so the stream
+    /// is never torn, and several threads receiving on one end share it.
+    reader: FrameReader,
+    /// Descriptors that came with the frame being read.
+    fds: Vec<OwnedFd>,
+    /// A whole frame not taken yet (`recv_bytes_into` got too small a buffer).
+    ready: Option<Frame>,
+}
+
+impl RecvState {
+    fn new() -> Mutex<RecvState> {
+        Mutex::new(RecvState {
+            reader: FrameReader::new(wire::MAX_FRAME),
+            fds: Vec::new(),
+            ready: None,
+        })
+    }
 }
 
 struct Endpoint {
@@ -103,7 +119,7 @@ impl Endpoint {
         Endpoint {
             fd,
             send_lock: Mutex::new(()),
-            recv: Mutex::new(RecvState::default()),
+            recv: RecvState::new(),
         }
     }
 
@@ -115,7 +131,7 @@ impl Endpoint {
         Ok(Endpoint {
             fd,
             send_lock: Mutex::new(()),
-            recv: Mutex::new(RecvState::default()),
+            recv: RecvState::new(),
         })
     }
 
@@ -135,121 +151,84 @@ impl Endpoint {
         self.send_frame(&encoded.bytes, &fds)
     }
 
-    /// Reads the next header into `st.pending` unless one is waiting.
-    fn next_header(&self, st: &mut RecvState) -> Result<(), RecvError> {
-        if st.pending.is_some() {
-            return Ok(());
-        }
-        let mut header = [0u8; 12];
-        let mut fds = Vec::new();
-        let mut got = 0;
-        let mut need = 4;
+    /// Receives one whole frame, waiting at most until `deadline` (`None`:
+    /// no limit) for all of it, however slowly it arrives. The receive state
+    /// is locked only while bytes are read, never while waiting, so a thread
+    /// blocked here holds up no other receiver's deadline.
+    fn recv_frame_until(&self, deadline: Option<Instant>) -> Result<Frame, RecvError> {
         // A reply usually comes within a few tens of microseconds; watching
         // for it that long is far cheaper than sleeping and being woken
-        // (35-60 µs across CPUs on small VMs). Then block.
+        // (35-60 µs across CPUs on small VMs). Then sleep in poll.
         let spin_until = Instant::now() + SPIN;
         loop {
-            while got < need {
-                let block = got > 0 || Instant::now() >= spin_until;
-                let n = match sys::recv_with_fds_flags(
-                    self.fd.as_fd(),
-                    &mut header[got..need],
-                    &mut fds,
-                    block,
-                ) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && !block => {
-                        std::hint::spin_loop();
-                        continue;
-                    }
-                    other => other,
-                }
-                .map_err(recv_error)?;
-                if n == 0 {
-                    return Err(if got == 0 {
-                        RecvError::Disconnected
-                    } else {
-                        WireError::Truncated {
-                            expected: need as u64,
-                            received: got as u64,
-                        }
-                        .into()
-                    });
-                }
-                got += n;
+            if let Some(frame) = self.try_frame()? {
+                return Ok(frame);
             }
-            match parse_header(&header[..got], wire::MAX_FRAME)? {
-                Some((len, _)) => {
-                    st.pending = Some((len as usize, fds));
-                    return Ok(());
-                }
-                None => need = 12,
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(RecvError::Timeout);
             }
+            if now < spin_until {
+                std::hint::spin_loop();
+                continue;
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(now));
+            sys::poll_readable(&[self.fd.as_fd()], left).map_err(RecvError::Io)?;
         }
     }
 
-    /// Reads the pending message's payload.
-    fn take_payload(&self, st: &mut RecvState) -> Result<(Vec<u8>, Vec<OwnedFd>), RecvError> {
-        let (len, mut fds) = st.pending.take().expect("a pending header");
-        let bytes = read_exact_growing(self.fd.as_fd(), len, &mut fds).map_err(|e| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                RecvError::Wire(WireError::Truncated {
-                    expected: len as u64,
-                    received: 0,
-                })
-            } else {
-                recv_error(e)
+    /// Reads what has arrived without blocking; a frame once one is whole.
+    fn try_frame(&self) -> Result<Option<Frame>, RecvError> {
+        let mut st = lock(&self.recv);
+        if let Some(frame) = st.ready.take() {
+            return Ok(Some(frame));
+        }
+        let RecvState { reader, fds, .. } = &mut *st;
+        let fd = self.fd.as_fd();
+        match reader.read_with(|buf| sys::recv_with_fds_flags(fd, buf, fds, false)) {
+            Ok(Progress::Frame(bytes)) => Ok(Some((bytes, std::mem::take(fds)))),
+            Ok(Progress::Pending) => Ok(None),
+            Ok(Progress::Eof) => Err(RecvError::Disconnected),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                match e.into_inner().map(|inner| inner.downcast::<WireError>()) {
+                    Some(Ok(wire)) => Err(RecvError::Wire(*wire)),
+                    Some(Err(other)) => Err(RecvError::Io(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        other,
+                    ))),
+                    None => Err(RecvError::Io(io::ErrorKind::InvalidData.into())),
+                }
             }
-        })?;
-        Ok((bytes, fds))
+            Err(e) => Err(recv_error(e)),
+        }
     }
 
-    fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
-        let mut st = lock(&self.recv);
-        self.next_header(&mut st)?;
-        Ok(self.take_payload(&mut st)?.0)
+    fn recv_bytes(&self, deadline: Option<Instant>) -> Result<Vec<u8>, RecvError> {
+        Ok(self.recv_frame_until(deadline)?.0)
     }
 
     fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize, RecvError> {
-        let mut st = lock(&self.recv);
-        self.next_header(&mut st)?;
-        let (len, _) = st.pending.as_ref().expect("a pending header");
-        let len = *len;
+        let (bytes, fds) = self.recv_frame_until(None)?;
+        let len = bytes.len();
         if len > buf.len() {
+            lock(&self.recv).ready = Some((bytes, fds));
             return Err(RecvError::BufferTooSmall { needed: len });
         }
-        let (_, mut fds) = st.pending.take().expect("a pending header");
-        let mut filled = 0;
-        while filled < len {
-            let n = sys::recv_with_fds(self.fd.as_fd(), &mut buf[filled..len], &mut fds)
-                .map_err(recv_error)?;
-            if n == 0 {
-                return Err(WireError::Truncated {
-                    expected: len as u64,
-                    received: filled as u64,
-                }
-                .into());
-            }
-            filled += n;
-        }
+        buf[..len].copy_from_slice(&bytes);
         Ok(len)
     }
 
-    fn recv_frame(&self) -> Result<(Vec<u8>, Vec<OwnedFd>), RecvError> {
-        let mut st = lock(&self.recv);
-        self.next_header(&mut st)?;
-        self.take_payload(&mut st)
+    fn recv_frame(&self) -> Result<Frame, RecvError> {
+        self.recv_frame_until(None)
     }
 
-    fn recv_value<T: DeserializeOwned>(&self) -> Result<T, RecvError> {
-        let mut st = lock(&self.recv);
-        self.next_header(&mut st)?;
-        let (bytes, fds) = self.take_payload(&mut st)?;
-        drop(st);
+    fn recv_value<T: DeserializeOwned>(&self, deadline: Option<Instant>) -> Result<T, RecvError> {
+        let (bytes, fds) = self.recv_frame_until(deadline)?;
         Ok(wire::decode(&bytes, fds)?)
     }
 
     fn poll(&self, timeout: Option<Duration>) -> Result<bool, RecvError> {
-        if lock(&self.recv).pending.is_some() {
+        if lock(&self.recv).ready.is_some() {
             return Ok(true);
         }
         Ok(sys::poll_readable(&[self.fd.as_fd()], timeout).map_err(RecvError::Io)?[0])
@@ -276,7 +255,7 @@ impl<'de> Deserialize<'de> for Endpoint {
         Ok(Endpoint {
             fd,
             send_lock: Mutex::new(()),
-            recv: Mutex::new(RecvState::default()),
+            recv: RecvState::new(),
         })
     }
 }
@@ -368,20 +347,26 @@ macro_rules! receiving {
             /// [`RecvError::Codec`] if the bytes are not a `T`;
             /// [`RecvError::Wire`] for a malformed frame.
             pub fn recv<T: DeserializeOwned>(&self) -> Result<T, RecvError> {
-                self.0.recv_value()
+                self.0.recv_value(None)
             }
 
             /// Like [`recv`](Self::recv), but fails with
-            /// [`RecvError::Timeout`] if nothing starts arriving within
-            /// `timeout`.
+            /// [`RecvError::Timeout`] unless a whole message has arrived
+            /// within `timeout`. The limit bounds the whole call: a sender
+            /// that stalls mid-message, or other threads receiving on the
+            /// same end, cannot make it wait longer. Part of a message that
+            /// arrived is kept for the next call.
             pub fn recv_timeout<T: DeserializeOwned>(
                 &self,
                 timeout: Duration,
             ) -> Result<T, RecvError> {
-                if !self.0.poll(Some(timeout))? {
-                    return Err(RecvError::Timeout);
-                }
-                self.0.recv_value()
+                self.0.recv_value(crate::time::deadline(timeout))
+            }
+
+            /// [`recv_bytes`](Self::recv_bytes) with a time limit on the
+            /// whole call, as [`recv_timeout`](Self::recv_timeout).
+            pub fn recv_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>, RecvError> {
+                self.0.recv_bytes(crate::time::deadline(timeout))
             }
 
             /// Receives one bytes message.
@@ -390,7 +375,7 @@ macro_rules! receiving {
             ///
             /// As [`recv`](Self::recv), less the codec.
             pub fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
-                self.0.recv_bytes()
+                self.0.recv_bytes(None)
             }
 
             /// Receives one bytes message into `buf` and returns its length.
@@ -420,7 +405,7 @@ macro_rules! receiving {
 
             /// Receives one frame and the descriptors that came with it.
             #[allow(dead_code, reason = "not every end type uses it")]
-            pub(crate) fn recv_frame(&self) -> Result<(Vec<u8>, Vec<OwnedFd>), RecvError> {
+            pub(crate) fn recv_frame(&self) -> Result<Frame, RecvError> {
                 self.0.recv_frame()
             }
         }

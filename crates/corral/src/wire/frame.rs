@@ -82,6 +82,15 @@ impl FrameReader {
 
     /// Reads what `fd` has and returns a frame as soon as one is complete.
     pub(crate) fn read_from(&mut self, fd: BorrowedFd<'_>) -> io::Result<Progress> {
+        self.read_with(|buf| sys::read(fd, buf))
+    }
+
+    /// Like [`read_from`](Self::read_from), reading through `read`, which
+    /// must not block (`WouldBlock` when nothing is there).
+    pub(crate) fn read_with(
+        &mut self,
+        mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<Progress> {
         loop {
             let wanted = match parse_header(&self.buf[..self.filled], self.max).map_err(invalid)? {
                 Some((len, header)) => {
@@ -102,7 +111,7 @@ impl FrameReader {
             if self.buf.len() < self.filled + chunk {
                 self.buf.resize(self.filled + chunk, 0);
             }
-            match sys::read(fd, &mut self.buf[self.filled..self.filled + chunk]) {
+            match read(&mut self.buf[self.filled..self.filled + chunk]) {
                 Ok(0) if self.filled == 0 => return Ok(Progress::Eof),
                 Ok(0) => {
                     let expected =
