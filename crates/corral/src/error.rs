@@ -161,8 +161,12 @@ pub enum ProcessError {
     /// The child refused the task (for example, it runs a different binary).
     #[error("the child refused to run the task: {0}")]
     Refused(String),
-    /// The child's exit status is unknown because the fork server died.
-    #[error("the child's fate is unknown: the fork server that reaps it died")]
+    /// The child's exit status is unknown: the fork server that reaps it
+    /// died, or this process ignores `SIGCHLD` (so the kernel reaped it).
+    #[error(
+        "the child ended without a result and its exit status is unknown \
+         (the fork server that reaps it died, or SIGCHLD is ignored)"
+    )]
     Lost,
     /// A system call failed while waiting for the child.
     #[error("waiting for the child failed: {0}")]

@@ -355,3 +355,29 @@ fn init_raises_the_descriptor_limit() {
     let limit = getrlimit(Resource::Nofile);
     assert_eq!(limit.current, limit.maximum);
 }
+
+fn ignore_sigchld_then_fork() -> (u64, u64) {
+    // SAFETY: installing SIG_IGN for SIGCHLD touches no memory; this process
+    // is a forked child with one thread.
+    #[expect(unsafe_code, reason = "signal(2) has no safe wrapper in rustix")]
+    unsafe {
+        libc::signal(libc::SIGCHLD, libc::SIG_IGN)
+    };
+    let forked = corral::Process::builder()
+        .start_method(StartMethod::Fork)
+        .spawn(square, 7)
+        .unwrap();
+    let served = corral::spawn(square, 8).unwrap();
+    (fx::done(forked).unwrap(), fx::done(served).unwrap())
+}
+
+/// Class 12: with SIGCHLD ignored the kernel reaps Fork children itself;
+/// their result, which already arrived, is still returned.
+#[test]
+fn results_survive_an_ignored_sigchld() {
+    let child = corral::Process::builder()
+        .start_method(StartMethod::Fork)
+        .fork_closure(ignore_sigchld_then_fork)
+        .unwrap();
+    assert_eq!(fx::done(child).unwrap(), (49, 64));
+}

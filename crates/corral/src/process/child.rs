@@ -136,10 +136,16 @@ impl Proc {
             // Not reaped yet: the zombie keeps the group id from reuse.
             let _ = sys::signal_group(self.pid, sys::Sig::Kill);
         }
-        if let Reaper::Own = self.reaper
-            && let Some(status) = sys::reap(self.pidfd.as_fd(), true)?
-        {
-            st.fate = Some(Fate::Exited(status));
+        if let Reaper::Own = self.reaper {
+            match sys::reap(self.pidfd.as_fd(), true) {
+                Ok(Some(status)) => st.fate = Some(Fate::Exited(status)),
+                Ok(None) => {}
+                // SIGCHLD is ignored (SIG_IGN, common in daemons): the kernel
+                // reaped it and kept no status. Its result, if it sent one,
+                // was read above.
+                Err(e) if e.raw_os_error() == Some(libc::ECHILD) => st.fate = Some(Fate::Lost),
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
