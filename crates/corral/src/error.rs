@@ -62,6 +62,10 @@ fn hint(source: &io::Error) -> &'static str {
              LimitNOFILE= in systemd); corral already raised the soft limit to the hard one"
         }
         Some(libc::ENFILE) => "; the whole system is out of file descriptors (fs.file-max)",
+        Some(libc::ENOSPC) => {
+            "; shared memory is full: free segments, or enlarge /dev/shm \
+             (Docker's default is 64 MiB: run with --shm-size)"
+        }
         Some(libc::EAGAIN) => {
             "; the system refused another process: check `ulimit -u` and the pids cgroup"
         }

@@ -381,3 +381,75 @@ fn results_survive_an_ignored_sigchld() {
         .unwrap();
     assert_eq!(fx::done(child).unwrap(), (49, 64));
 }
+
+/// Mounts a 1 MiB tmpfs over `/dev/shm` in a private mount namespace of
+/// this (forked, single-threaded) process: Docker's small `/dev/shm`, made
+/// smaller. Needs root or unprivileged user namespaces.
+#[expect(
+    unsafe_code,
+    reason = "unshare(2) and mount(2) have no safe wrapper here"
+)]
+fn tiny_dev_shm() -> Result<(), String> {
+    let errno = || std::io::Error::last_os_error().to_string();
+    // SAFETY: unshare and mount take no pointers but the C strings below,
+    // which outlive the calls.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0
+            && libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) != 0
+        {
+            return Err(format!("unshare: {}", errno()));
+        }
+        let none = std::ptr::null();
+        if libc::mount(
+            none,
+            c"/".as_ptr(),
+            none,
+            libc::MS_REC | libc::MS_PRIVATE,
+            none.cast(),
+        ) != 0
+        {
+            return Err(format!("making mounts private: {}", errno()));
+        }
+        let options = c"size=1m";
+        if libc::mount(
+            c"tmpfs".as_ptr(),
+            c"/dev/shm".as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            options.as_ptr().cast(),
+        ) != 0
+        {
+            return Err(format!("mounting a tmpfs: {}", errno()));
+        }
+    }
+    Ok(())
+}
+
+fn fill_tiny_dev_shm() -> Result<(bool, String, bool), String> {
+    tiny_dev_shm()?;
+    let name = format!("corral-tiny-{}", std::process::id());
+    let small = corral::SharedMemory::create(&format!("{name}-a"), 256 << 10);
+    let big = corral::SharedMemory::create(&format!("{name}-b"), 4 << 20);
+    let error = match &big {
+        Ok(_) => "created".to_owned(),
+        Err(e) => e.to_string(),
+    };
+    let left_no_entry = !std::path::Path::new(&format!("/dev/shm/{name}-b")).exists();
+    Ok((small.is_ok(), error, left_no_entry))
+}
+
+/// Class 8: a segment that does not fit in `/dev/shm` is the constructor's
+/// error (with what to do), never a SIGBUS at the first write.
+#[test]
+fn a_full_dev_shm_fails_at_creation() {
+    let child = corral::Process::builder()
+        .start_method(StartMethod::Fork)
+        .fork_closure(fill_tiny_dev_shm)
+        .unwrap();
+    let (small_ok, error, no_entry) = fx::done(child)
+        .unwrap()
+        .unwrap_or_else(|why| panic!("this test needs a private mount namespace: {why}"));
+    assert!(small_ok);
+    assert!(error.contains("shm-size"), "{error}");
+    assert!(no_entry, "the failed segment was left in /dev/shm");
+}

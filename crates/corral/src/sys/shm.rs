@@ -36,11 +36,18 @@ unsafe impl Send for SharedRegion {}
 unsafe impl Sync for SharedRegion {}
 
 impl SharedRegion {
-    /// Creates a zero-filled region of `len` bytes (rounded up to 8).
-    pub(crate) fn create(name: &std::ffi::CStr, len: usize) -> io::Result<SharedRegion> {
+    /// Creates a zero-filled region of `len` bytes (rounded up to 8), of
+    /// which the first `reserve` bytes are allocated now: running out of
+    /// memory is then this call's error, not a `SIGBUS` at the first write.
+    pub(crate) fn create(
+        name: &std::ffi::CStr,
+        len: usize,
+        reserve: usize,
+    ) -> io::Result<SharedRegion> {
         let len = len.max(8).next_multiple_of(8);
         let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)?;
         rustix::fs::ftruncate(&fd, len as u64)?;
+        allocate(&fd, reserve.min(len))?;
         SharedRegion::map(fd)
     }
 
@@ -77,9 +84,14 @@ impl SharedRegion {
             OFlags::CREATE | OFlags::EXCL | OFlags::RDWR,
             rustix::fs::Mode::from_raw_mode(0o600),
         )?;
-        if let Err(e) = rustix::fs::ftruncate(&fd, len as u64) {
+        // Reserve every page now: a full /dev/shm (Docker's default is 64
+        // MiB) fails here rather than with SIGBUS at the first write.
+        if let Err(e) = rustix::fs::ftruncate(&fd, len as u64)
+            .map_err(io::Error::from)
+            .and_then(|()| allocate(&fd, len))
+        {
             let _ = rustix::shm::unlink(name);
-            return Err(e.into());
+            return Err(e);
         }
         SharedRegion::map_len(fd, len)
     }
@@ -263,5 +275,21 @@ impl Drop for SharedRegion {
         // SAFETY: the mapping was made by `map` with this address and length
         // and no reference into it outlives `&self`.
         let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Allocates the first `len` bytes of `fd`'s file (no-op for 0).
+fn allocate(fd: &OwnedFd, len: usize) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    loop {
+        match rustix::fs::fallocate(fd, rustix::fs::FallocateFlags::empty(), 0, len as u64) {
+            Ok(()) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => continue,
+            // A file system without fallocate: nothing to reserve with.
+            Err(rustix::io::Errno::OPNOTSUPP) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
     }
 }
