@@ -456,3 +456,43 @@ fn a_consumer_killed_in_its_sleep_is_forgotten_by_the_next_put() {
     assert_eq!(q.len(), 1);
     assert_eq!(get(&q), 1);
 }
+
+/// More sleepers than the record has slots (64), all SIGKILLed at once:
+/// nothing is left announced, so later puts cost no futex call; and a
+/// sleeper that found no slot still gets its item.
+#[test]
+fn more_than_64_sleepers_killed_at_once_are_all_forgotten() {
+    let q: Queue<u8> = Queue::unbounded().unwrap();
+    let children: Vec<_> = (0..80)
+        .map(|_| corral::spawn(wait_for_item, q.clone()).unwrap())
+        .collect();
+    assert!(fx::wait_for(Duration::from_secs(30), || {
+        q.sleeping_consumers() == 64 && children.iter().all(|c| fx::is_sleeping(c.pid()))
+    }));
+    for child in children {
+        child.kill().unwrap();
+        assert!(child.join_timeout(Duration::from_secs(10)).is_err());
+    }
+    assert!(fx::wait_for(Duration::from_secs(5), || {
+        q.put(0).unwrap();
+        q.sleeping_consumers() == 0
+    }));
+    while q.try_get().is_ok() {}
+
+    // 70 live consumers: 6 of them without a slot.
+    let children: Vec<_> = (0..70)
+        .map(|_| corral::spawn(wait_for_item, q.clone()).unwrap())
+        .collect();
+    assert!(fx::wait_for(Duration::from_secs(30), || q
+        .sleeping_consumers()
+        == 64));
+    for i in 0..70 {
+        q.put(i).unwrap();
+    }
+    let mut got: Vec<u8> = children
+        .into_iter()
+        .map(|c| done(c).unwrap().unwrap())
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..70).collect::<Vec<u8>>());
+}

@@ -398,7 +398,7 @@ impl<M: Memory> Ring<M> {
             // sleeper, or this side sees its publication.
             let ticket = PRODUCERS.enter(&self.mem);
             if !fits(true) {
-                self.mem.wait_until(self.w32(HEAD_SEQ), seen, deadline);
+                PRODUCERS.sleep(&self.mem, &ticket, self.w32(HEAD_SEQ), seen, deadline);
             }
             PRODUCERS.leave(&self.mem, ticket);
         }
@@ -449,7 +449,7 @@ impl<M: Memory> Ring<M> {
             // sleeper, or this side sees its publication.
             let ticket = CONSUMERS.enter(&self.mem);
             if !self.maybe_nonempty() && !self.is_closed() {
-                self.mem.wait_until(self.w32(TAIL_SEQ), seen, deadline);
+                CONSUMERS.sleep(&self.mem, &ticket, self.w32(TAIL_SEQ), seen, deadline);
             }
             CONSUMERS.leave(&self.mem, ticket);
         }
@@ -665,8 +665,8 @@ impl<M: Memory> Ring<M> {
             }
             // Dekker with the waker's fence (inside `enter`).
             let ticket = JOINERS.enter(&self.mem);
-            let slept =
-                self.unfinished() == 0 || self.mem.wait_until(self.w32(JOIN_SEQ), seen, deadline);
+            let slept = self.unfinished() == 0
+                || JOINERS.sleep(&self.mem, &ticket, self.w32(JOIN_SEQ), seen, deadline);
             JOINERS.leave(&self.mem, ticket);
             if !slept {
                 return self.unfinished() == 0;

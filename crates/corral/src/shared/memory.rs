@@ -79,7 +79,6 @@ pub(crate) trait Word32 {
     fn load(&self, order: Ordering) -> u32;
     fn store(&self, value: u32, order: Ordering);
     fn fetch_add(&self, value: u32, order: Ordering) -> u32;
-    fn fetch_sub(&self, value: u32, order: Ordering) -> u32;
     fn fetch_or(&self, value: u32, order: Ordering) -> u32;
     fn compare_exchange(
         &self,
@@ -180,10 +179,6 @@ macro_rules! delegate_words {
             #[inline]
             fn fetch_add(&self, value: u32, order: Ordering) -> u32 {
                 <$a32>::fetch_add(self, value, order)
-            }
-            #[inline]
-            fn fetch_sub(&self, value: u32, order: Ordering) -> u32 {
-                <$a32>::fetch_sub(self, value, order)
             }
             #[inline]
             fn fetch_or(&self, value: u32, order: Ordering) -> u32 {
@@ -294,7 +289,9 @@ impl Memory for Object {
 }
 
 /// Who sleeps on a futex, robustly: 64 slots, each holding the pid of its
-/// sleeper and marked in a bitmask, and an overflow count beyond them.
+/// sleeper and marked in a bitmask. A sleeper that finds every slot taken
+/// is counted nowhere: it naps ([`OVERFLOW_NAP`] at most) and looks again,
+/// so no count can leak when sleepers are killed, however many at once.
 ///
 /// A plain count of sleepers leaks when a sleeper is SIGKILLed: the waker
 /// then makes a futex system call on every publication forever. Here a
@@ -303,9 +300,9 @@ impl Memory for Object {
 /// ([`Sleepers::heal`]). A live sleeper is never cleared, so no wake-up is
 /// ever lost to healing.
 ///
-/// Layout at `at`: the mask (u64), the overflow count (u32), the time of the
-/// last healing (u64, monotonic ns), then at `at + 64` the 64 pid slots (u32
-/// each).
+/// Layout at `at`: the mask (u64), a word no longer used (u32), the time of
+/// the last healing (u64, monotonic ns), then at `at + 64` the 64 pid slots
+/// (u32 each).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Sleepers {
     at: usize,
@@ -315,7 +312,11 @@ pub(crate) struct Sleepers {
 /// no one is usually a sleeper that was woken and has not withdrawn yet).
 const HEAL_EVERY_NS: u64 = 50_000_000;
 
-/// A sleeper's place in [`Sleepers`].
+/// How long a sleeper that found no slot sleeps before it looks again (no
+/// waker knows it sleeps).
+const OVERFLOW_NAP: Duration = Duration::from_millis(2);
+
+/// A sleeper's place in [`Sleepers`] (`None`: no slot was free).
 #[derive(Debug)]
 pub(crate) struct Ticket(Option<usize>);
 
@@ -348,21 +349,34 @@ impl Sleepers {
                 return Ticket(Some(i));
             }
         }
-        m.w32(self.at + 8).fetch_add(1, Ordering::SeqCst);
-        m.fence();
         Ticket(None)
+    }
+
+    /// Sleeps while `word` holds `expected`, until `deadline`; returns
+    /// false once the deadline has passed (true: woken, or spuriously). A
+    /// sleeper without a slot only naps, since no waker knows of it.
+    pub(crate) fn sleep<M: Memory>(
+        &self,
+        m: &M,
+        ticket: &Ticket,
+        word: &M::U32,
+        expected: u32,
+        deadline: Option<Instant>,
+    ) -> bool {
+        if ticket.0.is_some() {
+            return m.wait_until(word, expected, deadline);
+        }
+        let nap = Instant::now() + OVERFLOW_NAP;
+        let until = deadline.map_or(nap, |d| d.min(nap));
+        m.wait_until(word, expected, Some(until));
+        deadline.is_none_or(|d| Instant::now() < d)
     }
 
     /// Withdraws a sleeper.
     pub(crate) fn leave<M: Memory>(&self, m: &M, ticket: Ticket) {
-        match ticket.0 {
-            Some(i) => {
-                m.w64(self.at).fetch_and(!(1 << i), Ordering::SeqCst);
-                m.w32(self.slot(i)).store(0, Ordering::Release);
-            }
-            None => {
-                m.w32(self.at + 8).fetch_sub(1, Ordering::SeqCst);
-            }
+        if let Some(i) = ticket.0 {
+            m.w64(self.at).fetch_and(!(1 << i), Ordering::SeqCst);
+            m.w32(self.slot(i)).store(0, Ordering::Release);
         }
     }
 
@@ -371,9 +385,7 @@ impl Sleepers {
     /// announced ones turn out to be dead.
     #[inline]
     pub(crate) fn wake<M: Memory>(&self, m: &M, word: &M::U32, count: u32) {
-        if m.w64(self.at).load(Ordering::Relaxed) == 0
-            && m.w32(self.at + 8).load(Ordering::Relaxed) == 0
-        {
+        if m.w64(self.at).load(Ordering::Relaxed) == 0 {
             return;
         }
         if m.wake(word, count) == 0 {
@@ -394,7 +406,6 @@ impl Sleepers {
     /// How many sleepers are announced.
     pub(crate) fn count<M: Memory>(&self, m: &M) -> u32 {
         m.w64(self.at).load(Ordering::Acquire).count_ones()
-            + m.w32(self.at + 8).load(Ordering::Acquire)
     }
 
     /// Clears the slots of sleepers whose process is gone.

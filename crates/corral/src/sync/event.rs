@@ -110,7 +110,7 @@ fn set<M: Memory>(m: &M) {
 fn wait_until<M: Memory>(m: &M, deadline: Option<Instant>) -> bool {
     while !is_set(m) {
         let ticket = SLEEPERS.enter(m);
-        let slept = m.wait_until(m.w32(FLAG), 0, deadline);
+        let slept = SLEEPERS.sleep(m, &ticket, m.w32(FLAG), 0, deadline);
         SLEEPERS.leave(m, ticket);
         if !slept {
             return is_set(m);

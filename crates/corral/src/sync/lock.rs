@@ -385,7 +385,7 @@ fn cond_wait<M: Memory>(m: &M, deadline: Option<Instant>) -> (bool, bool) {
     // Dekker with `cond_notify`'s fence (inside `enter`).
     let ticket = COND_SLEEPERS.enter(m);
     m.unlock(MUTEX);
-    let woke = m.wait_until(m.w32(COND_SEQ), seen, deadline);
+    let woke = COND_SLEEPERS.sleep(m, &ticket, m.w32(COND_SEQ), seen, deadline);
     COND_SLEEPERS.leave(m, ticket);
     let died = match m.lock(MUTEX, Wait::Block) {
         Ok(Acquired::Clean) => false,

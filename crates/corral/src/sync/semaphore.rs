@@ -194,7 +194,7 @@ fn acquire<M: Memory, G>(
         // pass sees its release (through `RELEASED`, which the futex
         // compares).
         let ticket = SLEEPERS.enter(m);
-        m.wait_until(m.w32(RELEASED), seen, Some(nap));
+        SLEEPERS.sleep(m, &ticket, m.w32(RELEASED), seen, Some(nap));
         SLEEPERS.leave(m, ticket);
     }
 }
