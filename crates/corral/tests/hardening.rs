@@ -453,3 +453,90 @@ fn a_full_dev_shm_fails_at_creation() {
     assert!(error.contains("shm-size"), "{error}");
     assert!(no_entry, "the failed segment was left in /dev/shm");
 }
+
+fn numbers_then_panic(n: u64) -> impl Iterator<Item = u64> + Send + 'static {
+    (0..).map(move |x| {
+        assert!(x < n, "the input ran dry at {x}");
+        x
+    })
+}
+
+/// Class 14: an input iterator that panics inside `imap` surfaces after the
+/// results of the items before it, as Python raises it there.
+#[test]
+fn a_panicking_imap_input_surfaces_after_the_results_before_it() {
+    let pool = Pool::new(2).unwrap();
+    for ordered in [true, false] {
+        let mut seen = Vec::new();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let results: Box<dyn Iterator<Item = Result<u64, TaskError>>> = if ordered {
+                Box::new(pool.imap(square, numbers_then_panic(300)))
+            } else {
+                Box::new(pool.imap_unordered(square, numbers_then_panic(300)))
+            };
+            for r in results {
+                seen.push(r.unwrap());
+            }
+        }));
+        let panic = outcome.expect_err("the input's panic surfaces");
+        let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(message.contains("ran dry at 300"), "{message}");
+        seen.sort_unstable();
+        assert_eq!(seen, (0..300u64).map(square).collect::<Vec<_>>());
+    }
+    assert_eq!(pool.apply(square, 4).unwrap(), 16);
+}
+
+/// A value whose `Drop` aborts the process it was made in (only there: the
+/// flag does not cross).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AbortsOnDrop {
+    value: u64,
+    #[serde(skip)]
+    armed: bool,
+}
+
+impl Drop for AbortsOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            std::process::abort();
+        }
+    }
+}
+
+fn make_aborting(value: u64) -> AbortsOnDrop {
+    AbortsOnDrop { value, armed: true }
+}
+
+/// Class 14: a worker or child that dies in its result's `Drop`, after the
+/// result was serialized, still delivers it (published first, dropped
+/// after).
+#[test]
+fn a_death_in_the_results_drop_loses_nothing() {
+    let pool = Pool::new(2).unwrap();
+    let results = pool.map_chunked(make_aborting, 0..20u64, 1).unwrap();
+    let values: Vec<u64> = results.iter().map(|r| r.value).collect();
+    assert_eq!(values, (0..20u64).collect::<Vec<_>>());
+    let task = pool.submit(make_aborting, 7);
+    assert_eq!(done(task).unwrap().value, 7);
+    let child = corral::spawn(make_aborting, 9).unwrap();
+    assert_eq!(fx::done(child).unwrap().value, 9);
+    assert_eq!(pool.stats().lost, 0);
+}
+
+/// Class 15: `imap` over an input of known length has an exact length, so
+/// `indicatif`'s `.progress()` can wrap it.
+#[test]
+fn imap_knows_its_length() {
+    fn total<I: ExactSizeIterator>(i: &I) -> usize {
+        i.len()
+    }
+    let pool = Pool::new(2).unwrap();
+    let mut results = pool.imap(square, (0..100u64).collect::<Vec<_>>());
+    assert_eq!(total(&results), 100);
+    results.by_ref().take(10).for_each(drop);
+    assert_eq!(total(&results), 90);
+    assert_eq!(results.count(), 90);
+    let unordered = pool.imap_unordered(square, vec![1u64, 2, 3]);
+    assert_eq!(unordered.size_hint(), (3, Some(3)));
+}

@@ -909,8 +909,14 @@ impl<R> StreamSink<R> {
 /// It yields `Result<R, TaskError>` per input item and pulls input only as
 /// it yields, with a bounded window of items in flight. Dropping it early
 /// lets the items in flight finish and discards their outcomes. It is a
-/// plain iterator, so progress bars such as `indicatif`'s `.progress()` wrap
-/// it as they wrap any other.
+/// plain iterator, exact-sized when its input is, so progress bars such as
+/// `indicatif`'s `.progress()` wrap it as they wrap any other.
+///
+/// # Panics
+///
+/// If the input iterator panics, the outcomes of the items pulled before it
+/// are yielded first; then `next` raises the input's panic again (Python's
+/// `imap` raises the iterator's exception at that point).
 ///
 /// # Examples
 ///
@@ -931,6 +937,9 @@ pub struct Imap<'p, A, R, I> {
     submitted: u64,
     yielded: u64,
     window: u64,
+    /// The input iterator panicked: re-raised once everything pulled before
+    /// it has been yielded (Python raises the iterator's exception there).
+    input_panic: Option<Box<dyn std::any::Any + Send>>,
     _a: PhantomData<fn(A)>,
 }
 
@@ -962,6 +971,7 @@ impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
             submitted: 0,
             yielded: 0,
             window: 64 * pool.processes() as u64,
+            input_panic: None,
             _a: PhantomData,
         };
         imap.refill();
@@ -994,7 +1004,7 @@ impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
                 timeout: None,
             };
             while job.ends.len() < per_job && pulled < room {
-                let Some(item) = self.input.as_mut().and_then(Iterator::next) else {
+                let Some(item) = self.pull() else {
                     self.input = None;
                     break;
                 };
@@ -1014,6 +1024,18 @@ impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
             self.pool.shared.submit(jobs);
         }
     }
+
+    /// The next input item; a panic of the input is kept for later.
+    fn pull(&mut self) -> Option<A> {
+        let input = self.input.as_mut()?;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| input.next())) {
+            Ok(item) => item,
+            Err(panic) => {
+                self.input_panic = Some(panic);
+                None
+            }
+        }
+    }
 }
 
 impl<A: Data, R: Data, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
@@ -1022,6 +1044,9 @@ impl<A: Data, R: Data, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
     fn next(&mut self) -> Option<Self::Item> {
         self.refill();
         if self.yielded == self.submitted {
+            if let Some(panic) = self.input_panic.take() {
+                std::panic::resume_unwind(panic);
+            }
             return None;
         }
         let mut outcome = self.sink.take();
@@ -1039,4 +1064,23 @@ impl<A: Data, R: Data, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
         self.refill();
         outcome
     }
+
+    /// Exact when the input's is: the items in flight plus the input's.
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let in_flight = (self.submitted - self.yielded) as usize;
+        match &self.input {
+            Some(input) => {
+                let (low, high) = input.size_hint();
+                (
+                    low.saturating_add(in_flight),
+                    high.and_then(|h| h.checked_add(in_flight)),
+                )
+            }
+            None => (in_flight, Some(in_flight)),
+        }
+    }
 }
+
+/// With an input of known length, `imap` has one too, so progress bars
+/// (`indicatif`'s `.progress()`) show it.
+impl<A: Data, R: Data, I: ExactSizeIterator<Item = A>> ExactSizeIterator for Imap<'_, A, R, I> {}

@@ -186,32 +186,38 @@ fn job_trampoline<A: Data, R: Data>(
             let item_fds = u32_at(job.fds, i) as usize;
             wire::decode::<A>(arg, fds.by_ref().take(item_fds).collect())
         };
-        let tag = match decoded {
+        let (tag, value) = match decoded {
             Ok(arg) => run_one(f, arg, out),
             Err(e) => {
                 out.extend_from_slice(format!("the argument: {}", e.message()).as_bytes());
-                TAG_CODEC
+                (TAG_CODEC, None)
             }
         };
+        // Published first, dropped after: a result whose `Drop` kills the
+        // worker (or panics) is delivered all the same.
         rec.end(at, tag)?;
+        if let Some(value) = value {
+            let _ = bootstrap::catch_panic_hooked(move || drop(value));
+        }
     }
     Ok(())
 }
 
-/// Calls `f(arg)` and appends its outcome to `out`; returns the tag.
+/// Calls `f(arg)` and appends its outcome to `out`; returns the tag and the
+/// value, which the caller drops once the outcome is published.
 #[inline]
-fn run_one<A, R: Data>(f: fn(A) -> R, arg: A, out: &mut Vec<u8>) -> u8 {
+fn run_one<A, R: Data>(f: fn(A) -> R, arg: A, out: &mut Vec<u8>) -> (u8, Option<R>) {
     match bootstrap::catch_panic_hooked(move || f(arg)) {
         Ok(value) => match wire::encode_plain_into(&value, out) {
-            Ok(()) => TAG_VALUE,
+            Ok(()) => (TAG_VALUE, Some(value)),
             Err(e) => {
                 out.extend_from_slice(format!("the result: {}", e.message()).as_bytes());
-                TAG_CODEC
+                (TAG_CODEC, Some(value))
             }
         },
         Err(panic) => {
             let _ = wire::encode_plain_into(&panic, out);
-            TAG_PANIC
+            (TAG_PANIC, None)
         }
     }
 }

@@ -48,7 +48,9 @@ pub(crate) struct StartContext {
 /// How a task ended, as the child reports it.
 #[derive(Debug)]
 pub(crate) enum Outcome {
-    Value(Vec<u8>),
+    /// The encoded value, and the value itself: dropped only after the
+    /// bytes are written, so a `Drop` that kills the child loses nothing.
+    Value(Vec<u8>, Box<dyn std::any::Any>),
     Panic(RemotePanic),
     Refused(String),
     Codec(CodecError),
@@ -64,7 +66,7 @@ impl Outcome {
     /// exit code for an uncaught exception).
     fn exit_code(&self) -> i32 {
         match self {
-            Outcome::Value(_) => 0,
+            Outcome::Value(..) => 0,
             Outcome::Panic(_) => 1,
             Outcome::Refused(_) => 2,
             Outcome::Codec(_) => 3,
@@ -75,7 +77,7 @@ impl Outcome {
     pub(crate) fn write_to(&self, fd: BorrowedFd<'_>) -> std::io::Result<()> {
         let encoded;
         let (tag, body): (u8, &[u8]) = match self {
-            Outcome::Value(bytes) => (TAG_VALUE, bytes),
+            Outcome::Value(bytes, _) => (TAG_VALUE, bytes),
             Outcome::Panic(p) => {
                 encoded = postcard::to_stdvec(p).unwrap_or_default();
                 (TAG_PANIC, &encoded)
@@ -162,10 +164,10 @@ pub(crate) fn install_panic_hook() {
 }
 
 /// Runs `body` in this child, catching a panic as data.
-pub(crate) fn run_body<R: serde::Serialize>(body: impl FnOnce() -> R) -> Outcome {
+pub(crate) fn run_body<R: serde::Serialize + 'static>(body: impl FnOnce() -> R) -> Outcome {
     match catch_panic(body) {
         Ok(value) => match wire::encode(&value) {
-            Ok(encoded) if encoded.fds.is_empty() => Outcome::Value(encoded.bytes),
+            Ok(encoded) if encoded.fds.is_empty() => Outcome::Value(encoded.bytes, Box::new(value)),
             Ok(_) => Outcome::Codec(CodecError::new(
                 "the result contains corral handles; send handles over a Pipe instead",
             )),
@@ -235,7 +237,10 @@ pub(crate) fn finish(result: BorrowedFd<'_>, outcome: Outcome, ending: Ending) -
         // The parent is gone or stopped listening: nobody wants the result.
         sys::exit_immediately(code);
     }
-    drop(outcome);
+    // The value's own `Drop` runs only now, after its bytes left.
+    if let Outcome::Value(_, value) = outcome {
+        drop(value);
+    }
     match ending {
         Ending::Quick => {
             super::runtime::finalize_children();
