@@ -455,10 +455,7 @@ fn a_full_dev_shm_fails_at_creation() {
 }
 
 fn numbers_then_panic(n: u64) -> impl Iterator<Item = u64> + Send + 'static {
-    (0..).map(move |x| {
-        assert!(x < n, "the input ran dry at {x}");
-        x
-    })
+    (0..).inspect(move |&x| assert!(x < n, "the input ran dry at {x}"))
 }
 
 /// Class 14: an input iterator that panics inside `imap` surfaces after the
