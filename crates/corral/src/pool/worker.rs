@@ -293,6 +293,30 @@ impl Recorder<'_> {
     }
 }
 
+/// When panics abort: records the panic as the outcome of the running item,
+/// in the arena, where the supervisor looks when the worker dies.
+fn report_abort(region: &SharedRegion, panic: &crate::RemotePanic) {
+    let started = region.word(W_STARTED).load(Ordering::Relaxed);
+    let finished = region.word(W_FINISHED).load(Ordering::Relaxed);
+    if started == 0 || started <= finished {
+        return; // not inside an item (the initializer reports its own way)
+    }
+    let mut record = Vec::new();
+    let at = open_record(&mut record, (started - 1) as u32);
+    if wire::encode_plain_into(panic, &mut record).is_err() {
+        return;
+    }
+    close_record(&mut record, at, TAG_PANIC);
+    let arena = region.word(W_ARENA_LEN).load(Ordering::Relaxed) as usize;
+    if arena + record.len() <= ARENA_BYTES {
+        region.store_bytes(ARENA_OFFSET + arena, &record);
+        region
+            .word(W_ARENA_LEN)
+            .store((arena + record.len()) as u64, Ordering::Release);
+        region.word(W_FINISHED).store(started, Ordering::Release);
+    }
+}
+
 /// Appends a record header for item `index`; returns where it starts.
 #[inline]
 fn open_record(out: &mut Vec<u8>, index: u32) -> usize {
@@ -361,6 +385,9 @@ pub(super) fn worker_main(boot: WorkerBoot) {
     // Whatever the initializer leaves in the arena belongs to no batch.
     region.word(W_SEQ).store(SEQ_INIT_FAILED, Ordering::Release);
     bootstrap::install_panic_hook();
+    if cfg!(panic = "abort") {
+        bootstrap::set_abort_report(Box::new(move |panic| report_abort(region, panic)));
+    }
     let mut rec = Recorder {
         region,
         started: region.word(W_STARTED),

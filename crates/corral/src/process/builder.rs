@@ -252,6 +252,7 @@ impl ProcessBuilder {
         let pid = sys::fork_with(move || {
             runtime::forget_inherited_server();
             sys::enter_child(parent, main_thread, name.as_deref());
+            bootstrap::keep_result_fd(result);
             let outcome = body(sys::raw(&result));
             bootstrap::finish(result, outcome, bootstrap::Ending::Careful)
         })

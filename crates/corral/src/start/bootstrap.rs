@@ -142,9 +142,36 @@ pub(crate) fn run_task(meta: &StartMeta, arg: &[u8], fds: Vec<OwnedFd>) -> Outco
     }
 }
 
+/// How a panic is reported when panics abort (`panic = "abort"`): the
+/// process dies inside the hook, so the report must leave from there.
+type AbortReport = Box<dyn Fn(&RemotePanic)>;
+
 thread_local! {
     static CAPTURING: Cell<bool> = const { Cell::new(false) };
     static LAST_PANIC: RefCell<Option<(Option<String>, String)>> = const { RefCell::new(None) };
+    /// This thread's report for an aborting panic (a pool worker's: a
+    /// record for the running item); without one, the child's outcome.
+    static ABORT_REPORT: RefCell<Option<AbortReport>> = const { RefCell::new(None) };
+}
+
+/// A copy of this child's result socket, for a report written from the
+/// panic hook when panics abort (each process its own).
+static RESULT: sys::ForkLocal<std::sync::OnceLock<OwnedFd>> =
+    sys::ForkLocal::new(std::sync::OnceLock::new);
+
+/// Keeps a copy of this child's result socket, when panics abort: the panic
+/// hook reports through it before the process dies.
+pub(crate) fn keep_result_fd(result: BorrowedFd<'_>) {
+    if cfg!(panic = "abort")
+        && let Ok(copy) = result.try_clone_to_owned()
+    {
+        let _ = RESULT.get().set(copy);
+    }
+}
+
+/// Sets how this thread reports a panic when panics abort.
+pub(crate) fn set_abort_report(report: AbortReport) {
+    ABORT_REPORT.with(|r| *r.borrow_mut() = Some(report));
 }
 
 pub(crate) fn install_panic_hook() {
@@ -152,15 +179,41 @@ pub(crate) fn install_panic_hook() {
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if CAPTURING.get() {
-                let location = info.location().map(|l| l.to_string());
-                let backtrace = std::backtrace::Backtrace::force_capture().to_string();
-                LAST_PANIC.with(|p| *p.borrow_mut() = Some((location, backtrace)));
-            } else {
-                previous(info);
+            if !CAPTURING.get() {
+                return previous(info);
             }
+            let location = info.location().map(|l| l.to_string());
+            let backtrace = std::backtrace::Backtrace::force_capture().to_string();
+            if cfg!(panic = "abort") {
+                // No unwinding will bring the report back to the caller:
+                // say it now, on stderr and to the parent.
+                previous(info);
+                let report = RemotePanic {
+                    message: info.payload_as_str().unwrap_or("Box<dyn Any>").to_owned(),
+                    location,
+                    backtrace,
+                    pid: sys::getpid() as u32,
+                };
+                report_abort(&report);
+                return;
+            }
+            LAST_PANIC.with(|p| *p.borrow_mut() = Some((location, backtrace)));
         }));
     });
+}
+
+/// Sends the report of a panic that is about to abort the process.
+fn report_abort(report: &RemotePanic) {
+    let handled = ABORT_REPORT.with(|r| match r.try_borrow().ok().as_deref() {
+        Some(Some(report_to)) => {
+            report_to(report);
+            true
+        }
+        _ => false,
+    });
+    if !handled && let Some(result) = RESULT.get_if_built().and_then(|r| r.get()) {
+        let _ = Outcome::Panic(report.clone()).write_to(result.as_fd());
+    }
 }
 
 /// Runs `body` in this child, catching a panic as data.
@@ -290,6 +343,7 @@ pub(crate) fn run_exec_child(spec: &OsStr) -> ! {
     for fd in handles.iter().chain([&memfd, &result]) {
         let _ = sys::set_cloexec(fd.as_fd(), true);
     }
+    keep_result_fd(result.as_fd());
     let outcome = match read_boot_file(memfd) {
         Ok((meta, arg)) => run_task(&meta, &arg, handles),
         Err(why) => Outcome::Refused(why),

@@ -540,6 +540,7 @@ fn child_main(
     let result = sys::adopt_inherited_fds(&[result_raw])
         .pop()
         .expect("the result socket");
+    bootstrap::keep_result_fd(result.as_fd());
     let handles = sys::adopt_inherited_fds(&prepared.handles);
     if let Some(cwd) = &prepared.cwd
         && let Err(e) = sys::chdir(cwd)
