@@ -537,3 +537,39 @@ fn imap_knows_its_length() {
     let unordered = pool.imap_unordered(square, vec![1u64, 2, 3]);
     assert_eq!(unordered.size_hint(), (3, Some(3)));
 }
+
+fn comm(_: u64) -> String {
+    std::fs::read_to_string("/proc/self/comm")
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// Class 15: `ps` tells the fork server, workers and children apart, under
+/// every start method.
+#[test]
+fn processes_are_named_for_ps() {
+    for method in [
+        StartMethod::ForkServer,
+        StartMethod::Spawn,
+        StartMethod::Fork,
+    ] {
+        let child = corral::Process::builder()
+            .name("reporter")
+            .start_method(method)
+            .spawn(comm, 0)
+            .unwrap();
+        assert_eq!(fx::done(child).unwrap(), "reporter", "{method:?}");
+        let pool = Pool::builder()
+            .processes(1)
+            .start_method(method)
+            .build()
+            .unwrap();
+        assert_eq!(pool.apply(comm, 0).unwrap(), "corral-worker", "{method:?}");
+    }
+    let unnamed = fx::done(corral::spawn(comm, 0).unwrap()).unwrap();
+    assert_eq!(unnamed, "corral-child");
+    let server = corral::internal::fork_server_pid().unwrap();
+    let name = std::fs::read_to_string(format!("/proc/{server}/comm")).unwrap();
+    assert_eq!(name.trim(), "corral-server");
+}

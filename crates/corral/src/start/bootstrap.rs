@@ -345,7 +345,13 @@ pub(crate) fn run_exec_child(spec: &OsStr) -> ! {
     }
     keep_result_fd(result.as_fd());
     let outcome = match read_boot_file(memfd) {
-        Ok((meta, arg)) => run_task(&meta, &arg, handles),
+        Ok((meta, arg)) => {
+            // exec gave the process the binary's name: give it its own back.
+            if let Some(name) = meta.name.as_deref().and_then(sys::process_name) {
+                sys::set_process_name(&name);
+            }
+            run_task(&meta, &arg, handles)
+        }
         Err(why) => Outcome::Refused(why),
     };
     finish(result.as_fd(), outcome, Ending::Quick)

@@ -278,7 +278,12 @@ pub(crate) fn serve_exec(spec: &std::ffi::OsStr) -> ! {
         .and_then(|s| s.parse::<RawFd>().ok())
         .filter(|&fd| sys::is_open(fd))
     {
-        Some(fd) => serve(fd),
+        Some(fd) => {
+            if let Some(name) = sys::process_name("corral-server") {
+                sys::set_process_name(&name);
+            }
+            serve(fd)
+        }
         None => sys::exit_immediately(2),
     }
 }
@@ -477,9 +482,13 @@ fn handle(
     // allocation in the child would cost it copy-on-write faults.
     let start = postcard::from_bytes::<StartMeta>(&meta).map_err(|e| e.to_string());
     let meta_ok = start.as_ref().ok();
-    let name = meta_ok
-        .and_then(|m| m.name.as_deref())
-        .and_then(sys::process_name);
+    // Unnamed children would keep the server's name: `ps` would show a row
+    // of "corral-server"s.
+    let name = sys::process_name(
+        meta_ok
+            .and_then(|m| m.name.as_deref())
+            .unwrap_or("corral-child"),
+    );
     let group_dies = meta_ok.is_some_and(|m| m.group_dies);
     let context = meta_ok.map(|m| m.context.clone()).unwrap_or_default();
     let cwd = context.cwd.and_then(|d| CString::new(d).ok());

@@ -90,8 +90,14 @@ pub(crate) fn enter_child(parent: i32, die_with_parent: bool, name: Option<&CStr
         }
     }
     if let Some(name) = name {
-        let _ = rustix::thread::set_name(name);
+        set_process_name(name);
     }
+}
+
+/// Names the calling thread (the main thread's name is the process's, as
+/// `ps` and `top` show it).
+pub(crate) fn set_process_name(name: &CStr) {
+    let _ = rustix::thread::set_name(name);
 }
 
 /// A process name as the kernel takes it (at most 15 bytes, no NUL).
