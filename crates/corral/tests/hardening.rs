@@ -118,6 +118,45 @@ fn start_sleeper_and_hang(report: Queue<u32>) {
     drop(child.wait());
 }
 
+/// Starts `sleep 1000` in a session of its own (out of the worker's process
+/// group) whose parent exits at once, reports its pid and hangs.
+fn start_daemon_and_hang(report: Queue<u32>) {
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "setsid sleep 1000 </dev/null >/dev/null 2>&1 & echo $!",
+        ])
+        .output()
+        .expect("sh");
+    let pid = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    report.put(pid).unwrap();
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Class 3: a descendant that left the worker's process group (a daemon in
+/// its own session, orphaned) dies with the worker too.
+#[test]
+fn an_escaped_daemon_dies_with_its_timed_out_worker() {
+    within(Duration::from_secs(60), || {
+        let report: Queue<u32> = Queue::unbounded().unwrap();
+        let pool = Pool::builder()
+            .processes(1)
+            .task_timeout(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        let task = pool.submit(start_daemon_and_hang, report.clone());
+        let daemon = report.get_timeout(Duration::from_secs(10)).unwrap();
+        assert!(!fx::is_gone(daemon), "the daemon started");
+        assert!(matches!(done(task), Err(TaskError::TimedOut(_))));
+        assert!(
+            fx::wait_for(Duration::from_secs(5), || fx::is_gone(daemon)),
+            "the escaped daemon {daemon} survived its worker"
+        );
+    });
+}
+
 /// Class 3: a timed-out, cancelled or terminated task's subprocesses die
 /// with it.
 #[test]

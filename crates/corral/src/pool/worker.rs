@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::start::bootstrap;
+use crate::start::orphans::TREE_ENV;
 use crate::sys::code::{JobEntry, Verified};
 use crate::sys::{self, SharedRegion};
 use crate::{Connection, Data, wire};
@@ -359,6 +360,9 @@ pub(super) fn worker_main(boot: WorkerBoot) {
     // stay valid for a signal handler: give it the life of the process.
     let region: &'static SharedRegion = Box::leak(Box::new(region));
     sys::flag_out_of_memory_aborts(region.word(W_OUT_OF_MEMORY));
+    // Descendants inherit the mark: one that escapes the process group and
+    // outlives its parent is still known as this worker's (start/orphans.rs).
+    sys::set_env_single_threaded(TREE_ENV, &std::process::id().to_string());
     // Rust's allocation-failure handler prints a backtrace when this is set,
     // which hides the failure's errno from the flag above. Task panics
     // carry their backtrace in `RemotePanic` regardless.

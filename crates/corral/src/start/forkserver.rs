@@ -36,6 +36,7 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 
 use super::bootstrap::{self, BOOT_ENV, Ending, Outcome, StartMeta};
+use super::orphans::Orphans;
 use crate::{Error, sys, wire};
 
 /// Environment variable through which an exec'd fork server finds its socket.
@@ -320,19 +321,33 @@ fn serve(ctrl: RawFd) -> ! {
     let env = exec_env();
     let mut kids: Vec<Kid> = Vec::new();
     let mut shm_names: Vec<String> = Vec::new();
+    let mut orphans = Orphans::new(server_pid);
     loop {
         let ready = {
             let mut fds = vec![ctrl.as_fd()];
+            fds.extend(orphans.wake_fd());
             fds.extend(kids.iter().map(|k| k.pidfd.as_fd()));
             sys::poll_readable(&fds, None)
         };
         let Ok(ready) = ready else {
-            shutdown(kids, &shm_names)
+            shutdown(kids, &shm_names, &mut orphans)
         };
+        let first_kid = 1 + usize::from(orphans.wake_fd().is_some());
+        let mut exited = first_kid == 2 && ready[1];
         for i in (0..kids.len()).rev() {
-            if ready[i + 1] {
+            if ready[first_kid + i] {
                 report(kids.swap_remove(i));
+                exited = true;
             }
+        }
+        if exited {
+            let pids: Vec<i32> = kids.iter().map(|k| k.pid).collect();
+            let workers: Vec<i32> = kids
+                .iter()
+                .filter(|k| k.group_dies)
+                .map(|k| k.pid)
+                .collect();
+            orphans.sweep(&pids, &workers);
         }
         if ready[0] {
             match read_request(ctrl.as_fd()) {
@@ -343,7 +358,7 @@ fn serve(ctrl: RawFd) -> ! {
                     shm_names.retain(|n| n.as_bytes() != request.meta)
                 }
                 Ok(Some(request)) => handle(request, &ctrl, &mut kids, server_pid, &argv, &env),
-                Ok(None) | Err(_) => shutdown(kids, &shm_names),
+                Ok(None) | Err(_) => shutdown(kids, &shm_names, &mut orphans),
             }
         }
     }
@@ -380,7 +395,7 @@ pub(crate) fn decode_status(message: &[u8; 8]) -> crate::ExitStatus {
     }
 }
 
-fn shutdown(kids: Vec<Kid>, shm_names: &[String]) -> ! {
+fn shutdown(kids: Vec<Kid>, shm_names: &[String], orphans: &mut Orphans) -> ! {
     for name in shm_names {
         let _ = sys::SharedRegion::unlink_named(name);
     }
@@ -388,6 +403,8 @@ fn shutdown(kids: Vec<Kid>, shm_names: &[String]) -> ! {
         let _ = sys::signal(kid.pidfd.as_fd(), sys::Sig::Kill);
         let _ = sys::signal_group(kid.pid, sys::Sig::Kill);
     }
+    let pids: Vec<i32> = kids.iter().map(|k| k.pid).collect();
+    orphans.kill_all(&pids);
     for kid in kids {
         if kid.status.is_some() {
             let _ = sys::reap(kid.pidfd.as_fd(), true);
@@ -544,6 +561,8 @@ fn child_main(
     env: &[CString],
 ) -> ! {
     sys::enter_child(server_pid, true, prepared.name.as_deref());
+    // The server blocks SIGCHLD for its signalfd; the child must not.
+    sys::unblock_sigchld();
     let result_raw = keep[0];
     sys::close_all_except(keep);
     let result = sys::adopt_inherited_fds(&[result_raw])

@@ -23,6 +23,7 @@
 
 pub(crate) mod bootstrap;
 pub(crate) mod forkserver;
+pub(crate) mod orphans;
 pub(crate) mod runtime;
 
 /// How a child process is created.

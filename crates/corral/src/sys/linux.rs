@@ -5,8 +5,9 @@
 //! Each `unsafe` block below states the invariant it relies on. The blocks
 //! are: `fork`, `execve`, `atexit`, `_exit`, environment removal, `close_range`
 //! in a freshly forked child, adopting file descriptors that the child
-//! bootstrap received by number, and the `SIGABRT` handler that flags
-//! out-of-memory aborts of pool workers.
+//! bootstrap received by number, the `SIGABRT` handler that flags
+//! out-of-memory aborts of pool workers, replacing the environment of a fresh
+//! child, and the fork server's `SIGCHLD` signalfd and subreaper `prctl`.
 
 use std::convert::Infallible;
 use std::ffi::{CStr, CString, OsStr};
@@ -534,6 +535,109 @@ pub(crate) fn ignore_sigpipe() {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 }
 
+/// Makes this process the reaper of its orphaned descendants
+/// (`PR_SET_CHILD_SUBREAPER`): a descendant whose parent dies becomes its
+/// child instead of init's.
+pub(crate) fn become_subreaper() -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes no pointers.
+    match unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// Blocks `SIGCHLD` and returns a non-blocking signalfd that becomes
+/// readable when one is pending (so `poll` wakes when any child exits).
+pub(crate) fn sigchld_fd() -> io::Result<OwnedFd> {
+    let mut mask = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set it is given; sigaddset,
+    // sigprocmask and signalfd read that initialised set only. The new
+    // descriptor is owned by nobody else.
+    unsafe {
+        libc::sigemptyset(mask.as_mut_ptr());
+        libc::sigaddset(mask.as_mut_ptr(), libc::SIGCHLD);
+        let mask = mask.assume_init();
+        if libc::sigprocmask(libc::SIG_BLOCK, &mask, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = libc::signalfd(-1, &mask, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Unblocks `SIGCHLD` (a fork server's child must not inherit its mask).
+/// Async-signal-safe.
+pub(crate) fn unblock_sigchld() {
+    let mut mask = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: as in `sigchld_fd`; no allocation, async-signal-safe calls.
+    unsafe {
+        libc::sigemptyset(mask.as_mut_ptr());
+        libc::sigaddset(mask.as_mut_ptr(), libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_UNBLOCK, mask.as_ptr(), std::ptr::null_mut());
+    }
+}
+
+/// The children of process `pid` (all its threads'), from `/proc`.
+pub(crate) fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        let path = task.path().join("children");
+        if let Ok(text) = std::fs::read_to_string(path) {
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+/// The value of `key` in process `pid`'s environment (as it was at its
+/// `exec`), from `/proc`.
+pub(crate) fn env_of(pid: i32, key: &str) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ.split(|&b| b == 0).find_map(|entry| {
+        let rest = entry.strip_prefix(key.as_bytes())?.strip_prefix(b"=")?;
+        String::from_utf8(rest.to_vec()).ok()
+    })
+}
+
+/// Puts `key=value` in this process's environment.
+///
+/// Only for a process that has one thread (a pool worker before it runs any
+/// user code).
+pub(crate) fn set_env_single_threaded(key: &str, value: &str) {
+    // SAFETY: the caller runs with a single thread, so nothing reads or
+    // writes the environment concurrently.
+    unsafe { std::env::set_var(key, value) };
+}
+
+/// SIGKILLs process `pid` and all its descendants (found through `/proc`,
+/// parents stopped first so that none can fork a new child meanwhile).
+pub(crate) fn kill_tree(pid: i32) {
+    let mut seen = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        if seen.contains(&p) || seen.len() > 100_000 {
+            continue;
+        }
+        if let Some(p) = Pid::from_raw(p) {
+            let _ = rustix::process::kill_process(p, Signal::STOP);
+        }
+        seen.push(p);
+        todo.extend(children_of(p));
+    }
+    for p in seen.into_iter().filter_map(Pid::from_raw) {
+        let _ = rustix::process::kill_process(p, Signal::KILL);
+    }
+}
+
 /// Caps this process's address space (`RLIMIT_AS`) at `bytes`: allocations
 /// beyond it fail (and Rust aborts on a failed allocation).
 pub(crate) fn limit_address_space(bytes: u64) -> io::Result<()> {
@@ -606,6 +710,12 @@ pub(crate) fn eventfd_notify(fd: BorrowedFd<'_>) {
 pub(crate) fn eventfd_drain(fd: BorrowedFd<'_>) {
     let mut buf = [0u8; 8];
     let _ = rustix::io::read(fd, &mut buf);
+}
+
+/// Reads every pending signal from a non-blocking signalfd.
+pub(crate) fn signalfd_drain(fd: BorrowedFd<'_>) {
+    let mut buf = [0u8; 128 * 8];
+    while matches!(rustix::io::read(fd, &mut buf), Ok(n) if n > 0) {}
 }
 
 /// Waits until `fd` is readable or writable; returns (readable, writable).

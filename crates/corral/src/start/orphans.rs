@@ -1,0 +1,94 @@
+//! Descendants that outlive their parent: the fork server adopts them.
+//!
+//! A task's subprocesses normally stay in its worker's process group, which
+//! dies with the worker. A descendant that leaves the group (`setsid`, a
+//! double-forking daemon) escapes that. Two things Linux offers find it:
+//!
+//! * the fork server is a child subreaper (`PR_SET_CHILD_SUBREAPER`), so a
+//!   descendant whose parent is gone becomes the server's child instead of
+//!   init's, and the server wakes on `SIGCHLD` (a signalfd);
+//! * every pool worker puts its pid in its environment ([`TREE_ENV`]), which
+//!   its descendants inherit and `/proc/<pid>/environ` shows.
+//!
+//! So an adopted orphan carrying the mark of a worker dies, with its
+//! subtree, as soon as that worker is gone (at once if it already is). Any
+//! other orphan is reaped when it exits and killed when the parent program
+//! dies. What escapes: a descendant that clears its environment and whose
+//! parent still lives (it is not an orphan yet) survives its worker until
+//! the program ends.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use crate::sys;
+
+/// The environment variable naming the pool worker a process descends from.
+pub(crate) const TREE_ENV: &str = "CORRAL_WORKER_TREE";
+
+/// One adopted orphan.
+struct Orphan {
+    pid: i32,
+    pidfd: OwnedFd,
+    /// The pool worker it descends from, if its environment says so.
+    worker: Option<i32>,
+}
+
+/// The server's adopted orphans.
+pub(super) struct Orphans {
+    server: i32,
+    adopted: Vec<Orphan>,
+    /// Readable when a child of the server exited (`None`: no signalfd).
+    sigchld: Option<OwnedFd>,
+}
+
+impl Orphans {
+    /// Makes the calling server a subreaper that wakes on `SIGCHLD`.
+    pub(super) fn new(server: i32) -> Orphans {
+        let _ = sys::become_subreaper();
+        Orphans {
+            server,
+            adopted: Vec::new(),
+            sigchld: sys::sigchld_fd().ok(),
+        }
+    }
+
+    /// The signalfd to poll, if there is one.
+    pub(super) fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.sigchld.as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// After a child of the server exited: reaps adopted orphans that are
+    /// gone, adopts new ones (children of the server not in `kids`), and
+    /// kills those whose worker is no longer among `workers`.
+    pub(super) fn sweep(&mut self, kids: &[i32], workers: &[i32]) {
+        if let Some(fd) = &self.sigchld {
+            sys::signalfd_drain(fd.as_fd());
+        }
+        self.adopted
+            .retain(|o| matches!(sys::reap(o.pidfd.as_fd(), false), Ok(None)));
+        for pid in sys::children_of(self.server) {
+            if kids.contains(&pid) || self.adopted.iter().any(|o| o.pid == pid) {
+                continue;
+            }
+            if let Ok(pidfd) = sys::pidfd_open(pid) {
+                let worker = sys::env_of(pid, TREE_ENV).and_then(|v| v.parse().ok());
+                self.adopted.push(Orphan { pid, pidfd, worker });
+            }
+        }
+        for orphan in &self.adopted {
+            if orphan.worker.is_some_and(|w| !workers.contains(&w)) {
+                sys::kill_tree(orphan.pid);
+            }
+        }
+    }
+
+    /// The parent program is gone: every adopted orphan dies too.
+    pub(super) fn kill_all(&mut self, kids: &[i32]) {
+        self.sweep(kids, &[]);
+        for orphan in &self.adopted {
+            sys::kill_tree(orphan.pid);
+        }
+        for orphan in self.adopted.drain(..) {
+            let _ = sys::reap(orphan.pidfd.as_fd(), true);
+        }
+    }
+}
