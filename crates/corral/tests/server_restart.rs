@@ -9,6 +9,11 @@ use corral_fixtures::{hang, is_gone, sigkill};
 
 corral::test_support!();
 
+fn say_then_hang(started: corral::Queue<u32>) {
+    started.put(std::process::id()).unwrap();
+    hang(())
+}
+
 fn triple(x: u32) -> u32 {
     x * 3
 }
@@ -39,5 +44,21 @@ fn a_killed_fork_server_is_replaced_and_its_children_do_not_hang() {
     assert_eq!(corral::spawn(triple, 5).unwrap().join().unwrap(), 15);
     let replacement = corral::internal::fork_server_pid().expect("a new fork server");
     assert_ne!(replacement, server);
+
+    // A pool's worker dies with its server: its task is reported lost, with
+    // the reason (Linux has no exit code for it), and the pool goes on.
+    let pool = corral::Pool::new(1).unwrap();
+    let started: corral::Queue<u32> = corral::Queue::unbounded().unwrap();
+    let task = pool.submit(say_then_hang, started.clone());
+    started.get_timeout(Duration::from_secs(20)).unwrap();
+    sigkill(replacement);
+    match task.join_timeout(Duration::from_secs(20)) {
+        Err(corral::TaskTimeout::Failed(corral::TaskError::Lost(why))) => {
+            assert!(why.contains("fork server"), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(pool.apply(triple, 7).unwrap(), 21);
+    drop(pool);
     corral_fixtures::reap_exited_children();
 }
