@@ -19,7 +19,7 @@ struct Started {
 /// thread, then (once its server was killed) a spawn that starts a new
 /// server; then it waits to be killed.
 fn creator(name: String, report: Queue<Started>, go: Queue<()>) {
-    let segment = corral::SharedMemory::create(&name, 4096).unwrap();
+    let _segment = corral::SharedMemory::create(&name, 4096).unwrap();
     let forked = std::thread::spawn(|| {
         corral::Process::builder()
             .start_method(StartMethod::Fork)
@@ -44,11 +44,11 @@ fn creator(name: String, report: Queue<Started>, go: Queue<()>) {
             forked: replacement.pid(),
         })
         .unwrap();
+    // Kept alive (segment, children) until the test kills this process.
+    let _keep = (forked, replacement);
     loop {
         std::thread::park();
     }
-    #[expect(unreachable_code, reason = "kept alive until the test kills it")]
-    drop((segment, forked, replacement));
 }
 
 #[test]
