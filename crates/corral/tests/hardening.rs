@@ -612,3 +612,94 @@ fn processes_are_named_for_ps() {
     let name = std::fs::read_to_string(format!("/proc/{server}/comm")).unwrap();
     assert_eq!(name.trim(), "corral-server");
 }
+
+/// Serializes only even numbers below 100, and deserializes only those
+/// below 50: a type with its own serde errors.
+#[derive(Debug, PartialEq)]
+struct Even(u32);
+
+impl serde::Serialize for Even {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 % 2 == 1 || self.0 >= 100 {
+            return Err(serde::ser::Error::custom(format!(
+                "{} is not an even number",
+                self.0
+            )));
+        }
+        s.serialize_u32(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Even {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Even, D::Error> {
+        let n = <u32 as serde::Deserialize>::deserialize(d)?;
+        if n >= 50 {
+            return Err(serde::de::Error::custom(format!(
+                "{n} is too large to accept"
+            )));
+        }
+        Ok(Even(n))
+    }
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Order {
+    id: u32,
+    amount: Even,
+}
+
+fn make_order(x: u32) -> Order {
+    Order {
+        id: 1,
+        amount: Even(x),
+    }
+}
+
+fn take_order(order: Order) -> u32 {
+    order.amount.0
+}
+
+/// Class 16: a custom serde error keeps its message, and the path of the
+/// field that raised it, in every codec error: pool, queue, pipe, spawn.
+#[test]
+fn codec_errors_keep_the_users_message() {
+    let pool = Pool::new(1).unwrap();
+    let err = pool.apply(make_order, 3).unwrap_err().to_string();
+    assert!(
+        err.contains("3 is not an even number (at .amount)"),
+        "{err}"
+    );
+    let err = pool.apply(make_order, 60).unwrap_err().to_string();
+    assert!(
+        err.contains("60 is too large to accept (at .amount)"),
+        "{err}"
+    );
+    let err = pool
+        .apply(take_order, make_order(5))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("5 is not an even number (at .amount)"),
+        "{err}"
+    );
+
+    let queue: Queue<Order> = Queue::unbounded().unwrap();
+    let err = queue.put(make_order(7)).unwrap_err().to_string();
+    assert!(err.contains("7 is not an even number"), "{err}");
+
+    let (a, b) = corral::Pipe::duplex().unwrap();
+    a.send(&(1u32, 70u32)).unwrap();
+    let err = b.recv::<Order>().unwrap_err().to_string();
+    assert!(
+        err.contains("70 is too large to accept (at .amount)"),
+        "{err}"
+    );
+
+    let err = corral::spawn(take_order, make_order(9))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("9 is not an even number"), "{err}");
+    let child = corral::spawn(make_order, 11).unwrap();
+    let err = fx::done(child).unwrap_err().to_string();
+    assert!(err.contains("11 is not an even number"), "{err}");
+}

@@ -7,6 +7,7 @@ use serde::de::{DeserializeOwned, Error as _};
 use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::tap;
 use crate::CodecError;
 
 thread_local! {
@@ -30,17 +31,38 @@ pub(crate) struct Encoded {
 /// handles it contains.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded, CodecError> {
     let outer = OUTGOING.with(|cell| cell.replace(Some(Vec::new())));
-    let result = postcard::to_stdvec(value);
+    let result = postcard::to_stdvec(value).map_err(|e| encode_error(value, e));
     let fds = OUTGOING
         .with(|cell| cell.replace(outer))
         .unwrap_or_default();
-    match result {
-        Ok(bytes) => Ok(Encoded { bytes, fds }),
-        Err(e) => Err(CodecError::new(format!(
-            "{e} (encoding {})",
-            std::any::type_name::<T>()
-        ))),
-    }
+    Ok(Encoded {
+        bytes: result?,
+        fds,
+    })
+}
+
+/// The error for a failed encoding of `value`: a custom error's own message
+/// and field path (recovered, since postcard keeps neither), else
+/// postcard's. Called while the encoding's handle table is still in place.
+fn encode_error<T: Serialize + ?Sized>(value: &T, e: postcard::Error) -> CodecError {
+    let why = match e {
+        postcard::Error::SerdeSerCustom => tap::explain_ser(value).unwrap_or_else(|| e.to_string()),
+        other => other.to_string(),
+    };
+    CodecError::new(format!("{why} (encoding {})", std::any::type_name::<T>()))
+}
+
+/// The error for a failed decoding of `bytes` as a `T` (see
+/// [`encode_error`]). `plain`: the bytes carry no handles, so decoding them
+/// again is harmless.
+fn decode_error<T: DeserializeOwned>(bytes: &[u8], e: postcard::Error, plain: bool) -> CodecError {
+    let why = match e {
+        postcard::Error::SerdeDeCustom if plain => {
+            tap::explain_de::<T>(bytes).unwrap_or_else(|| e.to_string())
+        }
+        other => other.to_string(),
+    };
+    CodecError::new(format!("{why} (decoding {})", std::any::type_name::<T>()))
 }
 
 /// A postcard output that appends to a borrowed vector.
@@ -73,20 +95,15 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
 ) -> Result<Vec<OwnedFd>, CodecError> {
     let start = out.len();
     let outer = OUTGOING.with(|cell| cell.replace(Some(Vec::new())));
-    let result = postcard::serialize_with_flavor(value, AppendTo(out));
+    let result =
+        postcard::serialize_with_flavor(value, AppendTo(out)).map_err(|e| encode_error(value, e));
     let fds = OUTGOING
         .with(|cell| cell.replace(outer))
         .unwrap_or_default();
-    match result {
-        Ok(()) => Ok(fds),
-        Err(e) => {
-            out.truncate(start);
-            Err(CodecError::new(format!(
-                "{e} (encoding {})",
-                std::any::type_name::<T>()
-            )))
-        }
+    if result.is_err() {
+        out.truncate(start);
     }
+    result.map(|()| fds)
 }
 
 /// Appends the encoding of a value that holds no corral handles (one that
@@ -98,7 +115,7 @@ pub(crate) fn encode_plain_into<T: Serialize + ?Sized>(
     let start = out.len();
     postcard::serialize_with_flavor(value, AppendTo(out)).map_err(|e| {
         out.truncate(start);
-        CodecError::new(format!("{e} (encoding {})", std::any::type_name::<T>()))
+        encode_error(value, e)
     })
 }
 
@@ -111,7 +128,7 @@ pub(crate) fn decode_plain<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Codec
             "{} trailing bytes after a {name}: the two sides disagree on the type",
             rest.len()
         ))),
-        Err(e) => Err(CodecError::new(format!("{e} (decoding {name})"))),
+        Err(e) => Err(decode_error::<T>(bytes, e, true)),
     }
 }
 
@@ -121,6 +138,7 @@ pub(crate) fn decode<T: DeserializeOwned>(
     bytes: &[u8],
     fds: Vec<OwnedFd>,
 ) -> Result<T, CodecError> {
+    let plain = fds.is_empty();
     let table = fds.into_iter().map(Some).collect();
     let outer = INCOMING.with(|cell| cell.replace(Some(table)));
     let result = postcard::take_from_bytes::<T>(bytes);
@@ -132,7 +150,7 @@ pub(crate) fn decode<T: DeserializeOwned>(
             "{} trailing bytes after a {name}: the two sides disagree on the type",
             rest.len()
         ))),
-        Err(e) => Err(CodecError::new(format!("{e} (decoding {name})"))),
+        Err(e) => Err(decode_error::<T>(bytes, e, plain)),
     }
 }
 

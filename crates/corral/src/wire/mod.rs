@@ -32,6 +32,7 @@
 
 mod codec;
 mod frame;
+mod tap;
 
 pub(crate) use codec::{
     Encoded, decode, decode_plain, deserialize_fd, encode, encode_into, encode_plain_into,
