@@ -703,3 +703,47 @@ fn codec_errors_keep_the_users_message() {
     let err = fx::done(child).unwrap_err().to_string();
     assert!(err.contains("11 is not an even number"), "{err}");
 }
+
+fn wait_then_die(gate: Queue<u64>) {
+    let _ = gate.get_timeout(Duration::from_secs(30));
+    fx::kill_self(());
+}
+
+/// Tasks queued with handles until the program has no descriptor left,
+/// then the only worker dies: its replacement must still start (the pool
+/// keeps spare descriptors for it), or nothing would ever run again.
+fn queue_handles_until_exhausted() -> (usize, usize, usize) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let pool = Pool::new(1).unwrap();
+    let gate: Queue<u64> = Queue::unbounded().unwrap();
+    let dying = pool.submit(wait_then_die, gate.clone());
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = Some(fx::open_fds() as u64 + 24);
+    setrlimit(Resource::Nofile, limit).unwrap();
+    let mut tasks = Vec::new();
+    let mut refused = 0;
+    for x in 0..100u64 {
+        let task = pool.submit(with_queue, (gate.clone(), x));
+        if task.is_finished() {
+            refused += 1;
+        }
+        tasks.push(task);
+    }
+    gate.put(0).unwrap();
+    assert!(matches!(done(dying), Err(TaskError::WorkerLost(_))));
+    let ok = tasks.into_iter().map(done).filter(Result::is_ok).count();
+    (ok, refused, pool.stats().workers_replaced as usize)
+}
+
+/// A pool never wedges when waiting tasks hold every descriptor.
+#[test]
+fn a_replacement_worker_starts_when_waiting_tasks_hold_every_descriptor() {
+    let child = corral::Process::builder()
+        .start_method(StartMethod::Fork)
+        .fork_closure(queue_handles_until_exhausted)
+        .unwrap();
+    let (ok, refused, replaced) = within(Duration::from_secs(90), move || fx::done(child)).unwrap();
+    assert!(refused > 0, "the descriptors ran out");
+    assert_eq!(ok + refused, 100);
+    assert!(replaced >= 1);
+}

@@ -41,6 +41,9 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 /// How long a worker whose send failed for want of kernel resources is left
 /// alone before the next try.
 const SEND_RETRY: Duration = Duration::from_millis(10);
+/// Descriptors a pool keeps for replacing a worker when the program has
+/// none left: more than one worker's start takes.
+const SPARE_FDS: usize = 16;
 /// Socket buffer for a worker channel.
 const SOCKET_BUFFER: usize = 4 << 20;
 
@@ -356,6 +359,8 @@ pub(super) struct Core {
     early_deaths: u32,
     /// When to try again after a failed spawn.
     retry_spawn: Option<Instant>,
+    /// Descriptors kept for a replacement worker (see `keep_spare_fds`).
+    spare_fds: Vec<OwnedFd>,
     /// Set by the dispatcher thread when it has exited.
     pub(super) dispatcher_gone: bool,
 }
@@ -406,6 +411,7 @@ impl Shared {
                 waiters: 0,
                 early_deaths: 0,
                 retry_spawn: None,
+                spare_fds: Vec::new(),
                 dispatcher_gone: false,
             }),
             changed: Condvar::new(),
@@ -418,6 +424,7 @@ impl Shared {
                 let worker = shared.spawn_worker(&mut core)?;
                 core.workers.push(worker);
             }
+            shared.keep_spare_fds(&mut core);
         }
         Ok(shared)
     }
@@ -1276,11 +1283,29 @@ impl Shared {
         while core.workers.len() < wanted {
             match self.spawn_worker(core) {
                 Ok(w) => core.workers.push(w),
+                Err(_) if !core.spare_fds.is_empty() => {
+                    // Perhaps out of descriptors: those were kept for this.
+                    core.spare_fds.clear();
+                }
                 Err(_) => {
                     // Out of processes or memory for now: try again shortly.
                     core.retry_spawn = Some(Instant::now() + Duration::from_millis(100));
                     return;
                 }
+            }
+        }
+        self.keep_spare_fds(core);
+    }
+
+    /// Holds [`SPARE_FDS`] descriptors (as far as there are free ones) that
+    /// a worker's replacement may use when the program has run out: tasks
+    /// waiting in the queue hold descriptors of their handles, and without
+    /// a worker to run them none would ever be freed.
+    fn keep_spare_fds(&self, core: &mut Core) {
+        while core.spare_fds.len() < SPARE_FDS {
+            match self.wake.try_clone() {
+                Ok(fd) => core.spare_fds.push(fd),
+                Err(_) => break,
             }
         }
     }

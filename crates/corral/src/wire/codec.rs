@@ -15,6 +15,16 @@ thread_local! {
     static OUTGOING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
     /// Descriptors available while decoding, taken by index.
     static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+    /// The message of a handle that failed to (de)serialize (a descriptor
+    /// that could not be duplicated, say): kept here because postcard drops
+    /// it and a second run may not fail the same way.
+    static HANDLE_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Records a handle's error message (see [`HANDLE_ERROR`]) and returns it.
+fn handle_error(message: String) -> String {
+    HANDLE_ERROR.with(|e| *e.borrow_mut() = Some(message.clone()));
+    message
 }
 
 const OUTSIDE: &str = "a corral handle can only be sent to another process through corral \
@@ -45,10 +55,15 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded, CodecE
 /// and field path (recovered, since postcard keeps neither), else
 /// postcard's. Called while the encoding's handle table is still in place.
 fn encode_error<T: Serialize + ?Sized>(value: &T, e: postcard::Error) -> CodecError {
+    let handle = HANDLE_ERROR.with(|h| h.borrow_mut().take());
     let why = match e {
-        postcard::Error::SerdeSerCustom => tap::explain_ser(value).unwrap_or_else(|| e.to_string()),
+        postcard::Error::SerdeSerCustom => handle
+            .or_else(|| tap::explain_ser(value))
+            .unwrap_or_else(|| e.to_string()),
         other => other.to_string(),
     };
+    // The second run may have recorded one again.
+    HANDLE_ERROR.with(|h| h.borrow_mut().take());
     CodecError::new(format!("{why} (encoding {})", std::any::type_name::<T>()))
 }
 
@@ -56,12 +71,16 @@ fn encode_error<T: Serialize + ?Sized>(value: &T, e: postcard::Error) -> CodecEr
 /// [`encode_error`]). `plain`: the bytes carry no handles, so decoding them
 /// again is harmless.
 fn decode_error<T: DeserializeOwned>(bytes: &[u8], e: postcard::Error, plain: bool) -> CodecError {
+    let handle = HANDLE_ERROR.with(|h| h.borrow_mut().take());
     let why = match e {
-        postcard::Error::SerdeDeCustom if plain => {
-            tap::explain_de::<T>(bytes).unwrap_or_else(|| e.to_string())
-        }
+        postcard::Error::SerdeDeCustom => match handle {
+            Some(why) => why,
+            None if plain => tap::explain_de::<T>(bytes).unwrap_or_else(|| e.to_string()),
+            None => e.to_string(),
+        },
         other => other.to_string(),
     };
+    HANDLE_ERROR.with(|h| h.borrow_mut().take());
     CodecError::new(format!("{why} (decoding {})", std::any::type_name::<T>()))
 }
 
@@ -158,10 +177,14 @@ pub(crate) fn decode<T: DeserializeOwned>(
 pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, s: S) -> Result<S::Ok, S::Error> {
     let index = OUTGOING.with(|cell| {
         let mut cell = cell.borrow_mut();
-        let table = cell.as_mut().ok_or_else(|| S::Error::custom(OUTSIDE))?;
-        let dup = fd
-            .try_clone_to_owned()
-            .map_err(|e| S::Error::custom(e.to_string()))?;
+        let table = cell
+            .as_mut()
+            .ok_or_else(|| S::Error::custom(handle_error(OUTSIDE.to_owned())))?;
+        let dup = fd.try_clone_to_owned().map_err(|e| {
+            S::Error::custom(handle_error(format!(
+                "duplicating a handle's descriptor: {e}"
+            )))
+        })?;
         table.push(dup);
         Ok(table.len() as u32 - 1)
     })?;
@@ -176,11 +199,15 @@ pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(d: D) -> Result<OwnedFd,
     let Index(index) = Index::deserialize(d)?;
     INCOMING.with(|cell| {
         let mut cell = cell.borrow_mut();
-        let table = cell.as_mut().ok_or_else(|| D::Error::custom(OUTSIDE))?;
+        let table = cell
+            .as_mut()
+            .ok_or_else(|| D::Error::custom(handle_error(OUTSIDE.to_owned())))?;
         table
             .get_mut(index as usize)
             .and_then(Option::take)
-            .ok_or_else(|| D::Error::custom(format!("handle #{index} has no descriptor")))
+            .ok_or_else(|| {
+                D::Error::custom(handle_error(format!("handle #{index} has no descriptor")))
+            })
     })
 }
 
