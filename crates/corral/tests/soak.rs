@@ -133,86 +133,97 @@ fn stop(pid: u32) {
         .status();
 }
 
-fn soak((n, seed): (u64, u64)) -> Report {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    // This process's fork server (and its descriptors) first, then the
-    // baseline, then a limit that the pool, queued handles and the spawns
-    // beside them run into now and then.
-    fx::done(corral::spawn(fx::exit_with, 0).unwrap()).unwrap_err();
-    let (fds0, shm0, threads0) = (fx::open_fds(), fx::shm_entries(), threads());
-    let mut limit = getrlimit(Resource::Nofile);
-    limit.current = Some(fds0 as u64 + 48);
-    setrlimit(Resource::Nofile, limit).unwrap();
+/// What the thread beside the pool did.
+#[derive(Default)]
+struct Chaos {
+    pids: Mutex<BTreeSet<u32>>,
+    stops: AtomicU64,
+    spawns_ok: AtomicU64,
+    spawns_refused: AtomicU64,
+    running: AtomicBool,
+}
 
-    let handle: Queue<u64> = Queue::bounded(1).unwrap();
-    let pool = Pool::builder()
-        .processes(3)
-        .task_timeout(Duration::from_secs(1))
-        .max_pending(400)
-        .build()
-        .unwrap();
-    let pids = Arc::new(Mutex::new(BTreeSet::new()));
-    let stops = Arc::new(AtomicU64::new(0));
-    let (spawns_ok, spawns_refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let running = Arc::new(AtomicBool::new(true));
-    // Beside the pool: plain spawns, short of descriptors now and then, and
-    // a worker SIGSTOPped from outside every so often.
-    let chaos = {
-        let (pids, stops, running) = (pids.clone(), stops.clone(), running.clone());
-        let (spawns_ok, spawns_refused) = (spawns_ok.clone(), spawns_refused.clone());
-        std::thread::spawn(move || {
-            let mut round = 0u64;
-            while running.load(Ordering::SeqCst) {
-                round += 1;
-                match corral::spawn(fx::exit_with, 0) {
-                    Ok(child) => {
-                        let _ = fx::done(child);
-                        spawns_ok.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Err(_) => {
-                        spawns_refused.fetch_add(1, Ordering::SeqCst);
-                    }
+impl Chaos {
+    /// Beside the pool: plain spawns, short of descriptors now and then, and
+    /// a worker SIGSTOPped from outside every so often.
+    fn run(&self) {
+        let mut round = 0u64;
+        while self.running.load(Ordering::SeqCst) {
+            round += 1;
+            let counter = match corral::spawn(fx::exit_with, 0) {
+                Ok(child) => {
+                    let _ = fx::done(child);
+                    &self.spawns_ok
                 }
-                if round % 100 == 0
-                    && let Some(&pid) = pids.lock().unwrap().iter().next_back()
-                {
-                    stop(pid);
-                    stops.fetch_add(1, Ordering::SeqCst);
-                }
-                std::thread::sleep(Duration::from_millis(5));
+                Err(_) => &self.spawns_refused,
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            let last_worker = self.pids.lock().unwrap().iter().next_back().copied();
+            if round.is_multiple_of(100)
+                && let Some(pid) = last_worker
+            {
+                stop(pid);
+                self.stops.fetch_add(1, Ordering::SeqCst);
             }
-        })
-    };
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
 
-    let mut rng = Rng(seed.max(1));
-    let mut by_kind: HashMap<Kind, u64> = HashMap::new();
-    let mut wrong = Vec::new();
-    let mut stopped_running = 0;
-    let mut handles_refused = 0;
-    let mut window: Vec<(Kind, u64, Task<(u64, u32)>)> = Vec::new();
-    let mut settle = |(kind, x, task): (Kind, u64, Task<(u64, u32)>), wrong: &mut Vec<String>| {
+/// A submitted task and what it was asked to do.
+struct Pending {
+    kind: Kind,
+    x: u64,
+    task: Task<(u64, u32)>,
+}
+
+/// The outcomes seen so far.
+#[derive(Default)]
+struct Tally {
+    wrong: Vec<String>,
+    stopped_running: u64,
+    handles_refused: u64,
+}
+
+impl Tally {
+    fn settle(&mut self, Pending { kind, x, task }: Pending, chaos: &Chaos) {
         let outcome = match task.join_timeout(Duration::from_secs(60)) {
             Ok(v) => Ok(v),
             Err(TaskTimeout::Failed(e)) => Err(e),
             Err(TaskTimeout::Elapsed(_)) => {
-                wrong.push(format!("task {x} ({kind:?}) still running after 60 s"));
+                self.wrong
+                    .push(format!("task {x} ({kind:?}) still running after 60 s"));
                 return;
             }
         };
         if let Ok((_, pid)) = &outcome {
-            pids.lock().unwrap().insert(*pid);
+            chaos.pids.lock().unwrap().insert(*pid);
+        }
+        if matches!(outcome, Err(TaskError::Codec(_))) {
+            self.handles_refused += 1;
         }
         let may_hang = matches!(kind, Kind::Hang | Kind::OwnTimeout);
-        if matches!(outcome, Err(TaskError::Codec(_))) {
-            handles_refused += 1;
-        }
         if !may_hang && matches!(outcome, Err(TaskError::TimedOut(_))) {
             // Its worker was stopped while it ran.
-            stopped_running += 1;
+            self.stopped_running += 1;
         } else if !fits(kind, &outcome, x) {
-            wrong.push(format!("task {x} ({kind:?}): {outcome:?}"));
+            self.wrong.push(format!("task {x} ({kind:?}): {outcome:?}"));
         }
-    };
+    }
+}
+
+/// Submits `n` random tasks, settling them in windows.
+fn drive(
+    pool: &Pool,
+    handle: &Queue<u64>,
+    n: u64,
+    seed: u64,
+    chaos: &Chaos,
+) -> (Tally, Vec<(String, u64)>) {
+    let mut rng = Rng(seed.max(1));
+    let mut by_kind: HashMap<Kind, u64> = HashMap::new();
+    let mut tally = Tally::default();
+    let mut window: Vec<Pending> = Vec::new();
     for x in 0..n {
         let kind = rng.kind();
         *by_kind.entry(kind).or_default() += 1;
@@ -224,61 +235,90 @@ fn soak((n, seed): (u64, u64)) -> Report {
         if kind == Kind::Cancel {
             task.cancel();
         }
-        window.push((kind, x, task));
+        window.push(Pending { kind, x, task });
         if window.len() >= 300 {
-            for entry in window.drain(..150) {
-                settle(entry, &mut wrong);
-            }
+            window.drain(..150).for_each(|p| tally.settle(p, chaos));
         }
     }
-    for entry in window.drain(..) {
-        settle(entry, &mut wrong);
-    }
-    running.store(false, Ordering::SeqCst);
-    chaos.join().unwrap();
-    let stats = pool.stats();
-    let mut left = Vec::new();
-    if stats.submitted + handles_refused != n {
-        left.push(format!(
-            "submitted {} + refused {handles_refused} of {n}",
-            stats.submitted
-        ));
-    }
-    let workers: Vec<u32> = pids.lock().unwrap().iter().copied().collect();
-    drop(pool);
-    drop(handle);
-    let settled = fx::wait_for(Duration::from_secs(10), || {
-        workers.iter().all(|&p| fx::is_gone(p))
-            && fx::open_fds() <= fds0
-            && fx::shm_entries() == shm0
-            && threads() <= threads0
-            && fx::zombie_children().is_empty()
-    });
-    if !settled {
-        left.push(format!(
-            "workers alive: {:?}; fds {} (was {fds0}); /dev/shm {:?} (was {:?}); threads {} (was {threads0}); zombies {:?}",
-            workers.iter().filter(|&&p| !fx::is_gone(p)).collect::<Vec<_>>(),
-            fx::open_fds(),
-            fx::shm_entries(),
-            shm0,
-            threads(),
-            fx::zombie_children(),
-        ));
-    }
+    window.drain(..).for_each(|p| tally.settle(p, chaos));
     let mut by_kind: Vec<(String, u64)> = by_kind
         .into_iter()
         .map(|(k, c)| (format!("{k:?}"), c))
         .collect();
     by_kind.sort();
+    (tally, by_kind)
+}
+
+/// This process's descriptors, `/dev/shm` entries and threads.
+fn resources() -> (usize, BTreeSet<String>, usize) {
+    (fx::open_fds(), fx::shm_entries(), threads())
+}
+
+fn soak((n, seed): (u64, u64)) -> Report {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    // This process's fork server (and its descriptors) first, then the
+    // baseline, then a limit that the pool, queued handles and the spawns
+    // beside them run into now and then.
+    fx::done(corral::spawn(fx::exit_with, 0).unwrap()).unwrap_err();
+    let before = resources();
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = Some(before.0 as u64 + 48);
+    setrlimit(Resource::Nofile, limit).unwrap();
+
+    let handle: Queue<u64> = Queue::bounded(1).unwrap();
+    let pool = Pool::builder()
+        .processes(3)
+        .task_timeout(Duration::from_secs(1))
+        .max_pending(400)
+        .build()
+        .unwrap();
+    let chaos = Arc::new(Chaos {
+        running: AtomicBool::new(true),
+        ..Chaos::default()
+    });
+    let beside = {
+        let chaos = chaos.clone();
+        std::thread::spawn(move || chaos.run())
+    };
+    let (tally, by_kind) = drive(&pool, &handle, n, seed, &chaos);
+    chaos.running.store(false, Ordering::SeqCst);
+    beside.join().unwrap();
+
+    let mut left = Vec::new();
+    let submitted = pool.stats().submitted;
+    if submitted + tally.handles_refused != n {
+        left.push(format!(
+            "submitted {submitted} + refused {} of {n}",
+            tally.handles_refused
+        ));
+    }
+    let workers: Vec<u32> = chaos.pids.lock().unwrap().iter().copied().collect();
+    drop((pool, handle));
+    let settled = fx::wait_for(Duration::from_secs(10), || {
+        let now = resources();
+        workers.iter().all(|&p| fx::is_gone(p))
+            && now.0 <= before.0
+            && now.1 == before.1
+            && now.2 <= before.2
+            && fx::zombie_children().is_empty()
+    });
+    if !settled {
+        let alive: Vec<&u32> = workers.iter().filter(|&&p| !fx::is_gone(p)).collect();
+        left.push(format!(
+            "workers alive {alive:?}; (fds, /dev/shm, threads) {:?}, was {before:?}; zombies {:?}",
+            resources(),
+            fx::zombie_children(),
+        ));
+    }
     Report {
         tasks: n,
         by_kind,
-        stopped_running,
-        stops: stops.load(Ordering::SeqCst),
-        handles_refused,
-        spawns_ok: spawns_ok.load(Ordering::SeqCst),
-        spawns_refused: spawns_refused.load(Ordering::SeqCst),
-        wrong,
+        stopped_running: tally.stopped_running,
+        stops: chaos.stops.load(Ordering::SeqCst),
+        handles_refused: tally.handles_refused,
+        spawns_ok: chaos.spawns_ok.load(Ordering::SeqCst),
+        spawns_refused: chaos.spawns_refused.load(Ordering::SeqCst),
+        wrong: tally.wrong,
         left,
     }
 }
