@@ -128,8 +128,10 @@ fn threads() -> usize {
 
 /// Sends SIGSTOP to `pid` (a worker).
 fn stop(pid: u32) {
+    // The worker may be gone already: then there is nothing to stop.
     let _ = std::process::Command::new("kill")
         .args(["-STOP", &pid.to_string()])
+        .stderr(std::process::Stdio::null())
         .status();
 }
 

@@ -31,7 +31,26 @@
 //! * **Per-task timeouts.** With [`PoolBuilder::task_timeout`] (every task)
 //!   or [`Pool::submit_with_timeout`] (one task), a task running past its
 //!   limit has its worker killed (SIGTERM, then SIGKILL 20 ms later) and
-//!   ends with [`TaskError::TimedOut`].
+//!   ends with [`TaskError::TimedOut`]. The limit also covers time spent
+//!   waiting inside a worker that stopped making progress (one stopped with
+//!   SIGSTOP, say): such a worker is killed and its unstarted items run
+//!   elsewhere. Limits saturate: `Duration::MAX` means none.
+//! * **A task's subprocesses end with it.** A timeout, a cancel, `terminate`
+//!   or the death of this program kills the worker's whole process group
+//!   (what `std::process::Command` starts stays in it), and the group is
+//!   killed again when the worker dies, before it is reaped. Descendants
+//!   that leave the group (`setsid`, daemons) are found through Linux's
+//!   child-subreaper and the worker's mark in their environment, and killed
+//!   once the worker is gone (see `start/orphans.rs` for what escapes).
+//! * **The pool never breaks by accident.** A worker's life is one state
+//!   machine (`pool/life.rs`): a failed send, end-of-file and a process exit
+//!   are different events, and only a worker that never got to say READY
+//!   counts as a start-up failure. The pool stops running tasks only when its
+//!   initializer fails ([`TaskError::InitializerFailed`]) or, without one,
+//!   when every new worker dies before it is ready, many times in a row
+//!   ([`TaskError::PoolBroken`]). A pool keeps a few spare descriptors, so a
+//!   replacement worker starts even when tasks queued with handles hold all
+//!   the others.
 //! * **Memory caps.** [`PoolBuilder::memory_limit`] caps each worker's
 //!   address space (`RLIMIT_AS`). A task whose allocation fails ends with
 //!   [`TaskError::MemoryExceeded`]. (cgroup v2 `memory.max` would cap
@@ -50,7 +69,8 @@
 //!   work finish (within its timeout) and stops the workers;
 //!   [`Pool::terminate`] kills them at once. No process, descriptor or
 //!   shared memory is left behind, and the workers die with this process if
-//!   it is killed.
+//!   it is killed. A worker that loses its fork server ends its task with
+//!   [`TaskError::Lost`], which says why (Linux reports no status for it).
 //! * **Nesting.** A task may create and use its own pool.
 //!
 //! # How it works
