@@ -229,3 +229,16 @@ pub fn done<R: corral::Data>(child: corral::Child<R>) -> Result<R, corral::Proce
         }
     }
 }
+
+/// `task.join()`, bounded: a task still running after 60 s is cancelled and
+/// the test fails there, instead of hanging CI.
+pub fn task_done<R: corral::Data>(task: corral::Task<R>) -> Result<R, corral::TaskError> {
+    match task.join_timeout(std::time::Duration::from_secs(60)) {
+        Ok(value) => Ok(value),
+        Err(corral::TaskTimeout::Failed(e)) => Err(e),
+        Err(corral::TaskTimeout::Elapsed(task)) => {
+            task.cancel();
+            panic!("a task still running after 60 s");
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use corral::{Pool, Queue, StartMethod, Task, TaskError, TaskTimeout};
+use corral::{Pool, Queue, StartMethod, Task, TaskError};
 use corral_fixtures as fx;
 
 corral::test_support!();
@@ -22,16 +22,7 @@ fn within<T: Send + 'static>(limit: Duration, body: impl FnOnce() -> T + Send + 
         .unwrap_or_else(|_| panic!("still running after {limit:?}: wedged"))
 }
 
-fn done<R: corral::Data>(task: Task<R>) -> Result<R, TaskError> {
-    match task.join_timeout(Duration::from_secs(60)) {
-        Ok(value) => Ok(value),
-        Err(TaskTimeout::Failed(e)) => Err(e),
-        Err(TaskTimeout::Elapsed(task)) => {
-            task.cancel();
-            panic!("a task still running after 60 s");
-        }
-    }
-}
+use corral_fixtures::task_done as done;
 
 fn square(x: u64) -> u64 {
     x * x

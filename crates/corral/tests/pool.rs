@@ -6,23 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use corral::{ExitStatus, Pool, StartMethod, Task, TaskError, TaskTimeout};
+use corral::{ExitStatus, Pool, StartMethod, Task, TaskError};
 use corral_fixtures as fx;
 
 corral::test_support!();
 
-/// `join`, bounded: a task that never ends fails the test in a minute
-/// instead of hanging CI.
-fn done<R: corral::Data>(task: Task<R>) -> Result<R, TaskError> {
-    match task.join_timeout(Duration::from_secs(60)) {
-        Ok(value) => Ok(value),
-        Err(TaskTimeout::Failed(e)) => Err(e),
-        Err(TaskTimeout::Elapsed(task)) => {
-            task.cancel();
-            panic!("a task still running after 60 s");
-        }
-    }
-}
+use corral_fixtures::task_done as done;
 
 fn square(x: u64) -> u64 {
     x * x

@@ -136,6 +136,14 @@ macro_rules! null_scalars {
     };
 }
 
+macro_rules! null_compounds {
+    ($($method:ident($($arg:ty),*)),* $(,)?) => {
+        $(fn $method(self, $(_: $arg),*) -> Result<NullCompound, TapError> {
+            Ok(NullCompound { next: 0 })
+        })*
+    };
+}
+
 impl Serializer for NullSer {
     type Ok = ();
     type Error = TapError;
@@ -201,39 +209,15 @@ impl Serializer for NullSer {
         v.serialize(NullSer)
             .inspect_err(|_| crossed(|| field(variant)))
     }
-    fn serialize_seq(self, _: Option<usize>) -> Result<NullCompound, TapError> {
-        Ok(NullCompound { next: 0 })
-    }
-    fn serialize_tuple(self, _: usize) -> Result<NullCompound, TapError> {
-        Ok(NullCompound { next: 0 })
-    }
-    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<NullCompound, TapError> {
-        Ok(NullCompound { next: 0 })
-    }
-    fn serialize_tuple_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<NullCompound, TapError> {
-        Ok(NullCompound { next: 0 })
-    }
-    fn serialize_map(self, _: Option<usize>) -> Result<NullCompound, TapError> {
-        Ok(NullCompound { next: 0 })
-    }
-    fn serialize_struct(self, _: &'static str, _: usize) -> Result<NullCompound, TapError> {
-        Ok(NullCompound { next: 0 })
-    }
-    fn serialize_struct_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<NullCompound, TapError> {
-        Ok(NullCompound { next: 0 })
-    }
+    null_compounds!(
+        serialize_seq(Option<usize>),
+        serialize_tuple(usize),
+        serialize_tuple_struct(&'static str, usize),
+        serialize_tuple_variant(&'static str, u32, &'static str, usize),
+        serialize_map(Option<usize>),
+        serialize_struct(&'static str, usize),
+        serialize_struct_variant(&'static str, u32, &'static str, usize),
+    );
 }
 
 impl NullCompound {
