@@ -60,8 +60,9 @@ pub(crate) enum Progress {
 
 /// Reads frames from a non-blocking descriptor a piece at a time.
 ///
-/// Memory grows with the bytes that actually arrived, never with what a
-/// header announced.
+/// A header is trusted up to 16 MiB (the frame's buffer is made at once);
+/// beyond that, memory grows with the bytes that actually arrived, never
+/// with what a header announced.
 #[derive(Debug)]
 pub(crate) struct FrameReader {
     buf: Vec<u8>,
@@ -70,6 +71,9 @@ pub(crate) struct FrameReader {
 }
 
 const MIN_CHUNK: usize = 64 * 1024;
+/// Frames up to this size get their whole buffer at once (a hostile header
+/// can make a reader allocate this much, no more).
+const TRUSTED: usize = 16 << 20;
 
 impl FrameReader {
     pub(crate) fn new(max: u64) -> FrameReader {
@@ -106,8 +110,13 @@ impl FrameReader {
                 }
                 None => (if self.filled < 4 { 4 } else { 12 }) - self.filled,
             };
-            // Grow geometrically with what has arrived, never beyond the frame.
-            let chunk = wanted.min(MIN_CHUNK.max(self.filled));
+            // A frame of up to TRUSTED bytes is read in one go; a larger one
+            // grows geometrically with what has arrived, never beyond itself.
+            let chunk = if self.filled + wanted <= TRUSTED {
+                wanted
+            } else {
+                wanted.min(MIN_CHUNK.max(self.filled))
+            };
             if self.buf.len() < self.filled + chunk {
                 self.buf.resize(self.filled + chunk, 0);
             }
