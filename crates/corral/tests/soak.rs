@@ -126,8 +126,41 @@ fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
 }
 
-/// Sends SIGSTOP to `pid` (a worker).
+/// Whether `pid` is, right now, a pool worker of this process: a child of
+/// its fork server named `corral-worker` (pids are reused: `pid_max` may be
+/// as low as 32,768, and a long soak goes through more).
+fn our_worker(pid: u32) -> bool {
+    let Some(server) = corral::internal::fork_server_pid() else {
+        return false;
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let comm_ok = stat.contains("(corral-worker)");
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(1));
+        comm_ok && ppid == Some(server.to_string().as_str())
+    })
+}
+
+/// Workers of this process still alive.
+fn live_workers() -> Vec<u32> {
+    let Some(server) = corral::internal::fork_server_pid() else {
+        return Vec::new();
+    };
+    std::fs::read_to_string(format!("/proc/{server}/task/{server}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .filter(|&p| our_worker(p))
+        .collect()
+}
+
+/// Sends SIGSTOP to `pid`, if it is still one of this process's workers.
 fn stop(pid: u32) {
+    if !our_worker(pid) {
+        return;
+    }
     // The worker may be gone already: then there is nothing to stop.
     let _ = std::process::Command::new("kill")
         .args(["-STOP", &pid.to_string()])
@@ -138,7 +171,8 @@ fn stop(pid: u32) {
 /// What the thread beside the pool did.
 #[derive(Default)]
 struct Chaos {
-    pids: Mutex<BTreeSet<u32>>,
+    /// Worker pids seen in results, most recent last.
+    pids: Mutex<Vec<u32>>,
     stops: AtomicU64,
     spawns_ok: AtomicU64,
     spawns_refused: AtomicU64,
@@ -160,7 +194,7 @@ impl Chaos {
                 Err(_) => &self.spawns_refused,
             };
             counter.fetch_add(1, Ordering::SeqCst);
-            let last_worker = self.pids.lock().unwrap().iter().next_back().copied();
+            let last_worker = self.pids.lock().unwrap().last().copied();
             if round.is_multiple_of(100)
                 && let Some(pid) = last_worker
             {
@@ -199,7 +233,11 @@ impl Tally {
             }
         };
         if let Ok((_, pid)) = &outcome {
-            chaos.pids.lock().unwrap().insert(*pid);
+            let mut pids = chaos.pids.lock().unwrap();
+            pids.retain(|p| p != pid);
+            pids.push(*pid);
+            let excess = pids.len().saturating_sub(16);
+            pids.drain(..excess);
         }
         if matches!(outcome, Err(TaskError::Codec(_))) {
             self.handles_refused += 1;
@@ -294,20 +332,19 @@ fn soak((n, seed): (u64, u64)) -> Report {
             tally.handles_refused
         ));
     }
-    let workers: Vec<u32> = chaos.pids.lock().unwrap().iter().copied().collect();
     drop((pool, handle));
     let settled = fx::wait_for(Duration::from_secs(10), || {
         let now = resources();
-        workers.iter().all(|&p| fx::is_gone(p))
+        live_workers().is_empty()
             && now.0 <= before.0
             && now.1 == before.1
             && now.2 <= before.2
             && fx::zombie_children().is_empty()
     });
     if !settled {
-        let alive: Vec<&u32> = workers.iter().filter(|&&p| !fx::is_gone(p)).collect();
         left.push(format!(
-            "workers alive {alive:?}; (fds, /dev/shm, threads) {:?}, was {before:?}; zombies {:?}",
+            "workers alive {:?}; (fds, /dev/shm, threads) {:?}, was {before:?}; zombies {:?}",
+            live_workers(),
             resources(),
             fx::zombie_children(),
         ));
