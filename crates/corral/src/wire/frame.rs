@@ -60,25 +60,36 @@ pub(crate) enum Progress {
 
 /// Reads frames from a non-blocking descriptor a piece at a time.
 ///
-/// A header is trusted up to 16 MiB (the frame's buffer is made at once);
-/// beyond that, memory grows with the bytes that actually arrived, never
-/// with what a header announced.
+/// The header is read into a small array, then the payload into a buffer of
+/// its own, so a frame is returned without copying. A header is trusted up
+/// to 16 MiB (the payload's buffer is made at once); beyond that, memory
+/// grows with the bytes that actually arrived, never with what a header
+/// announced.
 #[derive(Debug)]
 pub(crate) struct FrameReader {
-    buf: Vec<u8>,
+    header: [u8; 12],
+    /// Header bytes read so far.
+    have: usize,
+    /// The payload's length, once the header is whole.
+    len: Option<usize>,
+    body: Vec<u8>,
+    /// Payload bytes read so far.
     filled: usize,
     max: u64,
 }
 
 const MIN_CHUNK: usize = 64 * 1024;
-/// Frames up to this size get their whole buffer at once (a hostile header
+/// Payloads up to this size get their whole buffer at once (a hostile header
 /// can make a reader allocate this much, no more).
 const TRUSTED: usize = 16 << 20;
 
 impl FrameReader {
     pub(crate) fn new(max: u64) -> FrameReader {
         FrameReader {
-            buf: Vec::new(),
+            header: [0; 12],
+            have: 0,
+            len: None,
+            body: Vec::new(),
             filled: 0,
             max,
         }
@@ -96,48 +107,73 @@ impl FrameReader {
         mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
     ) -> io::Result<Progress> {
         loop {
-            let wanted = match parse_header(&self.buf[..self.filled], self.max).map_err(invalid)? {
-                Some((len, header)) => {
-                    let total = header as u64 + len;
-                    if self.filled as u64 == total {
-                        let mut frame = std::mem::take(&mut self.buf);
-                        frame.truncate(self.filled);
-                        frame.drain(..header);
-                        self.filled = 0;
-                        return Ok(Progress::Frame(frame));
-                    }
-                    (total - self.filled as u64) as usize
+            let Some(len) = self.len else {
+                match self.read_header(&mut read)? {
+                    Some(progress) => return Ok(progress),
+                    None => continue,
                 }
-                None => (if self.filled < 4 { 4 } else { 12 }) - self.filled,
             };
-            // A frame of up to TRUSTED bytes is read in one go; a larger one
-            // grows geometrically with what has arrived, never beyond itself.
-            let chunk = if self.filled + wanted <= TRUSTED {
-                wanted
-            } else {
-                wanted.min(MIN_CHUNK.max(self.filled))
-            };
-            if self.buf.len() < self.filled + chunk {
-                self.buf.resize(self.filled + chunk, 0);
+            if self.filled == len {
+                self.len = None;
+                self.have = 0;
+                self.filled = 0;
+                return Ok(Progress::Frame(std::mem::take(&mut self.body)));
             }
-            match read(&mut self.buf[self.filled..self.filled + chunk]) {
-                Ok(0) if self.filled == 0 => return Ok(Progress::Eof),
-                Ok(0) => {
-                    let expected =
-                        match parse_header(&self.buf[..self.filled], self.max).map_err(invalid)? {
-                            Some((len, header)) => header as u64 + len,
-                            None => 4,
-                        };
-                    return Err(invalid(WireError::Truncated {
-                        expected,
-                        received: self.filled as u64,
-                    }));
-                }
+            // Past TRUSTED, grow geometrically with what has arrived.
+            let end = if len <= TRUSTED {
+                len
+            } else {
+                len.min(self.filled + MIN_CHUNK.max(self.filled))
+            };
+            if self.body.len() < end {
+                self.body.resize(end, 0);
+            }
+            match read(&mut self.body[self.filled..end]) {
+                Ok(0) => return Err(self.truncated()),
                 Ok(n) => self.filled += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Progress::Pending),
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Reads header bytes; `Some` when the caller must return (nothing more
+    /// now, or the end), `None` to go on (the header may be whole).
+    fn read_header(
+        &mut self,
+        read: &mut impl FnMut(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<Option<Progress>> {
+        if let Some((len, _)) =
+            parse_header(&self.header[..self.have], self.max).map_err(invalid)?
+        {
+            let len = len as usize;
+            self.len = Some(len);
+            // Zeroed by the allocator (fresh pages for a large one).
+            self.body = vec![0u8; len.min(TRUSTED)];
+            return Ok(None);
+        }
+        let need = if self.have < 4 { 4 } else { 12 };
+        match read(&mut self.header[self.have..need]) {
+            Ok(0) if self.have == 0 => Ok(Some(Progress::Eof)),
+            Ok(0) => Err(self.truncated()),
+            Ok(n) => {
+                self.have += n;
+                Ok(None)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Some(Progress::Pending)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The stream ended inside a frame: what it announced and what came.
+    fn truncated(&self) -> io::Error {
+        // Once the payload's length is known, `have` is the header's size.
+        let have = self.have as u64;
+        let (expected, received) = match self.len {
+            Some(len) => (have + len as u64, have + self.filled as u64),
+            None => (if self.have < 4 { 4 } else { 12 }, have),
+        };
+        invalid(WireError::Truncated { expected, received })
     }
 }
 
