@@ -465,11 +465,22 @@ fn fill_tiny_dev_shm() -> Result<(bool, String, bool), String> {
         Err(e) => e.to_string(),
     };
     let left_no_entry = !std::path::Path::new(&format!("/dev/shm/{name}-b")).exists();
-    Ok((small.is_ok(), error, left_no_entry))
+    // Anonymous memory (memfd) is not bound by /dev/shm's size: 4 MiB of
+    // it is made and written through under the 1 MiB /dev/shm.
+    let anonymous = corral::SharedMemory::new(4 << 20).unwrap();
+    anonymous.write(0, &vec![7u8; 4 << 20]);
+    let queue: Queue<Vec<u8>> = Queue::with_buffer(None, 4 << 20).unwrap();
+    queue.put(vec![1u8; 3 << 20]).unwrap();
+    let mut last = [0u8; 1];
+    anonymous.read((4 << 20) - 1, &mut last);
+    let memfd_ok = last == [7] && queue.get().unwrap().len() == 3 << 20;
+    Ok((small.is_ok(), error, left_no_entry && memfd_ok))
 }
 
 /// Class 8: a segment that does not fit in `/dev/shm` is the constructor's
-/// error (with what to do), never a SIGBUS at the first write.
+/// error (with what to do), never a SIGBUS at the first write; anonymous
+/// shared memory (memfd: queues, values, worker regions) does not depend on
+/// `/dev/shm`'s size at all.
 #[test]
 fn a_full_dev_shm_fails_at_creation() {
     let child = corral::Process::builder()
@@ -481,7 +492,10 @@ fn a_full_dev_shm_fails_at_creation() {
         .unwrap_or_else(|why| panic!("this test needs a private mount namespace: {why}"));
     assert!(small_ok);
     assert!(error.contains("shm-size"), "{error}");
-    assert!(no_entry, "the failed segment was left in /dev/shm");
+    assert!(
+        no_entry,
+        "the failed segment was left in /dev/shm, or anonymous memory failed"
+    );
 }
 
 fn numbers_then_panic(n: u64) -> impl Iterator<Item = u64> + Send + 'static {

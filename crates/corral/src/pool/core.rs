@@ -789,12 +789,8 @@ impl Shared {
         sys::set_socket_buffers(ours.as_fd(), SOCKET_BUFFER);
         sys::set_nonblocking(ours.as_fd(), true)
             .map_err(Error::io("configuring a worker channel"))?;
-        let region = SharedRegion::create(
-            c"corral-pool-worker",
-            worker::REGION_BYTES,
-            worker::REGION_BYTES,
-        )
-        .map_err(Error::io("creating a worker's shared memory"))?;
+        let region = SharedRegion::create(c"corral-pool-worker", worker::REGION_BYTES)
+            .map_err(Error::io("creating a worker's shared memory"))?;
         let region_fd = region
             .as_fd()
             .try_clone_to_owned()

@@ -148,21 +148,14 @@ impl<M: Memory> Drop for Held<'_, M> {
     }
 }
 
-/// Ring bytes allocated when a queue is made (the rest fills lazily).
-const RESERVED_RING: usize = 1 << 20;
-
 impl Ring {
     /// A ring of `size` bytes (a power of two, at least 4 KiB) holding at
     /// most `capacity` messages (0: no count limit).
     pub(crate) fn create(size: usize, capacity: u64, joinable: bool) -> Result<Ring, Error> {
         debug_assert!(size.is_power_of_two() && size >= 4096);
-        // A large ring fills lazily (an unbounded queue's 64 MiB is address
-        // space): reserve the header and the first MiB, which is all a
-        // bounded queue's ring is.
         let obj = Object::create(
             Kind::Queue,
             DATA + size,
-            DATA + size.min(RESERVED_RING),
             &[size as u64, capacity, joinable as u64],
         )?;
         for at in [P_LOCK, C_LOCK] {

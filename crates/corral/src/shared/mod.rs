@@ -74,7 +74,6 @@ fn create<T: Pod>(kind: Kind, data: usize, init: &[T]) -> Result<Object, Error> 
     let obj = Object::create(
         kind,
         data + bytes,
-        data + bytes,
         &[std::mem::size_of::<T>() as u64, init.len() as u64],
     )?;
     if data == LOCKED_DATA {

@@ -54,18 +54,9 @@ impl Object {
     /// with `params` stored in the header words 2.. (at most 6). The header
     /// is written last by [`Object::publish`]'s caller order: callers
     /// initialise the body, then this stamps the magic.
-    ///
-    /// The first `reserve` bytes are allocated at once (see
-    /// [`sys::SharedRegion::create`]); pass `len` unless the object fills
-    /// lazily.
-    pub(crate) fn create(
-        kind: Kind,
-        len: usize,
-        reserve: usize,
-        params: &[u64],
-    ) -> Result<Object, Error> {
+    pub(crate) fn create(kind: Kind, len: usize, params: &[u64]) -> Result<Object, Error> {
         assert!(params.len() <= 6, "at most 6 header parameters");
-        let region = sys::SharedRegion::create(c"corral-object", len.max(HEADER), reserve)
+        let region = sys::SharedRegion::create(c"corral-object", len.max(HEADER))
             .map_err(Error::io("creating process-shared memory"))?;
         region
             .word(1)

@@ -60,7 +60,7 @@ impl SharedMemory {
     ///
     /// [`Error::Io`] if the memory cannot be created.
     pub fn new(len: usize) -> Result<SharedMemory, Error> {
-        let region = sys::SharedRegion::create(c"corral-shm", len.max(1), len.max(1))
+        let region = sys::SharedRegion::create(c"corral-shm", len.max(1))
             .map_err(Error::io("creating shared memory"))?;
         Ok(SharedMemory {
             region: Arc::new(region),

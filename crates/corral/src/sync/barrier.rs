@@ -87,7 +87,7 @@ impl Barrier {
             ));
         }
         Ok(Barrier {
-            obj: Object::create(Kind::Barrier, ROUND + 4, ROUND + 4, &[u64::from(parties)])?,
+            obj: Object::create(Kind::Barrier, ROUND + 4, &[u64::from(parties)])?,
         })
     }
 

@@ -43,7 +43,7 @@ impl Event {
     /// [`Error::Io`] if shared memory cannot be created.
     pub fn new() -> Result<Event, Error> {
         Ok(Event {
-            obj: Object::create(Kind::Event, END, END, &[])?,
+            obj: Object::create(Kind::Event, END, &[])?,
         })
     }
 

@@ -20,7 +20,7 @@ const COND_SLEEPERS: Sleepers = Sleepers::at(COND_SEQ + 64);
 const COND_END: usize = COND_SEQ + 64 + Sleepers::BYTES;
 
 fn create(kind: Kind, recursive: bool, len: usize) -> Result<Object, Error> {
-    let obj = Object::create(kind, len, len, &[])?;
+    let obj = Object::create(kind, len, &[])?;
     obj.region()
         .robust_mutex(MUTEX)
         .init(recursive)

@@ -71,7 +71,6 @@ impl Semaphore {
         let obj = Object::create(
             Kind::Semaphore,
             SLOTS + permits * sys::MUTEX_BYTES,
-            SLOTS + permits * sys::MUTEX_BYTES,
             &[permits as u64],
         )?;
         for i in 0..permits {
