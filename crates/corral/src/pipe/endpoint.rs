@@ -365,6 +365,18 @@ macro_rules! receiving {
 
             /// [`recv_bytes`](Self::recv_bytes) with a time limit on the
             /// whole call, as [`recv_timeout`](Self::recv_timeout).
+            ///
+            /// # Examples
+            ///
+            /// ```
+            /// use std::time::Duration;
+            /// use corral::RecvError;
+            /// let (rx, tx) = corral::Pipe::simplex().unwrap();
+            /// let nothing = rx.recv_bytes_timeout(Duration::from_millis(10));
+            /// assert!(matches!(nothing, Err(RecvError::Timeout)));
+            /// tx.send_bytes(b"hi").unwrap();
+            /// assert_eq!(rx.recv_bytes_timeout(Duration::from_secs(5)).unwrap(), b"hi");
+            /// ```
             pub fn recv_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>, RecvError> {
                 self.0.recv_bytes(crate::time::deadline(timeout))
             }
