@@ -308,9 +308,15 @@ impl<V> TapVisitor<V> {
 }
 
 macro_rules! tap_forward {
-    ($($method:ident),* $(,)?) => {$(
-        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TapError> {
-            self.0.$method(TapVisitor::new(visitor)).map_err(TapError::inner)
+    ($($method:ident($($arg:ident: $ty:ty),*)),* $(,)?) => {$(
+        fn $method<V: Visitor<'de>>(
+            self,
+            $($arg: $ty,)*
+            visitor: V,
+        ) -> Result<V::Value, TapError> {
+            self.0
+                .$method($($arg,)* TapVisitor::new(visitor))
+                .map_err(TapError::inner)
         }
     )*};
 }
@@ -319,70 +325,38 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for TapDe<D> {
     type Error = TapError;
 
     tap_forward!(
-        deserialize_any,
-        deserialize_bool,
-        deserialize_i8,
-        deserialize_i16,
-        deserialize_i32,
-        deserialize_i64,
-        deserialize_i128,
-        deserialize_u8,
-        deserialize_u16,
-        deserialize_u32,
-        deserialize_u64,
-        deserialize_u128,
-        deserialize_f32,
-        deserialize_f64,
-        deserialize_char,
-        deserialize_str,
-        deserialize_string,
-        deserialize_bytes,
-        deserialize_byte_buf,
-        deserialize_option,
-        deserialize_unit,
-        deserialize_seq,
-        deserialize_map,
-        deserialize_identifier,
-        deserialize_ignored_any,
+        deserialize_any(),
+        deserialize_bool(),
+        deserialize_i8(),
+        deserialize_i16(),
+        deserialize_i32(),
+        deserialize_i64(),
+        deserialize_i128(),
+        deserialize_u8(),
+        deserialize_u16(),
+        deserialize_u32(),
+        deserialize_u64(),
+        deserialize_u128(),
+        deserialize_f32(),
+        deserialize_f64(),
+        deserialize_char(),
+        deserialize_str(),
+        deserialize_string(),
+        deserialize_bytes(),
+        deserialize_byte_buf(),
+        deserialize_option(),
+        deserialize_unit(),
+        deserialize_seq(),
+        deserialize_map(),
+        deserialize_identifier(),
+        deserialize_ignored_any(),
+        deserialize_unit_struct(name: &'static str),
+        deserialize_newtype_struct(name: &'static str),
+        deserialize_tuple(len: usize),
+        deserialize_tuple_struct(name: &'static str, len: usize),
+        deserialize_enum(name: &'static str, variants: &'static [&'static str]),
     );
 
-    fn deserialize_unit_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, TapError> {
-        self.0
-            .deserialize_unit_struct(name, TapVisitor::new(visitor))
-            .map_err(TapError::inner)
-    }
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, TapError> {
-        self.0
-            .deserialize_newtype_struct(name, TapVisitor::new(visitor))
-            .map_err(TapError::inner)
-    }
-    fn deserialize_tuple<V: Visitor<'de>>(
-        self,
-        len: usize,
-        visitor: V,
-    ) -> Result<V::Value, TapError> {
-        self.0
-            .deserialize_tuple(len, TapVisitor::new(visitor))
-            .map_err(TapError::inner)
-    }
-    fn deserialize_tuple_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        len: usize,
-        visitor: V,
-    ) -> Result<V::Value, TapError> {
-        self.0
-            .deserialize_tuple_struct(name, len, TapVisitor::new(visitor))
-            .map_err(TapError::inner)
-    }
     fn deserialize_struct<V: Visitor<'de>>(
         self,
         name: &'static str,
@@ -395,16 +369,6 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for TapDe<D> {
         };
         self.0
             .deserialize_struct(name, fields, visitor)
-            .map_err(TapError::inner)
-    }
-    fn deserialize_enum<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        variants: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, TapError> {
-        self.0
-            .deserialize_enum(name, variants, TapVisitor::new(visitor))
             .map_err(TapError::inner)
     }
     fn is_human_readable(&self) -> bool {
