@@ -305,6 +305,14 @@ impl<V> TapVisitor<V> {
             fields: None,
         }
     }
+
+    /// A visitor of a struct whose fields name the path.
+    fn of_struct(inner: V, fields: &'static [&'static str]) -> TapVisitor<V> {
+        TapVisitor {
+            inner,
+            fields: Some(fields),
+        }
+    }
 }
 
 macro_rules! tap_forward {
@@ -363,12 +371,8 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for TapDe<D> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, TapError> {
-        let visitor = TapVisitor {
-            inner: visitor,
-            fields: Some(fields),
-        };
         self.0
-            .deserialize_struct(name, fields, visitor)
+            .deserialize_struct(name, fields, TapVisitor::of_struct(visitor, fields))
             .map_err(TapError::inner)
     }
     fn is_human_readable(&self) -> bool {
@@ -539,12 +543,8 @@ impl<'de, A: de::VariantAccess<'de>> de::VariantAccess<'de> for TapVariant<A> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, TapError> {
-        let visitor = TapVisitor {
-            inner: visitor,
-            fields: Some(fields),
-        };
         self.0
-            .struct_variant(fields, visitor)
+            .struct_variant(fields, TapVisitor::of_struct(visitor, fields))
             .map_err(TapError::inner)
     }
 }
