@@ -258,15 +258,24 @@ impl ProcessBuilder {
         })
         .map_err(Error::io("forking"))?;
         drop(theirs);
-        let pidfd = sys::pidfd_open(pid).map_err(Error::io("opening a pidfd"))?;
-        if !main_thread {
+        let (pidfd, reaper) = match sys::pidfd_open(pid) {
+            Ok(pidfd) => (pidfd, Reaper::Own),
+            // With SIGCHLD ignored, a quick child is gone (reaped by the
+            // kernel) before its pidfd can be opened: its result, if it sent
+            // one, is still in the socket.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => (
+                sys::ready_fd().map_err(Error::io("opening a pidfd"))?,
+                Reaper::Kernel,
+            ),
+            Err(e) => return Err(Error::io("opening a pidfd")(e)),
+        };
+        if !main_thread && matches!(reaper, Reaper::Own) {
             // The death signal would follow this thread, not this process; let
             // the fork server kill the child when this process dies.
             let _ = runtime::with_server(|server| server.watch(pid, pidfd.as_fd()));
         }
         Ok(Child::new(
-            Proc::new(pid, self.name, self.daemon, pidfd, Reaper::Own, ours)
-                .group_dies(self.group_dies),
+            Proc::new(pid, self.name, self.daemon, pidfd, reaper, ours).group_dies(self.group_dies),
         ))
     }
 }

@@ -19,6 +19,10 @@ pub(crate) enum Reaper {
     Own,
     /// The fork server forked it; it writes the status to this pipe.
     Server { status: OwnedFd },
+    /// This process forked it, but it had exited and been reaped by the
+    /// kernel (`SIGCHLD` ignored) before a pidfd could be opened: its status
+    /// is unknown. Its "pidfd" is an always-readable stand-in.
+    Kernel,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -136,6 +140,9 @@ impl Proc {
             // Not reaped yet: the zombie keeps the group id from reuse.
             let _ = sys::signal_group(self.pid, sys::Sig::Kill);
         }
+        if let Reaper::Kernel = self.reaper {
+            st.fate = Some(Fate::Lost);
+        }
         if let Reaper::Own = self.reaper {
             match sys::reap(self.pidfd.as_fd(), true) {
                 Ok(Some(status)) => st.fate = Some(Fate::Exited(status)),
@@ -232,7 +239,7 @@ impl Proc {
 
     /// Sends a signal to the child (race-free through its pidfd).
     pub(crate) fn signal(&self, sig: sys::Sig) -> std::io::Result<()> {
-        if self.lock().exited {
+        if matches!(self.reaper, Reaper::Kernel) || self.lock().exited {
             return Ok(());
         }
         sys::signal(self.pidfd.as_fd(), sig)

@@ -204,11 +204,11 @@ impl ServerClient {
         // The child runs without a handle; have the server end it.
         match sys::pidfd_open(pid) {
             Ok(pidfd) => Ok((pid, pidfd)),
-            Err(e) => {
+            Err(_) => {
                 let _ = self.send(KIND_KILL, &pid.to_le_bytes(), &[], &[]);
                 Err(Error::Io {
                     context: "receiving the new child's pidfd",
-                    source: e,
+                    source: io::Error::from_raw_os_error(libc::EMFILE),
                 })
             }
         }
@@ -314,6 +314,9 @@ fn serve(ctrl: RawFd) -> ! {
     let server_pid = sys::getpid();
     // The parent may close a status pipe before the server reports into it.
     sys::ignore_sigpipe();
+    // A parent that ignores SIGCHLD would have the kernel reap the server's
+    // children before it can open their pidfds or report their status.
+    sys::default_sigchld();
     // Inherited by every child: they need not set it up each.
     bootstrap::install_panic_hook();
     let _ = sys::executable_identity();

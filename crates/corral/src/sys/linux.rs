@@ -54,7 +54,16 @@ pub(crate) fn fork_with(child: impl FnOnce() -> Infallible) -> io::Result<i32> {
             #[expect(unreachable_code, reason = "`child` cannot return; this spells it out")]
             match child() {}
         }
-        pid => Ok(pid),
+        pid => {
+            // Every corral child leads its own process group; the child sets
+            // it too (`enter_child`), but it may not have run yet when the
+            // parent signals the group, and then the signal would miss it or
+            // (sent to the parent's group) hit the wrong processes.
+            if let Some(p) = Pid::from_raw(pid) {
+                let _ = rustix::process::setpgid(Some(p), Some(p));
+            }
+            Ok(pid)
+        }
     }
 }
 
@@ -710,6 +719,21 @@ pub(crate) fn eventfd_notify(fd: BorrowedFd<'_>) {
 pub(crate) fn eventfd_drain(fd: BorrowedFd<'_>) {
     let mut buf = [0u8; 8];
     let _ = rustix::io::read(fd, &mut buf);
+}
+
+/// A descriptor that is always readable (a signalled eventfd): stands in for
+/// the pidfd of a process that is already gone.
+pub(crate) fn ready_fd() -> io::Result<OwnedFd> {
+    let fd = eventfd()?;
+    eventfd_notify(fd.as_fd());
+    Ok(fd)
+}
+
+/// Sets `SIGCHLD` back to its default disposition (a fork server must reap
+/// its own children, whatever its parent ignores).
+pub(crate) fn default_sigchld() {
+    // SAFETY: installing SIG_DFL involves no handler code and no memory.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
 }
 
 /// Reads every pending signal from a non-blocking signalfd.
