@@ -131,21 +131,42 @@ fn start_daemon_and_hang(report: Queue<u32>) {
 #[test]
 fn an_escaped_daemon_dies_with_its_timed_out_worker() {
     within(Duration::from_secs(60), || {
-        let report: Queue<u32> = Queue::unbounded().unwrap();
         let pool = Pool::builder()
             .processes(1)
             .task_timeout(Duration::from_millis(500))
             .build()
             .unwrap();
-        let task = pool.submit(start_daemon_and_hang, report.clone());
-        let daemon = report.get_timeout(Duration::from_secs(10)).unwrap();
-        assert!(!fx::is_gone(daemon), "the daemon started");
-        assert!(matches!(done(task), Err(TaskError::TimedOut(_))));
-        assert!(
-            fx::wait_for(Duration::from_secs(5), || fx::is_gone(daemon)),
-            "the escaped daemon {daemon} survived its worker"
-        );
+        let timed_out = |e: &TaskError| matches!(e, TaskError::TimedOut(_));
+        let limit = Duration::from_secs(5);
+        ends_with_its_task(&pool, start_daemon_and_hang, |_| {}, timed_out, limit).unwrap();
     });
+}
+
+/// Runs `start` (which reports the pid of a subprocess it leaves behind,
+/// then hangs), ends the task with `end`, checks it ended as `expected` and
+/// that the subprocess is gone within `limit`.
+fn ends_with_its_task(
+    pool: &Pool,
+    start: fn(Queue<u32>),
+    end: impl FnOnce(&Task<()>),
+    expected: fn(&TaskError) -> bool,
+    limit: Duration,
+) -> Result<(), String> {
+    let report: Queue<u32> = Queue::unbounded().unwrap();
+    let task = pool.submit(start, report.clone());
+    let pid = report.get_timeout(Duration::from_secs(10)).unwrap();
+    if fx::is_gone(pid) {
+        return Err(format!("subprocess {pid} never ran"));
+    }
+    end(&task);
+    match done(task) {
+        Err(e) if expected(&e) => {}
+        other => return Err(format!("the task ended with {other:?}")),
+    }
+    if !fx::wait_for(limit, || fx::is_gone(pid)) {
+        return Err(format!("subprocess {pid} survived its task"));
+    }
+    Ok(())
 }
 
 /// Class 3: a timed-out, cancelled or terminated task's subprocesses die
@@ -153,38 +174,37 @@ fn an_escaped_daemon_dies_with_its_timed_out_worker() {
 #[test]
 fn a_task_subprocesses_die_with_its_timeout_cancel_or_terminate() {
     within(Duration::from_secs(60), || {
-        let report: Queue<u32> = Queue::unbounded().unwrap();
-        let pool = Pool::builder()
+        let limit = Duration::from_secs(2);
+        let timed = Pool::builder()
             .processes(2)
             .task_timeout(Duration::from_millis(300))
             .build()
             .unwrap();
-        let task = pool.submit(start_sleeper_and_hang, report.clone());
-        let sleeper = report.get_timeout(Duration::from_secs(10)).unwrap();
-        assert!(matches!(done(task), Err(TaskError::TimedOut(_))));
-        assert!(
-            fx::wait_for(Duration::from_secs(2), || fx::is_gone(sleeper)),
-            "timeout: sleep {sleeper} survived"
-        );
-
+        let timed_out = |e: &TaskError| matches!(e, TaskError::TimedOut(_));
+        ends_with_its_task(&timed, start_sleeper_and_hang, |_| {}, timed_out, limit)
+            .map_err(|e| format!("timeout: {e}"))
+            .unwrap();
         let pool = Pool::new(1).unwrap();
-        let task = pool.submit(start_sleeper_and_hang, report.clone());
-        let sleeper = report.get_timeout(Duration::from_secs(10)).unwrap();
-        task.cancel();
-        assert!(matches!(done(task), Err(TaskError::Cancelled)));
-        assert!(
-            fx::wait_for(Duration::from_secs(2), || fx::is_gone(sleeper)),
-            "cancel: sleep {sleeper} survived"
-        );
-
-        let task = pool.submit(start_sleeper_and_hang, report.clone());
-        let sleeper = report.get_timeout(Duration::from_secs(10)).unwrap();
-        pool.terminate();
-        assert!(matches!(done(task), Err(TaskError::PoolClosed)));
-        assert!(
-            fx::wait_for(Duration::from_secs(2), || fx::is_gone(sleeper)),
-            "terminate: sleep {sleeper} survived"
-        );
+        let cancelled = |e: &TaskError| matches!(e, TaskError::Cancelled);
+        ends_with_its_task(
+            &pool,
+            start_sleeper_and_hang,
+            |t| t.cancel(),
+            cancelled,
+            limit,
+        )
+        .map_err(|e| format!("cancel: {e}"))
+        .unwrap();
+        let closed = |e: &TaskError| matches!(e, TaskError::PoolClosed);
+        ends_with_its_task(
+            &pool,
+            start_sleeper_and_hang,
+            |_| pool.terminate(),
+            closed,
+            limit,
+        )
+        .map_err(|e| format!("terminate: {e}"))
+        .unwrap();
     });
 }
 
