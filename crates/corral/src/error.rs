@@ -91,6 +91,9 @@ impl Error {
 #[error("serialization failed: {message}")]
 pub struct CodecError {
     message: String,
+    /// How the child ended, when this failure is a child's result.
+    #[serde(skip)]
+    exit_status: Option<ExitStatus>,
 }
 
 impl CodecError {
@@ -98,6 +101,7 @@ impl CodecError {
     pub fn new(message: impl Into<String>) -> CodecError {
         CodecError {
             message: message.into(),
+            exit_status: None,
         }
     }
 
@@ -186,12 +190,37 @@ impl ProcessError {
         }
     }
 
-    /// The exit status, if the child ended without a result.
+    /// How the child ended, when known: for a child that ended without a
+    /// result, and for one that panicked or whose result could not cross
+    /// (Python's `exitcode`, readable after `join`). `None` for a refused
+    /// task or a lost status.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use corral::ExitStatus;
+    /// fn fails(_: ()) { panic!("no") }
+    /// corral::init();
+    /// let err = corral::spawn(fails, ()).unwrap().join().unwrap_err();
+    /// assert_eq!(err.exit_status(), Some(ExitStatus::Code(1)));
+    /// ```
     pub fn exit_status(&self) -> Option<ExitStatus> {
         match self {
             ProcessError::Exited(s) => Some(*s),
+            ProcessError::Panicked(p) => p.exit_status,
+            ProcessError::Codec(e) => e.exit_status,
             _ => None,
         }
+    }
+
+    /// Records how the child ended, for [`exit_status`](Self::exit_status).
+    pub(crate) fn with_exit_status(mut self, status: ExitStatus) -> ProcessError {
+        match &mut self {
+            ProcessError::Panicked(p) => p.exit_status = Some(status),
+            ProcessError::Codec(e) => e.exit_status = Some(status),
+            _ => {}
+        }
+        self
     }
 }
 
@@ -217,6 +246,10 @@ pub struct RemotePanic {
     pub backtrace: String,
     /// The process id of the child that panicked.
     pub pid: u32,
+    /// How that process ended, when it was a [`Child`](crate::Child) (a
+    /// pool worker goes on: `None`). Python's `exitcode` after a raise.
+    #[serde(skip)]
+    pub exit_status: Option<ExitStatus>,
 }
 
 impl fmt::Display for RemotePanic {

@@ -213,8 +213,12 @@ pub use error::{
 pub use pipe::{Connection, Pipe, Receiver, Sender};
 pub use pool::{
     AsCompleted, Imap, Pool, PoolBuilder, PoolStats, Task, as_completed, wait_all, wait_any,
+    wait_first_error,
 };
-pub use process::{Child, ExitStatus, Job, Process, ProcessBuilder, Waitable, spawn, wait};
+pub use process::{
+    Child, ExitStatus, Job, Process, ProcessBuilder, ProcessInfo, Waitable, active_children,
+    current_process, parent_process, spawn, wait,
+};
 pub use queue::{GetError, JoinableQueue, PutError, Queue, SimpleQueue};
 pub use shared::{
     Array, ArrayGuard, RawArray, RawValue, SharedGuard, SharedMemory, Value, ValueGuard,

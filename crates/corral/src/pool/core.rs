@@ -12,11 +12,13 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::callback::Callbacks;
 use super::life::{Action, Event, Life, Why};
 use super::worker::{self, BatchMsg, InitMsg, JobMsg, RegionFd, WorkerBoot};
 use crate::sys::{self, SharedRegion};
@@ -80,6 +82,61 @@ pub(super) trait Sink: Send + Sync {
     fn deliver(&self, outcomes: &mut dyn Iterator<Item = (u32, Raw<'_>)>);
     /// Whether item `index` still needs to run (false once cancelled).
     fn wanted(&self, index: u32) -> bool;
+    /// Whether none of its items needs to run any more (the whole call
+    /// was cancelled or abandoned).
+    fn cancelled(&self) -> bool {
+        false
+    }
+    /// Gives up on every item not ended yet (each ends as cancelled).
+    fn abandon(&self) {}
+    /// Item(s) of a one-item job were handed to the worker with this pid.
+    fn assigned(&self, _pid: u32) {}
+}
+
+/// Which items a cancellation covers.
+#[derive(Clone, Copy)]
+pub(super) enum Cancel<'a> {
+    /// One item of a sink.
+    Item(&'a Arc<dyn Sink>, u32),
+    /// Every item of a sink.
+    Sink(&'a Arc<dyn Sink>),
+    /// Every item the pool holds.
+    All,
+}
+
+impl Cancel<'_> {
+    /// The positions of `job` it covers.
+    fn covers(&self, job: &Job) -> Option<Range<usize>> {
+        match *self {
+            Cancel::Item(sink, index) if Arc::ptr_eq(&job.sink, sink) => job
+                .indices
+                .iter()
+                .position(|&x| x == index)
+                .map(|p| p..p + 1),
+            Cancel::Sink(sink) if Arc::ptr_eq(&job.sink, sink) => Some(0..job.len()),
+            Cancel::All => Some(0..job.len()),
+            _ => None,
+        }
+    }
+}
+
+/// Tells a worker to skip positions `range` of batch `seq` if it has not
+/// started them; false if its skip list is full.
+fn post_skip(region: &SharedRegion, seq: u64, range: &Range<usize>) -> bool {
+    let count = region.word(worker::W_CANCELS).load(Ordering::Relaxed) as usize;
+    if count >= worker::CANCEL_SLOTS {
+        return false;
+    }
+    region
+        .word(worker::CANCELS + 2 * count)
+        .store(seq, Ordering::Relaxed);
+    region
+        .word(worker::CANCELS + 2 * count + 1)
+        .store(worker::skip_range(range), Ordering::Relaxed);
+    region
+        .word(worker::W_CANCELS)
+        .store(count as u64 + 1, Ordering::SeqCst);
+    true
 }
 
 /// Items that share a function and a sink, in flight or waiting.
@@ -106,6 +163,20 @@ impl std::fmt::Debug for Job {
 }
 
 impl Job {
+    /// An empty job for items of `sink`, with room for `items`.
+    pub(super) fn new(entry: i64, func: i64, items: usize, sink: Arc<dyn Sink>) -> Job {
+        Job {
+            entry,
+            func,
+            args: Vec::new(),
+            ends: Vec::with_capacity(items),
+            indices: Vec::with_capacity(items),
+            fds: Vec::new(),
+            sink,
+            timeout: None,
+        }
+    }
+
     /// A job of one item.
     pub(super) fn single(
         entry: i64,
@@ -308,6 +379,15 @@ impl Worker {
         self.progress_at
     }
 
+    /// The item it runs now, as (batch, position), if any.
+    fn running(&self) -> Option<(u64, usize)> {
+        let seq = self.region.word(worker::W_SEQ).load(Ordering::SeqCst);
+        let started = self.region.word(worker::W_STARTED).load(Ordering::SeqCst) as usize;
+        let finished = self.region.word(worker::W_FINISHED).load(Ordering::SeqCst) as usize;
+        let front = self.inflight.front()?;
+        (front.seq == seq && started > finished).then(|| (seq, started - 1))
+    }
+
     /// Whether it ever said READY (a READY frame read, or a batch begun).
     fn said_ready(&self) -> bool {
         let seq = self.region.word(worker::W_SEQ).load(Ordering::Acquire);
@@ -386,6 +466,8 @@ pub(super) struct Shared {
     /// Wakes the dispatcher thread.
     wake: OwnedFd,
     pub(super) config: Config,
+    /// Where done callbacks run.
+    pub(super) callbacks: Callbacks,
 }
 
 fn now_ns() -> u64 {
@@ -417,6 +499,7 @@ impl Shared {
             changed: Condvar::new(),
             wake,
             config,
+            callbacks: Callbacks::default(),
         });
         {
             let mut core = shared.lock();
@@ -734,10 +817,10 @@ impl Shared {
             && let Some(mut job) = core.pending.pop_front()
         {
             core.pending_items -= job.len();
-            if job.len() == 1 && !job.sink.wanted(job.indices[0]) {
+            if job.sink.cancelled() || (job.len() == 1 && !job.sink.wanted(job.indices[0])) {
                 // Cancelled while queued: it has its outcome already.
-                core.outstanding -= 1;
-                count_failure(&mut core.stats, &TaskError::Cancelled, 1);
+                core.outstanding -= job.len();
+                count_failure(&mut core.stats, &TaskError::Cancelled, job.len());
                 continue;
             }
             if let Some(first) = job.fds.first().map(Vec::len)
@@ -837,60 +920,64 @@ impl Shared {
         })
     }
 
-    /// Cancels item `index` of `sink` wherever a worker holds it: an item
-    /// not started yet is put on the worker's skip list, a running one has
-    /// its worker killed. (An item still in the pool's queue is skipped when
-    /// its turn comes; its sink says it is no longer wanted.)
-    pub(super) fn cancel(&self, sink: &Arc<dyn Sink>, index: u32) {
+    /// Cancels the items `what` names wherever a worker holds them: those
+    /// not started yet are put on the worker's skip list; a running one has
+    /// its worker killed if `kill_running`. (Items still in the pool's queue
+    /// are skipped when their turn comes: their sink no longer wants them.)
+    pub(super) fn cancel(&self, what: Cancel<'_>, kill_running: bool) {
         let mut core = self.lock();
+        let now = Instant::now();
+        let mut killed = false;
         for w in &mut core.workers {
-            let found = w.inflight.iter().enumerate().find_map(|(b, batch)| {
-                batch
-                    .jobs
-                    .iter()
-                    .zip(&batch.starts)
-                    .find_map(|(job, &start)| {
-                        Arc::ptr_eq(&job.sink, sink)
-                            .then(|| job.indices.iter().position(|&x| x == index))
-                            .flatten()
-                            .map(|p| start + p)
-                    })
-                    .map(|flat| (b, batch.seq, flat))
-            });
-            let Some((b, seq, flat)) = found else {
-                continue;
-            };
             if w.life.being_killed() {
-                return;
+                continue;
             }
-            // Tell the worker to skip the item if it has not started it...
-            let count = w.region.word(worker::W_CANCELS).load(Ordering::Relaxed) as usize;
-            if count < worker::CANCEL_SLOTS {
-                w.region
-                    .word(worker::CANCELS + 2 * count)
-                    .store(seq, Ordering::Relaxed);
-                w.region
-                    .word(worker::CANCELS + 2 * count + 1)
-                    .store(flat as u64, Ordering::Relaxed);
-                w.region
-                    .word(worker::W_CANCELS)
-                    .store(count as u64 + 1, Ordering::SeqCst);
+            let mut covered: Vec<(u64, Range<usize>)> = Vec::new();
+            for batch in &w.inflight {
+                for (job, &start) in batch.jobs.iter().zip(&batch.starts) {
+                    let Some(r) = what.covers(job) else {
+                        continue;
+                    };
+                    let r = start + r.start..start + r.end;
+                    // Jobs of one call lie side by side in a batch: one entry
+                    // covers them all.
+                    match covered.last_mut() {
+                        Some((seq, last)) if *seq == batch.seq && last.end == r.start => {
+                            last.end = r.end;
+                        }
+                        _ => covered.push((batch.seq, r)),
+                    }
+                }
             }
-            // ...and kill it if it has. (With no room left to tell it, an
-            // item that has not started runs; its outcome is discarded.)
-            let running = b == 0
-                && w.region.word(worker::W_SEQ).load(Ordering::SeqCst) == seq
-                && w.region.word(worker::W_STARTED).load(Ordering::SeqCst) as usize == flat + 1
-                && w.region.word(worker::W_FINISHED).load(Ordering::SeqCst) as usize <= flat;
-            if running {
-                w.apply(
-                    Event::Kill(Why::Cancel { seq, index: flat }),
-                    Instant::now(),
-                );
-                drop(core);
-                self.wake_dispatcher();
+            // Tell the worker to skip what it has not started... (With no
+            // room left to tell it, such an item runs; its outcome is
+            // discarded.)
+            for (seq, range) in &covered {
+                post_skip(&w.region, *seq, range);
             }
-            return;
+            // ...then kill it if it runs one of them. Read after posting:
+            // either it sees the skip, or this sees the item started.
+            if let Some((seq, index)) = w.running()
+                && kill_running
+                && covered.iter().any(|(s, r)| *s == seq && r.contains(&index))
+            {
+                w.apply(Event::Kill(Why::Cancel { seq, index }), now);
+                killed = true;
+            }
+        }
+        if let Cancel::All = what {
+            let jobs: Vec<Job> = core.pending.drain(..).collect();
+            core.pending_items = 0;
+            for job in &jobs {
+                count_failure(&mut core.stats, &TaskError::Cancelled, job.len());
+                core.outstanding -= job.len();
+                job.fail_all(&TaskError::Cancelled);
+            }
+            self.notify(&core);
+        }
+        drop(core);
+        if killed {
+            self.wake_dispatcher();
         }
     }
 
@@ -903,20 +990,27 @@ impl Shared {
         self.notify(&core);
     }
 
-    /// Waits for all work, then stops the workers and the dispatcher.
-    pub(super) fn join(&self) {
+    /// Waits for all work, then stops the workers and the dispatcher;
+    /// false if `deadline` came first (the pool stays closed).
+    pub(super) fn join(&self, deadline: Option<Instant>) -> bool {
         let mut core = self.lock();
         if core.phase == Phase::Open {
             core.phase = Phase::Closed;
         }
-        core = self.wait_until(core, None, |c| {
+        core = self.wait_until(core, deadline, |c| {
             c.outstanding == 0 || c.phase == Phase::Terminated
         });
+        if core.outstanding > 0 && core.phase != Phase::Terminated {
+            return false;
+        }
         if core.phase == Phase::Closed {
             core.phase = Phase::Stopping;
         }
         self.wake_dispatcher();
+        // Idle workers exit at once; a lingering one is killed within a
+        // second or so by the stop sequence.
         drop(self.wait_until(core, None, |c| c.dispatcher_gone));
+        true
     }
 
     /// Kills every worker and fails every unfinished item.
@@ -1454,6 +1548,10 @@ fn send_batch(
     }
     if let Some(left) = &mut w.tasks_left {
         *left = left.saturating_sub(total as u64);
+    }
+    let pid = w.child.pid();
+    for job in jobs.iter().filter(|j| j.len() == 1) {
+        job.sink.assigned(pid);
     }
     w.inflight.push_back(InFlight {
         seq,

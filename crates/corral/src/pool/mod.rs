@@ -81,6 +81,7 @@
 //! pool pays one system call per batch rather than per task, and a caller
 //! waiting for a result reads it itself instead of paying a thread hop.
 
+mod callback;
 mod core;
 mod life;
 mod task;
@@ -91,13 +92,14 @@ pub(crate) use self::worker::{JobMsg, Recorder};
 use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use self::core::{Config, Job, Raw, Shared, Sink};
+use self::core::{Cancel, Config, Job, Raw, Shared, Sink};
 use self::task::TaskSlot;
-pub use self::task::{AsCompleted, Task, as_completed, wait_all, wait_any};
+pub use self::task::{AsCompleted, Task, as_completed, wait_all, wait_any, wait_first_error};
 use crate::start::bootstrap::func_offset;
 use crate::start::runtime;
 use crate::{Data, Error, StartMethod, TaskError, wire};
@@ -547,6 +549,51 @@ impl Pool {
         items: I,
         chunk: Option<usize>,
     ) -> Result<Vec<R>, TaskError> {
+        match self.start_map(f, items, chunk, None) {
+            Some(sink) => sink.wait(&self.shared),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Like [`map`](Pool::map), but returns at once with a [`Task`] for the
+    /// whole call (Python's `map_async`): join it, `.await` it, register an
+    /// [`on_done`](Task::on_done) callback, or [`cancel`](Task::cancel) it,
+    /// which cancels every item not ended (the running ones' workers are
+    /// killed). The input is read and encoded before it returns.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// fn square(x: u64) -> u64 { x * x }
+    /// corral::init();
+    /// let pool = corral::Pool::new(2).unwrap();
+    /// let all = pool.map_async(square, 0..100);
+    /// // ... other work ...
+    /// assert_eq!(all.join().unwrap()[9], 81);
+    /// ```
+    pub fn map_async<A: Data, R: Data, I: IntoIterator<Item = A>>(
+        &self,
+        f: fn(A) -> R,
+        items: I,
+    ) -> Task<Vec<R>> {
+        let slot = Arc::new(TaskSlot::<Vec<R>>::new());
+        match self.start_map(f, items, None, Some(slot.clone())) {
+            Some(sink) => Task::whole(slot, self.shared.clone(), sink),
+            None => {
+                slot.complete(Ok(Vec::new()));
+                Task::new(slot, self.shared.clone())
+            }
+        }
+    }
+
+    /// Encodes and submits a map's items in chunks; `None` for no items.
+    fn start_map<A: Data, R: Data, I: IntoIterator<Item = A>>(
+        &self,
+        f: fn(A) -> R,
+        items: I,
+        chunk: Option<usize>,
+        task: Option<Arc<TaskSlot<Vec<R>>>>,
+    ) -> Option<Arc<MapSink<R>>> {
         let items = items.into_iter();
         // Chunks are sized from the item count; an iterator that knows its
         // length exactly is not collected first.
@@ -558,26 +605,17 @@ impl Pool {
             }
         };
         if n == 0 {
-            return Ok(Vec::new());
+            return None;
         }
         let chunk =
             self.fit_quota(chunk.unwrap_or_else(|| n.div_ceil(4 * self.processes()).max(1)));
-        let sink = Arc::new(MapSink::<R>::new(n));
+        let sink = Arc::new(MapSink::<R>::new(n, task));
         let dyn_sink: Arc<dyn Sink> = sink.clone();
         let (entry, func) = (worker::job_entry_offset::<A, R>(), func_offset(f));
         let mut items = items.enumerate().take(n).peekable();
         let mut count = 0;
         while items.peek().is_some() {
-            let mut job = Job {
-                entry,
-                func,
-                args: Vec::new(),
-                ends: Vec::with_capacity(chunk),
-                indices: Vec::with_capacity(chunk),
-                fds: Vec::new(),
-                sink: dyn_sink.clone(),
-                timeout: None,
-            };
+            let mut job = Job::new(entry, func, chunk, dyn_sink.clone());
             for (index, item) in items.by_ref().take(chunk) {
                 add_item(&mut job, index as u32, &item);
                 count += 1;
@@ -592,7 +630,7 @@ impl Pool {
             // The iterator promised more items than it had.
             sink.truncate(count);
         }
-        sink.wait(&self.shared)
+        Some(sink)
     }
 
     /// Runs `f` on the items lazily and yields the outcomes in input order.
@@ -673,8 +711,62 @@ impl Pool {
     /// assert!(tasks.iter().all(|t| t.is_finished()));
     /// ```
     pub fn join(&self) {
-        self.shared.join();
+        self.shared.join(None);
         self.join_dispatcher();
+        self.shared.callbacks.finish();
+    }
+
+    /// [`join`](Pool::join) for at most `timeout`: true if every task ended
+    /// and the workers are gone; false if time ran out first (the pool
+    /// stays closed, its tasks keep running; call it again, or
+    /// [`terminate`](Pool::terminate)). Python's `join` has no timeout.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// fn nap(ms: u64) { std::thread::sleep(Duration::from_millis(ms)) }
+    /// corral::init();
+    /// let pool = corral::Pool::new(1).unwrap();
+    /// pool.submit(nap, 60_000);
+    /// assert!(!pool.join_timeout(Duration::from_millis(100)));
+    /// pool.terminate();
+    /// ```
+    pub fn join_timeout(&self, timeout: Duration) -> bool {
+        if !self.shared.join(crate::time::deadline(timeout)) {
+            return false;
+        }
+        self.join_dispatcher();
+        self.shared.callbacks.finish();
+        true
+    }
+
+    /// Stops the pool: `executor.shutdown(wait=True, cancel_futures=...)`.
+    /// With `cancel_pending`, every task that has not started ends with
+    /// [`TaskError::Cancelled`] (whether it waits in the pool's queue or
+    /// already in a worker's batch); running tasks finish either way. Then
+    /// waits like [`join`](Pool::join).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// corral::init();
+    /// let pool = corral::Pool::new(1).unwrap();
+    /// let tasks: Vec<_> = (0..10).map(|_| pool.submit(nap, 200)).collect();
+    /// std::thread::sleep(Duration::from_millis(50)); // the first one runs
+    /// pool.shutdown(true);
+    /// let cancelled = tasks.into_iter().filter(|t| t.failed()).count();
+    /// assert_eq!(cancelled, 9);
+    /// ```
+    #[doc(alias = "cancel_futures")]
+    pub fn shutdown(&self, cancel_pending: bool) {
+        self.shared.close();
+        if cancel_pending {
+            self.shared.cancel(Cancel::All, false);
+        }
+        self.join();
     }
 
     /// Kills the workers at once. Unfinished tasks end with
@@ -693,6 +785,7 @@ impl Pool {
     pub fn terminate(&self) {
         self.shared.terminate();
         self.join_dispatcher();
+        self.shared.callbacks.finish();
     }
 
     /// A job size no larger than a worker's task quota
@@ -782,10 +875,14 @@ struct MapState<R> {
 struct MapSink<R> {
     state: Mutex<MapState<R>>,
     done: Condvar,
+    /// Given up (its `map_async` task was cancelled): outcomes are ignored.
+    cancelled: AtomicBool,
+    /// `map_async`'s task, completed when the last item ends.
+    task: Option<Arc<TaskSlot<Vec<R>>>>,
 }
 
 impl<R: Data> MapSink<R> {
-    fn new(n: usize) -> MapSink<R> {
+    fn new(n: usize, task: Option<Arc<TaskSlot<Vec<R>>>>) -> MapSink<R> {
         MapSink {
             state: Mutex::new(MapState {
                 values: (0..n).map(|_| None).collect(),
@@ -793,7 +890,28 @@ impl<R: Data> MapSink<R> {
                 left: n,
             }),
             done: Condvar::new(),
+            cancelled: AtomicBool::new(false),
+            task,
         }
+    }
+
+    /// Every item has ended: wakes `map`, or completes `map_async`'s task.
+    fn finished(&self, st: &mut MapState<R>) {
+        self.done.notify_all();
+        if let Some(task) = &self.task {
+            task.complete(MapSink::collect(st));
+        }
+    }
+
+    /// The values in input order, or the first error in input order.
+    fn collect(st: &mut MapState<R>) -> Result<Vec<R>, TaskError> {
+        if let Some((_, first)) = std::mem::take(&mut st.errors).into_iter().next() {
+            return Err(first);
+        }
+        Ok(std::mem::take(&mut st.values)
+            .into_iter()
+            .map(|v| v.expect("every item has an outcome"))
+            .collect())
     }
 
     /// Forgets the items from `n` on (they were never submitted).
@@ -803,7 +921,7 @@ impl<R: Data> MapSink<R> {
         st.values.truncate(n);
         st.left -= missing;
         if st.left == 0 {
-            self.done.notify_all();
+            self.finished(&mut st);
         }
     }
 
@@ -813,20 +931,20 @@ impl<R: Data> MapSink<R> {
         while st.left > 0 {
             st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
         }
-        if let Some((_, first)) = std::mem::take(&mut st.errors).into_iter().next() {
-            return Err(first);
-        }
-        Ok(std::mem::take(&mut st.values)
-            .into_iter()
-            .map(|v| v.expect("every item has an outcome"))
-            .collect())
+        MapSink::collect(&mut st)
     }
 }
 
 impl<R: Data> Sink for MapSink<R> {
     fn deliver(&self, outcomes: &mut dyn Iterator<Item = (u32, Raw<'_>)>) {
+        if self.cancelled.load(Ordering::Acquire) {
+            return;
+        }
         let mut st = lock(&self.state);
         let st = &mut *st;
+        if st.left == 0 {
+            return;
+        }
         for (index, raw) in outcomes {
             let i = index as usize;
             let known = st.values.get(i).is_none_or(Option::is_some)
@@ -843,12 +961,20 @@ impl<R: Data> Sink for MapSink<R> {
             st.left -= 1;
         }
         if st.left == 0 {
-            self.done.notify_all();
+            self.finished(st);
         }
     }
 
     fn wanted(&self, _: u32) -> bool {
-        true
+        !self.cancelled()
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    fn abandon(&self) {
+        self.cancelled.store(true, Ordering::Release);
     }
 }
 
@@ -867,10 +993,15 @@ struct StreamSink<R> {
     ordered: bool,
     state: Mutex<StreamState<R>>,
     arrived: Condvar,
+    /// The iterator was dropped or cancelled: nothing more is wanted.
+    cancelled: AtomicBool,
 }
 
 impl<R: Data> Sink for StreamSink<R> {
     fn deliver(&self, outcomes: &mut dyn Iterator<Item = (u32, Raw<'_>)>) {
+        if self.cancelled.load(Ordering::Acquire) {
+            return;
+        }
         let mut st = lock(&self.state);
         for (index, raw) in outcomes {
             let outcome = raw.decode();
@@ -890,23 +1021,32 @@ impl<R: Data> Sink for StreamSink<R> {
     }
 
     fn wanted(&self, _: u32) -> bool {
-        true
+        !self.cancelled()
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    fn abandon(&self) {
+        self.cancelled.store(true, Ordering::Release);
     }
 }
 
 impl<R> StreamSink<R> {
-    /// The next outcome in this stream's order, if it has arrived.
-    fn take(&self) -> Option<Result<R, TaskError>> {
+    /// Moves the outcomes that are next in this stream's order, as many as
+    /// have arrived, to `out`; returns how many.
+    fn take_into(&self, out: &mut VecDeque<Result<R, TaskError>>) -> usize {
         let mut st = lock(&self.state);
         if self.ordered {
-            if st.ring.front().is_some_and(Option::is_some) {
-                st.base = st.base.wrapping_add(1);
-                st.ring.pop_front().flatten()
-            } else {
-                None
-            }
+            let n = st.ring.iter().take_while(|o| o.is_some()).count();
+            st.base = st.base.wrapping_add(n as u32);
+            out.extend(st.ring.drain(..n).flatten());
+            n
         } else {
-            st.arrived.pop_front()
+            let n = st.arrived.len();
+            out.extend(st.arrived.drain(..));
+            n
         }
     }
 
@@ -927,10 +1067,20 @@ impl<R> StreamSink<R> {
 /// The lazy iterator of [`Pool::imap`] and [`Pool::imap_unordered`].
 ///
 /// It yields `Result<R, TaskError>` per input item and pulls input only as
-/// it yields, with a bounded window of items in flight. Dropping it early
-/// lets the items in flight finish and discards their outcomes. It is a
-/// plain iterator, exact-sized when its input is, so progress bars such as
+/// it yields, with a bounded window of items in flight. It is a plain
+/// iterator, exact-sized when its input is, so progress bars such as
 /// `indicatif`'s `.progress()` wrap it as they wrap any other.
+///
+/// Items travel to workers in chunks, sized automatically (a few dozen
+/// items per worker at a time) unless [`chunk_size`](Imap::chunk_size) sets
+/// them (Python's `chunksize`).
+///
+/// # Dropping and cancelling
+///
+/// Dropping it early cancels the items that have not started (whether they
+/// wait in the pool's queue or in a worker's batch) and lets the running
+/// ones finish; their outcomes are discarded. [`cancel`](Imap::cancel) also
+/// stops the running ones.
 ///
 /// # Panics
 ///
@@ -952,8 +1102,14 @@ pub struct Imap<'p, A, R, I> {
     pool: &'p Pool,
     input: Option<I>,
     sink: Arc<StreamSink<R>>,
+    /// The same sink, as the pool sees it.
+    dyn_sink: Arc<dyn Sink>,
+    /// Outcomes taken from the sink, not yielded yet.
+    ready: VecDeque<Result<R, TaskError>>,
     entry: i64,
     func: i64,
+    /// Items per job: `None` sizes them from the room in the window.
+    chunk: Option<usize>,
     submitted: u64,
     yielded: u64,
     window: u64,
@@ -974,28 +1130,90 @@ impl<A, R, I> fmt::Debug for Imap<'_, A, R, I> {
 
 impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
     fn new(pool: &'p Pool, f: fn(A) -> R, input: I, ordered: bool) -> Self {
-        let mut imap = Imap {
+        let sink = Arc::new(StreamSink {
+            ordered,
+            state: Mutex::new(StreamState {
+                ring: VecDeque::new(),
+                base: 0,
+                arrived: VecDeque::new(),
+            }),
+            arrived: Condvar::new(),
+            cancelled: AtomicBool::new(false),
+        });
+        Imap {
             pool,
             input: Some(input),
-            sink: Arc::new(StreamSink {
-                ordered,
-                state: Mutex::new(StreamState {
-                    ring: VecDeque::new(),
-                    base: 0,
-                    arrived: VecDeque::new(),
-                }),
-                arrived: Condvar::new(),
-            }),
+            dyn_sink: sink.clone(),
+            sink,
+            ready: VecDeque::new(),
             entry: worker::job_entry_offset::<A, R>(),
             func: func_offset(f),
+            chunk: None,
             submitted: 0,
             yielded: 0,
             window: 64 * pool.processes() as u64,
             input_panic: None,
             _a: PhantomData,
-        };
-        imap.refill();
-        imap
+        }
+    }
+
+    /// Sends items to workers `n` at a time (Python's `imap(f, xs,
+    /// chunksize=n)`): larger chunks cost less per item, smaller ones
+    /// balance uneven items better. The window of items in flight grows to
+    /// hold at least four chunks per worker. Takes effect for items not
+    /// pulled yet (input is pulled at the first `next`).
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// fn square(x: u64) -> u64 { x * x }
+    /// corral::init();
+    /// let pool = corral::Pool::new(2).unwrap();
+    /// let total: u64 = pool.imap(square, 0..10_000).chunk_size(256).map(Result::unwrap).sum();
+    /// assert_eq!(total, (0..10_000u64).map(|x| x * x).sum());
+    /// ```
+    #[doc(alias = "chunksize")]
+    pub fn chunk_size(mut self, n: usize) -> Self {
+        assert!(n > 0, "imap's chunk size must be at least 1");
+        let n = self.pool.fit_quota(n);
+        self.chunk = Some(n);
+        self.window = self.window.max((4 * n * self.pool.processes()) as u64);
+        self
+    }
+
+    /// Cancels every item in flight and stops pulling input: items not
+    /// started are skipped, running ones have their workers killed (and
+    /// replaced). The iterator then ends.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// corral::init();
+    /// let pool = corral::Pool::new(2).unwrap();
+    /// let mut naps = pool.imap(nap, std::iter::repeat(60_000));
+    /// naps.cancel(); // returns at once; the workers are replaced
+    /// assert!(naps.next().is_none());
+    /// ```
+    pub fn cancel(&mut self) {
+        self.stop(true);
+    }
+
+    /// Cancels what is in flight (killing the running items if `kill`).
+    fn stop(&mut self, kill: bool) {
+        self.input = None;
+        self.input_panic = None;
+        self.ready.clear();
+        self.yielded = self.submitted;
+        if !self.dyn_sink.cancelled() {
+            self.dyn_sink.abandon();
+            self.pool.shared.cancel(Cancel::Sink(&self.dyn_sink), kill);
+        }
     }
 
     /// Pulls input until the window is full, once it is half empty: a
@@ -1006,23 +1224,15 @@ impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
             return;
         }
         let room = (self.window - in_flight) as usize;
-        let per_job = self
-            .pool
-            .fit_quota(room.div_ceil(2 * self.pool.processes()).max(1));
-        let sink: Arc<dyn Sink> = self.sink.clone();
+        let per_job = self.chunk.unwrap_or_else(|| {
+            self.pool
+                .fit_quota(room.div_ceil(2 * self.pool.processes()).max(1))
+        });
+        let sink = self.dyn_sink.clone();
         let mut jobs = Vec::new();
         let mut pulled = 0;
         while pulled < room {
-            let mut job = Job {
-                entry: self.entry,
-                func: self.func,
-                args: Vec::new(),
-                ends: Vec::with_capacity(per_job),
-                indices: Vec::with_capacity(per_job),
-                fds: Vec::new(),
-                sink: sink.clone(),
-                timeout: None,
-            };
+            let mut job = Job::new(self.entry, self.func, per_job, sink.clone());
             while job.ends.len() < per_job && pulled < room {
                 let Some(item) = self.pull() else {
                     self.input = None;
@@ -1056,6 +1266,22 @@ impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
             }
         }
     }
+
+    /// Waits until outcomes have arrived and moves them to `ready`.
+    fn fetch(&mut self) {
+        let (sink, ready) = (&self.sink, &mut self.ready);
+        if sink.take_into(ready) > 0 {
+            return;
+        }
+        let got = self
+            .pool
+            .shared
+            .help_until(None, || sink.take_into(ready) > 0);
+        while !got && ready.is_empty() {
+            sink.wait();
+            sink.take_into(ready);
+        }
+    }
 }
 
 impl<A: Data, R: Data, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
@@ -1069,19 +1295,11 @@ impl<A: Data, R: Data, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
             }
             return None;
         }
-        let mut outcome = self.sink.take();
-        if outcome.is_none() {
-            self.pool.shared.help_until(None, || {
-                outcome = self.sink.take();
-                outcome.is_some()
-            });
+        if self.ready.is_empty() {
+            self.fetch();
         }
-        while outcome.is_none() {
-            self.sink.wait();
-            outcome = self.sink.take();
-        }
+        let outcome = self.ready.pop_front();
         self.yielded += 1;
-        self.refill();
         outcome
     }
 
@@ -1104,3 +1322,13 @@ impl<A: Data, R: Data, I: Iterator<Item = A>> Iterator for Imap<'_, A, R, I> {
 /// With an input of known length, `imap` has one too, so progress bars
 /// (`indicatif`'s `.progress()`) show it.
 impl<A: Data, R: Data, I: ExactSizeIterator<Item = A>> ExactSizeIterator for Imap<'_, A, R, I> {}
+
+impl<A, R, I> Drop for Imap<'_, A, R, I> {
+    /// Cancels the items not started; running ones finish.
+    fn drop(&mut self) {
+        if self.submitted > self.yielded && !self.dyn_sink.cancelled() {
+            self.dyn_sink.abandon();
+            self.pool.shared.cancel(Cancel::Sink(&self.dyn_sink), false);
+        }
+    }
+}

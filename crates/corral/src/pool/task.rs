@@ -5,13 +5,13 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use super::core::{Raw, Shared, Sink};
+use super::core::{Cancel, Raw, Shared, Sink};
 use crate::{Data, TaskError, TaskTimeout};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -27,6 +27,8 @@ struct SlotState<R> {
 /// Where one task's outcome lands.
 pub(super) struct TaskSlot<R> {
     done: AtomicBool,
+    /// The pid of the worker it was last handed to (0: none yet).
+    worker: AtomicU32,
     state: Mutex<SlotState<R>>,
 }
 
@@ -34,6 +36,7 @@ impl<R> TaskSlot<R> {
     pub(super) fn new() -> TaskSlot<R> {
         TaskSlot {
             done: AtomicBool::new(false),
+            worker: AtomicU32::new(0),
             state: Mutex::new(SlotState {
                 result: None,
                 taken: false,
@@ -43,7 +46,7 @@ impl<R> TaskSlot<R> {
     }
 
     /// Stores the outcome unless one is there; true if it was stored.
-    fn complete(&self, result: Result<R, TaskError>) -> bool {
+    pub(super) fn complete(&self, result: Result<R, TaskError>) -> bool {
         let wakers = {
             let mut st = lock(&self.state);
             if st.result.is_some() || st.taken {
@@ -75,6 +78,15 @@ impl<R> TaskSlot<R> {
         false
     }
 
+    /// Whether it ended with an error.
+    fn failed(&self) -> bool {
+        self.is_done()
+            && lock(&self.state)
+                .result
+                .as_ref()
+                .is_some_and(Result::is_err)
+    }
+
     fn take(&self) -> Option<Result<R, TaskError>> {
         let mut st = lock(&self.state);
         let r = st.result.take();
@@ -94,6 +106,10 @@ impl<R: Data> Sink for TaskSlot<R> {
 
     fn wanted(&self, _: u32) -> bool {
         !self.is_done()
+    }
+
+    fn assigned(&self, pid: u32) {
+        self.worker.store(pid, Ordering::Relaxed);
     }
 }
 
@@ -151,6 +167,9 @@ fn park(deadline: Option<Instant>) -> bool {
 pub struct Task<R> {
     slot: Arc<TaskSlot<R>>,
     shared: Arc<Shared>,
+    /// For a task that stands for a whole call (`map_async`): the call's
+    /// sink, whose items a cancellation cancels.
+    whole: Option<Arc<dyn Sink>>,
 }
 
 impl<R> fmt::Debug for Task<R> {
@@ -163,7 +182,24 @@ impl<R> fmt::Debug for Task<R> {
 
 impl<R: Data> Task<R> {
     pub(super) fn new(slot: Arc<TaskSlot<R>>, shared: Arc<Shared>) -> Task<R> {
-        Task { slot, shared }
+        Task {
+            slot,
+            shared,
+            whole: None,
+        }
+    }
+
+    /// A task that ends when every item of `sink`'s call has (`map_async`).
+    pub(super) fn whole(
+        slot: Arc<TaskSlot<R>>,
+        shared: Arc<Shared>,
+        sink: Arc<dyn Sink>,
+    ) -> Task<R> {
+        Task {
+            slot,
+            shared,
+            whole: Some(sink),
+        }
     }
 
     /// Waits for the task and returns its value or why it has none.
@@ -244,9 +280,111 @@ impl<R: Data> Task<R> {
     /// ```
     #[doc(alias = "terminate_job")]
     pub fn cancel(&self) {
-        if self.slot.complete(Err(TaskError::Cancelled)) {
-            let sink: Arc<dyn Sink> = self.slot.clone();
-            self.shared.cancel(&sink, 0);
+        if !self.slot.complete(Err(TaskError::Cancelled)) {
+            return;
+        }
+        match &self.whole {
+            Some(sink) => {
+                sink.abandon();
+                self.shared.cancel(Cancel::Sink(sink), true);
+            }
+            None => {
+                let sink: Arc<dyn Sink> = self.slot.clone();
+                self.shared.cancel(Cancel::Item(&sink, 0), true);
+            }
+        }
+    }
+
+    /// Whether the task ended with an error (Python's
+    /// `future.exception() is not None`). False while it runs.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// fn fails(_: ()) { panic!("no") }
+    /// corral::init();
+    /// let pool = corral::Pool::new(1).unwrap();
+    /// let task = pool.submit(fails, ());
+    /// corral::wait_all(std::slice::from_ref(&task), None);
+    /// assert!(task.failed());
+    /// ```
+    pub fn failed(&self) -> bool {
+        self.slot.failed()
+    }
+
+    /// The pid of the worker process this task was handed to last: the
+    /// one that died, for [`TaskError::WorkerLost`] (pebble's
+    /// `ProcessExpired.pid`). `None` before it reached a worker, and for a
+    /// [`Pool::map_async`](crate::Pool::map_async) task. A panic carries its
+    /// own in [`RemotePanic::pid`](crate::RemotePanic::pid).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use corral::TaskError;
+    /// fn crash(_: ()) { std::process::abort() }
+    /// corral::init();
+    /// let pool = corral::Pool::new(1).unwrap();
+    /// let task = pool.submit(crash, ());
+    /// corral::wait_all(std::slice::from_ref(&task), None);
+    /// let pid = task.worker_pid().unwrap();
+    /// assert!(matches!(task.join(), Err(TaskError::WorkerLost(_))));
+    /// println!("worker {pid} died");
+    /// ```
+    pub fn worker_pid(&self) -> Option<u32> {
+        match self.slot.worker.load(Ordering::Relaxed) {
+            0 => None,
+            pid => Some(pid),
+        }
+    }
+
+    /// Runs `f` with the task's outcome once it has ended: Python's
+    /// `future.add_done_callback(fn)` and `apply_async(callback=,
+    /// error_callback=)` in one (match on the `Result`).
+    ///
+    /// Callbacks run one at a time on the pool's callback thread, never
+    /// under its lock, so a callback may submit more work. [`Pool::join`]
+    /// (and dropping the pool) waits until every callback has run. A
+    /// callback that panics is reported on stderr and does not stop the
+    /// others. Registered once the pool has joined, `f` runs here, now.
+    ///
+    /// [`Pool::join`]: crate::Pool::join
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::sync::{Arc, Mutex};
+    /// fn square(x: u64) -> u64 { x * x }
+    /// corral::init();
+    /// let pool = corral::Pool::new(2).unwrap();
+    /// let total = Arc::new(Mutex::new(0));
+    /// for x in 0..4 {
+    ///     let total = total.clone();
+    ///     pool.submit(square, x).on_done(move |outcome| match outcome {
+    ///         Ok(v) => *total.lock().unwrap() += v,
+    ///         Err(e) => eprintln!("failed: {e}"),
+    ///     });
+    /// }
+    /// pool.join(); // the callbacks have run
+    /// assert_eq!(*total.lock().unwrap(), 14);
+    /// ```
+    #[doc(alias = "add_done_callback")]
+    #[doc(alias = "callback")]
+    #[doc(alias = "error_callback")]
+    pub fn on_done(self, f: impl FnOnce(Result<R, TaskError>) + Send + 'static) {
+        let slot = self.slot.clone();
+        let run: super::callback::Callback =
+            Box::new(move || f(slot.take().unwrap_or(Err(TaskError::Cancelled))));
+        match self.shared.callbacks.waker(run) {
+            Ok(waker) => {
+                if self.slot.register(&waker) {
+                    waker.wake();
+                }
+            }
+            Err(run) => {
+                self.wait(None);
+                run();
+            }
         }
     }
 
@@ -264,6 +402,29 @@ impl<R: Data> Task<R> {
                 return self.slot.is_done();
             }
         }
+    }
+}
+
+impl<R> crate::process::sealed::Sealed for Task<R> {}
+
+impl<R: Data> crate::process::sealed::Notify for TaskSlot<R> {
+    fn is_ready(&self) -> bool {
+        self.is_done()
+    }
+
+    fn register(&self, waker: &Waker) -> bool {
+        TaskSlot::register(self, waker)
+    }
+}
+
+/// A task is ready for [`crate::wait`] once it has ended.
+impl<R: Data> crate::Waitable for Task<R> {
+    fn wait_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        Vec::new()
+    }
+
+    fn wait_task(&self) -> Option<&dyn crate::process::sealed::Notify> {
+        Some(&*self.slot)
     }
 }
 
@@ -336,6 +497,42 @@ pub fn wait_any<R: Data>(tasks: &[Task<R>], timeout: Option<Duration>) -> Option
     }
 }
 
+/// Waits until a task fails, or every task has ended, or `timeout` passes:
+/// `concurrent.futures.wait` with `FIRST_EXCEPTION`. Returns the index of
+/// a failed task (the lowest), or `None` when all ended without an error or
+/// time ran out (tell them apart with [`Task::is_finished`]).
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// fn check(x: u64) -> u64 { assert!(x != 2, "bad input"); std::thread::sleep(Duration::from_millis(100 * x)); x }
+/// corral::init();
+/// let pool = corral::Pool::new(2).unwrap();
+/// let tasks: Vec<_> = (0..6).map(|x| pool.submit(check, x)).collect();
+/// assert_eq!(corral::wait_first_error(&tasks, None), Some(2));
+/// ```
+#[doc(alias = "FIRST_EXCEPTION")]
+pub fn wait_first_error<R: Data>(tasks: &[Task<R>], timeout: Option<Duration>) -> Option<usize> {
+    let deadline = crate::time::deadline_opt(timeout);
+    let waker = thread_waker();
+    loop {
+        let mut all = true;
+        for (i, task) in tasks.iter().enumerate() {
+            if task.slot.register(&waker) {
+                if task.slot.failed() {
+                    return Some(i);
+                }
+            } else {
+                all = false;
+            }
+        }
+        if all || !park(deadline) {
+            return None;
+        }
+    }
+}
+
 /// Wakes an [`AsCompleted`] with the index of the task that ended.
 struct IndexWaker {
     ready: Arc<ReadyList>,
@@ -393,6 +590,7 @@ pub fn as_completed<R: Data>(tasks: impl IntoIterator<Item = Task<R>>) -> AsComp
         left: tasks.len(),
         tasks,
         ready,
+        deadline: None,
         _r: PhantomData,
     }
 }
@@ -415,7 +613,51 @@ pub struct AsCompleted<R> {
     tasks: Vec<Option<Task<R>>>,
     ready: Arc<ReadyList>,
     left: usize,
+    deadline: Option<Instant>,
     _r: PhantomData<R>,
+}
+
+impl<R: Data> AsCompleted<R> {
+    /// Stops yielding once `timeout` has passed from now, even if tasks
+    /// remain (Python's `as_completed(fs, timeout)`, which raises
+    /// `TimeoutError` there): check [`timed_out`](AsCompleted::timed_out),
+    /// and take the unfinished tasks back with
+    /// [`into_remaining`](AsCompleted::into_remaining).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// corral::init();
+    /// let pool = corral::Pool::new(2).unwrap();
+    /// let tasks = vec![pool.submit(nap, 10), pool.submit(nap, 60_000)];
+    /// let mut done = corral::as_completed(tasks).timeout(Duration::from_secs(1));
+    /// assert_eq!(done.next().map(|(i, _)| i), Some(0));
+    /// assert!(done.next().is_none() && done.timed_out());
+    /// for (_, task) in done.into_remaining() {
+    ///     task.cancel();
+    /// }
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> AsCompleted<R> {
+        self.deadline = crate::time::deadline(timeout);
+        self
+    }
+
+    /// Whether it stopped because its [`timeout`](AsCompleted::timeout)
+    /// passed with tasks left.
+    pub fn timed_out(&self) -> bool {
+        self.left > 0 && self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// The tasks not yielded yet, with their indices in the input.
+    pub fn into_remaining(self) -> Vec<(usize, Task<R>)> {
+        self.tasks
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, t)| t.map(|t| (i, t)))
+            .collect()
+    }
 }
 
 impl<R> fmt::Debug for AsCompleted<R> {
@@ -443,7 +685,8 @@ impl<R: Data> Iterator for AsCompleted<R> {
                         return Some((i, task.join()));
                     }
                 }
-                None => std::thread::park(),
+                None if !park(self.deadline) => return None,
+                None => {}
             }
         }
     }

@@ -223,6 +223,23 @@ fn run_one<A, R: Data>(f: fn(A) -> R, arg: A, out: &mut Vec<u8>) -> (u8, Option<
     }
 }
 
+/// How long a finished item's outcome may wait for the ones after it in its
+/// batch before it is sent on its own.
+const FLUSH_NS: u64 = 2_000_000;
+
+/// A skip-list entry's positions `range` of a batch, as one word: the
+/// first in the low half, the end (excluded) in the high half.
+pub(super) fn skip_range(range: &std::ops::Range<usize>) -> u64 {
+    (range.start as u64 & 0xffff_ffff) | ((range.end as u64) << 32)
+}
+
+/// Whether position `at` is in a skip-list entry's range.
+#[inline]
+fn in_skip_range(word: u64, at: u32) -> bool {
+    let (from, to) = (word as u32, (word >> 32) as u32);
+    from <= at && at < to
+}
+
 /// Where a worker writes outcomes: the next result frame, mirrored in the
 /// shared arena, with the progress words the supervisor watches.
 pub(crate) struct Recorder<'a> {
@@ -238,6 +255,8 @@ pub(crate) struct Recorder<'a> {
     arena: usize,
     next: u32,
     timed: bool,
+    /// When to hand over the outcomes gathered so far (coarse clock, ns).
+    flush_at: u64,
 }
 
 impl Recorder<'_> {
@@ -262,11 +281,12 @@ impl Recorder<'_> {
         n > 0
             && (0..n.min(CANCEL_SLOTS)).any(|k| {
                 self.region.word(CANCELS + 2 * k).load(Ordering::Relaxed) == self.seq
-                    && self
-                        .region
-                        .word(CANCELS + 2 * k + 1)
-                        .load(Ordering::Relaxed)
-                        == u64::from(self.next)
+                    && in_skip_range(
+                        self.region
+                            .word(CANCELS + 2 * k + 1)
+                            .load(Ordering::Relaxed),
+                        self.next,
+                    )
             })
     }
 
@@ -276,17 +296,21 @@ impl Recorder<'_> {
     fn end(&mut self, at: usize, tag: u8) -> Result<(), crate::SendError> {
         close_record(&mut self.msg, at, tag);
         let record = &self.msg[at..];
-        if self.arena + record.len() <= ARENA_BYTES {
+        let now = sys::monotonic_coarse_ns();
+        if self.arena + record.len() <= ARENA_BYTES && now < self.flush_at {
             self.region.store_bytes(ARENA_OFFSET + self.arena, record);
             self.arena += record.len();
             self.arena_len.store(self.arena as u64, Ordering::Release);
         } else {
-            // The arena is full: hand everything over now. Until the frame is
-            // out, the arena still holds what it held; clear it only after.
+            // The arena is full, or outcomes have waited long enough (slow
+            // items are reported one by one, fast ones together): hand
+            // everything over now. Until the frame is out, the arena still
+            // holds what it held; clear it only after.
             self.conn.send_bytes(&self.msg)?;
             self.msg.truncate(FRAME_HEADER);
             self.arena = 0;
             self.arena_len.store(0, Ordering::Release);
+            self.flush_at = now + FLUSH_NS;
         }
         self.next += 1;
         self.finished.store(u64::from(self.next), Ordering::Release);
@@ -405,6 +429,8 @@ pub(super) fn worker_main(boot: WorkerBoot) {
         arena: 0,
         next: 0,
         timed: false,
+        // The initializer's outcome is reported only if it fails.
+        flush_at: u64::MAX,
     };
     if let Some(init) = init {
         let end = (init.arg.len() as u32).to_le_bytes();
@@ -475,6 +501,7 @@ fn run_batch(
     rec.next = 0;
     rec.timed = batch.timed;
     rec.seq = batch.seq;
+    rec.flush_at = sys::monotonic_coarse_ns() + FLUSH_NS;
     let mut fds = fds.into_iter();
     for job in &batch.jobs {
         let entry = verified.job_entry(job.entry);

@@ -185,6 +185,8 @@ impl ProcessBuilder {
             entry: bootstrap::entry_offset::<A, R>(),
             func: bootstrap::func_offset(f),
             name: self.name.clone(),
+            daemon: self.daemon,
+            parent: std::process::id(),
             group_dies: self.group_dies,
             context: runtime::start_context(),
         };
@@ -245,6 +247,11 @@ impl ProcessBuilder {
         let main_thread = sys::is_main_thread();
         let result = theirs.as_fd();
         let name = self.name.as_deref().and_then(sys::process_name);
+        let identity = runtime::Identity {
+            name: self.name.clone(),
+            daemon: self.daemon,
+            parent: parent as u32,
+        };
         // Installed here, not in the child: installing takes std's panic-hook
         // lock, which another thread of ours may hold at the moment of the
         // fork (a test panicking, say) and which the child could never get.
@@ -252,6 +259,7 @@ impl ProcessBuilder {
         let pid = sys::fork_with(move || {
             runtime::forget_inherited_server();
             sys::enter_child(parent, main_thread, name.as_deref());
+            runtime::set_identity(identity);
             bootstrap::keep_result_fd(result);
             let outcome = body(sys::raw(&result));
             bootstrap::finish(result, outcome, bootstrap::Ending::Careful)

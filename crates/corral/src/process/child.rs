@@ -108,6 +108,14 @@ impl Proc {
         self.daemon
     }
 
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
     fn lock(&self) -> MutexGuard<'_, ProcState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -262,7 +270,12 @@ impl Proc {
     fn outcome<R: Data>(&self) -> Result<R, ProcessError> {
         let mut st = self.lock();
         if let Some(frame) = st.frame.take() {
-            return decode_outcome(&frame);
+            return decode_outcome(&frame).map_err(|e| {
+                match self.fate(&mut st, Some(Instant::now() + Duration::from_secs(60))) {
+                    Ok(Some(Fate::Exited(status))) => e.with_exit_status(status),
+                    _ => e,
+                }
+            });
         }
         // The fork server reports within microseconds of the exit; a minute
         // means it is wedged, which is as good as lost.
@@ -391,6 +404,29 @@ impl<R: Data> Child<R> {
         self.proc
             .signal(sys::Sig::Term)
             .map_err(Error::io("sending SIGTERM"))
+    }
+
+    /// Sends `SIGINT` to the child, as Ctrl-C would: Python's
+    /// `os.kill(p.pid, signal.SIGINT)`, where `KeyboardInterrupt` lets the
+    /// child clean up. A Rust child ends at once unless it handles the
+    /// signal (with a crate such as `ctrlc` or `signal-hook`). A child that
+    /// already exited is not an error.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use corral::ExitStatus;
+    /// fn forever(_: ()) { loop { std::thread::park() } }
+    /// corral::init();
+    /// let child = corral::spawn(forever, ()).unwrap();
+    /// child.interrupt().unwrap();
+    /// let err = child.join().unwrap_err();
+    /// assert_eq!(err.exit_status(), Some(ExitStatus::Signal(2))); // SIGINT
+    /// ```
+    pub fn interrupt(&self) -> Result<(), Error> {
+        self.proc
+            .signal(sys::Sig::Int)
+            .map_err(Error::io("sending SIGINT"))
     }
 
     /// Sends `SIGKILL` to the child and its process group (anything it started

@@ -4,6 +4,7 @@
 
 mod builder;
 mod child;
+mod info;
 mod job;
 mod status;
 mod wait;
@@ -11,7 +12,8 @@ mod wait;
 pub use builder::{Process, ProcessBuilder, spawn};
 pub use child::Child;
 pub(crate) use child::Proc;
+pub use info::{ProcessInfo, active_children, current_process, parent_process};
 pub use job::Job;
 pub use status::ExitStatus;
-pub(crate) use wait::Watched;
 pub use wait::{Waitable, wait};
+pub(crate) use wait::{Watched, sealed};

@@ -1,13 +1,24 @@
 //! Waiting on several processes, pipe ends and queues at once.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Wake, Waker};
 use std::time::{Duration, Instant};
 
 use crate::{Child, Data, Error, sys};
 
-mod sealed {
+pub(crate) mod sealed {
     pub trait Sealed {}
+
+    /// A pool task seen by [`super::wait`]: it has no descriptor either;
+    /// a waker rings the wait's eventfd when it ends.
+    pub trait Notify: Sync {
+        /// It has ended.
+        fn is_ready(&self) -> bool;
+        /// Registers `waker` unless it has ended; true if it has.
+        fn register(&self, waker: &std::task::Waker) -> bool;
+    }
 
     /// A queue seen by [`super::wait`]: it has no descriptor to poll, so a
     /// watcher thread sleeps on its futex instead.
@@ -26,8 +37,9 @@ mod sealed {
 pub(crate) use sealed::Watched;
 
 /// Something [`wait`] can wait on: a [`Child`] (ready when it finished), a
-/// pipe end (ready when a message or end-of-file is waiting), or a queue
-/// (ready when an item is there, or it is closed).
+/// pipe end (ready when a message or end-of-file is waiting), a queue
+/// (ready when an item is there, or it is closed), or a pool
+/// [`Task`](crate::Task) (ready when it ended).
 ///
 /// This trait is sealed.
 pub trait Waitable: sealed::Sealed {
@@ -36,6 +48,11 @@ pub trait Waitable: sealed::Sealed {
 
     #[doc(hidden)]
     fn wait_queue(&self) -> Option<&dyn sealed::Watched> {
+        None
+    }
+
+    #[doc(hidden)]
+    fn wait_task(&self) -> Option<&dyn sealed::Notify> {
         None
     }
 }
@@ -81,7 +98,8 @@ waitable_queue!(Queue, JoinableQueue, SimpleQueue);
 /// (empty on timeout).
 ///
 /// Python's `multiprocessing.connection.wait` over sentinels, connections
-/// and queue readers.
+/// and queue readers, and `concurrent.futures.wait` over futures, in one
+/// call.
 ///
 /// # Examples
 ///
@@ -92,9 +110,12 @@ waitable_queue!(Queue, JoinableQueue, SimpleQueue);
 /// let fast = corral::spawn(nap, 10).unwrap();
 /// let slow = corral::spawn(nap, 5_000).unwrap();
 /// let results = corral::Queue::<u64>::unbounded().unwrap();
-/// let ready = corral::wait(&[&fast, &slow, &results], Some(Duration::from_secs(2))).unwrap();
+/// let pool = corral::Pool::new(1).unwrap();
+/// let task = pool.submit(nap, 5_000);
+/// let ready = corral::wait(&[&fast, &slow, &results, &task], Some(Duration::from_secs(2))).unwrap();
 /// assert_eq!(ready, vec![0]);
 /// slow.kill().unwrap();
+/// task.cancel();
 /// ```
 pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<usize>, Error> {
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
@@ -102,6 +123,11 @@ pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<
         .iter()
         .enumerate()
         .filter_map(|(i, o)| o.wait_queue().map(|q| (i, q)))
+        .collect();
+    let tasks: Vec<(usize, &dyn sealed::Notify)> = objects
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| o.wait_task().map(|t| (i, t)))
         .collect();
     let sets: Vec<Vec<BorrowedFd<'_>>> = objects.iter().map(|o| o.wait_fds()).collect();
     let mut flat: Vec<BorrowedFd<'_>> = sets.iter().flatten().copied().collect();
@@ -111,25 +137,33 @@ pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<
         for (index, set) in sets.iter().enumerate() {
             let fd_ready = polled[at..at + set.len()].iter().any(|&r| r);
             let queue_ready = queues.iter().any(|&(i, q)| i == index && q.readable());
-            if fd_ready || queue_ready {
+            let task_ready = tasks.iter().any(|&(i, t)| i == index && t.is_ready());
+            if fd_ready || queue_ready || task_ready {
                 out.push(index);
             }
             at += set.len();
         }
         out
     };
-    if queues.is_empty() {
+    if queues.is_empty() && tasks.is_empty() {
         let polled = sys::poll_readable(&flat, timeout).map_err(Error::io("waiting"))?;
         return Ok(ready_now(&polled));
     }
-    // Queues have no descriptor: a watcher thread per queue turns "may be
-    // readable" into an eventfd the poll below includes.
     let polled = sys::poll_readable(&flat, Some(Duration::ZERO)).map_err(Error::io("waiting"))?;
     let ready = ready_now(&polled);
     if !ready.is_empty() {
         return Ok(ready);
     }
-    let bell = sys::eventfd().map_err(Error::io("creating an eventfd"))?;
+    // Queues and tasks have no descriptor: a watcher thread per queue, and
+    // a waker per task, turn "may be ready" into an eventfd the poll below
+    // includes.
+    let bell = Arc::new(sys::eventfd().map_err(Error::io("creating an eventfd"))?);
+    for &(_, t) in &tasks {
+        let waker = Waker::from(Arc::new(Bell(Arc::downgrade(&bell))));
+        if t.register(&waker) {
+            sys::eventfd_notify(bell.as_fd());
+        }
+    }
     flat.push(bell.as_fd());
     let stop = AtomicBool::new(false);
     let polled = std::thread::scope(|scope| {
@@ -155,4 +189,19 @@ pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<
     })
     .map_err(Error::io("waiting"))?;
     Ok(ready_now(&polled[..polled.len() - 1]))
+}
+
+/// Rings a wait's eventfd when a task ends, if the wait is still there.
+struct Bell(Weak<OwnedFd>);
+
+impl Wake for Bell {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Some(fd) = self.0.upgrade() {
+            sys::eventfd_notify(fd.as_fd());
+        }
+    }
 }

@@ -25,8 +25,13 @@ pub(crate) struct StartMeta {
     pub(crate) entry: i64,
     /// Offset of the user's function.
     pub(crate) func: i64,
-    /// The child's name, for `ps`.
+    /// The child's name, for `ps` and [`crate::current_process`].
     pub(crate) name: Option<String>,
+    /// Whether it is a daemon (for [`crate::current_process`]).
+    pub(crate) daemon: bool,
+    /// The pid of the process that asked for it (its parent for
+    /// [`crate::parent_process`], whoever forked it).
+    pub(crate) parent: u32,
     /// Kill what is left of its process group when it exits.
     pub(crate) group_dies: bool,
     /// Where the parent's working directory and environment differ from the
@@ -136,6 +141,11 @@ fn trampoline<A: Data, R: Data>(
 
 /// Runs a start message's task: checks the binary, then calls the entry.
 pub(crate) fn run_task(meta: &StartMeta, arg: &[u8], fds: Vec<OwnedFd>) -> Outcome {
+    super::runtime::set_identity(super::runtime::Identity {
+        name: meta.name.clone(),
+        daemon: meta.daemon,
+        parent: meta.parent,
+    });
     match Verified::check(&meta.identity) {
         Ok(verified) => (verified.entry(meta.entry))(&verified, meta.func, arg, fds),
         Err(why) => Outcome::Refused(why),
@@ -193,6 +203,7 @@ pub(crate) fn install_panic_hook() {
                     location,
                     backtrace,
                     pid: sys::getpid() as u32,
+                    exit_status: None,
                 };
                 report_abort(&report);
                 return;
@@ -262,6 +273,7 @@ pub(crate) fn catch_panic_hooked<R>(body: impl FnOnce() -> R) -> Result<R, Remot
             location,
             backtrace,
             pid: sys::getpid() as u32,
+            exit_status: None,
         }
     })
 }

@@ -46,6 +46,43 @@ impl Context {
     }
 }
 
+/// Who this process is, when corral started it: what
+/// [`crate::current_process`] and [`crate::parent_process`] tell.
+#[derive(Clone, Debug)]
+pub(crate) struct Identity {
+    pub(crate) name: Option<String>,
+    pub(crate) daemon: bool,
+    pub(crate) parent: u32,
+}
+
+/// Set in a child as it starts its task; unset (rebuilt empty) in any
+/// process forked from it until that one sets its own.
+static IDENTITY: sys::ForkLocal<Mutex<Option<Identity>>> = sys::ForkLocal::new(|| Mutex::new(None));
+
+pub(crate) fn set_identity(identity: Identity) {
+    *lock(IDENTITY.get()) = Some(identity);
+}
+
+/// This process's identity, if corral started it.
+pub(crate) fn identity() -> Option<Identity> {
+    IDENTITY.get_if_built().and_then(|m| lock(m).clone())
+}
+
+/// The live children of this process that corral tracks, with their names
+/// and daemon flags (reaping those that have ended).
+pub(crate) fn live_children() -> Vec<Arc<Proc>> {
+    let Some(state) = STATE.get_if_built() else {
+        return Vec::new();
+    };
+    let mut children = lock(&state.children);
+    children.retain(|c| Arc::strong_count(c) > 1 || !c.try_finish());
+    children
+        .iter()
+        .filter(|c| !c.try_finish())
+        .cloned()
+        .collect()
+}
+
 static STATE: sys::ForkLocal<State> = sys::ForkLocal::new(|| State {
     server: Mutex::new(None),
     baseline: Mutex::new(None),

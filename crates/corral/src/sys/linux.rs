@@ -84,6 +84,17 @@ pub(crate) fn getpid() -> i32 {
     rustix::process::getpid().as_raw_nonzero().get()
 }
 
+/// Whether a process with this pid exists (a zombie counts).
+pub(crate) fn process_exists(pid: i32) -> bool {
+    match Pid::from_raw(pid) {
+        Some(pid) => !matches!(
+            rustix::process::test_kill_process(pid),
+            Err(rustix::io::Errno::SRCH)
+        ),
+        None => false,
+    }
+}
+
 /// Makes a freshly forked process a well-behaved corral child: its own process
 /// group (so signals reach its descendants), killed when `parent` dies (if
 /// `die_with_parent`), and named for `ps` (see [`process_name`]).
@@ -303,6 +314,7 @@ fn decode_wait(status: &rustix::process::WaitIdStatus) -> Option<ExitStatus> {
 /// A signal corral sends.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Sig {
+    Int,
     Term,
     Kill,
 }
@@ -310,6 +322,7 @@ pub(crate) enum Sig {
 impl Sig {
     fn to_rustix(self) -> Signal {
         match self {
+            Sig::Int => Signal::INT,
             Sig::Term => Signal::TERM,
             Sig::Kill => Signal::KILL,
         }
@@ -699,6 +712,12 @@ pub(crate) fn flag_out_of_memory_aborts(flag: &'static std::sync::atomic::Atomic
 /// `CLOCK_MONOTONIC` in nanoseconds: comparable across processes.
 pub(crate) fn monotonic_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// The coarse monotonic clock (a few ms of resolution, a few ns a read).
+pub(crate) fn monotonic_coarse_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 

@@ -1,0 +1,442 @@
+//! What Python's multiprocessing, concurrent.futures, pebble and loky users
+//! reach for (issue #10): process introspection and the futures vocabulary,
+//! with real processes and every wait bounded.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use corral::{ExitStatus, Pool, Process, ProcessError, Queue, StartMethod, TaskError};
+use corral_fixtures as fx;
+use corral_fixtures::task_done as done;
+
+corral::test_support!();
+
+const METHODS: [StartMethod; 3] = [
+    StartMethod::ForkServer,
+    StartMethod::Spawn,
+    StartMethod::Fork,
+];
+
+/// Runs `body` on a thread; fails the test if it has not finished within
+/// `limit` (a wedged pool must fail, not hang CI).
+fn within<T: Send + 'static>(limit: Duration, body: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(body());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("still running after {limit:?}: wedged"))
+}
+
+type Seen = (u32, Option<String>, bool, bool, Option<u32>);
+
+fn introspect(_: ()) -> Seen {
+    let me = corral::current_process();
+    (
+        me.pid,
+        me.name,
+        me.daemon,
+        me.corral_child,
+        corral::parent_process().map(|p| p.pid),
+    )
+}
+
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn fail_on(bad: u64) -> impl Fn(u64) -> u64 {
+    move |x| {
+        assert!(x != bad);
+        x
+    }
+}
+
+fn fails_on_3(x: u64) -> u64 {
+    fail_on(3)(x)
+}
+
+fn pid_then_abort(q: Queue<u32>) {
+    q.put(std::process::id()).unwrap();
+    std::process::abort();
+}
+
+#[test]
+fn current_and_parent_process_under_every_start_method() {
+    let me = corral::current_process();
+    assert_eq!(me.pid, std::process::id());
+    assert!(!me.corral_child && !me.daemon && me.name.is_none());
+    assert_eq!(corral::parent_process(), None);
+    for method in METHODS {
+        let child = Process::builder()
+            .name("looker")
+            .daemon(true)
+            .start_method(method)
+            .spawn(introspect, ())
+            .unwrap();
+        let pid = child.pid();
+        let seen = fx::done(child).unwrap();
+        assert_eq!(
+            seen,
+            (
+                pid,
+                Some("looker".into()),
+                true,
+                true,
+                Some(std::process::id())
+            ),
+            "{method:?}"
+        );
+    }
+    // A pool worker knows it is one.
+    let pool = Pool::new(1).unwrap();
+    let (pid, name, daemon, child, parent) = done(pool.submit(introspect, ())).unwrap();
+    assert_ne!(pid, std::process::id());
+    assert_eq!(
+        (name.as_deref(), daemon, child, parent),
+        (Some("corral-worker"), true, true, Some(std::process::id()))
+    );
+}
+
+#[test]
+fn active_children_lists_the_running_ones_and_reaps_the_rest() {
+    let child = Process::builder()
+        .name("active-napper")
+        .spawn(nap, 30_000)
+        .unwrap();
+    let quick = Process::builder()
+        .name("active-quick")
+        .spawn(nap, 0)
+        .unwrap();
+    let quick_pid = quick.pid();
+    fx::done(quick).unwrap();
+    let live = corral::active_children();
+    let napper = live
+        .iter()
+        .find(|c| c.pid == child.pid())
+        .expect("the running child is listed");
+    assert_eq!(napper.name.as_deref(), Some("active-napper"));
+    assert!(napper.is_alive());
+    assert!(
+        live.iter().all(|c| c.pid != quick_pid),
+        "a joined child is not listed"
+    );
+    child.kill().unwrap();
+    let pid = child.pid();
+    assert!(fx::done(child).is_err());
+    assert!(corral::active_children().iter().all(|c| c.pid != pid));
+}
+
+#[test]
+fn interrupt_sends_sigint_and_the_status_stays_readable_after_join_fails() {
+    for method in METHODS {
+        let child = Process::builder()
+            .start_method(method)
+            .spawn(fx::hang::<()>, ())
+            .unwrap();
+        // Interrupt once it runs (before, the signal would hit the bootstrap
+        // all the same: SIGINT's default action ends it either way).
+        child.interrupt().unwrap();
+        let err = fx::done(child).unwrap_err();
+        assert_eq!(
+            err.exit_status(),
+            Some(ExitStatus::Signal(libc::SIGINT)),
+            "{method:?}"
+        );
+    }
+    let panicked = fx::done(corral::spawn(fx::panic_with_number, ()).unwrap()).unwrap_err();
+    assert!(matches!(panicked, ProcessError::Panicked(_)));
+    assert_eq!(panicked.exit_status(), Some(ExitStatus::Code(1)));
+    let codec = fx::done(corral::spawn(fx::make_undeserializable, ()).unwrap()).unwrap_err();
+    assert!(matches!(codec, ProcessError::Codec(_)), "{codec:?}");
+    assert_eq!(codec.exit_status(), Some(ExitStatus::Code(0)));
+}
+
+#[test]
+fn a_lost_task_names_the_worker_that_died() {
+    let pool = Pool::new(2).unwrap();
+    let q = Queue::unbounded().unwrap();
+    let task = pool.submit(pid_then_abort, q.clone());
+    assert!(corral::wait_all(
+        std::slice::from_ref(&task),
+        Some(Duration::from_secs(60))
+    ));
+    let reported = q.get_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(task.worker_pid(), Some(reported));
+    assert_eq!(
+        done(task),
+        Err(TaskError::WorkerLost(ExitStatus::Signal(libc::SIGABRT)))
+    );
+    assert!(fx::wait_for(Duration::from_secs(10), || fx::is_gone(
+        reported
+    )));
+}
+
+#[test]
+fn done_callbacks_see_every_outcome_and_may_submit_more() {
+    let pool = Arc::new(Pool::new(2).unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let chained = Arc::new(AtomicU64::new(0));
+    for x in 0..20u64 {
+        let (seen, pool2, chained) = (seen.clone(), pool.clone(), chained.clone());
+        pool.submit(fails_on_3, x).on_done(move |outcome| {
+            if x == 0 {
+                // A callback may use the pool (it runs outside its lock).
+                chained.store(pool2.apply(square, 12).unwrap(), Ordering::SeqCst);
+            }
+            seen.lock().unwrap().push((x, outcome.is_ok()));
+        });
+    }
+    // (Wait for the chained call: once the pool is closed it would fail.)
+    assert!(fx::wait_for(Duration::from_secs(60), || chained
+        .load(Ordering::SeqCst)
+        != 0));
+    let p = pool.clone();
+    within(Duration::from_secs(60), move || p.join());
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort();
+    let expected: Vec<(u64, bool)> = (0..20).map(|x| (x, x != 3)).collect();
+    assert_eq!(seen, expected, "join waits for every callback");
+    assert_eq!(chained.load(Ordering::SeqCst), 144);
+    // Registered after the pool joined: runs at once, on this thread.
+    let here = std::thread::current().id();
+    let ran_on = Arc::new(Mutex::new(None));
+    let r = ran_on.clone();
+    pool.submit(square, 2).on_done(move |outcome| {
+        assert_eq!(outcome, Err(TaskError::PoolClosed));
+        *r.lock().unwrap() = Some(std::thread::current().id());
+    });
+    assert_eq!(*ran_on.lock().unwrap(), Some(here));
+}
+
+#[test]
+fn a_panicking_callback_does_not_stop_the_others() {
+    let pool = Pool::new(1).unwrap();
+    let count = Arc::new(AtomicU64::new(0));
+    for x in 0..5u64 {
+        let count = count.clone();
+        pool.submit(square, x).on_done(move |_| {
+            count.fetch_add(1, Ordering::SeqCst);
+            assert!(x != 2, "callback for 2 panics (expected)");
+        });
+    }
+    pool.join();
+    assert_eq!(count.load(Ordering::SeqCst), 5);
+}
+
+#[test]
+fn as_completed_with_a_timeout_gives_the_rest_back() {
+    let pool = Pool::new(2).unwrap();
+    let tasks = vec![pool.submit(nap, 1), pool.submit(nap, 60_000)];
+    let started = Instant::now();
+    let mut it = corral::as_completed(tasks).timeout(Duration::from_millis(500));
+    let (first, value) = it.next().unwrap();
+    assert_eq!((first, value), (0, Ok(1)));
+    assert!(it.next().is_none());
+    assert!(it.timed_out());
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let rest = it.into_remaining();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].0, 1);
+    rest[0].1.cancel();
+    assert!(fx::wait_for(Duration::from_secs(30), || pool
+        .stats()
+        .cancelled
+        == 1));
+}
+
+#[test]
+fn wait_first_error_returns_at_the_first_failure_or_when_all_end() {
+    let pool = Pool::new(2).unwrap();
+    let mut tasks: Vec<_> = (0..4).map(|x| pool.submit(fails_on_3, x)).collect();
+    tasks.push(pool.submit(nap, 60_000));
+    let failed = corral::wait_first_error(&tasks, Some(Duration::from_secs(60)));
+    assert_eq!(failed, Some(3));
+    assert!(tasks[3].failed() && !tasks[4].is_finished());
+    tasks[4].cancel();
+    let good: Vec<_> = (0..4).map(|x| pool.submit(square, x)).collect();
+    assert_eq!(
+        corral::wait_first_error(&good, Some(Duration::from_secs(60))),
+        None
+    );
+    assert!(good.iter().all(|t| t.is_finished() && !t.failed()));
+    let slow = [pool.submit(nap, 60_000)];
+    assert_eq!(
+        corral::wait_first_error(&slow, Some(Duration::from_millis(50))),
+        None
+    );
+    assert!(!slow[0].is_finished());
+    slow[0].cancel();
+}
+
+#[test]
+fn map_async_is_a_task_for_the_whole_map() {
+    let pool = Pool::new(2).unwrap();
+    let all = pool.map_async(square, 0..1000u64);
+    let squares = done(all).unwrap();
+    assert_eq!(squares.len(), 1000);
+    assert_eq!(squares[999], 999 * 999);
+    // The first failing item's error, like `map`.
+    assert!(matches!(
+        done(pool.map_async(fails_on_3, 0..10u64)),
+        Err(TaskError::Panicked(_))
+    ));
+    assert_eq!(done(pool.map_async(square, Vec::<u64>::new())), Ok(vec![]));
+    // A Future too.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let sum: u64 = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(60), pool.map_async(square, 1..=3u64))
+            .await
+            .expect("in time")
+            .unwrap()
+            .iter()
+            .sum()
+    });
+    assert_eq!(sum, 14);
+}
+
+#[test]
+fn cancelling_a_map_async_stops_its_items_and_the_pool_goes_on() {
+    let pool = Pool::new(2).unwrap();
+    let all = pool.map_async(nap, vec![60_000u64; 40]);
+    assert!(fx::wait_for(Duration::from_secs(30), || {
+        pool.stats().workers == 2 && pool.stats().queued < 40
+    }));
+    let started = Instant::now();
+    all.cancel();
+    assert_eq!(done(all), Err(TaskError::Cancelled));
+    // The running items' workers are killed, the rest skipped: the pool is
+    // free for new work at once.
+    let pool = Arc::new(pool);
+    let p = pool.clone();
+    assert_eq!(
+        within(Duration::from_secs(30), move || p.apply(square, 5)),
+        Ok(25)
+    );
+    assert!(fx::wait_for(Duration::from_secs(30), || pool
+        .stats()
+        .cancelled
+        == 40));
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn dropping_an_imap_cancels_what_has_not_started() {
+    let pool = Arc::new(Pool::new(2).unwrap());
+    {
+        let mut it = pool.imap(nap, std::iter::repeat(300u64)).chunk_size(1);
+        assert_eq!(it.next(), Some(Ok(300)));
+    }
+    // Only the two running items finish; the window's other items are
+    // skipped, so the pool has nothing left to do within a few naps.
+    let p = pool.clone();
+    within(Duration::from_secs(20), move || {
+        assert!(fx::wait_for(Duration::from_secs(15), || p.stats().queued == 0));
+        p.join();
+    });
+    let stats = pool.stats();
+    assert!(stats.completed <= 4, "{stats:?}");
+    assert!(stats.cancelled >= 100, "{stats:?}");
+}
+
+#[test]
+fn imap_cancel_kills_the_running_items() {
+    let pool = Pool::new(2).unwrap();
+    let mut it = pool.imap_unordered(nap, std::iter::repeat(60_000u64));
+    assert!(fx::wait_for(Duration::from_secs(30), || pool
+        .stats()
+        .workers
+        == 2));
+    it.cancel();
+    assert!(it.next().is_none());
+    drop(it);
+    assert!(
+        within(Duration::from_secs(30), move || {
+            let ok = pool.join_timeout(Duration::from_secs(20));
+            (ok, pool.stats().workers_replaced)
+        })
+        .0
+    );
+}
+
+#[test]
+fn imap_with_a_chunk_size_keeps_order_and_every_outcome() {
+    let pool = Pool::new(2).unwrap();
+    for chunk in [1, 7, 100, 5000] {
+        let out: Vec<_> = pool
+            .imap(fails_on_3, 0..2000u64)
+            .chunk_size(chunk)
+            .collect();
+        assert_eq!(out.len(), 2000);
+        for (x, o) in out.iter().enumerate() {
+            assert_eq!(o.is_ok(), x != 3, "chunk {chunk}");
+        }
+        let mut un: Vec<u64> = pool
+            .imap_unordered(square, 0..2000u64)
+            .chunk_size(chunk)
+            .map(Result::unwrap)
+            .collect();
+        un.sort_unstable();
+        assert_eq!(un, (0..2000u64).map(|x| x * x).collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn shutdown_with_cancel_pending_cancels_what_has_not_started() {
+    let pool = Pool::new(1).unwrap();
+    let q = Queue::<u32>::unbounded().unwrap();
+    let first = pool.submit(started_then_nap, (q.clone(), 300));
+    let rest: Vec<_> = (0..20).map(|_| pool.submit(nap, 300)).collect();
+    q.get_timeout(Duration::from_secs(30)).unwrap(); // the first one runs
+    within(Duration::from_secs(30), move || pool.shutdown(true));
+    assert_eq!(done(first), Ok(300));
+    for task in rest {
+        assert_eq!(done(task), Err(TaskError::Cancelled));
+    }
+}
+
+fn started_then_nap((q, ms): (Queue<u32>, u64)) -> u64 {
+    q.put(1).unwrap();
+    nap(ms)
+}
+
+#[test]
+fn join_timeout_gives_up_and_can_be_called_again() {
+    let pool = Pool::new(1).unwrap();
+    let task = pool.submit(nap, 500);
+    assert!(!pool.join_timeout(Duration::from_millis(10)));
+    assert_eq!(pool.apply(square, 2), Err(TaskError::PoolClosed));
+    assert!(pool.join_timeout(Duration::from_secs(60)));
+    assert_eq!(done(task), Ok(500));
+    assert_eq!(pool.stats().workers, 0);
+}
+
+#[test]
+fn wait_takes_children_pipes_queues_and_tasks_together() {
+    let pool = Pool::new(1).unwrap();
+    let child = corral::spawn(nap, 60_000).unwrap();
+    let (ours, _theirs) = corral::Pipe::duplex().unwrap();
+    let q = Queue::<u8>::unbounded().unwrap();
+    let slow = pool.submit(nap, 60_000);
+    let nothing =
+        corral::wait(&[&child, &ours, &q, &slow], Some(Duration::from_millis(50))).unwrap();
+    assert!(nothing.is_empty());
+    slow.cancel();
+    let ready = corral::wait(&[&child, &ours, &q, &slow], Some(Duration::from_secs(30))).unwrap();
+    assert_eq!(ready, vec![3]);
+    let quick = pool.submit(square, 3);
+    let ready = corral::wait(&[&child, &quick], Some(Duration::from_secs(60))).unwrap();
+    assert_eq!(ready, vec![1]);
+    assert_eq!(done(quick), Ok(9));
+    child.kill().unwrap();
+    assert!(fx::done(child).is_err());
+}
