@@ -225,8 +225,9 @@ pub use shared::{
 };
 pub use start::StartMethod;
 pub use sync::{
-    AcquireError, Barrier, BarrierError, BarrierWaitResult, BoundedSemaphore, Condition,
-    ConditionGuard, Event, Lock, LockGuard, RLock, RLockGuard, Semaphore, SemaphoreGuard,
+    AcquireError, Barrier, BarrierBuilder, BarrierError, BarrierWaitResult, BoundedSemaphore,
+    Condition, ConditionGuard, Event, Lock, LockGuard, RLock, RLockGuard, Semaphore,
+    SemaphoreGuard,
 };
 
 /// What can cross a process boundary: serde-serializable, owned, sendable.

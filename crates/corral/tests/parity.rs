@@ -440,3 +440,252 @@ fn wait_takes_children_pipes_queues_and_tasks_together() {
     child.kill().unwrap();
     assert!(fx::done(child).is_err());
 }
+
+// ---- Sync and queue gaps -------------------------------------------------
+
+fn hold_lock((lock, held, release): (corral::Lock, corral::Event, corral::Event)) {
+    let _guard = lock.acquire().unwrap();
+    held.set();
+    release.wait();
+}
+
+fn hold_lock_and_die((lock, held): (corral::Lock, corral::Event)) {
+    let guard = lock.acquire().unwrap();
+    held.set();
+    std::mem::forget(guard);
+    std::process::abort();
+}
+
+#[test]
+fn locked_tells_whether_any_process_holds_the_lock() {
+    let lock = corral::Lock::new().unwrap();
+    let (held, release) = (corral::Event::new().unwrap(), corral::Event::new().unwrap());
+    let child = corral::spawn(hold_lock, (lock.clone(), held.clone(), release.clone())).unwrap();
+    assert!(held.wait_timeout(Duration::from_secs(30)));
+    assert!(lock.locked());
+    release.set();
+    fx::done(child).unwrap();
+    assert!(!lock.locked());
+    // A holder that died frees the lock (the kernel clears its owner); the
+    // next acquirer is told.
+    held.clear();
+    let child = corral::spawn(hold_lock_and_die, (lock.clone(), held.clone())).unwrap();
+    assert!(fx::done(child).is_err());
+    assert!(!lock.locked());
+    let taken = lock.acquire();
+    assert!(matches!(taken, Err(corral::AcquireError::OwnerDied(_))));
+    drop(taken);
+    assert!(!lock.locked());
+    let rlock = corral::RLock::new().unwrap();
+    let a = rlock.acquire().unwrap();
+    let b = rlock.acquire().unwrap();
+    assert!(rlock.locked());
+    drop((a, b));
+    assert!(!rlock.locked());
+}
+
+fn take_and_keep(sem: corral::Semaphore) -> (usize, bool) {
+    sem.acquire().unwrap().keep();
+    let seen = sem.value();
+    // Another thread holds no permit: it cannot return this one.
+    let other = std::thread::scope(|s| s.spawn(|| sem.release().is_err()).join().unwrap());
+    sem.release().unwrap();
+    (seen, other)
+}
+
+#[test]
+fn semaphore_value_and_a_bare_release() {
+    let sem = corral::Semaphore::new(3).unwrap();
+    let held = sem.acquire().unwrap();
+    assert_eq!(sem.value(), 2);
+    let (seen, other_refused) =
+        fx::done(corral::spawn(take_and_keep, sem.clone()).unwrap()).unwrap();
+    assert_eq!((seen, other_refused), (1, true));
+    assert_eq!(sem.value(), 2);
+    drop(held);
+    assert_eq!(sem.value(), 3);
+    assert!(matches!(
+        sem.release(),
+        Err(corral::Error::InvalidArgument(_))
+    ));
+}
+
+static ROUNDS_LED: AtomicU64 = AtomicU64::new(0);
+
+fn count_round() {
+    ROUNDS_LED.fetch_add(1, Ordering::SeqCst);
+}
+
+fn barrier_rounds((b, rounds): (corral::Barrier, u32)) -> u64 {
+    for _ in 0..rounds {
+        b.wait().unwrap();
+    }
+    ROUNDS_LED.load(Ordering::SeqCst)
+}
+
+fn refuse() {
+    panic!("the action refuses (expected)");
+}
+
+#[test]
+fn barrier_action_runs_once_per_round_in_one_party() {
+    let b = corral::Barrier::builder(3)
+        .action(count_round)
+        .build()
+        .unwrap();
+    let kids: Vec<_> = (0..2)
+        .map(|_| corral::spawn(barrier_rounds, (b.clone(), 5)).unwrap())
+        .collect();
+    let mine = barrier_rounds((b.clone(), 5));
+    let total: u64 = mine + kids.into_iter().map(|k| fx::done(k).unwrap()).sum::<u64>();
+    assert_eq!(
+        total, 5,
+        "the action ran once per round, across the processes"
+    );
+    // A panicking action breaks the barrier and the panic goes on.
+    let b = corral::Barrier::builder(1).action(refuse).build().unwrap();
+    assert!(std::panic::catch_unwind(|| b.wait()).is_err());
+    assert!(b.is_broken());
+    assert_eq!(b.wait(), Err(corral::BarrierError::Broken));
+    b.reset();
+    assert!(!b.is_broken());
+}
+
+fn wait_at(b: corral::Barrier) -> Result<u32, corral::BarrierError> {
+    b.wait().map(|r| r.index())
+}
+
+#[test]
+fn barrier_reset_and_default_timeout() {
+    let b = corral::Barrier::new(2).unwrap();
+    let child = corral::spawn(wait_at, b.clone()).unwrap();
+    assert!(fx::wait_for(Duration::from_secs(30), || b.n_waiting() == 1));
+    b.reset();
+    assert_eq!(fx::done(child).unwrap(), Err(corral::BarrierError::Broken));
+    assert!(!b.is_broken());
+    // Usable again after the reset.
+    let child = corral::spawn(wait_at, b.clone()).unwrap();
+    b.wait().unwrap();
+    assert!(fx::done(child).unwrap().is_ok());
+    let timed = corral::Barrier::builder(2)
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    assert_eq!(timed.timeout(), Some(Duration::from_millis(100)));
+    assert_eq!(timed.wait(), Err(corral::BarrierError::Timeout));
+    assert!(timed.is_broken());
+}
+
+fn consume_one(q: corral::JoinableQueue<u64>) -> Result<u64, corral::GetError> {
+    let got = q.get_timeout(Duration::from_secs(30));
+    if got.is_ok() {
+        q.task_done();
+    }
+    got
+}
+
+#[test]
+fn queue_shutdown_immediate_discards_and_unblocks_join() {
+    let q = corral::JoinableQueue::unbounded().unwrap();
+    for x in 0..10u64 {
+        q.put(x).unwrap();
+    }
+    assert_eq!(
+        fx::done(corral::spawn(consume_one, q.clone()).unwrap()).unwrap(),
+        Ok(0)
+    );
+    assert_eq!(q.shutdown(true), 9);
+    assert!(
+        q.join_timeout(Duration::from_secs(5)),
+        "every item counts as done"
+    );
+    assert_eq!(
+        fx::done(corral::spawn(consume_one, q.clone()).unwrap()).unwrap(),
+        Err(corral::GetError::Disconnected)
+    );
+    assert!(matches!(q.put(1), Err(corral::PutError::Closed(1))));
+    // Not immediate: what is left can still be taken.
+    let q = corral::Queue::unbounded().unwrap();
+    q.put(7u8).unwrap();
+    assert_eq!(q.shutdown(false), 0);
+    assert_eq!(q.get(), Ok(7));
+    assert_eq!(q.get(), Err(corral::GetError::Disconnected));
+}
+
+fn transfer((from, to, n): (corral::Value<i64>, corral::Value<i64>, u32)) {
+    let lock = from.get_lock();
+    for _ in 0..n {
+        let _both = lock.acquire().unwrap();
+        from.set_unlocked(from.get_unlocked() - 1);
+        to.set_unlocked(to.get_unlocked() + 1);
+    }
+}
+
+fn audit((a, b, rounds): (corral::Value<i64>, corral::Value<i64>, u32)) -> bool {
+    let lock = a.get_lock();
+    (0..rounds).all(|_| {
+        let _both = lock.acquire().unwrap();
+        a.get_unlocked() + b.get_unlocked() == 1000
+    })
+}
+
+#[test]
+fn values_built_around_one_lock_change_together() {
+    let lock = corral::Lock::new().unwrap();
+    let a = corral::Value::with_lock(1000i64, lock.clone()).unwrap();
+    let b = corral::Value::with_lock(0i64, lock.clone()).unwrap();
+    let movers: Vec<_> = [(a.clone(), b.clone()), (b.clone(), a.clone())]
+        .into_iter()
+        .map(|(x, y)| corral::spawn(transfer, (x, y, 2000)).unwrap())
+        .collect();
+    let auditor = corral::spawn(audit, (a.clone(), b.clone(), 2000)).unwrap();
+    for m in movers {
+        fx::done(m).unwrap();
+    }
+    assert!(fx::done(auditor).unwrap(), "a transfer was seen half done");
+    assert_eq!(a.get() + b.get(), 1000);
+    // The handle carries its lock: a child's get_lock is the same lock.
+    let (held, release) = (corral::Event::new().unwrap(), corral::Event::new().unwrap());
+    let child = corral::spawn(hold_lock, (b.get_lock(), held.clone(), release.clone())).unwrap();
+    assert!(held.wait_timeout(Duration::from_secs(30)));
+    assert!(lock.locked());
+    release.set();
+    fx::done(child).unwrap();
+    // An array's own lock, and one it shares.
+    let arr = corral::Array::with_lock(&[1u8, 2, 3], lock.clone()).unwrap();
+    let own = corral::Array::from_slice(&[0u8; 2]).unwrap();
+    let own_lock = own.get_lock();
+    let g = own_lock.acquire().unwrap();
+    assert!(own.get_lock().locked() && !lock.locked());
+    drop(g);
+    let shared = arr.get_lock();
+    let g = shared.acquire().unwrap();
+    assert!(lock.locked());
+    drop(g);
+    assert_eq!(arr.to_vec(), [1, 2, 3]);
+}
+
+fn announce(q: Queue<u32>) {
+    q.put(std::process::id()).unwrap();
+}
+
+#[test]
+fn an_initializer_argument_may_hold_handles() {
+    let started = Queue::<u32>::unbounded().unwrap();
+    let pool = Pool::builder()
+        .processes(2)
+        .initializer(announce, started.clone())
+        .build()
+        .unwrap();
+    let a = started.get_timeout(Duration::from_secs(30)).unwrap();
+    let b = started.get_timeout(Duration::from_secs(30)).unwrap();
+    assert_ne!(a, b);
+    // A replacement worker gets its own copy too.
+    assert!(matches!(
+        done(pool.submit(fx::abort, ())),
+        Err(TaskError::WorkerLost(_))
+    ));
+    let c = started.get_timeout(Duration::from_secs(30)).unwrap();
+    assert!(c != a && c != b);
+    assert_eq!(done(pool.submit(square, 3)), Ok(9));
+}

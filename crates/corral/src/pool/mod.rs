@@ -87,8 +87,6 @@ mod life;
 mod task;
 mod worker;
 
-pub(crate) use self::worker::{JobMsg, Recorder};
-
 use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
@@ -189,24 +187,39 @@ impl PoolBuilder {
     /// runs past the [`task_timeout`](PoolBuilder::task_timeout), when one
     /// is set) the pool is broken: every queued and later task ends with
     /// [`TaskError::InitializerFailed`], and no worker is restarted.
+    ///
+    /// `arg` may hold corral handles (a queue, a lock, a shared value):
+    /// every worker, replacements included, gets its own copy of each, and
+    /// the pool keeps them open while it lives (the way loky and Python
+    /// pass a `Queue` through `initargs` to every worker).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use corral::{Pool, Queue};
+    /// fn hello(q: Queue<u32>) { q.put(std::process::id()).unwrap(); }
+    /// corral::init();
+    /// let started = Queue::unbounded().unwrap();
+    /// let pool = Pool::builder().processes(2).initializer(hello, started.clone()).build().unwrap();
+    /// let a = started.get().unwrap();
+    /// let b = started.get().unwrap();
+    /// assert_ne!(a, b);
+    /// # drop(pool);
+    /// ```
     pub fn initializer<A: Data>(mut self, f: fn(A), arg: A) -> PoolBuilder {
-        self.init = Some(
-            wire::encode(&arg)
-                .and_then(|e| {
-                    if e.fds.is_empty() {
-                        Ok(e.bytes)
-                    } else {
-                        Err(crate::CodecError::new(
-                            "an initializer argument cannot hold corral handles",
-                        ))
-                    }
-                })
-                .map(|arg| worker::InitMsg {
-                    entry: worker::job_entry_offset::<A, ()>(),
-                    func: func_offset(f),
-                    arg,
-                }),
-        );
+        self.init = Some(wire::encode(&arg).and_then(|e| {
+            if e.fds.len() > crate::sys::MAX_FDS_PER_MESSAGE / 2 {
+                return Err(crate::CodecError::new(
+                    "an initializer argument can hold at most 125 corral handles",
+                ));
+            }
+            Ok(worker::InitMsg {
+                entry: worker::job_entry_offset::<A, ()>(),
+                func: func_offset(f),
+                arg: e.bytes,
+                fds: worker::InitFds(Arc::new(e.fds)),
+            })
+        }));
         self
     }
 

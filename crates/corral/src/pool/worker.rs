@@ -23,11 +23,13 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::start::bootstrap;
 use crate::start::orphans::TREE_ENV;
-use crate::sys::code::{JobEntry, Verified};
+use crate::sys::code::{Verified, code_pointer};
 use crate::sys::{self, SharedRegion};
 use crate::{Connection, Data, wire};
 
@@ -125,6 +127,33 @@ pub(super) struct InitMsg {
     pub(super) entry: i64,
     pub(super) func: i64,
     pub(super) arg: Vec<u8>,
+    /// The descriptors of the corral handles in `arg`, shared by every
+    /// worker's start.
+    pub(super) fds: InitFds,
+}
+
+/// The initializer argument's descriptors: kept by the pool, sent (as
+/// copies) with every worker it starts.
+#[derive(Clone, Debug, Default)]
+pub(super) struct InitFds(pub(super) Arc<Vec<OwnedFd>>);
+
+impl Serialize for InitFds {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct One<'a>(&'a OwnedFd);
+        impl Serialize for One<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                wire::serialize_fd(self.0.as_fd(), s)
+            }
+        }
+        s.collect_seq(self.0.iter().map(One))
+    }
+}
+
+impl<'de> Deserialize<'de> for InitFds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<InitFds, D::Error> {
+        let fds: Vec<RegionFd> = Deserialize::deserialize(d)?;
+        Ok(InitFds(Arc::new(fds.into_iter().map(|f| f.0).collect())))
+    }
 }
 
 /// Everything a worker starts with (its spawn argument).
@@ -153,6 +182,17 @@ impl<'de> Deserialize<'de> for RegionFd {
         wire::deserialize_fd(d).map(RegionFd)
     }
 }
+
+/// The signature of a pool job entry point (a monomorphized loop that runs
+/// the function at the given offset on each item of a job).
+pub(crate) type JobEntry = fn(
+    &Verified,
+    i64,
+    &JobMsg<'_>,
+    &mut std::vec::IntoIter<OwnedFd>,
+    &mut Recorder<'_>,
+) -> Result<(), crate::SendError>;
+code_pointer!(JobEntry);
 
 /// The entry offset for jobs of type `fn(A) -> R`.
 pub(super) fn job_entry_offset<A: Data, R: Data>() -> i64 {
@@ -434,23 +474,17 @@ pub(super) fn worker_main(boot: WorkerBoot) {
     };
     if let Some(init) = init {
         let end = (init.arg.len() as u32).to_le_bytes();
+        let fds: Vec<OwnedFd> = Arc::try_unwrap(init.fds.0).unwrap_or_default();
+        let count = (fds.len() as u32).to_le_bytes();
         let job = JobMsg {
             entry: init.entry,
             func: init.func,
             ends: &end,
-            fds: &[],
+            fds: if fds.is_empty() { &[] } else { &count },
             args: &init.arg,
         };
-        let entry = verified.job_entry(init.entry);
-        if entry(
-            &verified,
-            init.func,
-            &job,
-            &mut Vec::new().into_iter(),
-            &mut rec,
-        )
-        .is_err()
-        {
+        let entry = verified.entry::<JobEntry>(init.entry);
+        if entry(&verified, init.func, &job, &mut fds.into_iter(), &mut rec).is_err() {
             return;
         }
         if let Some(record) = records(&rec.msg[FRAME_HEADER..]).next()
@@ -504,7 +538,7 @@ fn run_batch(
     rec.flush_at = sys::monotonic_coarse_ns() + FLUSH_NS;
     let mut fds = fds.into_iter();
     for job in &batch.jobs {
-        let entry = verified.job_entry(job.entry);
+        let entry = verified.entry::<JobEntry>(job.entry);
         entry(verified, job.func, job, &mut fds, rec)?;
     }
     rec.msg[8] = 1;

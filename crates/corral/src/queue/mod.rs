@@ -352,6 +352,42 @@ impl<T: Data> Queue<T> {
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
         self.get_with(until(timeout))
     }
+
+    /// Python 3.13's `Queue.shutdown(immediate)`: closes the queue (see
+    /// [`close`](Queue::close): puts fail, gets return what is left and
+    /// then [`GetError::Disconnected`]); with `immediate`, what is left is
+    /// discarded too, so every get fails at once. Returns how many items
+    /// were discarded (on a [`JoinableQueue`] each counts as done, so
+    /// `join` returns).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let q = corral::Queue::unbounded().unwrap();
+    /// q.put(1).unwrap();
+    /// q.put(2).unwrap();
+    /// assert_eq!(q.shutdown(true), 2);
+    /// assert_eq!(q.get(), Err(corral::GetError::Disconnected));
+    /// ```
+    pub fn shutdown(&self, immediate: bool) -> usize {
+        self.close();
+        if !immediate {
+            return 0;
+        }
+        let mut discarded = 0;
+        loop {
+            match self.try_get() {
+                Ok(item) => drop(item),
+                // An item that cannot be decoded is gone all the same.
+                Err(GetError::Codec(_)) => {}
+                Err(_) => return discarded,
+            }
+            discarded += 1;
+            if self.ring.object().param(2) != 0 {
+                self.ring.task_done();
+            }
+        }
+    }
 }
 
 impl<T> Queue<T> {

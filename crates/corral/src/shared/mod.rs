@@ -48,8 +48,8 @@ use bytemuck::Pod;
 
 pub use segment::SharedMemory;
 
-use crate::Error;
 use crate::sys::{self, Acquired, NotAcquired, RobustMutex};
+use crate::{Error, Lock};
 use object::{HEADER, Kind, Object, object_handle_serde};
 
 /// Where the lock of a locked value lives.
@@ -110,9 +110,10 @@ fn elements<T>(obj: &Object, data: usize, len: usize) -> *mut T {
         .cast::<T>()
 }
 
-/// Takes the lock of a locked value or array whose data is at `ptr`.
-fn lock_region<U: ?Sized>(obj: &Object, ptr: *mut U) -> SharedGuard<'_, U> {
-    let mutex = obj.region().robust_mutex(LOCK);
+/// Takes the lock in `lock` (a value's own region, or the region of the
+/// [`Lock`] it was built around) for the data at `ptr`.
+fn lock_region<'a, U: ?Sized>(lock: &'a Object, ptr: *mut U) -> SharedGuard<'a, U> {
+    let mutex = lock.region().robust_mutex(LOCK);
     let owner_died = match mutex.lock() {
         Ok(Acquired::Clean) => false,
         Ok(Acquired::OwnerDied) => true,
@@ -200,6 +201,52 @@ impl<U: ?Sized + fmt::Debug> fmt::Debug for SharedGuard<'_, U> {
     }
 }
 
+/// The region of a `Value` or `Array` as a serde field.
+struct Region<'a>(&'a Object);
+
+impl serde::Serialize for Region<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+/// A received region of the kind `K` names.
+struct ReceivedRegion<const K: u32>(Object);
+
+impl<'de, const K: u32> serde::Deserialize<'de> for ReceivedRegion<K> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let kind = if K == Kind::Value as u32 {
+            Kind::Value
+        } else {
+            Kind::Array
+        };
+        Object::deserialize(d, kind).map(ReceivedRegion)
+    }
+}
+
+/// Serde for a handle made of its region and the [`Lock`] it was built
+/// around, if any (which travels as a handle of its own).
+macro_rules! guarded_serde {
+    ($ty:ident<T: Pod>, $kind:expr, |$this:ident| $parts:expr, |$obj:ident, $lock:ident| $make:expr) => {
+        impl<T: Pod> serde::Serialize for $ty<T> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let $this = self;
+                let (obj, lock) = $parts;
+                serde::Serialize::serialize(&(Region(obj), lock), s)
+            }
+        }
+
+        impl<'de, T: Pod> serde::Deserialize<'de> for $ty<T> {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let (region, $lock): (ReceivedRegion<{ $kind as u32 }>, Option<Lock>) =
+                    serde::Deserialize::deserialize(d)?;
+                let $obj = region.0;
+                $make.map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
 /// A value of plain data in shared memory, with a lock (Python's
 /// `multiprocessing.Value`).
 ///
@@ -218,6 +265,8 @@ impl<U: ?Sized + fmt::Debug> fmt::Debug for SharedGuard<'_, U> {
 #[derive(Clone)]
 pub struct Value<T> {
     obj: Object,
+    /// The lock it was built around, if not its own.
+    lock: Option<Lock>,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -231,18 +280,88 @@ impl<T: Pod> Value<T> {
     pub fn new(v: T) -> Result<Value<T>, Error> {
         Ok(Value {
             obj: create(Kind::Value, LOCKED_DATA, &[v])?,
+            lock: None,
             _type: PhantomData,
         })
     }
 
-    fn from_object(obj: Object) -> Result<Value<T>, String> {
+    /// Puts `v` in fresh shared memory guarded by `lock` (Python's
+    /// `Value(typecode, v, lock=lock)`): values and arrays built around one
+    /// lock are updated together under it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Value::new`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let lock = corral::Lock::new().unwrap();
+    /// let debit = corral::Value::with_lock(100i64, lock.clone()).unwrap();
+    /// let credit = corral::Value::with_lock(0i64, lock.clone()).unwrap();
+    /// {
+    ///     let _both = lock.acquire().unwrap(); // one transfer, atomically
+    ///     debit.set_unlocked(90);
+    ///     credit.set_unlocked(10);
+    /// }
+    /// assert_eq!(debit.get() + credit.get(), 100);
+    /// ```
+    pub fn with_lock(v: T, lock: Lock) -> Result<Value<T>, Error> {
+        Ok(Value {
+            lock: Some(lock),
+            ..Value::new(v)?
+        })
+    }
+
+    fn from_parts(obj: Object, lock: Option<Lock>) -> Result<Value<T>, String> {
         match check_received::<T>(&obj, LOCKED_DATA)? {
             1 => Ok(Value {
                 obj,
+                lock,
                 _type: PhantomData,
             }),
             _ => Err("a corrupt Value handle".into()),
         }
+    }
+
+    /// The lock that guards it (Python's `get_lock()`): its own, or the one
+    /// it was built around. Hold it to make several accesses one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let v = corral::Value::new(0u32).unwrap();
+    /// let lock = v.get_lock();
+    /// let held = lock.acquire().unwrap();
+    /// v.set_unlocked(v.get_unlocked() + 1); // under the lock already
+    /// drop(held);
+    /// assert_eq!(v.get(), 1);
+    /// ```
+    pub fn get_lock(&self) -> Lock {
+        self.lock
+            .clone()
+            .unwrap_or_else(|| Lock::over(self.obj.clone()))
+    }
+
+    fn lock_object(&self) -> &Object {
+        self.lock.as_ref().map_or(&self.obj, Lock::object)
+    }
+
+    /// Reads the value without taking the lock: for a caller that holds it
+    /// (through [`get_lock`](Value::get_lock)). Without the lock, a reader
+    /// racing a writer may see a torn value, as with [`RawValue`].
+    pub fn get_unlocked(&self) -> T {
+        // SAFETY: in bounds and aligned (checked when the handle was made or
+        // received); a torn read of a `Pod` is still a valid `T` (see
+        // `RawValue::get`).
+        unsafe { elements::<T>(&self.obj, LOCKED_DATA, 1).read_volatile() }
+    }
+
+    /// Writes the value without taking the lock (see
+    /// [`get_unlocked`](Value::get_unlocked)).
+    pub fn set_unlocked(&self, v: T) {
+        // SAFETY: as in `get_unlocked`; every bit pattern written is a `T`.
+        unsafe { elements::<T>(&self.obj, LOCKED_DATA, 1).write_volatile(v) }
     }
 
     /// Takes the lock; the guard derefs to the value.
@@ -254,7 +373,7 @@ impl<T: Pod> Value<T> {
     ///
     /// If this thread already holds the lock (that would deadlock).
     pub fn lock(&self) -> ValueGuard<'_, T> {
-        lock_region(&self.obj, elements::<T>(&self.obj, LOCKED_DATA, 1))
+        lock_region(self.lock_object(), elements::<T>(&self.obj, LOCKED_DATA, 1))
     }
 
     /// Reads the value (under the lock).
@@ -282,7 +401,9 @@ impl<T: Pod + fmt::Debug> fmt::Debug for Value<T> {
     }
 }
 
-object_handle_serde!(Value<T: Pod>, Kind::Value);
+guarded_serde!(Value<T: Pod>, Kind::Value, |this| (&this.obj, &this.lock), |obj, lock| {
+    Value::from_parts(obj, lock)
+});
 
 /// The constructors and size of an array type (`Array`, `RawArray`) whose
 /// elements start at byte `$data` of its object.
@@ -296,11 +417,7 @@ macro_rules! array_common {
             /// [`Error::Io`] if shared memory cannot be created;
             /// [`Error::Unsupported`] for a type aligned to more than 64 bytes.
             pub fn from_slice(items: &[T]) -> Result<$ty<T>, Error> {
-                Ok($ty {
-                    obj: create($kind, $data, items)?,
-                    len: items.len(),
-                    _type: PhantomData,
-                })
+                Ok($ty::assemble(create($kind, $data, items)?, items.len()))
             }
 
             /// An array of `len` zeroed elements.
@@ -314,11 +431,7 @@ macro_rules! array_common {
 
             fn from_object(obj: Object) -> Result<$ty<T>, String> {
                 let len = check_received::<T>(&obj, $data)?;
-                Ok($ty {
-                    obj,
-                    len,
-                    _type: PhantomData,
-                })
+                Ok($ty::assemble(obj, len))
             }
 
             /// The number of elements.
@@ -350,12 +463,72 @@ macro_rules! array_common {
 pub struct Array<T> {
     obj: Object,
     len: usize,
+    /// The lock it was built around, if not its own.
+    lock: Option<Lock>,
     _type: PhantomData<fn() -> T>,
 }
 
 array_common!(Array, Kind::Array, LOCKED_DATA);
 
 impl<T: Pod> Array<T> {
+    fn assemble(obj: Object, len: usize) -> Array<T> {
+        Array {
+            obj,
+            len,
+            lock: None,
+            _type: PhantomData,
+        }
+    }
+
+    /// An array holding a copy of `items`, guarded by `lock` (Python's
+    /// `Array(typecode, items, lock=lock)`).
+    ///
+    /// # Errors
+    ///
+    /// As [`Array::from_slice`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let lock = corral::Lock::new().unwrap();
+    /// let a = corral::Array::with_lock(&[1u8, 2], lock.clone()).unwrap();
+    /// let total = corral::Value::with_lock(3u32, lock).unwrap();
+    /// a.lock()[0] = 5; // takes the shared lock
+    /// assert_eq!(a.to_vec(), [5, 2]);
+    /// assert_eq!(total.get(), 3);
+    /// ```
+    pub fn with_lock(items: &[T], lock: Lock) -> Result<Array<T>, Error> {
+        Ok(Array {
+            lock: Some(lock),
+            ..Array::from_slice(items)?
+        })
+    }
+
+    fn from_parts(obj: Object, lock: Option<Lock>) -> Result<Array<T>, String> {
+        Ok(Array {
+            lock,
+            ..Array::from_object(obj)?
+        })
+    }
+
+    /// The lock that guards it (Python's `get_lock()`): its own, or the one
+    /// it was built around.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let a = corral::Array::from_slice(&[0u16; 4]).unwrap();
+    /// let lock = a.get_lock();
+    /// let held = lock.acquire().unwrap();
+    /// assert!(a.get_lock().locked());
+    /// drop(held);
+    /// ```
+    pub fn get_lock(&self) -> Lock {
+        self.lock
+            .clone()
+            .unwrap_or_else(|| Lock::over(self.obj.clone()))
+    }
+
     /// Takes the lock; the guard derefs to the elements.
     ///
     /// # Panics
@@ -364,7 +537,7 @@ impl<T: Pod> Array<T> {
     pub fn lock(&self) -> ArrayGuard<'_, T> {
         let first = elements::<T>(&self.obj, LOCKED_DATA, self.len);
         lock_region(
-            &self.obj,
+            self.lock.as_ref().map_or(&self.obj, Lock::object),
             std::ptr::slice_from_raw_parts_mut(first, self.len),
         )
     }
@@ -395,7 +568,9 @@ impl<T: Pod + fmt::Debug> fmt::Debug for Array<T> {
     }
 }
 
-object_handle_serde!(Array<T: Pod>, Kind::Array);
+guarded_serde!(Array<T: Pod>, Kind::Array, |this| (&this.obj, &this.lock), |obj, lock| {
+    Array::from_parts(obj, lock)
+});
 
 /// A value of plain data in shared memory without a lock (Python's
 /// `multiprocessing.RawValue`). Reads and writes are single copies; a
@@ -477,6 +652,16 @@ pub struct RawArray<T> {
     obj: Object,
     len: usize,
     _type: PhantomData<fn() -> T>,
+}
+
+impl<T: Pod> RawArray<T> {
+    fn assemble(obj: Object, len: usize) -> RawArray<T> {
+        RawArray {
+            obj,
+            len,
+            _type: PhantomData,
+        }
+    }
 }
 
 array_common!(RawArray, Kind::RawArray, HEADER);

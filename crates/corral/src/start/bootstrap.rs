@@ -13,7 +13,7 @@ use std::sync::Once;
 
 use serde::{Deserialize, Serialize};
 
-use crate::sys::code::{Entry, Verified};
+use crate::sys::code::{Verified, code_pointer};
 use crate::{CodecError, Data, ProcessError, RemotePanic, sys, wire};
 
 /// What the parent sends with a start request, except the argument bytes.
@@ -49,6 +49,10 @@ pub(crate) struct StartContext {
     /// The whole environment, `KEY=VALUE` entries.
     pub(crate) env: Option<Vec<Vec<u8>>>,
 }
+
+/// The signature of a task entry point (a monomorphized trampoline).
+pub(crate) type Entry = fn(&Verified, i64, &[u8], Vec<OwnedFd>) -> Outcome;
+code_pointer!(Entry);
 
 /// How a task ended, as the child reports it.
 #[derive(Debug)]
@@ -147,7 +151,7 @@ pub(crate) fn run_task(meta: &StartMeta, arg: &[u8], fds: Vec<OwnedFd>) -> Outco
         parent: meta.parent,
     });
     match Verified::check(&meta.identity) {
-        Ok(verified) => (verified.entry(meta.entry))(&verified, meta.func, arg, fds),
+        Ok(verified) => (verified.entry::<Entry>(meta.entry))(&verified, meta.func, arg, fds),
         Err(why) => Outcome::Refused(why),
     }
 }

@@ -8,13 +8,24 @@ use super::deadline;
 use crate::Error;
 use crate::shared::memory::{Memory, Word32};
 use crate::shared::object::{HEADER, Kind, Object, object_handle_serde};
+use crate::sys::code;
 
 /// How many have arrived in the current round.
 const ARRIVED: usize = HEADER;
-/// The round number (low 31 bits) and the broken flag (top bit): waiters
-/// sleep on it, so both a completed round and a break wake them.
+/// The round number (low 30 bits), the broken flag (top bit) and the reset
+/// flag (the round ended by [`Barrier::reset`]): waiters sleep on it, so a
+/// completed round, a break and a reset all wake them.
 const ROUND: usize = HEADER + 4;
 const BROKEN: u32 = 1 << 31;
+const RESET: u32 = 1 << 30;
+const COUNTER: u32 = RESET - 1;
+
+/// Header parameters: parties, default timeout (ns, 0: none), action offset
+/// and the identity of the binary it belongs to (0: no action).
+const P_PARTIES: usize = 0;
+const P_TIMEOUT: usize = 1;
+const P_ACTION: usize = 2;
+const P_ACTION_BINARY: usize = 3;
 
 /// A process-shared barrier (Python's `multiprocessing.Barrier`): each of
 /// `parties` callers of [`Barrier::wait`] blocks until all have arrived.
@@ -62,7 +73,9 @@ impl BarrierWaitResult {
 }
 
 /// Why a [`Barrier::wait`] failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize,
+)]
 #[non_exhaustive]
 pub enum BarrierError {
     /// The barrier is broken (a wait timed out or it was aborted).
@@ -73,22 +86,90 @@ pub enum BarrierError {
     Timeout,
 }
 
+/// Options for a [`Barrier`]: Python's `Barrier(parties, action=,
+/// timeout=)`. Made by [`Barrier::builder`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// fn round_done() { println!("everyone arrived") }
+/// let b = corral::Barrier::builder(1)
+///     .action(round_done)
+///     .timeout(Duration::from_secs(30))
+///     .build()
+///     .unwrap();
+/// assert!(b.wait().unwrap().is_leader());
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct BarrierBuilder {
+    parties: u32,
+    action: Option<fn()>,
+    timeout: Option<Duration>,
+}
+
+impl BarrierBuilder {
+    /// A function the last party to arrive runs, once per round, before
+    /// any party goes on (Python's `action`). Every process that waits
+    /// runs the same binary, so a plain `fn()` can run in any of them. If
+    /// it panics, the barrier breaks (the others get
+    /// [`BarrierError::Broken`]) and the panic goes on in that party.
+    pub fn action(mut self, action: fn()) -> BarrierBuilder {
+        self.action = Some(action);
+        self
+    }
+
+    /// The limit of a [`Barrier::wait`] (Python's `timeout`); past it the
+    /// wait fails with [`BarrierError::Timeout`] and breaks the barrier.
+    pub fn timeout(mut self, timeout: Duration) -> BarrierBuilder {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Creates the barrier.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] for 0 parties or more than 2³⁰ − 1;
+    /// [`Error::Io`] if shared memory cannot be created.
+    pub fn build(self) -> Result<Barrier, Error> {
+        if self.parties == 0 || self.parties > COUNTER {
+            return Err(Error::Unsupported(
+                "a Barrier needs between 1 and 2^30 - 1 parties",
+            ));
+        }
+        let timeout = self.timeout.map_or(0, |t| {
+            u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
+        });
+        let (action, binary) = match self.action {
+            Some(f) => (code::action_offset(f), code::identity_hash()),
+            None => (0, 0),
+        };
+        let params = [u64::from(self.parties), timeout, action as u64, binary];
+        Ok(Barrier {
+            obj: Object::create(Kind::Barrier, ROUND + 4, &params)?,
+        })
+    }
+}
+
 impl Barrier {
     /// A barrier for `parties` participants.
     ///
     /// # Errors
     ///
-    /// [`Error::Unsupported`] for 0 parties or more than 2³¹ − 1;
+    /// [`Error::Unsupported`] for 0 parties or more than 2³⁰ − 1;
     /// [`Error::Io`] if shared memory cannot be created.
     pub fn new(parties: u32) -> Result<Barrier, Error> {
-        if parties == 0 || parties >= BROKEN {
-            return Err(Error::Unsupported(
-                "a Barrier needs between 1 and 2^31 - 1 parties",
-            ));
+        Barrier::builder(parties).build()
+    }
+
+    /// Options: an action run once per round, a default timeout.
+    pub fn builder(parties: u32) -> BarrierBuilder {
+        BarrierBuilder {
+            parties,
+            action: None,
+            timeout: None,
         }
-        Ok(Barrier {
-            obj: Object::create(Kind::Barrier, ROUND + 4, &[u64::from(parties)])?,
-        })
     }
 
     fn from_object(obj: Object) -> Result<Barrier, String> {
@@ -97,7 +178,49 @@ impl Barrier {
 
     /// How many parties the barrier waits for.
     pub fn parties(&self) -> u32 {
-        self.obj.param(0) as u32
+        self.obj.param(P_PARTIES) as u32
+    }
+
+    /// The default limit of [`wait`](Barrier::wait), if one was set.
+    pub fn timeout(&self) -> Option<Duration> {
+        match self.obj.param(P_TIMEOUT) {
+            0 => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+
+    /// The action, resolved in this process (a handle from a different
+    /// binary cannot reach here: handles cross only to corral children).
+    fn action(&self) -> Option<fn()> {
+        let binary = self.obj.param(P_ACTION_BINARY);
+        if binary == 0 {
+            return None;
+        }
+        let verified = code::Verified::check_hash(binary).ok()?;
+        Some(verified.action(self.obj.param(P_ACTION) as i64))
+    }
+
+    /// Returns the barrier to its first state (Python's `reset`): parties
+    /// waiting now get [`BarrierError::Broken`]; a broken barrier can be
+    /// used again. As in Python, a party in the middle of arriving while it
+    /// runs may be counted in the new round: reset only when every party's
+    /// state is known.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let b = corral::Barrier::new(2).unwrap();
+    /// b.abort();
+    /// assert!(b.is_broken());
+    /// b.reset();
+    /// assert!(!b.is_broken());
+    /// ```
+    pub fn reset(&self) {
+        let round = self.obj.w32(ROUND);
+        let now = round.load(Ordering::SeqCst);
+        self.obj.w32(ARRIVED).store(0, Ordering::SeqCst);
+        round.store(((now & COUNTER) + 1) & COUNTER | RESET, Ordering::SeqCst);
+        self.obj.wake(round, u32::MAX);
     }
 
     /// How many parties wait at the barrier now.
@@ -124,13 +247,16 @@ impl Barrier {
         abort(&self.obj);
     }
 
-    /// Waits until all parties have arrived.
+    /// Waits until all parties have arrived (at most the barrier's
+    /// [`timeout`](BarrierBuilder::timeout), if it has one).
     ///
     /// # Errors
     ///
-    /// [`BarrierError::Broken`] if the barrier is or becomes broken.
+    /// [`BarrierError::Broken`] if the barrier is or becomes broken (or is
+    /// reset); [`BarrierError::Timeout`] past the barrier's timeout.
     pub fn wait(&self) -> Result<BarrierWaitResult, BarrierError> {
-        wait_until(&self.obj, self.parties(), None)
+        let limit = self.timeout().and_then(deadline);
+        wait_until(&self.obj, self.parties(), limit, self.action())
     }
 
     /// Waits at most `timeout`; on expiry the barrier breaks (as in Python).
@@ -140,7 +266,7 @@ impl Barrier {
     /// [`BarrierError::Timeout`] for this caller, [`BarrierError::Broken`]
     /// for the others.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<BarrierWaitResult, BarrierError> {
-        wait_until(&self.obj, self.parties(), deadline(timeout))
+        wait_until(&self.obj, self.parties(), deadline(timeout), self.action())
     }
 }
 
@@ -165,6 +291,7 @@ fn wait_until<M: Memory>(
     m: &M,
     parties: u32,
     deadline: Option<Instant>,
+    action: Option<fn()>,
 ) -> Result<BarrierWaitResult, BarrierError> {
     let round = m.w32(ROUND).load(Ordering::SeqCst);
     if round & BROKEN != 0 {
@@ -173,10 +300,17 @@ fn wait_until<M: Memory>(
     let arrived = m.w32(ARRIVED).fetch_add(1, Ordering::SeqCst) + 1;
     let index = parties - arrived;
     if arrived == parties {
+        if let Some(action) = action {
+            // Run before anyone goes on; a panic breaks the barrier.
+            if let Err(panic) = std::panic::catch_unwind(action) {
+                abort(m);
+                std::panic::resume_unwind(panic);
+            }
+        }
         // The last to arrive opens the next round, then wakes the others
         // (who sleep on the round word: the change itself cannot be missed).
         m.w32(ARRIVED).store(0, Ordering::SeqCst);
-        let next = (round + 1) & !BROKEN;
+        let next = ((round & COUNTER) + 1) & COUNTER;
         if m.w32(ROUND)
             .compare_exchange(round, next, Ordering::SeqCst, Ordering::SeqCst)
             .is_err()
@@ -192,6 +326,9 @@ fn wait_until<M: Memory>(
             return Err(BarrierError::Broken);
         }
         if now != round {
+            if now & RESET != 0 && now & COUNTER == ((round & COUNTER) + 1) & COUNTER {
+                return Err(BarrierError::Broken);
+            }
             return Ok(BarrierWaitResult { index });
         }
         if !m.wait_until(m.w32(ROUND), round, deadline) {
@@ -216,13 +353,13 @@ mod model {
                     let m = m.clone();
                     loom::thread::spawn(move || {
                         (0..2)
-                            .map(|_| super::wait_until(&m, 3, None).unwrap().is_leader())
+                            .map(|_| super::wait_until(&m, 3, None, None).unwrap().is_leader())
                             .collect::<Vec<_>>()
                     })
                 })
                 .collect();
             let mine: Vec<bool> = (0..2)
-                .map(|_| super::wait_until(&m, 3, None).unwrap().is_leader())
+                .map(|_| super::wait_until(&m, 3, None, None).unwrap().is_leader())
                 .collect();
             let theirs: Vec<Vec<bool>> = others.into_iter().map(|t| t.join().unwrap()).collect();
             for round in 0..2 {

@@ -119,6 +119,27 @@ macro_rules! lock_type {
             ) -> Result<$guard<'_>, AcquireError<$guard<'_>>> {
                 self.acquire_how(How::Until(deadline(timeout)))
             }
+
+            /// Whether some thread, in any process, holds the lock now
+            /// (Python 3.14's `locked()`). A holder that died no longer
+            /// holds it (the kernel frees it; the next acquirer is told with
+            /// [`AcquireError::OwnerDied`]). The answer may be
+            /// stale by the time it is read: use it for diagnostics, not to
+            /// decide whether to acquire.
+            ///
+            /// # Examples
+            ///
+            /// ```
+            #[doc = concat!("let lock = corral::", stringify!($name), "::new().unwrap();")]
+            /// assert!(!lock.locked());
+            /// let guard = lock.acquire().unwrap();
+            /// assert!(lock.locked());
+            /// drop(guard);
+            /// assert!(!lock.locked());
+            /// ```
+            pub fn locked(&self) -> bool {
+                self.obj.region().robust_mutex(MUTEX).owner() != 0
+            }
         }
 
         impl fmt::Debug for $name {
@@ -149,6 +170,19 @@ macro_rules! lock_type {
             }
         }
     };
+}
+
+impl Lock {
+    /// The lock whose mutex is at the start of `obj`'s body (a `Value`'s or
+    /// an `Array`'s own lock).
+    pub(crate) fn over(obj: Object) -> Lock {
+        Lock { obj }
+    }
+
+    /// The shared object its mutex lives in.
+    pub(crate) fn object(&self) -> &Object {
+        &self.obj
+    }
 }
 
 lock_type!(

@@ -48,7 +48,7 @@ mod semaphore;
 
 use std::fmt;
 
-pub use barrier::{Barrier, BarrierError, BarrierWaitResult};
+pub use barrier::{Barrier, BarrierBuilder, BarrierError, BarrierWaitResult};
 pub use event::Event;
 pub use lock::{Condition, ConditionGuard, Lock, LockGuard, RLock, RLockGuard};
 pub use semaphore::{BoundedSemaphore, Semaphore, SemaphoreGuard};

@@ -98,6 +98,66 @@ impl Semaphore {
         self.obj.param(0) as usize
     }
 
+    /// How many permits are free now (Python's `get_value()`, which macOS
+    /// lacks). A permit whose holder died is free (its next taker is told).
+    /// The answer may be stale by the time it is read.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let sem = corral::Semaphore::new(3).unwrap();
+    /// let held = sem.acquire().unwrap();
+    /// assert_eq!(sem.value(), 2);
+    /// drop(held);
+    /// assert_eq!(sem.value(), 3);
+    /// ```
+    #[doc(alias = "get_value")]
+    pub fn value(&self) -> usize {
+        (0..self.permits())
+            .filter(|&i| self.obj.region().robust_mutex(slot_at(i)).owner() == 0)
+            .count()
+    }
+
+    /// Returns a permit this thread holds without a guard (one kept with
+    /// [`SemaphoreGuard::keep`]): Python's `acquire()` … `release()`
+    /// written apart.
+    ///
+    /// Each permit is a robust lock owned by the thread that took it, which
+    /// is what lets a dead holder's permit come back; so only that thread
+    /// can return it. Python's other use, `Semaphore(0)` released by
+    /// another process as a signal, is an [`Event`](crate::Event) or a
+    /// [`Queue`](crate::Queue) here.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] if this thread holds no permit (Python's
+    /// `BoundedSemaphore` raises `ValueError`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let sem = corral::Semaphore::new(1).unwrap();
+    /// sem.acquire().unwrap().keep();
+    /// assert_eq!(sem.value(), 0);
+    /// sem.release().unwrap();
+    /// assert_eq!(sem.value(), 1);
+    /// assert!(sem.release().is_err());
+    /// ```
+    pub fn release(&self) -> Result<(), Error> {
+        let me = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+        let held =
+            (0..self.permits()).find(|&i| self.obj.region().robust_mutex(slot_at(i)).owner() == me);
+        match held {
+            Some(slot) => {
+                release(&self.obj, slot);
+                Ok(())
+            }
+            None => Err(Error::InvalidArgument(
+                "Semaphore::release: this thread holds no permit (only the thread that took a permit can return it)",
+            )),
+        }
+    }
+
     fn acquire_until(
         &self,
         wait: bool,
@@ -212,6 +272,23 @@ pub struct SemaphoreGuard<'a> {
     sem: &'a Semaphore,
     slot: usize,
     _not_send: PhantomData<*const ()>,
+}
+
+impl SemaphoreGuard<'_> {
+    /// Keeps the permit after the guard is gone: return it later with
+    /// [`Semaphore::release`], from this same thread.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let sem = corral::Semaphore::new(1).unwrap();
+    /// sem.acquire().unwrap().keep();
+    /// assert!(sem.try_acquire().is_err());
+    /// sem.release().unwrap();
+    /// ```
+    pub fn keep(self) {
+        std::mem::forget(self);
+    }
 }
 
 impl Drop for SemaphoreGuard<'_> {

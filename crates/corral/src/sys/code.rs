@@ -28,6 +28,11 @@ pub(crate) fn addr_at(offset: i64) -> usize {
     anchor_addr().wrapping_add(offset as usize)
 }
 
+/// The offset of a plain `fn()` (see [`Verified::action`]).
+pub(crate) fn action_offset(f: fn()) -> i64 {
+    offset_of(f as usize)
+}
+
 /// The address of a function pointer.
 pub(crate) fn fn_addr<A, R>(f: fn(A) -> R) -> usize {
     f as usize
@@ -48,6 +53,16 @@ pub(crate) unsafe fn fn_at<A, R>(addr: usize) -> fn(A) -> R {
     unsafe { std::mem::transmute::<usize, fn(A) -> R>(addr) }
 }
 
+/// A 64-bit digest of this binary's identity (FNV-1a), for shared memory
+/// that must record which binary wrote a code offset in it.
+pub(crate) fn identity_hash() -> u64 {
+    super::executable_identity()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
 /// Proof that the running binary is the one a start message was made for.
 ///
 /// Only [`Verified::check`] makes one, so code offsets are only ever resolved
@@ -55,21 +70,47 @@ pub(crate) unsafe fn fn_at<A, R>(addr: usize) -> fn(A) -> R {
 #[derive(Debug)]
 pub(crate) struct Verified(());
 
-/// The signature of a task entry point (a monomorphized trampoline).
-pub(crate) type Entry =
-    fn(&Verified, i64, &[u8], Vec<std::os::fd::OwnedFd>) -> crate::start::bootstrap::Outcome;
+/// A function-pointer type that code offsets may name: the entry points
+/// of the layers above (a child's task trampoline, a pool's job loop),
+/// declared with [`code_pointer!`] so that this module names none of them.
+pub(crate) trait CodePointer: Copy {
+    /// The function at `addr`.
+    ///
+    /// # Safety
+    ///
+    /// `addr` must be a function of exactly this type in this process.
+    unsafe fn from_addr(addr: usize) -> Self;
+}
 
-/// The signature of a pool job entry point (a monomorphized loop that runs
-/// the function at the given offset on each item of a job).
-pub(crate) type JobEntry = fn(
-    &Verified,
-    i64,
-    &crate::pool::JobMsg<'_>,
-    &mut std::vec::IntoIter<std::os::fd::OwnedFd>,
-    &mut crate::pool::Recorder<'_>,
-) -> Result<(), crate::SendError>;
+/// Declares a function-pointer type as a [`CodePointer`].
+macro_rules! code_pointer {
+    ($ty:ty) => {
+        #[allow(unsafe_code)]
+        impl $crate::sys::code::CodePointer for $ty {
+            unsafe fn from_addr(addr: usize) -> Self {
+                const {
+                    assert!(size_of::<$ty>() == size_of::<usize>());
+                }
+                // SAFETY: the caller guarantees `addr` is a function of this
+                // exact type; fn pointers and `usize` have the same size.
+                unsafe { std::mem::transmute::<usize, $ty>(addr) }
+            }
+        }
+    };
+}
+pub(crate) use code_pointer;
 
 impl Verified {
+    /// Checks that the binary whose identity hashes to `hash` (see
+    /// [`identity_hash`]) is this one.
+    pub(crate) fn check_hash(hash: u64) -> Result<Verified, String> {
+        if hash == identity_hash() {
+            Ok(Verified(()))
+        } else {
+            Err("made by a different binary than this one".into())
+        }
+    }
+
     /// Checks that `identity` names this very binary.
     pub(crate) fn check(identity: &[u8]) -> Result<Verified, String> {
         let own = super::executable_identity();
@@ -85,21 +126,24 @@ impl Verified {
         }
     }
 
-    /// The entry point at `offset` from the anchor.
-    pub(crate) fn entry(&self, offset: i64) -> Entry {
-        let addr = addr_at(offset);
+    /// The entry point of type `F` at `offset` from the anchor.
+    ///
+    /// Offsets of `F` functions are made by [`offset_of`] from an `F` in the
+    /// sender; every entry type is its own `CodePointer` type, and each start
+    /// message names the type of its entry by where it is read (a child's
+    /// start message holds an `Entry`, a pool batch a `JobEntry`).
+    pub(crate) fn entry<F: CodePointer>(&self, offset: i64) -> F {
         // SAFETY: the identity check proved that this is the binary in which
-        // the parent computed `offset` from an `Entry` function, so `addr` is
+        // the sender computed `offset` from an `F` function, so `addr` is
         // that function's address here.
-        unsafe { std::mem::transmute::<usize, Entry>(addr) }
+        unsafe { F::from_addr(addr_at(offset)) }
     }
 
-    /// The pool job entry point at `offset` from the anchor.
-    pub(crate) fn job_entry(&self, offset: i64) -> JobEntry {
-        let addr = addr_at(offset);
-        // SAFETY: the identity check proved that this is the binary in which
-        // the parent computed `offset` from a `JobEntry` function.
-        unsafe { std::mem::transmute::<usize, JobEntry>(addr) }
+    /// A plain `fn()` at `offset` (a barrier's action).
+    pub(crate) fn action(&self, offset: i64) -> fn() {
+        // SAFETY: the identity check proved the binary is the same, and the
+        // sender computed `offset` from a `fn()` (see `action_offset`).
+        unsafe { std::mem::transmute::<usize, fn()>(addr_at(offset)) }
     }
 
     /// The user function at `offset`, typed as the entry point that the parent

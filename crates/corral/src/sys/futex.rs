@@ -17,7 +17,7 @@
 
 use std::io;
 use std::marker::PhantomData;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::thread::futex;
@@ -170,6 +170,16 @@ impl RobustMutex<'_> {
         };
         // SAFETY: as in `lock`; `abs` is a valid timespec on the stack.
         self.finish(unsafe { libc::pthread_mutex_timedlock(self.ptr, &abs) })
+    }
+
+    /// The thread id of the holder (0: free). When a holder dies the kernel
+    /// clears it (leaving the owner-died flag for the next locker).
+    pub(crate) fn owner(&self) -> u32 {
+        // SAFETY: the first word of a glibc mutex is its futex word (the
+        // robust-futex ABI the kernel reads: owner tid | flags); it is only
+        // ever accessed atomically, and `ptr` is valid as in `lock`.
+        let word = unsafe { AtomicU32::from_ptr(self.ptr.cast::<u32>()) };
+        word.load(Ordering::Acquire) & libc::FUTEX_TID_MASK
     }
 
     /// Unlocks. Only the holding thread may call this (the guards that call
