@@ -51,6 +51,20 @@ pub enum Error {
     /// An argument is out of range (Python raises `ValueError`).
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),
+    /// This process is a corral child `depth` levels down, at the limit:
+    /// tasks that start processes or pools recursively (loky's
+    /// `LokyRecursionError`).
+    #[error(
+        "processes nested {depth} levels deep may start no more (the limit is {limit}): \
+         a task starts processes or pools recursively; if that is meant, raise the limit \
+         with the CORRAL_MAX_DEPTH environment variable"
+    )]
+    NestingTooDeep {
+        /// How deep this process is (the main program is 0).
+        depth: u32,
+        /// The limit in force.
+        limit: u32,
+    },
 }
 
 /// What to do about a resource error, as a sentence to append.

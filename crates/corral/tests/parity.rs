@@ -689,3 +689,108 @@ fn an_initializer_argument_may_hold_handles() {
     assert!(c != a && c != b);
     assert_eq!(done(pool.submit(square, 3)), Ok(9));
 }
+
+// ---- Pool life -----------------------------------------------------------
+
+#[test]
+fn idle_workers_leave_and_come_back_for_work() {
+    let pool = Pool::builder()
+        .processes(2)
+        .idle_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    assert_eq!(done(pool.submit(square, 4)), Ok(16));
+    assert!(fx::wait_for(Duration::from_secs(20), || pool
+        .stats()
+        .workers
+        == 0));
+    assert_eq!(pool.map(square, 0..10u64).unwrap()[9], 81);
+    let stats = pool.stats();
+    assert!(stats.workers_retired >= 2, "{stats:?}");
+    assert_eq!((stats.workers_replaced, stats.failed), (0, 0), "{stats:?}");
+}
+
+#[test]
+fn a_live_pool_grows_and_shrinks_without_failing_a_task() {
+    let pool = Arc::new(Pool::new(1).unwrap());
+    let tasks: Vec<_> = (0..12).map(|_| pool.submit(nap, 100)).collect();
+    pool.resize(3).unwrap();
+    assert_eq!(pool.processes(), 3);
+    assert!(fx::wait_for(Duration::from_secs(30), || pool
+        .stats()
+        .workers
+        == 3));
+    pool.resize(1).unwrap();
+    for t in tasks {
+        assert_eq!(done(t), Ok(100));
+    }
+    assert!(fx::wait_for(Duration::from_secs(30), || pool
+        .stats()
+        .workers
+        == 1));
+    let stats = pool.stats();
+    assert_eq!((stats.failed, stats.workers_replaced), (0, 0), "{stats:?}");
+    assert_eq!(stats.workers_retired, 2, "{stats:?}");
+    assert!(matches!(
+        pool.resize(0),
+        Err(corral::Error::InvalidArgument(_))
+    ));
+}
+
+fn dive(level: u32) -> Result<u32, String> {
+    match corral::spawn(dive, level + 1) {
+        Ok(child) => child.join().map_err(|e| e.to_string())?,
+        Err(corral::Error::NestingTooDeep { depth, limit }) => {
+            assert_eq!(depth, level);
+            Ok(limit)
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn nested_pool(_: ()) -> String {
+    // A task that builds a pool whose tasks build pools, without end.
+    match Pool::new(1) {
+        Ok(pool) => match pool.apply(nested_pool, ()) {
+            Ok(msg) => msg,
+            Err(e) => format!("task failed: {e}"),
+        },
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn runaway_nesting_ends_with_a_clear_error() {
+    assert_eq!(fx::done(corral::spawn(dive, 1).unwrap()).unwrap(), Ok(10));
+    let pool = Pool::new(1).unwrap();
+    let msg = within(Duration::from_secs(120), move || {
+        pool.apply(nested_pool, ()).unwrap()
+    });
+    assert!(msg.contains("nested 10 levels deep"), "{msg}");
+    assert!(msg.contains("CORRAL_MAX_DEPTH"), "{msg}");
+}
+
+fn leak(mib: usize) -> u32 {
+    let v = vec![1u8; mib << 20];
+    std::mem::forget(v);
+    std::process::id()
+}
+
+#[test]
+fn a_worker_that_grew_past_the_threshold_is_replaced_between_tasks() {
+    let pool = Pool::builder()
+        .processes(1)
+        .recycle_memory(96 << 20)
+        .build()
+        .unwrap();
+    let mut pids = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        pids.insert(done(pool.submit(leak, 16)).unwrap());
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.failed, 0, "{stats:?}");
+    assert!(pids.len() >= 3, "the worker was replaced: {pids:?}");
+    assert!(stats.workers_retired >= 2, "{stats:?}");
+    assert_eq!(stats.workers_replaced, 0, "{stats:?}");
+}

@@ -19,7 +19,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::callback::Callbacks;
-use super::life::{Action, Event, Life, Why};
+use super::life::{Action, Event, Life, Retire, Why};
 use super::worker::{self, BatchMsg, InitMsg, JobMsg, RegionFd, WorkerBoot};
 use crate::sys::{self, SharedRegion};
 use crate::time;
@@ -46,6 +46,8 @@ const SEND_RETRY: Duration = Duration::from_millis(10);
 /// Descriptors a pool keeps for replacing a worker when the program has
 /// none left: more than one worker's start takes.
 const SPARE_FDS: usize = 16;
+/// How often a worker's resident memory is read (`recycle_memory`).
+const MEMORY_CHECK: Duration = Duration::from_millis(50);
 /// Socket buffer for a worker channel.
 const SOCKET_BUFFER: usize = 4 << 20;
 
@@ -324,6 +326,10 @@ struct Worker {
     /// longer than the time limit is stalled (stopped, say).
     progress: (u64, u64, u64),
     progress_at: Instant,
+    /// Since when it has held no work (`None`: it holds some).
+    idle_since: Option<Instant>,
+    /// When to read its resident memory next (`recycle_memory`).
+    next_memory_check: Instant,
 }
 
 impl Worker {
@@ -405,6 +411,8 @@ pub(super) struct Config {
     pub(super) memory_limit: Option<u64>,
     pub(super) max_pending: usize,
     pub(super) start_method: StartMethod,
+    pub(super) idle_timeout: Option<Duration>,
+    pub(super) recycle_memory: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -427,6 +435,8 @@ pub(super) struct Core {
     next_seq: u64,
     next_worker: u64,
     pub(super) phase: Phase,
+    /// How many workers it should have (`processes`, or as resized).
+    pub(super) target: usize,
     /// Why the pool runs no more tasks (its initializer failed, or workers
     /// keep dying before they are ready): the error every task then gets.
     broken: Option<TaskError>,
@@ -487,6 +497,7 @@ impl Shared {
                 next_seq: 1,
                 next_worker: 0,
                 phase: Phase::Open,
+                target: config.processes,
                 broken: None,
                 outstanding: 0,
                 stats: PoolStats::default(),
@@ -601,9 +612,12 @@ impl Shared {
         core.pending_items += items;
         core.pending.extend(jobs);
         let started_idle = self.dispatch(&mut core);
+        // Workers that left while idle (or a pool grown by `resize`) are
+        // started by the dispatcher.
+        let short = core.workers.iter().filter(|w| w.life.takes_work()).count() < core.target;
         drop(core);
-        if started_idle && (self.config.task_timeout.is_some() || timed) {
-            // The dispatcher must learn of a new deadline.
+        if short || (started_idle && (self.config.task_timeout.is_some() || timed)) {
+            // The dispatcher must start workers, or learn of a new deadline.
             self.wake_dispatcher();
         }
     }
@@ -691,6 +705,9 @@ impl Shared {
                 // Batches it holds start their clock now, not while it
                 // started up.
                 w.progress_at = now;
+                if w.inflight.is_empty() {
+                    w.idle_since = Some(now);
+                }
                 core.early_deaths = 0;
             }
             worker::SEQ_INIT_FAILED => {
@@ -721,6 +738,9 @@ impl Shared {
                 deliver_records(front, worker::records(body), stats, outstanding);
                 if done {
                     let batch = w.inflight.pop_front().expect("the front batch");
+                    if w.inflight.is_empty() {
+                        w.idle_since = Some(Instant::now());
+                    }
                     if batch.remaining > 0 {
                         let error = TaskError::Codec("the worker skipped the item".into());
                         fail_missing(&batch, &error, stats, outstanding);
@@ -917,6 +937,8 @@ impl Shared {
             send_after: None,
             progress: (0, 0, 0),
             progress_at: Instant::now(),
+            idle_since: None,
+            next_memory_check: Instant::now(),
         })
     }
 
@@ -979,6 +1001,13 @@ impl Shared {
         if killed {
             self.wake_dispatcher();
         }
+    }
+
+    /// Sets how many workers the pool keeps; the dispatcher starts or
+    /// retires workers to match.
+    pub(super) fn resize(&self, n: usize) {
+        self.lock().target = n;
+        self.wake_dispatcher();
     }
 
     /// Stops accepting work.
@@ -1100,6 +1129,7 @@ impl Shared {
             }
         }
         self.enforce_timeouts(core);
+        self.retire_workers(core);
         self.replace_workers(core);
         self.dispatch(core);
         if core.phase == Phase::Stopping || core.phase == Phase::Terminated {
@@ -1134,6 +1164,17 @@ impl Shared {
             if let Some((t, _)) = self.worker_deadline(w, now) {
                 at(t);
             }
+            if let Some(t) = self
+                .config
+                .idle_timeout
+                .zip(w.idle_since)
+                .and_then(|(limit, since)| time::after(since, limit))
+            {
+                at(t);
+            }
+        }
+        if self.config.recycle_memory.is_some() && core.outstanding > 0 {
+            at(now + MEMORY_CHECK);
         }
         next
     }
@@ -1208,8 +1249,10 @@ impl Shared {
         let failed_item = self.settle_running(core, &mut w, &death);
         self.requeue_unfinished(core, &mut w);
         let stopping = matches!(core.phase, Phase::Stopping | Phase::Terminated);
-        let retired =
-            death == Death::Exited(ExitStatus::Code(0)) && w.tasks_left == Some(0) && !failed_item;
+        let retiring = matches!(w.life.why(), Some(Why::Retire(_)));
+        let retired = death == Death::Exited(ExitStatus::Code(0))
+            && (w.tasks_left == Some(0) || retiring)
+            && !failed_item;
         if retired {
             core.stats.workers_retired += 1;
         } else if !stopping {
@@ -1338,7 +1381,7 @@ impl Shared {
             return;
         }
         core.early_deaths += 1;
-        let limit = 3 * self.config.processes.max(1);
+        let limit = 3 * core.target.max(1);
         if (core.early_deaths as usize) < limit {
             return;
         }
@@ -1355,12 +1398,76 @@ impl Shared {
         self.break_pool(core, error);
     }
 
-    /// Starts workers until there are `processes` of them, when they have
-    /// work to do.
+    /// Retires workers between tasks: beyond the pool's size (idle ones
+    /// first), idle past the idle timeout, or grown past the memory
+    /// threshold; lets those that are done with their work go.
+    fn retire_workers(&self, core: &mut Core) {
+        if matches!(core.phase, Phase::Stopping | Phase::Terminated) {
+            return;
+        }
+        let now = Instant::now();
+        let mut extra = core
+            .workers
+            .iter()
+            .filter(|w| w.life.takes_work())
+            .count()
+            .saturating_sub(core.target);
+        let idle_limit = self.config.idle_timeout.filter(|_| core.pending_items == 0);
+        // Idle workers go first when shrinking (sorted: idle ones first).
+        let mut order: Vec<usize> = (0..core.workers.len()).collect();
+        order.sort_by_key(|&i| core.workers[i].inflight.len());
+        for i in order {
+            let w = &mut core.workers[i];
+            if !matches!(w.life, Life::Ready) {
+                continue;
+            }
+            let why = if extra > 0 {
+                extra -= 1;
+                Some(Retire::Shrink)
+            } else if idle_limit
+                .zip(w.idle_since)
+                .is_some_and(|(limit, since)| time::after(since, limit).is_some_and(|t| now >= t))
+            {
+                Some(Retire::Idle)
+            } else {
+                self.memory_grown(w, now).then_some(Retire::Memory)
+            };
+            if let Some(why) = why {
+                w.apply(Event::Retire(why), now);
+            }
+        }
+        for w in &mut core.workers {
+            if w.inflight.is_empty() {
+                w.apply(Event::Drained, now);
+            }
+        }
+    }
+
+    /// Whether worker `w` has grown past `recycle_memory` (read at most
+    /// every [`MEMORY_CHECK`]).
+    fn memory_grown(&self, w: &mut Worker, now: Instant) -> bool {
+        let Some(limit) = self.config.recycle_memory else {
+            return false;
+        };
+        if now < w.next_memory_check {
+            return false;
+        }
+        w.next_memory_check = now + MEMORY_CHECK;
+        sys::resident_bytes(w.child.pid()).is_some_and(|rss| rss > limit)
+    }
+
+    /// Starts workers until there are as many as the pool's size, when they
+    /// have work to do (with an idle timeout: only while work waits).
     fn replace_workers(&self, core: &mut Core) {
         let wanted = match core.phase {
-            Phase::Open => self.config.processes,
-            Phase::Closed if core.outstanding > 0 => self.config.processes,
+            Phase::Open | Phase::Closed if self.config.idle_timeout.is_some() => {
+                if core.pending_items == 0 {
+                    return;
+                }
+                core.target
+            }
+            Phase::Open => core.target,
+            Phase::Closed if core.outstanding > 0 => core.target,
             _ => return,
         };
         if core.broken.is_some() {
@@ -1549,6 +1656,7 @@ fn send_batch(
     if let Some(left) = &mut w.tasks_left {
         *left = left.saturating_sub(total as u64);
     }
+    w.idle_since = None;
     let pid = w.child.pid();
     for job in jobs.iter().filter(|j| j.len() == 1) {
         job.sink.assigned(pid);

@@ -48,13 +48,26 @@ pub(super) enum Why {
     Stalled,
     /// A send to it failed part-way: its channel can no longer be trusted.
     Broken,
+    /// It takes no more work and leaves once what it holds is done.
+    Retire(Retire),
+}
+
+/// Why a healthy worker is retired between tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Retire {
+    /// It sat idle past the pool's idle timeout.
+    Idle,
+    /// The pool was resized below the number of workers.
+    Shrink,
+    /// Its resident memory grew past the pool's recycling threshold.
+    Memory,
 }
 
 impl Why {
-    /// Whether the pool itself is ending the worker (rather than the worker
-    /// ending on its own).
+    /// Whether the pool itself is killing the worker (rather than the
+    /// worker ending on its own, or retiring once its work is done).
     pub(super) fn is_kill(self) -> bool {
-        !matches!(self, Why::Gone)
+        !matches!(self, Why::Gone | Why::Retire(_))
     }
 }
 
@@ -76,6 +89,10 @@ pub(super) enum Event {
     Stop,
     /// The pool was terminated.
     Terminate,
+    /// The pool wants it to leave once the work it holds is done.
+    Retire(Retire),
+    /// A retiring worker holds no more work.
+    Drained,
     /// Time passed (escalates a pending SIGKILL).
     Tick,
 }
@@ -162,18 +179,24 @@ impl Life {
                 *self = leave(Why::Stop, Some(now + EXIT_GRACE));
                 Action::Shutdown
             }
+            (Life::Starting | Life::Ready, Event::Retire(r)) => {
+                *self = leave(Why::Retire(r), None);
+                Action::Nothing
+            }
             (
                 Life::Leaving {
-                    why: Why::Gone,
+                    why: why @ (Why::Gone | Why::Retire(_)),
                     kill_at: None,
                     ..
                 },
-                Event::Stop,
+                Event::Stop | Event::Drained,
             ) => {
-                // It is exiting on its own; if it lingers, it is killed.
-                *self = leave(Why::Gone, Some(now + EXIT_GRACE));
+                // It is exiting on its own, or may now: if it lingers, it is
+                // killed.
+                *self = leave(why, Some(now + EXIT_GRACE));
                 Action::Shutdown
             }
+            (_, Event::Retire(_) | Event::Drained) => Action::Nothing,
             (Life::Leaving { .. }, Event::Stop) => Action::Nothing,
             (_, Event::Terminate) => {
                 let why = match *self {
@@ -321,6 +344,27 @@ mod tests {
         assert_eq!(life.on(Event::Stop, t0 + KILL_GRACE), Action::Nothing);
         assert_eq!(life.on(Event::Tick, t0 + EXIT_GRACE), Action::Kill);
         assert!(!life.being_killed(), "still its own death, not the pool's");
+    }
+
+    #[test]
+    fn a_retiring_worker_finishes_its_work_then_leaves() {
+        let t0 = now();
+        let mut life = Life::Ready;
+        let why = Why::Retire(Retire::Memory);
+        assert_eq!(life.on(Event::Retire(Retire::Memory), t0), Action::Nothing);
+        assert!(!life.takes_work());
+        assert!(!life.being_killed(), "its items keep their time limits");
+        assert_eq!(life.next_tick(), None);
+        assert_eq!(life.on(Event::Drained, t0), Action::Shutdown);
+        assert_eq!(life.on(Event::Drained, t0), Action::Nothing);
+        assert_eq!(life.on(Event::Tick, t0 + EXIT_GRACE), Action::Kill);
+        assert_eq!(life.why(), Some(why));
+        // A timeout while it retires still kills it, for that item.
+        let mut life = Life::Ready;
+        life.on(Event::Retire(Retire::Idle), t0);
+        let timeout = Why::Timeout { seq: 1, index: 0 };
+        assert_eq!(life.on(Event::Kill(timeout), t0), Action::Term);
+        assert_eq!(life.why(), Some(timeout));
     }
 
     #[test]

@@ -172,6 +172,8 @@ pub struct PoolBuilder {
     memory_limit: Option<u64>,
     max_pending: Option<usize>,
     start_method: StartMethod,
+    idle_timeout: Option<Duration>,
+    recycle_memory: Option<u64>,
 }
 
 impl PoolBuilder {
@@ -254,6 +256,49 @@ impl PoolBuilder {
         self
     }
 
+    /// Lets a worker that has had nothing to do for `timeout` exit (loky's
+    /// `idle_worker_timeout`); workers start again when work arrives. A
+    /// pool that sits idle then holds no processes.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// fn id(x: u8) -> u8 { x }
+    /// corral::init();
+    /// let pool = corral::Pool::builder().processes(2).idle_timeout(Duration::from_millis(200)).build().unwrap();
+    /// std::thread::sleep(Duration::from_secs(1));
+    /// assert_eq!(pool.stats().workers, 0); // gone while idle
+    /// assert_eq!(pool.apply(id, 7).unwrap(), 7); // and back for work
+    /// ```
+    #[doc(alias = "idle_worker_timeout")]
+    pub fn idle_timeout(mut self, timeout: Duration) -> PoolBuilder {
+        self.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// Replaces a worker *between* tasks once its resident memory exceeds
+    /// `bytes` (loky's protection against leaking tasks): it takes no new
+    /// work, finishes what it holds, exits, and a fresh worker takes its
+    /// place. No task fails. Memory is read every 50 ms or so, so a worker
+    /// may run a few more items before it retires. Beside
+    /// [`memory_limit`](PoolBuilder::memory_limit), a hard cap that fails
+    /// the task crossing it.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// fn leak(n: usize) -> usize { std::mem::forget(vec![1u8; n]); n }
+    /// corral::init();
+    /// let pool = corral::Pool::builder().processes(1).recycle_memory(256 << 20).build().unwrap();
+    /// for _ in 0..100 { pool.apply(leak, 16 << 20).unwrap(); } // never fails
+    /// assert!(pool.stats().workers_retired > 0);
+    /// ```
+    pub fn recycle_memory(mut self, bytes: u64) -> PoolBuilder {
+        self.recycle_memory = Some(bytes);
+        self
+    }
+
     /// How workers are started (default [`StartMethod::ForkServer`]).
     pub fn start_method(mut self, method: StartMethod) -> PoolBuilder {
         self.start_method = method;
@@ -282,6 +327,7 @@ impl PoolBuilder {
             ));
         }
         runtime::ensure_initialized()?;
+        runtime::check_depth()?;
         let processes = self.processes.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
         });
@@ -297,6 +343,8 @@ impl PoolBuilder {
             memory_limit: self.memory_limit,
             max_pending: self.max_pending.unwrap_or(usize::MAX),
             start_method: self.start_method,
+            idle_timeout: self.idle_timeout,
+            recycle_memory: self.recycle_memory,
         })?;
         let runner = shared.clone();
         let thread = std::thread::Builder::new()
@@ -369,7 +417,7 @@ pub struct Pool {
 impl fmt::Debug for Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
-            .field("processes", &self.shared.config.processes)
+            .field("processes", &self.processes())
             .field("stats", &self.stats())
             .finish()
     }
@@ -399,7 +447,34 @@ impl Pool {
     /// assert_eq!(corral::Pool::new(3).unwrap().processes(), 3);
     /// ```
     pub fn processes(&self) -> usize {
-        self.shared.config.processes
+        self.shared.lock().target
+    }
+
+    /// Changes the number of workers of a live pool (loky's reusable
+    /// executor, resized): new workers start at once; extra ones retire
+    /// between tasks, idle ones first. No task fails.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for 0.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// fn id(x: u8) -> u8 { x }
+    /// corral::init();
+    /// let pool = corral::Pool::new(2).unwrap();
+    /// pool.resize(4).unwrap();
+    /// assert_eq!(pool.processes(), 4);
+    /// assert_eq!(pool.map(id, 0..8).unwrap().len(), 8);
+    /// pool.resize(1).unwrap();
+    /// ```
+    pub fn resize(&self, processes: usize) -> Result<(), Error> {
+        if processes == 0 {
+            return Err(Error::InvalidArgument("a pool needs at least one process"));
+        }
+        self.shared.resize(processes);
+        Ok(())
     }
 
     /// Submits `f(arg)` and returns its [`Task`] at once (blocking only

@@ -171,6 +171,7 @@ impl ProcessBuilder {
         f: fn(A) -> R,
         arg: A,
     ) -> Result<Child<R>, Error> {
+        runtime::check_depth()?;
         let encoded = wire::encode(&arg)?;
         if encoded.fds.len() > sys::MAX_FDS_PER_MESSAGE - 2 {
             return Err(Error::Unsupported(
@@ -187,6 +188,7 @@ impl ProcessBuilder {
             name: self.name.clone(),
             daemon: self.daemon,
             parent: std::process::id(),
+            depth: runtime::depth() + 1,
             group_dies: self.group_dies,
             context: runtime::start_context(),
         };
@@ -247,10 +249,12 @@ impl ProcessBuilder {
         let main_thread = sys::is_main_thread();
         let result = theirs.as_fd();
         let name = self.name.as_deref().and_then(sys::process_name);
+        runtime::check_depth()?;
         let identity = runtime::Identity {
             name: self.name.clone(),
             daemon: self.daemon,
             parent: parent as u32,
+            depth: runtime::depth() + 1,
         };
         // Installed here, not in the child: installing takes std's panic-hook
         // lock, which another thread of ours may hold at the moment of the

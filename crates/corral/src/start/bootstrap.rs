@@ -32,6 +32,8 @@ pub(crate) struct StartMeta {
     /// The pid of the process that asked for it (its parent for
     /// [`crate::parent_process`], whoever forked it).
     pub(crate) parent: u32,
+    /// Its nesting depth (its parent's plus one).
+    pub(crate) depth: u32,
     /// Kill what is left of its process group when it exits.
     pub(crate) group_dies: bool,
     /// Where the parent's working directory and environment differ from the
@@ -149,6 +151,7 @@ pub(crate) fn run_task(meta: &StartMeta, arg: &[u8], fds: Vec<OwnedFd>) -> Outco
         name: meta.name.clone(),
         daemon: meta.daemon,
         parent: meta.parent,
+        depth: meta.depth,
     });
     match Verified::check(&meta.identity) {
         Ok(verified) => (verified.entry::<Entry>(meta.entry))(&verified, meta.func, arg, fds),

@@ -602,6 +602,13 @@ pub(crate) fn unblock_sigchld() {
     }
 }
 
+/// The resident memory of process `pid`, in bytes, from `/proc/<pid>/statm`.
+pub(crate) fn resident_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * rustix::param::page_size() as u64)
+}
+
 /// The children of process `pid` (all its threads'), from `/proc`.
 pub(crate) fn children_of(pid: i32) -> Vec<i32> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
