@@ -204,6 +204,7 @@ mod start;
 pub mod sync;
 mod sys;
 mod time;
+mod trace;
 mod wire;
 
 pub use error::{
@@ -212,8 +213,8 @@ pub use error::{
 };
 pub use pipe::{Connection, Pipe, Receiver, Sender};
 pub use pool::{
-    AsCompleted, Imap, Pool, PoolBuilder, PoolStats, Task, as_completed, wait_all, wait_any,
-    wait_first_error,
+    AsCompleted, Imap, Pool, PoolBuilder, PoolStats, Task, WorkerStats, as_completed, wait_all,
+    wait_any, wait_first_error,
 };
 pub use process::{
     Child, ExitStatus, Job, Process, ProcessBuilder, ProcessInfo, Waitable, active_children,

@@ -794,3 +794,33 @@ fn a_worker_that_grew_past_the_threshold_is_replaced_between_tasks() {
     assert!(stats.workers_retired >= 2, "{stats:?}");
     assert_eq!(stats.workers_replaced, 0, "{stats:?}");
 }
+
+// ---- Observability -------------------------------------------------------
+
+#[test]
+fn per_worker_counts_and_pids() {
+    let pool = Pool::new(2).unwrap();
+    pool.map_chunked(square, 0..100u64, 5).unwrap();
+    assert!(matches!(
+        done(pool.submit(fails_on_3, 3)),
+        Err(TaskError::Panicked(_))
+    ));
+    let workers = pool.workers();
+    assert_eq!(workers.len(), 2);
+    assert_ne!(workers[0].pid, workers[1].pid);
+    assert_eq!(workers.iter().map(|w| w.completed).sum::<u64>(), 100);
+    assert_eq!(workers.iter().map(|w| w.failed).sum::<u64>(), 1);
+    let children: Vec<u32> = corral::active_children().iter().map(|c| c.pid).collect();
+    assert!(workers.iter().all(|w| children.contains(&w.pid) && w.ready));
+    // A worker that dies leaves the list; its replacement joins it.
+    let task = pool.submit(fx::abort, ());
+    assert!(corral::wait_all(
+        std::slice::from_ref(&task),
+        Some(Duration::from_secs(60))
+    ));
+    let dead = task.worker_pid().unwrap();
+    assert!(fx::wait_for(Duration::from_secs(30), || {
+        let now = pool.workers();
+        now.len() == 2 && now.iter().all(|w| w.pid != dead)
+    }));
+}

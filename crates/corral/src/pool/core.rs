@@ -22,12 +22,12 @@ use super::callback::Callbacks;
 use super::life::{Action, Event, Life, Retire, Why};
 use super::worker::{self, BatchMsg, InitMsg, JobMsg, RegionFd, WorkerBoot};
 use crate::sys::{self, SharedRegion};
-use crate::time;
 use crate::wire::{self, FrameReader, Progress};
 use crate::{
     Child, Connection, Data, Error, ExitStatus, PoolStats, Process, RemotePanic, StartMethod,
-    TaskError,
+    TaskError, WorkerStats,
 };
+use crate::{time, trace};
 
 /// How long a thread waiting for a result reads results itself before it
 /// sleeps: a result due within microseconds is cheaper to watch for than to
@@ -328,6 +328,9 @@ struct Worker {
     progress_at: Instant,
     /// Since when it has held no work (`None`: it holds some).
     idle_since: Option<Instant>,
+    /// Items it ended: with a value, and with an error.
+    completed: u64,
+    failed: u64,
     /// When to read its resident memory next (`recycle_memory`).
     next_memory_check: Instant,
 }
@@ -735,7 +738,10 @@ impl Shared {
                     // Out of order: the worker is not the one we started.
                     return self.kill_worker(core, i);
                 };
+                let before = (stats.completed, stats.failed);
                 deliver_records(front, worker::records(body), stats, outstanding);
+                w.completed += stats.completed - before.0;
+                w.failed += stats.failed - before.1;
                 if done {
                     let batch = w.inflight.pop_front().expect("the front batch");
                     if w.inflight.is_empty() {
@@ -763,6 +769,7 @@ impl Shared {
         if core.broken.is_some() {
             return;
         }
+        trace::event!(error, error = %error, "pool broken: it runs no more tasks");
         core.broken = Some(error.clone());
         let jobs: Vec<Job> = core.pending.drain(..).collect();
         core.pending_items = 0;
@@ -921,6 +928,7 @@ impl Shared {
             .map_err(Error::io("duplicating a pidfd"))?;
         core.next_worker += 1;
         core.stats.workers_started += 1;
+        trace::event!(info, pid = child.pid(), "worker started");
         Ok(Worker {
             id: core.next_worker,
             child,
@@ -939,6 +947,8 @@ impl Shared {
             progress_at: Instant::now(),
             idle_since: None,
             next_memory_check: Instant::now(),
+            completed: 0,
+            failed: 0,
         })
     }
 
@@ -1248,7 +1258,8 @@ impl Shared {
         };
         let failed_item = self.settle_running(core, &mut w, &death);
         self.requeue_unfinished(core, &mut w);
-        let stopping = matches!(core.phase, Phase::Stopping | Phase::Terminated);
+        let stopping =
+            matches!(core.phase, Phase::Stopping | Phase::Terminated) || core.broken.is_some();
         let retiring = matches!(w.life.why(), Some(Why::Retire(_)));
         let retired = death == Death::Exited(ExitStatus::Code(0))
             && (w.tasks_left == Some(0) || retiring)
@@ -1258,6 +1269,14 @@ impl Shared {
         } else if !stopping {
             core.stats.workers_replaced += 1;
         }
+        trace::event!(
+            info,
+            pid = w.child.pid(),
+            death = %death,
+            why = ?w.life.why(),
+            replaced = !retired && !stopping,
+            "worker ended"
+        );
         if !w.said_ready() && !stopping {
             self.died_starting(core, &w, &death);
         }
@@ -1320,6 +1339,7 @@ impl Shared {
         let Some(error) = error else {
             return false;
         };
+        trace::event!(warn, pid = w.child.pid(), error = %error, "task failed with its worker");
         let (j, p) = front.locate(index);
         front.got[index] = true;
         front.remaining -= 1;
@@ -1529,6 +1549,21 @@ impl Shared {
                 let _ = w.child.join();
             }
         }
+    }
+
+    /// Each live worker's pid and counts.
+    pub(super) fn worker_stats(&self) -> Vec<WorkerStats> {
+        let core = self.lock();
+        core.workers
+            .iter()
+            .map(|w| WorkerStats {
+                pid: w.child.pid(),
+                completed: w.completed,
+                failed: w.failed,
+                busy: !w.inflight.is_empty(),
+                ready: matches!(w.life, Life::Ready),
+            })
+            .collect()
     }
 
     pub(super) fn stats(&self) -> PoolStats {

@@ -142,6 +142,36 @@ pub struct PoolStats {
     pub queued: usize,
 }
 
+/// One live worker of a pool, from [`Pool::workers`]: its pid and what it
+/// has done.
+///
+/// # Examples
+///
+/// ```no_run
+/// fn id(x: u8) -> u8 { x }
+/// corral::init();
+/// let pool = corral::Pool::new(2).unwrap();
+/// pool.map(id, 0..100).unwrap();
+/// let workers = pool.workers();
+/// assert_eq!(workers.len(), 2);
+/// assert_eq!(workers.iter().map(|w| w.completed).sum::<u64>(), 100);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerStats {
+    /// Its process id.
+    pub pid: u32,
+    /// Items it ran that returned a value.
+    pub completed: u64,
+    /// Items it ran that ended with an error (a panic, a value that could
+    /// not cross, a cancellation).
+    pub failed: u64,
+    /// Whether it holds work now.
+    pub busy: bool,
+    /// Whether it has started and takes work (not starting up or leaving).
+    pub ready: bool,
+}
+
 /// Options for a [`Pool`]; made by [`Pool::builder`].
 ///
 /// # Examples
@@ -900,6 +930,12 @@ impl Pool {
     /// ```
     pub fn stats(&self) -> PoolStats {
         self.shared.stats()
+    }
+
+    /// Each live worker: its pid and per-worker counts (Python's
+    /// `pool._pool` pids, observable).
+    pub fn workers(&self) -> Vec<WorkerStats> {
+        self.shared.worker_stats()
     }
 
     fn join_dispatcher(&self) {
