@@ -166,8 +166,12 @@ def pool_section(g, py, w):
         True)
     row("`map` of 100k, chunk size 1", "items/s", c("map 100k u64 chunksize 1"),
         [p("Pool map 100k chunksize 1"), None, None, None, None], True)
-    row("`imap` of 100k (Python: chunk size 1)", "items/s", c("imap 100k u64"),
+    row("`imap` of 100k, automatic chunks (Python: chunk size 1, its default)", "items/s", c("imap 100k u64"),
         [p("Pool imap 100k chunksize 1"), None, None, None, None], True)
+    row("`imap` of 100k, chunk size 1", "items/s", c("imap chunk 1 100k u64"),
+        [p("Pool imap 100k chunksize 1"), None, None, None, None], True)
+    row("`imap` of 100k, chunk size 1000", "items/s", c("imap chunk 1000 100k u64"),
+        [p("Pool imap 100k chunksize 1000"), None, None, None, None], True)
     row("`imap_unordered` of 100k (Python: chunk size 1)", "items/s", c("imap_unordered 100k u64"),
         [p("Pool imap_unordered 100k chunksize 1"), None, None, None, None], True)
     row("start a 2-worker pool until both answered", "us", c("start-up 2 workers"),
@@ -181,6 +185,12 @@ def pool_section(g, py, w):
       f"{fmt(c('timeout overshoot'), 'ms')} after its 100 ms deadline (pebble: {fmt(p('pebble timeout overshoot'), 'ms')}; "
       "the standard library has no per-task timeout).")
     w("")
+    imap_cpu, imap1_cpu = c("imap caller CPU per item"), c("imap chunk 1 caller CPU per item")
+    if imap_cpu and imap1_cpu:
+        w(f"`imap` costs the consuming thread {imap_cpu:.0f} ns of CPU per item with automatic chunks "
+          f"({imap1_cpu:.0f} ns with chunks of one); automatic `imap` runs at "
+          f"{100 * c('imap 100k u64') / c('map 100k u64'):.0f} % of `map`'s throughput.")
+        w("")
     w("## Targets (issue #3)")
     w("")
     w("| target | figure | verdict |")
@@ -194,6 +204,10 @@ def pool_section(g, py, w):
     if sub:
         w(f"| submit-each ≥ 1,000,000 tasks/s | {fmt(sub, 'items/s')} | {verdict(sub >= 1e6)} |")
         w(f"| submit-each ≥ 25× Python's best | {sub / py_sub:.0f}× | {verdict(sub >= 25 * py_sub)} |")
+    im = c("imap 100k u64")
+    if im and c("map 100k u64"):
+        w(f"| automatic `imap` ≥ 50 % of `map` (issue #10) | {100 * im / c('map 100k u64'):.0f} % | "
+          f"{verdict(im >= 0.5 * c('map 100k u64'))} |")
     m, py_m = c("map 100k u64"), p("Pool map 100k default chunksize")
     if m and py_m and rayon:
         w(f"| `map` ≥ 30 M u64/s | {fmt(m, 'items/s')} | {verdict(m >= 30e6)} |")

@@ -91,6 +91,8 @@ def stdlib_pool():
         emit("Pool imap 100k chunksize 1", rate(items, lambda: sum(pool.imap(square, range(items)))), "items/s")
         emit("Pool imap_unordered 100k chunksize 1",
              rate(items, lambda: sum(pool.imap_unordered(square, range(items)))), "items/s")
+        emit("Pool imap 100k chunksize 1000",
+             rate(items, lambda: sum(pool.imap(square, range(items), chunksize=1000))), "items/s")
         emit("Pool idle CPU", idle_cpu([p.pid for p in pool._pool]), "%")
     for method in ["fork", "forkserver"]:
         ctx = mp.get_context(method)

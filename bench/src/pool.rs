@@ -38,6 +38,17 @@ fn rate(items: usize, mut f: impl FnMut()) -> f64 {
     median(samples)
 }
 
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec to write; the clock id is a constant.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
 /// CPU time (user + system) of process `pid`, from `/proc/<pid>/stat`.
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -97,19 +108,42 @@ pub(crate) fn run(n: impl Fn(usize) -> usize) {
         }),
         "items/s",
     );
-    for (label, ordered) in [("imap", true), ("imap_unordered", false)] {
+    // imap, automatic chunks and chunk sizes; the consuming thread's CPU per
+    // item beside the throughput.
+    let cases = [
+        ("imap", true, None),
+        ("imap_unordered", false, None),
+        ("imap chunk 1", true, Some(1)),
+        ("imap chunk 1000", true, Some(1000)),
+    ];
+    for (label, ordered, chunk) in cases {
+        let mut caller_ns = Vec::new();
+        let throughput = rate(items, || {
+            let cpu = thread_cpu();
+            let run = |it: corral::Imap<'_, u64, u64, std::ops::Range<u64>>| {
+                let it = match chunk {
+                    Some(c) => it.chunk_size(c),
+                    None => it,
+                };
+                it.map(Result::unwrap).fold(0u64, u64::wrapping_add)
+            };
+            let total = if ordered {
+                run(pool.imap(square, 0..items as u64))
+            } else {
+                run(pool.imap_unordered(square, 0..items as u64))
+            };
+            std::hint::black_box(total);
+            caller_ns.push((thread_cpu() - cpu).as_nanos() as f64 / items as f64);
+        });
         emit(
             &format!("corral pool {label} 100k u64"),
-            rate(items, || {
-                let outcomes: Box<dyn Iterator<Item = Result<u64, TaskError>>> = if ordered {
-                    Box::new(pool.imap(square, 0..items as u64))
-                } else {
-                    Box::new(pool.imap_unordered(square, 0..items as u64))
-                };
-                let total = outcomes.map(Result::unwrap).fold(0u64, u64::wrapping_add);
-                std::hint::black_box(total);
-            }),
+            throughput,
             "items/s",
+        );
+        emit(
+            &format!("corral pool {label} caller CPU per item"),
+            median(caller_ns),
+            "ns",
         );
     }
     emit(

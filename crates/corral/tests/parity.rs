@@ -824,3 +824,24 @@ fn per_worker_counts_and_pids() {
         now.len() == 2 && now.iter().all(|w| w.pid != dead)
     }));
 }
+
+#[test]
+fn automatic_imap_chunks_share_a_short_input_after_a_long_fast_one() {
+    let pool = Pool::new(2).unwrap();
+    // Teach the pool that `pid` is fast: its next imap starts with big chunks.
+    let fast = pool
+        .imap(pid_after, std::iter::repeat_n(0, 200_000))
+        .count();
+    assert_eq!(fast, 200_000);
+    // Four slow items of the same function: still spread over both workers.
+    let pids: std::collections::BTreeSet<u32> = pool
+        .imap(pid_after, [100u64; 4])
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+}
+
+fn pid_after(ms: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}

@@ -481,6 +481,8 @@ pub(super) struct Shared {
     pub(super) config: Config,
     /// Where done callbacks run.
     pub(super) callbacks: Callbacks,
+    /// The chunk size each function's last `imap` settled on.
+    chunk_hints: Mutex<std::collections::HashMap<i64, usize>>,
 }
 
 fn now_ns() -> u64 {
@@ -514,6 +516,7 @@ impl Shared {
             wake,
             config,
             callbacks: Callbacks::default(),
+            chunk_hints: Mutex::new(std::collections::HashMap::new()),
         });
         {
             let mut core = shared.lock();
@@ -1010,6 +1013,21 @@ impl Shared {
         drop(core);
         if killed {
             self.wake_dispatcher();
+        }
+    }
+
+    /// The chunk size the last `imap` of function `func` settled on (1 if
+    /// none ran).
+    pub(super) fn chunk_hint(&self, func: i64) -> usize {
+        let hints = self.chunk_hints.lock().unwrap_or_else(|p| p.into_inner());
+        hints.get(&func).copied().unwrap_or(1)
+    }
+
+    /// Remembers the chunk size an `imap` of `func` settled on.
+    pub(super) fn set_chunk_hint(&self, func: i64, size: usize) {
+        let mut hints = self.chunk_hints.lock().unwrap_or_else(|p| p.into_inner());
+        if hints.len() < 1024 || hints.contains_key(&func) {
+            hints.insert(func, size);
         }
     }
 

@@ -2,7 +2,7 @@
 //! and `ProcessPoolExecutor`, without their hangs.
 //!
 //! ```no_run
-//! use std::time::Duration;
+//! use std::time::{Duration, Instant};
 //! use corral::Pool;
 //!
 //! fn square(x: u64) -> u64 { x * x }
@@ -93,7 +93,7 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use self::core::{Cancel, Config, Job, Raw, Shared, Sink};
 use self::task::TaskSlot;
@@ -1188,6 +1188,65 @@ impl<R> StreamSink<R> {
     }
 }
 
+/// Sizes `imap`'s chunks from how fast outcomes come back: a chunk should
+/// keep a worker busy for about [`AutoChunk::TARGET`], so fast items travel
+/// by the thousand (the cost of `map`) and slow ones one by one (the
+/// balance of Python's `chunksize=1`). It doubles at each refill while the
+/// last refill measured a larger ideal size, and halves when that ideal
+/// falls below a quarter of it. It starts where the pool's last `imap` of
+/// the same function ended (one item the first time).
+#[derive(Debug)]
+struct AutoChunk {
+    size: usize,
+    /// When the last refill happened, and how many outcomes had been
+    /// yielded then.
+    mark: Option<(Instant, u64)>,
+}
+
+impl AutoChunk {
+    /// Worker time one chunk should take.
+    const TARGET: Duration = Duration::from_millis(2);
+    /// The largest automatic chunk.
+    const MAX: usize = 4096;
+
+    fn new(size: usize) -> AutoChunk {
+        AutoChunk {
+            size: size.clamp(1, Self::MAX),
+            mark: None,
+        }
+    }
+
+    /// The chunk size for the next refill, given the outcomes yielded so
+    /// far.
+    fn tune(&mut self, yielded: u64, processes: usize) -> usize {
+        let now = Instant::now();
+        if let Some((at, before)) = self.mark
+            && yielded > before
+        {
+            // Wall time per item across the pool; a chunk runs on one
+            // worker, so it takes `processes` times that.
+            let per_item = now.duration_since(at).as_secs_f64() / (yielded - before) as f64;
+            let ideal = (Self::TARGET.as_secs_f64() / (per_item * processes as f64).max(1e-9))
+                .clamp(1.0, Self::MAX as f64) as usize;
+            // Grow fast; shrink only when far off (a measure taken while
+            // the window was small overstates the time per item).
+            if ideal > self.size {
+                self.size = (self.size * 2).min(ideal);
+            } else if ideal < self.size / 4 {
+                self.size = (self.size / 2).max(1);
+            }
+        }
+        self.mark = Some((now, yielded));
+        self.size
+    }
+
+    /// The items in flight for chunks of `chunk`: four chunks a worker, and
+    /// at least 64 items a worker.
+    fn window(chunk: usize, processes: usize) -> u64 {
+        (4 * chunk * processes).max(64 * processes) as u64
+    }
+}
+
 /// The lazy iterator of [`Pool::imap`] and [`Pool::imap_unordered`].
 ///
 /// It yields `Result<R, TaskError>` per input item and pulls input only as
@@ -1232,8 +1291,10 @@ pub struct Imap<'p, A, R, I> {
     ready: VecDeque<Result<R, TaskError>>,
     entry: i64,
     func: i64,
-    /// Items per job: `None` sizes them from the room in the window.
+    /// Items per job, as set by [`Imap::chunk_size`] (`None`: automatic).
     chunk: Option<usize>,
+    /// Automatic chunks: the size now and what it was measured from.
+    auto: AutoChunk,
     submitted: u64,
     yielded: u64,
     window: u64,
@@ -1273,6 +1334,7 @@ impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
             entry: worker::job_entry_offset::<A, R>(),
             func: func_offset(f),
             chunk: None,
+            auto: AutoChunk::new(pool.shared.chunk_hint(func_offset(f))),
             submitted: 0,
             yielded: 0,
             window: 64 * pool.processes() as u64,
@@ -1347,11 +1409,23 @@ impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
         if self.input.is_none() || in_flight > self.window / 2 {
             return;
         }
+        let processes = self.pool.processes();
+        let per_job = match self.chunk {
+            Some(n) => n,
+            None => {
+                let n = self.pool.fit_quota(self.auto.tune(self.yielded, processes));
+                self.window = AutoChunk::window(n, processes);
+                // A short input is shared among the workers, however large
+                // the chunks the last imap settled on.
+                let known = self.input.as_ref().map_or(0, |i| i.size_hint().0);
+                if known > 0 {
+                    n.min(known.div_ceil(processes))
+                } else {
+                    n
+                }
+            }
+        };
         let room = (self.window - in_flight) as usize;
-        let per_job = self.chunk.unwrap_or_else(|| {
-            self.pool
-                .fit_quota(room.div_ceil(2 * self.pool.processes()).max(1))
-        });
         let sink = self.dyn_sink.clone();
         let mut jobs = Vec::new();
         let mut pulled = 0;
@@ -1450,6 +1524,9 @@ impl<A: Data, R: Data, I: ExactSizeIterator<Item = A>> ExactSizeIterator for Ima
 impl<A, R, I> Drop for Imap<'_, A, R, I> {
     /// Cancels the items not started; running ones finish.
     fn drop(&mut self) {
+        if self.chunk.is_none() {
+            self.pool.shared.set_chunk_hint(self.func, self.auto.size);
+        }
         if self.submitted > self.yielded && !self.dyn_sink.cancelled() {
             self.dyn_sink.abandon();
             self.pool.shared.cancel(Cancel::Sink(&self.dyn_sink), false);
