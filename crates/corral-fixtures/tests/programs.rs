@@ -67,3 +67,25 @@ fn at_exit_daemons_are_terminated_and_other_children_joined() {
     assert!(is_gone(pid_of("worker")));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_late_init_is_safe_and_main_runs_once() {
+    let out = run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_late-init")).stderr(std::process::Stdio::piped()),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(
+        stdout.matches("main started").count(),
+        1,
+        "a child or the server ran main again:\n{stdout}"
+    );
+    assert!(stdout.contains("results 9 16 285"), "{stdout}");
+    assert_eq!(
+        stderr.matches("corral: init() found").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("re-executing"), "{stderr}");
+}

@@ -20,10 +20,50 @@
 //! }
 //! ```
 //!
-//! [`init`] must be the first line of `main`: it starts the fork server while
-//! your program is still single-threaded, and in a child started by
-//! re-execution it runs the task and never returns. Forgetting it is a clear
-//! [`Error::NotInitialized`] at the first spawn, never a fork bomb.
+//! [`init`] belongs on the first line of `main`: it starts the fork server
+//! while your program is still single-threaded. Forgetting it is a clear
+//! [`Error::NotInitialized`] at the first spawn, never a fork bomb. Children
+//! started by re-execution (and a re-executed fork server) take their role
+//! before `main` runs, so nothing of your `main` runs again in them.
+//!
+//! To depend on corral (until it is published), name this repository's
+//! crate by path or git in your `Cargo.toml`; corral re-exports the two
+//! crates its API speaks, so you need no other dependency:
+//!
+//! ```toml
+//! [dependencies]
+//! corral = { path = "../corral/crates/corral" }   # or: { git = "<this repository>" }
+//! ```
+//!
+//! ```
+//! #[derive(corral::serde::Serialize, corral::serde::Deserialize)]
+//! #[serde(crate = "corral::serde")]
+//! struct Job { id: u32, path: String }
+//! fn takes<T: corral::Data>(_: T) {}
+//! takes(Job { id: 1, path: "a".into() });
+//! ```
+//!
+//! ## With tokio (or any thread pool)
+//!
+//! Call [`init`] before the runtime starts its threads: a plain `main` that
+//! builds the runtime after `init`, rather than `#[tokio::main]`, which
+//! starts threads before your first line runs.
+//!
+//! ```no_run
+//! fn square(x: u64) -> u64 { x * x }
+//!
+//! fn main() {
+//!     corral::init();
+//!     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+//!     runtime.block_on(async {
+//!         let pool = corral::Pool::new(2).unwrap();
+//!         assert_eq!(pool.submit(square, 7).await.unwrap(), 49); // a Task is a Future
+//!     });
+//! }
+//! ```
+//!
+//! A late `init` still works (the fork server then starts by re-executing
+//! the program, and corral says so once on stderr).
 //!
 //! ## Tasks cross as data
 //!
@@ -157,6 +197,36 @@
 //! assert_eq!(done.get(), 5050);
 //! ```
 //!
+//! ## Unfinished work: what dropping does, and the ways out
+//!
+//! * Dropping a [`Task`] does not stop it: the task runs to its end and its
+//!   outcome is discarded (as with Python's futures). Stop it with
+//!   [`Task::cancel`].
+//! * Dropping a [`Pool`] (or [`Pool::join`]) waits for every submitted task,
+//!   then stops the workers: a task that never ends keeps the program
+//!   waiting, as Python's `with Pool()` / executor `shutdown(wait=True)`
+//!   do. The ways out: a time limit ([`PoolBuilder::task_timeout`],
+//!   [`Pool::submit_with_timeout`]), [`Task::cancel`],
+//!   [`Pool::shutdown(true)`](Pool::shutdown) (cancels what has not
+//!   started), [`Pool::join_timeout`], and [`Pool::terminate`] (kills the
+//!   workers at once; unfinished tasks end with [`TaskError::PoolClosed`]).
+//! * Dropping an [`Imap`] cancels its items that have not started.
+//!
+//! (The story behind this: a nested executor whose abandoned task held the
+//! program open at exit. With corral, give the inner pool a timeout, or
+//! `terminate` it on the error path.)
+//!
+//! ## Python's "join before draining" deadlock
+//!
+//! Python warns that a process which put items on a `Queue` cannot be
+//! joined before the items are taken (its feeder thread blocks the exit).
+//! corral's [`Queue::put`] returns only once the item is stored in shared
+//! memory, so a child that has put its items exits, and `join` returns,
+//! whether or not anyone took them: the deadlock does not exist. It still
+//! exists with a [`Pipe`]: a child blocked sending a message larger than the
+//! pipe's buffer cannot exit until the parent reads it, so read a child's
+//! messages before (or while) joining it, or use [`Child::join_timeout`].
+//!
 //! ## Lifetimes: no zombies, no orphans
 //!
 //! * Every child is reaped: by [`Child::join`], or, for a dropped handle, at
@@ -207,6 +277,9 @@ mod time;
 mod trace;
 mod wire;
 
+/// The bytemuck crate that [`Value`] and [`Array`] take their element types
+/// from (`Pod`), re-exported.
+pub use bytemuck;
 pub use error::{
     CodecError, Error, JoinTimeout, ProcessError, RecvError, RemotePanic, SendError, TaskError,
     TaskTimeout, WireError,
@@ -221,6 +294,10 @@ pub use process::{
     current_process, parent_process, spawn, wait,
 };
 pub use queue::{GetError, JoinableQueue, PutError, Queue, SimpleQueue};
+/// The serde crate corral's API speaks, re-exported: derive
+/// `corral::serde::{Serialize, Deserialize}` (with
+/// `#[serde(crate = "corral::serde")]`) without a dependency of your own.
+pub use serde;
 pub use shared::{
     Array, ArrayGuard, RawArray, RawValue, SharedGuard, SharedMemory, Value, ValueGuard,
 };
@@ -233,7 +310,10 @@ pub use sync::{
 
 /// What can cross a process boundary: serde-serializable, owned, sendable.
 ///
-/// Implemented for every type that qualifies.
+/// Implemented for every type that qualifies. For a type of your own,
+/// derive serde's traits (through corral's re-export, no dependency needed):
+/// `#[derive(corral::serde::Serialize, corral::serde::Deserialize)]` with
+/// `#[serde(crate = "corral::serde")]`.
 ///
 /// # Examples
 ///
@@ -241,6 +321,13 @@ pub use sync::{
 /// fn takes<T: corral::Data>(_: T) {}
 /// takes((1u8, String::from("two"), vec![3.0f64]));
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot cross a process boundary (it is not `corral::Data`)",
+    label = "not serde-serializable, not owned, or not `Send`",
+    note = "derive serde's traits: `#[derive(corral::serde::Serialize, corral::serde::Deserialize)]` \
+            with `#[serde(crate = \"corral::serde\")]`; borrowed data (`&str`, `&[T]`) must become \
+            owned (`String`, `Vec<T>`)"
+)]
 pub trait Data: serde::Serialize + serde::de::DeserializeOwned + Send + 'static {}
 
 impl<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static> Data for T {}

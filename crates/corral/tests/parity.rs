@@ -845,3 +845,24 @@ fn pid_after(ms: u64) -> u32 {
     std::thread::sleep(Duration::from_millis(ms));
     std::process::id()
 }
+
+fn byte_len(v: Vec<u8>) -> usize {
+    v.len()
+}
+
+#[test]
+fn automatic_imap_chunks_keep_large_items_within_a_byte_budget() {
+    let pool = Pool::new(2).unwrap();
+    let pulled = Arc::new(AtomicU64::new(0));
+    let counter = pulled.clone();
+    let input = std::iter::repeat_with(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        vec![7u8; 256 << 10]
+    });
+    let mut it = pool.imap(byte_len, input);
+    for _ in 0..1000 {
+        assert_eq!(it.next(), Some(Ok(256 << 10)));
+        // At most 64 MiB of arguments in flight: 256 items of 256 KiB.
+        assert!(pulled.load(Ordering::SeqCst) <= 1000 + 256 + 64);
+    }
+}

@@ -418,7 +418,8 @@ fn imap_pulls_an_endless_input_lazily() {
     let mut results = pool.imap(square, input);
     let first: Vec<u64> = results.by_ref().take(5_000).map(Result::unwrap).collect();
     assert_eq!(first, (0..5_000u64).map(|x| x * x).collect::<Vec<_>>());
-    let window = 64 * pool.processes();
+    // The window: four automatic chunks (at most 4,096 items each) a worker.
+    let window = 4 * 4096 * pool.processes();
     assert!(
         pulled.load(Ordering::SeqCst) <= 5_000 + window,
         "pulled {} items for 5,000 results",

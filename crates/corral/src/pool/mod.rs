@@ -2,7 +2,7 @@
 //! and `ProcessPoolExecutor`, without their hangs.
 //!
 //! ```no_run
-//! use std::time::{Duration, Instant};
+//! use std::time::Duration;
 //! use corral::Pool;
 //!
 //! fn square(x: u64) -> u64 { x * x }
@@ -753,9 +753,10 @@ impl Pool {
 
     /// Runs `f` on the items lazily and yields the outcomes in input order.
     ///
-    /// Input is pulled only as outcomes are consumed, with at most
-    /// `64 × processes` items in flight, so an endless iterator runs in
-    /// constant memory. Each item has its own outcome: a failing item does
+    /// Input is pulled only as outcomes are consumed, with a bounded window
+    /// in flight (four chunks a worker, at most 64 MiB of encoded arguments,
+    /// at least 64 items a worker), so an endless iterator runs in constant
+    /// memory. Each item has its own outcome: a failing item does
     /// not stop the others.
     ///
     /// # Examples
@@ -1240,10 +1241,16 @@ impl AutoChunk {
         self.size
     }
 
-    /// The items in flight for chunks of `chunk`: four chunks a worker, and
-    /// at least 64 items a worker.
-    fn window(chunk: usize, processes: usize) -> u64 {
-        (4 * chunk * processes).max(64 * processes) as u64
+    /// Encoded arguments in flight, at most (when items are larger than 64
+    /// per worker make, the floor of 64 items a worker wins).
+    const MAX_BYTES: usize = 64 << 20;
+
+    /// The items in flight for chunks of `chunk` of items of `item_bytes`
+    /// encoded bytes: four chunks a worker, at most [`AutoChunk::MAX_BYTES`]
+    /// of arguments, and at least 64 items a worker.
+    fn window(chunk: usize, processes: usize, item_bytes: usize) -> u64 {
+        let by_bytes = Self::MAX_BYTES / item_bytes.max(1);
+        (4 * chunk * processes).min(by_bytes).max(64 * processes) as u64
     }
 }
 
@@ -1295,6 +1302,8 @@ pub struct Imap<'p, A, R, I> {
     chunk: Option<usize>,
     /// Automatic chunks: the size now and what it was measured from.
     auto: AutoChunk,
+    /// Encoded bytes per item, as the last refill found them.
+    item_bytes: usize,
     submitted: u64,
     yielded: u64,
     window: u64,
@@ -1335,6 +1344,7 @@ impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
             func: func_offset(f),
             chunk: None,
             auto: AutoChunk::new(pool.shared.chunk_hint(func_offset(f))),
+            item_bytes: 8,
             submitted: 0,
             yielded: 0,
             window: 64 * pool.processes() as u64,
@@ -1414,7 +1424,7 @@ impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
             Some(n) => n,
             None => {
                 let n = self.pool.fit_quota(self.auto.tune(self.yielded, processes));
-                self.window = AutoChunk::window(n, processes);
+                self.window = AutoChunk::window(n, processes, self.item_bytes);
                 // A short input is shared among the workers, however large
                 // the chunks the last imap settled on.
                 let known = self.input.as_ref().map_or(0, |i| i.size_hint().0);
@@ -1447,6 +1457,10 @@ impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
             if self.input.is_none() {
                 break;
             }
+        }
+        if pulled > 0 {
+            let bytes: usize = jobs.iter().map(|j| j.args.len()).sum();
+            self.item_bytes = bytes.div_ceil(pulled).max(1);
         }
         if !jobs.is_empty() {
             self.pool.shared.submit(jobs);

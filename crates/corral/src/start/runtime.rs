@@ -134,8 +134,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// See [`crate::init`].
-pub(crate) fn init() {
+sys::before_main!(take_role);
+
+/// In a child started by re-execution (`Spawn`) or a re-executed fork
+/// server: runs that role and never returns. Runs before `main` (see
+/// [`sys::before_main`]), so nothing of `main` (a tokio runtime built by
+/// `#[tokio::main]`, say) runs in them; [`init`] calls it again, harmlessly.
+fn take_role() {
     if let Some(spec) = std::env::var_os(BOOT_ENV) {
         sys::remove_env(BOOT_ENV.as_ref());
         mark_initialized();
@@ -145,6 +150,11 @@ pub(crate) fn init() {
         sys::remove_env(SERVER_ENV.as_ref());
         forkserver::serve_exec(&spec);
     }
+}
+
+/// See [`crate::init`].
+pub(crate) fn init() {
+    take_role();
     if !mark_initialized() {
         return;
     }
@@ -156,8 +166,19 @@ pub(crate) fn init() {
     sys::raise_fd_limit();
     // Fork the server now, while the program is (normally) single-threaded.
     // A failure here is retried, and reported, at the first spawn.
-    if sys::thread_count() == 1 {
+    let threads = sys::thread_count();
+    if threads == 1 {
         let _ = with_server(|_| Ok(()));
+    } else {
+        // Forking a multi-threaded program is unsafe: the server will be
+        // started by re-executing this binary at the first spawn (safe, as
+        // roles are taken before `main`, but slower).
+        eprintln!(
+            "corral: init() found {threads} threads running; the fork server will start by \
+             re-executing this program at the first spawn. Call corral::init() first in main, \
+             before any thread or async runtime starts (with tokio: a plain `fn main` that \
+             calls corral::init() and then builds the runtime)."
+        );
     }
 }
 

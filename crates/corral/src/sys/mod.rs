@@ -30,3 +30,24 @@ pub(crate) use futex::*;
 pub(crate) use global::{ForkLocal, new_process_generation};
 pub(crate) use linux::*;
 pub(crate) use shm::SharedRegion;
+
+/// Runs `$f` (an `fn()`) before `main`, from the program's `.init_array`
+/// (after the standard library's own start-up entries, which are ordered
+/// first), so that a re-executed child or fork server takes its role before
+/// any code of `main` runs.
+macro_rules! before_main {
+    ($f:path) => {
+        #[used]
+        #[allow(unsafe_code)]
+        // SAFETY: the entry is a plain `extern "C" fn()` that the C runtime
+        // calls once at load; it only calls `$f`, a safe Rust function.
+        #[unsafe(link_section = ".init_array")]
+        static BEFORE_MAIN: extern "C" fn() = {
+            extern "C" fn before_main() {
+                $f();
+            }
+            before_main
+        };
+    };
+}
+pub(crate) use before_main;
