@@ -242,3 +242,17 @@ pub fn task_done<R: corral::Data>(task: corral::Task<R>) -> Result<R, corral::Ta
         }
     }
 }
+
+/// Runs `body` on a thread and fails the test if it has not finished within
+/// `limit` (a wedged pool must fail, not hang CI).
+pub fn within<T: Send + 'static>(
+    limit: std::time::Duration,
+    body: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(body());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("still running after {limit:?}: wedged"))
+}

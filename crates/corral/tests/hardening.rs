@@ -3,24 +3,13 @@
 //! every wait bounded.
 
 use std::collections::HashSet;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use corral::{Pool, Queue, StartMethod, Task, TaskError};
 use corral_fixtures as fx;
+use corral_fixtures::within;
 
 corral::test_support!();
-
-/// Runs `body` on a thread and fails the test if it has not finished
-/// within `limit` (a wedged pool must fail, not hang CI).
-fn within<T: Send + 'static>(limit: Duration, body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(body());
-    });
-    rx.recv_timeout(limit)
-        .unwrap_or_else(|_| panic!("still running after {limit:?}: wedged"))
-}
 
 use corral_fixtures::task_done as done;
 

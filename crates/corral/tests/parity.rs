@@ -3,12 +3,13 @@
 //! with real processes and every wait bounded.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use corral::{ExitStatus, Pool, Process, ProcessError, Queue, StartMethod, TaskError};
 use corral_fixtures as fx;
 use corral_fixtures::task_done as done;
+use corral_fixtures::within;
 
 corral::test_support!();
 
@@ -17,17 +18,6 @@ const METHODS: [StartMethod; 3] = [
     StartMethod::Spawn,
     StartMethod::Fork,
 ];
-
-/// Runs `body` on a thread; fails the test if it has not finished within
-/// `limit` (a wedged pool must fail, not hang CI).
-fn within<T: Send + 'static>(limit: Duration, body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(body());
-    });
-    rx.recv_timeout(limit)
-        .unwrap_or_else(|_| panic!("still running after {limit:?}: wedged"))
-}
 
 type Seen = (u32, Option<String>, bool, bool, Option<u32>);
 

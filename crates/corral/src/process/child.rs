@@ -153,7 +153,7 @@ impl Proc {
         }
         if let Reaper::Own = self.reaper {
             match sys::reap(self.pidfd.as_fd(), true) {
-                Ok(Some(status)) => st.fate = Some(Fate::Exited(status)),
+                Ok(Some(ended)) => st.fate = Some(Fate::Exited(ended.into())),
                 Ok(None) => {}
                 // SIGCHLD is ignored (SIG_IGN, common in daemons): the kernel
                 // reaped it and kept no status. Its result, if it sent one,

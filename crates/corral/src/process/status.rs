@@ -23,6 +23,15 @@ pub enum ExitStatus {
     Signal(i32),
 }
 
+impl From<crate::sys::Ended> for ExitStatus {
+    fn from(ended: crate::sys::Ended) -> ExitStatus {
+        match ended {
+            crate::sys::Ended::Code(c) => ExitStatus::Code(c),
+            crate::sys::Ended::Signal(s) => ExitStatus::Signal(s),
+        }
+    }
+}
+
 impl ExitStatus {
     /// Whether the process exited with code 0.
     pub fn success(self) -> bool {

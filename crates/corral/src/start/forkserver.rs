@@ -375,10 +375,8 @@ fn report(kid: Kid) {
     }
     let mut message = [0u8; 8];
     match sys::reap(kid.pidfd.as_fd(), true) {
-        Ok(Some(crate::ExitStatus::Code(code))) => {
-            message[4..].copy_from_slice(&code.to_le_bytes())
-        }
-        Ok(Some(crate::ExitStatus::Signal(sig))) => {
+        Ok(Some(sys::Ended::Code(code))) => message[4..].copy_from_slice(&code.to_le_bytes()),
+        Ok(Some(sys::Ended::Signal(sig))) => {
             message[0] = 1;
             message[4..].copy_from_slice(&sig.to_le_bytes());
         }

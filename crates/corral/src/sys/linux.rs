@@ -23,8 +23,6 @@ use rustix::net::{
 };
 use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
 
-use crate::ExitStatus;
-
 /// Most file descriptors one message may carry (the kernel's `SCM_MAX_FD` is 253).
 pub(crate) const MAX_FDS_PER_MESSAGE: usize = 250;
 
@@ -288,7 +286,16 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 /// Reaps the child behind `pidfd` (which must be a child of this process).
 ///
 /// Returns `None` if it is still running and `block` is false.
-pub(crate) fn reap(pidfd: BorrowedFd<'_>, block: bool) -> io::Result<Option<ExitStatus>> {
+/// How a reaped process ended (the layers above call it `ExitStatus`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// It exited with this code.
+    Code(i32),
+    /// It was killed by this signal.
+    Signal(i32),
+}
+
+pub(crate) fn reap(pidfd: BorrowedFd<'_>, block: bool) -> io::Result<Option<Ended>> {
     let mut options = WaitIdOptions::EXITED;
     if !block {
         options |= WaitIdOptions::NOHANG;
@@ -303,11 +310,11 @@ pub(crate) fn reap(pidfd: BorrowedFd<'_>, block: bool) -> io::Result<Option<Exit
     }
 }
 
-fn decode_wait(status: &rustix::process::WaitIdStatus) -> Option<ExitStatus> {
+fn decode_wait(status: &rustix::process::WaitIdStatus) -> Option<Ended> {
     if let Some(code) = status.exit_status() {
-        Some(ExitStatus::Code(code))
+        Some(Ended::Code(code))
     } else {
-        status.terminating_signal().map(ExitStatus::Signal)
+        status.terminating_signal().map(Ended::Signal)
     }
 }
 
