@@ -1435,7 +1435,12 @@ impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
                 }
             }
         };
-        let room = (self.window - in_flight) as usize;
+        // The window may have shrunk below what is in flight (larger items,
+        // smaller chunks): then nothing is pulled this time.
+        let room = self.window.saturating_sub(in_flight) as usize;
+        if room == 0 {
+            return;
+        }
         let sink = self.dyn_sink.clone();
         let mut jobs = Vec::new();
         let mut pulled = 0;
