@@ -124,20 +124,16 @@ impl Cancel<'_> {
 
 /// Tells a worker to skip positions `range` of batch `seq` if it has not
 /// started them; false if its skip list is full.
-fn post_skip(region: &SharedRegion, seq: u64, range: &Range<usize>) -> bool {
-    let count = region.word(worker::W_CANCELS).load(Ordering::Relaxed) as usize;
-    if count >= worker::CANCEL_SLOTS {
+fn post_skip(head: &worker::WorkerHead, seq: u64, range: &Range<usize>) -> bool {
+    let count = head.skip_count.load(Ordering::Relaxed) as usize;
+    let Some(entry) = head.skips.get(count) else {
         return false;
-    }
-    region
-        .word(worker::CANCELS + 2 * count)
-        .store(seq, Ordering::Relaxed);
-    region
-        .word(worker::CANCELS + 2 * count + 1)
+    };
+    entry.seq.store(seq, Ordering::Relaxed);
+    entry
+        .range
         .store(worker::skip_range(range), Ordering::Relaxed);
-    region
-        .word(worker::W_CANCELS)
-        .store(count as u64 + 1, Ordering::SeqCst);
+    head.skip_count.store(count as u64 + 1, Ordering::SeqCst);
     true
 }
 
@@ -377,9 +373,9 @@ impl Worker {
     /// Notes the progress its region shows; returns when it last changed.
     fn observe_progress(&mut self, now: Instant) -> Instant {
         let seen = (
-            self.region.word(worker::W_SEQ).load(Ordering::Acquire),
-            self.region.word(worker::W_STARTED).load(Ordering::Acquire),
-            self.region.word(worker::W_FINISHED).load(Ordering::Acquire),
+            self.head().seq.load(Ordering::Acquire),
+            self.head().started.load(Ordering::Acquire),
+            self.head().finished.load(Ordering::Acquire),
         );
         if seen != self.progress {
             self.progress = seen;
@@ -388,18 +384,23 @@ impl Worker {
         self.progress_at
     }
 
+    /// The head of its shared region.
+    fn head(&self) -> &worker::WorkerHead {
+        worker::head(&self.region)
+    }
+
     /// The item it runs now, as (batch, position), if any.
     fn running(&self) -> Option<(u64, usize)> {
-        let seq = self.region.word(worker::W_SEQ).load(Ordering::SeqCst);
-        let started = self.region.word(worker::W_STARTED).load(Ordering::SeqCst) as usize;
-        let finished = self.region.word(worker::W_FINISHED).load(Ordering::SeqCst) as usize;
+        let seq = self.head().seq.load(Ordering::SeqCst);
+        let started = self.head().started.load(Ordering::SeqCst) as usize;
+        let finished = self.head().finished.load(Ordering::SeqCst) as usize;
         let front = self.inflight.front()?;
         (front.seq == seq && started > finished).then(|| (seq, started - 1))
     }
 
     /// Whether it ever said READY (a READY frame read, or a batch begun).
     fn said_ready(&self) -> bool {
-        let seq = self.region.word(worker::W_SEQ).load(Ordering::Acquire);
+        let seq = self.head().seq.load(Ordering::Acquire);
         self.life.said_ready() || (seq != 0 && seq != worker::SEQ_INIT_FAILED)
     }
 }
@@ -988,7 +989,7 @@ impl Shared {
             // room left to tell it, such an item runs; its outcome is
             // discarded.)
             for (seq, range) in &covered {
-                post_skip(&w.region, *seq, range);
+                post_skip(w.head(), *seq, range);
             }
             // ...then kill it if it runs one of them. Read after posting:
             // either it sees the skip, or this sees the item started.
@@ -1239,15 +1240,15 @@ impl Shared {
         }
         let front = w.inflight.front().filter(|b| b.timed)?;
         let (seq, started, finished) = (
-            w.region.word(worker::W_SEQ).load(Ordering::Acquire),
-            w.region.word(worker::W_STARTED).load(Ordering::Acquire) as usize,
-            w.region.word(worker::W_FINISHED).load(Ordering::Acquire) as usize,
+            w.head().seq.load(Ordering::Acquire),
+            w.head().started.load(Ordering::Acquire) as usize,
+            w.head().finished.load(Ordering::Acquire) as usize,
         );
         let front_seq = front.seq;
         if seq == front_seq && started > finished {
             let index = started - 1;
             let timeout = front.timeout(index, default)?;
-            let start_ns = w.region.word(worker::W_START_NS).load(Ordering::Acquire);
+            let start_ns = w.head().start_ns.load(Ordering::Acquire);
             let left_ns = time::ns_after(start_ns, timeout).saturating_sub(now_ns());
             let deadline = now.checked_add(Duration::from_nanos(left_ns))?;
             return Some((deadline, Why::Timeout { seq, index }));
@@ -1311,23 +1312,22 @@ impl Shared {
         let Some(front) = w.inflight.front_mut() else {
             return false;
         };
-        let seq = w.region.word(worker::W_SEQ).load(Ordering::Acquire);
+        let seq = worker::head(&w.region).seq.load(Ordering::Acquire);
         if seq != front.seq {
             return false;
         }
-        let len = (w.region.word(worker::W_ARENA_LEN).load(Ordering::Acquire) as usize)
+        let len = (worker::head(&w.region).arena_len.load(Ordering::Acquire) as usize)
             .min(worker::ARENA_BYTES);
         let arena = w.region.load_bytes(worker::ARENA_OFFSET, len);
         deliver_records(front, worker::records(&arena), stats, outstanding);
-        let started = w.region.word(worker::W_STARTED).load(Ordering::Acquire) as usize;
-        let finished = w.region.word(worker::W_FINISHED).load(Ordering::Acquire) as usize;
+        let started = worker::head(&w.region).started.load(Ordering::Acquire) as usize;
+        let finished = worker::head(&w.region).finished.load(Ordering::Acquire) as usize;
         if started <= finished || started > front.got.len() || front.got[started - 1] {
             return false;
         }
         let index = started - 1;
-        let out_of_memory = w
-            .region
-            .word(worker::W_OUT_OF_MEMORY)
+        let out_of_memory = worker::head(&w.region)
+            .out_of_memory
             .load(Ordering::Acquire)
             == 1;
         let error = match w.life.why() {
@@ -1690,7 +1690,7 @@ fn send_batch(
     if w.inflight.is_empty() {
         // The worker is between batches and reads no entry now: reclaim the
         // cancellation slots (entries name batches, so old ones never match).
-        w.region.word(worker::W_CANCELS).store(0, Ordering::SeqCst);
+        w.head().skip_count.store(0, Ordering::SeqCst);
     }
     debug_assert!(
         fds.len() <= sys::MAX_FDS_PER_MESSAGE,

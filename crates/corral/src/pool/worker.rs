@@ -33,28 +33,46 @@ use crate::sys::code::{Verified, code_pointer};
 use crate::sys::{self, SharedRegion};
 use crate::{Connection, Data, wire};
 
-/// Header word: sequence number of the batch being run.
-pub(super) const W_SEQ: usize = 0;
-/// Header word: how many items of that batch have started.
-pub(super) const W_STARTED: usize = 1;
-/// Header word: when the current item started ([`sys::monotonic_ns`]).
-pub(super) const W_START_NS: usize = 2;
-/// Header word: bytes of records in the arena.
-pub(super) const W_ARENA_LEN: usize = 3;
-/// Header word: 1 once an allocation failure aborted the worker.
-pub(super) const W_OUT_OF_MEMORY: usize = 4;
-/// Header word: how many items of the batch have finished (their record
-/// written).
-pub(super) const W_FINISHED: usize = 5;
-/// Header word: how many cancellation entries follow (see [`CANCELS`]).
-pub(super) const W_CANCELS: usize = 7;
-/// Header words from here: `(batch, item)` pairs the supervisor cancelled
-/// after handing them out; the worker skips them.
-pub(super) const CANCELS: usize = 8;
-/// Room for that many pairs.
+sys::shared_layout! {
+    /// The head of a pool worker's shared region: the progress the worker
+    /// publishes and the supervisor reads (also after the worker died), and
+    /// the skip list the supervisor writes. The arena of records follows.
+    pub(super) struct WorkerHead {
+        /// Sequence number of the batch being run (0: none yet;
+        /// [`SEQ_INIT_FAILED`] while the initializer runs).
+        pub(super) seq: AtomicU64,
+        /// How many items of that batch have started.
+        pub(super) started: AtomicU64,
+        /// When the current item started ([`sys::monotonic_ns`]).
+        pub(super) start_ns: AtomicU64,
+        /// Bytes of records in the arena.
+        pub(super) arena_len: AtomicU64,
+        /// 1 once an allocation failure aborted the worker.
+        pub(super) out_of_memory: AtomicU64,
+        /// How many items of the batch have finished (their record written).
+        pub(super) finished: AtomicU64,
+        reserved: AtomicU64,
+        /// How many entries of `skips` are in use.
+        pub(super) skip_count: AtomicU64,
+        /// Items the supervisor cancelled after handing them out; the worker
+        /// skips them.
+        pub(super) skips: [Skip; CANCEL_SLOTS],
+    }
+}
+
+sys::shared_layout! {
+    /// One skip-list entry: positions `range` (see [`skip_range`]) of batch
+    /// `seq`.
+    pub(super) struct Skip {
+        pub(super) seq: AtomicU64,
+        pub(super) range: AtomicU64,
+    }
+}
+
+/// Room for that many skip entries.
 pub(super) const CANCEL_SLOTS: usize = 28;
 /// Where the arena starts.
-pub(super) const ARENA_OFFSET: usize = 8 * (CANCELS + 2 * CANCEL_SLOTS);
+pub(super) const ARENA_OFFSET: usize = size_of::<WorkerHead>();
 /// Arena capacity: results beyond it are flushed to the socket first.
 pub(super) const ARENA_BYTES: usize = 1 << 20;
 /// Size of a worker's shared region.
@@ -267,6 +285,11 @@ fn run_one<A, R: Data>(f: fn(A) -> R, arg: A, out: &mut Vec<u8>) -> (u8, Option<
 /// batch before it is sent on its own.
 const FLUSH_NS: u64 = 2_000_000;
 
+/// The head of a worker's region.
+pub(super) fn head(region: &SharedRegion) -> &WorkerHead {
+    region.layout::<WorkerHead>()
+}
+
 /// A skip-list entry's positions `range` of a batch, as one word: the
 /// first in the low half, the end (excluded) in the high half.
 pub(super) fn skip_range(range: &std::ops::Range<usize>) -> u64 {
@@ -320,13 +343,9 @@ impl Recorder<'_> {
         let n = self.cancels.load(Ordering::SeqCst) as usize;
         n > 0
             && (0..n.min(CANCEL_SLOTS)).any(|k| {
-                self.region.word(CANCELS + 2 * k).load(Ordering::Relaxed) == self.seq
-                    && in_skip_range(
-                        self.region
-                            .word(CANCELS + 2 * k + 1)
-                            .load(Ordering::Relaxed),
-                        self.next,
-                    )
+                let skip = &head(self.region).skips[k];
+                skip.seq.load(Ordering::Relaxed) == self.seq
+                    && in_skip_range(skip.range.load(Ordering::Relaxed), self.next)
             })
     }
 
@@ -361,8 +380,8 @@ impl Recorder<'_> {
 /// When panics abort: records the panic as the outcome of the running item,
 /// in the arena, where the supervisor looks when the worker dies.
 fn report_abort(region: &SharedRegion, panic: &crate::RemotePanic) {
-    let started = region.word(W_STARTED).load(Ordering::Relaxed);
-    let finished = region.word(W_FINISHED).load(Ordering::Relaxed);
+    let started = head(region).started.load(Ordering::Relaxed);
+    let finished = head(region).finished.load(Ordering::Relaxed);
     if started == 0 || started <= finished {
         return; // not inside an item (the initializer reports its own way)
     }
@@ -372,13 +391,13 @@ fn report_abort(region: &SharedRegion, panic: &crate::RemotePanic) {
         return;
     }
     close_record(&mut record, at, TAG_PANIC);
-    let arena = region.word(W_ARENA_LEN).load(Ordering::Relaxed) as usize;
+    let arena = head(region).arena_len.load(Ordering::Relaxed) as usize;
     if arena + record.len() <= ARENA_BYTES {
         region.store_bytes(ARENA_OFFSET + arena, &record);
-        region
-            .word(W_ARENA_LEN)
+        head(region)
+            .arena_len
             .store((arena + record.len()) as u64, Ordering::Release);
-        region.word(W_FINISHED).store(started, Ordering::Release);
+        head(region).finished.store(started, Ordering::Release);
     }
 }
 
@@ -423,7 +442,7 @@ pub(super) fn worker_main(boot: WorkerBoot) {
     // The worker keeps its region until it exits, and the abort flag must
     // stay valid for a signal handler: give it the life of the process.
     let region: &'static SharedRegion = Box::leak(Box::new(region));
-    sys::flag_out_of_memory_aborts(region.word(W_OUT_OF_MEMORY));
+    sys::flag_out_of_memory_aborts(&head(region).out_of_memory);
     // Descendants inherit the mark: one that escapes the process group and
     // outlives its parent is still known as this worker's (start/orphans.rs).
     sys::set_env_single_threaded(TREE_ENV, &std::process::id().to_string());
@@ -451,18 +470,18 @@ pub(super) fn worker_main(boot: WorkerBoot) {
         );
     }
     // Whatever the initializer leaves in the arena belongs to no batch.
-    region.word(W_SEQ).store(SEQ_INIT_FAILED, Ordering::Release);
+    head(region).seq.store(SEQ_INIT_FAILED, Ordering::Release);
     bootstrap::install_panic_hook();
     if cfg!(panic = "abort") {
         bootstrap::set_abort_report(Box::new(move |panic| report_abort(region, panic)));
     }
     let mut rec = Recorder {
         region,
-        started: region.word(W_STARTED),
-        finished: region.word(W_FINISHED),
-        start_ns: region.word(W_START_NS),
-        arena_len: region.word(W_ARENA_LEN),
-        cancels: region.word(W_CANCELS),
+        started: &head(region).started,
+        finished: &head(region).finished,
+        start_ns: &head(region).start_ns,
+        arena_len: &head(region).arena_len,
+        cancels: &head(region).skip_count,
         seq: SEQ_INIT_FAILED,
         conn: &conn,
         msg: frame_header(SEQ_INIT_FAILED),
@@ -521,10 +540,10 @@ fn run_batch(
     fds: Vec<OwnedFd>,
 ) -> Result<(), crate::SendError> {
     let region = rec.region;
-    region.word(W_STARTED).store(0, Ordering::Relaxed);
-    region.word(W_FINISHED).store(0, Ordering::Relaxed);
-    region.word(W_ARENA_LEN).store(0, Ordering::Relaxed);
-    region.word(W_SEQ).store(batch.seq, Ordering::Release);
+    head(region).started.store(0, Ordering::Relaxed);
+    head(region).finished.store(0, Ordering::Relaxed);
+    head(region).arena_len.store(0, Ordering::Relaxed);
+    head(region).seq.store(batch.seq, Ordering::Release);
     rec.msg.clear();
     let items: usize = batch.jobs.iter().map(JobMsg::len).sum();
     rec.msg
@@ -543,7 +562,7 @@ fn run_batch(
     }
     rec.msg[8] = 1;
     rec.conn.send_bytes(&rec.msg)?;
-    region.word(W_ARENA_LEN).store(0, Ordering::Release);
+    head(region).arena_len.store(0, Ordering::Release);
     Ok(())
 }
 

@@ -29,7 +29,7 @@ pub(crate) use exe::executable_identity;
 pub(crate) use futex::*;
 pub(crate) use global::{ForkLocal, new_process_generation};
 pub(crate) use linux::*;
-pub(crate) use shm::SharedRegion;
+pub(crate) use shm::{SharedLayout, SharedRegion, shared_layout};
 
 /// Runs `$f` (an `fn()`) before `main`, from the program's `.init_array`
 /// (after the standard library's own start-up entries, which are ordered

@@ -150,6 +150,26 @@ impl SharedRegion {
         unsafe { AtomicU64::from_ptr(self.ptr.as_ptr().add(index * 8).cast::<u64>()) }
     }
 
+    /// The typed layout `T` at the start of the region (see
+    /// [`shared_layout!`](crate::sys::shared_layout)).
+    ///
+    /// # Panics
+    ///
+    /// If the region is smaller than `T`.
+    pub(crate) fn layout<T: SharedLayout>(&self) -> &T {
+        assert!(
+            size_of::<T>() <= self.len,
+            "the region is smaller than its layout"
+        );
+        const { assert!(align_of::<T>() <= 4096) };
+        // SAFETY: in bounds (checked) and aligned (the mapping is page
+        // aligned; `T` needs at most a page); `T` is made only of atomics
+        // (`SharedLayout`'s contract), for which every bit pattern, zero
+        // included, is valid and every access is atomic, so a `&T` into
+        // memory other processes write is sound. Valid for `&self`'s life.
+        unsafe { &*self.ptr.as_ptr().cast::<T>() }
+    }
+
     /// The region's size in bytes.
     pub(crate) fn len(&self) -> usize {
         self.len
@@ -294,3 +314,51 @@ fn allocate(fd: &OwnedFd, len: usize) -> io::Result<()> {
         }
     }
 }
+
+/// A `#[repr(C)]` struct made only of atomics (and arrays or structs of
+/// them), which may therefore be viewed in shared memory: every bit
+/// pattern is valid and every access is atomic.
+///
+/// # Safety
+///
+/// Implement it only through [`shared_layout!`](crate::sys::shared_layout),
+/// which checks every field.
+pub(crate) unsafe trait SharedLayout: Sync {}
+
+// SAFETY: atomics: any bit pattern, atomic access.
+unsafe impl SharedLayout for std::sync::atomic::AtomicU64 {}
+// SAFETY: as above.
+unsafe impl SharedLayout for std::sync::atomic::AtomicU32 {}
+// SAFETY: an array of shared layouts has no padding of its own and is made
+// of atomics only.
+unsafe impl<T: SharedLayout, const N: usize> SharedLayout for [T; N] {}
+
+/// Declares a `#[repr(C)]` struct of atomics that lives in shared memory
+/// (viewed with [`SharedRegion::layout`]); every field's type is checked to
+/// be a [`SharedLayout`] itself.
+macro_rules! shared_layout {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $($(#[$fmeta:meta])* $fvis:vis $field:ident: $ty:ty,)*
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Debug)]
+        $vis struct $name {
+            $($(#[$fmeta])* $fvis $field: $ty,)*
+        }
+
+        const _: () = {
+            const fn field<T: $crate::sys::SharedLayout>() {}
+            $(field::<$ty>();)*
+        };
+
+        #[allow(unsafe_code)]
+        // SAFETY: `repr(C)` and every field is a `SharedLayout` (checked
+        // just above), so the struct is made only of atomics.
+        unsafe impl $crate::sys::SharedLayout for $name {}
+    };
+}
+pub(crate) use shared_layout;
