@@ -123,6 +123,7 @@ def main():
     w("")
     pool_section(g, py, w)
     queue_section(g, py, w)
+    connection_section(g, py, w)
     print("\n".join(lines))
 
 
@@ -292,6 +293,27 @@ def queue_section(g, py, w):
     lk = c("lock uncontended")
     if lk:
         w(f"| uncontended lock ≤ 10 ns, robust | {lk:.1f} ns | {verdict(lk <= 10)} |")
+    w("")
+
+
+def connection_section(g, py, w):
+    """Authenticated connections over loopback TCP (issue #11, item 1):
+    corral's Listener/Client against CPython's multiprocessing.connection."""
+    if g("corral connection 8B round trip (TCP)") is None:
+        return
+    c = lambda k: g(f"corral connection {k}")  # noqa: E731
+    p = lambda k: g(f"{py} connection {k}")  # noqa: E731
+    w("## Authenticated connections (loopback TCP)")
+    w("")
+    w("The echo server is another process; CPython 3.11 authenticates with HMAC-MD5 (its only digest), "
+      "corral with HMAC-SHA256 both ways. Medians.")
+    w("")
+    w("| figure | corral | CPython `multiprocessing.connection` | CPython / corral |")
+    w("|---|---|---|---|")
+    for label, key in [("connect + handshake", "connect+handshake"), ("8-byte round trip", "8B round trip (TCP)")]:
+        cv, pv = c(key), p(key)
+        rel = f"{pv / cv:.1f}×" if cv and pv else "n/a"
+        w(f"| {label} | {fmt(cv, 'us')} | {fmt(pv, 'us')} | {rel} |")
     w("")
 
 

@@ -29,5 +29,7 @@ out=bench/out/results.jsonl
 "$python" bench/python/pool_bench.py | tee -a "$out"
 ./target/release/corral-bench queue | tee -a "$out"
 "$python" bench/python/queue_bench.py | tee -a "$out"
+./target/release/corral-bench connection | tee -a "$out"
+"$python" bench/python/connection_bench.py | tee -a "$out"
 "$python" bench/report.py "$out" > bench/RESULTS.md
 echo "wrote bench/RESULTS.md"

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use corral::{Connection, Process, StartMethod};
 
+mod connection;
 mod pool;
 mod queue;
 
@@ -351,5 +352,8 @@ fn main() {
     }
     if what == "pool" || what == "all" {
         pool::run(n);
+    }
+    if what == "connection" || what == "all" {
+        connection::run(n);
     }
 }

@@ -51,6 +51,11 @@ pub enum Error {
     /// An argument is out of range (Python raises `ValueError`).
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),
+    /// A connection's handshake failed: the peer holds another authkey, or
+    /// speaks a digest this side does not accept (Python's
+    /// `AuthenticationError`).
+    #[error("authentication failed: {0}")]
+    Authentication(String),
     /// This process is a corral child `depth` levels down, at the limit:
     /// tasks that start processes or pools recursively (loky's
     /// `LokyRecursionError`).

@@ -264,6 +264,7 @@
 #![deny(unsafe_code)]
 #![doc(test(attr(deny(warnings))))]
 
+pub mod connection;
 mod error;
 pub mod pipe;
 pub mod pool;
