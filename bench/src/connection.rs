@@ -35,7 +35,11 @@ pub(crate) fn run(n: impl Fn(usize) -> usize) {
         .expect("spawn the server");
     let port: u16 = port_rx.recv().expect("port");
     let address = format!("127.0.0.1:{port}");
-    let connect = || Client::new(address.as_str(), KEY).connect().expect("connect");
+    let connect = || {
+        Client::new(address.as_str(), KEY)
+            .connect()
+            .expect("connect")
+    };
     for _ in 0..20 {
         drop(connect());
     }
@@ -48,7 +52,11 @@ pub(crate) fn run(n: impl Fn(usize) -> usize) {
             us
         })
         .collect();
-    emit("corral connection connect+handshake", median(handshakes), "us");
+    emit(
+        "corral connection connect+handshake",
+        median(handshakes),
+        "us",
+    );
     let conn = connect();
     let mut buf = [0u8; 8];
     for _ in 0..1000 {

@@ -227,6 +227,27 @@
 //! pipe's buffer cannot exit until the parent reads it, so read a child's
 //! messages before (or while) joining it, or use [`Child::join_timeout`].
 //!
+//! ## Across the network, and with Python
+//!
+//! [`connection::Listener`] and [`connection::Client`] are Python's
+//! `multiprocessing.connection` (authenticated, byte-compatible): corral
+//! programs exchange serde values over TCP or Unix sockets, and a stock
+//! Python program can be on either end.
+//!
+//! ```no_run
+//! use corral::connection::{Client, Listener};
+//! let listener = Listener::bind("127.0.0.1:0", b"key").unwrap();
+//! let at = listener.address().clone();
+//! std::thread::spawn(move || {
+//!     let conn = listener.accept().unwrap();
+//!     let n: u64 = conn.recv().unwrap();
+//!     conn.send(&(n + 1)).unwrap();
+//! });
+//! let conn = Client::new(at, b"key").connect().unwrap();
+//! conn.send(&41u64).unwrap();
+//! assert_eq!(conn.recv::<u64>().unwrap(), 42);
+//! ```
+//!
 //! ## Lifetimes: no zombies, no orphans
 //!
 //! * Every child is reaped: by [`Child::join`], or, for a dropped handle, at

@@ -1,7 +1,8 @@
 //! The randomized fault soak: in one pool, tasks that SIGKILL, abort,
 //! segfault, exit, hang and panic, tasks whose arguments carry handles,
-//! cancels, per-task and pool timeouts, workers SIGSTOPped from outside, and
-//! plain spawns under a low descriptor limit, all at once. Every task must
+//! cancels, per-task and pool timeouts, workers SIGSTOPped from outside,
+//! plain spawns under a low descriptor limit, `map_async` calls cancelled,
+//! `imap` calls dropped half read, and the pool resized, all at once. Every task must
 //! end exactly once with its own outcome, the pool must never break, and
 //! nothing may be left: children, descriptors, `/dev/shm`, threads.
 //!
@@ -114,6 +115,7 @@ struct Report {
     /// them.
     stopped_running: u64,
     stops: u64,
+    resizes: u64,
     /// Handle tasks refused at submission for want of a descriptor.
     handles_refused: u64,
     spawns_ok: u64,
@@ -174,6 +176,7 @@ struct Chaos {
     /// Worker pids seen in results, most recent last.
     pids: Mutex<Vec<u32>>,
     stops: AtomicU64,
+    resizes: AtomicU64,
     spawns_ok: AtomicU64,
     spawns_refused: AtomicU64,
     running: AtomicBool,
@@ -182,7 +185,7 @@ struct Chaos {
 impl Chaos {
     /// Beside the pool: plain spawns, short of descriptors now and then, and
     /// a worker SIGSTOPped from outside every so often.
-    fn run(&self) {
+    fn run(&self, pool: &Pool) {
         let mut round = 0u64;
         while self.running.load(Ordering::SeqCst) {
             round += 1;
@@ -200,6 +203,12 @@ impl Chaos {
             {
                 stop(pid);
                 self.stops.fetch_add(1, Ordering::SeqCst);
+            }
+            if round.is_multiple_of(60) {
+                // Between two and four workers: extra ones retire between
+                // tasks, new ones start at once.
+                pool.resize(2 + (round / 60 % 3) as usize).unwrap();
+                self.resizes.fetch_add(1, Ordering::SeqCst);
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -219,6 +228,44 @@ struct Tally {
     wrong: Vec<String>,
     stopped_running: u64,
     handles_refused: u64,
+    /// Items submitted by the `map_async` and `imap` calls.
+    extra: u64,
+}
+
+/// Whole-call cancellation beside the tasks: a `map_async` cancelled (at
+/// once or not) ends with every value or `Cancelled`; an `imap` read in
+/// part yields exact values and, dropped, leaves nothing behind.
+fn calls(pool: &Pool, rng: &mut Rng, tally: &mut Tally) {
+    let xs: Vec<u64> = (0..20).map(|i| 1_000_000 + i).collect();
+    let args = || xs.iter().map(|&x| (Kind::Value, x, None::<Queue<u64>>));
+    let all = pool.map_async(run, args());
+    if rng.next().is_multiple_of(2) {
+        all.cancel();
+    }
+    match all.join_timeout(Duration::from_secs(60)) {
+        Ok(values) => {
+            let got: Vec<u64> = values.iter().map(|(v, _)| *v).collect();
+            if got != xs {
+                tally.wrong.push(format!("map_async returned {got:?}"));
+            }
+        }
+        Err(TaskTimeout::Failed(TaskError::Cancelled)) => {}
+        Err(TaskTimeout::Failed(e)) => tally.wrong.push(format!("map_async failed: {e}")),
+        Err(TaskTimeout::Elapsed(_)) => tally
+            .wrong
+            .push("map_async still running after 60 s".into()),
+    }
+    let read = (rng.next() % 5) as usize;
+    for (i, outcome) in pool.imap(run, args()).take(read).enumerate() {
+        match outcome {
+            // A stopped worker may time an item out.
+            Ok((v, _)) if v == xs[i] => {}
+            Err(TaskError::TimedOut(_)) => tally.stopped_running += 1,
+            other => tally.wrong.push(format!("imap item {i}: {other:?}")),
+        }
+    }
+    // (An imap that is never read pulls nothing: its input is lazy.)
+    tally.extra += if read > 0 { 40 } else { 20 };
 }
 
 impl Tally {
@@ -276,6 +323,9 @@ fn drive(
             task.cancel();
         }
         window.push(Pending { kind, x, task });
+        if x % 250 == 249 {
+            calls(pool, &mut rng, &mut tally);
+        }
         if window.len() >= 300 {
             window.drain(..150).for_each(|p| tally.settle(p, chaos));
         }
@@ -306,19 +356,21 @@ fn soak((n, seed): (u64, u64)) -> Report {
     setrlimit(Resource::Nofile, limit).unwrap();
 
     let handle: Queue<u64> = Queue::bounded(1).unwrap();
-    let pool = Pool::builder()
-        .processes(3)
-        .task_timeout(Duration::from_secs(1))
-        .max_pending(400)
-        .build()
-        .unwrap();
+    let pool = Arc::new(
+        Pool::builder()
+            .processes(3)
+            .task_timeout(Duration::from_secs(1))
+            .max_pending(400)
+            .build()
+            .unwrap(),
+    );
     let chaos = Arc::new(Chaos {
         running: AtomicBool::new(true),
         ..Chaos::default()
     });
     let beside = {
-        let chaos = chaos.clone();
-        std::thread::spawn(move || chaos.run())
+        let (chaos, pool) = (chaos.clone(), pool.clone());
+        std::thread::spawn(move || chaos.run(&pool))
     };
     let (tally, by_kind) = drive(&pool, &handle, n, seed, &chaos);
     chaos.running.store(false, Ordering::SeqCst);
@@ -326,10 +378,10 @@ fn soak((n, seed): (u64, u64)) -> Report {
 
     let mut left = Vec::new();
     let submitted = pool.stats().submitted;
-    if submitted + tally.handles_refused != n {
+    if submitted + tally.handles_refused != n + tally.extra {
         left.push(format!(
-            "submitted {submitted} + refused {} of {n}",
-            tally.handles_refused
+            "submitted {submitted} + refused {} of {n} + {}",
+            tally.handles_refused, tally.extra
         ));
     }
     drop((pool, handle));
@@ -354,6 +406,7 @@ fn soak((n, seed): (u64, u64)) -> Report {
         by_kind,
         stopped_running: tally.stopped_running,
         stops: chaos.stops.load(Ordering::SeqCst),
+        resizes: chaos.resizes.load(Ordering::SeqCst),
         handles_refused: tally.handles_refused,
         spawns_ok: chaos.spawns_ok.load(Ordering::SeqCst),
         spawns_refused: chaos.spawns_refused.load(Ordering::SeqCst),
