@@ -856,3 +856,27 @@ fn automatic_imap_chunks_keep_large_items_within_a_byte_budget() {
         assert!(pulled.load(Ordering::SeqCst) <= 1000 + 256 + 64);
     }
 }
+
+#[test]
+fn a_task_ending_after_its_wait_does_not_cut_a_later_wait_short() {
+    let pool = Pool::new(1).unwrap();
+    let earlier = pool.submit(nap, 300);
+    // Many short waits on one task (a polling loop) ...
+    for _ in 0..50 {
+        assert!(
+            corral::wait(&[&earlier], Some(Duration::from_millis(1)))
+                .unwrap()
+                .is_empty()
+        );
+    }
+    // ... then a wait on something else, during which that task ends.
+    let q = Queue::<u8>::unbounded().unwrap();
+    let started = Instant::now();
+    let ready = corral::wait(&[&q], Some(Duration::from_secs(1))).unwrap();
+    assert!(ready.is_empty());
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "returned early with nothing ready"
+    );
+    assert!(earlier.is_finished());
+}

@@ -1,8 +1,8 @@
 //! Waiting on several processes, pipe ends and queues at once.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
 use std::task::{Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -157,42 +157,66 @@ pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<
     // Queues and tasks have no descriptor: a watcher thread per queue, and
     // a waker per task, turn "may be ready" into an eventfd the poll below
     // includes.
-    let bell = Arc::new(sys::eventfd().map_err(Error::io("creating an eventfd"))?);
+    // One bell per thread, and one waker for it: a task registers the same
+    // waker however many times it is waited on (no growth in a polling
+    // loop). A ring left over from an earlier wait is drained first.
+    let (bell, waker) = thread_bell()?;
+    sys::eventfd_drain(bell.as_fd());
     for &(_, t) in &tasks {
-        let waker = Waker::from(Arc::new(Bell(Arc::downgrade(&bell))));
         if t.register(&waker) {
             sys::eventfd_notify(bell.as_fd());
         }
     }
     flat.push(bell.as_fd());
     let stop = AtomicBool::new(false);
-    let polled = std::thread::scope(|scope| {
-        for &(_, q) in &queues {
-            let (stop, bell) = (&stop, bell.as_fd());
+    // Whether each queue's watcher is still watching (it leaves once it
+    // rang the bell).
+    let watching: Vec<AtomicBool> = queues.iter().map(|_| AtomicBool::new(false)).collect();
+    std::thread::scope(|scope| {
+        let watch = |k: usize| {
+            let (stop, bell, q, on) = (&stop, bell.as_fd(), queues[k].1, &watching[k]);
+            on.store(true, Ordering::SeqCst);
             scope.spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     if q.readable() {
+                        on.store(false, Ordering::SeqCst);
                         sys::eventfd_notify(bell);
                         return;
                     }
                     q.watch_once(stop);
                 }
             });
-        }
-        let left = deadline.map(|at| at.saturating_duration_since(Instant::now()));
-        let polled = sys::poll_readable(&flat, left);
+        };
+        (0..queues.len()).for_each(watch);
+        // The bell may ring for nothing ready here (a task of an earlier
+        // wait ended; a queue's item was taken by another consumer first):
+        // then the wait goes on, watching again the queues that rang.
+        let outcome = loop {
+            let left = deadline.map(|at| at.saturating_duration_since(Instant::now()));
+            let polled = match sys::poll_readable(&flat, left) {
+                Ok(p) => p,
+                Err(e) => break Err(e),
+            };
+            let ready = ready_now(&polled[..polled.len() - 1]);
+            if !ready.is_empty() || deadline.is_some_and(|at| Instant::now() >= at) {
+                break Ok(ready);
+            }
+            sys::eventfd_drain(bell.as_fd());
+            (0..queues.len())
+                .filter(|&k| !watching[k].load(Ordering::SeqCst))
+                .for_each(watch);
+        };
         stop.store(true, Ordering::SeqCst);
         for &(_, q) in &queues {
             q.interrupt();
         }
-        polled
+        outcome
     })
-    .map_err(Error::io("waiting"))?;
-    Ok(ready_now(&polled[..polled.len() - 1]))
+    .map_err(Error::io("waiting"))
 }
 
-/// Rings a wait's eventfd when a task ends, if the wait is still there.
-struct Bell(Weak<OwnedFd>);
+/// Rings this thread's wait eventfd when a task ends.
+struct Bell(Arc<OwnedFd>);
 
 impl Wake for Bell {
     fn wake(self: Arc<Self>) {
@@ -200,8 +224,31 @@ impl Wake for Bell {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if let Some(fd) = self.0.upgrade() {
-            sys::eventfd_notify(fd.as_fd());
-        }
+        sys::eventfd_notify(self.0.as_fd());
     }
+}
+
+/// A thread's bell: its eventfd, the waker that rings it, and the process
+/// it belongs to (a forked child makes its own).
+type ThreadBell = (u32, Arc<OwnedFd>, Waker);
+
+thread_local! {
+    static BELL: std::cell::RefCell<Option<ThreadBell>> = const { std::cell::RefCell::new(None) };
+}
+
+/// This thread's bell for waiting on tasks, and the waker that rings it.
+fn thread_bell() -> Result<(Arc<OwnedFd>, Waker), Error> {
+    let pid = std::process::id();
+    BELL.with(|cell| {
+        let mut bell = cell.borrow_mut();
+        if let Some((owner, fd, waker)) = bell.as_ref()
+            && *owner == pid
+        {
+            return Ok((fd.clone(), waker.clone()));
+        }
+        let fd = Arc::new(sys::eventfd().map_err(Error::io("creating an eventfd"))?);
+        let waker = Waker::from(Arc::new(Bell(fd.clone())));
+        *bell = Some((pid, fd.clone(), waker.clone()));
+        Ok((fd, waker))
+    })
 }
