@@ -175,6 +175,16 @@ def pool_section(g, py, w):
         [p("Pool imap 100k chunksize 1000"), None, None, None, None], True)
     row("`imap_unordered` of 100k (Python: chunk size 1)", "items/s", c("imap_unordered 100k u64"),
         [p("Pool imap_unordered 100k chunksize 1"), None, None, None, None], True)
+    row("`map_pod` of 100k (plain data in shared memory)", "items/s", c("map_pod 100k u64"),
+        [p("Pool map 100k default chunksize"), None, None, None, None], True)
+    row("`map_pod` of 10M", "items/s", c("map_pod 10M u64"),
+        [None, None, None, None, None], True)
+    w("")
+    ry10 = g("rayon par_iter map 10M u64 (collect)")
+    if ry10 and c("map_pod 10M u64"):
+        w(f"`map_pod` (plain data through shared memory, no encoding) over 10M `u64`: "
+          f"{fmt(c('map_pod 10M u64'), 'items/s')}, {100 * c('map_pod 10M u64') / ry10:.0f} % of rayon's "
+          f"`par_iter().map().collect()` ({fmt(ry10, 'items/s')}) in the same run.")
     row("start a 2-worker pool until both answered", "us", c("start-up 2 workers"),
         [p("Pool start-up 2 workers fork"), None, None, None, None], False)
     w("")
@@ -205,6 +215,11 @@ def pool_section(g, py, w):
     if sub:
         w(f"| submit-each ≥ 1,000,000 tasks/s | {fmt(sub, 'items/s')} | {verdict(sub >= 1e6)} |")
         w(f"| submit-each ≥ 25× Python's best | {sub / py_sub:.0f}× | {verdict(sub >= 25 * py_sub)} |")
+    mp10, ry10 = c("map_pod 10M u64"), g("rayon par_iter map 10M u64 (collect)")
+    if mp10 and ry10:
+        w(f"| plain-data `map` ≥ 300 M items/s (issue #14) | {fmt(mp10, 'items/s')} | {verdict(mp10 >= 300e6)} |")
+        w(f"| plain-data `map` ≥ 20 % of rayon (issue #14) | {100 * mp10 / ry10:.0f} % | "
+          f"{verdict(mp10 >= 0.2 * ry10)} |")
     im = c("imap 100k u64")
     if im and c("map 100k u64"):
         w(f"| automatic `imap` ≥ 50 % of `map` (issue #10) | {100 * im / c('map 100k u64'):.0f} % | "

@@ -146,6 +146,24 @@ pub(crate) fn run(n: impl Fn(usize) -> usize) {
             "ns",
         );
     }
+    for (label, count) in [("100k", 100_000), ("10M", 10_000_000)] {
+        let xs: Vec<u64> = (0..n(count) as u64).collect();
+        emit(
+            &format!("corral pool map_pod {label} u64"),
+            rate(xs.len(), || {
+                std::hint::black_box(pool.map_pod(square, &xs).expect("map_pod"));
+            }),
+            "items/s",
+        );
+        emit(
+            &format!("rayon par_iter map {label} u64 (collect)"),
+            rate(xs.len(), || {
+                let v: Vec<u64> = xs.par_iter().map(|&x| square(x)).collect();
+                std::hint::black_box(v);
+            }),
+            "items/s",
+        );
+    }
     emit(
         "rayon par_iter map 100k u64",
         rate(items, || {

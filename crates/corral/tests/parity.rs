@@ -880,3 +880,60 @@ fn a_task_ending_after_its_wait_does_not_cut_a_later_wait_short() {
     );
     assert!(earlier.is_finished());
 }
+
+// ---- Plain data through shared memory (issue #14, item 2) ----------------
+
+#[derive(Clone, Copy, Debug, PartialEq, corral::bytemuck::Pod, corral::bytemuck::Zeroable)]
+#[bytemuck(crate = "corral::bytemuck")]
+#[repr(C)]
+struct Point {
+    x: f32,
+    y: f32,
+}
+
+fn norm2(p: Point) -> f64 {
+    f64::from(p.x * p.x + p.y * p.y)
+}
+
+fn square_u64(x: u64) -> u64 {
+    x.wrapping_mul(x)
+}
+
+fn pod_fails_at(x: u64) -> u64 {
+    if x == 777_777 {
+        panic!("bad item {x}");
+    }
+    if x == 888_888 {
+        std::process::abort();
+    }
+    x
+}
+
+#[test]
+fn map_pod_maps_plain_data_in_shared_memory() {
+    let pool = Pool::new(2).unwrap();
+    let xs: Vec<u64> = (0..1_000_003).collect();
+    let out = pool.map_pod(square_u64, &xs).unwrap();
+    assert_eq!(out.len(), xs.len());
+    assert!(out.iter().zip(&xs).all(|(o, x)| *o == x.wrapping_mul(*x)));
+    let points: Vec<Point> = (0..1000)
+        .map(|i| Point {
+            x: i as f32,
+            y: 1.0,
+        })
+        .collect();
+    let norms = pool.map_pod(norm2, &points).unwrap();
+    assert_eq!(norms[3], 10.0);
+    assert_eq!(pool.map_pod(square_u64, &[]), Ok(vec![]));
+    // A panic fails the call; a crash too, and the pool goes on.
+    let err = pool.map_pod(pod_fails_at, &xs[..800_000]).unwrap_err();
+    assert_eq!(err.panic().unwrap().message, "bad item 777777");
+    let err = pool
+        .map_pod(pod_fails_at, &xs[800_000..900_000])
+        .unwrap_err();
+    assert_eq!(
+        err,
+        TaskError::WorkerLost(ExitStatus::Signal(libc::SIGABRT))
+    );
+    assert_eq!(pool.map_pod(square_u64, &xs[..10]).unwrap()[9], 81);
+}

@@ -46,6 +46,8 @@ const SEND_RETRY: Duration = Duration::from_millis(10);
 /// Descriptors a pool keeps for replacing a worker when the program has
 /// none left: more than one worker's start takes.
 const SPARE_FDS: usize = 16;
+/// The largest scratch array a pool keeps between `map_pod` calls.
+const MAX_SCRATCH: usize = 1 << 30;
 /// How often a worker's resident memory is read (`recycle_memory`).
 const MEMORY_CHECK: Duration = Duration::from_millis(50);
 /// Socket buffer for a worker channel.
@@ -484,6 +486,9 @@ pub(super) struct Shared {
     pub(super) callbacks: Callbacks,
     /// The chunk size each function's last `imap` settled on.
     chunk_hints: Mutex<std::collections::HashMap<i64, usize>>,
+    /// Shared byte arrays `map_pod` reuses (their pages, once touched, stay
+    /// mapped: a fresh mapping costs a page fault per 4 KiB).
+    scratch: Mutex<Vec<crate::RawArray<u8>>>,
 }
 
 fn now_ns() -> u64 {
@@ -518,6 +523,7 @@ impl Shared {
             config,
             callbacks: Callbacks::default(),
             chunk_hints: Mutex::new(std::collections::HashMap::new()),
+            scratch: Mutex::new(Vec::new()),
         });
         {
             let mut core = shared.lock();
@@ -1029,6 +1035,32 @@ impl Shared {
         let mut hints = self.chunk_hints.lock().unwrap_or_else(|p| p.into_inner());
         if hints.len() < 1024 || hints.contains_key(&func) {
             hints.insert(func, size);
+        }
+    }
+
+    /// A shared byte array of at least `bytes` bytes, reused if one is free.
+    pub(super) fn scratch(&self, bytes: usize) -> Result<crate::RawArray<u8>, Error> {
+        let mut free = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        let fitting = free
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.len() >= bytes)
+            .min_by_key(|(_, a)| a.len())
+            .map(|(i, _)| i);
+        match fitting {
+            Some(i) => Ok(free.swap_remove(i)),
+            None => crate::RawArray::untouched(bytes.max(4096).next_power_of_two()),
+        }
+    }
+
+    /// Keeps a scratch array for the next `map_pod` (at most four, of at
+    /// most [`MAX_SCRATCH`] bytes each).
+    pub(super) fn return_scratch(&self, array: crate::RawArray<u8>) {
+        let mut free = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        if array.len() <= MAX_SCRATCH {
+            free.push(array);
+            free.sort_by_key(|a| std::cmp::Reverse(a.len()));
+            free.truncate(4);
         }
     }
 

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::sync::Arc;
 
+use bytemuck::Pod;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::start::bootstrap;
@@ -227,7 +228,72 @@ fn job_trampoline<A: Data, R: Data>(
     fds: &mut std::vec::IntoIter<OwnedFd>,
     rec: &mut Recorder<'_>,
 ) -> Result<(), crate::SendError> {
+    run_items(job, fds, rec, verified.func::<A, R>(func))
+}
+
+/// The entry offset for [`Pool::map_pod`](crate::Pool::map_pod) jobs of
+/// `fn(A) -> R`.
+pub(super) fn pod_entry_offset<A: Pod + Send, R: Pod + Send>() -> i64 {
+    sys::code::offset_of(pod_trampoline::<A, R> as JobEntry as usize)
+}
+
+/// Runs [`PodChunk`] items: each applies `f` to a range of a shared input
+/// array, writing a shared output array.
+fn pod_trampoline<A: Pod + Send, R: Pod + Send>(
+    verified: &Verified,
+    func: i64,
+    job: &JobMsg<'_>,
+    fds: &mut std::vec::IntoIter<OwnedFd>,
+    rec: &mut Recorder<'_>,
+) -> Result<(), crate::SendError> {
     let f = verified.func::<A, R>(func);
+    run_items(job, fds, rec, move |chunk: PodChunk<A, R>| chunk.run(f))
+}
+
+/// A range of a `map_pod`: its items are read from `input` and its results
+/// written to `output`, both shared byte arrays (the pool's reused scratch
+/// space); nothing is encoded per item.
+#[derive(Serialize, Deserialize)]
+pub(super) struct PodChunk<A, R> {
+    pub(super) input: crate::RawArray<u8>,
+    pub(super) output: crate::RawArray<u8>,
+    pub(super) start: u64,
+    pub(super) len: u64,
+    #[serde(skip)]
+    pub(super) types: std::marker::PhantomData<fn(A) -> R>,
+}
+
+impl<A: Pod, R: Pod> PodChunk<A, R> {
+    /// Items copied in and results copied out this many at a time.
+    const BLOCK: usize = 4096;
+
+    fn run(self, f: fn(A) -> R) {
+        let end = (self.start + self.len) as usize;
+        let (a, r) = (size_of::<A>(), size_of::<R>());
+        // On the heap: a block of a large `A` would not fit a stack.
+        let mut items: Vec<A> = Vec::new();
+        items.resize(Self::BLOCK, A::zeroed());
+        let mut results = Vec::with_capacity(Self::BLOCK);
+        for from in (self.start as usize..end).step_by(Self::BLOCK) {
+            let n = Self::BLOCK.min(end - from);
+            self.input
+                .load_bytes_into(from * a, bytemuck::cast_slice_mut(&mut items[..n]));
+            results.clear();
+            results.extend(items[..n].iter().map(|&x| f(x)));
+            self.output
+                .store_bytes_at(from * r, bytemuck::cast_slice(&results));
+        }
+    }
+}
+
+/// Decodes each item of `job`, calls `f` on it, records the outcome.
+#[inline]
+fn run_items<A: Data, R: Data>(
+    job: &JobMsg<'_>,
+    fds: &mut std::vec::IntoIter<OwnedFd>,
+    rec: &mut Recorder<'_>,
+    f: impl Fn(A) -> R + Copy,
+) -> Result<(), crate::SendError> {
     let mut start = 0usize;
     for (i, end) in job.ends.chunks_exact(4).enumerate() {
         let end = u32::from_le_bytes(end.try_into().expect("4 bytes")) as usize;
@@ -265,7 +331,7 @@ fn job_trampoline<A: Data, R: Data>(
 /// Calls `f(arg)` and appends its outcome to `out`; returns the tag and the
 /// value, which the caller drops once the outcome is published.
 #[inline]
-fn run_one<A, R: Data>(f: fn(A) -> R, arg: A, out: &mut Vec<u8>) -> (u8, Option<R>) {
+fn run_one<A, R: Data>(f: impl FnOnce(A) -> R, arg: A, out: &mut Vec<u8>) -> (u8, Option<R>) {
     match bootstrap::catch_panic_hooked(move || f(arg)) {
         Ok(value) => match wire::encode_plain_into(&value, out) {
             Ok(()) => (TAG_VALUE, Some(value)),

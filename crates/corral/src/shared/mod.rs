@@ -700,7 +700,63 @@ impl<T: Pod> RawArray<T> {
 
     /// A copy of every element.
     pub fn to_vec(&self) -> Vec<T> {
-        (0..self.len).filter_map(|i| self.get(i)).collect()
+        self.read_range(0..self.len)
+    }
+
+    /// An array of `len` zero elements whose memory is not touched (a fresh
+    /// shared mapping reads zero), for scratch space.
+    pub(crate) fn untouched(len: usize) -> Result<RawArray<T>, Error> {
+        check_layout::<T>()?;
+        let obj = Object::create(
+            Kind::RawArray,
+            HEADER + len * std::mem::size_of::<T>(),
+            &[std::mem::size_of::<T>() as u64, len as u64],
+        )?;
+        Ok(RawArray::assemble(obj, len))
+    }
+
+    /// Copies `out.len()` bytes from byte `at` of the elements into `out`.
+    ///
+    /// # Panics
+    ///
+    /// If the bytes reach past the end.
+    pub(crate) fn load_bytes_into(&self, at: usize, out: &mut [u8]) {
+        assert!(
+            at + out.len() <= self.len * std::mem::size_of::<T>(),
+            "range out of bounds"
+        );
+        self.obj.region().load_into(HEADER + at, out);
+    }
+
+    /// Copies `bytes` to byte `at` of the elements.
+    ///
+    /// # Panics
+    ///
+    /// If the bytes reach past the end.
+    pub(crate) fn store_bytes_at(&self, at: usize, bytes: &[u8]) {
+        assert!(
+            at + bytes.len() <= self.len * std::mem::size_of::<T>(),
+            "range out of bounds"
+        );
+        self.obj.region().store_bytes(HEADER + at, bytes);
+    }
+
+    /// A copy of the elements in `range`, in one copy.
+    ///
+    /// # Panics
+    ///
+    /// If `range` reaches past the end.
+    pub(crate) fn read_range(&self, range: std::ops::Range<usize>) -> Vec<T> {
+        assert!(
+            range.start <= range.end && range.end <= self.len,
+            "range out of bounds"
+        );
+        let mut out = vec![T::zeroed(); range.len()];
+        let at = HEADER + range.start * std::mem::size_of::<T>();
+        self.obj
+            .region()
+            .load_into(at, bytemuck::cast_slice_mut(&mut out));
+        out
     }
 }
 
