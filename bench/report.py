@@ -179,12 +179,7 @@ def pool_section(g, py, w):
         [p("Pool map 100k default chunksize"), None, None, None, None], True)
     row("`map_pod` of 10M", "items/s", c("map_pod 10M u64"),
         [None, None, None, None, None], True)
-    w("")
-    ry10 = g("rayon par_iter map 10M u64 (collect)")
-    if ry10 and c("map_pod 10M u64"):
-        w(f"`map_pod` (plain data through shared memory, no encoding) over 10M `u64`: "
-          f"{fmt(c('map_pod 10M u64'), 'items/s')}, {100 * c('map_pod 10M u64') / ry10:.0f} % of rayon's "
-          f"`par_iter().map().collect()` ({fmt(ry10, 'items/s')}) in the same run.")
+
     row("start a 2-worker pool until both answered", "us", c("start-up 2 workers"),
         [p("Pool start-up 2 workers fork"), None, None, None, None], False)
     w("")
@@ -196,6 +191,12 @@ def pool_section(g, py, w):
       f"{fmt(c('timeout overshoot'), 'ms')} after its 100 ms deadline (pebble: {fmt(p('pebble timeout overshoot'), 'ms')}; "
       "the standard library has no per-task timeout).")
     w("")
+    ry10 = g("rayon par_iter map 10M u64 (collect)")
+    if ry10 and c("map_pod 10M u64"):
+        w(f"`map_pod` (plain data through shared memory, no encoding) over 10M `u64`: "
+          f"{fmt(c('map_pod 10M u64'), 'items/s')}, {100 * c('map_pod 10M u64') / ry10:.0f} % of rayon's "
+          f"`par_iter().map().collect()` ({fmt(ry10, 'items/s')}) in the same run.")
+        w("")
     imap_cpu, imap1_cpu = c("imap caller CPU per item"), c("imap chunk 1 caller CPU per item")
     if imap_cpu and imap1_cpu:
         w(f"`imap` costs the consuming thread {imap_cpu:.0f} ns of CPU per item with automatic chunks "
