@@ -8,17 +8,11 @@ import sys
 import time
 from multiprocessing.connection import Client, Listener
 
-QUICK = bool(os.environ.get("CORRAL_BENCH_QUICK"))
+from common import PY, QUICK, emit, n  # noqa: E402,F401
+
 KEY = b"bench key"
-PY = f"python{sys.version_info[0]}.{sys.version_info[1]}"
 
 
-def emit(name, value, unit):
-    print(json.dumps({"name": f"{PY} {name}", "value": round(value, 4), "unit": unit}), flush=True)
-
-
-def n(full):
-    return max(1, full // 10) if QUICK else full
 
 
 def serve(port_conn):

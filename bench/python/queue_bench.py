@@ -12,18 +12,12 @@ import sys
 import time
 from multiprocessing import shared_memory
 
-QUICK = bool(os.environ.get("CORRAL_BENCH_QUICK"))
+from common import PY, QUICK, emit, n  # noqa: E402,F401
+
 RUNS = 3
-PY = f"python{sys.version_info.major}.{sys.version_info.minor}"
 MIB = 1 << 20
 
 
-def emit(name, value, unit):
-    print(json.dumps({"name": f"{PY} {name}", "value": round(value, 4), "unit": unit}), flush=True)
-
-
-def n(full):
-    return max(1, full // 10) if QUICK else full
 
 
 def produce(q, go, count):
