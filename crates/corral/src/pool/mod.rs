@@ -804,22 +804,23 @@ impl Pool {
         let (entry, func) = (worker::pod_entry_offset::<A, R>(), func_offset(f));
         // One range a job: a worker's results for a range reach the others'
         // sooner, and a failure fails only its range.
-        let jobs: Vec<Job> = ranges
-            .iter()
-            .enumerate()
-            .map(|(index, &(start, len))| {
-                let mut job = Job::new(entry, func, 1, dyn_sink.clone());
-                let chunk = worker::PodChunk::<A, R> {
-                    input: input.clone(),
-                    output: output.clone(),
-                    start,
-                    len,
-                    types: PhantomData,
-                };
-                add_item(&mut job, index as u32, &chunk);
-                job
-            })
-            .collect();
+        let mut jobs: Vec<Job> = Vec::with_capacity(ranges.len());
+        for (index, &(start, len)) in ranges.iter().enumerate() {
+            let fds = input.dup_fd().and_then(|i| Ok((i, output.dup_fd()?)));
+            let (i, o) = fds.map_err(|e| {
+                TaskError::Codec(format!("duplicating map_pod's shared arrays: {e}"))
+            })?;
+            let mut job = Job::new(entry, func, 1, dyn_sink.clone());
+            let chunk = worker::PodChunk::<A, R> {
+                input: worker::RegionFd(i),
+                output: worker::RegionFd(o),
+                start,
+                len,
+                types: PhantomData,
+            };
+            add_item(&mut job, index as u32, &chunk);
+            jobs.push(job);
+        }
         self.shared.submit(jobs);
         let outcome = sink.wait(&self.shared).map(|_| {
             let mut results = vec![R::zeroed(); n];

@@ -252,11 +252,12 @@ fn pod_trampoline<A: Pod + Send, R: Pod + Send>(
 
 /// A range of a `map_pod`: its items are read from `input` and its results
 /// written to `output`, both shared byte arrays (the pool's reused scratch
-/// space); nothing is encoded per item.
+/// space, which a worker maps once: see [`mapped`]); nothing is encoded per
+/// item.
 #[derive(Serialize, Deserialize)]
 pub(super) struct PodChunk<A, R> {
-    pub(super) input: crate::RawArray<u8>,
-    pub(super) output: crate::RawArray<u8>,
+    pub(super) input: RegionFd,
+    pub(super) output: RegionFd,
     pub(super) start: u64,
     pub(super) len: u64,
     #[serde(skip)]
@@ -268,6 +269,8 @@ impl<A: Pod, R: Pod> PodChunk<A, R> {
     const BLOCK: usize = 4096;
 
     fn run(self, f: fn(A) -> R) {
+        let input = mapped(self.input.0).expect("mapping map_pod's input");
+        let output = mapped(self.output.0).expect("mapping map_pod's output");
         let end = (self.start + self.len) as usize;
         let (a, r) = (size_of::<A>(), size_of::<R>());
         // On the heap: a block of a large `A` would not fit a stack.
@@ -276,14 +279,38 @@ impl<A: Pod, R: Pod> PodChunk<A, R> {
         let mut results = Vec::with_capacity(Self::BLOCK);
         for from in (self.start as usize..end).step_by(Self::BLOCK) {
             let n = Self::BLOCK.min(end - from);
-            self.input
-                .load_bytes_into(from * a, bytemuck::cast_slice_mut(&mut items[..n]));
+            input.load_bytes_into(from * a, bytemuck::cast_slice_mut(&mut items[..n]));
             results.clear();
             results.extend(items[..n].iter().map(|&x| f(x)));
-            self.output
-                .store_bytes_at(from * r, bytemuck::cast_slice(&results));
+            output.store_bytes_at(from * r, bytemuck::cast_slice(&results));
         }
     }
+}
+
+/// The scratch arrays this worker has mapped, by the identity of their
+/// memory (device, inode): the pool reuses its scratch arrays, so mapping
+/// each once spares a fresh mapping, and a page fault per 4 KiB touched,
+/// per range. At most [`MAPPED_KEPT`] are kept.
+static MAPPED: std::sync::Mutex<Vec<(MemoryId, crate::RawArray<u8>)>> =
+    std::sync::Mutex::new(Vec::new());
+/// A shared mapping's identity: the device and inode of its memory.
+type MemoryId = (u64, u64);
+const MAPPED_KEPT: usize = 4;
+
+/// The array behind `fd`, mapped once per worker.
+fn mapped(fd: OwnedFd) -> Result<crate::RawArray<u8>, String> {
+    let st = rustix::fs::fstat(&fd).map_err(|e| e.to_string())?;
+    let key = (st.st_dev as u64, st.st_ino as u64);
+    let mut maps = MAPPED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, array)) = maps.iter().find(|(k, _)| *k == key) {
+        return Ok(array.clone());
+    }
+    let array = crate::RawArray::from_fd(fd)?;
+    maps.push((key, array.clone()));
+    if maps.len() > MAPPED_KEPT {
+        maps.remove(0);
+    }
+    Ok(array)
 }
 
 /// Decodes each item of `job`, calls `f` on it, records the outcome.

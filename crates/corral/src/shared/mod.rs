@@ -703,6 +703,17 @@ impl<T: Pod> RawArray<T> {
         self.read_range(0..self.len)
     }
 
+    /// The array behind a received descriptor (as deserializing does).
+    pub(crate) fn from_fd(fd: std::os::fd::OwnedFd) -> Result<RawArray<T>, String> {
+        RawArray::from_object(Object::from_fd(fd, Kind::RawArray)?)
+    }
+
+    /// A duplicate of its descriptor, to send by hand.
+    pub(crate) fn dup_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        self.obj.region().as_fd().try_clone_to_owned()
+    }
+
     /// An array of `len` zero elements whose memory is not touched (a fresh
     /// shared mapping reads zero), for scratch space.
     pub(crate) fn untouched(len: usize) -> Result<RawArray<T>, Error> {

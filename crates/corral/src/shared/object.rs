@@ -97,7 +97,12 @@ impl Object {
         kind: Kind,
     ) -> Result<Object, D::Error> {
         let fd = wire::deserialize_fd(d)?;
-        let region = sys::SharedRegion::map(fd).map_err(D::Error::custom)?;
+        Object::from_fd(fd, kind).map_err(D::Error::custom)
+    }
+
+    /// Maps a received region of `kind`, refusing any other.
+    pub(crate) fn from_fd(fd: std::os::fd::OwnedFd, kind: Kind) -> Result<Object, String> {
+        let region = sys::SharedRegion::map(fd).map_err(|e| e.to_string())?;
         let magic = region.word(0).load(std::sync::atomic::Ordering::Acquire);
         let found = region.word(1).load(std::sync::atomic::Ordering::Relaxed);
         // A Value's or Array's own lock sits where a Lock's does, so their
@@ -105,9 +110,9 @@ impl Object {
         let lock_of_value =
             kind == Kind::Lock && (found == Kind::Value as u64 || found == Kind::Array as u64);
         if region.len() < HEADER || magic != MAGIC || (found != kind as u64 && !lock_of_value) {
-            return Err(D::Error::custom(format!(
+            return Err(format!(
                 "the handle received is not a corral {kind:?} (the two sides disagree on the type)"
-            )));
+            ));
         }
         Ok(Object {
             region: Arc::new(region),
