@@ -287,6 +287,7 @@
 
 pub mod connection;
 mod error;
+pub mod manager;
 pub mod pipe;
 pub mod pool;
 mod process;

@@ -20,19 +20,19 @@ use hmac::{Hmac, KeyInit, Mac};
 use crate::Error;
 
 const CHALLENGE: &[u8] = b"#CHALLENGE#";
-const WELCOME: &[u8] = b"#WELCOME#";
-const FAILURE: &[u8] = b"#FAILURE#";
+pub(crate) const WELCOME: &[u8] = b"#WELCOME#";
+pub(crate) const FAILURE: &[u8] = b"#FAILURE#";
 const SHA256_TAG: &[u8] = b"{sha256}";
 /// Random bytes in a challenge (CPython's `MESSAGE_LENGTH`).
 const MESSAGE_LENGTH: usize = 40;
 /// The largest handshake frame read (CPython reads with `maxlength=256`).
-pub(super) const MAX_HANDSHAKE_FRAME: usize = 256;
+pub(crate) const MAX_HANDSHAKE_FRAME: usize = 256;
 
 /// What this side accepts.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Policy {
+pub(crate) struct Policy {
     /// Accept and answer the legacy HMAC-MD5 form (Python ≤ 3.11 peers).
-    pub(super) legacy_md5: bool,
+    pub(crate) legacy_md5: bool,
 }
 
 fn refused(why: impl Into<String>) -> Error {
@@ -90,37 +90,89 @@ fn hmac_md5(key: &[u8], message: &[u8]) -> Hmac<md5::Md5> {
     mac
 }
 
+/// A challenge this side sends: the frame's body and the message the
+/// peer's MAC must cover.
+pub(crate) struct Challenge {
+    pub(crate) frame: Vec<u8>,
+    message: Vec<u8>,
+}
+
+impl Challenge {
+    /// `#CHALLENGE#{sha256}` and 40 fresh random bytes.
+    pub(crate) fn new() -> Result<Challenge, Error> {
+        let mut message = SHA256_TAG.to_vec();
+        let mut random = [0u8; MESSAGE_LENGTH];
+        fill_random(&mut random)?;
+        message.extend_from_slice(&random);
+        Ok(Challenge {
+            frame: [CHALLENGE, &message].concat(),
+            message,
+        })
+    }
+
+    /// Checks the peer's answer in constant time; the error says why not.
+    pub(crate) fn check(&self, key: &[u8], response: &[u8], policy: Policy) -> Result<(), String> {
+        let message = &self.message;
+        if let Some(mac) = response.strip_prefix(SHA256_TAG) {
+            hmac_sha256(key, message)
+                .verify_slice(mac)
+                .map_err(|_| "the digest received was wrong (another authkey?)".to_owned())
+        } else if response.len() == 16 && policy.legacy_md5 {
+            hmac_md5(key, message)
+                .verify_slice(response)
+                .map_err(|_| "the digest received was wrong (another authkey?)".to_owned())
+        } else if response.len() == 16 {
+            Err(
+                "the peer answered with legacy HMAC-MD5 (Python 3.11 or older); \
+                 allow it with `allow_legacy_md5(true)`"
+                    .to_owned(),
+            )
+        } else {
+            Err("the peer's answer names no digest this side accepts".to_owned())
+        }
+    }
+}
+
+/// The answer to a peer's challenge frame (`#CHALLENGE#` and its message).
+pub(crate) fn answer(key: &[u8], frame: &[u8], policy: Policy) -> Result<Vec<u8>, Error> {
+    let message = frame
+        .strip_prefix(CHALLENGE)
+        .filter(|m| m.len() >= 20)
+        .ok_or_else(|| refused("the peer sent no valid challenge"))?;
+    if message.len() == 20 {
+        // A legacy (Python ≤ 3.11) challenger: 20 bare random bytes.
+        if !policy.legacy_md5 {
+            return Err(refused(
+                "the peer challenged with legacy HMAC-MD5 (Python 3.11 or older); \
+                 allow it with `allow_legacy_md5(true)`",
+            ));
+        }
+        Ok(hmac_md5(key, message).finalize().into_bytes().to_vec())
+    } else if message.starts_with(SHA256_TAG) {
+        Ok([
+            SHA256_TAG,
+            &hmac_sha256(key, message).finalize().into_bytes(),
+        ]
+        .concat())
+    } else if message.starts_with(b"{md5}") && policy.legacy_md5 {
+        Ok(hmac_md5(key, message).finalize().into_bytes().to_vec())
+    } else {
+        Err(refused(
+            "the peer asked for a digest this side does not speak",
+        ))
+    }
+}
+
 /// Challenges the peer; `Ok` once it proved it holds `key`.
 pub(super) fn deliver_challenge<S: Read + Write>(
     stream: &mut S,
     key: &[u8],
     policy: Policy,
 ) -> Result<(), Error> {
-    let mut message = SHA256_TAG.to_vec();
-    let mut random = [0u8; MESSAGE_LENGTH];
-    fill_random(&mut random)?;
-    message.extend_from_slice(&random);
-    send(stream, &[CHALLENGE, &message].concat())?;
+    let challenge = Challenge::new()?;
+    send(stream, &challenge.frame)?;
     let response = recv(stream)?;
-    // Constant-time comparisons (`verify_slice`).
-    let verdict = if let Some(mac) = response.strip_prefix(SHA256_TAG) {
-        hmac_sha256(key, &message)
-            .verify_slice(mac)
-            .map_err(|_| "the digest received was wrong (another authkey?)".to_owned())
-    } else if response.len() == 16 && policy.legacy_md5 {
-        hmac_md5(key, &message)
-            .verify_slice(&response)
-            .map_err(|_| "the digest received was wrong (another authkey?)".to_owned())
-    } else if response.len() == 16 {
-        Err(
-            "the peer answered with legacy HMAC-MD5 (Python 3.11 or older); \
-             allow it with `allow_legacy_md5(true)`"
-                .to_owned(),
-        )
-    } else {
-        Err("the peer's answer names no digest this side accepts".to_owned())
-    };
-    match verdict {
+    match challenge.check(key, &response, policy) {
         Ok(()) => send(stream, WELCOME),
         Err(why) => {
             let _ = send(stream, FAILURE);
@@ -136,33 +188,7 @@ pub(super) fn answer_challenge<S: Read + Write>(
     policy: Policy,
 ) -> Result<(), Error> {
     let frame = recv(stream)?;
-    let message = frame
-        .strip_prefix(CHALLENGE)
-        .filter(|m| m.len() >= 20)
-        .ok_or_else(|| refused("the peer sent no valid challenge"))?;
-    let answer = if message.len() == 20 {
-        // A legacy (Python ≤ 3.11) challenger: 20 bare random bytes.
-        if !policy.legacy_md5 {
-            return Err(refused(
-                "the peer challenged with legacy HMAC-MD5 (Python 3.11 or older); \
-                 allow it with `allow_legacy_md5(true)`",
-            ));
-        }
-        hmac_md5(key, message).finalize().into_bytes().to_vec()
-    } else if message.starts_with(SHA256_TAG) {
-        [
-            SHA256_TAG,
-            &hmac_sha256(key, message).finalize().into_bytes(),
-        ]
-        .concat()
-    } else if message.starts_with(b"{md5}") && policy.legacy_md5 {
-        hmac_md5(key, message).finalize().into_bytes().to_vec()
-    } else {
-        return Err(refused(
-            "the peer asked for a digest this side does not speak",
-        ));
-    };
-    send(stream, &answer)?;
+    send(stream, &answer(key, &frame, policy)?)?;
     match recv(stream)?.as_slice() {
         WELCOME => Ok(()),
         _ => Err(refused("the peer rejected our digest (another authkey?)")),

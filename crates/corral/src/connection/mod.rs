@@ -37,14 +37,14 @@
 //! Over TCP, values holding corral handles (queues, locks, pipe ends)
 //! cannot cross: descriptors travel only over Unix sockets.
 
-mod auth;
+pub(crate) mod auth;
 
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use auth::{Policy, answer_challenge, deliver_challenge};
@@ -76,10 +76,15 @@ pub enum Address {
 impl std::str::FromStr for Address {
     type Err = Error;
 
-    /// A string with a `/` is a Unix socket path; anything else is
-    /// `host:port` (resolved; the first address wins).
+    /// A string with a `/` is a Unix socket path, one starting with `@` a
+    /// name in Linux's abstract socket namespace (no file; `\0name` in
+    /// Python); anything else is `host:port` (resolved; the first address
+    /// wins).
     fn from_str(s: &str) -> Result<Address, Error> {
-        if s.contains('/') {
+        if let Some(name) = s.strip_prefix('@') {
+            return Ok(Address::Unix(PathBuf::from(format!("\0{name}"))));
+        }
+        if s.contains('/') || s.starts_with('\0') {
             return Ok(Address::Unix(PathBuf::from(s)));
         }
         s.to_socket_addrs()
@@ -108,6 +113,9 @@ impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Address::Tcp(a) => write!(f, "{a}"),
+            Address::Unix(p) if is_abstract(p) => {
+                write!(f, "@{}", p.display().to_string().trim_start_matches('\0'))
+            }
             Address::Unix(p) => write!(f, "{}", p.display()),
         }
     }
@@ -210,9 +218,107 @@ impl io::Write for Stream {
     }
 }
 
-enum Socket {
+/// A listening socket.
+pub(crate) enum Socket {
     Tcp(TcpListener),
     Unix(UnixListener),
+}
+
+/// A Unix socket address: a path, or (a leading NUL byte, as Python
+/// writes it) a name in Linux's abstract namespace, which needs no file and
+/// vanishes with its last socket.
+fn unix_address(path: &Path) -> io::Result<std::os::unix::net::SocketAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    match path.as_os_str().as_bytes() {
+        [0, name @ ..] => std::os::unix::net::SocketAddr::from_abstract_name(name),
+        _ => std::os::unix::net::SocketAddr::from_pathname(path),
+    }
+}
+
+/// Whether `path` names an abstract socket (nothing to remove).
+fn is_abstract(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    path.as_os_str().as_bytes().first() == Some(&0)
+}
+
+impl Socket {
+    /// Listens at `address`; the address bound (with the port chosen).
+    pub(crate) fn bind(address: Address) -> Result<(Socket, Address), Error> {
+        Ok(match address {
+            Address::Tcp(a) => {
+                let l = TcpListener::bind(a).map_err(Error::io("binding a TCP listener"))?;
+                let bound = l
+                    .local_addr()
+                    .map_err(Error::io("reading a bound address"))?;
+                (Socket::Tcp(l), Address::Tcp(bound))
+            }
+            Address::Unix(p) => {
+                let l = unix_address(&p)
+                    .and_then(|a| UnixListener::bind_addr(&a))
+                    .map_err(Error::io("binding a Unix listener"))?;
+                (Socket::Unix(l), Address::Unix(p))
+            }
+        })
+    }
+
+    /// Accepts a waiting peer without blocking (`None`: nobody waits), as a
+    /// non-blocking socket with `TCP_NODELAY` on.
+    pub(crate) fn accept_nonblocking(&self) -> io::Result<Option<OwnedFd>> {
+        let accepted = match self {
+            Socket::Tcp(l) => l.accept().and_then(|(s, _)| {
+                s.set_nodelay(true)?;
+                s.set_nonblocking(true)?;
+                Ok(OwnedFd::from(s))
+            }),
+            Socket::Unix(l) => l.accept().and_then(|(s, _)| {
+                s.set_nonblocking(true)?;
+                Ok(OwnedFd::from(s))
+            }),
+        };
+        match accepted {
+            Ok(fd) => Ok(Some(fd)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes `accept` non-blocking (for an event loop).
+    pub(crate) fn set_nonblocking(&self) -> io::Result<()> {
+        match self {
+            Socket::Tcp(l) => l.set_nonblocking(true),
+            Socket::Unix(l) => l.set_nonblocking(true),
+        }
+    }
+}
+
+impl std::os::fd::AsFd for Socket {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Socket::Tcp(l) => l.as_fd(),
+            Socket::Unix(l) => l.as_fd(),
+        }
+    }
+}
+
+/// Connects to `address` (within `limit`), `TCP_NODELAY` on.
+pub(crate) fn connect_stream(address: Address, limit: Option<Duration>) -> Result<OwnedFd, Error> {
+    Ok(match address {
+        Address::Tcp(a) => {
+            let s = match limit {
+                Some(t) => TcpStream::connect_timeout(&a, t),
+                None => TcpStream::connect(a),
+            }
+            .map_err(Error::io("connecting"))?;
+            s.set_nodelay(true)
+                .map_err(Error::io("setting TCP_NODELAY"))?;
+            s.into()
+        }
+        Address::Unix(p) => unix_address(&p)
+            .and_then(|a| UnixStream::connect_addr(&a))
+            .map_err(Error::io("connecting"))?
+            .into(),
+    })
 }
 
 /// Accepts authenticated connections (Python's
@@ -254,19 +360,7 @@ impl Listener {
     /// [`Error::Io`] if the address cannot be bound (in use, say);
     /// [`Error::InvalidArgument`] for an address that names nothing.
     pub fn bind(address: impl ToAddress, authkey: &[u8]) -> Result<Listener, Error> {
-        let (socket, address) = match address.to_address()? {
-            Address::Tcp(a) => {
-                let l = TcpListener::bind(a).map_err(Error::io("binding a TCP listener"))?;
-                let bound = l
-                    .local_addr()
-                    .map_err(Error::io("reading a bound address"))?;
-                (Socket::Tcp(l), Address::Tcp(bound))
-            }
-            Address::Unix(p) => {
-                let l = UnixListener::bind(&p).map_err(Error::io("binding a Unix listener"))?;
-                (Socket::Unix(l), Address::Unix(p))
-            }
-        };
+        let (socket, address) = Socket::bind(address.to_address()?)?;
         Ok(Listener {
             socket,
             address,
@@ -327,7 +421,9 @@ impl Listener {
 impl Drop for Listener {
     /// A Unix listener removes its socket file (as Python's does).
     fn drop(&mut self) {
-        if let Address::Unix(p) = &self.address {
+        if let Address::Unix(p) = &self.address
+            && !is_abstract(p)
+        {
             let _ = std::fs::remove_file(p);
         }
     }
@@ -384,20 +480,13 @@ impl<A: ToAddress> Client<A> {
     /// digest this side accepts.
     pub fn connect(self) -> Result<Connection, Error> {
         let limit = Some(self.timeout).filter(|t| !t.is_zero());
-        let stream = match self.address.to_address()? {
-            Address::Tcp(a) => {
-                let s = match limit {
-                    Some(t) => TcpStream::connect_timeout(&a, t),
-                    None => TcpStream::connect(a),
-                }
-                .map_err(Error::io("connecting"))?;
-                s.set_nodelay(true)
-                    .map_err(Error::io("setting TCP_NODELAY"))?;
-                Stream::Tcp(s)
-            }
-            Address::Unix(p) => {
-                Stream::Unix(UnixStream::connect(p).map_err(Error::io("connecting"))?)
-            }
+        let address = self.address.to_address()?;
+        let is_tcp = matches!(address, Address::Tcp(_));
+        let fd = connect_stream(address, limit)?;
+        let stream = if is_tcp {
+            Stream::Tcp(TcpStream::from(fd))
+        } else {
+            Stream::Unix(UnixStream::from(fd))
         };
         let (key, policy) = (&self.authkey, self.policy);
         stream.authenticate(self.timeout, |s| {
