@@ -256,3 +256,61 @@ pub fn within<T: Send + 'static>(
     rx.recv_timeout(limit)
         .unwrap_or_else(|_| panic!("still running after {limit:?}: wedged"))
 }
+
+/// The machine's `python3` and its (major, minor) version: found on PATH,
+/// installed with apt-get where that works, or a panic with the install
+/// line (the interop tests never skip silently).
+pub fn python() -> (&'static str, (u32, u32)) {
+    static FOUND: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    let version = FOUND.get_or_init(|| {
+        let probe = || {
+            std::process::Command::new("python3")
+                .args([
+                    "-c",
+                    "import sys; print(sys.version_info[0], sys.version_info[1])",
+                ])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+        };
+        let out = probe().or_else(|| {
+            // Not installed: install it where we can, as the README's test
+            // command promises.
+            let _ = std::process::Command::new("apt-get")
+                .args(["install", "-y", "python3"])
+                .status();
+            probe()
+        });
+        let out = out.unwrap_or_else(|| {
+            panic!(
+                "the interop tests need python3: install it with `sudo apt-get install -y python3`"
+            )
+        });
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut parts = text.split_whitespace().map(|p| p.parse::<u32>().unwrap());
+        (parts.next().unwrap(), parts.next().unwrap())
+    });
+    ("python3", *version)
+}
+
+/// Runs a Python script (with args), bounded to 60 s: (success, stdout,
+/// stderr).
+pub fn run_python(script: &str, args: &[&str]) -> (bool, String, String) {
+    let (py, _) = python();
+    let child = std::process::Command::new(py)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = within(Duration::from_secs(60), move || {
+        child.wait_with_output().unwrap()
+    });
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -6,71 +6,15 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use corral::Error;
 use corral::connection::{Address, Client, Listener};
-use corral_fixtures::within;
+use corral_fixtures::{python, run_python, within};
 
 corral::test_support!();
 
 const KEY: &[u8] = b"corral test key";
-
-/// The machine's `python3` and its (major, minor) version.
-fn python() -> (&'static str, (u32, u32)) {
-    static FOUND: OnceLock<(u32, u32)> = OnceLock::new();
-    let version = FOUND.get_or_init(|| {
-        let probe = || {
-            Command::new("python3")
-                .args([
-                    "-c",
-                    "import sys; print(sys.version_info[0], sys.version_info[1])",
-                ])
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
-        };
-        let out = probe().or_else(|| {
-            // Not installed: install it where we can, as the README's test
-            // command promises.
-            let _ = Command::new("apt-get")
-                .args(["install", "-y", "python3"])
-                .status();
-            probe()
-        });
-        let out = out.unwrap_or_else(|| {
-            panic!(
-                "the interop tests need python3: install it with `sudo apt-get install -y python3`"
-            )
-        });
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let mut parts = text.split_whitespace().map(|p| p.parse::<u32>().unwrap());
-        (parts.next().unwrap(), parts.next().unwrap())
-    });
-    ("python3", *version)
-}
-
-/// Runs a Python script (with args); bounded.
-fn run_python(script: &str, args: &[&str]) -> (bool, String, String) {
-    let (py, _) = python();
-    let child = Command::new(py)
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = within(Duration::from_secs(60), move || {
-        child.wait_with_output().unwrap()
-    });
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 const PY_CLIENT: &str = r#"
 import sys

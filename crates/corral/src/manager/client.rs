@@ -43,9 +43,12 @@ pub(crate) fn thread_token() -> u64 {
     TOKEN.with(|t| *t)
 }
 
-/// The links of this process, by address and key.
-fn links() -> &'static Mutex<HashMap<(String, Vec<u8>), Arc<Link>>> {
-    static LINKS: OnceLock<Mutex<HashMap<(String, Vec<u8>), Arc<Link>>>> = OnceLock::new();
+/// Links by (address, authkey).
+type Links = Mutex<HashMap<(String, Vec<u8>), Arc<Link>>>;
+
+/// The links of this process.
+fn links() -> &'static Links {
+    static LINKS: OnceLock<Links> = OnceLock::new();
     LINKS.get_or_init(Default::default)
 }
 
@@ -238,7 +241,12 @@ impl Link {
         {
             return Ok(s.clone());
         }
-        *slot = None;
+        match slot.take() {
+            // Inherited across a fork: the descriptor is the parent's (or
+            // already closed by the child's start); never close it here.
+            Some(s) if s.pid != std::process::id() => std::mem::forget(s),
+            _ => {}
+        }
         let session = Arc::new(self.connect()?);
         // Proxies this process already holds (it forked, say) are held by
         // this connection from now on.

@@ -99,7 +99,8 @@ impl Kind {
         ALL.into_iter().find(|k| k.typeid() == typeid)
     }
 
-    /// The methods a Python `AutoProxy` gets (the `exposed` tuple).
+    /// The methods a Python `AutoProxy` gets (the `exposed` tuple); the
+    /// server answers every method of the kind whatever the proxy class.
     pub(crate) fn exposed(self) -> &'static [&'static str] {
         match self {
             Kind::Dict => &[
@@ -155,8 +156,11 @@ impl Kind {
             }
             Kind::Condition => &["acquire", "release", "wait", "notify", "notify_all"],
             Kind::Event => &["is_set", "set", "clear", "wait"],
-            Kind::Barrier => &["__getattribute__", "wait", "abort", "reset"],
-            Kind::Namespace => &["__getattribute__", "__setattr__", "__delattr__"],
+            Kind::Barrier => &["wait", "abort", "reset"],
+            // Python reaches a namespace through its own `NamespaceProxy`
+            // (`register(name, proxytype=NamespaceProxy)`); exposing the
+            // attribute hooks to an `AutoProxy` would make it recurse.
+            Kind::Namespace => &[],
         }
     }
 }

@@ -12,9 +12,18 @@ use super::error::ManagerError;
 use super::protocol::{self, Kind, PROXY_MARK};
 use crate::Data;
 
+thread_local! {
+    /// Set while a value is turned into manager data: a proxy inside is
+    /// held by the object that stores it, not pinned by this process.
+    static STORING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// A value as plain data (what the manager stores).
 pub(crate) fn to_value<T: Serialize + ?Sized>(v: &T) -> Result<Value, ManagerError> {
-    serde_pickle::to_value(v).map_err(|e| ManagerError::Codec(e.to_string()))
+    let outer = STORING.with(|s| s.replace(true));
+    let value = serde_pickle::to_value(v).map_err(|e| ManagerError::Codec(e.to_string()));
+    STORING.with(|s| s.set(outer));
+    value
 }
 
 /// Plain data back as a `T`.
@@ -214,8 +223,11 @@ impl fmt::Debug for Handle {
 impl Serialize for Handle {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let (instance, id) = *self.target.lock().unwrap_or_else(|p| p.into_inner());
-        // Whoever receives it must still find the object.
-        self.link.pin(instance, id);
+        // Whoever receives it must still find the object (unless a manager
+        // object stores it, which then holds it).
+        if !STORING.with(|s| s.get()) {
+            self.link.pin(instance, id);
+        }
         Wire(
             PROXY_MARK.into(),
             self.link.address.to_string(),

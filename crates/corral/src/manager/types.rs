@@ -755,7 +755,7 @@ impl Namespace {
     }
 
     /// Sets attribute `name`.
-    pub fn set<T: Data>(&self, name: &str, v: T) -> R<()> {
+    pub fn set<T: Serialize>(&self, name: &str, v: T) -> R<()> {
         unit(self.h.call(
             "__setattr__",
             vec![Plain::String(name.into()), to_value(&v)?],

@@ -693,11 +693,13 @@ impl Server {
             .iter()
             .map(|m| Value::String((*m).into()))
             .collect();
-        Reply::Return(Value::Tuple(vec![
-            Value::String(protocol::ident(obj)),
-            Value::Tuple(exposed),
-            Value::String(kind.typeid().into()),
-        ]))
+        // Python unpacks `(id, exposed)`; a corral client also learns the
+        // kind (to check a registered name's type).
+        let mut reply = vec![Value::String(protocol::ident(obj)), Value::Tuple(exposed)];
+        if corral {
+            reply.push(Value::String(kind.typeid().into()));
+        }
+        Reply::Return(Value::Tuple(reply))
     }
 
     fn reference(&mut self, id: u64, how: &str, obj: u64) -> Reply {
