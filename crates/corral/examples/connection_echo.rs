@@ -17,6 +17,10 @@
 
 use corral::connection::Listener;
 
+#[path = "common/authkey.rs"]
+mod authkey;
+use authkey::authkey_from_env;
+
 fn main() {
     corral::init();
     let address = std::env::args()
@@ -43,15 +47,4 @@ fn main() {
             Err(e) => eprintln!("refused a peer: {e}"),
         }
     }
-}
-
-/// `CORRAL_AUTHKEY` as bytes (hex).
-fn authkey_from_env() -> Vec<u8> {
-    let hex = std::env::var("CORRAL_AUTHKEY").expect("set CORRAL_AUTHKEY to the authkey, in hex");
-    let hex = hex.trim();
-    assert!(hex.len().is_multiple_of(2), "CORRAL_AUTHKEY must be hex");
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("CORRAL_AUTHKEY must be hex"))
-        .collect()
 }

@@ -3,11 +3,13 @@
 //! Starts children under every start method, brings a panic and a crash back
 //! as data, gives up on a hung child and kills it, talks over a pipe, runs a
 //! pool whose workers crash, hang and panic without stopping it, feeds a
-//! worker farm through a shared-memory queue, and recovers a lock whose
-//! holder was killed.
+//! worker farm through a shared-memory queue, recovers a lock whose
+//! holder was killed, and runs seed 004's farm through a manager (and a
+//! remote manager on loopback).
 
 use std::time::{Duration, Instant};
 
+use corral::manager::{self, Manager};
 use corral::{
     AcquireError, Connection, Event, JoinTimeout, Lock, Pipe, Pool, Process, ProcessError, Queue,
     StartMethod, Value,
@@ -67,6 +69,14 @@ fn die_holding((lock, holding): (Lock, Event)) {
     let _guard = lock.acquire().expect("lock");
     holding.set();
     hang(());
+}
+
+/// Seed 004's worker: reads jobs from a manager queue until its sentinel,
+/// appends results to a manager list.
+fn manager_worker((jobs, results): (manager::Queue<Option<u32>>, manager::List<(u32, u32)>)) {
+    while let Some(n) = jobs.get().expect("get") {
+        results.push((n, n * n)).expect("append");
+    }
 }
 
 fn main() {
@@ -231,6 +241,53 @@ fn main() {
         other => println!("   unexpected: {other:?}"),
     }
 
-    println!("\n9. If this program is killed, even by SIGKILL, every child dies with it.");
+    println!(
+        "\n9. A manager: a server process holding a queue and a list, four workers, sentinels."
+    );
+    let m = Manager::start().expect("manager");
+    let jobs = m.bounded_queue::<Option<u32>>(4).expect("queue");
+    let results = m.list::<(u32, u32)>().expect("list");
+    let workers: Vec<_> = (0..4)
+        .map(|_| corral::spawn(manager_worker, (jobs.clone(), results.clone())).expect("spawn"))
+        .collect();
+    for n in 0..12 {
+        jobs.put(Some(n)).expect("put"); // waits while 4 are queued
+    }
+    for _ in &workers {
+        jobs.put(None).expect("sentinel");
+    }
+    workers.into_iter().for_each(|w| w.join().expect("worker"));
+    let mut got = results.snapshot().expect("snapshot"); // a copy, and says so
+    got.sort_unstable();
+    println!("   12 results through the manager: {got:?}");
+    let hits = m.dict::<String, u64>().expect("dict");
+    hits.add("seen".into(), 12).expect("atomic +=");
+    println!(
+        "   an atomic d[k] += 12: {:?}",
+        hits.get(&"seen".into()).expect("get")
+    );
+    drop(m); // stops the server
+    match jobs.get_timeout(Duration::from_secs(1)) {
+        Err(e) => println!("   the manager is gone; a call fails at once: {e}"),
+        Ok(v) => println!("   unexpected: {v:?}"),
+    }
+    let key = b"tour key";
+    let remote = Manager::builder()
+        .register("get_config", manager::Kind::Dict)
+        .serve("127.0.0.1:0", key)
+        .expect("serve");
+    let started = Instant::now();
+    let client = Manager::connect(remote.address(), key).expect("connect");
+    let config = client
+        .registered::<manager::Dict<String, String>>("get_config")
+        .expect("proxy");
+    config.insert("mode".into(), "fast".into()).expect("insert");
+    println!(
+        "   a remote manager at {}: connect, authenticate, first call in {:?}",
+        remote.address(),
+        started.elapsed()
+    );
+
+    println!("\n10. If this program is killed, even by SIGKILL, every child dies with it.");
     println!("   (tested: crates/corral-fixtures/tests/orphans.rs)");
 }

@@ -595,3 +595,91 @@ fn a_semaphore_and_namespace_compile_as_types() {
     takes(&m.namespace().unwrap());
     takes(&m);
 }
+
+/// An example binary next to this test (`cargo test` builds them; a run
+/// of this test file alone builds it here).
+fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
+    let path = dir.join(name);
+    if !path.exists() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let built = std::process::Command::new(cargo)
+            .args(["build", "-p", "corral", "--example", name])
+            .status()
+            .unwrap();
+        assert!(built.success(), "building example {name}");
+    }
+    path
+}
+
+/// Starts an example with `CORRAL_AUTHKEY`; returns it and the address it
+/// printed (`listening ADDRESS`).
+fn start_example(name: &str, key: &[u8]) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(example(name))
+        .arg("127.0.0.1:0")
+        .env("CORRAL_AUTHKEY", hex(key))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = within(Duration::from_secs(30), move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    });
+    let address = line.trim().strip_prefix("listening ").unwrap().to_owned();
+    (child, address)
+}
+
+const PY_EXAMPLE_CLIENT: &str = r#"
+import sys
+from multiprocessing.managers import BaseManager, DictProxy
+from multiprocessing.connection import Client
+host, port = sys.argv[1].rsplit(':', 1)
+key = bytes.fromhex(sys.argv[2])
+if sys.argv[3] == 'manager':
+    class M(BaseManager): pass
+    M.register('get_config', proxytype=DictProxy)
+    M.register('get_results'); M.register('get_jobs')
+    m = M(address=(host, int(port)), authkey=key); m.connect()
+    m.get_jobs().put('job-1')
+    m.get_config()['mode'] = 'fast'
+    m.get_results().append(m.get_jobs().get(timeout=5))
+    print(m.get_config()['mode'], m.get_results().__len__())
+else:
+    c = Client((host, int(port)), authkey=key)
+    c.send_bytes(b'echo me'); print(c.recv_bytes().decode())
+"#;
+
+#[test]
+fn the_examples_serve_python_clients_and_die_with_their_server() {
+    let key = b"example key";
+    let (mut server, address) = start_example("manager_server", key);
+    let (ok, out, err) = run_python(PY_EXAMPLE_CLIENT, &[&address, &hex(key), "manager"]);
+    assert!(ok && out.trim() == "fast 1", "{out}\n{err}");
+    let m = Manager::connect(address.as_str(), key).unwrap();
+    let results = m.registered::<List<String>>("get_results").unwrap();
+    assert_eq!(results.snapshot().unwrap(), ["job-1"]);
+    let below = corral_fixtures::descendants(server.id());
+    assert!(!below.is_empty());
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(
+        wait_for(Duration::from_secs(2), || below
+            .iter()
+            .all(|p| corral_fixtures::is_gone(*p))),
+        "the manager process died with the example"
+    );
+    assert!(matches!(
+        results.len(),
+        Err(ManagerError::Unreachable { .. })
+    ));
+
+    let (mut echo, address) = start_example("connection_echo", key);
+    let (ok, out, err) = run_python(PY_EXAMPLE_CLIENT, &[&address, &hex(key), "echo"]);
+    echo.kill().unwrap();
+    echo.wait().unwrap();
+    assert!(ok && out.trim() == "echo me", "{out}\n{err}");
+}
