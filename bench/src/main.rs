@@ -1,7 +1,7 @@
 //! corral's side of the benchmarks, and the raw syscall floor, measured in the
 //! same run. Prints one JSON object per line: `{"name", "value", "unit"}`.
 //!
-//! `corral-bench <spawn|floor|pipe|pool|queue|all>`; `bench/run.sh` drives everything.
+//! `corral-bench <spawn|floor|pipe|pool|queue|connection|manager|all>`; `bench/run.sh` drives everything.
 #![expect(
     unsafe_code,
     reason = "the raw syscall floor calls fork, pipe and waitpid directly"
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use corral::{Connection, Process, StartMethod};
 
 mod connection;
+mod manager;
 mod pool;
 mod queue;
 
@@ -355,5 +356,8 @@ fn main() {
     }
     if what == "connection" || what == "all" {
         connection::run(n);
+    }
+    if what == "manager" || what == "all" {
+        manager::run(&n);
     }
 }

@@ -412,6 +412,18 @@ macro_rules! test_support {
 pub mod internal {
     pub use crate::wire::{decode_untrusted, frame_bytes, split_frames};
 
+    /// Runs `data` through the manager's request decoder and objects (the
+    /// `manager_request` fuzz target).
+    pub fn fuzz_manager_request(data: &[u8]) {
+        crate::manager::server::fuzz_request(data);
+    }
+
+    /// Whether this thread is inside the manager's guarded pickle decoder,
+    /// whose panics are caught and refused (for a fuzz target's panic hook).
+    pub fn in_guarded_decode() -> bool {
+        crate::manager::protocol::decoding()
+    }
+
     /// The pid of this process's fork server, if it runs one.
     pub fn fork_server_pid() -> Option<u32> {
         crate::start::runtime::server_pid().map(|p| p as u32)

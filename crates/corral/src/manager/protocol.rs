@@ -81,7 +81,11 @@ impl Kind {
     }
 
     pub(crate) fn from_typeid(typeid: &str) -> Option<Kind> {
-        const ALL: [Kind; 13] = [
+        Kind::ALL.into_iter().find(|k| k.typeid() == typeid)
+    }
+
+    /// Every kind.
+    pub(crate) const ALL: [Kind; 13] = [
             Kind::Dict,
             Kind::List,
             Kind::Queue,
@@ -96,8 +100,6 @@ impl Kind {
             Kind::Barrier,
             Kind::Namespace,
         ];
-        ALL.into_iter().find(|k| k.typeid() == typeid)
-    }
 
     /// The methods a Python `AutoProxy` gets (the `exposed` tuple); the
     /// server answers every method of the kind whatever the proxy class.
@@ -194,10 +196,36 @@ fn strict() -> DeOptions {
     DeOptions::new()
 }
 
+thread_local! {
+    /// Set while a peer's pickle is decoded (see [`decode_plain`]).
+    static DECODING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is decoding a peer's pickle: a panic there is caught
+/// and becomes a refusal (for the fuzz target's panic hook).
+pub(crate) fn decoding() -> bool {
+    DECODING.with(|d| d.get())
+}
+
+/// A pickle as plain data. serde-pickle sorts set members with an order
+/// that is not total for some floats (NaN), and Rust's sort may panic on
+/// that (found by the fuzz target): a peer's pickle must not take the
+/// server down, so such a panic is caught and refused like any bad input.
+fn decode_plain(frame: &[u8]) -> Result<Value, String> {
+    DECODING.with(|d| d.set(true));
+    let decoded = std::panic::catch_unwind(|| serde_pickle::value_from_slice(frame, strict()));
+    DECODING.with(|d| d.set(false));
+    match decoded {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("a set or dict whose members cannot be ordered (NaN?)".into()),
+    }
+}
+
 /// Decodes a request frame. Anything but the two tuple shapes, or any
 /// Python object inside, is refused with a message.
 pub(crate) fn decode_request(frame: &[u8]) -> Result<Request, Malformed> {
-    let value = serde_pickle::value_from_slice(frame, strict()).map_err(|e| {
+    let value = decode_plain(frame).map_err(|e| {
         format!(
             "corral's manager accepts plain data only (None, bool, int, float, str, bytes, \
              list, tuple, dict, set); this request could not be read as such: {e}"
@@ -388,8 +416,7 @@ pub(crate) enum Answer {
 }
 
 pub(crate) fn decode_corral_reply(frame: &[u8]) -> Result<(u64, Answer), String> {
-    let value = serde_pickle::value_from_slice(frame, strict())
-        .map_err(|e| format!("an unreadable reply: {e}"))?;
+    let value = decode_plain(frame).map_err(|e| format!("an unreadable reply: {e}"))?;
     let Value::Tuple(mut parts) = value else {
         return Err("a reply is a tuple".into());
     };
@@ -460,6 +487,14 @@ mod tests {
         let frame = b"\x80\x02cposix\nsystem\nq\x00.";
         let err = decode_request(frame).unwrap_err();
         assert!(err.contains("plain data only"), "{err}");
+    }
+
+    #[test]
+    fn a_set_that_cannot_be_ordered_is_refused_not_a_crash() {
+        // Found by the fuzz target: serde-pickle's sort panicked.
+        let frame = include_bytes!("../../fuzz/regressions/manager_request-unordered-set");
+        assert!(decode_request(frame).is_err());
+        assert!(!decoding());
     }
 
     #[test]

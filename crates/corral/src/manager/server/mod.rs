@@ -729,3 +729,53 @@ impl From<Exc> for Reply {
         Reply::Raise(e)
     }
 }
+
+/// Decodes `data` as a request and runs it against one object of each kind
+/// (or as `create`), twice if it parks (the second time expired): the
+/// manager fuzz target's body. Any input must end in a reply, never a
+/// panic.
+pub(crate) fn fuzz_request(data: &[u8]) {
+    let Ok(req) = protocol::decode_request(data) else {
+        return;
+    };
+    let mut table = Table::default();
+    for kind in Kind::ALL {
+        let _ = table.create(kind, Vec::new());
+    }
+    if req.ident.is_none() {
+        if let Some(Value::String(typeid)) = req.args.first()
+            && let Some(kind) = Kind::from_typeid(typeid)
+        {
+            let _ = table.create(kind, req.args[1..].to_vec());
+        }
+        return;
+    }
+    let id = req
+        .ident
+        .as_deref()
+        .and_then(protocol::parse_ident)
+        .unwrap_or(0)
+        % Kind::ALL.len() as u64
+        + 1;
+    let Some(object) = table.object_mut(id) else {
+        return;
+    };
+    let mut ticket = None;
+    for expired in [false, true] {
+        let mut cx = Ctx {
+            owner: Owner { conn: 1, thread: 1 },
+            corral: req.corral.is_some(),
+            ticket: &mut ticket,
+            expired,
+            stored: Vec::new(),
+            removed: Vec::new(),
+        };
+        let args = Args::new(req.args.clone(), req.kwds.clone());
+        if let Step::Done(reply) = object.call(&req.method, args, &mut cx) {
+            let _ = protocol::encode_python_reply(&reply);
+            let _ = protocol::encode_corral_reply(&reply, 1);
+            break;
+        }
+    }
+    object.forget(1);
+}
