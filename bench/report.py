@@ -124,6 +124,7 @@ def main():
     pool_section(g, py, w)
     queue_section(g, py, w)
     connection_section(g, py, w)
+    manager_section(g, py, w)
     print("\n".join(lines))
 
 
@@ -330,6 +331,57 @@ def connection_section(g, py, w):
         cv, pv = c(key), p(key)
         rel = f"{pv / cv:.1f}×" if cv and pv else "n/a"
         w(f"| {label} | {fmt(cv, 'us')} | {fmt(pv, 'us')} | {rel} |")
+    w("")
+
+
+def manager_section(g, py, w):
+    """Managers (issue #11): corral's Manager against CPython's Manager()
+    (local socket) and BaseManager over loopback TCP."""
+    if g("corral manager dict set") is None:
+        return
+    c = lambda k: g(f"corral manager {k}")  # noqa: E731
+    p = lambda k: g(f"{py} manager {k}")  # noqa: E731
+    w("## Managers")
+    w("")
+    w("A server process holds the objects; the client is this process (a child for the queue's producer). "
+      "Local: corral's abstract Unix socket, CPython's `Manager()` socket. Remote: loopback TCP, "
+      "a registered dict. Medians.")
+    w("")
+    w("| figure | corral | CPython | CPython / corral |")
+    w("|---|---|---|---|")
+    rows = [
+        ("dict `d[k] = v`", "dict set", "us"),
+        ("dict `d[k]`", "dict get", "us"),
+        ("list `append`", "list append", "us"),
+        ("lock acquire + release (2 calls)", "lock acquire+release", "us"),
+        ("queue put + get, same process (2 calls)", "queue put+get", "us"),
+        ("new dict proxy (create, drop)", "new dict proxy", "us"),
+        ("remote: connect + authenticate + first call", "remote connect+first call (TCP)", "us"),
+        ("remote: new proxy + first call", "remote new proxy (TCP)", "us"),
+        ("remote: a call", "remote call (TCP)", "us"),
+    ]
+    for label, key, unit in rows:
+        cv, pv = c(key), p(key)
+        rel = f"{pv / cv:.1f}×" if cv and pv else "n/a"
+        w(f"| {label} | {fmt(cv, unit)} | {fmt(pv, unit)} | {rel} |")
+    cq, pq = c("queue child put -> get"), p("queue child put -> get")
+    rel = f"{cq / pq:.1f}×" if cq and pq else "n/a"
+    w(f"| queue: a child puts, this process gets | {fmt(cq, 'items/s')} | {fmt(pq, 'items/s')} | {rel} (corral / CPython) |")
+    w("")
+    w("### Targets (issue #11)")
+    w("")
+    w("| target | figure | verdict |")
+    w("|---|---|---|")
+    cs, ps = c("dict set"), p("dict set")
+    if cs:
+        w(f"| a call ≤ 5 µs | {fmt(cs, 'us')} | {verdict(cs <= 5)} |")
+    if cs and ps:
+        w(f"| a call ≥ 10× faster than CPython's | {ps / cs:.1f}× | {verdict(ps >= 10 * cs)} |")
+    if cq and pq:
+        w(f"| manager queue ≥ 10× CPython's msgs/s | {cq / pq:.1f}× | {verdict(cq >= 10 * pq)} |")
+    rp = c("remote new proxy (TCP)")
+    if rp:
+        w(f"| a new remote proxy ≤ 1 ms | {fmt(rp, 'us')} | {verdict(rp <= 1000)} |")
     w("")
 
 

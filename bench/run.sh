@@ -31,5 +31,7 @@ out=bench/out/results.jsonl
 "$python" bench/python/queue_bench.py | tee -a "$out"
 ./target/release/corral-bench connection | tee -a "$out"
 "$python" bench/python/connection_bench.py | tee -a "$out"
+./target/release/corral-bench manager | tee -a "$out"
+"$python" bench/python/manager_bench.py | tee -a "$out"
 "$python" bench/report.py "$out" > bench/RESULTS.md
 echo "wrote bench/RESULTS.md"

@@ -35,7 +35,9 @@ fn producer((q, count): (Queue<u64>, u64)) {
 fn first_contact((address, key): (String, Vec<u8>)) -> f64 {
     let t = Instant::now();
     let m = Manager::connect(address.as_str(), &key).expect("connect");
-    let d = m.registered::<Dict<String, u64>>("get_dict").expect("proxy");
+    let d = m
+        .registered::<Dict<String, u64>>("get_dict")
+        .expect("proxy");
     d.insert("k".into(), 1).expect("call");
     micros(t.elapsed())
 }
@@ -65,7 +67,9 @@ pub(crate) fn run(n: impl Fn(usize) -> usize) {
     let lock = m.lock().expect("lock");
     emit(
         "corral manager lock acquire+release",
-        per_call(n(10_000), || lock.acquire().expect("acquire").release().expect("release")),
+        per_call(n(10_000), || {
+            lock.acquire().expect("acquire").release().expect("release")
+        }),
         "us",
     );
     let q = m.queue::<u64>().expect("queue");
@@ -85,7 +89,11 @@ pub(crate) fn run(n: impl Fn(usize) -> usize) {
     }
     let secs = t.elapsed().as_secs_f64();
     child.join().expect("producer");
-    emit("corral manager queue child put -> get", count as f64 / secs, "items/s");
+    emit(
+        "corral manager queue child put -> get",
+        count as f64 / secs,
+        "items/s",
+    );
     emit(
         "corral manager new dict proxy",
         per_call(n(5_000), || drop(m.dict::<u64, u64>().expect("dict"))),
@@ -101,11 +109,16 @@ pub(crate) fn run(n: impl Fn(usize) -> usize) {
     let address = remote.address().to_string();
     let samples: Vec<f64> = (0..n(50).max(5))
         .map(|_| {
-            let child = corral::spawn(first_contact, (address.clone(), key.clone())).expect("spawn");
+            let child =
+                corral::spawn(first_contact, (address.clone(), key.clone())).expect("spawn");
             child.join().expect("first contact")
         })
         .collect();
-    emit("corral manager remote connect+first call (TCP)", median(samples), "us");
+    emit(
+        "corral manager remote connect+first call (TCP)",
+        median(samples),
+        "us",
+    );
     let client = Manager::connect(address.as_str(), &key).expect("connect");
     emit(
         "corral manager remote new proxy (TCP)",
@@ -115,7 +128,9 @@ pub(crate) fn run(n: impl Fn(usize) -> usize) {
         }),
         "us",
     );
-    let d = client.registered::<Dict<String, u64>>("get_dict").expect("proxy");
+    let d = client
+        .registered::<Dict<String, u64>>("get_dict")
+        .expect("proxy");
     emit(
         "corral manager remote call (TCP)",
         per_call(n(10_000), || d.insert("k".into(), 1).expect("set")),

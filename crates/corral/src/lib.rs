@@ -248,6 +248,34 @@
 //! assert_eq!(conn.recv::<u64>().unwrap(), 42);
 //! ```
 //!
+//! ## Managers
+//!
+//! A [`manager::Manager`] is a server process holding dicts, lists,
+//! queues, values, locks, events, barriers and namespaces that any process
+//! reaches through proxies — children of every start method, pool tasks,
+//! programs on other hosts, and stock Python clients. A dead manager is an
+//! error at once, never a hang; a restarted one is reconnected; a dead
+//! client's objects are freed; `d[k] += 1` has an atomic form.
+//!
+//! ```no_run
+//! use corral::manager::{List, Manager};
+//!
+//! fn record((results, x): (List<u64>, u64)) {
+//!     results.push(x * x).unwrap();
+//! }
+//!
+//! fn main() {
+//!     corral::init();
+//!     let manager = Manager::start().unwrap();
+//!     let results = manager.list::<u64>().unwrap();
+//!     let pool = corral::Pool::new(2).unwrap();
+//!     pool.map(record, (0..8).map(|x| (results.clone(), x))).unwrap();
+//!     let hits = manager.dict::<String, u64>().unwrap();
+//!     hits.add("runs".into(), 1).unwrap(); // atomic, unlike Python's d[k] += 1
+//!     assert_eq!(results.len().unwrap(), 8);
+//! }
+//! ```
+//!
 //! ## Lifetimes: no zombies, no orphans
 //!
 //! * Every child is reaped: by [`Child::join`], or, for a dropped handle, at

@@ -66,6 +66,7 @@
 
 mod client;
 mod error;
+mod guard;
 pub(crate) mod protocol;
 mod proxy;
 pub(crate) mod server;
@@ -123,10 +124,11 @@ impl fmt::Debug for Manager {
 ///
 /// ```no_run
 /// use corral::manager::{Kind, Manager};
-/// let manager = Manager::builder()
+/// let mut manager = Manager::builder()
 ///     .register("get_config", Kind::Dict)
 ///     .serve("127.0.0.1:50000", b"secret")
 ///     .unwrap();
+/// manager.wait(); // serve until killed
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct ManagerBuilder {
@@ -288,6 +290,7 @@ impl Manager {
     /// ```no_run
     /// let manager = corral::manager::Manager::connect("127.0.0.1:50000", b"secret").unwrap();
     /// let config = manager.registered::<corral::manager::Dict<String, String>>("get_config").unwrap();
+    /// println!("{:?}", config.get(&"mode".into()).unwrap());
     /// ```
     ///
     /// # Errors

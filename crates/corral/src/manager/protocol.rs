@@ -86,20 +86,20 @@ impl Kind {
 
     /// Every kind.
     pub(crate) const ALL: [Kind; 13] = [
-            Kind::Dict,
-            Kind::List,
-            Kind::Queue,
-            Kind::JoinableQueue,
-            Kind::Value,
-            Kind::Lock,
-            Kind::RLock,
-            Kind::Semaphore,
-            Kind::BoundedSemaphore,
-            Kind::Condition,
-            Kind::Event,
-            Kind::Barrier,
-            Kind::Namespace,
-        ];
+        Kind::Dict,
+        Kind::List,
+        Kind::Queue,
+        Kind::JoinableQueue,
+        Kind::Value,
+        Kind::Lock,
+        Kind::RLock,
+        Kind::Semaphore,
+        Kind::BoundedSemaphore,
+        Kind::Condition,
+        Kind::Event,
+        Kind::Barrier,
+        Kind::Namespace,
+    ];
 
     /// The methods a Python `AutoProxy` gets (the `exposed` tuple); the
     /// server answers every method of the kind whatever the proxy class.
@@ -212,6 +212,7 @@ pub(crate) fn decoding() -> bool {
 /// that (found by the fuzz target): a peer's pickle must not take the
 /// server down, so such a panic is caught and refused like any bad input.
 fn decode_plain(frame: &[u8]) -> Result<Value, String> {
+    super::guard::check(frame)?;
     DECODING.with(|d| d.set(true));
     let decoded = std::panic::catch_unwind(|| serde_pickle::value_from_slice(frame, strict()));
     DECODING.with(|d| d.set(false));
@@ -495,6 +496,13 @@ mod tests {
         let frame = include_bytes!("../../fuzz/regressions/manager_request-unordered-set");
         assert!(decode_request(frame).is_err());
         assert!(!decoding());
+    }
+
+    #[test]
+    fn a_request_that_would_decode_into_gigabytes_is_refused() {
+        // Found by the fuzz target: DUP and TUPLE2 doubling a tuple.
+        let frame = include_bytes!("../../fuzz/regressions/manager_request-duplicating-tuple");
+        assert!(decode_request(frame).is_err());
     }
 
     #[test]

@@ -562,8 +562,9 @@ proxy! {
     /// ```no_run
     /// let manager = corral::manager::Manager::start().unwrap();
     /// let lock = manager.rlock().unwrap();
-    /// let a = lock.acquire().unwrap();
-    /// let b = lock.acquire().unwrap(); // same thread: fine
+    /// let outer = lock.acquire().unwrap();
+    /// let inner = lock.acquire().unwrap(); // same thread: fine
+    /// drop((inner, outer));
     /// ```
     RLock<> = Kind::RLock
 }

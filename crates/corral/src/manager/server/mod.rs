@@ -39,6 +39,11 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 const HEARTBEAT: Duration = Duration::from_millis(500);
 /// How long a pin outlives the connection that left it.
 pub(crate) const GRACE: Duration = Duration::from_secs(10);
+/// How long the loop keeps polling (instead of sleeping) after its last
+/// event: a client's next call usually follows within microseconds, and
+/// a sleeping server costs a 35-60 µs wake-up on small VMs. An idle server
+/// sleeps.
+const SPIN: Duration = Duration::from_micros(50);
 /// Bytes a client may leave unread before it is dropped.
 const MAX_UNREAD: usize = 256 << 20;
 const LISTENER: u64 = u64::MAX;
@@ -112,6 +117,8 @@ struct Server {
     /// Tells this server from an earlier one at the same address.
     instance: u64,
     last_beat: Instant,
+    /// When the loop last had something to do.
+    last_active: Instant,
     stop: bool,
 }
 
@@ -162,6 +169,7 @@ impl Server {
             grace: Vec::new(),
             instance: u64::from_ne_bytes(instance) >> 1,
             last_beat: Instant::now(),
+            last_active: Instant::now(),
             stop: false,
         })
     }
@@ -169,9 +177,13 @@ impl Server {
     /// One turn of the loop: wait for events or the next deadline, handle
     /// them, expire what is due.
     fn turn(&mut self) -> Result<(), Error> {
-        let timeout = self
-            .next_deadline()
-            .map(|d| d.saturating_duration_since(Instant::now()));
+        let now = Instant::now();
+        let timeout = if now.duration_since(self.last_active) < SPIN {
+            Some(Duration::ZERO)
+        } else {
+            self.next_deadline()
+                .map(|d| d.saturating_duration_since(now))
+        };
         let ts = timeout.map(|t| rustix::time::Timespec {
             tv_sec: t.as_secs() as i64,
             tv_nsec: i64::from(t.subsec_nanos()),
@@ -184,6 +196,9 @@ impl Server {
         ) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(io_err("waiting for clients")(e)),
+        }
+        if !events.is_empty() {
+            self.last_active = Instant::now();
         }
         for ev in events {
             let key = ev.data.u64();

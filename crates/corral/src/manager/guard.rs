@@ -1,0 +1,280 @@
+//! A scan of a pickle before it is decoded, refusing the ones that would
+//! decode into far more than they weigh.
+//!
+//! serde-pickle copies a value each time the pickle refers to it again
+//! (`DUP`, the memo's `GET`s): a 2 KiB request that duplicates a tuple into
+//! itself thirty times decodes into gigabytes (found by the fuzz target).
+//! This scan runs the pickle's stack without building anything, tracking
+//! only whether each entry is a container: a second reference to a
+//! container is refused, and the bytes copied by references to scalars are
+//! bounded. CPython's pickler never emits `DUP`, and refers back to an
+//! object only when the same object appears twice, so plain requests pass.
+
+/// What a stack entry is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// A mark (`MARK`).
+    Mark,
+    /// A scalar of this many bytes.
+    Scalar(usize),
+    /// A list, tuple, dict, set or object.
+    Container,
+}
+
+/// Bytes that references to scalars may copy, beyond the pickle's own.
+const COPY_BUDGET: usize = 1 << 20;
+
+fn refuse<T>(why: &str) -> Result<T, String> {
+    Err(why.to_owned())
+}
+
+/// Reads `n` argument bytes at `at`.
+fn take(data: &[u8], at: &mut usize, n: usize) -> Result<usize, String> {
+    let start = *at;
+    let end = start.checked_add(n).filter(|&e| e <= data.len());
+    match end {
+        Some(end) => {
+            *at = end;
+            Ok(start)
+        }
+        None => refuse("a truncated pickle"),
+    }
+}
+
+/// A little-endian length of `n` bytes at `at`, then that many bytes.
+fn counted(data: &[u8], at: &mut usize, n: usize) -> Result<usize, String> {
+    let start = take(data, at, n)?;
+    let mut len = 0usize;
+    for (i, b) in data[start..start + n].iter().enumerate() {
+        if i >= 8 {
+            break;
+        }
+        len |= (*b as usize).checked_shl(8 * i as u32).unwrap_or(0);
+    }
+    take(data, at, len)?;
+    Ok(len)
+}
+
+/// Skips to the end of a newline-terminated argument; its length.
+fn line(data: &[u8], at: &mut usize) -> Result<usize, String> {
+    let rest = &data[*at..];
+    let n = rest
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| "a truncated pickle".to_owned())?;
+    *at += n + 1;
+    Ok(n)
+}
+
+/// A memo index argument of `n` bytes (or a decimal line for `n == 0`).
+fn index(data: &[u8], at: &mut usize, n: usize) -> Result<u64, String> {
+    if n == 0 {
+        let start = *at;
+        let len = line(data, at)?;
+        return std::str::from_utf8(&data[start..start + len])
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| "a bad memo index".to_owned());
+    }
+    let start = take(data, at, n)?;
+    Ok(data[start..start + n]
+        .iter()
+        .rev()
+        .fold(0u64, |v, b| (v << 8) | u64::from(*b)))
+}
+
+struct Machine {
+    stack: Vec<Slot>,
+    memo: std::collections::HashMap<u64, Slot>,
+    copied: usize,
+}
+
+impl Machine {
+    fn pop(&mut self) -> Result<Slot, String> {
+        match self.stack.pop() {
+            Some(Slot::Mark) | None => refuse("a pickle whose stack runs out"),
+            Some(s) => Ok(s),
+        }
+    }
+
+    fn pop_n(&mut self, n: usize) -> Result<(), String> {
+        (0..n).try_for_each(|_| self.pop().map(|_| ()))
+    }
+
+    /// Pops down to and including the last mark.
+    fn pop_mark(&mut self) -> Result<(), String> {
+        loop {
+            match self.stack.pop() {
+                Some(Slot::Mark) => return Ok(()),
+                Some(_) => {}
+                None => return refuse("a pickle without its mark"),
+            }
+        }
+    }
+
+    /// Pushes a second reference to `slot`.
+    fn again(&mut self, slot: Slot) -> Result<(), String> {
+        match slot {
+            Slot::Scalar(n) => {
+                self.copied += n;
+                if self.copied > COPY_BUDGET {
+                    return refuse("a pickle repeating its strings beyond 1 MiB");
+                }
+                self.stack.push(slot);
+                Ok(())
+            }
+            _ => refuse(
+                "a pickle holding the same list, tuple or dict twice (shared references are refused: they would be copied)",
+            ),
+        }
+    }
+
+    fn top(&self) -> Result<Slot, String> {
+        match self.stack.last() {
+            Some(Slot::Mark) | None => refuse("a pickle memoizing nothing"),
+            Some(s) => Ok(*s),
+        }
+    }
+}
+
+/// `Ok` if decoding `data` cannot blow up; why not otherwise.
+pub(crate) fn check(data: &[u8]) -> Result<(), String> {
+    let mut m = Machine {
+        stack: Vec::new(),
+        memo: std::collections::HashMap::new(),
+        copied: 0,
+    };
+    let mut at = 0;
+    while at < data.len() {
+        let op = data[at];
+        at += 1;
+        let scalar = |n: usize| Slot::Scalar(n);
+        match op {
+            b'.' => return Ok(()),
+            b'(' => m.stack.push(Slot::Mark),
+            b'0' => m.pop_n(1)?,
+            b'1' => m.pop_mark()?,
+            b'2' => {
+                let top = m.top()?;
+                m.again(top)?;
+            }
+            b'F' | b'I' | b'L' | b'S' | b'V' => {
+                let n = line(data, &mut at)?;
+                m.stack.push(scalar(n));
+            }
+            b'J' => m.stack.push(scalar(take(data, &mut at, 4).map(|_| 4)?)),
+            b'K' => m.stack.push(scalar(take(data, &mut at, 1).map(|_| 1)?)),
+            b'M' => m.stack.push(scalar(take(data, &mut at, 2).map(|_| 2)?)),
+            b'G' => m.stack.push(scalar(take(data, &mut at, 8).map(|_| 8)?)),
+            b'N' | 0x88 | 0x89 => m.stack.push(scalar(1)),
+            b'T' | b'X' | b'B' => m.stack.push(scalar(counted(data, &mut at, 4)?)),
+            b'U' | b'C' | 0x8c | 0x8a => m.stack.push(scalar(counted(data, &mut at, 1)?)),
+            0x8b => m.stack.push(scalar(counted(data, &mut at, 4)?)),
+            0x8d | 0x8e | 0x96 => m.stack.push(scalar(counted(data, &mut at, 8)?)),
+            b'}' | b']' | b')' | 0x8f => m.stack.push(Slot::Container),
+            b'a' => m.pop_n(1)?,
+            b's' => m.pop_n(2)?,
+            b'e' | b'u' | 0x90 => m.pop_mark()?,
+            b't' | b'l' | b'd' | 0x91 | b'o' => {
+                m.pop_mark()?;
+                m.stack.push(Slot::Container);
+            }
+            b'i' => {
+                line(data, &mut at)?;
+                line(data, &mut at)?;
+                m.pop_mark()?;
+                m.stack.push(Slot::Container);
+            }
+            0x85 | 0x86 | 0x87 => {
+                m.pop_n(usize::from(op - 0x84))?;
+                m.stack.push(Slot::Container);
+            }
+            b'c' => {
+                line(data, &mut at)?;
+                line(data, &mut at)?;
+                m.stack.push(Slot::Container);
+            }
+            b'R' | 0x81 | 0x93 => {
+                m.pop_n(2)?;
+                m.stack.push(Slot::Container);
+            }
+            0x92 => {
+                m.pop_n(3)?;
+                m.stack.push(Slot::Container);
+            }
+            b'b' => m.pop_n(1)?,
+            b'P' => {
+                line(data, &mut at)?;
+                m.stack.push(Slot::Container);
+            }
+            b'Q' | 0x98 => {
+                m.pop_n(1)?;
+                m.stack.push(Slot::Container);
+            }
+            0x97 => m.stack.push(Slot::Container),
+            0x82 => m
+                .stack
+                .push(take(data, &mut at, 1).map(|_| Slot::Container)?),
+            0x83 => m
+                .stack
+                .push(take(data, &mut at, 2).map(|_| Slot::Container)?),
+            0x84 => m
+                .stack
+                .push(take(data, &mut at, 4).map(|_| Slot::Container)?),
+            0x80 => {
+                take(data, &mut at, 1)?;
+            }
+            0x95 => {
+                take(data, &mut at, 8)?;
+            }
+            b'g' | b'h' | b'j' => {
+                let width = match op {
+                    b'g' => 0,
+                    b'h' => 1,
+                    _ => 4,
+                };
+                let i = index(data, &mut at, width)?;
+                let slot = *m
+                    .memo
+                    .get(&i)
+                    .ok_or_else(|| "a pickle reading an empty memo slot".to_owned())?;
+                m.again(slot)?;
+            }
+            b'p' | b'q' | b'r' | 0x94 => {
+                let i = match op {
+                    b'p' => index(data, &mut at, 0)?,
+                    b'q' => index(data, &mut at, 1)?,
+                    b'r' => index(data, &mut at, 4)?,
+                    _ => m.memo.len() as u64,
+                };
+                let top = m.top()?;
+                m.memo.insert(i, top);
+            }
+            _ => return refuse("an unknown pickle opcode"),
+        }
+    }
+    refuse("a pickle without its STOP")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_self_duplicating_tuple_is_refused() {
+        // PROTO 2, NONE, then 40 × (DUP, TUPLE2): 2^40 Nones once decoded.
+        let mut p = vec![0x80, 2, b'N'];
+        for _ in 0..40 {
+            p.extend_from_slice(&[b'2', 0x86]);
+        }
+        p.push(b'.');
+        assert!(check(&p).is_err());
+    }
+
+    #[test]
+    fn plain_requests_pass() {
+        // pickle.dumps((None, 'dummy', (), {}), protocol=4)
+        let p = b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00(N\x8c\x05dummy\x94)}\x94t\x94.";
+        assert_eq!(check(p), Ok(()));
+    }
+}
