@@ -185,7 +185,7 @@ pub(crate) fn check(data: &[u8]) -> Result<(), String> {
                 m.pop_mark()?;
                 m.stack.push(Slot::Container);
             }
-            0x85 | 0x86 | 0x87 => {
+            0x85..=0x87 => {
                 m.pop_n(usize::from(op - 0x84))?;
                 m.stack.push(Slot::Container);
             }
