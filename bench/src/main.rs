@@ -358,6 +358,6 @@ fn main() {
         connection::run(n);
     }
     if what == "manager" || what == "all" {
-        manager::run(&n);
+        manager::run(n);
     }
 }
