@@ -413,7 +413,17 @@ fn a_stopped_manager_is_an_error_not_a_hang() {
     // SAFETY: kill has no memory-safety preconditions.
     #[allow(unsafe_code)]
     let stop = |sig| unsafe { libc::kill(pid as i32, sig) };
+    let d = m
+        .dict::<u32, u32>()
+        .unwrap()
+        .with_timeout(Duration::from_millis(200));
     stop(libc::SIGSTOP);
+    // The timeout form ends at its timeout.
+    let t = Instant::now();
+    let r = within(Duration::from_secs(20), move || d.insert(1, 1));
+    assert!(matches!(r, Err(ManagerError::Timeout(_))), "{r:?}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    // A call without one ends when the heartbeats stop coming.
     let t = Instant::now();
     let r = within(Duration::from_secs(20), move || q.get());
     stop(libc::SIGCONT);

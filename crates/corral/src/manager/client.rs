@@ -386,12 +386,18 @@ impl Link {
         }
     }
 
-    /// Posts to the current session if it is this process's and of
-    /// `instance`; whether it did.
+    /// The current session if it is this process's and alive (never
+    /// connects: for posts from `Drop`, which must not wait).
+    pub(crate) fn live_session(&self) -> Option<Arc<Session>> {
+        lock(&self.session)
+            .clone()
+            .filter(|s| s.pid == std::process::id() && !s.dead())
+    }
+
+    /// Posts to the live session if it is of `instance`; whether it did.
     fn post_if_live(&self, instance: u64, id: u64, method: &str) -> bool {
-        let session = lock(&self.session).clone();
-        match session {
-            Some(s) if s.pid == std::process::id() && s.instance == instance && !s.dead() => {
+        match self.live_session() {
+            Some(s) if s.instance == instance => {
                 s.post(None, method, vec![Value::String(protocol::ident(id))]);
                 true
             }

@@ -186,10 +186,12 @@ impl Handle {
         self.call_for(method, args, timeout.map(|t| t + LIVENESS))
     }
 
-    /// Sends `method` wanting no reply.
+    /// Sends `method` wanting no reply, on the live session only (from
+    /// `Drop`: a dead manager took the object's state with it).
     pub(crate) fn post(&self, method: &str, args: Vec<Value>) {
-        if let Ok(session) = self.link.session()
-            && let Ok(id) = self.current(session.instance)
+        let (instance, id) = *self.target.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(session) = self.link.live_session()
+            && session.instance == instance
         {
             session.post(Some(id), method, args);
         }
