@@ -176,23 +176,21 @@ impl Stream {
         }
     }
 
-    /// Runs `shake` under the handshake timeout, then hands the socket over
-    /// as a [`Connection`].
+    /// Runs `shake` under the handshake timeout, then hands the socket over.
     fn authenticate(
         mut self,
         timeout: Duration,
         shake: impl FnOnce(&mut Stream) -> Result<(), Error>,
-    ) -> Result<Connection, Error> {
+    ) -> Result<OwnedFd, Error> {
         self.set_timeout(Some(timeout).filter(|t| !t.is_zero()))
             .map_err(Error::io("setting the handshake timeout"))?;
         shake(&mut self)?;
         self.set_timeout(None)
             .map_err(Error::io("clearing the handshake timeout"))?;
-        let fd: OwnedFd = match self {
+        Ok(match self {
             Stream::Tcp(s) => s.into(),
             Stream::Unix(s) => s.into(),
-        };
-        Ok(Connection::from(fd))
+        })
     }
 }
 
@@ -411,10 +409,12 @@ impl Listener {
             }
         };
         let (key, policy) = (&self.authkey, self.policy);
-        stream.authenticate(self.timeout, |s| {
-            deliver_challenge(s, key, policy)?;
-            answer_challenge(s, key, policy)
-        })
+        stream
+            .authenticate(self.timeout, |s| {
+                deliver_challenge(s, key, policy)?;
+                answer_challenge(s, key, policy)
+            })
+            .map(Connection::from)
     }
 }
 
@@ -479,6 +479,11 @@ impl<A: ToAddress> Client<A> {
     /// [`Error::Authentication`] if the keys differ or the peer speaks no
     /// digest this side accepts.
     pub fn connect(self) -> Result<Connection, Error> {
+        self.connect_socket().map(Connection::from)
+    }
+
+    /// Connects and authenticates; the bare socket (blocking).
+    pub(crate) fn connect_socket(self) -> Result<OwnedFd, Error> {
         let limit = Some(self.timeout).filter(|t| !t.is_zero());
         let address = self.address.to_address()?;
         let is_tcp = matches!(address, Address::Tcp(_));

@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 use serde_pickle::Value;
 
 use super::error::ManagerError;
+use super::frames::FrameBuf;
 use super::protocol::{self, Answer};
 use crate::connection::{Address, Client};
-use crate::{Connection, RecvError};
+use crate::sys;
 
 /// How long a waiting call goes without hearing from the server before
 /// the server is declared stopped (it sends a heartbeat every 0.5 s while a
@@ -31,9 +32,22 @@ pub(crate) const LIVENESS: Duration = Duration::from_secs(3);
 const CONNECT: Duration = Duration::from_secs(5);
 /// How long a reader reads before looking at the others' deadlines.
 const SLICE: Duration = Duration::from_millis(250);
+/// How long a reader polls for a reply before sleeping: replies usually
+/// come within microseconds, and a wake-up costs 35-60 µs on small VMs.
+const SPIN: Duration = Duration::from_micros(100);
+/// The largest reply read.
+const MAX_REPLY: u64 = 1 << 32;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// This process's pid, read once per process (corral's forks start a new
+/// generation of process globals): compared on every call to tell a
+/// session inherited across a fork.
+fn current_pid() -> u32 {
+    static PID: sys::ForkLocal<u32> = sys::ForkLocal::new(std::process::id);
+    *PID.get()
 }
 
 /// A number for the calling thread: the owner of locks it takes.
@@ -58,14 +72,27 @@ struct Inbox {
     waiting: HashSet<u64>,
     /// A thread is reading the connection.
     reading: bool,
+    /// Threads asleep on the bell.
+    sleepers: usize,
     /// Why the session ended, once it has.
     dead: Option<String>,
     last_heard: Instant,
 }
 
+/// Why a read gave no frame.
+enum ReadError {
+    Timeout,
+    Closed,
+    Broken(String),
+}
+
 /// One authenticated connection to one server instance.
 pub(crate) struct Session {
-    conn: Connection,
+    /// The socket (non-blocking).
+    fd: std::os::fd::OwnedFd,
+    /// Replies read so far (only the reading thread touches it).
+    rx: Mutex<FrameBuf>,
+    tx: Mutex<()>,
     pid: u32,
     pub(crate) instance: u64,
     inbox: Mutex<Inbox>,
@@ -73,6 +100,60 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// Writes one frame whole (waiting for room if the socket is full).
+    fn send_frame(&self, body: &[u8]) -> std::io::Result<()> {
+        use std::os::fd::AsFd;
+        let (header, n) = crate::wire::encode_header(body.len() as u64);
+        let mut frame = Vec::with_capacity(n + body.len());
+        frame.extend_from_slice(&header[..n]);
+        frame.extend_from_slice(body);
+        let _guard = lock(&self.tx);
+        let mut sent = 0;
+        while sent < frame.len() {
+            match rustix::io::write(&self.fd, &frame[sent..]) {
+                Ok(k) => sent += k,
+                Err(rustix::io::Errno::AGAIN) => sys::poll_writable(self.fd.as_fd())?,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one frame, waiting at most `limit`: polls a little first,
+    /// then sleeps in `poll`.
+    fn recv_frame(&self, limit: Duration) -> Result<Vec<u8>, ReadError> {
+        use std::os::fd::AsFd;
+        let start = Instant::now();
+        let mut rx = lock(&self.rx);
+        loop {
+            match rx.next_frame() {
+                Ok(Some(frame)) => return Ok(frame),
+                Ok(None) => {}
+                Err(e) => return Err(ReadError::Broken(e.to_string())),
+            }
+            match rx.fill(self.fd.as_fd()) {
+                Ok(0) => return Err(ReadError::Closed),
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(ReadError::Broken(e.to_string())),
+            }
+            let waited = start.elapsed();
+            if waited >= limit {
+                return Err(ReadError::Timeout);
+            }
+            if waited < SPIN {
+                // Polling, but yielding the core: with more runnable
+                // processes than cores (a server, a producer, a consumer on
+                // two), a pure spin would keep the server from answering.
+                std::thread::yield_now();
+                continue;
+            }
+            sys::poll_readable(&[self.fd.as_fd()], Some(limit - waited))
+                .map_err(|e| ReadError::Broken(e.to_string()))?;
+        }
+    }
+
     fn dead(&self) -> bool {
         lock(&self.inbox).dead.is_some()
     }
@@ -80,7 +161,7 @@ impl Session {
     /// Sends a request wanting no reply (ordered before later calls).
     pub(crate) fn post(&self, ident: Option<u64>, method: &str, args: Vec<Value>) {
         let frame = protocol::encode_request(ident, method, args, 0, thread_token());
-        if self.conn.send_bytes(&frame).is_err() {
+        if self.send_frame(&frame).is_err() {
             self.kill("the connection broke".into());
         }
     }
@@ -100,7 +181,7 @@ impl Session {
     ) -> Result<Answer, Result<Duration, String>> {
         let sent = Instant::now();
         lock(&self.inbox).waiting.insert(call);
-        if self.conn.send_bytes(frame).is_err() {
+        if self.send_frame(frame).is_err() {
             self.kill("the connection broke".into());
         }
         let answer = self.wait(call, sent, deadline);
@@ -139,25 +220,30 @@ impl Session {
             }
             let slice = deadline.map_or(SLICE, |d| d.saturating_duration_since(now).min(SLICE));
             if inbox.reading {
+                inbox.sleepers += 1;
                 inbox = self
                     .bell
                     .wait_timeout(inbox, slice)
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
+                inbox.sleepers -= 1;
                 continue;
             }
             inbox.reading = true;
             drop(inbox);
-            let got = self.conn.recv_bytes_timeout(slice);
+            let got = self.recv_frame(slice);
             inbox = lock(&self.inbox);
             inbox.reading = false;
             self.file(&mut inbox, got);
-            self.bell.notify_all();
+            // A futex call only when someone sleeps on the bell.
+            if inbox.sleepers > 0 {
+                self.bell.notify_all();
+            }
         }
     }
 
     /// Files what a read brought.
-    fn file(&self, inbox: &mut Inbox, got: Result<Vec<u8>, RecvError>) {
+    fn file(&self, inbox: &mut Inbox, got: Result<Vec<u8>, ReadError>) {
         match got {
             Ok(frame) => {
                 inbox.last_heard = Instant::now();
@@ -173,14 +259,14 @@ impl Session {
                     }
                 }
             }
-            Err(RecvError::Timeout) => {}
-            Err(RecvError::Disconnected) => {
+            Err(ReadError::Timeout) => {}
+            Err(ReadError::Closed) => {
                 inbox
                     .dead
                     .get_or_insert("the manager closed the connection (it died?)".into());
             }
-            Err(e) => {
-                inbox.dead.get_or_insert(e.to_string());
+            Err(ReadError::Broken(why)) => {
+                inbox.dead.get_or_insert(why);
             }
         }
     }
@@ -236,7 +322,7 @@ impl Link {
     pub(crate) fn session(&self) -> Result<Arc<Session>, ManagerError> {
         let mut slot = lock(&self.session);
         if let Some(s) = slot.as_ref()
-            && s.pid == std::process::id()
+            && s.pid == current_pid()
             && !s.dead()
         {
             return Ok(s.clone());
@@ -244,7 +330,7 @@ impl Link {
         match slot.take() {
             // Inherited across a fork: the descriptor is the parent's (or
             // already closed by the child's start); never close it here.
-            Some(s) if s.pid != std::process::id() => std::mem::forget(s),
+            Some(s) if s.pid != current_pid() => std::mem::forget(s),
             _ => {}
         }
         let session = Arc::new(self.connect()?);
@@ -262,21 +348,28 @@ impl Link {
     }
 
     fn connect(&self) -> Result<Session, ManagerError> {
-        let conn = Client::new(self.address.clone(), &self.authkey)
+        let fd = Client::new(self.address.clone(), &self.authkey)
             .timeout(CONNECT)
-            .connect()
+            .connect_socket()
             .map_err(|e| match e {
                 crate::Error::Authentication(_) => ManagerError::Corral(e),
                 other => self.unreachable(other.to_string()),
             })?;
+        {
+            use std::os::fd::AsFd;
+            sys::set_nonblocking(fd.as_fd(), true).map_err(|e| self.unreachable(e.to_string()))?;
+        }
         let session = Session {
-            conn,
-            pid: std::process::id(),
+            fd,
+            rx: Mutex::new(FrameBuf::new(MAX_REPLY)),
+            tx: Mutex::new(()),
+            pid: current_pid(),
             instance: 0,
             inbox: Mutex::new(Inbox {
                 replies: HashMap::new(),
                 waiting: HashSet::new(),
                 reading: false,
+                sleepers: 0,
                 dead: None,
                 last_heard: Instant::now(),
             }),
@@ -391,7 +484,7 @@ impl Link {
     pub(crate) fn live_session(&self) -> Option<Arc<Session>> {
         lock(&self.session)
             .clone()
-            .filter(|s| s.pid == std::process::id() && !s.dead())
+            .filter(|s| s.pid == current_pid() && !s.dead())
     }
 
     /// Posts to the live session if it is of `instance`; whether it did.

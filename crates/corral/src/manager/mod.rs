@@ -66,6 +66,7 @@
 
 mod client;
 mod error;
+mod frames;
 mod guard;
 pub(crate) mod protocol;
 mod proxy;

@@ -26,9 +26,9 @@ use serde_pickle::Value;
 use crate::Error;
 use crate::connection::Socket;
 use crate::connection::auth::{self, Challenge, Policy};
+use crate::manager::frames::FrameBuf;
 use crate::manager::protocol::{self, Exc, Kind, Reply, Request};
-use crate::sys;
-use crate::wire::{FrameReader, Progress, encode_header};
+use crate::wire::encode_header;
 
 use objects::{Args, Ctx, Owner, Step, Ticket};
 use table::Table;
@@ -76,7 +76,7 @@ enum Phase {
 
 struct Conn {
     fd: OwnedFd,
-    reader: FrameReader,
+    frames: FrameBuf,
     out: Vec<u8>,
     phase: Phase,
     opened: Instant,
@@ -272,7 +272,7 @@ impl Server {
             id,
             Conn {
                 fd,
-                reader: FrameReader::new(auth::MAX_HANDSHAKE_FRAME as u64),
+                frames: FrameBuf::new(auth::MAX_HANDSHAKE_FRAME as u64),
                 out: Vec::new(),
                 phase: Phase::AwaitAnswer(challenge),
                 opened: Instant::now(),
@@ -305,12 +305,29 @@ impl Server {
             let Some(conn) = self.conns.get_mut(&id) else {
                 return;
             };
-            let fd = conn.fd.as_fd();
-            match conn.reader.read_with(|buf| sys::read(fd, buf)) {
-                Ok(Progress::Frame(frame)) => self.on_frame(id, frame),
-                Ok(Progress::Pending) => return,
-                // The end, a torn frame, a hostile length: this peer only.
-                Ok(Progress::Eof) | Err(_) => return self.close(id),
+            let filled = conn.frames.fill(conn.fd.as_fd());
+            let more = match filled {
+                Ok(n) => conn.frames.was_full(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(_) => return self.close(id),
+            };
+            // Every whole frame, even when the peer has closed after it.
+            loop {
+                let Some(conn) = self.conns.get_mut(&id) else {
+                    return;
+                };
+                match conn.frames.next_frame() {
+                    Ok(Some(frame)) => self.on_frame(id, frame),
+                    Ok(None) => break,
+                    // A hostile length: this peer only.
+                    Err(_) => return self.close(id),
+                }
+            }
+            if matches!(filled, Ok(0)) {
+                return self.close(id);
+            }
+            if !more {
+                return;
             }
         }
     }
@@ -380,7 +397,7 @@ impl Server {
                 Err(_) => return self.close(id),
             },
             Phase::AwaitWelcome if frame == auth::WELCOME => {
-                conn.reader = FrameReader::new(self.cfg.max_frame);
+                conn.frames.set_max(self.cfg.max_frame);
                 conn.phase = Phase::Ready;
                 return;
             }
