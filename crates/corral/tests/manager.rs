@@ -693,3 +693,116 @@ fn the_examples_serve_python_clients_and_die_with_their_server() {
     echo.wait().unwrap();
     assert!(ok && out.trim() == "echo me", "{out}\n{err}");
 }
+
+/// One proxy of every kind.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Everything {
+    dict: Dict<String, u32>,
+    list: List<u32>,
+    queue: Queue<u32>,
+    joinable: corral::manager::JoinableQueue<u32>,
+    value: corral::manager::Value<u32>,
+    lock: Lock,
+    rlock: corral::manager::RLock,
+    semaphore: Semaphore,
+    condition: Condition,
+    event: Event,
+    barrier: Barrier,
+    namespace: Namespace,
+}
+
+/// Uses each proxy once from a child.
+fn touch_everything(e: Everything) -> u32 {
+    e.dict.add("n".into(), 1).unwrap();
+    e.list.push(1).unwrap();
+    e.queue.put(1).unwrap();
+    e.joinable.put(1).unwrap();
+    e.value.add(1).unwrap();
+    drop(e.lock.acquire().unwrap());
+    drop(e.rlock.acquire().unwrap());
+    drop(e.semaphore.acquire().unwrap());
+    let g = e.condition.acquire().unwrap();
+    e.condition.notify_all().unwrap();
+    drop(g);
+    e.event.set().unwrap();
+    e.barrier.wait_timeout(Duration::from_secs(20)).unwrap();
+    e.namespace.set("seen", true).unwrap();
+    e.dict.get(&"n".into()).unwrap().unwrap()
+}
+
+#[test]
+fn every_proxy_kind_crosses_every_start_method() {
+    let m = Manager::start().unwrap();
+    let e = Everything {
+        dict: m.dict().unwrap(),
+        list: m.list().unwrap(),
+        queue: m.queue().unwrap(),
+        joinable: m.joinable_queue().unwrap(),
+        value: m.value(0).unwrap(),
+        lock: m.lock().unwrap(),
+        rlock: m.rlock().unwrap(),
+        semaphore: m.semaphore(1).unwrap(),
+        condition: m.condition().unwrap(),
+        event: m.event().unwrap(),
+        barrier: m.barrier(1).unwrap(),
+        namespace: m.namespace().unwrap(),
+    };
+    let methods = [
+        StartMethod::ForkServer,
+        StartMethod::Fork,
+        StartMethod::Spawn,
+    ];
+    for (i, method) in methods.into_iter().enumerate() {
+        let everything = Everything {
+            dict: e.dict.clone(),
+            list: e.list.clone(),
+            queue: e.queue.clone(),
+            joinable: e.joinable.clone(),
+            value: e.value.clone(),
+            lock: e.lock.clone(),
+            rlock: e.rlock.clone(),
+            semaphore: e.semaphore.clone(),
+            condition: e.condition.clone(),
+            event: e.event.clone(),
+            barrier: e.barrier.clone(),
+            namespace: e.namespace.clone(),
+        };
+        let child = ProcessBuilder::new()
+            .start_method(method)
+            .spawn(touch_everything, everything)
+            .unwrap();
+        assert_eq!(done(child).unwrap(), i as u32 + 1, "{method:?}");
+    }
+    assert_eq!(e.list.len().unwrap(), 3);
+    assert_eq!(e.queue.len().unwrap(), 3);
+    assert_eq!(e.joinable.len().unwrap(), 3);
+    assert_eq!(e.value.get().unwrap(), 3);
+    assert_eq!(e.semaphore.value().unwrap(), 1, "every permit given back");
+    assert!(e.event.is_set().unwrap());
+    assert_eq!(e.namespace.get::<bool>("seen").unwrap(), Some(true));
+}
+
+fn hold_then_wait((cond, flag): (Condition, Event)) -> bool {
+    let g = cond.acquire().unwrap();
+    flag.set().unwrap();
+    // The parent asks for the lock while we still hold it.
+    std::thread::sleep(Duration::from_millis(300));
+    cond.wait_timeout(&g, Duration::from_secs(20)).unwrap()
+}
+
+#[test]
+fn a_condition_wait_hands_its_lock_to_a_waiting_acquirer() {
+    let m = Manager::start().unwrap();
+    let cond = m.condition().unwrap();
+    let flag = m.event().unwrap();
+    let child = corral::spawn(hold_then_wait, (cond.clone(), flag.clone())).unwrap();
+    assert!(flag.wait_timeout(Duration::from_secs(20)).unwrap());
+    // Parked while the child holds the lock; its wait must release it to
+    // us then, not when our (long) timeout runs out.
+    within(Duration::from_secs(10), move || {
+        let g = cond.acquire_timeout(Duration::from_secs(60)).unwrap();
+        cond.notify(1).unwrap();
+        drop(g);
+    });
+    assert!(done(child).unwrap(), "the child was notified");
+}

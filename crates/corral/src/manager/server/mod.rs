@@ -575,12 +575,13 @@ impl Server {
     }
 
     /// Runs a call on `obj`; parks it if it must wait; wakes the waiters
-    /// the call may have released.
+    /// the call may have released — even a call that parks may have (a
+    /// condition wait releases its lock).
     fn object_call(&mut self, obj: u64, p: Parked) {
-        match self.attempt(obj, p) {
-            Some(p) => self.parked.entry(obj).or_default().push_back(p),
-            None => self.wake(obj),
+        if let Some(p) = self.attempt(obj, p) {
+            self.parked.entry(obj).or_default().push_back(p);
         }
+        self.wake(obj);
     }
 
     /// One attempt; the request back if it must wait.
