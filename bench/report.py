@@ -385,6 +385,14 @@ def manager_section(g, py, w):
     if rp:
         w(f"| a new remote proxy ≤ 1 ms | {fmt(rp, 'us')} | {verdict(rp <= 1000)} |")
     w("")
+    w("What bounds the local figures: every call is one request and one reply over a socket, so a call "
+      "cannot beat a socket round trip to another process (the pipe figure above, measured in the same run); "
+      "corral's call is that round trip plus about a microsecond of pickling and bookkeeping on both sides. "
+      "Going lower needs the requests in shared memory instead of a socket (issue #14's rings). The queue "
+      "figure is two such round trips per item (a put, a get) among three processes on two cores; a new proxy "
+      "is one round trip where CPython opens three connections, each with its handshake (and over TCP a 40 ms "
+      "Nagle stall each).")
+    w("")
 
 
 if __name__ == "__main__":
