@@ -1,21 +1,81 @@
-"""Turns bench/out/results.jsonl into bench/RESULTS.md: figures side by side,
+"""Turns bench/out/ (run-N.jsonl, hog.jsonl) into bench/RESULTS.md: medians of the runs side by side,
 with ratios against the anchors measured in the same run."""
+import glob
 import json
+import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
 
 
 def load(path):
+    """Every figure in one JSON-lines file: name -> (value, unit)."""
     out = {}
     with open(path) as f:
         for line in f:
             line = line.strip()
             if line.startswith("{"):
                 row = json.loads(line)
-                out[row["name"]] = row["value"]
+                out[row["name"]] = (row["value"], row["unit"])
     return out
+
+
+def load_runs(outdir):
+    """The runs (`run-N.jsonl`) and the run under a CPU hog (`hog.jsonl`),
+    or a single file as one run."""
+    if os.path.isfile(outdir):
+        return [load(outdir)], None
+    runs = [load(p) for p in sorted(glob.glob(os.path.join(outdir, "run-*.jsonl")))]
+    hog_path = os.path.join(outdir, "hog.jsonl")
+    return runs, (load(hog_path) if os.path.exists(hog_path) else None)
+
+
+def medians(runs):
+    """name -> median over the runs that have it."""
+    names = {n for r in runs for n in r}
+    return {n: statistics.median([r[n][0] for r in runs if n in r]) for n in names}
+
+
+LOWER_IS_BETTER = {"us", "ms", "ns"}
+
+
+def spread_section(runs, hog, w):
+    """Each figure's spread over the runs, and how far a CPU hog moves it
+    (issue #14: no figure may fall by more than 3×)."""
+    units = {n: u for r in runs for n, (_, u) in r.items()}
+    med = medians(runs)
+    w(f"## Spread over {len(runs)} runs, and under a CPU hog")
+    w("")
+    w("Median and range (min–max) of every figure over the runs; then the figure from one more run with a "
+      "busy loop pinned to CPU 0, and how far it fell (the worse-way ratio to the median). "
+      "Figures whose unit has no better direction (idle CPU %) are left out.")
+    w("")
+    w("| figure | median | range | spread | under the hog | fall | ≤ 3× |")
+    w("|---|---|---|---|---|---|---|")
+    worst = []
+    for name in sorted(med):
+        unit = units[name]
+        if unit == "%":
+            continue
+        vals = [r[name][0] for r in runs if name in r]
+        m, lo, hi = med[name], min(vals), max(vals)
+        spread = f"±{(hi - lo) / 2 / m * 100:.0f} %" if m else "n/a"
+        hv = hog.get(name, (None,))[0] if hog else None
+        if hv and m:
+            fall = hv / m if unit in LOWER_IS_BETTER else m / hv
+            worst.append((fall, name))
+            fall_s, ok = f"{fall:.2f}×", verdict(fall <= 3)
+        else:
+            fall_s, ok = "n/a", "n/a"
+        w(f"| {name} | {fmt(m, unit)} | {fmt(lo, unit)} – {fmt(hi, unit)} | {spread} | {fmt(hv, unit)} | {fall_s} | {ok} |")
+    w("")
+    if worst:
+        bad = [n for f, n in worst if f > 3]
+        w(f"{len(bad)} of {len(worst)} figures fell by more than 3× under the hog"
+          + (": " + ", ".join(f"`{n}`" for n in bad) + "." if bad else "."))
+        w("")
 
 
 def cpu_model():
@@ -60,7 +120,8 @@ def verdict(ok):
 
 
 def main():
-    r = load(sys.argv[1])
+    runs, hog = load_runs(sys.argv[1])
+    r = medians(runs)
     py = next((k.split()[0] for k in r if k.startswith("python")), "python")
     g = r.get
     lines = []
@@ -70,8 +131,9 @@ def main():
     w(f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node() or 'this machine'}: "
       f"{cpu_model()}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} CPUs, "
       f"Linux {platform.release()}, {py.replace('python', 'CPython ')}. "
-      "All figures come from one run of `bench/run.sh`; each is a median (see `bench/README.md`). "
-      "The machine is a shared VM: read every figure as ±15 %.")
+      f"Every figure is the median of {len(runs)} whole run(s) of `bench/run.sh` (each run's figure is itself "
+      "a median, see `bench/README.md`); ratios compare medians of the same runs. Spreads, and every figure "
+      "under a CPU hog, are in the last section.")
     w("")
     w("## Start a process that does nothing, then join it")
     w("")
@@ -125,6 +187,7 @@ def main():
     queue_section(g, py, w)
     connection_section(g, py, w)
     manager_section(g, py, w)
+    spread_section(runs, hog, w)
     print("\n".join(lines))
 
 

@@ -18,20 +18,43 @@ fi
 "$venv/bin/python" -m pip install -q --disable-pip-version-check pebble loky
 python="$venv/bin/python"
 mkdir -p bench/out
-out=bench/out/results.jsonl
-: > "$out"
-./target/release/corral-bench floor | tee -a "$out"
-./target/release/corral-bench spawn | tee -a "$out"
-./target/release/procspawn-bench | tee -a "$out"
-./target/release/corral-bench pipe | tee -a "$out"
-"$python" bench/python/process_bench.py | tee -a "$out"
-./target/release/corral-bench pool | tee -a "$out"
-"$python" bench/python/pool_bench.py | tee -a "$out"
-./target/release/corral-bench queue | tee -a "$out"
-"$python" bench/python/queue_bench.py | tee -a "$out"
-./target/release/corral-bench connection | tee -a "$out"
-"$python" bench/python/connection_bench.py | tee -a "$out"
-./target/release/corral-bench manager | tee -a "$out"
-"$python" bench/python/manager_bench.py | tee -a "$out"
-"$python" bench/report.py "$out" > bench/RESULTS.md
+rm -f bench/out/run-*.jsonl bench/out/hog.jsonl
+
+# One run of every benchmark, appended to $1.
+one_run() {
+    local out=$1
+    : > "$out"
+    ./target/release/corral-bench floor | tee -a "$out"
+    ./target/release/corral-bench spawn | tee -a "$out"
+    ./target/release/procspawn-bench | tee -a "$out"
+    ./target/release/corral-bench pipe | tee -a "$out"
+    "$python" bench/python/process_bench.py | tee -a "$out"
+    ./target/release/corral-bench pool | tee -a "$out"
+    "$python" bench/python/pool_bench.py | tee -a "$out"
+    ./target/release/corral-bench queue | tee -a "$out"
+    "$python" bench/python/queue_bench.py | tee -a "$out"
+    ./target/release/corral-bench connection | tee -a "$out"
+    "$python" bench/python/connection_bench.py | tee -a "$out"
+    ./target/release/corral-bench manager | tee -a "$out"
+    "$python" bench/python/manager_bench.py | tee -a "$out"
+}
+
+# Every figure is the median of CORRAL_BENCH_RUNS whole runs (5 by
+# default), reported with its spread; then one more run with a CPU hog (a
+# busy loop pinned to CPU 0) shows what a busy machine costs each figure.
+runs=${CORRAL_BENCH_RUNS:-5}
+for i in $(seq 1 "$runs"); do
+    echo "== run $i of $runs" >&2
+    one_run "bench/out/run-$i.jsonl"
+done
+if [ "${CORRAL_BENCH_HOG:-1}" != 0 ]; then
+    echo "== run under a CPU hog pinned to CPU 0" >&2
+    taskset -c 0 sh -c 'while :; do :; done' &
+    hog=$!
+    trap 'kill $hog 2>/dev/null' EXIT
+    one_run bench/out/hog.jsonl
+    kill "$hog"
+    trap - EXIT
+fi
+"$python" bench/report.py bench/out > bench/RESULTS.md
 echo "wrote bench/RESULTS.md"
