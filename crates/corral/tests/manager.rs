@@ -497,7 +497,82 @@ fn hostile_clients_lose_only_their_own_connection() {
     conn.send_bytes(b"\x80\x02cos\nsystem\nq\x00.").unwrap();
     let reply = conn.recv_bytes_timeout(Duration::from_secs(5)).unwrap();
     assert!(String::from_utf8_lossy(&reply).contains("plain data only"));
+    // Two small pickles that would decode into gigabytes, or nest a list a
+    // million deep (decoding and dropping recurse once per level): refused,
+    // and the server lives.
+    let mut doubling = vec![0x80, 2, b'N'];
+    for _ in 0..40 {
+        doubling.extend_from_slice(&[b'2', 0x86]);
+    }
+    doubling.push(b'.');
+    let mut deep = vec![0x80, 2];
+    deep.extend(std::iter::repeat_n(b']', 1_000_000));
+    deep.extend(std::iter::repeat_n(b'a', 999_999));
+    deep.push(b'.');
+    for bomb in [doubling, deep] {
+        conn.send_bytes(&bomb).unwrap();
+        let reply = conn.recv_bytes_timeout(Duration::from_secs(10)).unwrap();
+        assert!(String::from_utf8_lossy(&reply).contains("plain data only"));
+    }
     assert_eq!(d.get(&7).unwrap(), Some(7));
+}
+
+/// CPU ticks (1/100 s) a process has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn a_server_out_of_descriptors_waits_instead_of_spinning() {
+    let m = Manager::serve("127.0.0.1:0", b"k").unwrap();
+    let pid = m.pid().unwrap();
+    let d = m.dict::<u32, u32>().unwrap();
+    d.insert(1, 1).unwrap();
+    let port = match m.address() {
+        corral::connection::Address::Tcp(a) => a.port(),
+        _ => unreachable!(),
+    };
+    // Leave the server a handful of descriptors, then queue more peers
+    // than it can accept.
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as u64;
+    let limit = libc::rlimit {
+        rlim_cur: open + 2,
+        rlim_max: open + 2,
+    };
+    // SAFETY: prlimit on our own child, with a valid rlimit; no memory is shared.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        libc::prlimit(
+            pid as i32,
+            libc::RLIMIT_NOFILE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0);
+    let peers: Vec<_> = (0..10)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(pid) - before;
+    assert!(
+        used < 50,
+        "the server burned {used} of 100 ticks with peers it cannot accept"
+    );
+    // Descriptors come back: the server serves again.
+    drop(peers);
+    assert!(wait_for(Duration::from_secs(15), || d.get(&1).ok() == Some(Some(1))));
 }
 
 #[test]

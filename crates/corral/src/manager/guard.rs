@@ -17,9 +17,14 @@ enum Slot {
     Mark,
     /// A scalar of this many bytes.
     Scalar(usize),
-    /// A list, tuple, dict, set or object.
-    Container,
+    /// A list, tuple, dict, set or object, nested this deep.
+    Container(u32),
 }
+
+/// How deep containers may nest (CPython's own recursion limit is 1,000):
+/// decoding, and dropping, a decoded value recurses once per level, and a
+/// million levels fit in a few megabytes of pickle.
+const MAX_DEPTH: u32 = 500;
 
 /// Bytes that references to scalars may copy, beyond the pickle's own.
 const COPY_BUDGET: usize = 1 << 20;
@@ -97,19 +102,40 @@ impl Machine {
         }
     }
 
-    fn pop_n(&mut self, n: usize) -> Result<(), String> {
-        (0..n).try_for_each(|_| self.pop().map(|_| ()))
+    /// Pops `n` entries: the deepest nesting among them.
+    fn pop_n(&mut self, n: usize) -> Result<u32, String> {
+        (0..n).try_fold(0, |deepest, _| Ok(deepest.max(depth(self.pop()?))))
     }
 
-    /// Pops down to and including the last mark.
-    fn pop_mark(&mut self) -> Result<(), String> {
+    /// Pops down to and including the last mark: the deepest nesting
+    /// among the entries popped.
+    fn pop_mark(&mut self) -> Result<u32, String> {
+        let mut deepest = 0;
         loop {
             match self.stack.pop() {
-                Some(Slot::Mark) => return Ok(()),
-                Some(_) => {}
+                Some(Slot::Mark) => return Ok(deepest),
+                Some(s) => deepest = deepest.max(depth(s)),
                 None => return refuse("a pickle without its mark"),
             }
         }
+    }
+
+    /// Pushes a container holding entries nested `inner` deep.
+    fn build(&mut self, inner: u32) -> Result<(), String> {
+        let d = nest(inner)?;
+        self.stack.push(Slot::Container(d));
+        Ok(())
+    }
+
+    /// Entries nested `inner` deep went into the container on top.
+    fn fill_top(&mut self, inner: u32) -> Result<(), String> {
+        let d = nest(inner)?;
+        match self.stack.last_mut() {
+            Some(Slot::Container(top)) => *top = (*top).max(d),
+            Some(Slot::Scalar(_)) => return refuse("a pickle adding items to a scalar"),
+            Some(Slot::Mark) | None => return refuse("a pickle whose stack runs out"),
+        }
+        Ok(())
     }
 
     /// Pushes a second reference to `slot`.
@@ -130,11 +156,28 @@ impl Machine {
     }
 
     fn top(&self) -> Result<Slot, String> {
+        // (A second reference is refused for containers, so depth never
+        // doubles up through the memo.)
         match self.stack.last() {
             Some(Slot::Mark) | None => refuse("a pickle memoizing nothing"),
             Some(s) => Ok(*s),
         }
     }
+}
+
+fn depth(s: Slot) -> u32 {
+    match s {
+        Slot::Container(d) => d,
+        _ => 0,
+    }
+}
+
+/// One level above `inner`, within the limit.
+fn nest(inner: u32) -> Result<u32, String> {
+    if inner >= MAX_DEPTH {
+        return refuse("a pickle nesting containers more than 500 deep");
+    }
+    Ok(inner + 1)
 }
 
 /// `Ok` if decoding `data` cannot blow up; why not otherwise.
@@ -152,8 +195,12 @@ pub(crate) fn check(data: &[u8]) -> Result<(), String> {
         match op {
             b'.' => return Ok(()),
             b'(' => m.stack.push(Slot::Mark),
-            b'0' => m.pop_n(1)?,
-            b'1' => m.pop_mark()?,
+            b'0' => {
+                m.pop_n(1)?;
+            }
+            b'1' => {
+                m.pop_mark()?;
+            }
             b'2' => {
                 let top = m.top()?;
                 m.again(top)?;
@@ -171,56 +218,71 @@ pub(crate) fn check(data: &[u8]) -> Result<(), String> {
             b'U' | b'C' | 0x8c | 0x8a => m.stack.push(scalar(counted(data, &mut at, 1)?)),
             0x8b => m.stack.push(scalar(counted(data, &mut at, 4)?)),
             0x8d | 0x8e | 0x96 => m.stack.push(scalar(counted(data, &mut at, 8)?)),
-            b'}' | b']' | b')' | 0x8f => m.stack.push(Slot::Container),
-            b'a' => m.pop_n(1)?,
-            b's' => m.pop_n(2)?,
-            b'e' | b'u' | 0x90 => m.pop_mark()?,
+            b'}' | b']' | b')' | 0x8f => m.build(0)?,
+            b'a' => {
+                let item = m.pop_n(1)?;
+                m.fill_top(item)?;
+            }
+            b's' => {
+                let pair = m.pop_n(2)?;
+                m.fill_top(pair)?;
+            }
+            b'e' | b'u' | 0x90 => {
+                let items = m.pop_mark()?;
+                m.fill_top(items)?;
+            }
             b't' | b'l' | b'd' | 0x91 | b'o' => {
-                m.pop_mark()?;
-                m.stack.push(Slot::Container);
+                let items = m.pop_mark()?;
+                m.build(items)?;
             }
             b'i' => {
                 line(data, &mut at)?;
                 line(data, &mut at)?;
-                m.pop_mark()?;
-                m.stack.push(Slot::Container);
+                let items = m.pop_mark()?;
+                m.build(items)?;
             }
             0x85..=0x87 => {
-                m.pop_n(usize::from(op - 0x84))?;
-                m.stack.push(Slot::Container);
+                let items = m.pop_n(usize::from(op - 0x84))?;
+                m.build(items)?;
             }
             b'c' => {
                 line(data, &mut at)?;
                 line(data, &mut at)?;
-                m.stack.push(Slot::Container);
+                m.build(0)?;
             }
             b'R' | 0x81 | 0x93 => {
-                m.pop_n(2)?;
-                m.stack.push(Slot::Container);
+                let args = m.pop_n(2)?;
+                m.build(args)?;
             }
             0x92 => {
-                m.pop_n(3)?;
-                m.stack.push(Slot::Container);
+                let args = m.pop_n(3)?;
+                m.build(args)?;
             }
-            b'b' => m.pop_n(1)?,
+            b'b' => {
+                let state = m.pop_n(1)?;
+                m.fill_top(state)?;
+            }
             b'P' => {
                 line(data, &mut at)?;
-                m.stack.push(Slot::Container);
+                m.build(0)?;
             }
             b'Q' | 0x98 => {
-                m.pop_n(1)?;
-                m.stack.push(Slot::Container);
+                let inner = m.pop_n(1)?;
+                m.build(inner)?;
             }
-            0x97 => m.stack.push(Slot::Container),
-            0x82 => m
-                .stack
-                .push(take(data, &mut at, 1).map(|_| Slot::Container)?),
-            0x83 => m
-                .stack
-                .push(take(data, &mut at, 2).map(|_| Slot::Container)?),
-            0x84 => m
-                .stack
-                .push(take(data, &mut at, 4).map(|_| Slot::Container)?),
+            0x97 => m.build(0)?,
+            0x82 => {
+                take(data, &mut at, 1)?;
+                m.build(0)?;
+            }
+            0x83 => {
+                take(data, &mut at, 2)?;
+                m.build(0)?;
+            }
+            0x84 => {
+                take(data, &mut at, 4)?;
+                m.build(0)?;
+            }
             0x80 => {
                 take(data, &mut at, 1)?;
             }
@@ -269,6 +331,22 @@ mod tests {
         }
         p.push(b'.');
         assert!(check(&p).is_err());
+    }
+
+    #[test]
+    fn containers_nested_a_million_deep_are_refused() {
+        // A list holding a list holding a list ...: 2 MB of pickle.
+        let mut p = vec![0x80, 2];
+        p.extend(std::iter::repeat_n(b']', 1_000_000));
+        p.extend(std::iter::repeat_n(b'a', 999_999));
+        p.push(b'.');
+        assert!(check(&p).unwrap_err().contains("500 deep"));
+        // 400 deep is fine.
+        let mut p = vec![0x80, 2];
+        p.extend(std::iter::repeat_n(b']', 400));
+        p.extend(std::iter::repeat_n(b'a', 399));
+        p.push(b'.');
+        assert_eq!(check(&p), Ok(()));
     }
 
     #[test]

@@ -119,6 +119,9 @@ struct Server {
     last_beat: Instant,
     /// When the loop last had something to do.
     last_active: Instant,
+    /// Out of descriptors, the listener is not watched until then (a peer
+    /// waiting in the backlog would wake the loop again at once, for ever).
+    listener_paused: Option<Instant>,
     stop: bool,
 }
 
@@ -170,6 +173,7 @@ impl Server {
             instance: u64::from_ne_bytes(instance) >> 1,
             last_beat: Instant::now(),
             last_active: Instant::now(),
+            listener_paused: None,
             stop: false,
         })
     }
@@ -243,11 +247,31 @@ impl Server {
             match self.listener.accept_nonblocking() {
                 Ok(Some(fd)) => self.admit(fd),
                 Ok(None) => return,
-                // Out of descriptors or a peer gone before accept: the
-                // others are served on; the listener stays watched.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    // Out of descriptors: the others are served on; new
+                    // peers wait in the backlog until one is free.
+                    self.watch_listener(false);
+                    self.listener_paused = Some(Instant::now() + Duration::from_millis(100));
+                    return;
+                }
+                // A peer gone before accept: the listener stays watched.
                 Err(_) => return,
             }
         }
+    }
+
+    fn watch_listener(&self, on: bool) {
+        let flags = if on {
+            epoll::EventFlags::IN
+        } else {
+            epoll::EventFlags::empty()
+        };
+        let _ = epoll::modify(
+            &self.epoll,
+            self.listener.as_fd(),
+            epoll::EventData::new_u64(LISTENER),
+            flags,
+        );
     }
 
     /// A new peer: challenge it first (as Python's server does).
@@ -490,6 +514,11 @@ impl Server {
             .map(|(id, _)| *id)
             .collect();
         late.into_iter().for_each(|id| self.close(id));
+        if self.listener_paused.is_some_and(|t| t <= now) {
+            self.listener_paused = None;
+            self.watch_listener(true);
+            self.accept_all();
+        }
         if now >= self.last_beat + HEARTBEAT {
             self.last_beat = now;
             self.heartbeat();
