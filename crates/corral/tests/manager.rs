@@ -154,12 +154,23 @@ fn list_queue_value_namespace() {
     ));
     assert!(t.elapsed() >= Duration::from_millis(50));
 
+    // Duration::MAX means no limit, never an overflow.
+    let forever = q.with_timeout(Duration::MAX);
+    forever.put(9).unwrap();
+    assert_eq!(forever.get_timeout(Duration::MAX).unwrap(), 9);
+
     let jq = m.joinable_queue::<u32>().unwrap();
     jq.put(5).unwrap();
+    let t = Instant::now();
+    assert!(matches!(
+        jq.join_timeout(Duration::from_millis(30)),
+        Err(ManagerError::Timeout(_))
+    ));
     assert!(matches!(
         jq.with_timeout(Duration::from_millis(30)).join(),
         Err(ManagerError::Timeout(_))
     ));
+    assert!(t.elapsed() < Duration::from_secs(2), "ended by the server, not the liveness bound");
     assert_eq!(jq.get().unwrap(), 5);
     jq.task_done().unwrap();
     jq.join().unwrap();

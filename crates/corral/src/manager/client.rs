@@ -400,7 +400,7 @@ impl Link {
     ) -> Result<Value, ManagerError> {
         let call = self.next_call.fetch_add(1, Ordering::Relaxed);
         let frame = protocol::encode_request(ident, method, args, call, thread_token());
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = crate::time::deadline_opt(timeout);
         match session.call(call, &frame, deadline) {
             Ok(Answer::Return(v)) => Ok(v),
             Ok(Answer::Raise { class, message }) => Err(ManagerError::raised(class, message)),

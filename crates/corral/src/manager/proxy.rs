@@ -183,7 +183,7 @@ impl Handle {
     ) -> Result<Value, ManagerError> {
         let timeout = timeout.or(self.timeout);
         args.push(timeout.map_or(Value::None, |t| Value::F64(t.as_secs_f64())));
-        self.call_for(method, args, timeout.map(|t| t + LIVENESS))
+        self.call_for(method, args, timeout.map(|t| t.saturating_add(LIVENESS)))
     }
 
     /// Sends `method` wanting no reply, on the live session only (from

@@ -383,7 +383,21 @@ impl<T: Data> JoinableQueue<T> {
 
     /// Waits until every item put was acknowledged.
     pub fn join(&self) -> R<()> {
-        unit(self.h.call_waiting("join", vec![], None))
+        self.join_for(None)
+    }
+
+    /// Waits at most `timeout` ([`ManagerError::Timeout`] then).
+    pub fn join_timeout(&self, timeout: Duration) -> R<()> {
+        self.join_for(Some(timeout))
+    }
+
+    fn join_for(&self, timeout: Option<Duration>) -> R<()> {
+        match self.h.call_waiting("join", vec![], timeout)? {
+            Plain::Bool(false) => Err(ManagerError::Timeout(
+                timeout.or(self.h.timeout()).unwrap_or_default(),
+            )),
+            _ => Ok(()),
+        }
     }
 }
 

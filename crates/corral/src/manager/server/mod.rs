@@ -650,8 +650,8 @@ impl Server {
             }
             Step::Park(timeout) => {
                 if p.deadline.is_none() && !p.expired {
-                    p.deadline =
-                        timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.min(1e9)));
+                    p.deadline = timeout
+                        .and_then(|t| crate::time::deadline(Duration::from_secs_f64(t.min(1e9))));
                 }
                 Some(p)
             }

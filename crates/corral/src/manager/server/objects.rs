@@ -1033,9 +1033,12 @@ fn queue_call(
             q.unfinished -= 1;
             none()
         }
+        // corral's join takes a timeout; `False` when it ran out.
         "join" if joinable => {
             if q.unfinished == 0 {
-                none()
+                ok(Value::Bool(true))
+            } else if cx.expired {
+                ok(Value::Bool(false))
             } else {
                 Ok(Step::Park(a.timeout(0)?))
             }
