@@ -170,7 +170,10 @@ fn list_queue_value_namespace() {
         jq.with_timeout(Duration::from_millis(30)).join(),
         Err(ManagerError::Timeout(_))
     ));
-    assert!(t.elapsed() < Duration::from_secs(2), "ended by the server, not the liveness bound");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "ended by the server, not the liveness bound"
+    );
     assert_eq!(jq.get().unwrap(), 5);
     jq.task_done().unwrap();
     jq.join().unwrap();

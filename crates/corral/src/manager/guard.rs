@@ -191,131 +191,137 @@ pub(crate) fn check(data: &[u8]) -> Result<(), String> {
     while at < data.len() {
         let op = data[at];
         at += 1;
-        let scalar = |n: usize| Slot::Scalar(n);
-        match op {
-            b'.' => return Ok(()),
-            b'(' => m.stack.push(Slot::Mark),
-            b'0' => {
-                m.pop_n(1)?;
-            }
-            b'1' => {
-                m.pop_mark()?;
-            }
-            b'2' => {
-                let top = m.top()?;
-                m.again(top)?;
-            }
-            b'F' | b'I' | b'L' | b'S' | b'V' => {
-                let n = line(data, &mut at)?;
-                m.stack.push(scalar(n));
-            }
-            b'J' => m.stack.push(scalar(take(data, &mut at, 4).map(|_| 4)?)),
-            b'K' => m.stack.push(scalar(take(data, &mut at, 1).map(|_| 1)?)),
-            b'M' => m.stack.push(scalar(take(data, &mut at, 2).map(|_| 2)?)),
-            b'G' => m.stack.push(scalar(take(data, &mut at, 8).map(|_| 8)?)),
-            b'N' | 0x88 | 0x89 => m.stack.push(scalar(1)),
-            b'T' | b'X' | b'B' => m.stack.push(scalar(counted(data, &mut at, 4)?)),
-            b'U' | b'C' | 0x8c | 0x8a => m.stack.push(scalar(counted(data, &mut at, 1)?)),
-            0x8b => m.stack.push(scalar(counted(data, &mut at, 4)?)),
-            0x8d | 0x8e | 0x96 => m.stack.push(scalar(counted(data, &mut at, 8)?)),
-            b'}' | b']' | b')' | 0x8f => m.build(0)?,
-            b'a' => {
-                let item = m.pop_n(1)?;
-                m.fill_top(item)?;
-            }
-            b's' => {
-                let pair = m.pop_n(2)?;
-                m.fill_top(pair)?;
-            }
-            b'e' | b'u' | 0x90 => {
-                let items = m.pop_mark()?;
-                m.fill_top(items)?;
-            }
-            b't' | b'l' | b'd' | 0x91 | b'o' => {
-                let items = m.pop_mark()?;
-                m.build(items)?;
-            }
-            b'i' => {
-                line(data, &mut at)?;
-                line(data, &mut at)?;
-                let items = m.pop_mark()?;
-                m.build(items)?;
-            }
-            0x85..=0x87 => {
-                let items = m.pop_n(usize::from(op - 0x84))?;
-                m.build(items)?;
-            }
-            b'c' => {
-                line(data, &mut at)?;
-                line(data, &mut at)?;
-                m.build(0)?;
-            }
-            b'R' | 0x81 | 0x93 => {
-                let args = m.pop_n(2)?;
-                m.build(args)?;
-            }
-            0x92 => {
-                let args = m.pop_n(3)?;
-                m.build(args)?;
-            }
-            b'b' => {
-                let state = m.pop_n(1)?;
-                m.fill_top(state)?;
-            }
-            b'P' => {
-                line(data, &mut at)?;
-                m.build(0)?;
-            }
-            b'Q' | 0x98 => {
-                let inner = m.pop_n(1)?;
-                m.build(inner)?;
-            }
-            0x97 => m.build(0)?,
-            0x82 => {
-                take(data, &mut at, 1)?;
-                m.build(0)?;
-            }
-            0x83 => {
-                take(data, &mut at, 2)?;
-                m.build(0)?;
-            }
-            0x84 => {
-                take(data, &mut at, 4)?;
-                m.build(0)?;
-            }
-            0x80 => {
-                take(data, &mut at, 1)?;
-            }
-            0x95 => {
-                take(data, &mut at, 8)?;
-            }
-            b'g' | b'h' | b'j' => {
-                let width = match op {
-                    b'g' => 0,
-                    b'h' => 1,
-                    _ => 4,
-                };
-                let i = index(data, &mut at, width)?;
-                let slot = *m
-                    .memo
-                    .get(&i)
-                    .ok_or_else(|| "a pickle reading an empty memo slot".to_owned())?;
-                m.again(slot)?;
-            }
-            b'p' | b'q' | b'r' | 0x94 => {
-                let i = match op {
-                    b'p' => index(data, &mut at, 0)?,
-                    b'q' => index(data, &mut at, 1)?,
-                    b'r' => index(data, &mut at, 4)?,
-                    _ => m.memo.len() as u64,
-                };
-                let top = m.top()?;
-                m.memo.insert(i, top);
-            }
-            _ => return refuse("an unknown pickle opcode"),
+        if op == b'.' {
+            return Ok(());
+        }
+        match scalar(op, data, &mut at)? {
+            Some(len) => m.stack.push(Slot::Scalar(len)),
+            None => m.step(op, data, &mut at)?,
         }
     }
     refuse("a pickle without its STOP")
+}
+
+/// For an opcode that pushes a scalar: its argument's length (reading
+/// past it). `None` for every other opcode.
+fn scalar(op: u8, data: &[u8], at: &mut usize) -> Result<Option<usize>, String> {
+    let fixed = |at: &mut usize, n: usize| take(data, at, n).map(|_| n);
+    Ok(Some(match op {
+        b'F' | b'I' | b'L' | b'S' | b'V' => line(data, at)?,
+        b'J' => fixed(at, 4)?,
+        b'K' => fixed(at, 1)?,
+        b'M' => fixed(at, 2)?,
+        b'G' => fixed(at, 8)?,
+        b'N' | 0x88 | 0x89 => 1,
+        b'T' | b'X' | b'B' | 0x8b => counted(data, at, 4)?,
+        b'U' | b'C' | 0x8c | 0x8a => counted(data, at, 1)?,
+        0x8d | 0x8e | 0x96 => counted(data, at, 8)?,
+        _ => return Ok(None),
+    }))
+}
+
+impl Machine {
+    /// Every opcode but STOP and the scalars: marks, containers, the memo,
+    /// objects (which serde-pickle refuses later; here they only nest).
+    fn step(&mut self, op: u8, data: &[u8], at: &mut usize) -> Result<(), String> {
+        match op {
+            b'(' => self.stack.push(Slot::Mark),
+            b'0' => drop(self.pop_n(1)?),
+            b'1' => drop(self.pop_mark()?),
+            b'2' => {
+                let top = self.top()?;
+                self.again(top)?;
+            }
+            b'}' | b']' | b')' | 0x8f | 0x97 => self.build(0)?,
+            b'a' | b'b' => {
+                let item = self.pop_n(1)?;
+                self.fill_top(item)?;
+            }
+            b's' => {
+                let pair = self.pop_n(2)?;
+                self.fill_top(pair)?;
+            }
+            b'e' | b'u' | 0x90 => {
+                let items = self.pop_mark()?;
+                self.fill_top(items)?;
+            }
+            b't' | b'l' | b'd' | 0x91 | b'o' => {
+                let items = self.pop_mark()?;
+                self.build(items)?;
+            }
+            b'i' => {
+                line(data, at)?;
+                line(data, at)?;
+                let items = self.pop_mark()?;
+                self.build(items)?;
+            }
+            0x85..=0x87 => {
+                let items = self.pop_n(usize::from(op - 0x84))?;
+                self.build(items)?;
+            }
+            b'R' | 0x81 | 0x93 => {
+                let args = self.pop_n(2)?;
+                self.build(args)?;
+            }
+            0x92 => {
+                let args = self.pop_n(3)?;
+                self.build(args)?;
+            }
+            b'Q' | 0x98 => {
+                let inner = self.pop_n(1)?;
+                self.build(inner)?;
+            }
+            b'c' => {
+                line(data, at)?;
+                line(data, at)?;
+                self.build(0)?;
+            }
+            b'P' => {
+                line(data, at)?;
+                self.build(0)?;
+            }
+            0x82..=0x84 => {
+                take(data, at, [1, 2, 4][usize::from(op - 0x82)])?;
+                self.build(0)?;
+            }
+            0x80 => drop(take(data, at, 1)?),
+            0x95 => drop(take(data, at, 8)?),
+            _ => self.memo_step(op, data, at)?,
+        }
+        Ok(())
+    }
+
+    /// The memo's opcodes: a `GET` is a second reference to what a `PUT`
+    /// stored.
+    fn memo_step(&mut self, op: u8, data: &[u8], at: &mut usize) -> Result<(), String> {
+        match op {
+            b'g' | b'h' | b'j' => {
+                let width = match op {
+                    b'g' => 0, // a decimal line
+                    b'h' => 1,
+                    _ => 4,
+                };
+                let i = index(data, at, width)?;
+                let slot = *self
+                    .memo
+                    .get(&i)
+                    .ok_or_else(|| "a pickle reading an empty memo slot".to_owned())?;
+                self.again(slot)
+            }
+            b'p' | b'q' | b'r' | 0x94 => {
+                let i = match op {
+                    b'p' => index(data, at, 0)?,
+                    b'q' => index(data, at, 1)?,
+                    b'r' => index(data, at, 4)?,
+                    _ => self.memo.len() as u64,
+                };
+                let top = self.top()?;
+                self.memo.insert(i, top);
+                Ok(())
+            }
+            _ => refuse("an unknown pickle opcode"),
+        }
+    }
 }
 
 #[cfg(test)]
