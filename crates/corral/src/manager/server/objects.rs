@@ -278,6 +278,15 @@ impl LockState {
         }
     }
 
+    fn call(&mut self, method: &str, a: &mut Args, cx: &mut Ctx<'_>) -> Result<Step, Exc> {
+        match method {
+            "acquire" | "__enter__" => self.acquire(a, cx),
+            "release" | "__exit__" => self.release(cx.owner),
+            "locked" => ok(Value::Bool(self.holder.is_some())),
+            _ => unknown(method),
+        }
+    }
+
     /// The connection closed: a lock it held is free, and the next taker
     /// told so.
     fn forget(&mut self, conn: u64) -> bool {
@@ -301,6 +310,15 @@ pub(super) struct Sem {
 }
 
 impl Sem {
+    fn call(&mut self, method: &str, a: &mut Args, cx: &mut Ctx<'_>) -> Result<Step, Exc> {
+        match method {
+            "acquire" | "__enter__" => self.acquire(a, cx),
+            "release" | "__exit__" => self.release(a, cx.owner),
+            "get_value" => ok(Value::I64(self.value)),
+            _ => unknown(method),
+        }
+    }
+
     fn acquire(&mut self, a: &mut Args, cx: &mut Ctx<'_>) -> Result<Step, Exc> {
         let blocking = a.flag(0, "blocking", true);
         let timeout = a.timeout(1)?;
@@ -350,6 +368,20 @@ pub(super) struct Cond {
 }
 
 impl Cond {
+    fn call(&mut self, method: &str, a: &mut Args, cx: &mut Ctx<'_>) -> Result<Step, Exc> {
+        match method {
+            "acquire" | "__enter__" => self.lock.acquire(a, cx),
+            "release" | "__exit__" => self.lock.release(cx.owner),
+            "wait" => self.wait(a, cx),
+            "notify" => {
+                let n = a.int(0, "n", 1)?.max(0) as usize;
+                self.notify(n, cx.owner)
+            }
+            "notify_all" => self.notify(usize::MAX, cx.owner),
+            _ => unknown(method),
+        }
+    }
+
     fn wait(&mut self, a: &mut Args, cx: &mut Ctx<'_>) -> Result<Step, Exc> {
         let timeout = a.timeout(0)?;
         let Some(Ticket::CondWait(me)) = *cx.ticket else {
@@ -410,6 +442,27 @@ pub(super) struct Barrier {
 }
 
 impl Barrier {
+    fn call(&mut self, method: &str, a: &mut Args, cx: &mut Ctx<'_>) -> Result<Step, Exc> {
+        match method {
+            "wait" => self.wait(a, cx),
+            "abort" => {
+                self.break_it();
+                none()
+            }
+            "reset" => {
+                self.epoch += 1;
+                self.count = 0;
+                self.broken = false;
+                none()
+            }
+            "__getattribute__" => match a.req(0, "name")? {
+                Value::String(n) => self.attribute(&n),
+                _ => Err(Exc::new("TypeError", "attribute name must be a str")),
+            },
+            _ => unknown(method),
+        }
+    }
+
     fn wait(&mut self, a: &mut Args, cx: &mut Ctx<'_>) -> Result<Step, Exc> {
         let timeout = a.timeout(0)?;
         let broken = || Exc::new("BrokenBarrierError", "the barrier is broken");
@@ -651,67 +704,11 @@ impl Object {
             Object::List(l) => list_call(l, method, a, cx),
             Object::Queue(q, joinable) => queue_call(q, *joinable, method, a, cx),
             Object::Value(v) => value_call(v, method, a, cx),
-            Object::Lock(l) => match method {
-                "acquire" | "__enter__" => l.acquire(a, cx),
-                "release" | "__exit__" => l.release(cx.owner),
-                "locked" => ok(Value::Bool(l.holder.is_some())),
-                _ => unknown(method),
-            },
-            Object::Sem(s) => match method {
-                "acquire" | "__enter__" => s.acquire(a, cx),
-                "release" | "__exit__" => s.release(a, cx.owner),
-                "get_value" => ok(Value::I64(s.value)),
-                _ => unknown(method),
-            },
-            Object::Cond(c) => match method {
-                "acquire" | "__enter__" => c.lock.acquire(a, cx),
-                "release" | "__exit__" => c.lock.release(cx.owner),
-                "wait" => c.wait(a, cx),
-                "notify" => {
-                    let n = a.int(0, "n", 1)?.max(0) as usize;
-                    c.notify(n, cx.owner)
-                }
-                "notify_all" => c.notify(usize::MAX, cx.owner),
-                _ => unknown(method),
-            },
-            Object::Event(flag) => match method {
-                "is_set" => ok(Value::Bool(*flag)),
-                "set" => {
-                    *flag = true;
-                    none()
-                }
-                "clear" => {
-                    *flag = false;
-                    none()
-                }
-                "wait" => {
-                    let timeout = a.timeout(0)?;
-                    if *flag || cx.expired {
-                        ok(Value::Bool(*flag))
-                    } else {
-                        Ok(Step::Park(timeout))
-                    }
-                }
-                _ => unknown(method),
-            },
-            Object::Barrier(b) => match method {
-                "wait" => b.wait(a, cx),
-                "abort" => {
-                    b.break_it();
-                    none()
-                }
-                "reset" => {
-                    b.epoch += 1;
-                    b.count = 0;
-                    b.broken = false;
-                    none()
-                }
-                "__getattribute__" => match a.req(0, "name")? {
-                    Value::String(n) => b.attribute(&n),
-                    _ => Err(Exc::new("TypeError", "attribute name must be a str")),
-                },
-                _ => unknown(method),
-            },
+            Object::Lock(l) => l.call(method, a, cx),
+            Object::Sem(s) => s.call(method, a, cx),
+            Object::Cond(c) => c.call(method, a, cx),
+            Object::Event(flag) => event_call(flag, method, a, cx),
+            Object::Barrier(b) => b.call(method, a, cx),
             Object::Namespace(d) => namespace_call(d, method, a, cx),
         }
     }
@@ -768,6 +765,17 @@ fn missing(k: &HashableValue) -> Exc {
 
 fn dict_call(d: &mut Dict, method: &str, a: &mut Args, cx: &mut Ctx<'_>) -> Result<Step, Exc> {
     match method {
+        "__getitem__" | "get" | "__len__" | "__contains__" | "keys" | "__iter__" | "values"
+        | "items" => dict_read(d, method, a),
+        "update" => dict_update(d, a, cx),
+        "add" | "compare_exchange" => dict_atomic(d, method, a, cx),
+        _ => dict_write(d, method, a, cx),
+    }
+}
+
+/// The calls that only read.
+fn dict_read(d: &Dict, method: &str, a: &mut Args) -> Result<Step, Exc> {
+    match method {
         "__getitem__" => {
             let k = a.key(0)?;
             d.get(&k).cloned().map_or_else(|| Err(missing(&k)), ok)
@@ -777,6 +785,30 @@ fn dict_call(d: &mut Dict, method: &str, a: &mut Args, cx: &mut Ctx<'_>) -> Resu
             let default = a.opt(1, "default").unwrap_or(Value::None);
             ok(d.get(&k).cloned().unwrap_or(default))
         }
+        "__len__" => ok(Value::I64(d.map.len() as i64)),
+        "__contains__" => ok(Value::Bool(d.map.contains_key(&a.key(0)?))),
+        "keys" | "__iter__" => ok(Value::List(
+            d.ordered()
+                .into_iter()
+                .map(|(k, _)| k.clone().into_value())
+                .collect(),
+        )),
+        "values" => ok(Value::List(
+            d.ordered().into_iter().map(|(_, v)| v.clone()).collect(),
+        )),
+        "items" => ok(Value::List(
+            d.ordered()
+                .into_iter()
+                .map(|(k, v)| Value::Tuple(vec![k.clone().into_value(), v.clone()]))
+                .collect(),
+        )),
+        _ => unknown(method),
+    }
+}
+
+/// The calls that change entries.
+fn dict_write(d: &mut Dict, method: &str, a: &mut Args, cx: &mut Ctx<'_>) -> Result<Step, Exc> {
+    match method {
         "__setitem__" => {
             let k = a.key(0)?;
             let v = a.req(1, "value")?;
@@ -806,23 +838,6 @@ fn dict_call(d: &mut Dict, method: &str, a: &mut Args, cx: &mut Ctx<'_>) -> Resu
             d.insert(k, default.clone());
             ok(default)
         }
-        "__len__" => ok(Value::I64(d.map.len() as i64)),
-        "__contains__" => ok(Value::Bool(d.map.contains_key(&a.key(0)?))),
-        "keys" | "__iter__" => ok(Value::List(
-            d.ordered()
-                .into_iter()
-                .map(|(k, _)| k.clone().into_value())
-                .collect(),
-        )),
-        "values" => ok(Value::List(
-            d.ordered().into_iter().map(|(_, v)| v.clone()).collect(),
-        )),
-        "items" => ok(Value::List(
-            d.ordered()
-                .into_iter()
-                .map(|(k, v)| Value::Tuple(vec![k.clone().into_value(), v.clone()]))
-                .collect(),
-        )),
         "popitem" => {
             let last = d.ordered().last().map(|(k, _)| (*k).clone());
             let k = last.ok_or_else(|| Exc::new("KeyError", "popitem(): dictionary is empty"))?;
@@ -830,35 +845,44 @@ fn dict_call(d: &mut Dict, method: &str, a: &mut Args, cx: &mut Ctx<'_>) -> Resu
             cx.removed.push(v.clone());
             ok(Value::Tuple(vec![k.into_value(), v]))
         }
-        "update" => {
-            match a.opt(0, "other") {
-                Some(Value::Dict(other)) => {
-                    for (k, v) in other {
-                        cx.stored.push(v.clone());
-                        cx.removed.extend(d.insert(k, v));
-                    }
-                }
-                Some(Value::List(pairs)) => {
-                    for pair in pairs {
-                        let (Value::Tuple(mut kv) | Value::List(mut kv)) = pair else {
-                            return Err(Exc::new("TypeError", "update() takes pairs"));
-                        };
-                        let (Some(v), Some(k)) = (kv.pop(), kv.pop()) else {
-                            return Err(Exc::new("TypeError", "update() takes pairs"));
-                        };
-                        cx.stored.push(v.clone());
-                        cx.removed.extend(d.insert(hashable(k)?, v));
-                    }
-                }
-                _ => {}
-            }
-            none()
-        }
         "clear" => {
             cx.removed.extend(d.drain());
             none()
         }
-        // corral: d[k] += delta, atomically; the new value.
+        _ => unknown(method),
+    }
+}
+
+/// `d.update(other)`: a dict, or a list of pairs.
+fn dict_update(d: &mut Dict, a: &mut Args, cx: &mut Ctx<'_>) -> Result<Step, Exc> {
+    match a.opt(0, "other") {
+        Some(Value::Dict(other)) => {
+            for (k, v) in other {
+                cx.stored.push(v.clone());
+                cx.removed.extend(d.insert(k, v));
+            }
+        }
+        Some(Value::List(pairs)) => {
+            for pair in pairs {
+                let (Value::Tuple(mut kv) | Value::List(mut kv)) = pair else {
+                    return Err(Exc::new("TypeError", "update() takes pairs"));
+                };
+                let (Some(v), Some(k)) = (kv.pop(), kv.pop()) else {
+                    return Err(Exc::new("TypeError", "update() takes pairs"));
+                };
+                cx.stored.push(v.clone());
+                cx.removed.extend(d.insert(hashable(k)?, v));
+            }
+        }
+        _ => {}
+    }
+    none()
+}
+
+/// corral's atomic read-modify-writes: `d[k] += delta` (the new value),
+/// and set `k` to `new` if it holds `expected` (absent: `(False,)`).
+fn dict_atomic(d: &mut Dict, method: &str, a: &mut Args, cx: &mut Ctx<'_>) -> Result<Step, Exc> {
+    match method {
         "add" => {
             let k = a.key(0)?;
             let delta = a.req(1, "delta")?;
@@ -867,7 +891,6 @@ fn dict_call(d: &mut Dict, method: &str, a: &mut Args, cx: &mut Ctx<'_>) -> Resu
             d.insert(k, new.clone());
             ok(new)
         }
-        // corral: set k to `new` if it holds `expected` (absent: `(False,)`).
         "compare_exchange" => {
             let k = a.key(0)?;
             let expected = a.req(1, "expected")?;
@@ -918,6 +941,60 @@ fn list_call(
     cx: &mut Ctx<'_>,
 ) -> Result<Step, Exc> {
     match method {
+        "__getitem__" | "__len__" | "__contains__" | "count" | "index" | "__add__" => {
+            list_read(l, method, a)
+        }
+        _ => list_write(l, method, a, cx),
+    }
+}
+
+/// The calls that only read.
+fn list_read(l: &[Value], method: &str, a: &mut Args) -> Result<Step, Exc> {
+    match method {
+        "__getitem__" => {
+            let at = index(a, 0, l.len())?;
+            ok(l[at].clone())
+        }
+        "__len__" => ok(Value::I64(l.len() as i64)),
+        "__contains__" => {
+            let v = a.req(0, "value")?;
+            ok(Value::Bool(l.contains(&v)))
+        }
+        "count" => {
+            let v = a.req(0, "value")?;
+            ok(Value::I64(l.iter().filter(|x| **x == v).count() as i64))
+        }
+        "index" => {
+            let v = a.req(0, "value")?;
+            l.iter()
+                .position(|x| *x == v)
+                .map(|i| Value::I64(i as i64))
+                .map_or_else(
+                    || {
+                        Err(Exc::new(
+                            "ValueError",
+                            format!("{} is not in list", repr(&v)),
+                        ))
+                    },
+                    ok,
+                )
+        }
+        "__add__" => match a.req(0, "other")? {
+            Value::List(v) => ok(Value::List(l.iter().cloned().chain(v).collect())),
+            _ => Err(Exc::new("TypeError", "can only concatenate list to list")),
+        },
+        _ => unknown(method),
+    }
+}
+
+/// The calls that change items.
+fn list_write(
+    l: &mut Vec<Value>,
+    method: &str,
+    a: &mut Args,
+    cx: &mut Ctx<'_>,
+) -> Result<Step, Exc> {
+    match method {
         "append" => {
             let v = a.req(0, "object")?;
             cx.stored.push(v.clone());
@@ -932,10 +1009,6 @@ fn list_call(
             }
             _ => Err(Exc::new("TypeError", "extend() takes a list")),
         },
-        "__getitem__" => {
-            let at = index(a, 0, l.len())?;
-            ok(l[at].clone())
-        }
         "__setitem__" => {
             let at = index(a, 0, l.len())?;
             let v = a.req(1, "value")?;
@@ -962,30 +1035,6 @@ fn list_call(
             l.insert(at, v);
             none()
         }
-        "__len__" => ok(Value::I64(l.len() as i64)),
-        "__contains__" => {
-            let v = a.req(0, "value")?;
-            ok(Value::Bool(l.contains(&v)))
-        }
-        "count" => {
-            let v = a.req(0, "value")?;
-            ok(Value::I64(l.iter().filter(|x| **x == v).count() as i64))
-        }
-        "index" => {
-            let v = a.req(0, "value")?;
-            l.iter()
-                .position(|x| *x == v)
-                .map(|i| Value::I64(i as i64))
-                .map_or_else(
-                    || {
-                        Err(Exc::new(
-                            "ValueError",
-                            format!("{} is not in list", repr(&v)),
-                        ))
-                    },
-                    ok,
-                )
-        }
         "remove" => {
             let v = a.req(0, "value")?;
             let at = l
@@ -1003,10 +1052,25 @@ fn list_call(
             cx.removed.append(l);
             none()
         }
-        "__add__" => match a.req(0, "other")? {
-            Value::List(v) => ok(Value::List(l.iter().cloned().chain(v).collect())),
-            _ => Err(Exc::new("TypeError", "can only concatenate list to list")),
-        },
+        _ => unknown(method),
+    }
+}
+
+fn event_call(flag: &mut bool, method: &str, a: &mut Args, cx: &mut Ctx<'_>) -> Result<Step, Exc> {
+    match method {
+        "is_set" => ok(Value::Bool(*flag)),
+        "set" | "clear" => {
+            *flag = method == "set";
+            none()
+        }
+        "wait" => {
+            let timeout = a.timeout(0)?;
+            if *flag || cx.expired {
+                ok(Value::Bool(*flag))
+            } else {
+                Ok(Step::Park(timeout))
+            }
+        }
         _ => unknown(method),
     }
 }
