@@ -201,6 +201,12 @@ impl Server {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(io_err("waiting for clients")(e)),
         }
+        if events.is_empty() && timeout == Some(Duration::ZERO) {
+            // Polling, but yielding the core: a client sharing this CPU
+            // (the other one busy) gets to send its next call now instead
+            // of after the whole spin.
+            std::thread::yield_now();
+        }
         if !events.is_empty() {
             self.last_active = Instant::now();
         }
