@@ -195,7 +195,8 @@ pub(super) fn answer_challenge<S: Read + Write>(
     }
 }
 
-fn fill_random(buf: &mut [u8]) -> Result<(), Error> {
+/// Fills `buf` with random bytes from the kernel.
+pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), Error> {
     let mut filled = 0;
     while filled < buf.len() {
         match rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()) {

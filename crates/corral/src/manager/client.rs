@@ -103,21 +103,8 @@ impl Session {
     /// Writes one frame whole (waiting for room if the socket is full).
     fn send_frame(&self, body: &[u8]) -> std::io::Result<()> {
         use std::os::fd::AsFd;
-        let (header, n) = crate::wire::encode_header(body.len() as u64);
-        let mut frame = Vec::with_capacity(n + body.len());
-        frame.extend_from_slice(&header[..n]);
-        frame.extend_from_slice(body);
         let _guard = lock(&self.tx);
-        let mut sent = 0;
-        while sent < frame.len() {
-            match rustix::io::write(&self.fd, &frame[sent..]) {
-                Ok(k) => sent += k,
-                Err(rustix::io::Errno::AGAIN) => sys::poll_writable(self.fd.as_fd())?,
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
+        crate::wire::write_frame(self.fd.as_fd(), &[body], &[])
     }
 
     /// Reads one frame, waiting at most `limit`: polls a little first,

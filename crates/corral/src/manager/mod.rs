@@ -146,16 +146,16 @@ struct ServerArgs {
     ready: crate::Sender,
 }
 
-fn random_u64() -> u64 {
+fn random_u64() -> Result<u64, Error> {
     let mut b = [0u8; 8];
-    let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
-    u64::from_ne_bytes(b) >> 1
+    crate::connection::auth::fill_random(&mut b)?;
+    Ok(u64::from_ne_bytes(b) >> 1)
 }
 
-fn random_key() -> Vec<u8> {
+fn random_key() -> Result<Vec<u8>, Error> {
     let mut key = vec![0u8; 32];
-    let _ = rustix::rand::getrandom(&mut key, rustix::rand::GetRandomFlags::empty());
-    key
+    crate::connection::auth::fill_random(&mut key)?;
+    Ok(key)
 }
 
 /// The server process: binds, says where, serves until told to stop.
@@ -210,8 +210,8 @@ impl ManagerBuilder {
     /// [`ManagerError::Corral`] if the process cannot start (forgot
     /// [`crate::init`], out of processes).
     pub fn start(self) -> Result<Manager, ManagerError> {
-        let name = format!("@corral-manager-{}-{:x}", std::process::id(), random_u64());
-        self.launch(name, random_key())
+        let name = format!("@corral-manager-{}-{:x}", std::process::id(), random_u64()?);
+        self.launch(name, random_key()?)
     }
 
     /// Starts a server process listening at `address` (`host:port` for
@@ -227,7 +227,7 @@ impl ManagerBuilder {
     }
 
     fn launch(self, address: String, authkey: Vec<u8>) -> Result<Manager, ManagerError> {
-        let owner_token = random_u64();
+        let owner_token = random_u64()?;
         let (rx, tx) = crate::Pipe::simplex()?;
         let config = server::Config {
             authkey: authkey.clone(),

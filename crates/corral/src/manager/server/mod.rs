@@ -156,8 +156,7 @@ impl Server {
             table.register(name, *kind);
         }
         let mut instance = [0u8; 8];
-        rustix::rand::getrandom(&mut instance, rustix::rand::GetRandomFlags::empty())
-            .map_err(io_err("reading random bytes"))?;
+        auth::fill_random(&mut instance)?;
         Ok(Server {
             policy: Policy {
                 legacy_md5: cfg.legacy_md5,
