@@ -376,6 +376,14 @@ def queue_section(g, py, w):
     w("")
 
 
+def time_rows(w, c, p, rows):
+    """Rows of `| label | corral | CPython | CPython / corral |` for times."""
+    for label, key, unit in rows:
+        cv, pv = c(key), p(key)
+        rel = f"{pv / cv:.1f}×" if cv and pv else "n/a"
+        w(f"| {label} | {fmt(cv, unit)} | {fmt(pv, unit)} | {rel} |")
+
+
 def connection_section(g, py, w):
     """Authenticated connections over loopback TCP (issue #11, item 1):
     corral's Listener/Client against CPython's multiprocessing.connection."""
@@ -390,10 +398,8 @@ def connection_section(g, py, w):
     w("")
     w("| figure | corral | CPython `multiprocessing.connection` | CPython / corral |")
     w("|---|---|---|---|")
-    for label, key in [("connect + handshake", "connect+handshake"), ("8-byte round trip", "8B round trip (TCP)")]:
-        cv, pv = c(key), p(key)
-        rel = f"{pv / cv:.1f}×" if cv and pv else "n/a"
-        w(f"| {label} | {fmt(cv, 'us')} | {fmt(pv, 'us')} | {rel} |")
+    time_rows(w, c, p, [("connect + handshake", "connect+handshake", "us"),
+                        ("8-byte round trip", "8B round trip (TCP)", "us")])
     w("")
 
 
@@ -423,10 +429,7 @@ def manager_section(g, py, w):
         ("remote: new proxy + first call", "remote new proxy (TCP)", "us"),
         ("remote: a call", "remote call (TCP)", "us"),
     ]
-    for label, key, unit in rows:
-        cv, pv = c(key), p(key)
-        rel = f"{pv / cv:.1f}×" if cv and pv else "n/a"
-        w(f"| {label} | {fmt(cv, unit)} | {fmt(pv, unit)} | {rel} |")
+    time_rows(w, c, p, rows)
     cq, pq = c("queue child put -> get"), p("queue child put -> get")
     rel = f"{cq / pq:.1f}×" if cq and pq else "n/a"
     w(f"| queue: a child puts, this process gets | {fmt(cq, 'items/s')} | {fmt(pq, 'items/s')} | {rel} (corral / CPython) |")
