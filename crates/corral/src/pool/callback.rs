@@ -15,7 +15,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The pool's callback thread, started at the first callback.
 #[derive(Debug, Default)]
-pub(super) struct Callbacks {
+pub(crate) struct Callbacks {
     runner: Mutex<Runner>,
     /// Callbacks registered and not yet run, and a signal when it drops.
     pending: Arc<Pending>,

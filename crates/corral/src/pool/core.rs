@@ -55,7 +55,7 @@ const SOCKET_BUFFER: usize = 4 << 20;
 
 /// An outcome on its way to a sink.
 #[derive(Debug)]
-pub(super) enum Raw<'a> {
+pub(crate) enum Raw<'a> {
     Value(&'a [u8]),
     Panic(&'a [u8]),
     Codec(&'a [u8]),
@@ -65,7 +65,7 @@ pub(super) enum Raw<'a> {
 
 impl Raw<'_> {
     /// Decodes the outcome as the task's result.
-    pub(super) fn decode<R: Data>(self) -> Result<R, TaskError> {
+    pub(crate) fn decode<R: Data>(self) -> Result<R, TaskError> {
         match self {
             Raw::Value(bytes) => wire::decode_plain(bytes)
                 .map_err(|e| TaskError::Codec(format!("the result: {}", e.message()))),
@@ -81,7 +81,7 @@ impl Raw<'_> {
 
 /// Where the outcomes of a job's items go (a task's slot, a map's vector, an
 /// iterator's buffer). Items are numbered by the sink.
-pub(super) trait Sink: Send + Sync {
+pub(crate) trait Sink: Send + Sync {
     /// Takes outcomes of some of its items.
     fn deliver(&self, outcomes: &mut dyn Iterator<Item = (u32, Raw<'_>)>);
     /// Whether item `index` still needs to run (false once cancelled).
@@ -99,7 +99,7 @@ pub(super) trait Sink: Send + Sync {
 
 /// Which items a cancellation covers.
 #[derive(Clone, Copy)]
-pub(super) enum Cancel<'a> {
+pub(crate) enum Cancel<'a> {
     /// One item of a sink.
     Item(&'a Arc<dyn Sink>, u32),
     /// Every item of a sink.
@@ -140,20 +140,20 @@ fn post_skip(head: &worker::WorkerHead, seq: u64, range: &Range<usize>) -> bool 
 }
 
 /// Items that share a function and a sink, in flight or waiting.
-pub(super) struct Job {
-    pub(super) entry: i64,
-    pub(super) func: i64,
+pub(crate) struct Job {
+    pub(crate) entry: i64,
+    pub(crate) func: i64,
     /// The encoded arguments, back to back.
-    pub(super) args: Vec<u8>,
+    pub(crate) args: Vec<u8>,
     /// End of each item's argument in `args`.
-    pub(super) ends: Vec<u32>,
+    pub(crate) ends: Vec<u32>,
     /// Each item's number in the sink.
-    pub(super) indices: Vec<u32>,
+    pub(crate) indices: Vec<u32>,
     /// Each item's descriptors (empty: none for any item).
-    pub(super) fds: Vec<Vec<OwnedFd>>,
-    pub(super) sink: Arc<dyn Sink>,
+    pub(crate) fds: Vec<Vec<OwnedFd>>,
+    pub(crate) sink: Arc<dyn Sink>,
     /// The items' own time limit (`None`: the pool's `task_timeout`).
-    pub(super) timeout: Option<Duration>,
+    pub(crate) timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for Job {
@@ -164,7 +164,7 @@ impl std::fmt::Debug for Job {
 
 impl Job {
     /// An empty job for items of `sink`, with room for `items`.
-    pub(super) fn new(entry: i64, func: i64, items: usize, sink: Arc<dyn Sink>) -> Job {
+    pub(crate) fn new(entry: i64, func: i64, items: usize, sink: Arc<dyn Sink>) -> Job {
         Job {
             entry,
             func,
@@ -202,11 +202,11 @@ impl Job {
         }
     }
 
-    pub(super) fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.ends.len()
     }
 
-    fn arg(&self, i: usize) -> &[u8] {
+    pub(crate) fn arg(&self, i: usize) -> &[u8] {
         let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
         &self.args[start..self.ends[i] as usize]
     }
@@ -263,7 +263,7 @@ impl Job {
         front
     }
 
-    fn fail_all(&self, error: &TaskError) {
+    pub(crate) fn fail_all(&self, error: &TaskError) {
         let mut it = self
             .indices
             .iter()

@@ -81,8 +81,9 @@
 //! pool pays one system call per batch rather than per task, and a caller
 //! waiting for a result reads it itself instead of paying a thread hop.
 
-mod callback;
+pub(crate) mod callback;
 mod core;
+pub(crate) mod engine;
 mod life;
 mod task;
 mod worker;
@@ -95,7 +96,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use self::core::{Cancel, Config, Job, Raw, Shared, Sink};
+use self::core::{Cancel, Config, Shared};
+pub(crate) use self::core::{Job, Raw, Sink};
+use self::engine::EngineRef;
 use self::task::TaskSlot;
 pub use self::task::{AsCompleted, Task, as_completed, wait_all, wait_any, wait_first_error};
 use crate::start::bootstrap::func_offset;
@@ -440,7 +443,8 @@ impl Drop for DispatcherGone {
 /// assert_eq!(pool.map(square, 1..=3).unwrap(), [1, 4, 9]);
 /// ```
 pub struct Pool {
-    shared: Arc<Shared>,
+    shared: EngineRef,
+    /// The engine's thread, joined when the pool is.
     dispatcher: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -477,7 +481,7 @@ impl Pool {
     /// assert_eq!(corral::Pool::new(3).unwrap().processes(), 3);
     /// ```
     pub fn processes(&self) -> usize {
-        self.shared.lock().target
+        self.shared.processes()
     }
 
     /// Changes the number of workers of a live pool (loky's reusable
@@ -503,8 +507,7 @@ impl Pool {
         if processes == 0 {
             return Err(Error::InvalidArgument("a pool needs at least one process"));
         }
-        self.shared.resize(processes);
-        Ok(())
+        self.shared.resize(processes)
     }
 
     /// Submits `f(arg)` and returns its [`Task`] at once (blocking only
@@ -668,7 +671,7 @@ impl Pool {
         chunk: Option<usize>,
     ) -> Result<Vec<R>, TaskError> {
         match self.start_map(f, items, chunk, None) {
-            Some(sink) => sink.wait(&self.shared),
+            Some(sink) => sink.wait(&*self.shared),
             None => Ok(Vec::new()),
         }
     }
@@ -783,6 +786,12 @@ impl Pool {
         if items.is_empty() {
             return Ok(Vec::new());
         }
+        if !self.shared.shares_memory() {
+            return Err(TaskError::InvalidArgument(
+                "map_pod shares memory with the workers, which a cluster pool cannot: use map"
+                    .into(),
+            ));
+        }
         let shared =
             |e: Error| TaskError::Codec(format!("placing the items in shared memory: {e}"));
         let in_bytes: &[u8] = bytemuck::cast_slice(items);
@@ -822,7 +831,7 @@ impl Pool {
             jobs.push(job);
         }
         self.shared.submit(jobs);
-        let outcome = sink.wait(&self.shared).map(|_| {
+        let outcome = sink.wait(&*self.shared).map(|_| {
             let mut results = vec![R::zeroed(); n];
             output.load_bytes_into(0, bytemuck::cast_slice_mut(&mut results));
             results
@@ -915,7 +924,7 @@ impl Pool {
     pub fn join(&self) {
         self.shared.join(None);
         self.join_dispatcher();
-        self.shared.callbacks.finish();
+        self.shared.callbacks().finish();
     }
 
     /// [`join`](Pool::join) for at most `timeout`: true if every task ended
@@ -939,7 +948,7 @@ impl Pool {
             return false;
         }
         self.join_dispatcher();
-        self.shared.callbacks.finish();
+        self.shared.callbacks().finish();
         true
     }
 
@@ -987,15 +996,14 @@ impl Pool {
     pub fn terminate(&self) {
         self.shared.terminate();
         self.join_dispatcher();
-        self.shared.callbacks.finish();
+        self.shared.callbacks().finish();
     }
 
     /// A job size no larger than a worker's task quota
     /// (`max_tasks_per_child`), so that jobs rarely need splitting.
     fn fit_quota(&self, items: usize) -> usize {
         self.shared
-            .config
-            .max_tasks
+            .max_tasks()
             .map_or(items, |quota| items.min(quota as usize))
             .max(1)
     }
@@ -1133,8 +1141,8 @@ impl<R: Data> MapSink<R> {
         }
     }
 
-    fn wait(&self, shared: &Shared) -> Result<Vec<R>, TaskError> {
-        shared.help_until(None, || lock(&self.state).left == 0);
+    fn wait(&self, shared: &dyn engine::Engine) -> Result<Vec<R>, TaskError> {
+        shared.help_until(None, &mut || lock(&self.state).left == 0);
         let mut st = lock(&self.state);
         while st.left > 0 {
             st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
@@ -1576,7 +1584,7 @@ impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
         let got = self
             .pool
             .shared
-            .help_until(None, || sink.take_into(ready) > 0);
+            .help_until(None, &mut || sink.take_into(ready) > 0);
         while !got && ready.is_empty() {
             sink.wait();
             sink.take_into(ready);

@@ -11,7 +11,8 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use super::core::{Cancel, Raw, Shared, Sink};
+use super::core::{Cancel, Raw, Sink};
+use super::engine::EngineRef;
 use crate::{Data, TaskError, TaskTimeout};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -25,7 +26,7 @@ struct SlotState<R> {
 }
 
 /// Where one task's outcome lands.
-pub(super) struct TaskSlot<R> {
+pub(crate) struct TaskSlot<R> {
     done: AtomicBool,
     /// The pid of the worker it was last handed to (0: none yet).
     worker: AtomicU32,
@@ -33,7 +34,7 @@ pub(super) struct TaskSlot<R> {
 }
 
 impl<R> TaskSlot<R> {
-    pub(super) fn new() -> TaskSlot<R> {
+    pub(crate) fn new() -> TaskSlot<R> {
         TaskSlot {
             done: AtomicBool::new(false),
             worker: AtomicU32::new(0),
@@ -166,7 +167,7 @@ fn park(deadline: Option<Instant>) -> bool {
 /// ```
 pub struct Task<R> {
     slot: Arc<TaskSlot<R>>,
-    shared: Arc<Shared>,
+    shared: EngineRef,
     /// For a task that stands for a whole call (`map_async`): the call's
     /// sink, whose items a cancellation cancels.
     whole: Option<Arc<dyn Sink>>,
@@ -181,7 +182,7 @@ impl<R> fmt::Debug for Task<R> {
 }
 
 impl<R: Data> Task<R> {
-    pub(super) fn new(slot: Arc<TaskSlot<R>>, shared: Arc<Shared>) -> Task<R> {
+    pub(crate) fn new(slot: Arc<TaskSlot<R>>, shared: EngineRef) -> Task<R> {
         Task {
             slot,
             shared,
@@ -190,11 +191,7 @@ impl<R: Data> Task<R> {
     }
 
     /// A task that ends when every item of `sink`'s call has (`map_async`).
-    pub(super) fn whole(
-        slot: Arc<TaskSlot<R>>,
-        shared: Arc<Shared>,
-        sink: Arc<dyn Sink>,
-    ) -> Task<R> {
+    pub(super) fn whole(slot: Arc<TaskSlot<R>>, shared: EngineRef, sink: Arc<dyn Sink>) -> Task<R> {
         Task {
             slot,
             shared,
@@ -375,7 +372,7 @@ impl<R: Data> Task<R> {
         let slot = self.slot.clone();
         let run: super::callback::Callback =
             Box::new(move || f(slot.take().unwrap_or(Err(TaskError::Cancelled))));
-        match self.shared.callbacks.waker(run) {
+        match self.shared.callbacks().waker(run) {
             Ok(waker) => {
                 if self.slot.register(&waker) {
                     waker.wake();
@@ -390,7 +387,10 @@ impl<R: Data> Task<R> {
 
     /// Waits until done or `deadline`; true if done.
     fn wait(&self, deadline: Option<Instant>) -> bool {
-        if self.shared.help_until(deadline, || self.slot.is_done()) {
+        if self
+            .shared
+            .help_until(deadline, &mut || self.slot.is_done())
+        {
             return true;
         }
         let waker = thread_waker();

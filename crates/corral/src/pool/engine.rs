@@ -1,0 +1,132 @@
+//! What runs a pool's jobs, behind the one `Pool` API.
+//!
+//! [`Pool`](crate::Pool), [`Task`](crate::Task) and `imap` build jobs and
+//! hand them to an engine; the engine runs them and delivers each item's
+//! outcome to the job's sink. This crate has two: the local dispatcher and
+//! its worker processes ([`Shared`]), and, with the `cluster` feature,
+//! nodes behind a Redis stream (`crate::cluster`). Everything above the
+//! engine (tasks, callbacks, `map`, `imap`'s window and chunking, waiting)
+//! is one code for both.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::callback::Callbacks;
+use super::core::{Cancel, Job, Shared};
+use super::{PoolStats, WorkerStats};
+use crate::Error;
+
+/// Runs jobs and reports their items' outcomes to their sinks.
+pub(crate) trait Engine: Send + Sync + std::fmt::Debug {
+    /// Queues jobs (blocking while the engine's `max_pending` items wait);
+    /// a closed or broken engine fails them at once.
+    fn submit(&self, jobs: Vec<Job>);
+    /// Cancels the items `what` names that have not ended; running ones
+    /// are stopped if `kill_running` and the engine can.
+    fn cancel(&self, what: Cancel<'_>, kill_running: bool);
+    /// Works (or spins) briefly until `ready` holds or `deadline` passes;
+    /// whether it holds. The caller parks afterwards if it must.
+    fn help_until(&self, deadline: Option<Instant>, ready: &mut dyn FnMut() -> bool) -> bool;
+    /// Where done callbacks run.
+    fn callbacks(&self) -> &Callbacks;
+    /// How many tasks run at once (the number of worker processes).
+    fn processes(&self) -> usize;
+    /// Items one worker may run before it is replaced, if limited.
+    fn max_tasks(&self) -> Option<u64>;
+    /// The chunk size the last `imap` of `func` settled on.
+    fn chunk_hint(&self, func: i64) -> usize;
+    /// Records the chunk size an `imap` of `func` settled on.
+    fn set_chunk_hint(&self, func: i64, size: usize);
+    /// Whether jobs may carry shared memory (`map_pod`).
+    fn shares_memory(&self) -> bool;
+    /// A shared byte array of at least `bytes` for `map_pod`.
+    fn scratch(&self, bytes: usize) -> Result<crate::RawArray<u8>, Error>;
+    /// Gives a `map_pod` array back for reuse.
+    fn return_scratch(&self, array: crate::RawArray<u8>);
+    /// Sets how many workers to keep.
+    fn resize(&self, processes: usize) -> Result<(), Error>;
+    /// Stops accepting work.
+    fn close(&self);
+    /// Waits for all work, then stops; false if `deadline` came first.
+    fn join(&self, deadline: Option<Instant>) -> bool;
+    /// Stops at once; unfinished items end with `PoolClosed`.
+    fn terminate(&self);
+    /// The counters.
+    fn stats(&self) -> PoolStats;
+    /// Each worker's counters.
+    fn worker_stats(&self) -> Vec<WorkerStats>;
+}
+
+impl Engine for Shared {
+    fn submit(&self, jobs: Vec<Job>) {
+        Shared::submit(self, jobs);
+    }
+
+    fn cancel(&self, what: Cancel<'_>, kill_running: bool) {
+        Shared::cancel(self, what, kill_running);
+    }
+
+    fn help_until(&self, deadline: Option<Instant>, ready: &mut dyn FnMut() -> bool) -> bool {
+        Shared::help_until(self, deadline, ready)
+    }
+
+    fn callbacks(&self) -> &Callbacks {
+        &self.callbacks
+    }
+
+    fn processes(&self) -> usize {
+        self.lock().target
+    }
+
+    fn max_tasks(&self) -> Option<u64> {
+        self.config.max_tasks
+    }
+
+    fn chunk_hint(&self, func: i64) -> usize {
+        Shared::chunk_hint(self, func)
+    }
+
+    fn set_chunk_hint(&self, func: i64, size: usize) {
+        Shared::set_chunk_hint(self, func, size);
+    }
+
+    fn shares_memory(&self) -> bool {
+        true
+    }
+
+    fn scratch(&self, bytes: usize) -> Result<crate::RawArray<u8>, Error> {
+        Shared::scratch(self, bytes)
+    }
+
+    fn return_scratch(&self, array: crate::RawArray<u8>) {
+        Shared::return_scratch(self, array);
+    }
+
+    fn resize(&self, processes: usize) -> Result<(), Error> {
+        Shared::resize(self, processes);
+        Ok(())
+    }
+
+    fn close(&self) {
+        Shared::close(self);
+    }
+
+    fn join(&self, deadline: Option<Instant>) -> bool {
+        Shared::join(self, deadline)
+    }
+
+    fn terminate(&self) {
+        Shared::terminate(self);
+    }
+
+    fn stats(&self) -> PoolStats {
+        Shared::stats(self)
+    }
+
+    fn worker_stats(&self) -> Vec<WorkerStats> {
+        Shared::worker_stats(self)
+    }
+}
+
+/// An engine as `Pool`, its tasks and iterators hold it.
+pub(crate) type EngineRef = Arc<dyn Engine>;
