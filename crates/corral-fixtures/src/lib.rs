@@ -177,6 +177,18 @@ pub fn reap_exited_children() {
     }
 }
 
+/// Stops `pid` (SIGSTOP): it holds its sockets but answers nothing.
+pub fn sigstop(pid: u32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+}
+
+/// Resumes a process stopped by [`sigstop`].
+pub fn sigcont(pid: u32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+}
+
 /// Sends `SIGKILL` to `pid` (a process the test does not own a handle to,
 /// like the fork server).
 pub fn sigkill(pid: u32) {
@@ -342,4 +354,153 @@ pub fn descendants(pid: u32) -> Vec<u32> {
     }
     found.remove(0);
     found
+}
+
+/// A real `redis-server` on a free loopback port, for the cluster tests:
+/// killed (and its files removed) when dropped.
+#[derive(Debug)]
+pub struct Redis {
+    child: Option<std::process::Child>,
+    port: u16,
+    password: String,
+    dir: std::path::PathBuf,
+    persistent: bool,
+}
+
+/// `redis-server`'s path: on PATH, installed with apt-get where that works,
+/// or a panic with the install line (the cluster tests never skip).
+pub fn redis_server() -> &'static str {
+    static FOUND: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    let works = || {
+        std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    FOUND.get_or_init(|| {
+        if works() {
+            return;
+        }
+        let _ = std::process::Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "redis-server"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status();
+        if !works() {
+            let _ = std::process::Command::new("apt-get").arg("update").status();
+            let _ = std::process::Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends", "redis-server"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status();
+        }
+        assert!(
+            works(),
+            "the cluster tests need redis-server: install it with \
+             `sudo apt-get install -y redis-server` (or your system's package)"
+        );
+    });
+    "redis-server"
+}
+
+impl Redis {
+    /// Starts a server with a password, without persistence.
+    pub fn start() -> Redis {
+        Redis::start_with(false)
+    }
+
+    /// Starts a server; with `persistent`, every write goes to an
+    /// append-only file first (`appendfsync always`), so a restart keeps it.
+    pub fn start_with(persistent: bool) -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        let dir = std::env::temp_dir().join(format!("corral-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = Redis {
+            child: None,
+            port,
+            password: format!("pw{port}"),
+            dir,
+            persistent,
+        };
+        redis.restart();
+        redis
+    }
+
+    /// The URL clients and nodes use.
+    pub fn url(&self) -> String {
+        format!("redis://:{}@127.0.0.1:{}/", self.password, self.port)
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, std::process::Child::id)
+    }
+
+    /// SIGKILLs the server and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server (again) on the same port, and waits until it
+    /// answers (at most 10 s).
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut cmd = std::process::Command::new(redis_server());
+        cmd.args(["--bind", "127.0.0.1", "--port"])
+            .arg(self.port.to_string())
+            .args(["--requirepass", &self.password, "--save", ""])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--daemonize", "no", "--protected-mode", "yes"])
+            .stdout(std::process::Stdio::null());
+        if self.persistent {
+            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            cmd.args(["--appendonly", "no"]);
+        }
+        self.child = Some(cmd.spawn().expect("starting redis-server"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !self.answers() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not answer on port {} within 10 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the server answers an authenticated PING.
+    fn answers(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        if s.write_all(format!("AUTH {}\r\nPING\r\n", self.password).as_bytes())
+            .is_err()
+        {
+            return false;
+        }
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while !got.ends_with(b"+PONG\r\n") {
+            match s.read(&mut buf) {
+                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                _ => return false,
+            }
+        }
+        true
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

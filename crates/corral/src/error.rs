@@ -393,7 +393,7 @@ pub enum RecvError {
 /// assert!(matches!(pool.apply(nap, 10_000), Err(TaskError::TimedOut(_))));
 /// assert_eq!(pool.apply(nap, 1).unwrap(), 1); // the worker was replaced
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum TaskError {
     /// The task's function panicked in the worker.
@@ -440,6 +440,23 @@ pub enum TaskError {
     /// An argument of the call is out of range (Python raises `ValueError`).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A cluster pool's broker (Redis) could not be reached within the
+    /// pool's `broker_timeout`, or restarted without its data (persistence
+    /// off) while the task waited in it.
+    #[error("the cluster's broker lost the task: {0}")]
+    Broker(String),
+    /// A cluster node refused the task: it runs a different binary than
+    /// the submitter (code is found by offset, so only the same build may
+    /// run it), or the task's entry was malformed.
+    #[error("a cluster node refused the task: {0}")]
+    Refused(String),
+    /// The task was handed to cluster nodes this many times, and each one
+    /// died or vanished before reporting an outcome (a poison task that
+    /// brings nodes down, say): it is failed instead of redelivered forever.
+    #[error(
+        "the task was delivered {0} times and no node reported an outcome; it is not delivered again"
+    )]
+    DeliveryLimit(u32),
 }
 
 impl TaskError {

@@ -313,6 +313,8 @@
 #![deny(unsafe_code)]
 #![doc(test(attr(deny(warnings))))]
 
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod connection;
 mod error;
 pub mod manager;
@@ -402,6 +404,8 @@ impl<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static> Data fo
 /// ```
 pub fn init() {
     start::runtime::init();
+    #[cfg(feature = "cluster")]
+    cluster::node::run_if_asked();
 }
 
 /// Makes `cargo test` able to spawn processes: runs [`init`] before the test

@@ -78,7 +78,7 @@ fn recv<S: Read>(stream: &mut S) -> Result<Vec<u8>, Error> {
     Ok(body)
 }
 
-fn hmac_sha256(key: &[u8], message: &[u8]) -> Hmac<sha2::Sha256> {
+pub(crate) fn hmac_sha256(key: &[u8], message: &[u8]) -> Hmac<sha2::Sha256> {
     let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key");
     mac.update(message);
     mac

@@ -77,6 +77,18 @@ impl Raw<'_> {
             Raw::Failed(e) => Err(*e),
         }
     }
+    /// The outcome as owned data, a value still encoded: for forwarding it
+    /// to another machine (a cluster node's results).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn into_owned(self) -> Result<Vec<u8>, TaskError> {
+        match self {
+            Raw::Value(bytes) => Ok(bytes.to_vec()),
+            other => Err(other
+                .decode::<()>()
+                .err()
+                .unwrap_or_else(|| TaskError::Codec("a failure without an error".into()))),
+        }
+    }
 }
 
 /// Where the outcomes of a job's items go (a task's slot, a map's vector, an
@@ -174,6 +186,28 @@ impl Job {
             fds: Vec::new(),
             sink,
             timeout: None,
+        }
+    }
+
+    /// A job of items already encoded back to back (a cluster node's,
+    /// from the stream), numbered from 0.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn encoded(
+        (entry, func): (i64, i64),
+        args: Vec<u8>,
+        ends: Vec<u32>,
+        sink: Arc<dyn Sink>,
+        timeout: Option<Duration>,
+    ) -> Job {
+        Job {
+            entry,
+            func,
+            indices: (0..ends.len() as u32).collect(),
+            args,
+            ends,
+            fds: Vec::new(),
+            sink,
+            timeout,
         }
     }
 
@@ -1867,7 +1901,7 @@ fn fail_missing(
     }
 }
 
-fn count_failure(stats: &mut PoolStats, error: &TaskError, n: usize) {
+pub(crate) fn count_failure(stats: &mut PoolStats, error: &TaskError, n: usize) {
     let n = n as u64;
     stats.failed += n;
     match error {

@@ -96,8 +96,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use self::core::{Cancel, Config, Shared};
-pub(crate) use self::core::{Job, Raw, Sink};
+#[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
+pub(crate) use self::core::{Cancel, Job, Raw, Sink, count_failure};
+use self::core::{Config, Shared};
 use self::engine::EngineRef;
 use self::task::TaskSlot;
 pub use self::task::{AsCompleted, Task, as_completed, wait_all, wait_any, wait_first_error};
@@ -143,6 +144,10 @@ pub struct PoolStats {
     pub workers: usize,
     /// Items waiting for a worker now.
     pub queued: usize,
+    /// Outcomes dropped because their item had ended already: a cluster
+    /// node's redelivered work, run twice and reported once (always 0 for
+    /// a local pool).
+    pub duplicates: u64,
 }
 
 /// One live worker of a pool, from [`Pool::workers`]: its pid and what it
@@ -1028,6 +1033,21 @@ impl Pool {
     /// `pool._pool` pids, observable).
     pub fn workers(&self) -> Vec<WorkerStats> {
         self.shared.worker_stats()
+    }
+
+    /// A pool on another engine (a cluster), which owns its threads.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn from_engine(engine: EngineRef) -> Pool {
+        Pool {
+            shared: engine,
+            dispatcher: Mutex::new(None),
+        }
+    }
+
+    /// Queues jobs built elsewhere (a cluster node's, from the stream).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn submit_jobs(&self, jobs: Vec<Job>) {
+        self.shared.submit(jobs);
     }
 
     fn join_dispatcher(&self) {
