@@ -1,7 +1,7 @@
 //! corral's side of the benchmarks, and the raw syscall floor, measured in the
 //! same run. Prints one JSON object per line: `{"name", "value", "unit"}`.
 //!
-//! `corral-bench <spawn|floor|pipe|pool|queue|connection|manager|all>`; `bench/run.sh` drives everything.
+//! `corral-bench <spawn|floor|pipe|pool|queue|connection|manager|all|cluster>` (`cluster` needs `CORRAL_BENCH_REDIS`); `bench/run.sh` drives everything.
 #![expect(
     unsafe_code,
     reason = "the raw syscall floor calls fork, pipe and waitpid directly"
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use corral::{Connection, Process, StartMethod};
 
+mod cluster;
 mod connection;
 mod manager;
 mod pool;
@@ -304,6 +305,11 @@ fn pipe_throughput(messages: usize, allocate: bool) -> f64 {
 fn main() {
     corral::init();
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    if what == "raw-worker" {
+        let args: Vec<String> = std::env::args().skip(2).collect();
+        cluster::raw_worker(&args[0], &args[1]);
+        return;
+    }
     let quick = std::env::var_os("CORRAL_BENCH_QUICK").is_some();
     let n = |full: usize| if quick { full / 10 } else { full };
     if what == "floor" || what == "all" {
@@ -359,5 +365,8 @@ fn main() {
     }
     if what == "manager" || what == "all" {
         manager::run(n);
+    }
+    if what == "cluster" {
+        cluster::run(n);
     }
 }

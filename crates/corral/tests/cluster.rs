@@ -228,7 +228,9 @@ fn a_partitioned_node_runs_work_twice_and_each_outcome_counts_once() {
     let pool = cluster(&redis);
     let a_pid = a.pid();
     let (results, stats) = within(Duration::from_secs(60), move || {
-        let tasks: Vec<_> = (0..8).map(|_| pool.submit(counted_nap, (path.clone(), 300))).collect();
+        let tasks: Vec<_> = (0..8)
+            .map(|_| pool.submit(counted_nap, (path.clone(), 300)))
+            .collect();
         // Node a stops answering (as if cut off) while it holds work, for
         // longer than the visibility timeout; its worker goes on.
         std::thread::sleep(Duration::from_millis(150));
@@ -246,9 +248,77 @@ fn a_partitioned_node_runs_work_twice_and_each_outcome_counts_once() {
     assert!(results.iter().all(|r| *r == Ok(300)), "{results:?}");
     let runs = std::fs::read_to_string(&file).unwrap().lines().count();
     let _ = std::fs::remove_file(&file);
-    assert!(runs > 8, "nothing ran twice ({runs} runs): the test staged no redelivery");
+    assert!(
+        runs > 8,
+        "nothing ran twice ({runs} runs): the test staged no redelivery"
+    );
     assert_eq!(stats.completed, 8);
     assert!(stats.duplicates >= 1);
+}
+
+/// A client process: submits `n` counted naps, says so, and waits to be
+/// killed.
+fn doomed_client((url, path, n): (String, String, usize)) {
+    let pool = Pool::cluster(&url).build().unwrap();
+    let tasks: Vec<_> = (0..n)
+        .map(|_| pool.submit(counted_nap, (path.clone(), 500)))
+        .collect();
+    println!("submitted");
+    std::thread::sleep(Duration::from_secs(3600));
+    drop(tasks);
+}
+
+#[test]
+fn a_dead_clients_work_is_dropped_and_its_keys_expire() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, 1, 1_000, "a");
+    let file = std::env::temp_dir().join(format!("corral-cluster-dead-{}", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    let path = file.to_str().unwrap().to_owned();
+    let client = corral::ProcessBuilder::new()
+        .spawn(doomed_client, (redis.url(), path, 60))
+        .unwrap();
+    let mut c = redis_conn(&redis);
+    assert!(wait_for(Duration::from_secs(20), || {
+        c.xlen::<_, usize>("corral:tasks").unwrap() > 0
+    }));
+    std::thread::sleep(Duration::from_millis(500));
+    client.kill().unwrap();
+    // Within the client TTL (15 s) and a second, the node drops the rest
+    // of its work instead of running 60 × 0.5 s for nobody.
+    let emptied = wait_for(Duration::from_secs(25), || {
+        c.xlen::<_, usize>("corral:tasks").unwrap() == 0
+    });
+    assert!(emptied, "the dead client's entries are still queued");
+    let runs = std::fs::read_to_string(&file).map_or(0, |t| t.lines().count());
+    let _ = std::fs::remove_file(&file);
+    assert!(runs < 60, "the node ran all {runs} tasks of a dead client");
+    // Its liveness key expired; its results list expires too.
+    let alive: Vec<String> = c.keys("corral:client:*").unwrap();
+    assert!(alive.is_empty(), "{alive:?}");
+    let results: Vec<String> = c.keys("corral:results:*").unwrap();
+    for key in results {
+        let ttl: i64 = c.ttl(&key).unwrap();
+        assert!((1..=60).contains(&ttl), "{key} never expires ({ttl})");
+    }
+    drop(node);
+}
+
+#[test]
+fn max_pending_bounds_the_unfinished_items() {
+    let redis = Redis::start();
+    let _a = Node::start(&redis, 1, 1_000, "a");
+    let pool = Pool::cluster(&redis.url()).max_pending(3).build().unwrap();
+    within(Duration::from_secs(60), move || {
+        let mut tasks = Vec::new();
+        for _ in 0..12 {
+            tasks.push(pool.submit(nap, 20));
+            let s = pool.stats();
+            assert!(s.submitted - (s.completed + s.failed) <= 3, "{s:?}");
+        }
+        assert!(tasks.into_iter().all(|t| t.join() == Ok(20)));
+        pool.join();
+    });
 }
 
 #[test]

@@ -282,14 +282,23 @@ impl Client {
     }
 
     /// Jobs packed into encoded stream entries.
+    ///
+    /// Entries are a node's unit of work, so a burst is cut into at least
+    /// four entries a process: every node gets a share (no node hoards a
+    /// burst of long tasks), while a burst of trivial tasks still travels
+    /// hundreds to an entry.
     fn entries(&self, jobs: &[WireJob]) -> Vec<Vec<u8>> {
+        let total: usize = jobs.iter().map(|j| j.ends.len()).sum();
+        let per_entry = total
+            .div_ceil(4 * self.lock().processes.max(1))
+            .clamp(1, wire::ENTRY_ITEMS);
         let mut out = Vec::new();
         let mut start = 0;
         while start < jobs.len() {
             let (mut items, mut bytes, mut end) = (0, 0, start);
             while end < jobs.len()
                 && (end == start
-                    || (items + jobs[end].ends.len() <= wire::ENTRY_ITEMS
+                    || (items + jobs[end].ends.len() <= per_entry
                         && bytes + jobs[end].args.len() <= wire::ENTRY_BYTES))
             {
                 items += jobs[end].ends.len();

@@ -249,7 +249,8 @@ struct Shared {
     flight: Mutex<HashMap<String, Held>>,
     /// Signalled when entries end (room to read more).
     room: Condvar,
-    /// The most entries held at once.
+    /// The most items held at once (in entries taken, without an outcome
+    /// pushed): a node reads only what its workers will soon run.
     most: usize,
 }
 
@@ -358,10 +359,11 @@ impl Reader {
         self.broker.pause(None);
     }
 
-    /// Waits until the node may hold more entries; how many.
+    /// Waits until the node may hold more items; how many entries to read.
     fn wait_for_room(&self) -> usize {
+        let held = |f: &HashMap<String, Held>| f.values().map(|h| h.left).sum::<usize>();
         let mut flight = self.shared.flight();
-        while flight.len() >= self.shared.most {
+        while held(&flight) >= self.shared.most {
             flight = self
                 .shared
                 .room
@@ -369,7 +371,7 @@ impl Reader {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        self.shared.most - flight.len()
+        self.shared.most - held(&flight)
     }
 
     fn create_group(&mut self) -> redis::RedisResult<()> {
