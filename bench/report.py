@@ -94,7 +94,7 @@ def fmt(v, unit):
         return "n/a"
     if unit == "us":
         return f"{v:,.0f} µs" if v >= 100 else f"{v:.1f} µs"
-    if unit == "items/s":
+    if unit in ("items/s", "tasks/s"):
         if v >= 1e9:
             return f"{v / 1e9:.2f} G/s"
         if v >= 1e6:
@@ -187,6 +187,7 @@ def main():
     queue_section(g, py, w)
     connection_section(g, py, w)
     manager_section(g, py, w)
+    cluster_section(g, py, w)
     spread_section(runs, hog, w)
     print("\n".join(lines))
 
@@ -400,6 +401,49 @@ def connection_section(g, py, w):
     w("|---|---|---|---|")
     time_rows(w, c, p, [("connect + handshake", "connect+handshake", "us"),
                         ("8-byte round trip", "8B round trip (TCP)", "us")])
+    w("")
+
+
+def cluster_section(g, py, w):
+    """The cluster pool (issue #12) on one redis-server: corral with 2 nodes
+    of one process, the raw Redis stream farm (the floor), Celery and RQ."""
+    rt = g("corral cluster round trip")
+    if rt is None:
+        return
+    raw_rt, raw_tp = g("raw redis stream farm round trip"), g("raw redis stream farm trivial tasks, 2 workers")
+    each, mapped = g("corral cluster submit-each trivial tasks, 2 nodes"), g("corral cluster map trivial items, 2 nodes")
+    crt, ctp = g(f"{py} celery round trip"), g(f"{py} celery trivial tasks, 2 worker processes")
+    qrt, qtp = g(f"{py} rq round trip"), g(f"{py} rq trivial tasks, 2 SimpleWorkers")
+    w("## Cluster")
+    w("")
+    w("One redis-server on loopback (password, no persistence); two nodes (or workers) of one process each "
+      "on this 2-core machine, beside the client. Trivial task: `x * x`. The raw farm is "
+      "`research/distributed.md`'s: `XADD`, `XREADGROUP COUNT 10`, reply and `XACK` in one `MULTI`.")
+    w("")
+    w("| figure | corral | raw stream farm | Celery 5 | RQ (SimpleWorker) |")
+    w("|---|---|---|---|---|")
+    w(f"| one task's round trip | {fmt(rt, 'us')} | {fmt(raw_rt, 'us')} | {fmt(crt, 'us')} | {fmt(qrt, 'us')} |")
+    w(f"| trivial tasks/s, one `submit` each | {fmt(each, 'items/s')} | {fmt(raw_tp, 'items/s')} | "
+      f"{fmt(ctp, 'items/s')} | {fmt(qtp, 'items/s')} |")
+    w(f"| trivial items/s, `map` | {fmt(mapped, 'items/s')} | | | |")
+    w("")
+    w("### Targets (issue #12)")
+    w("")
+    w("| target | figure | verdict |")
+    w("|---|---|---|")
+    if each:
+        w(f"| ≥ 50 k trivial tasks/s with 2 nodes | {fmt(each, 'items/s')} (one `submit` each) | {verdict(each >= 50e3)} |")
+    if each and ctp:
+        w(f"| ≥ 10× Celery's throughput | {each / ctp:.0f}× | {verdict(each >= 10 * ctp)} |")
+    if raw_rt:
+        w(f"| round trip ≤ 2× the raw loop | {rt / raw_rt:.2f}× | {verdict(rt <= 2 * raw_rt)} |")
+    w("")
+    w("What bounds the round trip: the raw loop is two processes and four Redis commands. corral's adds a "
+      "supervised worker process behind the node (the node hands the task to its local pool and back, as a "
+      "local pool does) and threads that keep a slow broker from stalling anyone (the client's sender and "
+      "receiver, the node's reader and writer): each hand-off is a sleep/wake across CPUs, 35–60 µs on this "
+      "machine (`research/limits.md`), and a lone task crosses about four of them. Throughput does not pay "
+      "them: tasks travel hundreds to a stream entry.")
     w("")
 
 

@@ -15,8 +15,22 @@ if [ ! -x "$venv/bin/python" ]; then
         exit 1
     }
 fi
-"$venv/bin/python" -m pip install -q --disable-pip-version-check pebble loky
+"$venv/bin/python" -m pip install -q --disable-pip-version-check pebble loky celery redis rq packaging
 python="$venv/bin/python"
+# The cluster benchmarks run on a redis-server of their own (a free
+# loopback port, a password, no persistence), stopped when this ends.
+command -v redis-server >/dev/null || {
+    echo "bench/run.sh: the cluster benchmarks need redis-server; install it with:" >&2
+    echo "    sudo apt-get install -y redis-server" >&2
+    exit 1
+}
+redis_port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+redis_dir=$(mktemp -d)
+redis-server --bind 127.0.0.1 --port "$redis_port" --requirepass bench --save '' \
+    --appendonly no --dir "$redis_dir" --daemonize no >/dev/null &
+redis_pid=$!
+trap 'kill $redis_pid 2>/dev/null; rm -rf "$redis_dir"' EXIT
+export CORRAL_BENCH_REDIS="redis://:bench@127.0.0.1:$redis_port/0"
 mkdir -p bench/out
 rm -f bench/out/run-*.jsonl bench/out/hog.jsonl
 
@@ -37,6 +51,8 @@ one_run() {
     "$python" bench/python/connection_bench.py | tee -a "$out"
     ./target/release/corral-bench manager | tee -a "$out"
     "$python" bench/python/manager_bench.py | tee -a "$out"
+    ./target/release/corral-bench cluster | tee -a "$out"
+    "$python" bench/python/cluster_bench.py | tee -a "$out"
 }
 
 # Every figure is the median of CORRAL_BENCH_RUNS whole runs (5 by
@@ -51,10 +67,10 @@ if [ "${CORRAL_BENCH_HOG:-1}" != 0 ]; then
     echo "== run under a CPU hog pinned to CPU 0" >&2
     taskset -c 0 sh -c 'while :; do :; done' &
     hog=$!
-    trap 'kill $hog 2>/dev/null' EXIT
+    trap 'kill $hog $redis_pid 2>/dev/null; rm -rf "$redis_dir"' EXIT
     one_run bench/out/hog.jsonl
     kill "$hog"
-    trap - EXIT
+    trap 'kill $redis_pid 2>/dev/null; rm -rf "$redis_dir"' EXIT
 fi
 "$python" bench/report.py bench/out > bench/RESULTS.md
 echo "wrote bench/RESULTS.md"

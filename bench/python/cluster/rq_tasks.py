@@ -1,0 +1,5 @@
+"""The RQ side of the cluster benchmark: one trivial job."""
+
+
+def square(x):
+    return x * x
