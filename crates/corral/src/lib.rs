@@ -276,6 +276,25 @@
 //! }
 //! ```
 //!
+//! ## On many machines
+//!
+//! [`Pool::cluster`] builds the same [`Pool`] on nodes behind a Redis
+//! broker (feature `cluster`, on by default): the same calls, the same
+//! [`Task`] and [`TaskError`]. A node is this very program started with
+//! `CORRAL_NODE=redis://…`, which `init()` recognises; each runs a local
+//! supervised pool. A dead node's tasks run elsewhere, each outcome counts
+//! once, a dead broker is an error within a bound (see [`cluster`]).
+//!
+//! ```no_run
+//! fn square(x: u64) -> u64 { x * x }
+//!
+//! fn main() {
+//!     corral::init(); // a node, if CORRAL_NODE is set
+//!     let pool = corral::Pool::cluster("redis://:secret@10.0.0.5:6379/").build().unwrap();
+//!     assert_eq!(pool.map(square, 0..4u64).unwrap(), [0, 1, 4, 9]);
+//! }
+//! ```
+//!
 //! ## Lifetimes: no zombies, no orphans
 //!
 //! * Every child is reaped: by [`Child::join`], or, for a dropped handle, at

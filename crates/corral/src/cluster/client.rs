@@ -321,9 +321,15 @@ impl Client {
             if self.lock().stop {
                 return;
             }
-            if refreshed.elapsed() >= REFRESH {
-                self.refresh(&mut broker);
+            if was_down || refreshed.elapsed() >= REFRESH {
                 refreshed = Instant::now();
+                if self.refresh(&mut broker) && was_down {
+                    was_down = false;
+                    // Tasks lost with the broker's data fail first; then new
+                    // ones go out again.
+                    self.check_epoch(&mut broker);
+                    self.recover();
+                }
             }
             let block = RECEIVE_BLOCK.as_secs_f64();
             let got = broker.call(|c| {
@@ -338,10 +344,6 @@ impl Client {
             });
             match got {
                 Ok(batches) => {
-                    if was_down {
-                        was_down = false;
-                        self.check_epoch(&mut broker);
-                    }
                     for batch in batches {
                         self.receive(&batch);
                     }
@@ -359,8 +361,9 @@ impl Client {
         }
     }
 
-    /// Refreshes this client's liveness and reads the nodes' sizes.
-    fn refresh(&self, broker: &mut Broker) {
+    /// Refreshes this client's liveness and reads the nodes' sizes; whether
+    /// the broker answered.
+    fn refresh(&self, broker: &mut Broker) -> bool {
         let keys = &self.settings.keys;
         let now = wire::unix_ms();
         let nodes = broker.call(|c| {
@@ -376,6 +379,17 @@ impl Client {
                 .map(|(p, _)| p)
                 .sum();
             self.lock().processes = processes;
+            return true;
+        }
+        false
+    }
+
+    /// The broker is back: a client failed by an outage takes work again
+    /// (the tasks it failed stay failed).
+    fn recover(&self) {
+        let mut st = self.lock();
+        if matches!(st.broken, Some(TaskError::Broker(_))) {
+            st.broken = None;
         }
     }
 

@@ -468,17 +468,18 @@ impl Reader {
             }
         };
         let client: Arc<str> = entry.client.as_str().into();
-        let view = self.client(&client);
-        if !view.0 {
-            // Its client is gone: nobody will collect the outcomes.
+        let (alive, has_cancels) = self.client(&client);
+        let items: usize = entry.jobs.iter().map(|j| j.ends.len()).sum();
+        if !alive || items == 0 {
+            // Its client is gone (nobody will collect the outcomes), or
+            // there is nothing to run.
             return self.discard(&id);
         }
-        let cancelled = if view.1 {
+        let cancelled = if has_cancels {
             self.cancelled(&client, &entry.jobs)
         } else {
             vec![false; entry.jobs.len()]
         };
-        let items: usize = entry.jobs.iter().map(|j| j.ends.len()).sum();
         self.shared
             .flight()
             .insert(id.clone(), Held { left: items });
@@ -628,7 +629,10 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => return,
             }
             buffer.extend(rx.try_iter());
-            if last_beat.elapsed() >= beat && self.heartbeat().is_ok() {
+            if last_beat.elapsed() >= beat {
+                // A failed beat waits for the next one like a good one: a
+                // node without its broker must not spin.
+                let _ = self.heartbeat();
                 last_beat = Instant::now();
             }
             if !buffer.is_empty() {
