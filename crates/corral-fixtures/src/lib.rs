@@ -365,6 +365,8 @@ pub struct Redis {
     password: String,
     dir: std::path::PathBuf,
     persistent: bool,
+    /// Serves TLS only, with the certificates in `tls/` (see its README).
+    tls: bool,
 }
 
 /// `redis-server`'s path: on PATH, installed with apt-get where that works,
@@ -422,14 +424,33 @@ impl Redis {
             password: format!("pw{port}"),
             dir,
             persistent,
+            tls: false,
         };
         redis.restart();
         redis
     }
 
+    /// Starts a server that speaks TLS only (`rediss://`), with the test
+    /// certificate for `localhost` that [`Redis::tls_ca`] signed.
+    pub fn start_tls() -> Redis {
+        let mut redis = Redis::start();
+        redis.tls = true;
+        redis.restart();
+        redis
+    }
+
+    /// The CA certificate (PEM) the TLS server's certificate is signed by.
+    pub fn tls_ca() -> &'static [u8] {
+        include_bytes!("../tls/ca.crt")
+    }
+
     /// The URL clients and nodes use.
     pub fn url(&self) -> String {
-        format!("redis://:{}@127.0.0.1:{}/", self.password, self.port)
+        if self.tls {
+            format!("rediss://:{}@localhost:{}/", self.password, self.port)
+        } else {
+            format!("redis://:{}@127.0.0.1:{}/", self.password, self.port)
+        }
     }
 
     /// The server's pid.
@@ -457,6 +478,18 @@ impl Redis {
             .arg(&self.dir)
             .args(["--daemonize", "no", "--protected-mode", "yes"])
             .stdout(std::process::Stdio::null());
+        if self.tls {
+            let tls = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tls");
+            cmd.args(["--port", "0", "--tls-auth-clients", "no"])
+                .arg("--tls-port")
+                .arg(self.port.to_string())
+                .arg("--tls-cert-file")
+                .arg(tls.join("server.crt"))
+                .arg("--tls-key-file")
+                .arg(tls.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(tls.join("ca.crt"));
+        }
         if self.persistent {
             cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
@@ -474,12 +507,16 @@ impl Redis {
         }
     }
 
-    /// Whether the server answers an authenticated PING.
+    /// Whether the server answers an authenticated PING (a TLS server:
+    /// whether it accepts connections).
     fn answers(&self) -> bool {
         use std::io::{Read, Write};
         let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
+        if self.tls {
+            return true;
+        }
         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
         if s.write_all(format!("AUTH {}\r\nPING\r\n", self.password).as_bytes())
             .is_err()

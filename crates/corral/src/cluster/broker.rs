@@ -37,8 +37,14 @@ impl std::fmt::Debug for Broker {
 impl Broker {
     /// A broker at `url` (`redis://[user:password@]host:port[/db]`, or
     /// `rediss://` with the `cluster-tls` feature); nothing is connected yet.
-    pub(crate) fn new(url: &str, block: Duration) -> Result<Broker, ClusterError> {
-        let client = redis::Client::open(url).map_err(|e| ClusterError::InvalidUrl {
+    /// `ca`: a PEM certificate to trust for `rediss://` instead of the
+    /// system's store.
+    pub(crate) fn new(
+        url: &str,
+        ca: Option<&[u8]>,
+        block: Duration,
+    ) -> Result<Broker, ClusterError> {
+        let client = open_client(url, ca).map_err(|e| ClusterError::InvalidUrl {
             url: redact(url),
             reason: e.to_string(),
         })?;
@@ -107,6 +113,26 @@ impl Broker {
     /// How long blocking commands block, in milliseconds.
     pub(crate) fn block_ms(&self) -> u64 {
         self.block.as_millis() as u64
+    }
+}
+
+fn open_client(url: &str, ca: Option<&[u8]>) -> RedisResult<redis::Client> {
+    match ca {
+        None => redis::Client::open(url),
+        #[cfg(feature = "cluster-tls")]
+        Some(pem) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            },
+        ),
+        #[cfg(not(feature = "cluster-tls"))]
+        Some(_) => Err((
+            redis::ErrorKind::InvalidClientConfig,
+            "a CA certificate is for rediss:// URLs, which need corral's `cluster-tls` feature",
+        )
+            .into()),
     }
 }
 

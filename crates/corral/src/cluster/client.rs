@@ -41,6 +41,8 @@ pub(crate) struct Settings {
     pub(crate) broker_timeout: Duration,
     /// The key entries are signed with.
     pub(crate) key: Vec<u8>,
+    /// A CA certificate (PEM) to trust for `rediss://`.
+    pub(crate) ca: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +112,7 @@ impl Client {
     /// Connects (failing at once if the broker cannot be reached) and
     /// starts the two threads.
     pub(crate) fn start(settings: Settings) -> Result<Arc<Client>, super::ClusterError> {
-        let mut broker = Broker::new(&settings.url, RECEIVE_BLOCK)?;
+        let mut broker = Broker::new(&settings.url, settings.ca.as_deref(), RECEIVE_BLOCK)?;
         broker.connect()?;
         let mut random = [0u8; 8];
         crate::connection::auth::fill_random(&mut random)
@@ -191,7 +193,11 @@ impl Client {
     // The sender.
 
     fn run_sender(self: Arc<Client>) {
-        let mut broker = match Broker::new(&self.settings.url, Duration::ZERO) {
+        let mut broker = match Broker::new(
+            &self.settings.url,
+            self.settings.ca.as_deref(),
+            Duration::ZERO,
+        ) {
             Ok(b) => b,
             Err(e) => return self.fail_all(TaskError::Broker(e.to_string())),
         };
@@ -492,7 +498,11 @@ impl Client {
             let _ = t.join();
         }
         // Best effort: a broker that is down lets the keys expire.
-        if let Ok(mut broker) = Broker::new(&self.settings.url, Duration::ZERO) {
+        if let Ok(mut broker) = Broker::new(
+            &self.settings.url,
+            self.settings.ca.as_deref(),
+            Duration::ZERO,
+        ) {
             let keys = &self.settings.keys;
             let _ = broker.call(|c| {
                 c.del::<_, ()>(&[

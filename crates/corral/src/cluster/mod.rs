@@ -144,6 +144,9 @@ pub enum ClusterError {
     /// A node's local pool could not start.
     #[error("the node's local pool cannot start: {0}")]
     Pool(String),
+    /// A setting is out of range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(&'static str),
 }
 
 impl ClusterError {
@@ -176,6 +179,7 @@ pub struct ClusterBuilder {
     url: String,
     namespace: String,
     key: Option<Vec<u8>>,
+    ca: Option<Vec<u8>>,
     task_timeout: Option<Duration>,
     max_pending: Option<usize>,
     broker_timeout: Duration,
@@ -192,6 +196,14 @@ impl ClusterBuilder {
     /// password); the nodes must use the same.
     pub fn key(mut self, key: &[u8]) -> ClusterBuilder {
         self.key = Some(key.to_vec());
+        self
+    }
+
+    /// A CA certificate (PEM) to trust for a `rediss://` broker, instead
+    /// of the system's store (feature `cluster-tls`; also
+    /// `CORRAL_CLUSTER_CA_FILE`).
+    pub fn tls_ca(mut self, pem: &[u8]) -> ClusterBuilder {
+        self.ca = Some(pem.to_vec());
         self
     }
 
@@ -223,13 +235,14 @@ impl ClusterBuilder {
     /// once, not after a timeout, if nothing listens there).
     pub fn build(self) -> Result<Pool, ClusterError> {
         if self.max_pending == Some(0) {
-            return Err(ClusterError::Broker(
-                "max_pending must be at least 1 (leave it unset for no limit)".into(),
+            return Err(ClusterError::InvalidArgument(
+                "max_pending must be at least 1 (leave it unset for no limit)",
             ));
         }
         let client = client::Client::start(client::Settings {
             key: wire::cluster_key(self.key.as_deref(), &self.url),
             url: self.url,
+            ca: self.ca,
             keys: wire::Keys::new(&self.namespace),
             task_timeout: self.task_timeout,
             max_pending: self.max_pending.unwrap_or(usize::MAX),
@@ -259,9 +272,25 @@ impl Pool {
             key: std::env::var("CORRAL_CLUSTER_KEY")
                 .ok()
                 .and_then(|k| parse_hex(&k)),
+            ca: ca_from_env(),
             task_timeout: None,
             max_pending: None,
             broker_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The CA certificate `CORRAL_CLUSTER_CA_FILE` names, if any.
+fn ca_from_env() -> Option<Vec<u8>> {
+    let path = std::env::var_os("CORRAL_CLUSTER_CA_FILE")?;
+    match std::fs::read(&path) {
+        Ok(pem) => Some(pem),
+        Err(e) => {
+            eprintln!(
+                "corral cluster: CORRAL_CLUSTER_CA_FILE={}: {e}",
+                path.to_string_lossy()
+            );
+            None
         }
     }
 }

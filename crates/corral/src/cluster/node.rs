@@ -49,6 +49,7 @@ const CLIENT_CHECK: Duration = Duration::from_secs(1);
 /// | `CORRAL_NODE_MAX_DELIVERIES` | deliveries after which a task fails with [`TaskError::DeliveryLimit`] | 5 |
 /// | `CORRAL_CLUSTER_NAMESPACE` | key prefix, for several clusters on one Redis | `corral` |
 /// | `CORRAL_CLUSTER_KEY` | hex key entries are signed with | derived from the password |
+/// | `CORRAL_CLUSTER_CA_FILE` | a PEM CA certificate to trust for `rediss://` (feature `cluster-tls`) | the system's store |
 ///
 /// # Examples
 ///
@@ -67,6 +68,7 @@ pub struct Node {
     url: String,
     namespace: String,
     key: Option<Vec<u8>>,
+    ca: Option<Vec<u8>>,
     pool: PoolBuilder,
     visibility: Duration,
     max_deliveries: u32,
@@ -79,6 +81,7 @@ impl Node {
             url: url.to_owned(),
             namespace: "corral".into(),
             key: None,
+            ca: super::ca_from_env(),
             pool: PoolBuilder::default(),
             visibility: Duration::from_secs(30),
             max_deliveries: 5,
@@ -153,6 +156,13 @@ impl Node {
         self
     }
 
+    /// A CA certificate (PEM) to trust for a `rediss://` broker, instead
+    /// of the system's store (feature `cluster-tls`).
+    pub fn tls_ca(mut self, pem: &[u8]) -> Node {
+        self.ca = Some(pem.to_vec());
+        self
+    }
+
     /// Runs the node until the process is killed.
     ///
     /// # Errors
@@ -161,7 +171,7 @@ impl Node {
     /// at start, or the local pool cannot start. Later broker failures are
     /// retried for as long as the node lives.
     pub fn run(self) -> Result<(), ClusterError> {
-        let mut broker = Broker::new(&self.url, READ_BLOCK)?;
+        let mut broker = Broker::new(&self.url, self.ca.as_deref(), READ_BLOCK)?;
         broker.connect()?;
         let pool = self
             .pool
@@ -175,7 +185,7 @@ impl Node {
         });
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
-            broker: Broker::new(&self.url, Duration::ZERO)?,
+            broker: Broker::new(&self.url, self.ca.as_deref(), Duration::ZERO)?,
             keys: keys.clone(),
             name: node_name(),
             processes: pool.processes(),
