@@ -327,6 +327,36 @@ pub fn run_python(script: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// CPU ticks (1/100 s) a process and its threads have used, from
+/// `/proc/PID/stat`.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// An example program of the `corral` package, next to the running test
+/// binary (`cargo test` builds them; built here if missing).
+pub fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
+    let path = dir.join(name);
+    if !path.exists() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let built = std::process::Command::new(cargo)
+            .args(["build", "-p", "corral", "--example", name])
+            .status()
+            .unwrap();
+        assert!(built.success(), "building example {name}");
+    }
+    path
+}
+
 /// Every live process below `pid` (children, their children, …), from
 /// `/proc`.
 pub fn descendants(pid: u32) -> Vec<u32> {

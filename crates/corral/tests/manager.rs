@@ -12,7 +12,7 @@ use corral::manager::{
     Semaphore,
 };
 use corral::{ProcessBuilder, StartMethod};
-use corral_fixtures::{done, run_python, sigkill, wait_for, within};
+use corral_fixtures::{cpu_ticks, done, example, run_python, sigkill, wait_for, within};
 
 corral::test_support!();
 
@@ -531,18 +531,6 @@ fn hostile_clients_lose_only_their_own_connection() {
     assert_eq!(d.get(&7).unwrap(), Some(7));
 }
 
-/// CPU ticks (1/100 s) a process has used.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
 #[test]
 fn a_server_out_of_descriptors_waits_instead_of_spinning() {
     let m = Manager::serve("127.0.0.1:0", b"k").unwrap();
@@ -693,23 +681,6 @@ fn a_semaphore_and_namespace_compile_as_types() {
     takes(&m.semaphore(1).unwrap() as &Semaphore);
     takes(&m.namespace().unwrap());
     takes(&m);
-}
-
-/// An example binary next to this test (`cargo test` builds them; a run
-/// of this test file alone builds it here).
-fn example(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
-    let path = dir.join(name);
-    if !path.exists() {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let built = std::process::Command::new(cargo)
-            .args(["build", "-p", "corral", "--example", name])
-            .status()
-            .unwrap();
-        assert!(built.success(), "building example {name}");
-    }
-    path
 }
 
 /// Starts an example with `CORRAL_AUTHKEY`; returns it and the address it

@@ -634,7 +634,6 @@ impl Shared {
     /// On error (closed or broken pool) the jobs are failed with it.
     pub(super) fn submit(&self, jobs: Vec<Job>) {
         let items: usize = jobs.iter().map(Job::len).sum();
-        let timed = jobs.iter().any(|j| j.timeout.is_some());
         let max = self.config.max_pending;
         let mut core = self.lock();
         if core.pending_items + items > max && core.pending_items > 0 {
@@ -658,12 +657,12 @@ impl Shared {
         core.outstanding += items;
         core.pending_items += items;
         core.pending.extend(jobs);
-        let started_idle = self.dispatch(&mut core);
+        let started_timed = self.dispatch(&mut core);
         // Workers that left while idle (or a pool grown by `resize`) are
         // started by the dispatcher.
         let short = core.workers.iter().filter(|w| w.life.takes_work()).count() < core.target;
         drop(core);
-        if short || (started_idle && (self.config.task_timeout.is_some() || timed)) {
+        if short || started_timed {
             // The dispatcher must start workers, or learn of a new deadline.
             self.wake_dispatcher();
         }
@@ -702,9 +701,12 @@ impl Shared {
                 progress |= self.read_worker(core, i);
             }
         }
-        if progress {
-            // Hands out work and wakes threads waiting for a change.
-            self.dispatch(core);
+        // Hands out work and wakes threads waiting for a change; a timed
+        // batch handed to an idle worker here (by a thread helping, not the
+        // dispatcher) must reach the dispatcher, which sleeps until the
+        // next deadline it knows.
+        if progress && self.dispatch(core) {
+            self.wake_dispatcher();
         }
     }
 
@@ -826,9 +828,10 @@ impl Shared {
     }
 
     /// Hands waiting jobs to workers with room. Returns true if a worker that
-    /// held nothing got work.
+    /// held nothing got a batch with a time limit (the dispatcher must learn
+    /// the new deadline).
     fn dispatch(&self, core: &mut Core) -> bool {
-        let mut started_idle = false;
+        let mut started_timed = false;
         let now = Instant::now();
         while core.pending_items > 0 {
             let eligible = core.workers.iter().filter(|w| w.has_room(now)).count();
@@ -848,8 +851,8 @@ impl Shared {
                 continue;
             }
             let w = &mut core.workers[i];
-            started_idle |= w.inflight.is_empty();
-            if w.inflight.is_empty() {
+            let was_idle = w.inflight.is_empty();
+            if was_idle {
                 w.progress_at = now;
             }
             let seq = core.next_seq;
@@ -869,10 +872,12 @@ impl Shared {
                     core.pending.push_front(job);
                 }
                 self.wake_dispatcher();
+            } else if was_idle && w.inflight.back().is_some_and(|b| b.timed) {
+                started_timed = true;
             }
         }
         self.notify(core);
-        started_idle
+        started_timed
     }
 
     /// Takes up to `room` items off the queue for one batch: at most
