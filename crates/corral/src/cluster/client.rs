@@ -19,7 +19,7 @@ use redis::Commands;
 use super::broker::Broker;
 use super::wire::{self, Keys, OutcomeBatch, TaskEntry, WireJob};
 use crate::pool::callback::Callbacks;
-use crate::pool::engine::Engine;
+use crate::pool::engine::{self, Engine};
 use crate::pool::{Cancel, Job, PoolStats, Raw, Sink, WorkerStats, count_failure};
 use crate::{Error, TaskError};
 
@@ -588,16 +588,9 @@ impl Engine for Client {
                 s.outstanding == 0 || s.outstanding + items <= max || s.phase != Phase::Open
             });
         }
-        let refusal = match (&st.broken, st.phase) {
-            (Some(e), _) => Some(e.clone()),
-            (None, Phase::Open) => None,
-            _ => Some(TaskError::PoolClosed),
-        };
-        if let Some(error) = refusal {
+        if let Some(error) = engine::refusal(st.broken.as_ref(), st.phase == Phase::Open) {
             drop(st);
-            for job in &jobs {
-                job.fail_all(&error);
-            }
+            engine::fail_jobs(&jobs, &error);
             return;
         }
         let mut refused = Vec::new();

@@ -641,16 +641,10 @@ impl Shared {
                 c.pending_items == 0 || c.pending_items + items <= max || c.phase != Phase::Open
             });
         }
-        let refusal = match (&core.phase, &core.broken) {
-            (_, Some(error)) => Some(error.clone()),
-            (Phase::Open, None) => None,
-            _ => Some(TaskError::PoolClosed),
-        };
-        if let Some(error) = refusal {
+        if let Some(error) = super::engine::refusal(core.broken.as_ref(), core.phase == Phase::Open)
+        {
             drop(core);
-            for job in &jobs {
-                job.fail_all(&error);
-            }
+            super::engine::fail_jobs(&jobs, &error);
             return;
         }
         core.stats.submitted += items as u64;

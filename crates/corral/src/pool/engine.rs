@@ -14,7 +14,7 @@ use std::time::Instant;
 use super::callback::Callbacks;
 use super::core::{Cancel, Job, Shared};
 use super::{PoolStats, WorkerStats};
-use crate::Error;
+use crate::{Error, TaskError};
 
 /// Runs jobs and reports their items' outcomes to their sinks.
 pub(crate) trait Engine: Send + Sync + std::fmt::Debug {
@@ -125,6 +125,24 @@ impl Engine for Shared {
 
     fn worker_stats(&self) -> Vec<WorkerStats> {
         Shared::worker_stats(self)
+    }
+}
+
+/// Why an engine takes no new jobs, if it takes none: the failure that
+/// broke it, else `PoolClosed` once it is not open. Both engines admit
+/// jobs by this rule.
+pub(crate) fn refusal(broken: Option<&TaskError>, open: bool) -> Option<TaskError> {
+    match (broken, open) {
+        (Some(error), _) => Some(error.clone()),
+        (None, true) => None,
+        (None, false) => Some(TaskError::PoolClosed),
+    }
+}
+
+/// Ends every item of `jobs` with `error`.
+pub(crate) fn fail_jobs(jobs: &[Job], error: &TaskError) {
+    for job in jobs {
+        job.fail_all(error);
     }
 }
 
