@@ -1299,10 +1299,14 @@ impl Shared {
             return None;
         }
         let default = self.config.task_timeout;
-        if !w.said_ready() {
-            let timeout = default.filter(|_| self.config.init.is_some())?;
+        if !w.said_ready()
+            && let Some(timeout) = default.filter(|_| self.config.init.is_some())
+        {
             return Some((time::after(w.spawned, timeout)?, Why::Init));
         }
+        // A worker not ready yet that holds a timed batch gets a deadline
+        // too: its READY may be read by a helping thread, not by the
+        // dispatcher, which must not sleep without one meanwhile.
         let front = w.inflight.front().filter(|b| b.timed)?;
         let (seq, started, finished) = (
             w.head().seq.load(Ordering::Acquire),
