@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use corral::Pool;
 use redis::Commands;
 
-use crate::{emit, median, micros};
+use crate::{emit, per_call};
 
 const RAW_TASKS: &str = "rawfarm:tasks";
 const RAW_GROUP: &str = "rawfarm";
@@ -103,17 +103,12 @@ fn raw_floor(url: &str, n: usize) {
         let _: String = c.xadd(RAW_TASKS, "*", &[("x", x)]).expect("XADD");
         let _: (String, u64) = c.blpop(RAW_REPLY, 5.0).expect("BLPOP");
     };
-    for x in 0..200 {
+    let mut x = 0;
+    let rtt = per_call(200, n.min(3_000), || {
+        x += 1;
         one(&mut c, x);
-    }
-    let rtt = (0..n.min(3_000) as u64)
-        .map(|x| {
-            let t = Instant::now();
-            one(&mut c, x);
-            micros(t.elapsed())
-        })
-        .collect();
-    emit("raw redis stream farm round trip", median(rtt), "us");
+    });
+    emit("raw redis stream farm round trip", rtt, "us");
     // Throughput: every task added (pipelined, 1000 a round trip), then
     // every reply collected.
     let t = Instant::now();
@@ -158,17 +153,12 @@ fn corral_cluster(url: &str, n: usize) {
     while pool.processes() < 2 && started.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    for x in 0..200 {
+    let mut x = 0;
+    let rtt = per_call(200, n.min(3_000), || {
+        x += 1;
         pool.apply(square, x).expect("task");
-    }
-    let rtt = (0..n.min(3_000) as u64)
-        .map(|x| {
-            let t = Instant::now();
-            pool.apply(square, x).expect("task");
-            micros(t.elapsed())
-        })
-        .collect();
-    emit("corral cluster round trip", median(rtt), "us");
+    });
+    emit("corral cluster round trip", rtt, "us");
     let t = Instant::now();
     let tasks: Vec<_> = (0..n as u64).map(|x| pool.submit(square, x)).collect();
     for task in tasks {

@@ -33,6 +33,21 @@ fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
+/// Median µs of `f` over `iterations` calls after `warmup` calls.
+fn per_call(warmup: usize, iterations: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..warmup {
+        f();
+    }
+    let samples = (0..iterations)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            micros(t.elapsed())
+        })
+        .collect();
+    median(samples)
+}
+
 fn noop(_: ()) {}
 
 /// Median µs of `spawn + join` of a no-op child, and of raw `fork` +

@@ -6,22 +6,7 @@ use std::time::Instant;
 
 use corral::manager::{Dict, Kind, Manager, Queue};
 
-use crate::{emit, median, micros};
-
-/// Median µs of `f` over `iterations` calls after a warm-up.
-fn per_call(iterations: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..300 {
-        f();
-    }
-    let samples = (0..iterations)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            micros(t.elapsed())
-        })
-        .collect();
-    median(samples)
-}
+use crate::{emit, median, micros, per_call};
 
 /// Puts `count` items into the queue from a child process.
 fn producer((q, count): (Queue<u64>, u64)) {
@@ -48,12 +33,12 @@ pub(crate) fn run(n: impl Fn(usize) -> usize) {
     let key = "k".to_string();
     emit(
         "corral manager dict set",
-        per_call(n(20_000), || d.insert(key.clone(), 1).expect("set")),
+        per_call(300, n(20_000), || d.insert(key.clone(), 1).expect("set")),
         "us",
     );
     emit(
         "corral manager dict get",
-        per_call(n(20_000), || {
+        per_call(300, n(20_000), || {
             d.get(&key).expect("get");
         }),
         "us",
@@ -61,13 +46,13 @@ pub(crate) fn run(n: impl Fn(usize) -> usize) {
     let l = m.list::<u64>().expect("list");
     emit(
         "corral manager list append",
-        per_call(n(20_000), || l.push(1).expect("append")),
+        per_call(300, n(20_000), || l.push(1).expect("append")),
         "us",
     );
     let lock = m.lock().expect("lock");
     emit(
         "corral manager lock acquire+release",
-        per_call(n(10_000), || {
+        per_call(300, n(10_000), || {
             lock.acquire().expect("acquire").release().expect("release")
         }),
         "us",
@@ -75,7 +60,7 @@ pub(crate) fn run(n: impl Fn(usize) -> usize) {
     let q = m.queue::<u64>().expect("queue");
     emit(
         "corral manager queue put+get",
-        per_call(n(10_000), || {
+        per_call(300, n(10_000), || {
             q.put(1).expect("put");
             q.get().expect("get");
         }),
@@ -96,7 +81,7 @@ pub(crate) fn run(n: impl Fn(usize) -> usize) {
     );
     emit(
         "corral manager new dict proxy",
-        per_call(n(5_000), || drop(m.dict::<u64, u64>().expect("dict"))),
+        per_call(300, n(5_000), || drop(m.dict::<u64, u64>().expect("dict"))),
         "us",
     );
     drop(m);
@@ -122,7 +107,7 @@ pub(crate) fn run(n: impl Fn(usize) -> usize) {
     let client = Manager::connect(address.as_str(), &key).expect("connect");
     emit(
         "corral manager remote new proxy (TCP)",
-        per_call(n(2_000), || {
+        per_call(300, n(2_000), || {
             let d = client.dict::<u64, u64>().expect("dict");
             d.insert(1, 1).expect("call");
         }),
@@ -133,7 +118,7 @@ pub(crate) fn run(n: impl Fn(usize) -> usize) {
         .expect("proxy");
     emit(
         "corral manager remote call (TCP)",
-        per_call(n(10_000), || d.insert("k".into(), 1).expect("set")),
+        per_call(300, n(10_000), || d.insert("k".into(), 1).expect("set")),
         "us",
     );
 }
