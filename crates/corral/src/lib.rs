@@ -334,6 +334,7 @@
 
 #[cfg(feature = "cluster")]
 pub mod cluster;
+pub mod command;
 pub mod connection;
 mod error;
 pub mod manager;

@@ -404,6 +404,14 @@ fn shutdown(kids: Vec<Kid>, shm_names: &[String], orphans: &mut Orphans) -> ! {
         let _ = sys::signal(kid.pidfd.as_fd(), sys::Sig::Kill);
         let _ = sys::signal_group(kid.pid, sys::Sig::Kill);
     }
+    // A killed worker's children become ours only once it has exited: wait
+    // for that (briefly: SIGKILL is not ignorable) before sweeping, or a
+    // job a worker started would outlive the program.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    for kid in &kids {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        let _ = sys::poll_readable(&[kid.pidfd.as_fd()], Some(left));
+    }
     let pids: Vec<i32> = kids.iter().map(|k| k.pid).collect();
     orphans.kill_all(&pids);
     for kid in kids {

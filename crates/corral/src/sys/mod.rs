@@ -12,6 +12,9 @@
 //!   [`recv_with_fds`]) and readiness ([`poll_readable`]);
 //! * process-global state that is fresh in every forked child ([`ForkLocal`]);
 //! * function addresses that survive re-execution ([`code`]);
+//! * external programs run as jobs: limits set between `fork` and `exec`
+//!   ([`limit_at_exec`]), reaping with resource usage ([`reap_with_usage`]),
+//!   signals to a job's process group ([`signal_group_number`]);
 //! * shared memory ([`SharedRegion`]), resource limits and the clock that
 //!   pool workers and their supervisor share.
 //!
@@ -22,12 +25,14 @@ pub(crate) mod code;
 mod exe;
 mod futex;
 mod global;
+mod job;
 mod linux;
 mod shm;
 
 pub(crate) use exe::executable_identity;
 pub(crate) use futex::*;
 pub(crate) use global::{ForkLocal, new_process_generation};
+pub(crate) use job::*;
 pub(crate) use linux::*;
 pub(crate) use shm::{SharedLayout, SharedRegion, shared_layout};
 
