@@ -1,0 +1,686 @@
+//! The scheduler: feeds jobs to the pool (at most `-j` at a time), retries,
+//! halts, orders and records what comes back. One thread; a job's
+//! supervision (timeout, tree kill, limits) happens on its worker.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use corral::command::{KillReason, KillSequence};
+use corral::{ExitStatus, Pool, TaskError};
+
+use crate::input::Jobs;
+use crate::job::{self, Output, Report, Spec};
+use crate::joblog::{Entry, Joblog};
+use crate::opts::{Count, Halt, Threshold, Timeout, When};
+use crate::progress::Progress;
+use crate::template::Template;
+
+/// How output reaches the terminal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Group,
+    Line,
+    Ungroup,
+}
+
+/// Everything the options decided.
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub(crate) template: Template,
+    pub(crate) jobs: usize,
+    pub(crate) timeout: Option<Timeout>,
+    pub(crate) kill_sequence: KillSequence,
+    pub(crate) memory: Option<u64>,
+    pub(crate) cpu_time: Option<Duration>,
+    pub(crate) nice: Option<i32>,
+    pub(crate) tries: u32,
+    pub(crate) delay: Option<Duration>,
+    pub(crate) halt: Option<Halt>,
+    pub(crate) keep_order: bool,
+    pub(crate) tag: bool,
+    pub(crate) mode: Mode,
+    pub(crate) results: Option<PathBuf>,
+    pub(crate) joblog: Option<Joblog>,
+    pub(crate) skip: HashSet<String>,
+    pub(crate) progress: Progress,
+    pub(crate) quiet: bool,
+    /// The jobs run on cluster nodes (the joblog's Host is the node's).
+    pub(crate) cluster: bool,
+}
+
+/// A job waiting to start (a new one, or a retry after its backoff).
+struct Waiting {
+    seq: u64,
+    args: Vec<String>,
+    attempt: u32,
+    not_before: Instant,
+}
+
+/// A job on a worker.
+struct Running {
+    args: Vec<String>,
+    attempt: u32,
+    slot: u32,
+    line: String,
+}
+
+/// A finished job's output, waiting for its turn (`-k`).
+struct Printed {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    tag: Option<String>,
+}
+
+/// Why the run stopped starting jobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Feeding,
+    /// `--halt soon`: finishing the running jobs, starting none.
+    Draining,
+    /// `--halt now` or a signal: the running jobs were killed.
+    Stopped,
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    done: u64,
+    ok: u64,
+    failed: u64,
+    timed_out: u64,
+    memory: u64,
+    retries: u64,
+    skipped: u64,
+    /// The exit status `--halt …,fail` ends with.
+    halt_status: Option<i32>,
+}
+
+/// The run's state machine.
+pub(crate) struct Runner {
+    cfg: Config,
+    pool: Pool,
+    inputs: Jobs,
+    next_seq: u64,
+    inputs_exhausted: bool,
+    retry: VecDeque<Waiting>,
+    running: BTreeMap<u64, Running>,
+    free_slots: BTreeSet<u32>,
+    order: VecDeque<u64>,
+    finished_output: BTreeMap<u64, Printed>,
+    successes: Vec<Duration>,
+    last_start: Option<Instant>,
+    tally: Tally,
+    phase: Phase,
+    tx: Sender<(u64, Result<Report, TaskError>)>,
+    rx: Receiver<(u64, Result<Report, TaskError>)>,
+    signal: Arc<AtomicUsize>,
+    input_error: Option<String>,
+    started: Instant,
+}
+
+impl Runner {
+    pub(crate) fn new(cfg: Config, pool: Pool, inputs: Jobs, signal: Arc<AtomicUsize>) -> Runner {
+        let (tx, rx) = mpsc::channel();
+        let free_slots = (1..=cfg.jobs as u32).collect();
+        Runner {
+            cfg,
+            pool,
+            inputs,
+            next_seq: 0,
+            inputs_exhausted: false,
+            retry: VecDeque::new(),
+            running: BTreeMap::new(),
+            free_slots,
+            order: VecDeque::new(),
+            finished_output: BTreeMap::new(),
+            successes: Vec::new(),
+            last_start: None,
+            tally: Tally::default(),
+            phase: Phase::Feeding,
+            tx,
+            rx,
+            signal,
+            input_error: None,
+            started: Instant::now(),
+        }
+    }
+
+    /// Runs every job; returns the exit status.
+    pub(crate) fn run(mut self) -> i32 {
+        loop {
+            if let Some(code) = self.check_signal() {
+                return code;
+            }
+            let wake = self.start_jobs();
+            if self.running.is_empty() && self.nothing_left() {
+                break;
+            }
+            let wait = wake
+                .map(|w| w.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_millis(100))
+                .min(Duration::from_millis(100));
+            match self.rx.recv_timeout(wait) {
+                Ok((seq, result)) => self.finished(seq, result),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        self.flush_ordered(true);
+        self.pool.close();
+        self.pool.join();
+        self.exit_status()
+    }
+
+    fn nothing_left(&self) -> bool {
+        self.phase != Phase::Feeding || self.inputs_exhausted && self.retry.is_empty()
+    }
+
+    /// Starts jobs while there is a free slot; returns when to look again
+    /// if something waits for its time (`--delay`, a retry's backoff).
+    fn start_jobs(&mut self) -> Option<Instant> {
+        while self.phase == Phase::Feeding && self.running.len() < self.cfg.jobs {
+            let now = Instant::now();
+            if let (Some(delay), Some(last)) = (self.cfg.delay, self.last_start)
+                && now < last + delay
+            {
+                return Some(last + delay);
+            }
+            let next = match self.retry.front() {
+                Some(w) if w.not_before <= now => self.retry.pop_front(),
+                _ => self.next_input(),
+            };
+            match next {
+                Some(w) => self.start(w),
+                None if !self.retry.is_empty() => {
+                    return self.retry.iter().map(|w| w.not_before).min();
+                }
+                None => return None,
+            }
+        }
+        None
+    }
+
+    /// The next input not skipped by `--resume`; `None` at the end.
+    fn next_input(&mut self) -> Option<Waiting> {
+        loop {
+            if self.inputs_exhausted {
+                return None;
+            }
+            let Some(next) = self.inputs.next() else {
+                self.inputs_exhausted = true;
+                return None;
+            };
+            let args = match next {
+                Ok(args) => args,
+                Err(e) => {
+                    self.input_error = Some(e);
+                    self.inputs_exhausted = true;
+                    return None;
+                }
+            };
+            self.next_seq += 1;
+            let seq = self.next_seq;
+            if !self.cfg.skip.is_empty() {
+                let line = self.cfg.template.expand(&args, seq, 1).line;
+                if self.cfg.skip.contains(&line) {
+                    self.tally.skipped += 1;
+                    continue;
+                }
+            }
+            return Some(Waiting {
+                seq,
+                args,
+                attempt: 1,
+                not_before: Instant::now(),
+            });
+        }
+    }
+
+    fn start(&mut self, w: Waiting) {
+        let slot = self.free_slots.pop_first().unwrap_or(1);
+        let expanded = self.cfg.template.expand(&w.args, w.seq, slot);
+        let spec = self.spec(expanded.argv, w.seq, slot, &w.args);
+        let longest = spec.longest();
+        let task = match longest {
+            // The worker enforces the timeout; the pool's is a backstop.
+            Some(l) => self
+                .pool
+                .submit_with_timeout(job::run, spec, l + Duration::from_secs(10)),
+            None => self.pool.submit(job::run, spec),
+        };
+        let tx = self.tx.clone();
+        let seq = w.seq;
+        task.on_done(move |r| {
+            let _ = tx.send((seq, r));
+        });
+        if w.attempt == 1 {
+            self.order.push_back(seq);
+        }
+        self.running.insert(
+            seq,
+            Running {
+                args: w.args,
+                attempt: w.attempt,
+                slot,
+                line: expanded.line,
+            },
+        );
+        self.last_start = Some(Instant::now());
+    }
+
+    fn spec(&self, argv: Vec<String>, seq: u64, slot: u32, args: &[String]) -> Spec {
+        let env = vec![
+            ("CORRAL_SEQ".to_owned(), seq.to_string()),
+            ("CORRAL_SLOT".to_owned(), slot.to_string()),
+            ("PARALLEL_SEQ".to_owned(), seq.to_string()),
+            ("PARALLEL_JOBSLOT".to_owned(), slot.to_string()),
+        ];
+        let output = match self.cfg.mode {
+            Mode::Group => Output::Collect,
+            Mode::Line => Output::Lines {
+                tag: self.cfg.tag.then(|| args.join("\t")),
+            },
+            Mode::Ungroup => Output::Inherit,
+        };
+        Spec {
+            argv,
+            env,
+            timeout: self.job_timeout(),
+            kill_sequence: self.cfg.kill_sequence.clone(),
+            memory: self.cfg.memory,
+            cpu_time: self.cfg.cpu_time,
+            nice: self.cfg.nice,
+            output,
+        }
+    }
+
+    /// A fixed timeout, or a percentage of the median successful runtime
+    /// (none until 3 jobs have succeeded).
+    fn job_timeout(&self) -> Option<Duration> {
+        match self.cfg.timeout? {
+            Timeout::Fixed(d) => Some(d),
+            Timeout::Percent(p) if self.successes.len() >= 3 => {
+                let mut runs = self.successes.clone();
+                let mid = runs.len() / 2;
+                let (_, median, _) = runs.select_nth_unstable(mid);
+                Some(median.mul_f64(p / 100.0))
+            }
+            Timeout::Percent(_) => None,
+        }
+    }
+
+    /// A job came back: retry it, or record it.
+    fn finished(&mut self, seq: u64, result: Result<Report, TaskError>) {
+        let Some(run) = self.running.remove(&seq) else {
+            return;
+        };
+        self.free_slots.insert(run.slot);
+        let outcome = Outcome::of(&result);
+        if !outcome.ok && run.attempt < self.cfg.tries && self.phase == Phase::Feeding {
+            self.tally.retries += 1;
+            let not_before = Instant::now() + backoff(self.cfg.delay, run.attempt);
+            let waiting = Waiting {
+                seq,
+                args: run.args,
+                attempt: run.attempt + 1,
+                not_before,
+            };
+            let at = self.retry.partition_point(|w| w.not_before <= not_before);
+            self.retry.insert(at, waiting);
+            return;
+        }
+        self.record(seq, &run, &outcome, result);
+        self.check_halt(&outcome);
+    }
+
+    fn record(
+        &mut self,
+        seq: u64,
+        run: &Running,
+        outcome: &Outcome,
+        result: Result<Report, TaskError>,
+    ) {
+        let t = &mut self.tally;
+        t.done += 1;
+        if outcome.ok {
+            t.ok += 1;
+        } else {
+            t.failed += 1;
+        }
+        match outcome.killed.as_deref() {
+            Some("timeout") => t.timed_out += 1,
+            Some("memory") => t.memory += 1,
+            _ => {}
+        }
+        let (stdout, stderr, host) = match result {
+            Ok(r) => {
+                if let (true, Ok(f)) = (outcome.ok, &r.finished) {
+                    self.successes.push(f.runtime);
+                }
+                let mut stderr = r.stderr;
+                if let Err((_, msg)) = &r.finished {
+                    stderr.extend_from_slice(format!("{msg}\n").as_bytes());
+                }
+                (r.stdout, stderr, r.host)
+            }
+            Err(e) => (
+                Vec::new(),
+                format!("corral: job {seq}: {e}\n").into_bytes(),
+                String::new(),
+            ),
+        };
+        self.log(
+            seq,
+            run,
+            outcome,
+            &host,
+            (stdout.len() + stderr.len()) as u64,
+        );
+        if let Some(dir) = &self.cfg.results {
+            save_results(dir, seq, &run.args, &stdout, &stderr);
+        }
+        let tag = self.cfg.tag.then(|| run.args.join("\t"));
+        self.finished_output.insert(
+            seq,
+            Printed {
+                stdout,
+                stderr,
+                tag,
+            },
+        );
+        self.flush_ordered(false);
+        self.cfg
+            .progress
+            .job_done(self.tally.done, self.tally.failed);
+    }
+
+    fn log(&mut self, seq: u64, run: &Running, o: &Outcome, host: &str, received: u64) {
+        let Some(log) = &mut self.cfg.joblog else {
+            return;
+        };
+        let host = if self.cfg.cluster { host } else { ":" };
+        let entry = Entry {
+            seq,
+            host,
+            start: o.start,
+            runtime: o.runtime,
+            received,
+            exitval: o.exitval,
+            signal: o.signal,
+            command: &run.line,
+            max_rss: o.max_rss,
+            user: o.user,
+            system: o.system,
+            kill_reason: o.killed.clone(),
+        };
+        if let Err(e) = log.record(&entry) {
+            eprintln!("corral: cannot write the joblog: {e}");
+        }
+    }
+
+    /// Prints finished output: at once, or in input order with `-k`.
+    fn flush_ordered(&mut self, all: bool) {
+        if !self.cfg.keep_order || all {
+            let ready = std::mem::take(&mut self.finished_output);
+            let done: HashSet<u64> = ready.keys().copied().collect();
+            self.order.retain(|s| !done.contains(s));
+            for p in ready.into_values() {
+                self.print(p);
+            }
+            return;
+        }
+        while let Some(&seq) = self.order.front() {
+            let Some(p) = self.finished_output.remove(&seq) else {
+                break;
+            };
+            self.order.pop_front();
+            self.print(p);
+        }
+    }
+
+    fn print(&self, p: Printed) {
+        let write = || {
+            let tagged = |b: &[u8]| match &p.tag {
+                Some(t) => job::tag_lines(b, t),
+                None => b.to_vec(),
+            };
+            if !p.stdout.is_empty() {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&tagged(&p.stdout));
+                let _ = out.flush();
+            }
+            if !p.stderr.is_empty() {
+                let _ = std::io::stderr().lock().write_all(&tagged(&p.stderr));
+            }
+        };
+        self.cfg.progress.suspend(write);
+    }
+
+    /// `--halt`: stops when its condition is met.
+    fn check_halt(&mut self, outcome: &Outcome) {
+        let Some(halt) = self.cfg.halt else { return };
+        if self.tally.halt_status.is_some() {
+            return;
+        }
+        let t = &self.tally;
+        let count = match halt.what {
+            Count::Fail => t.failed,
+            Count::Success => t.ok,
+            Count::Done => t.done,
+        };
+        let reached = match halt.threshold {
+            Threshold::Jobs(n) => count >= n,
+            Threshold::Percent(p) => {
+                let total = self
+                    .inputs
+                    .known_len()
+                    .map(|n| n as u64 + t.done + self.running.len() as u64);
+                let base = total.unwrap_or(t.done).max(1);
+                t.done >= 3.min(base) && count as f64 * 100.0 >= p * base as f64
+            }
+        };
+        if !reached {
+            return;
+        }
+        if halt.what == Count::Fail {
+            self.tally.halt_status = Some(outcome.status_code());
+        } else {
+            self.tally.halt_status = Some(0);
+        }
+        match halt.when {
+            When::Soon => self.phase = Phase::Draining,
+            When::Now => self.stop("halt"),
+        }
+    }
+
+    /// Kills every running job (its worker, hence its whole tree) and records
+    /// it as killed for `reason`.
+    fn stop(&mut self, reason: &str) {
+        self.phase = Phase::Stopped;
+        self.retry.clear();
+        self.pool.terminate();
+        let running = std::mem::take(&mut self.running);
+        for (seq, run) in running {
+            let killed = Outcome::killed(reason);
+            self.record(seq, &run, &killed, Err(TaskError::Cancelled));
+        }
+    }
+
+    /// On SIGINT/SIGTERM/SIGHUP: stops every job and returns 128 + signal.
+    fn check_signal(&mut self) -> Option<i32> {
+        let sig = self.signal.load(Ordering::Relaxed);
+        if sig == 0 {
+            return None;
+        }
+        self.stop("interrupted");
+        self.flush_ordered(true);
+        self.summary();
+        Some(128 + sig as i32)
+    }
+
+    fn exit_status(&mut self) -> i32 {
+        self.cfg.progress.finish();
+        self.summary();
+        if let Some(e) = &self.input_error {
+            eprintln!("corral: {e}");
+            return 255;
+        }
+        match self.tally.halt_status {
+            Some(code) => code,
+            None => self.tally.failed.min(101) as i32,
+        }
+    }
+
+    fn summary(&self) {
+        if self.cfg.quiet {
+            return;
+        }
+        let t = &self.tally;
+        let plural = if t.done == 1 { "" } else { "s" };
+        let mut line = format!(
+            "corral: {} job{plural}, {} succeeded, {} failed",
+            t.done, t.ok, t.failed
+        );
+        if t.timed_out > 0 {
+            line += &format!(" ({} timed out)", t.timed_out);
+        }
+        if t.memory > 0 {
+            line += &format!(" ({} over the memory cap)", t.memory);
+        }
+        if t.retries > 0 {
+            line += &format!(", {} retries", t.retries);
+        }
+        if t.skipped > 0 {
+            line += &format!(", {} skipped (resume)", t.skipped);
+        }
+        if self.phase == Phase::Stopped {
+            line += ", stopped early";
+        }
+        eprintln!("{line}, {:.2} s", self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// A job's result, as the joblog and the counts see it.
+struct Outcome {
+    ok: bool,
+    exitval: i32,
+    signal: i32,
+    killed: Option<String>,
+    start: std::time::SystemTime,
+    runtime: Duration,
+    user: Duration,
+    system: Duration,
+    max_rss: u64,
+}
+
+impl Outcome {
+    fn of(result: &Result<Report, TaskError>) -> Outcome {
+        let mut o = Outcome::killed("");
+        (o.killed, o.signal) = (None, 0);
+        match result {
+            Ok(Report {
+                finished: Ok(f), ..
+            }) => {
+                o.ok = f.success();
+                (o.exitval, o.signal) = match f.status {
+                    ExitStatus::Code(c) => (c, 0),
+                    ExitStatus::Signal(s) => (0, s),
+                };
+                if f.killed == Some(KillReason::Timeout) {
+                    // GNU parallel's record of a timed-out job.
+                    (o.exitval, o.signal) = (-1, 15);
+                }
+                o.killed = f.killed.map(|k| k.to_string());
+                (o.start, o.runtime, o.user, o.system, o.max_rss) =
+                    (f.started, f.runtime, f.user_cpu, f.system_cpu, f.max_rss);
+            }
+            Ok(Report {
+                finished: Err((code, _)),
+                ..
+            }) => o.exitval = *code,
+            Err(e) => {
+                o.exitval = -1;
+                if let TaskError::WorkerLost(ExitStatus::Signal(s)) = e {
+                    o.signal = *s;
+                }
+                o.killed = Some(match e {
+                    TaskError::TimedOut(_) => "timeout".to_owned(),
+                    TaskError::MemoryExceeded(_) => "memory".to_owned(),
+                    _ => "worker-lost".to_owned(),
+                });
+            }
+        }
+        o
+    }
+
+    fn killed(reason: &str) -> Outcome {
+        Outcome {
+            ok: false,
+            exitval: -1,
+            signal: 9,
+            killed: Some(reason.to_owned()),
+            start: std::time::SystemTime::now(),
+            runtime: Duration::ZERO,
+            user: Duration::ZERO,
+            system: Duration::ZERO,
+            max_rss: 0,
+        }
+    }
+
+    /// The status a failing job gives `--halt …,fail` (a shell's way).
+    fn status_code(&self) -> i32 {
+        match (self.exitval, self.signal) {
+            (c, 0) if c > 0 => c.min(255),
+            (_, s) if s > 0 => (128 + s).min(255),
+            _ => 1,
+        }
+    }
+}
+
+/// The wait before retry number `attempt`: `--delay` (at least 100 ms)
+/// doubled per attempt, capped at a minute, with full jitter.
+fn backoff(delay: Option<Duration>, attempt: u32) -> Duration {
+    let base = delay
+        .unwrap_or(Duration::ZERO)
+        .max(Duration::from_millis(100));
+    let cap = base
+        .saturating_mul(1 << attempt.min(16))
+        .min(Duration::from_secs(60));
+    let nanos = cap.as_nanos() as u64;
+    let mut seed = Instant::now().elapsed().as_nanos() as u64
+        ^ (u64::from(std::process::id()) << 32)
+        ^ u64::from(attempt);
+    seed ^= seed << 13;
+    seed ^= seed >> 7;
+    seed ^= seed << 17;
+    Duration::from_nanos(nanos / 2 + seed % (nanos / 2 + 1))
+}
+
+/// `--results DIR`: DIR/1/<input 1>/2/<input 2>/{seq,stdout,stderr}.
+fn save_results(dir: &std::path::Path, seq: u64, args: &[String], stdout: &[u8], stderr: &[u8]) {
+    let mut path = dir.to_path_buf();
+    for (i, arg) in args.iter().enumerate() {
+        path.push((i + 1).to_string());
+        let clean: String = arg
+            .chars()
+            .map(|c| if c == '/' || c == '\0' { '_' } else { c })
+            .collect();
+        path.push(match clean.as_str() {
+            "" | "." | ".." => format!("_{clean}"),
+            _ => clean,
+        });
+    }
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(&path)?;
+        std::fs::write(path.join("seq"), format!("{seq}\n"))?;
+        std::fs::write(path.join("stdout"), stdout)?;
+        std::fs::write(path.join("stderr"), stderr)
+    };
+    if let Err(e) = write() {
+        eprintln!("corral: cannot save results in {}: {e}", path.display());
+    }
+}
