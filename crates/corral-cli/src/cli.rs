@@ -164,7 +164,6 @@ pub(crate) struct RunArgs {
     #[arg(
         value_name = "COMMAND",
         trailing_var_arg = true,
-        allow_hyphen_values = true,
         num_args = 0..
     )]
     pub(crate) command: Vec<OsString>,

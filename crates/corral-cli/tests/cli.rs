@@ -583,43 +583,73 @@ fn bad_input_is_refused_before_any_job_starts() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Starts `corral run` in the background on jobs that sleep with `marker`.
-fn background_run(marker: &str, extra: &[&str]) -> Child {
-    let script = format!("sleep {marker} & sleep {marker}");
-    let mut args = vec!["run", "-j", "2"];
-    args.extend_from_slice(extra);
-    args.extend([script.as_str(), ":::", "a", "b", "c", "d"]);
-    Command::new(BIN)
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+/// A child process killed (and reaped) when the test ends, even by a panic.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `corral run` in the background on jobs that sleep with a marker;
+/// whatever a failed assertion leaves running is killed on drop.
+struct Background {
+    child: Child,
+    marker: String,
+}
+
+impl Background {
+    fn start(marker: &str) -> Background {
+        let script = format!("sleep {marker} & sleep {marker}");
+        let child = Command::new(BIN)
+            .args(["run", "-j", "2", script.as_str(), ":::", "a", "b", "c", "d"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Background {
+            child,
+            marker: marker.to_owned(),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for pid in procs_with(&self.marker) {
+            corral_fixtures::sigkill(pid);
+        }
+    }
 }
 
 #[test]
 fn a_signalled_or_killed_corral_leaves_no_job_behind() {
     for (tag, signal) in [(3, libc_sig::INT), (4, libc_sig::TERM), (5, libc_sig::KILL)] {
         let marker = sleep_marker(tag);
-        let mut child = background_run(&marker, &[]);
+        let mut run = Background::start(&marker);
+        // Two jobs: each a shell and its two sleeps.
         assert!(
-            wait_for(Duration::from_secs(10), || procs_with(&marker).len() >= 4),
+            wait_for(Duration::from_secs(10), || procs_with(&marker).len() >= 6),
             "jobs did not start"
         );
         let _ = Command::new("kill")
             .arg(format!("-{signal}"))
-            .arg(child.id().to_string())
+            .arg(run.child.id().to_string())
             .status();
-        let status = child.wait().unwrap();
+        let status = run.child.wait().unwrap();
         if signal != libc_sig::KILL {
             assert_eq!(status.code(), Some(128 + signal), "signal {signal}");
         }
         let gone = wait_for(Duration::from_secs(1), || procs_with(&marker).is_empty());
-        let left = procs_with(&marker);
-        for pid in &left {
-            corral_fixtures::sigkill(*pid);
-        }
-        assert!(gone, "signal {signal}: jobs left after 1 s: {left:?}");
+        assert!(
+            gone,
+            "signal {signal}: jobs left after 1 s: {:?}",
+            procs_with(&marker)
+        );
     }
 }
 
@@ -645,12 +675,14 @@ fn resume_failed_after_a_killed_run() {
     let inputs = ["1", "2", "3", "4", "5", "6"];
     let mut args = vec!["run", "-j", "2", "--joblog", l, script.as_str(), ":::"];
     args.extend(inputs);
-    let mut child = Command::new(BIN)
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Guard(
+        Command::new(BIN)
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     assert!(
         wait_for(Duration::from_secs(20), || joblog(&log).len() == 4),
         "first 4 jobs"
@@ -662,8 +694,8 @@ fn resume_failed_after_a_killed_run() {
         "jobs 5 and 6 start: {:?}",
         std::fs::read_to_string(&runs)
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
     std::fs::write(dir.join("fast"), "").unwrap();
     let mut args = vec![
         "run",
@@ -704,15 +736,17 @@ fn cluster_jobs_are_recorded_once_when_a_node_dies() {
     let redis = Redis::start();
     let url = redis.url();
     let node = || {
-        Command::new(BIN)
-            .args(["worker", &url, "-j", "2", "--visibility-timeout", "1s"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+        Guard(
+            Command::new(BIN)
+                .args(["worker", &url, "-j", "2", "--visibility-timeout", "1s"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
     };
     let mut a = node();
-    let mut b = node();
+    let b = node();
     let dir = scratch("cluster");
     let log = dir.join("log.tsv");
     let inputs: Vec<String> = (1..=40).map(|i| i.to_string()).collect();
@@ -735,11 +769,10 @@ fn cluster_jobs_are_recorded_once_when_a_node_dies() {
     assert!(wait_for(Duration::from_secs(30), || {
         std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() > 6)
     }));
-    a.kill().unwrap();
-    a.wait().unwrap();
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
     let out = run.join().unwrap();
-    b.kill().unwrap();
-    b.wait().unwrap();
+    drop(b);
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
     let mut doubled: Vec<u64> = lines(&out).iter().map(|l| l.parse().unwrap()).collect();
     doubled.sort();
