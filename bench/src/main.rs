@@ -1,7 +1,7 @@
 //! corral's side of the benchmarks, and the raw syscall floor, measured in the
 //! same run. Prints one JSON object per line: `{"name", "value", "unit"}`.
 //!
-//! `corral-bench <spawn|floor|pipe|pool|queue|connection|manager|all|cluster>` (`cluster` needs `CORRAL_BENCH_REDIS`); `bench/run.sh` drives everything.
+//! `corral-bench <spawn|floor|pipe|pool|queue|connection|manager|all|cluster|runner>` (`cluster` needs `CORRAL_BENCH_REDIS`; `runner` the `corral` command built beside it); `bench/run.sh` drives everything.
 #![expect(
     unsafe_code,
     reason = "the raw syscall floor calls fork, pipe and waitpid directly"
@@ -17,6 +17,7 @@ mod connection;
 mod manager;
 mod pool;
 mod queue;
+mod runner;
 
 const RUNS: usize = 7;
 
@@ -327,6 +328,10 @@ fn main() {
     }
     let quick = std::env::var_os("CORRAL_BENCH_QUICK").is_some();
     let n = |full: usize| if quick { full / 10 } else { full };
+    if what == "runner" {
+        runner::run(quick);
+        return;
+    }
     if what == "floor" || what == "all" {
         emit("raw pipe 8B round trip", raw_pipe_rtt(n(20_000)), "us");
         emit(

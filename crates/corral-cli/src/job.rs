@@ -2,10 +2,13 @@
 //! or a cluster node's) and what comes back.
 
 use std::os::fd::AsFd;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use corral::command::{Command, Finished, KillSequence, Stream};
 use serde::{Deserialize, Serialize};
+
+use crate::template::SLOT_MARK;
 
 /// How a job's output travels.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,7 +25,15 @@ pub(crate) enum Output {
 /// A job, as a worker receives it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Spec {
+    /// The job's number.
+    pub(crate) seq: u64,
+    /// The command; `{%}` may still be [`SLOT_MARK`].
     pub(crate) argv: Vec<String>,
+    /// The command line as the joblog shows it (same mark).
+    pub(crate) line: String,
+    /// The job slot, when the runner assigns it (a cluster's jobs); `None`:
+    /// this worker's own.
+    pub(crate) slot: Option<u32>,
     pub(crate) env: Vec<(String, String)>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) kill_sequence: KillSequence,
@@ -35,6 +46,8 @@ pub(crate) struct Spec {
 /// What a worker reports of a job.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Report {
+    /// The job's number.
+    pub(crate) seq: u64,
     /// `Err`: the program could not be started (with the exit code a shell
     /// would give: 127 not found, 126 not executable).
     pub(crate) finished: Result<Finished, (i32, String)>,
@@ -42,6 +55,10 @@ pub(crate) struct Report {
     pub(crate) stderr: Vec<u8>,
     /// The machine it ran on.
     pub(crate) host: String,
+    /// The command line with its slot.
+    pub(crate) line: String,
+    /// No job was waiting for this task (see [`run_next`]).
+    pub(crate) skipped: bool,
 }
 
 impl Spec {
@@ -74,8 +91,119 @@ impl Spec {
     }
 }
 
+/// What every local worker shares with the runner.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Shared {
+    /// One entry per slot: the pid of the worker holding it (0: free).
+    pub(crate) slots: corral::Array<i32>,
+    /// Which job each [`run_next`] task took: at `token % len`, the token
+    /// then the job's number (read by the runner if the worker died).
+    pub(crate) taken: corral::RawArray<u64>,
+    /// Jobs waiting for a worker ([`run_next`]).
+    pub(crate) queue: corral::Queue<Spec>,
+}
+
+/// This worker's slot and what it shares with the runner.
+static WORKER: OnceLock<(u32, Shared)> = OnceLock::new();
+
+/// The pool's initializer: this worker takes the lowest free slot (one
+/// whose worker is gone, after a crash), for life. A worker runs one job at
+/// a time, so slots are unique among running jobs, as GNU parallel's are.
+pub(crate) fn join_pool(shared: Shared) {
+    let me = std::process::id() as i32;
+    let slot = {
+        let mut slots = shared.slots.lock();
+        let free = slots.iter().position(|&p| p == 0 || !alive(p));
+        let i = free.unwrap_or(slots.len() - 1);
+        slots[i] = me;
+        i as u32 + 1
+    };
+    let _ = WORKER.set((slot, shared));
+}
+
+impl Shared {
+    /// The length of `taken` for this many tasks in flight (a pair each,
+    /// and room to spare so that no live entry is overwritten).
+    pub(crate) fn taken_len(in_flight: usize) -> usize {
+        4 * (in_flight + 1)
+    }
+
+    /// The job that task `token` took, if it took one.
+    pub(crate) fn job_of(&self, token: u64) -> Option<u64> {
+        let at = (token as usize % (self.taken.len() / 2)) * 2;
+        (self.taken.get(at) == Some(token))
+            .then(|| self.taken.get(at + 1))
+            .flatten()
+    }
+
+    fn took(&self, token: u64, seq: u64) {
+        let at = (token as usize % (self.taken.len() / 2)) * 2;
+        self.taken.set(at + 1, seq);
+        self.taken.set(at, token);
+    }
+}
+
+/// The pool task when workers take jobs from the shared queue: runs the
+/// next waiting job, if there is one. The runner keeps two such tasks per
+/// worker in the pool, so a worker that finishes a job takes the next from
+/// the queue at once; a task stuck behind a long job holds no job, so no
+/// job waits for a busy worker while another is free.
+pub(crate) fn run_next(token: u64) -> Report {
+    let Some((_, shared)) = WORKER.get() else {
+        return Report::skipped(0);
+    };
+    let Ok(spec) = shared.queue.try_get() else {
+        return Report::skipped(0);
+    };
+    shared.took(token, spec.seq);
+    run(spec)
+}
+
+impl Report {
+    fn skipped(seq: u64) -> Report {
+        Report {
+            seq,
+            finished: Err((-1, String::new())),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            host: String::new(),
+            line: String::new(),
+            skipped: true,
+        }
+    }
+}
+
+/// Whether process `pid` runs (a zombie does not).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
+}
+
+impl Spec {
+    /// Puts the slot where the runner left the mark.
+    fn with_slot(mut self, slot: u32) -> Spec {
+        let n = slot.to_string();
+        for word in self
+            .argv
+            .iter_mut()
+            .chain(self.env.iter_mut().map(|(_, v)| v))
+        {
+            if word.contains(SLOT_MARK) {
+                *word = word.replace(SLOT_MARK, &n);
+            }
+        }
+        self.line = self.line.replace(SLOT_MARK, &n);
+        self
+    }
+}
+
 /// The pool task: runs one job on this worker.
 pub(crate) fn run(spec: Spec) -> Report {
+    let slot = spec.slot.or(WORKER.get().map(|w| w.0)).unwrap_or(1);
+    let seq = spec.seq;
+    let spec = spec.with_slot(slot);
     let mut out = Vec::new();
     let mut err = Vec::new();
     let mut lines = match &spec.output {
@@ -100,10 +228,13 @@ pub(crate) fn run(spec: Spec) -> Report {
         (code, format!("corral: {}: {e}", spec.argv[0]))
     });
     Report {
+        seq,
         finished,
         stdout: out,
         stderr: err,
         host: host(),
+        line: spec.line,
+        skipped: false,
     }
 }
 

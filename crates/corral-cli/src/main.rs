@@ -19,6 +19,7 @@ mod opts;
 mod progress;
 mod runner;
 mod template;
+mod wake;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -102,7 +103,7 @@ fn run(args: RunArgs) -> Result<i32, String> {
         return dry_run(&cfg, jobs);
     }
     cfg.progress = progress::Progress::new(args.bar, args.eta, jobs.known_len());
-    let pool = pool(&args, cfg.jobs)?;
+    let pool = pool(&args, &mut cfg)?;
     let signal = Arc::new(AtomicUsize::new(0));
     for sig in [
         signal_hook::consts::SIGINT,
@@ -173,20 +174,33 @@ fn config(args: &RunArgs, template: Template) -> Result<Config, String> {
         progress: progress::Progress::new(false, false, None),
         quiet: args.quiet,
         cluster: args.cluster.is_some(),
+        shared: None,
     })
 }
 
-/// The pool the jobs run on: local workers, or a cluster's nodes.
-fn pool(args: &RunArgs, jobs: usize) -> Result<Pool, String> {
-    match &args.cluster {
-        Some(url) => Pool::cluster(url)
+/// The pool the jobs run on: local workers (which share their slots and a
+/// stop flag with the runner), or a cluster's nodes.
+fn pool(args: &RunArgs, cfg: &mut Config) -> Result<Pool, String> {
+    if let Some(url) = &args.cluster {
+        return Pool::cluster(url)
             .build()
-            .map_err(|e| format!("cannot reach the cluster: {e}")),
-        None => Pool::builder()
-            .processes(jobs)
-            .build()
-            .map_err(|e| format!("cannot start {jobs} workers: {e}")),
+            .map_err(|e| format!("cannot reach the cluster: {e}"));
     }
+    let jobs = cfg.jobs;
+    let fail = |e: corral::Error| format!("cannot start {jobs} workers: {e}");
+    let shared = job::Shared {
+        // Room for replacements that start before a dead worker is reaped.
+        slots: corral::Array::zeroed(2 * jobs).map_err(fail)?,
+        taken: corral::RawArray::zeroed(job::Shared::taken_len(2 * jobs)).map_err(fail)?,
+        queue: corral::Queue::unbounded().map_err(fail)?,
+    };
+    let pool = Pool::builder()
+        .processes(jobs)
+        .initializer(job::join_pool, shared.clone())
+        .build()
+        .map_err(fail)?;
+    cfg.shared = Some(shared);
+    Ok(pool)
 }
 
 /// `--dry-run`: prints each command instead of running it.
@@ -194,7 +208,7 @@ fn dry_run(cfg: &Config, jobs: Jobs) -> Result<i32, String> {
     let mut seq = 0u64;
     for args in jobs {
         seq += 1;
-        let line = cfg.template.expand(&args?, seq, 1).line;
+        let line = cfg.template.expand(&args?, seq, Some(1)).line;
         if !cfg.skip.contains(&line) {
             println!("{line}");
         }

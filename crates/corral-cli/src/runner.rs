@@ -2,12 +2,11 @@
 //! halts, orders and records what comes back. One thread; a job's
 //! supervision (timeout, tree kill, limits) happens on its worker.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use corral::command::{KillReason, KillSequence};
@@ -18,7 +17,8 @@ use crate::job::{self, Output, Report, Spec};
 use crate::joblog::{Entry, Joblog};
 use crate::opts::{Count, Halt, Threshold, Timeout, When};
 use crate::progress::Progress;
-use crate::template::Template;
+use crate::template::{SLOT_MARK, Template};
+use crate::wake::Tasks;
 
 /// How output reaches the terminal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +51,9 @@ pub(crate) struct Config {
     pub(crate) quiet: bool,
     /// The jobs run on cluster nodes (the joblog's Host is the node's).
     pub(crate) cluster: bool,
+    /// What the local workers share with the runner (their slots, the stop
+    /// flag); `None` on a cluster.
+    pub(crate) shared: Option<job::Shared>,
 }
 
 /// A job waiting to start (a new one, or a retry after its backoff).
@@ -65,7 +68,8 @@ struct Waiting {
 struct Running {
     args: Vec<String>,
     attempt: u32,
-    slot: u32,
+    /// The slot the runner gave it (a cluster's job); local workers use their own.
+    slot: Option<u32>,
     line: String,
 }
 
@@ -109,14 +113,24 @@ pub(crate) struct Runner {
     retry: VecDeque<Waiting>,
     running: BTreeMap<u64, Running>,
     free_slots: BTreeSet<u32>,
+    /// Local jobs go through the workers' shared queue (not with `--halt`,
+    /// `--delay` or `--timeout N%`, which decide at each start from what
+    /// has ended: then each job is handed out here as a slot frees).
+    queued: bool,
+    /// Tasks handed to the pool at most.
+    in_flight: usize,
+    next_token: u64,
+    /// `run_next` tasks not yet ended.
+    tokens: usize,
+    /// Running jobs no live task has claimed, since when (see `reconcile`).
+    suspects: HashMap<u64, Instant>,
     order: VecDeque<u64>,
     finished_output: BTreeMap<u64, Printed>,
     successes: Vec<Duration>,
     last_start: Option<Instant>,
     tally: Tally,
     phase: Phase,
-    tx: Sender<(u64, Result<Report, TaskError>)>,
-    rx: Receiver<(u64, Result<Report, TaskError>)>,
+    tasks: Tasks<Report>,
     signal: Arc<AtomicUsize>,
     input_error: Option<String>,
     started: Instant,
@@ -124,8 +138,12 @@ pub(crate) struct Runner {
 
 impl Runner {
     pub(crate) fn new(cfg: Config, pool: Pool, inputs: Jobs, signal: Arc<AtomicUsize>) -> Runner {
-        let (tx, rx) = mpsc::channel();
         let free_slots = (1..=cfg.jobs as u32).collect();
+        let per_job_timeout = matches!(cfg.timeout, Some(Timeout::Percent(_)));
+        let queued =
+            cfg.shared.is_some() && cfg.halt.is_none() && cfg.delay.is_none() && !per_job_timeout;
+        // Queued, each worker has its next job at hand the moment one ends.
+        let in_flight = if queued { 2 * cfg.jobs } else { cfg.jobs };
         Runner {
             cfg,
             pool,
@@ -135,14 +153,18 @@ impl Runner {
             retry: VecDeque::new(),
             running: BTreeMap::new(),
             free_slots,
+            queued,
+            in_flight,
+            next_token: 0,
+            tokens: 0,
+            suspects: HashMap::new(),
             order: VecDeque::new(),
             finished_output: BTreeMap::new(),
             successes: Vec::new(),
             last_start: None,
             tally: Tally::default(),
             phase: Phase::Feeding,
-            tx,
-            rx,
+            tasks: Tasks::new(),
             signal,
             input_error: None,
             started: Instant::now(),
@@ -156,6 +178,7 @@ impl Runner {
                 return code;
             }
             let wake = self.start_jobs();
+            self.reconcile();
             if self.running.is_empty() && self.nothing_left() {
                 break;
             }
@@ -163,10 +186,8 @@ impl Runner {
                 .map(|w| w.saturating_duration_since(Instant::now()))
                 .unwrap_or(Duration::from_millis(100))
                 .min(Duration::from_millis(100));
-            match self.rx.recv_timeout(wait) {
-                Ok((seq, result)) => self.finished(seq, result),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+            if let Some((key, result)) = self.tasks.next(wait) {
+                self.finished(key, result);
             }
         }
         self.flush_ordered(true);
@@ -182,7 +203,7 @@ impl Runner {
     /// Starts jobs while there is a free slot; returns when to look again
     /// if something waits for its time (`--delay`, a retry's backoff).
     fn start_jobs(&mut self) -> Option<Instant> {
-        while self.phase == Phase::Feeding && self.running.len() < self.cfg.jobs {
+        while self.phase == Phase::Feeding && self.running.len() < self.in_flight {
             let now = Instant::now();
             if let (Some(delay), Some(last)) = (self.cfg.delay, self.last_start)
                 && now < last + delay
@@ -224,12 +245,9 @@ impl Runner {
             };
             self.next_seq += 1;
             let seq = self.next_seq;
-            if !self.cfg.skip.is_empty() {
-                let line = self.cfg.template.expand(&args, seq, 1).line;
-                if self.cfg.skip.contains(&line) {
-                    self.tally.skipped += 1;
-                    continue;
-                }
+            if self.already_done(&args, seq) {
+                self.tally.skipped += 1;
+                continue;
             }
             return Some(Waiting {
                 seq,
@@ -240,23 +258,32 @@ impl Runner {
         }
     }
 
+    /// `--resume`: whether the joblog has this job's command line (whatever
+    /// slot it ran in).
+    fn already_done(&self, args: &[String], seq: u64) -> bool {
+        if self.cfg.skip.is_empty() {
+            return false;
+        }
+        let line = self.cfg.template.expand(args, seq, None).line;
+        if !line.contains(SLOT_MARK) {
+            return self.cfg.skip.contains(&line);
+        }
+        (1..=2 * self.cfg.jobs).any(|s| {
+            let with_slot = line.replace(SLOT_MARK, &s.to_string());
+            self.cfg.skip.contains(&with_slot)
+        })
+    }
+
     fn start(&mut self, w: Waiting) {
-        let slot = self.free_slots.pop_first().unwrap_or(1);
-        let expanded = self.cfg.template.expand(&w.args, w.seq, slot);
-        let spec = self.spec(expanded.argv, w.seq, slot, &w.args);
-        let longest = spec.longest();
-        let task = match longest {
-            // The worker enforces the timeout; the pool's is a backstop.
-            Some(l) => self
-                .pool
-                .submit_with_timeout(job::run, spec, l + Duration::from_secs(10)),
-            None => self.pool.submit(job::run, spec),
+        let slot = match self.cfg.shared {
+            Some(_) => None,
+            None => self.free_slots.pop_first(),
         };
-        let tx = self.tx.clone();
+        let expanded = self.cfg.template.expand(&w.args, w.seq, slot);
+        let line = expanded.line.clone();
+        let spec = self.spec(expanded.argv, line, w.seq, slot, &w.args);
         let seq = w.seq;
-        task.on_done(move |r| {
-            let _ = tx.send((seq, r));
-        });
+        self.hand_out(spec);
         if w.attempt == 1 {
             self.order.push_back(seq);
         }
@@ -272,12 +299,59 @@ impl Runner {
         self.last_start = Some(Instant::now());
     }
 
-    fn spec(&self, argv: Vec<String>, seq: u64, slot: u32, args: &[String]) -> Spec {
+    /// Gives a job to the pool: as its own task, or (queued) into the
+    /// workers' queue with a task that takes the next job from it.
+    fn hand_out(&mut self, spec: Spec) {
+        match self.cfg.shared.as_ref().filter(|_| self.queued) {
+            // Taken by a `run_next` task (see `reconcile`).
+            Some(shared) => {
+                if let Err(e) = shared.queue.put(spec) {
+                    eprintln!("corral: cannot queue a job: {e}");
+                }
+            }
+            None => {
+                let seq = spec.seq;
+                // The worker enforces the timeout; the pool's is a backstop.
+                let backstop = self.backstop(&spec);
+                let task = self.submit(job::run, spec, backstop);
+                self.tasks.add(seq, task);
+            }
+        }
+    }
+
+    fn submit<A: corral::Data>(
+        &self,
+        f: fn(A) -> Report,
+        arg: A,
+        limit: Option<Duration>,
+    ) -> corral::Task<Report> {
+        match limit {
+            Some(limit) => self.pool.submit_with_timeout(f, arg, limit),
+            None => self.pool.submit(f, arg),
+        }
+    }
+
+    /// The pool's own limit for a job's task: the job's longest run and a
+    /// margin. (A queued job may run under another job's task: the same
+    /// limit, since queued runs have one fixed timeout.)
+    fn backstop(&self, spec: &Spec) -> Option<Duration> {
+        spec.longest().map(|l| l + Duration::from_secs(10))
+    }
+
+    fn spec(
+        &self,
+        argv: Vec<String>,
+        line: String,
+        seq: u64,
+        slot: Option<u32>,
+        args: &[String],
+    ) -> Spec {
+        let slot_text = slot.map_or_else(|| SLOT_MARK.to_owned(), |s| s.to_string());
         let env = vec![
             ("CORRAL_SEQ".to_owned(), seq.to_string()),
-            ("CORRAL_SLOT".to_owned(), slot.to_string()),
+            ("CORRAL_SLOT".to_owned(), slot_text.clone()),
             ("PARALLEL_SEQ".to_owned(), seq.to_string()),
-            ("PARALLEL_JOBSLOT".to_owned(), slot.to_string()),
+            ("PARALLEL_JOBSLOT".to_owned(), slot_text),
         ];
         let output = match self.cfg.mode {
             Mode::Group => Output::Collect,
@@ -287,7 +361,10 @@ impl Runner {
             Mode::Ungroup => Output::Inherit,
         };
         Spec {
+            seq,
             argv,
+            line,
+            slot,
             env,
             timeout: self.job_timeout(),
             kill_sequence: self.cfg.kill_sequence.clone(),
@@ -313,12 +390,88 @@ impl Runner {
         }
     }
 
-    /// A job came back: retry it, or record it.
-    fn finished(&mut self, seq: u64, result: Result<Report, TaskError>) {
-        let Some(run) = self.running.remove(&seq) else {
+    /// Which job a task that ended ran (`None`: no job to record).
+    fn job_of(&mut self, key: u64, result: &Result<Report, TaskError>) -> Option<u64> {
+        if !self.queued {
+            return Some(key);
+        }
+        self.tokens -= 1;
+        match result {
+            Ok(r) if r.skipped => None,
+            Ok(r) => Some(r.seq),
+            // The worker died: the job it took, if it took one.
+            Err(_) => self.cfg.shared.as_ref()?.job_of(key),
+        }
+    }
+
+    /// Queued: keeps two `run_next` tasks per worker in the pool while jobs
+    /// run; a job that no task reported once none is left (its worker died
+    /// as it took it) failed.
+    fn reconcile(&mut self) {
+        let Some(shared) = self.cfg.shared.as_ref().filter(|_| self.queued) else {
             return;
         };
-        self.free_slots.insert(run.slot);
+        if self.running.is_empty() {
+            return;
+        }
+        if shared.queue.is_empty() {
+            // Every job that runs is claimed by a live task; one that stays
+            // unclaimed for a second lost its worker as it was taken.
+            let claimed: HashSet<u64> =
+                self.tasks.keys().filter_map(|t| shared.job_of(t)).collect();
+            let now = Instant::now();
+            let unclaimed: Vec<u64> = self
+                .running
+                .keys()
+                .copied()
+                .filter(|s| !claimed.contains(s))
+                .collect();
+            self.suspects.retain(|s, _| unclaimed.contains(s));
+            let mut lost = Vec::new();
+            for seq in unclaimed {
+                let since = *self.suspects.entry(seq).or_insert(now);
+                if now.duration_since(since) > Duration::from_secs(1) {
+                    lost.push(seq);
+                }
+            }
+            for seq in lost {
+                self.suspects.remove(&seq);
+                self.finished_job(seq, Err(TaskError::WorkerLost(ExitStatus::Signal(9))));
+            }
+        }
+        let backstop = self.cfg.timeout.and_then(|_| self.backstop_fixed());
+        while self.tokens < 2 * self.cfg.jobs {
+            self.next_token += 1;
+            self.tokens += 1;
+            let task = self.submit(job::run_next, self.next_token, backstop);
+            self.tasks.add(self.next_token, task);
+        }
+    }
+
+    /// The backstop of a queued run (one fixed timeout for every job).
+    fn backstop_fixed(&self) -> Option<Duration> {
+        match self.cfg.timeout? {
+            Timeout::Fixed(t) => Some(t + self.cfg.kill_sequence.total() + Duration::from_secs(10)),
+            Timeout::Percent(_) => None,
+        }
+    }
+
+    /// A task came back.
+    fn finished(&mut self, key: u64, result: Result<Report, TaskError>) {
+        if let Some(seq) = self.job_of(key, &result) {
+            self.finished_job(seq, result);
+        }
+    }
+
+    /// A job came back: retry it, or record it.
+    fn finished_job(&mut self, seq: u64, result: Result<Report, TaskError>) {
+        let Some(mut run) = self.running.remove(&seq) else {
+            return;
+        };
+        self.free_slots.extend(run.slot);
+        if let Ok(report) = &result {
+            run.line.clone_from(&report.line);
+        }
         let outcome = Outcome::of(&result);
         if !outcome.ok && run.attempt < self.cfg.tries && self.phase == Phase::Feeding {
             self.tally.retries += 1;
@@ -492,7 +645,9 @@ impl Runner {
             self.tally.halt_status = Some(0);
         }
         match halt.when {
-            When::Soon => self.phase = Phase::Draining,
+            When::Soon => {
+                self.phase = Phase::Draining;
+            }
             When::Now => self.stop("halt"),
         }
     }
@@ -503,8 +658,10 @@ impl Runner {
         self.phase = Phase::Stopped;
         self.retry.clear();
         self.pool.terminate();
+        self.tasks.clear();
         let running = std::mem::take(&mut self.running);
-        for (seq, run) in running {
+        for (seq, mut run) in running {
+            run.line = run.line.replace(SLOT_MARK, "{%}");
             let killed = Outcome::killed(reason);
             self.record(seq, &run, &killed, Err(TaskError::Cancelled));
         }

@@ -2,6 +2,10 @@
 //! `{/}` `{//}` `{/.}` `{#}` `{%}`, positional `{n}` and `{n.}` `{n/}`
 //! `{n//}` `{n/.}`.
 
+/// Stands for the job slot until the worker that runs the job (which owns a
+/// slot) replaces it.
+pub(crate) const SLOT_MARK: &str = "\u{1}%\u{1}";
+
 /// What a replacement string stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -63,8 +67,9 @@ impl Template {
         })
     }
 
-    /// The command for one job.
-    pub(crate) fn expand(&self, args: &[String], seq: u64, slot: u32) -> Expanded {
+    /// The command for one job. Without a `slot`, `{%}` becomes
+    /// [`SLOT_MARK`], which the worker replaces with its own slot.
+    pub(crate) fn expand(&self, args: &[String], seq: u64, slot: Option<u32>) -> Expanded {
         let quote = |s: &str| {
             if self.shell {
                 shell_quote(s)
@@ -112,13 +117,13 @@ fn piece(
     p: &Piece,
     args: &[String],
     seq: u64,
-    slot: u32,
+    slot: Option<u32>,
     quote: &dyn Fn(&str) -> String,
 ) -> String {
     match p {
         Piece::Lit(s) => s.clone(),
         Piece::Seq => seq.to_string(),
-        Piece::Slot => slot.to_string(),
+        Piece::Slot => slot.map_or_else(|| SLOT_MARK.to_owned(), |s| s.to_string()),
         Piece::Arg(None, kind) => args
             .iter()
             .map(|a| quote(&transform(a, *kind)))
@@ -225,7 +230,7 @@ fn has_shell_syntax(word: &str) -> bool {
 
 /// Quotes `s` for `sh` (unchanged if it needs no quoting).
 pub(crate) fn shell_quote(s: &str) -> String {
-    let safe = |c: char| c.is_ascii_alphanumeric() || "_./:=@%+,-".contains(c);
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_./:=@%+,-\u{1}".contains(c);
     if !s.is_empty() && s.chars().all(safe) {
         s.to_owned()
     } else {
@@ -242,7 +247,7 @@ mod tests {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         Template::parse(&words, false)
             .unwrap()
-            .expand(&args, 7, 2)
+            .expand(&args, 7, Some(2))
             .argv
     }
 
@@ -277,10 +282,15 @@ mod tests {
     #[test]
     fn one_string_with_shell_syntax_runs_in_a_shell() {
         let t = Template::parse(&["gzip {} && rm {}".to_string()], false).unwrap();
-        let e = t.expand(&["my file".to_string()], 1, 1);
+        let e = t.expand(&["my file".to_string()], 1, Some(1));
         assert_eq!(e.argv, ["/bin/sh", "-c", "gzip 'my file' && rm 'my file'"]);
         assert_eq!(e.line, "gzip 'my file' && rm 'my file'");
         let t = Template::parse(&["echo".to_string()], true).unwrap();
-        assert_eq!(t.expand(&["a'b".to_string()], 1, 1).line, r"echo 'a'\''b'");
+        assert_eq!(
+            t.expand(&["a'b".to_string()], 1, Some(1)).line,
+            r"echo 'a'\''b'"
+        );
+        let t = Template::parse(&["echo {%}".to_string()], false).unwrap();
+        assert_eq!(t.expand(&[], 1, None).line, format!("echo {SLOT_MARK}"));
     }
 }

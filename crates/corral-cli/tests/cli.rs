@@ -791,3 +791,94 @@ fn cluster_jobs_are_recorded_once_when_a_node_dies() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn no_job_waits_behind_a_long_one_and_slots_stay_unique() {
+    // -j 2: while job 1 runs for 3 s, the other worker runs all the rest.
+    let out = corral(&[
+        "run",
+        "-j",
+        "2",
+        "sh",
+        "-c",
+        "sleep {}; echo {}",
+        ":::",
+        "3",
+        "0.1",
+        "0.1",
+        "0.1",
+        "0.1",
+    ]);
+    assert_eq!(lines(&out), ["0.1", "0.1", "0.1", "0.1", "3"]);
+    // A slot is held by one running job at a time: a job fails if its slot's
+    // directory exists already.
+    let dir = scratch("slots");
+    let script = format!(
+        "mkdir {d}/s{{%}} || exit 9; sleep 0.1; rmdir {d}/s{{%}}; echo {{%}}",
+        d = dir.display()
+    );
+    let inputs: Vec<String> = (0..12).map(|i| i.to_string()).collect();
+    let mut args = vec!["run", "-j", "3", script.as_str(), ":::"];
+    args.extend(inputs.iter().map(String::as_str));
+    let out = corral(&args);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let slots = sorted(lines(&out));
+    assert_eq!(slots.len(), 12);
+    assert!(
+        slots.iter().all(|s| ["1", "2", "3"].contains(&s.as_str())),
+        "{slots:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_worker_killed_under_a_job_fails_that_job_only() {
+    let dir = scratch("worker-killed");
+    let log = dir.join("log.tsv");
+    let pids = dir.join("pids");
+    // Job 2 writes its worker's pid (its parent) and waits to be killed.
+    let script = format!(
+        "if [ {{}} = 2 ]; then echo $PPID > {p}; sleep 30; fi; echo {{}}",
+        p = pids.display()
+    );
+    let args: Vec<String> = [
+        "run",
+        "-k",
+        "-j",
+        "2",
+        "--joblog",
+        log.to_str().unwrap(),
+        &script,
+        ":::",
+        "1",
+        "2",
+        "3",
+        "4",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let run =
+        std::thread::spawn(move || corral(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    assert!(wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&pids).is_ok_and(|p| p.ends_with('\n'))
+    }));
+    let worker: u32 = std::fs::read_to_string(&pids)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    corral_fixtures::sigkill(worker);
+    let out = run.join().unwrap();
+    assert_eq!(code(&out), 1, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(lines(&out), ["1", "3", "4"]);
+    let rows = joblog(&log);
+    assert_eq!(rows.len(), 4, "every job recorded once");
+    let lost: Vec<&Vec<String>> = rows.iter().filter(|r| r[12] != "-").collect();
+    assert_eq!(lost.len(), 1);
+    assert_eq!(
+        (lost[0][0].as_str(), lost[0][12].as_str()),
+        ("2", "worker-lost")
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
