@@ -38,7 +38,7 @@ def medians(runs):
     return {n: statistics.median([r[n][0] for r in runs if n in r]) for n in names}
 
 
-LOWER_IS_BETTER = {"us", "ms", "ns"}
+LOWER_IS_BETTER = {"us", "ms", "ns", "s"}
 
 
 def spread_section(runs, hog, w):
@@ -104,6 +104,8 @@ def fmt(v, unit):
         return f"{v:.2f} %"
     if unit == "ms":
         return f"{v:.1f} ms"
+    if unit == "s":
+        return f"{v:.2f} s"
     if unit == "ns":
         return f"{v:.1f} ns"
     return f"{v:.2f} GB/s"
@@ -188,6 +190,7 @@ def main():
     connection_section(g, py, w)
     manager_section(g, py, w)
     cluster_section(g, py, w)
+    runner_section(g, w)
     spread_section(runs, hog, w)
     print("\n".join(lines))
 
@@ -444,6 +447,46 @@ def cluster_section(g, py, w):
       "receiver, the node's reader and writer): each hand-off is a sleep/wake across CPUs, 35–60 µs on this "
       "machine (`research/limits.md`), and a lone task crosses about four of them. Throughput does not pay "
       "them: tasks travel hundreds to a stream entry.")
+    w("")
+
+
+def runner_section(g, w):
+    """The `corral` command (issue #13) beside xargs -P, GNU parallel and
+    rust-parallel, each run paired with the spawn floor in the same run."""
+    if g("runner corral true x2000 wall") is None:
+        return
+    names = ["floor", "xargs", "corral", "rust-parallel", "GNU parallel"]
+    w("## The `corral` command")
+    w("")
+    w("`-j 2`, the inputs on standard input. Floor: `spawn-floor` (`bench/src/bin`), a Rust loop of "
+      "`Command::spawn` and `waitpid(-1)` and nothing else. CPU: the runner and everything it started, "
+      "from a cpuacct cgroup of the run's own (corral's workers and fork server included). The 10 ms job is "
+      "`sleep10ms` (`bench/src/bin`); `true` is `/bin/true`. An absent runner shows n/a.")
+    w("")
+    w("| runner | 2,000 × `true` wall | CPU | extra CPU per job vs floor | 200 × 10 ms wall | vs floor |")
+    w("|---|---|---|---|---|---|")
+    fw, fc = g("runner floor true x2000 wall"), g("runner floor true x2000 cpu")
+    sw = g("runner floor 10ms x200 wall")
+    for name in names:
+        tw, tc = g(f"runner {name} true x2000 wall"), g(f"runner {name} true x2000 cpu")
+        mw = g(f"runner {name} 10ms x200 wall")
+        extra = f"{(tc - fc) / 2000 * 1e3:.2f} ms" if tc is not None and fc is not None and name != "floor" else ""
+        w(f"| {name} | {fmt(tw, 's')} | {fmt(tc, 's')} | {extra} | {fmt(mw, 's')} | "
+          f"{ratio(mw, sw) if name != 'floor' else ''} |")
+    w("")
+    cw, cc = g("runner corral true x2000 wall"), g("runner corral true x2000 cpu")
+    cm, gw = g("runner corral 10ms x200 wall"), g("runner GNU parallel true x2000 wall")
+    w("### Targets (issue #13)")
+    w("")
+    w("| target | figure | verdict |")
+    w("|---|---|---|")
+    if cm and sw:
+        w(f"| ≤ 1.05× the floor's wall on 200 × 10 ms | {cm / sw:.3f}× | {verdict(cm <= 1.05 * sw)} |")
+    if cc is not None and fc is not None:
+        per_job = (cc - fc) / 2000 * 1e3
+        w(f"| ≤ 0.3 ms extra CPU per job on `true` | {per_job:.2f} ms | {verdict(per_job <= 0.3)} |")
+    if cw and gw:
+        w(f"| ≥ 5× faster than GNU parallel on `true` | {gw / cw:.1f}× | {verdict(gw >= 5 * cw)} |")
     w("")
 
 

@@ -3,7 +3,21 @@
 # CORRAL_BENCH_QUICK=1 runs a tenth of the iterations (a smoke test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q -p corral-bench
+cargo build --release -q -p corral-bench -p corral-cli
+# The command runners beside `corral run`, in a prefix of this script's own
+# (bench/.tools): GNU parallel from Debian's package, unpacked, not
+# installed; rust-parallel from crates.io. One that cannot be had is
+# reported absent by the benchmark, never faked.
+tools=bench/.tools
+if [ ! -x "$tools/parallel/usr/bin/parallel" ]; then
+    (tmp=$(mktemp -d) && cd "$tmp" && apt-get download parallel >/dev/null 2>&1 \
+        && dpkg -x parallel_*.deb "$OLDPWD/$tools/parallel"; rm -rf "$tmp") \
+        || echo "bench/run.sh: GNU parallel unavailable (apt-get download parallel failed)" >&2
+fi
+if [ ! -x "$tools/bin/rust-parallel" ]; then
+    cargo install -q --locked --root "$tools" rust-parallel \
+        || echo "bench/run.sh: rust-parallel unavailable (cargo install rust-parallel failed)" >&2
+fi
 # The Python anchors beyond the standard library, in a virtual environment
 # of this script's own (the system Python is left alone). An install that
 # fails stops the run with pip's own message.
@@ -53,6 +67,7 @@ one_run() {
     "$python" bench/python/manager_bench.py | tee -a "$out"
     ./target/release/corral-bench cluster | tee -a "$out"
     "$python" bench/python/cluster_bench.py | tee -a "$out"
+    ./target/release/corral-bench runner | tee -a "$out"
 }
 
 # Every figure is the median of CORRAL_BENCH_RUNS whole runs (5 by
