@@ -2,12 +2,15 @@
 //! or a cluster node's) and what comes back.
 
 use std::os::fd::AsFd;
+use std::path::PathBuf;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use corral::command::{Command, Finished, KillSequence, Stream};
 use serde::{Deserialize, Serialize};
 
+use crate::captured::{Captured, Collector};
 use crate::template::SLOT_MARK;
 
 /// How a job's output travels.
@@ -41,6 +44,8 @@ pub(crate) struct Spec {
     pub(crate) cpu_time: Option<Duration>,
     pub(crate) nice: Option<i32>,
     pub(crate) output: Output,
+    /// Where collected output beyond a few MiB goes (local runs).
+    pub(crate) spill_dir: Option<PathBuf>,
 }
 
 /// What a worker reports of a job.
@@ -51,8 +56,8 @@ pub(crate) struct Report {
     /// `Err`: the program could not be started (with the exit code a shell
     /// would give: 127 not found, 126 not executable).
     pub(crate) finished: Result<Finished, (i32, String)>,
-    pub(crate) stdout: Vec<u8>,
-    pub(crate) stderr: Vec<u8>,
+    pub(crate) stdout: Captured,
+    pub(crate) stderr: Captured,
     /// The machine it ran on.
     pub(crate) host: String,
     /// The command line with its slot.
@@ -164,8 +169,8 @@ impl Report {
         Report {
             seq,
             finished: Err((-1, String::new())),
-            stdout: Vec::new(),
-            stderr: Vec::new(),
+            stdout: Captured::default(),
+            stderr: Captured::default(),
             host: String::new(),
             line: String::new(),
             skipped: true,
@@ -204,8 +209,14 @@ pub(crate) fn run(spec: Spec) -> Report {
     let slot = spec.slot.or(WORKER.get().map(|w| w.0)).unwrap_or(1);
     let seq = spec.seq;
     let spec = spec.with_slot(slot);
-    let mut out = Vec::new();
-    let mut err = Vec::new();
+    let spill = |stream: &str| {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{seq}-{}-{n}.{stream}", std::process::id());
+        spec.spill_dir.as_ref().map(|d| d.join(name))
+    };
+    let mut out = Collector::new(spill("out"));
+    let mut err = Collector::new(spill("err"));
     let mut lines = match &spec.output {
         Output::Lines { tag } => Some(LineWriter::new(tag.clone())),
         _ => None,
@@ -214,8 +225,8 @@ pub(crate) fn run(spec: Spec) -> Report {
         .command()
         .run(|stream, bytes| match (&mut lines, stream) {
             (Some(w), s) => w.push(s, bytes),
-            (None, Stream::Stdout) => out.extend_from_slice(bytes),
-            (None, Stream::Stderr) => err.extend_from_slice(bytes),
+            (None, Stream::Stdout) => out.push(bytes),
+            (None, Stream::Stderr) => err.push(bytes),
         });
     if let Some(w) = &mut lines {
         w.flush_partial();
@@ -230,8 +241,8 @@ pub(crate) fn run(spec: Spec) -> Report {
     Report {
         seq,
         finished,
-        stdout: out,
-        stderr: err,
+        stdout: out.finish(),
+        stderr: err.finish(),
         host: host(),
         line: spec.line,
         skipped: false,

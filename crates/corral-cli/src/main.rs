@@ -11,6 +11,7 @@
 //! --cluster URL` run the same jobs on other machines through corral's
 //! cluster pool.
 
+mod captured;
 mod cli;
 mod input;
 mod job;
@@ -175,6 +176,7 @@ fn config(args: &RunArgs, template: Template) -> Result<Config, String> {
         quiet: args.quiet,
         cluster: args.cluster.is_some(),
         shared: None,
+        spill: None,
     })
 }
 
@@ -200,6 +202,9 @@ fn pool(args: &RunArgs, cfg: &mut Config) -> Result<Pool, String> {
         .build()
         .map_err(fail)?;
     cfg.shared = Some(shared);
+    if cfg.mode == Mode::Group {
+        cfg.spill = captured::SpillDir::create().ok();
+    }
     Ok(pool)
 }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use corral::command::{KillReason, KillSequence};
 use corral::{ExitStatus, Pool, TaskError};
 
+use crate::captured::{Captured, SpillDir};
 use crate::input::Jobs;
 use crate::job::{self, Output, Report, Spec};
 use crate::joblog::{Entry, Joblog};
@@ -51,9 +52,11 @@ pub(crate) struct Config {
     pub(crate) quiet: bool,
     /// The jobs run on cluster nodes (the joblog's Host is the node's).
     pub(crate) cluster: bool,
-    /// What the local workers share with the runner (their slots, the stop
-    /// flag); `None` on a cluster.
+    /// What the local workers share with the runner (their slots, the job
+    /// queue); `None` on a cluster.
     pub(crate) shared: Option<job::Shared>,
+    /// Where jobs put collected output beyond a few MiB (local runs).
+    pub(crate) spill: Option<SpillDir>,
 }
 
 /// A job waiting to start (a new one, or a retry after its backoff).
@@ -75,8 +78,8 @@ struct Running {
 
 /// A finished job's output, waiting for its turn (`-k`).
 struct Printed {
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
+    stdout: Captured,
+    stderr: Captured,
     tag: Option<String>,
 }
 
@@ -372,6 +375,7 @@ impl Runner {
             cpu_time: self.cfg.cpu_time,
             nice: self.cfg.nice,
             output,
+            spill_dir: self.cfg.spill.as_ref().map(|d| d.path().to_owned()),
         }
     }
 
@@ -474,6 +478,10 @@ impl Runner {
         }
         let outcome = Outcome::of(&result);
         if !outcome.ok && run.attempt < self.cfg.tries && self.phase == Phase::Feeding {
+            if let Ok(r) = &result {
+                r.stdout.discard();
+                r.stderr.discard();
+            }
             self.tally.retries += 1;
             let not_before = Instant::now() + backoff(self.cfg.delay, run.attempt);
             let waiting = Waiting {
@@ -516,23 +524,17 @@ impl Runner {
                 }
                 let mut stderr = r.stderr;
                 if let Err((_, msg)) = &r.finished {
-                    stderr.extend_from_slice(format!("{msg}\n").as_bytes());
+                    stderr.push_line(msg);
                 }
                 (r.stdout, stderr, r.host)
             }
-            Err(e) => (
-                Vec::new(),
-                format!("corral: job {seq}: {e}\n").into_bytes(),
-                String::new(),
-            ),
+            Err(e) => {
+                let mut stderr = Captured::default();
+                stderr.push_line(&format!("corral: job {seq}: {e}"));
+                (Captured::default(), stderr, String::new())
+            }
         };
-        self.log(
-            seq,
-            run,
-            outcome,
-            &host,
-            (stdout.len() + stderr.len()) as u64,
-        );
+        self.log(seq, run, outcome, &host, stdout.len() + stderr.len());
         if let Some(dir) = &self.cfg.results {
             save_results(dir, seq, &run.args, &stdout, &stderr);
         }
@@ -597,20 +599,19 @@ impl Runner {
 
     fn print(&self, p: Printed) {
         let write = || {
-            let tagged = |b: &[u8]| match &p.tag {
-                Some(t) => job::tag_lines(b, t),
-                None => b.to_vec(),
-            };
+            let tag = p.tag.as_deref();
             if !p.stdout.is_empty() {
                 let mut out = std::io::stdout().lock();
-                let _ = out.write_all(&tagged(&p.stdout));
+                let _ = p.stdout.write_to(&mut out, tag);
                 let _ = out.flush();
             }
             if !p.stderr.is_empty() {
-                let _ = std::io::stderr().lock().write_all(&tagged(&p.stderr));
+                let _ = p.stderr.write_to(&mut std::io::stderr().lock(), tag);
             }
         };
         self.cfg.progress.suspend(write);
+        p.stdout.discard();
+        p.stderr.discard();
     }
 
     /// `--halt`: stops when its condition is met.
@@ -818,7 +819,13 @@ fn backoff(delay: Option<Duration>, attempt: u32) -> Duration {
 }
 
 /// `--results DIR`: DIR/1/<input 1>/2/<input 2>/{seq,stdout,stderr}.
-fn save_results(dir: &std::path::Path, seq: u64, args: &[String], stdout: &[u8], stderr: &[u8]) {
+fn save_results(
+    dir: &std::path::Path,
+    seq: u64,
+    args: &[String],
+    stdout: &Captured,
+    stderr: &Captured,
+) {
     let mut path = dir.to_path_buf();
     for (i, arg) in args.iter().enumerate() {
         path.push((i + 1).to_string());
@@ -834,8 +841,8 @@ fn save_results(dir: &std::path::Path, seq: u64, args: &[String], stdout: &[u8],
     let write = || -> std::io::Result<()> {
         std::fs::create_dir_all(&path)?;
         std::fs::write(path.join("seq"), format!("{seq}\n"))?;
-        std::fs::write(path.join("stdout"), stdout)?;
-        std::fs::write(path.join("stderr"), stderr)
+        stdout.save(&path.join("stdout"))?;
+        stderr.save(&path.join("stderr"))
     };
     if let Err(e) = write() {
         eprintln!("corral: cannot save results in {}: {e}", path.display());

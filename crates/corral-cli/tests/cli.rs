@@ -578,6 +578,9 @@ fn bad_input_is_refused_before_any_job_starts() {
         assert!(!err.trim().is_empty(), "{args:?}: no message");
         assert!(!touched.exists(), "{args:?} started a job");
     }
+    let completions = corral(&["completions", "bash"]);
+    assert_eq!(code(&completions), 0);
+    assert!(stdout(&completions).contains("complete") && stdout(&completions).contains("--joblog"));
     let help = stdout(&corral(&["run", "--help"]));
     assert!(help.contains("Examples:") && help.contains("corral run -j 4 --timeout 30s"));
     let _ = std::fs::remove_dir_all(dir);
@@ -880,5 +883,32 @@ fn a_worker_killed_under_a_job_fails_that_job_only() {
         (lost[0][0].as_str(), lost[0][12].as_str()),
         ("2", "worker-lost")
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn large_outputs_spill_to_disk_and_are_cleaned_up() {
+    let dir = scratch("spill");
+    // Three jobs of 20 MB each, grouped and in order: beyond the 8 MiB kept
+    // in memory, the rest goes through the run's spill directory.
+    let script = "head -c 20000000 /dev/zero | tr '\\0' {}";
+    let out = Command::new(BIN)
+        .args(["run", "-k", "-j", "3", script, ":::", "a", "b", "c"])
+        .env("TMPDIR", &dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout.len(), 60_000_000);
+    for (i, c) in [b'a', b'b', b'c'].into_iter().enumerate() {
+        let part = &out.stdout[i * 20_000_000..(i + 1) * 20_000_000];
+        assert!(part.iter().all(|&b| b == c), "job {i} out of order or cut");
+    }
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
     let _ = std::fs::remove_dir_all(dir);
 }

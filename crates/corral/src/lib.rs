@@ -295,6 +295,29 @@
 //! }
 //! ```
 //!
+//! ## External programs
+//!
+//! [`command::Command`] is `subprocess.run` with what it lacks: the program
+//! leads its own process group, a timeout walks a TERM → grace → KILL
+//! sequence over the whole tree (grandchildren included), memory and CPU
+//! caps hold for the job, and [`command::Finished`] says how it ended, why
+//! it was killed, and what it used. Run inside a pool task, jobs inherit
+//! the pool's guarantees (they die with their worker and with the program).
+//! The `corral` command (`crates/corral-cli`) runs every job this way.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use corral::command::Command;
+//!
+//! let done = Command::new("make")
+//!     .arg("test")
+//!     .timeout(Duration::from_secs(600))
+//!     .memory_limit(4 << 30)
+//!     .run(|_stream, bytes| print!("{}", String::from_utf8_lossy(bytes)))
+//!     .unwrap();
+//! println!("{:?} after {:?}, peak {} bytes", done.status, done.runtime, done.max_rss);
+//! ```
+//!
 //! ## Lifetimes: no zombies, no orphans
 //!
 //! * Every child is reaped: by [`Child::join`], or, for a dropped handle, at
