@@ -57,12 +57,33 @@ fn code(out: &Output) -> i32 {
     out.status.code().unwrap_or(-1)
 }
 
-/// A fresh scratch directory.
-fn scratch(name: &str) -> PathBuf {
+/// A fresh scratch directory, removed when the test ends (a failed one too).
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("corral-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }
 
 /// Pids of live job processes (not corral's own, whose command line holds
@@ -158,7 +179,6 @@ fn gnu_grammar_sources_and_replacement_strings() {
     assert_eq!(stdout(&out), "a b\nc\nd\n");
     let out = corral_with(&["run", "-k", "-d", ":", "echo"], b"p:q");
     assert_eq!(lines(&out), ["p", "q"]);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -204,7 +224,6 @@ fn exec_without_quoting_traps_and_shell_strings() {
     ]);
     assert_eq!(code(&out), 1);
     assert_eq!(joblog(&log)[0][6], "127");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -337,7 +356,6 @@ fn a_timeout_kills_the_whole_job_tree() {
         ["-", "-", "-", "timeout"]
     );
     assert!(wait_for(Duration::from_secs(2), || procs_with(&marker).is_empty()));
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -379,7 +397,6 @@ fn a_memory_cap_fails_only_the_job_that_goes_over() {
         assert_eq!((over[7].as_str(), over[12].as_str()), ("9", "memory"));
         assert!(String::from_utf8_lossy(&out.stderr).contains("over the memory cap"));
     }
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn cgroup_v1_memory() -> bool {
@@ -495,7 +512,6 @@ fn retries_and_halt() {
     ]);
     assert_eq!(code(&out), 0);
     assert!(wait_for(Duration::from_secs(2), || procs_with(&marker).is_empty()));
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -560,7 +576,6 @@ fn joblog_results_dry_run_and_exit_status() {
     let mut args = vec!["run", "-j", "4", "false", ":::"];
     args.extend(many.iter().map(String::as_str));
     assert_eq!(code(&corral(&args)), 101);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -590,7 +605,6 @@ fn bad_input_is_refused_before_any_job_starts() {
     assert!(stdout(&completions).contains("complete") && stdout(&completions).contains("--joblog"));
     let help = stdout(&corral(&["run", "--help"]));
     assert!(help.contains("Examples:") && help.contains("corral run -j 4 --timeout 30s"));
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A child process killed (and reaped) when the test ends, even by a panic.
@@ -739,7 +753,6 @@ fn resume_failed_after_a_killed_run() {
         sorted(ok.iter().map(|s| s.to_string()).collect()),
         ["1", "2", "3", "4", "5", "6"]
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -800,7 +813,6 @@ fn cluster_jobs_are_recorded_once_when_a_node_dies() {
         rows.iter().all(|r| r[1] != ":" && !r[1].is_empty()),
         "the node's host name"
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -839,7 +851,6 @@ fn no_job_waits_behind_a_long_one_and_slots_stay_unique() {
         slots.iter().all(|s| ["1", "2", "3"].contains(&s.as_str())),
         "{slots:?}"
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -891,7 +902,6 @@ fn a_worker_killed_under_a_job_fails_that_job_only() {
         (lost[0][0].as_str(), lost[0][12].as_str()),
         ("2", "worker-lost")
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -902,7 +912,7 @@ fn large_outputs_spill_to_disk_and_are_cleaned_up() {
     let script = "head -c 20000000 /dev/zero | tr '\\0' {}";
     let out = Command::new(BIN)
         .args(["run", "-k", "-j", "3", script, ":::", "a", "b", "c"])
-        .env("TMPDIR", &dir)
+        .env("TMPDIR", dir.as_os_str())
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -918,5 +928,4 @@ fn large_outputs_spill_to_disk_and_are_cleaned_up() {
         .map(|e| e.file_name())
         .collect();
     assert!(left.is_empty(), "left in TMPDIR: {left:?}");
-    let _ = std::fs::remove_dir_all(dir);
 }
