@@ -74,15 +74,6 @@ fn cpus() -> usize {
 
 fn run(args: RunArgs) -> Result<i32, String> {
     let (command, inputs) = input::split_command(args.command.clone())?;
-    if let Some(first) = command
-        .first()
-        .filter(|w| w.starts_with('-') && w.len() > 1)
-        && !std::env::args_os().any(|a| a == "--")
-    {
-        return Err(format!(
-            "unknown option `{first}` (see `corral run --help`; put `--` before a command that starts with `-`)"
-        ));
-    }
     let template = Template::parse(&command, args.shell)?;
     let split = Split {
         record: match (&args.delimiter, args.null) {

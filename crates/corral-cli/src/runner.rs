@@ -737,8 +737,7 @@ struct Outcome {
 
 impl Outcome {
     fn of(result: &Result<Report, TaskError>) -> Outcome {
-        let mut o = Outcome::killed("");
-        (o.killed, o.signal) = (None, 0);
+        let mut o = Outcome::failed(-1, 0, None);
         match result {
             Ok(Report {
                 finished: Ok(f), ..
@@ -775,12 +774,17 @@ impl Outcome {
         o
     }
 
+    /// A job corral killed for `reason` (`--halt now`, a signal).
     fn killed(reason: &str) -> Outcome {
+        Outcome::failed(-1, 9, Some(reason.to_owned()))
+    }
+
+    fn failed(exitval: i32, signal: i32, killed: Option<String>) -> Outcome {
         Outcome {
             ok: false,
-            exitval: -1,
-            signal: 9,
-            killed: Some(reason.to_owned()),
+            exitval,
+            signal,
+            killed,
             start: std::time::SystemTime::now(),
             runtime: Duration::ZERO,
             user: Duration::ZERO,
