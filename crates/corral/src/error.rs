@@ -56,6 +56,15 @@ pub enum Error {
     /// `AuthenticationError`).
     #[error("authentication failed: {0}")]
     Authentication(String),
+    /// corral had to re-execute (to start a fork server in a program that
+    /// already had threads, or a `Spawn` child) and the program refused it
+    /// with [`crate::set_reexec`]`(Reexec::Refuse)`.
+    #[error(
+        "corral must re-execute this program to {0}, and re-execution is refused here \
+         (corral::Reexec::Refuse); start corral before any thread (call corral::init() first), \
+         use another start method, or set a re-exec command with corral::set_reexec"
+    )]
+    ReexecRefused(&'static str),
     /// This process is a corral child `depth` levels down, at the limit:
     /// tasks that start processes or pools recursively (loky's
     /// `LokyRecursionError`).

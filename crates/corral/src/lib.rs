@@ -398,6 +398,7 @@ pub use shared::{
     Array, ArrayGuard, RawArray, RawValue, SharedGuard, SharedMemory, Value, ValueGuard,
 };
 pub use start::StartMethod;
+pub use start::reexec::{Reexec, at_child_exit, at_fork, set_reexec};
 pub use sync::{
     AcquireError, Barrier, BarrierBuilder, BarrierError, BarrierWaitResult, BoundedSemaphore,
     Condition, ConditionGuard, Event, Lock, LockGuard, RLock, RLockGuard, Semaphore,

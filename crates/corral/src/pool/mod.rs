@@ -869,7 +869,7 @@ impl Pool {
     where
         I: IntoIterator<Item = A>,
     {
-        Imap::new(self, f, items.into_iter(), true)
+        Imap::new(PoolRef::Borrowed(self), f, items.into_iter(), true)
     }
 
     /// Like [`imap`](Pool::imap), but yields outcomes as they come.
@@ -892,7 +892,59 @@ impl Pool {
     where
         I: IntoIterator<Item = A>,
     {
-        Imap::new(self, f, items.into_iter(), false)
+        Imap::new(PoolRef::Borrowed(self), f, items.into_iter(), false)
+    }
+
+    /// Like [`imap`](Pool::imap), but the iterator holds the pool itself (an
+    /// `Arc`) rather than borrowing it, so it can be stored, returned or
+    /// handed to another thread (a language binding's iterator object, a
+    /// struct field) for as long as it is needed.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// fn square(x: u64) -> u64 { x * x }
+    /// corral::init();
+    /// let pool = Arc::new(corral::Pool::new(2).unwrap());
+    /// let squares = pool.imap_owned(square, 0..); // Imap<'static, ..>
+    /// let first = std::thread::spawn(move || squares.take(3).map(Result::unwrap).collect::<Vec<_>>());
+    /// assert_eq!(first.join().unwrap(), [0, 1, 4]);
+    /// ```
+    pub fn imap_owned<A: Data, R: Data, I>(
+        self: &Arc<Pool>,
+        f: fn(A) -> R,
+        items: I,
+    ) -> Imap<'static, A, R, I::IntoIter>
+    where
+        I: IntoIterator<Item = A>,
+    {
+        Imap::new(PoolRef::Owned(self.clone()), f, items.into_iter(), true)
+    }
+
+    /// Like [`imap_unordered`](Pool::imap_unordered), holding the pool as
+    /// [`imap_owned`](Pool::imap_owned) does.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// fn square(x: u64) -> u64 { x * x }
+    /// corral::init();
+    /// let pool = Arc::new(corral::Pool::new(2).unwrap());
+    /// let mut all: Vec<u64> = pool.imap_unordered_owned(square, 0..4).map(Result::unwrap).collect();
+    /// all.sort();
+    /// assert_eq!(all, [0, 1, 4, 9]);
+    /// ```
+    pub fn imap_unordered_owned<A: Data, R: Data, I>(
+        self: &Arc<Pool>,
+        f: fn(A) -> R,
+        items: I,
+    ) -> Imap<'static, A, R, I::IntoIter>
+    where
+        I: IntoIterator<Item = A>,
+    {
+        Imap::new(PoolRef::Owned(self.clone()), f, items.into_iter(), false)
     }
 
     /// Stops accepting work; what was submitted still runs. Later submits
@@ -1400,7 +1452,7 @@ impl AutoChunk {
 /// assert_eq!(parsed, [Some(1), Some(2), None, Some(4)]);
 /// ```
 pub struct Imap<'p, A, R, I> {
-    pool: &'p Pool,
+    pool: PoolRef<'p>,
     input: Option<I>,
     sink: Arc<StreamSink<R>>,
     /// The same sink, as the pool sees it.
@@ -1424,6 +1476,22 @@ pub struct Imap<'p, A, R, I> {
     _a: PhantomData<fn(A)>,
 }
 
+/// The pool an [`Imap`] runs on: borrowed, or held.
+enum PoolRef<'p> {
+    Borrowed(&'p Pool),
+    Owned(Arc<Pool>),
+}
+
+impl std::ops::Deref for PoolRef<'_> {
+    type Target = Pool;
+    fn deref(&self) -> &Pool {
+        match self {
+            PoolRef::Borrowed(pool) => pool,
+            PoolRef::Owned(pool) => pool,
+        }
+    }
+}
+
 impl<A, R, I> fmt::Debug for Imap<'_, A, R, I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Imap")
@@ -1434,7 +1502,9 @@ impl<A, R, I> fmt::Debug for Imap<'_, A, R, I> {
 }
 
 impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
-    fn new(pool: &'p Pool, f: fn(A) -> R, input: I, ordered: bool) -> Self {
+    fn new(pool: PoolRef<'p>, f: fn(A) -> R, input: I, ordered: bool) -> Self {
+        let auto = AutoChunk::new(pool.shared.chunk_hint(func_offset(f)));
+        let window = 64 * pool.processes() as u64;
         let sink = Arc::new(StreamSink {
             ordered,
             state: Mutex::new(StreamState {
@@ -1454,11 +1524,11 @@ impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
             entry: worker::job_entry_offset::<A, R>(),
             func: func_offset(f),
             chunk: None,
-            auto: AutoChunk::new(pool.shared.chunk_hint(func_offset(f))),
+            auto,
             item_bytes: 8,
             submitted: 0,
             yielded: 0,
-            window: 64 * pool.processes() as u64,
+            window,
             input_panic: None,
             _a: PhantomData,
         }

@@ -5,6 +5,7 @@ use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use super::child::{Proc, Reaper};
 use crate::start::bootstrap::{self, Outcome, StartMeta};
 use crate::start::forkserver::Launch;
+use crate::start::reexec::{ExecPlan, ForkHooks};
 use crate::start::runtime;
 use crate::{Child, CodecError, Data, Error, Job, StartMethod, sys, wire};
 
@@ -172,6 +173,10 @@ impl ProcessBuilder {
         arg: A,
     ) -> Result<Child<R>, Error> {
         runtime::check_depth()?;
+        let exec = match launch {
+            Launch::Exec => ExecPlan::current("start a Spawn child")?.host_command(),
+            Launch::Fork => None,
+        };
         let encoded = wire::encode(&arg)?;
         if encoded.fds.len() > sys::MAX_FDS_PER_MESSAGE - 2 {
             return Err(Error::Unsupported(
@@ -191,6 +196,7 @@ impl ProcessBuilder {
             depth: runtime::depth() + 1,
             group_dies: self.group_dies,
             context: runtime::start_context(),
+            exec,
         };
         let meta = postcard::to_stdvec(&meta)
             .map_err(|e| Error::Codec(crate::CodecError::new(e.to_string())))?;
@@ -260,15 +266,19 @@ impl ProcessBuilder {
         // lock, which another thread of ours may hold at the moment of the
         // fork (a test panicking, say) and which the child could never get.
         bootstrap::install_panic_hook();
+        let hooks = ForkHooks::before();
         let pid = sys::fork_with(move || {
             runtime::forget_inherited_server();
             sys::enter_child(parent, main_thread, name.as_deref());
+            hooks.in_child();
             runtime::set_identity(identity);
             bootstrap::keep_result_fd(result);
             let outcome = body(sys::raw(&result));
             bootstrap::finish(result, outcome, bootstrap::Ending::Careful)
         })
-        .map_err(Error::io("forking"))?;
+        .map_err(Error::io("forking"));
+        ForkHooks::after_fork_in_parent();
+        let pid = pid?;
         drop(theirs);
         let (pidfd, reaper) = match sys::pidfd_open(pid) {
             Ok(pidfd) => (pidfd, Reaper::Own),

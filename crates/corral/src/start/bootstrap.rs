@@ -39,6 +39,9 @@ pub(crate) struct StartMeta {
     /// Where the parent's working directory and environment differ from the
     /// fork server's.
     pub(crate) context: StartContext,
+    /// For a `Spawn` child: the parent's re-exec command, if it set one
+    /// (else the server runs its own program, which is the parent's).
+    pub(crate) exec: Option<Vec<Vec<u8>>>,
 }
 
 /// The parent's working directory and environment at the start, sent only
@@ -305,6 +308,11 @@ pub(crate) enum Ending {
 /// daemons terminated (see [`crate::init`]).
 pub(crate) fn finish(result: BorrowedFd<'_>, outcome: Outcome, ending: Ending) -> ! {
     let code = outcome.exit_code();
+    if matches!(outcome, Outcome::Value(..)) {
+        // Before the result leaves: what the hooks flush is out by the time
+        // the parent sees the child end.
+        super::reexec::run_at_child_exit();
+    }
     if outcome.write_to(result).is_err() {
         // The parent is gone or stopped listening: nobody wants the result.
         sys::exit_immediately(code);

@@ -37,6 +37,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 
 use super::bootstrap::{self, BOOT_ENV, Ending, Outcome, StartMeta};
 use super::orphans::Orphans;
+use super::reexec::{ExecPlan, ForkHooks, ROLE_AT_INIT_ENV};
 use crate::{Error, sys, wire};
 
 /// Environment variable through which an exec'd fork server finds its socket.
@@ -103,18 +104,19 @@ impl ServerClient {
                 serve(theirs_raw)
             })
         } else {
-            let argv = sys::own_cmdline();
+            let plan = ExecPlan::current("start its fork server after threads started")?;
             let mut env = exec_env();
             env.push(
                 sys::c_string(format!("{SERVER_ENV}={theirs_raw}").as_bytes())
                     .map_err(Error::io("preparing the fork server"))?,
             );
+            let exec = plan.with_env(&env);
             sys::fork_with(|| {
                 // Only async-signal-safe calls until exec: the process may
                 // have other threads.
                 sys::enter_child(parent, die_with_parent, None);
                 let _ = sys::set_cloexec(theirs.as_fd(), false);
-                let _ = sys::exec_self(&argv, &env);
+                let _ = exec.exec();
                 sys::exit_immediately(127)
             })
         }
@@ -249,7 +251,7 @@ impl ServerClient {
 /// This process's environment without corral's variables, as `KEY=VALUE`.
 pub(crate) fn env_entries() -> Vec<Vec<u8>> {
     std::env::vars_os()
-        .filter(|(k, _)| k != BOOT_ENV && k != SERVER_ENV)
+        .filter(|(k, _)| k != BOOT_ENV && k != SERVER_ENV && k != ROLE_AT_INIT_ENV)
         .map(|(k, v)| {
             let mut entry = k.into_encoded_bytes();
             entry.push(b'=');
@@ -320,7 +322,7 @@ fn serve(ctrl: RawFd) -> ! {
     // Inherited by every child: they need not set it up each.
     bootstrap::install_panic_hook();
     let _ = sys::executable_identity();
-    let argv = sys::own_cmdline();
+    let plan = ExecPlan::same_program();
     let env = exec_env();
     let mut kids: Vec<Kid> = Vec::new();
     let mut shm_names: Vec<String> = Vec::new();
@@ -360,7 +362,7 @@ fn serve(ctrl: RawFd) -> ! {
                 Ok(Some(request)) if request.kind == KIND_UNTRACK_SHM => {
                     shm_names.retain(|n| n.as_bytes() != request.meta)
                 }
-                Ok(Some(request)) => handle(request, &ctrl, &mut kids, server_pid, &argv, &env),
+                Ok(Some(request)) => handle(request, &ctrl, &mut kids, server_pid, &plan, &env),
                 Ok(None) | Err(_) => shutdown(kids, &shm_names, &mut orphans),
             }
         }
@@ -461,7 +463,7 @@ fn handle(
     ctrl: &OwnedFd,
     kids: &mut Vec<Kid>,
     server_pid: i32,
-    argv: &[CString],
+    plan: &ExecPlan,
     env: &[CString],
 ) {
     let Request {
@@ -531,7 +533,16 @@ fn handle(
         cwd,
         env: child_env,
     };
-    let forked = sys::fork_with(|| child_main(prepared, &mut keep, server_pid, argv, env));
+    let hooks = (kind == KIND_FORK).then(ForkHooks::before);
+    let forked = sys::fork_with(|| {
+        if let Some(hooks) = &hooks {
+            hooks.in_child();
+        }
+        child_main(prepared, &mut keep, server_pid, plan, env)
+    });
+    if hooks.is_some() {
+        ForkHooks::after_fork_in_parent();
+    }
     drop(fds);
     match forked.and_then(|pid| Ok((pid, sys::pidfd_open(pid)?))) {
         Ok((pid, pidfd)) => {
@@ -566,7 +577,7 @@ fn child_main(
     prepared: Prepared<'_>,
     keep: &mut [RawFd],
     server_pid: i32,
-    argv: &[CString],
+    plan: &ExecPlan,
     env: &[CString],
 ) -> ! {
     sys::enter_child(server_pid, true, prepared.name.as_deref());
@@ -604,7 +615,21 @@ fn child_main(
         bootstrap::finish(result.as_fd(), outcome, Ending::Quick)
     }
     let env = prepared.env.as_deref().unwrap_or(env);
-    let failure = match exec_child(prepared.meta, prepared.arg, &result, &handles, argv, env) {
+    // The parent's own command, if it set one; else ours (the same program).
+    let own;
+    let plan = match start.exec.clone().map(ExecPlan::command) {
+        Some(Ok(parents)) => {
+            own = parents;
+            &own
+        }
+        Some(Err(e)) => bootstrap::finish(
+            result.as_fd(),
+            Outcome::Refused(format!("the re-exec command: {e}")),
+            Ending::Quick,
+        ),
+        None => plan,
+    };
+    let failure = match exec_child(prepared.meta, prepared.arg, &result, &handles, plan, env) {
         Ok(never) => match never {},
         Err(e) => e,
     };
@@ -620,7 +645,7 @@ fn exec_child(
     arg: &[u8],
     result: &OwnedFd,
     handles: &[OwnedFd],
-    argv: &[CString],
+    plan: &ExecPlan,
     env: &[CString],
 ) -> io::Result<std::convert::Infallible> {
     let memfd = sys::memfd_with(&bootstrap::boot_file(meta_bytes, arg))?;
@@ -631,5 +656,5 @@ fn exec_child(
     let spec = bootstrap::boot_spec(sys::raw(&memfd), sys::raw(result), &raws);
     let mut env = env.to_vec();
     env.push(sys::c_string(format!("{BOOT_ENV}={spec}").as_bytes())?);
-    Err(sys::exec_self(argv, &env))
+    Err(plan.with_env(&env).exec())
 }

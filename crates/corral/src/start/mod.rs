@@ -24,6 +24,7 @@
 pub(crate) mod bootstrap;
 pub(crate) mod forkserver;
 pub(crate) mod orphans;
+pub(crate) mod reexec;
 pub(crate) mod runtime;
 
 /// How a child process is created.

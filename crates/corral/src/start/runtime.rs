@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::bootstrap::{self, BOOT_ENV};
 use super::forkserver::{self, SERVER_ENV, ServerClient};
+use super::reexec::ROLE_AT_INIT_ENV;
 use crate::process::Proc;
 use crate::{Error, sys};
 
@@ -134,12 +135,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-sys::before_main!(take_role);
+sys::before_main!(take_role_before_main);
+
+/// Takes a re-executed child's role before `main` (see
+/// [`sys::before_main`]), so nothing of `main` (a tokio runtime built by
+/// `#[tokio::main]`, say) runs in it; unless it was started by a
+/// [`Reexec::Command`](super::reexec::Reexec::Command), whose start-up runs
+/// until [`init`] (a library loaded by a host takes its role only when the
+/// host is ready).
+fn take_role_before_main() {
+    if std::env::var_os(ROLE_AT_INIT_ENV).is_none() {
+        take_role();
+    }
+}
 
 /// In a child started by re-execution (`Spawn`) or a re-executed fork
-/// server: runs that role and never returns. Runs before `main` (see
-/// [`sys::before_main`]), so nothing of `main` (a tokio runtime built by
-/// `#[tokio::main]`, say) runs in them; [`init`] calls it again, harmlessly.
+/// server: runs that role and never returns; [`init`] calls it again,
+/// harmlessly.
 fn take_role() {
     if let Some(spec) = std::env::var_os(BOOT_ENV) {
         sys::remove_env(BOOT_ENV.as_ref());
@@ -154,6 +166,9 @@ fn take_role() {
 
 /// See [`crate::init`].
 pub(crate) fn init() {
+    if std::env::var_os(ROLE_AT_INIT_ENV).is_some() {
+        sys::remove_env(ROLE_AT_INIT_ENV.as_ref());
+    }
     take_role();
     if !mark_initialized() {
         return;

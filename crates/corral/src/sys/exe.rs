@@ -1,11 +1,14 @@
-//! The identity of the running executable.
+//! The identity of the code that holds corral.
 //!
-//! A child must never call into a code offset computed in a different binary.
-//! The identity is the ELF GNU build-id of `/proc/self/exe` (a hash of the
-//! linked image, the same on every host that runs the same build). When a
-//! binary has no build-id, the identity falls back to the file's size,
-//! modification time and inode, which is stricter (it changes on copy) but
-//! still never confuses two different builds.
+//! A child must never call into a code offset computed in a different build.
+//! The identity is the ELF GNU build-id of the object whose code holds corral
+//! (a hash of the linked image, the same on every host that runs the same
+//! build): the executable, or the shared library corral was linked into when
+//! a host program loaded it (a Python extension module, say; the
+//! interpreter's own build-id would not tell two builds of the module
+//! apart). When the object has no build-id, the identity falls back to the
+//! file's size, modification time and inode, which is stricter (it changes on
+//! copy) but still never confuses two different builds.
 
 use std::fs::File;
 use std::io;
@@ -15,14 +18,14 @@ use std::sync::OnceLock;
 const PT_NOTE: u32 = 4;
 const NT_GNU_BUILD_ID: u32 = 3;
 
-/// The identity of the running executable, computed once per process image.
+/// The identity of the code holding corral, computed once per process image.
 pub(crate) fn executable_identity() -> &'static [u8] {
     static IDENTITY: OnceLock<Vec<u8>> = OnceLock::new();
     IDENTITY.get_or_init(|| compute().unwrap_or_else(|_| b"unknown-executable".to_vec()))
 }
 
 fn compute() -> io::Result<Vec<u8>> {
-    let file = File::open("/proc/self/exe")?;
+    let file = code_object().unwrap_or(File::open("/proc/self/exe")?);
     if let Some(id) = build_id(&file)? {
         let mut out = b"build-id:".to_vec();
         out.extend_from_slice(&id);
@@ -37,6 +40,30 @@ fn compute() -> io::Result<Vec<u8>> {
         meta.ino()
     )
     .into_bytes())
+}
+
+/// The file mapped where this very function's code is, from
+/// `/proc/self/maps`: through `/proc/self/map_files` when readable (the
+/// mapped file itself, even if its path was replaced since), else its path.
+fn code_object() -> Option<File> {
+    let here = compute as fn() -> io::Result<Vec<u8>> as usize;
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let range = fields.next()?;
+        let (start, end) = range.split_once('-')?;
+        let (start, end) = (
+            usize::from_str_radix(start, 16).ok()?,
+            usize::from_str_radix(end, 16).ok()?,
+        );
+        if !(start..end).contains(&here) {
+            return None;
+        }
+        let path = fields.nth(4).filter(|p| p.starts_with('/'))?;
+        File::open(format!("/proc/self/map_files/{range}"))
+            .or_else(|_| File::open(path))
+            .ok()
+    })
 }
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
@@ -108,6 +135,17 @@ fn find_build_id(mut notes: &[u8]) -> Option<&[u8]> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn identity_names_the_object_holding_the_code() {
+        // In a test binary corral is linked into the executable itself.
+        let object = super::code_object().expect("this code is mapped from a file");
+        let exe = std::fs::File::open("/proc/self/exe").unwrap();
+        assert_eq!(
+            super::build_id(&object).unwrap(),
+            super::build_id(&exe).unwrap()
+        );
+    }
+
     #[test]
     fn identity_is_stable_and_names_the_build() {
         let a = super::executable_identity();

@@ -185,19 +185,52 @@ pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// Replaces the process image with `/proc/self/exe` (the running binary, even
-/// if its path was replaced on disk). Returns only on failure.
-pub(crate) fn exec_self(argv: &[CString], envp: &[CString]) -> io::Error {
-    let path = c"/proc/self/exe";
-    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-    argv_ptrs.push(std::ptr::null());
-    let mut env_ptrs: Vec<*const libc::c_char> = envp.iter().map(|e| e.as_ptr()).collect();
-    env_ptrs.push(std::ptr::null());
-    // SAFETY: `path`, every argv and envp entry are NUL-terminated C strings
-    // that outlive the call; both arrays end with a null pointer as execve
-    // requires.
-    unsafe { libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr()) };
-    io::Error::last_os_error()
+/// A program, arguments and environment made ready for `execve` before a
+/// fork: the child of a threaded process may not allocate, so it only calls
+/// [`ExecArgs::exec`].
+#[derive(Debug)]
+pub(crate) struct ExecArgs {
+    program: CString,
+    /// Owners of the strings the pointer arrays point into.
+    _strings: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+}
+
+impl ExecArgs {
+    /// Prepares `program` with `argv` and the environment `envp`.
+    pub(crate) fn new(program: CString, argv: Vec<CString>, envp: Vec<CString>) -> ExecArgs {
+        let nul_ended = |v: &[CString]| {
+            let mut ptrs: Vec<*const libc::c_char> = v.iter().map(|a| a.as_ptr()).collect();
+            ptrs.push(std::ptr::null());
+            ptrs
+        };
+        let (argv_ptrs, env_ptrs) = (nul_ended(&argv), nul_ended(&envp));
+        let mut strings = argv;
+        strings.extend(envp);
+        ExecArgs {
+            program,
+            _strings: strings,
+            argv: argv_ptrs,
+            envp: env_ptrs,
+        }
+    }
+
+    /// Replaces this process; returns only on failure. Allocates nothing.
+    pub(crate) fn exec(&self) -> io::Error {
+        // SAFETY: `program` and every string the arrays point to are owned
+        // by `self` (moving a `CString` does not move its heap bytes), so
+        // they outlive the call; both arrays end with a null pointer as
+        // execve requires.
+        unsafe {
+            libc::execve(
+                self.program.as_ptr(),
+                self.argv.as_ptr(),
+                self.envp.as_ptr(),
+            )
+        };
+        io::Error::last_os_error()
+    }
 }
 
 /// Ends the process at once: no destructors, no `atexit` handlers, no flush.
