@@ -385,6 +385,27 @@ impl<R: Data> Task<R> {
         }
     }
 
+    /// Waits until the task has ended, at most `timeout`; true if it has
+    /// (Python's `AsyncResult.wait(timeout)`). Unlike
+    /// [`join_timeout`](Task::join_timeout) it keeps the handle, so
+    /// [`worker_pid`](Task::worker_pid) still tells which worker it ran on.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// fn crash(_: ()) { std::process::abort() }
+    /// corral::init();
+    /// let pool = corral::Pool::new(1).unwrap();
+    /// let task = pool.submit(crash, ());
+    /// assert!(task.wait_timeout(Duration::from_secs(10)));
+    /// let pid = task.worker_pid(); // the worker that died
+    /// assert!(task.join().is_err() && pid.is_some());
+    /// ```
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.wait(Instant::now().checked_add(timeout))
+    }
+
     /// Waits until done or `deadline`; true if done.
     fn wait(&self, deadline: Option<Instant>) -> bool {
         if self

@@ -1,0 +1,120 @@
+"""``corral.ProcessPoolExecutor``: a ``concurrent.futures.Executor`` on
+corral's supervisor. One dead worker fails one future; the executor is never
+broken."""
+
+import concurrent.futures
+import itertools
+
+from . import _lifecycle
+from ._errors import Cancelled, PoolClosed
+from ._pool import _ARGS_KWARGS, _STAR, Pool
+
+__all__ = ["ProcessPoolExecutor"]
+
+
+class _Future(concurrent.futures.Future):
+    """A future whose ``cancel`` also reaches a task that already runs (its
+    worker is killed and replaced)."""
+
+    def __init__(self, task):
+        super().__init__()
+        self._task = task
+
+    def cancel(self):
+        if self.done():
+            return False
+        self._task.cancel()
+        return super().cancel()
+
+
+def _settle(future, task):
+    try:
+        value = task.outcome()
+    except Cancelled:
+        future.cancel()
+        future.set_running_or_notify_cancel()
+        return
+    except BaseException as e:
+        if not future.cancelled():
+            future.set_exception(e)
+        return
+    if not future.cancelled():
+        future.set_result(value)
+
+
+def _run_chunk(fn, chunk):
+    return [fn(*args) for args in chunk]
+
+
+class ProcessPoolExecutor(concurrent.futures.Executor):
+    """``concurrent.futures.ProcessPoolExecutor``'s interface, with corral's
+    promises: no ``BrokenProcessPool``, ever (a dead worker fails only its own
+    future with :class:`WorkerLost`); ``task_timeout`` and ``memory_limit`` as
+    for :class:`Pool`; ``cancel()`` works on running futures too. Futures are
+    ``concurrent.futures.Future`` objects: ``wait``, ``as_completed`` and
+    ``asyncio.wrap_future`` take them."""
+
+    def __init__(
+        self,
+        max_workers=None,
+        initializer=None,
+        initargs=(),
+        *,
+        max_tasks_per_child=None,
+        task_timeout=None,
+        memory_limit=None,
+        max_pending=None,
+    ):
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        self._pool = Pool(
+            max_workers,
+            initializer,
+            initargs,
+            max_tasks_per_child,
+            task_timeout,
+            memory_limit,
+            max_pending,
+        )
+        self._shutdown = False
+        _lifecycle.track(self)
+
+    def submit(self, fn, /, *args, **kwargs):
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        mode, arg = (_ARGS_KWARGS, (args, kwargs)) if kwargs else (_STAR, args)
+        pool = self._pool
+        task = pool._pool.submit(*pool._func(fn), mode, arg, kwargs.pop("__timeout", None))
+        future = _Future(task)
+        task.add_done_callback(lambda: _settle(future, task))
+        return future
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1):
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if chunksize == 1:
+            return super().map(fn, *iterables, timeout=timeout)
+        args = zip(*iterables)
+        chunks = iter(lambda: list(itertools.islice(args, chunksize)), [])
+        results = super().map(_run_chunk, itertools.repeat(fn), chunks, timeout=timeout)
+        return itertools.chain.from_iterable(results)
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        if self._shutdown and not wait:
+            return
+        self._shutdown = True
+        self._pool._closed = True
+        self._pool._pool.shutdown(cancel_futures)
+        if wait:
+            self._pool._pool.join(None)
+
+    def terminate(self):
+        """Stops at once: workers killed, unfinished futures cancelled."""
+        self._shutdown = True
+        self._pool.terminate()
+
+    def stats(self):
+        return self._pool.stats()
+
+    def worker_pids(self):
+        return self._pool.worker_pids()

@@ -1,0 +1,215 @@
+"""``corral.Pool``: ``multiprocessing.Pool``'s interface on corral's
+supervisor."""
+
+from . import _corral, _lifecycle, _support
+from ._errors import PoolClosed
+
+__all__ = ["Pool", "AsyncResult"]
+
+# How a callable takes its argument (see the extension's `Mode`).
+_ONE, _STAR, _ARGS_KWARGS = 0, 1, 2
+
+
+def _refuse_while_bootstrapping():
+    if _support.loading_main:
+        raise RuntimeError(
+            "a corral pool was created while a worker was loading the main module: "
+            "guard the code that creates pools with\n\n"
+            '    if __name__ == "__main__":\n        ...\n\n'
+            "(the main module runs again in workers as __mp_main__, as with "
+            "multiprocessing's spawn and forkserver start methods)"
+        )
+
+
+def _packed(args, kwds):
+    """The call mode and argument for ``f(*args, **kwds)``."""
+    if kwds:
+        return _ARGS_KWARGS, (tuple(args), dict(kwds))
+    return _STAR, tuple(args)
+
+
+class AsyncResult:
+    """The result of ``apply_async`` (``multiprocessing``'s ``AsyncResult``)."""
+
+    __slots__ = ("_task", "__weakref__")
+
+    def __init__(self, task, callback=None, error_callback=None):
+        self._task = task
+        if callback is not None or error_callback is not None:
+            task.add_done_callback(lambda: self._run_callbacks(callback, error_callback))
+
+    def _run_callbacks(self, callback, error_callback):
+        try:
+            value = self._task.outcome()
+        except BaseException as e:
+            if error_callback is not None:
+                error_callback(e)
+            return
+        if callback is not None:
+            callback(value)
+
+    def get(self, timeout=None):
+        """The value; raises the task's exception, or ``TimeoutError`` if it
+        has not ended within ``timeout`` seconds."""
+        if not self._task.wait(timeout):
+            raise TimeoutError(f"the task has not ended within {timeout} s")
+        return self._task.outcome()
+
+    def wait(self, timeout=None):
+        """Waits up to ``timeout`` seconds for the task to end."""
+        self._task.wait(timeout)
+
+    def ready(self):
+        """Whether the task has ended."""
+        return self._task.done()
+
+    def successful(self):
+        """Whether it ended with a value (``ValueError`` while it runs)."""
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        try:
+            self._task.outcome()
+        except BaseException:
+            return False
+        return True
+
+    def cancel(self):
+        """Cancels the task: skipped if not started, else its worker is
+        killed (and replaced). False if it had already ended."""
+        return self._task.cancel()
+
+    @property
+    def worker_pid(self):
+        """The pid of the worker it ran on, once it reached one."""
+        return self._task.worker_pid
+
+
+class Pool:
+    """A pool of worker processes that cannot hang.
+
+    ``multiprocessing.Pool``'s methods, on corral's supervisor: a worker that
+    dies (a signal, ``os._exit``, the OOM killer) fails only its own task with
+    :class:`WorkerLost` and is replaced; ``task_timeout`` (seconds) kills a
+    task that runs too long (:class:`TaskTimedOut`); ``memory_limit`` (bytes)
+    caps each worker; ``max_pending`` makes submitting block beyond that many
+    waiting tasks. Workers are forked from corral's fork server, a copy of
+    the interpreter taken when ``corral`` was imported; functions defined in
+    the main script are found by running it as ``__mp_main__`` in the worker,
+    so guard pool creation with ``if __name__ == "__main__":``.
+    """
+
+    def __init__(
+        self,
+        processes=None,
+        initializer=None,
+        initargs=(),
+        maxtasksperchild=None,
+        task_timeout=None,
+        memory_limit=None,
+        max_pending=None,
+    ):
+        _refuse_while_bootstrapping()
+        if processes is not None and processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        init = None
+        if initializer is not None:
+            init = (_support.dump_function(initializer), _support.main_path(), tuple(initargs))
+        self._pool = _corral._Pool(
+            processes, init, maxtasksperchild, task_timeout, memory_limit, max_pending
+        )
+        self._closed = False
+        _lifecycle.track(self)
+
+    def _check(self):
+        if self._closed:
+            raise PoolClosed("Pool not running")
+
+    def _func(self, func):
+        return _support.dump_function(func), _support.main_path()
+
+    def apply(self, func, args=(), kwds={}):
+        """``func(*args, **kwds)`` in a worker; waits for the result."""
+        self._check()
+        mode, arg = _packed(args, kwds)
+        return self._pool.apply(*self._func(func), mode, arg)
+
+    def apply_async(self, func, args=(), kwds={}, callback=None, error_callback=None, timeout=None):
+        """Submits ``func(*args, **kwds)``; an :class:`AsyncResult`.
+
+        ``callback(value)`` or ``error_callback(exception)`` runs once it
+        ends, on corral's callback thread. ``timeout`` (seconds) is this
+        task's own limit, as ``task_timeout`` for the pool."""
+        self._check()
+        mode, arg = _packed(args, kwds)
+        task = self._pool.submit(*self._func(func), mode, arg, timeout)
+        return AsyncResult(task, callback, error_callback)
+
+    def submit(self, func, /, *args, **kwargs):
+        """``func(*args, **kwargs)``; an :class:`AsyncResult` (pebble's
+        ``schedule``, without callbacks)."""
+        return self.apply_async(func, args, kwargs)
+
+    def map(self, func, iterable, chunksize=None):
+        """``[func(x) for x in iterable]`` in the workers, in order; raises the
+        first failure. Each item is its own task: a worker that dies fails
+        only the item it was running."""
+        self._check()
+        return self._pool.map(*self._func(func), _ONE, iterable, chunksize)
+
+    def starmap(self, func, iterable, chunksize=None):
+        """``[func(*args) for args in iterable]`` in the workers, in order."""
+        self._check()
+        return self._pool.map(*self._func(func), _STAR, (tuple(a) for a in iterable), chunksize)
+
+    def imap(self, func, iterable, chunksize=None):
+        """A lazy iterator of ``func(x)`` in input order: input is pulled as
+        results are consumed (an endless generator is fine)."""
+        self._check()
+        return self._pool.imap(*self._func(func), _ONE, iterable, True, chunksize)
+
+    def imap_unordered(self, func, iterable, chunksize=None):
+        """As :meth:`imap`, in the order results arrive."""
+        self._check()
+        return self._pool.imap(*self._func(func), _ONE, iterable, False, chunksize)
+
+    def close(self):
+        """Accepts no more tasks; submitted ones still run."""
+        self._closed = True
+        self._pool.close()
+
+    def terminate(self):
+        """Stops at once: workers killed, unfinished tasks cancelled."""
+        self._closed = True
+        self._pool.terminate()
+
+    def join(self, timeout=None):
+        """Waits for the workers to exit, after :meth:`close` or
+        :meth:`terminate`; with ``timeout``, at most that many seconds
+        (returns whether they did)."""
+        if not self._closed:
+            raise ValueError("Pool is still running")
+        return self._pool.join(timeout)
+
+    def stats(self):
+        """Counters: submitted, completed, failed, timed_out, lost, workers."""
+        return self._pool.stats()
+
+    @property
+    def processes(self):
+        return self._pool.processes
+
+    def worker_pids(self):
+        """The pids of the live workers."""
+        return self._pool.worker_pids()
+
+    def __enter__(self):
+        self._check()
+        return self
+
+    def __exit__(self, *exc):
+        self.terminate()
+
+    def __reduce__(self):
+        raise NotImplementedError(
+            "pool objects cannot be passed between processes or pickled"
+        )

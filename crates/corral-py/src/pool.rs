@@ -1,0 +1,375 @@
+//! `corral._corral._Pool`: corral's supervised pool running Python calls.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use corral::{Imap, Pool, TaskError, TaskTimeout};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyIterator, PyList};
+
+use crate::task::{self, PyTask, deadline, lock, slice};
+use crate::value::{Call, Callable, Mode, Out};
+use crate::worker::{py_init, py_job};
+
+fn mode(m: u8) -> PyResult<Mode> {
+    match m {
+        0 => Ok(Mode::One),
+        1 => Ok(Mode::Star),
+        2 => Ok(Mode::ArgsKwargs),
+        _ => Err(PyValueError::new_err("unknown call mode")),
+    }
+}
+
+fn seconds(s: Option<f64>, what: &str) -> PyResult<Option<Duration>> {
+    s.map(|s| {
+        Duration::try_from_secs_f64(s).map_err(|_| {
+            PyValueError::new_err(format!("{what} must be a positive number of seconds"))
+        })
+    })
+    .transpose()
+}
+
+/// A pool of worker processes (`corral._corral._Pool`).
+#[pyclass(frozen, name = "_Pool", module = "corral._corral")]
+pub(crate) struct PyPool {
+    pool: Arc<Pool>,
+}
+
+#[pymethods]
+impl PyPool {
+    #[new]
+    #[pyo3(signature = (processes=None, initializer=None, maxtasksperchild=None, task_timeout=None, memory_limit=None, max_pending=None))]
+    fn new(
+        py: Python<'_>,
+        processes: Option<usize>,
+        initializer: Option<(Vec<u8>, Option<String>, Bound<'_, PyAny>)>,
+        maxtasksperchild: Option<u64>,
+        task_timeout: Option<f64>,
+        memory_limit: Option<u64>,
+        max_pending: Option<usize>,
+    ) -> PyResult<PyPool> {
+        let mut b = Pool::builder();
+        if let Some(n) = processes {
+            b = b.processes(n);
+        }
+        if let Some((func, main, args)) = initializer {
+            let call = Callable::new(func, main, Mode::Star).call(&args)?;
+            b = b.initializer(py_init, call);
+        }
+        if let Some(n) = maxtasksperchild {
+            b = b.max_tasks_per_child(n);
+        }
+        if let Some(d) = seconds(task_timeout, "task_timeout")? {
+            b = b.task_timeout(d);
+        }
+        if let Some(bytes) = memory_limit {
+            b = b.memory_limit(bytes);
+        }
+        if let Some(n) = max_pending {
+            b = b.max_pending(n);
+        }
+        let pool = py
+            .detach(|| b.build())
+            .map_err(|e| pyo3::exceptions::PyOSError::new_err(e.to_string()))?;
+        Ok(PyPool {
+            pool: Arc::new(pool),
+        })
+    }
+
+    /// Submits `func` on `arg`; a task handle.
+    #[pyo3(signature = (func, main, mode, arg, timeout=None))]
+    fn submit(
+        &self,
+        py: Python<'_>,
+        func: Vec<u8>,
+        main: Option<String>,
+        mode: u8,
+        arg: &Bound<'_, PyAny>,
+        timeout: Option<f64>,
+    ) -> PyResult<PyTask> {
+        let call = Callable::new(func, main, self::mode(mode)?).call(arg)?;
+        let timeout = seconds(timeout, "timeout")?;
+        let task = py.detach(|| match timeout {
+            Some(t) => self.pool.submit_with_timeout(py_job, call, t),
+            None => self.pool.submit(py_job, call),
+        });
+        Ok(PyTask::new(task))
+    }
+
+    /// Runs `func` on `arg` and waits for it (Ctrl-C raises here, and
+    /// cancels the task).
+    fn apply(
+        &self,
+        py: Python<'_>,
+        func: Vec<u8>,
+        main: Option<String>,
+        mode: u8,
+        arg: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        let call = Callable::new(func, main, self::mode(mode)?).call(arg)?;
+        let task = py.detach(|| self.pool.submit(py_job, call));
+        loop {
+            if py.detach(|| task.wait_timeout(task::SIGNAL_SLICE)) {
+                let pid = task.worker_pid();
+                return task::result(py, task.join(), pid);
+            }
+            if let Err(interrupted) = py.check_signals() {
+                task.cancel();
+                return Err(interrupted);
+            }
+        }
+    }
+
+    /// Runs `func` on every item (each its own task, in chunks), in order;
+    /// raises the first failure.
+    #[pyo3(signature = (func, main, mode, items, chunksize=None))]
+    fn map(
+        &self,
+        py: Python<'_>,
+        func: Vec<u8>,
+        main: Option<String>,
+        mode: u8,
+        items: &Bound<'_, PyAny>,
+        chunksize: Option<usize>,
+    ) -> PyResult<Py<PyList>> {
+        let callable = Callable::new(func, main, self::mode(mode)?);
+        let calls: Vec<Call> = items
+            .try_iter()?
+            .map(|item| callable.call(&item?))
+            .collect::<PyResult<_>>()?;
+        let outs = match chunksize {
+            None => self.map_auto(py, calls)?,
+            Some(0) => return Err(PyValueError::new_err("chunksize must be at least 1")),
+            Some(n) => self.map_chunks(py, calls, n)?,
+        };
+        let list = PyList::empty(py);
+        for out in outs {
+            list.append(task::outcome(py, out)?)?;
+        }
+        Ok(list.unbind())
+    }
+
+    /// A lazy iterator of outcomes (`ordered`: input order, else completion
+    /// order), pulling `items` as results are consumed.
+    #[pyo3(signature = (func, main, mode, items, ordered, chunksize=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn imap(
+        &self,
+        func: Vec<u8>,
+        main: Option<String>,
+        mode: u8,
+        items: &Bound<'_, PyAny>,
+        ordered: bool,
+        chunksize: Option<usize>,
+    ) -> PyResult<PyImap> {
+        let input = PyInput {
+            iter: items.try_iter()?.unbind(),
+            callable: Callable::new(func, main, self::mode(mode)?),
+            error: Arc::new(Mutex::new(None)),
+        };
+        let error = input.error.clone();
+        let mut imap = if ordered {
+            self.pool.imap_owned(py_job, input)
+        } else {
+            self.pool.imap_unordered_owned(py_job, input)
+        };
+        if let Some(n) = chunksize {
+            if n == 0 {
+                return Err(PyValueError::new_err("chunksize must be at least 1"));
+            }
+            imap = imap.chunk_size(n);
+        }
+        Ok(PyImap {
+            imap: Mutex::new(Some(imap)),
+            error,
+        })
+    }
+
+    /// The number of workers.
+    #[getter]
+    fn processes(&self) -> usize {
+        self.pool.processes()
+    }
+
+    /// Stops accepting work.
+    fn close(&self) {
+        self.pool.close();
+    }
+
+    /// Waits for the workers to exit (after `close` or `terminate`), at most
+    /// `timeout` seconds; true if they did.
+    #[pyo3(signature = (timeout=None))]
+    fn join(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let deadline = deadline(timeout);
+        loop {
+            if py.detach(|| self.pool.join_timeout(slice(deadline))) {
+                return Ok(true);
+            }
+            py.check_signals()?;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Stops at once: workers killed, unfinished tasks cancelled.
+    fn terminate(&self, py: Python<'_>) {
+        py.detach(|| self.pool.terminate());
+    }
+
+    /// Stops accepting work; with `cancel_pending`, tasks not started are
+    /// cancelled (running ones finish).
+    fn shutdown(&self, py: Python<'_>, cancel_pending: bool) {
+        py.detach(|| self.pool.shutdown(cancel_pending));
+    }
+
+    /// Counters: submitted, completed, failed, timed out, lost, workers.
+    fn stats(&self) -> std::collections::HashMap<&'static str, u64> {
+        let s = self.pool.stats();
+        [
+            ("submitted", s.submitted),
+            ("completed", s.completed),
+            ("failed", s.failed),
+            ("timed_out", s.timed_out),
+            ("lost", s.lost),
+            ("workers_started", s.workers_started),
+            ("workers_replaced", s.workers_replaced),
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    /// The pids of the live workers.
+    fn worker_pids(&self) -> Vec<u32> {
+        self.pool.workers().iter().map(|w| w.pid).collect()
+    }
+}
+
+impl PyPool {
+    /// `map` in corral's automatic chunks, waited for in signal slices.
+    fn map_auto(&self, py: Python<'_>, calls: Vec<Call>) -> PyResult<Vec<Out>> {
+        let mut task = py.detach(|| self.pool.map_async(py_job, calls));
+        loop {
+            match py.detach(|| task.join_timeout(task::SIGNAL_SLICE)) {
+                Ok(outs) => return Ok(outs),
+                Err(TaskTimeout::Failed(e)) => return Err(task::task_error(py, &e, None)),
+                Err(TaskTimeout::Elapsed(t)) => task = t,
+            }
+            if let Err(interrupted) = py.check_signals() {
+                task.cancel();
+                return Err(interrupted);
+            }
+        }
+    }
+
+    /// `map` in chunks of `n`, through a lazy iterator (signals are looked
+    /// at between results).
+    fn map_chunks(&self, py: Python<'_>, calls: Vec<Call>, n: usize) -> PyResult<Vec<Out>> {
+        let total = calls.len();
+        let mut imap = self.pool.imap_owned(py_job, calls).chunk_size(n);
+        let mut outs = Vec::with_capacity(total);
+        let mut last_check = Instant::now();
+        while outs.len() < total {
+            let step = py.detach(|| {
+                let mut got = Vec::new();
+                while got.len() < 1024 && outs.len() + got.len() < total {
+                    match imap.next() {
+                        Some(r) => got.push(r),
+                        None => break,
+                    }
+                    if last_check.elapsed() >= task::SIGNAL_SLICE {
+                        break;
+                    }
+                }
+                got
+            });
+            if step.is_empty() {
+                break;
+            }
+            for r in step {
+                outs.push(r.map_err(|e: TaskError| task::task_error(py, &e, None))?);
+            }
+            last_check = Instant::now();
+            if let Err(interrupted) = py.check_signals() {
+                imap.cancel();
+                return Err(interrupted);
+            }
+        }
+        Ok(outs)
+    }
+}
+
+/// A Python iterator as the input of a lazy `imap`: pulled on the thread
+/// that asks for the next result, which takes the GIL for it.
+struct PyInput {
+    iter: Py<PyIterator>,
+    callable: Callable,
+    /// The exception the input raised, re-raised once the results before
+    /// it have been yielded.
+    error: Arc<Mutex<Option<PyErr>>>,
+}
+
+impl Iterator for PyInput {
+    type Item = Call;
+
+    fn next(&mut self) -> Option<Call> {
+        Python::attach(|py| {
+            let mut iter = self.iter.bind(py).clone();
+            let item = match iter.next()? {
+                Ok(item) => item,
+                Err(e) => {
+                    *lock(&self.error) = Some(e);
+                    return None;
+                }
+            };
+            match self.callable.call(&item) {
+                Ok(call) => Some(call),
+                Err(e) => {
+                    *lock(&self.error) = Some(e);
+                    None
+                }
+            }
+        })
+    }
+}
+
+/// A lazy `imap` / `imap_unordered` (`corral._corral._Imap`).
+#[pyclass(frozen, name = "_Imap", module = "corral._corral")]
+pub(crate) struct PyImap {
+    imap: Mutex<Option<Imap<'static, Call, Out, PyInput>>>,
+    error: Arc<Mutex<Option<PyErr>>>,
+}
+
+#[pymethods]
+impl PyImap {
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let mut guard = lock(&self.imap);
+        let Some(imap) = guard.as_mut() else {
+            return Ok(None);
+        };
+        let next = py.detach(|| imap.next());
+        match next {
+            Some(Ok(out)) => task::outcome(py, out).map(Some),
+            Some(Err(e)) => Err(task::task_error(py, &e, None)),
+            None => {
+                *guard = None;
+                match lock(&self.error).take() {
+                    Some(e) => Err(e),
+                    None => Ok(None),
+                }
+            }
+        }
+    }
+
+    /// Cancels what is in flight and stops pulling input.
+    fn cancel(&self) {
+        if let Some(imap) = lock(&self.imap).as_mut() {
+            imap.cancel();
+        }
+    }
+}

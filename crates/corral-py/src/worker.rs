@@ -1,0 +1,103 @@
+//! What runs in a worker: a Python call, from data to data.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use serde_bytes::ByteBuf;
+
+use crate::support;
+use crate::value::{Arg, Call, Mode, Out};
+
+/// Callables this worker has loaded, by their pickled bytes: a `map` sends
+/// the same few bytes with each item and loads them once.
+static LOADED: Mutex<Option<HashMap<Vec<u8>, Py<PyAny>>>> = Mutex::new(None);
+
+/// The callable of `call`, loaded once per worker.
+fn callable<'py>(py: Python<'py>, call: &Call) -> PyResult<Bound<'py, PyAny>> {
+    let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+    let cache = loaded.get_or_insert_with(HashMap::new);
+    if let Some(f) = cache.get(call.func.as_slice()) {
+        return Ok(f.bind(py).clone());
+    }
+    let f = support::call(
+        py,
+        support::LOAD_FUNCTION,
+        (call.func.as_slice(), call.main.as_deref()),
+    )?;
+    cache.insert(call.func.to_vec(), f.clone().unbind());
+    Ok(f)
+}
+
+/// Calls the callable on the argument, as the mode says.
+fn invoke<'py>(py: Python<'py>, call: Call) -> PyResult<Bound<'py, PyAny>> {
+    let f = callable(py, &call)?;
+    let arg = call.arg.into_py(py)?;
+    match call.mode {
+        Mode::One => f.call1((arg,)),
+        Mode::Star => f.call1(arg.cast_into::<PyTuple>()?),
+        Mode::ArgsKwargs => {
+            let (args, kwargs): (Bound<'py, PyTuple>, Option<Bound<'py, PyDict>>) =
+                arg.extract()?;
+            f.call(args, kwargs.as_ref())
+        }
+    }
+}
+
+/// The outcome of an exception raised by a call (or by loading it).
+fn raised(py: Python<'_>, err: PyErr) -> Out {
+    if err.is_instance_of::<pyo3::exceptions::PySystemExit>(py) {
+        let code = err.value(py).getattr("code").ok();
+        let code = match code {
+            Some(c) if c.is_none() => 0,
+            Some(c) => c.extract::<i32>().unwrap_or(1),
+            None => 1,
+        };
+        return Out::Exit(code);
+    }
+    match support::call(py, support::PACK_EXCEPTION, (err.value(py),))
+        .and_then(|b| b.extract::<Vec<u8>>())
+    {
+        Ok(bytes) => Out::Raised(ByteBuf::from(bytes)),
+        // pack_exception falls back to a RuntimeError itself; failing that
+        // too, the worker has no working pickle: say so as a value.
+        Err(e) => Out::Value(Arg::Str(format!("corral: an exception was lost: {e}"))),
+    }
+}
+
+/// A pool task or a `Process` target: runs a Python call.
+pub(crate) fn py_job(call: Call) -> Out {
+    Python::attach(|py| match invoke(py, call) {
+        Ok(value) => match Arg::from_py(&value) {
+            Ok(arg) => Out::Value(arg),
+            Err(e) => raised(py, e),
+        },
+        Err(e) => raised(py, e),
+    })
+}
+
+/// A `Process` target: as [`py_job`], and a raised exception's traceback is
+/// printed in the child, as Python's `Process` does.
+pub(crate) fn py_process(call: Call) -> Out {
+    let out = py_job(call);
+    if let Out::Raised(bytes) = &out {
+        Python::attach(|py| {
+            let _ = support::call(py, support::REPORT, (bytes.as_slice(),));
+        });
+    }
+    out
+}
+
+/// A pool initializer: runs the Python initializer; an exception fails the
+/// worker's start (reported with the traceback).
+pub(crate) fn py_init(call: Call) {
+    if let Out::Raised(bytes) = py_job(call) {
+        let text = Python::attach(|py| {
+            support::call(py, support::REMOTE_ERROR, (bytes.as_slice(),))
+                .map(|e| e.to_string())
+                .unwrap_or_else(|e| e.to_string())
+        });
+        panic!("the pool's initializer raised: {text}");
+    }
+}
