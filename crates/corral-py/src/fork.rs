@@ -12,15 +12,17 @@ use crate::support;
 /// `PyOS_BeforeFork` first: 3.13's `PyOS_AfterFork_Child` releases the
 /// import lock that it takes.
 pub(crate) fn after_fork_in_child() {
-    // SAFETY: the child has one thread, this one, which is the copy of the
-    // thread that held the GIL when the fork server (or this process) was
-    // forked from the interpreter; the pair is what CPython's own `os.fork`
-    // runs around a fork, here run back to back in the child.
-    unsafe {
-        pyo3::ffi::PyOS_BeforeFork();
-        pyo3::ffi::PyOS_AfterFork_Child();
-    }
+    // Attached first: the process that forked may have released the GIL
+    // (a pool built inside a task forks its server with the GIL released);
+    // the child has one thread, which takes it.
     Python::attach(|py| {
+        // SAFETY: the child has one thread, this one, which holds the GIL;
+        // the pair is what CPython's own `os.fork` runs around a fork, here
+        // run back to back in the child.
+        unsafe {
+            pyo3::ffi::PyOS_BeforeFork();
+            pyo3::ffi::PyOS_AfterFork_Child();
+        }
         if let Err(e) = support::call(py, support::AFTER_FORK, ()) {
             e.print(py);
         }

@@ -56,9 +56,8 @@ fn raised(py: Python<'_>, err: PyErr) -> Out {
         };
         return Out::Exit(code);
     }
-    match support::call(py, support::PACK_EXCEPTION, (err.value(py),))
-        .and_then(|b| b.extract::<Vec<u8>>())
-    {
+    let exc = err.into_value(py); // with its traceback attached
+    match support::call(py, support::PACK_EXCEPTION, (exc,)).and_then(|b| b.extract::<Vec<u8>>()) {
         Ok(bytes) => Out::Raised(ByteBuf::from(bytes)),
         // pack_exception falls back to a RuntimeError itself; failing that
         // too, the worker has no working pickle: say so as a value.

@@ -60,6 +60,10 @@ def _reexec_command():
     return [_sys.executable, "-c", code]
 
 
+# Objects of main-script classes come back from workers as __mp_main__'s
+# (the name the script runs under there), as in multiprocessing.
+_sys.modules.setdefault("__mp_main__", _sys.modules.get("__main__"))
+
 # Last: the fork server is forked now, a copy of the interpreter with this
 # package complete. In a re-executed child, this call runs its role.
 _corral._init(_reexec_command())

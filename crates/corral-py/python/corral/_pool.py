@@ -1,6 +1,8 @@
 """``corral.Pool``: ``multiprocessing.Pool``'s interface on corral's
 supervisor."""
 
+import sys
+
 from . import _corral, _lifecycle, _support
 from ._errors import PoolClosed
 
@@ -111,9 +113,13 @@ class Pool:
         _refuse_while_bootstrapping()
         if processes is not None and processes < 1:
             raise ValueError("Number of processes must be at least 1")
-        init = None
-        if initializer is not None:
-            init = (_support.dump_function(initializer), _support.main_path(), tuple(initargs))
+        main = _support.main_path()
+        user_init = None if initializer is None else _support.dump_function(initializer)
+        init = (
+            _support.dump_function(_support.worker_init),
+            main,
+            (list(sys.path), main, user_init, tuple(initargs)),
+        )
         self._pool = _corral._Pool(
             processes, init, maxtasksperchild, task_timeout, memory_limit, max_pending
         )

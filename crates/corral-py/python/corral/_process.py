@@ -1,6 +1,8 @@
 """``corral.Process``: ``multiprocessing.Process`` on corral (its children
 die with their parent, even when it is SIGKILLed)."""
 
+import sys
+
 from . import _corral, _support
 
 __all__ = ["Process"]
@@ -32,10 +34,11 @@ class Process:
             func, args, kwargs = self._target or (lambda: None), self._args, self._kwargs
         else:
             func, args, kwargs = self.run, (), {}
+        main = _support.main_path()
         self._child = _corral._Process(
-            _support.dump_function(func),
-            _support.main_path(),
-            (args, kwargs),
+            _support.dump_function(_support.process_main),
+            main,
+            ((list(sys.path), main, _support.dump_function(func), args, kwargs), {}),
             self.name,
             self.daemon,
         )

@@ -138,6 +138,21 @@ def task_error(kind, message, signal, exitcode, pid, seconds, limit):
     return _errors.TaskFailed(message)
 
 
+def worker_init(sys_path, main, initializer, initargs):
+    """Every pool worker's initializer: the parent's import path as it was
+    when the pool was made (as multiprocessing's spawn and forkserver give
+    it), then the user's initializer, if any (pickled by ``dump_function``)."""
+    sys.path[:] = sys_path
+    if initializer is not None:
+        load_function(initializer, main)(*initargs)
+
+
+def process_main(sys_path, main, target, args, kwargs):
+    """What a ``corral.Process`` child runs."""
+    sys.path[:] = sys_path
+    return load_function(target, main)(*args, **kwargs)
+
+
 in_child = False
 
 
