@@ -47,5 +47,6 @@ fn _corral(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pool::PyImap>()?;
     m.add_class::<task::PyTask>()?;
     m.add_class::<process::PyProcess>()?;
+    m.add_class::<value::PyFunc>()?;
     Ok(())
 }

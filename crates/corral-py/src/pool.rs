@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyIterator, PyList};
 
 use crate::task::{self, PyTask, deadline, lock, slice};
-use crate::value::{Call, Callable, Mode, Out};
+use crate::value::{Call, Callable, Mode, Out, PyFunc};
 use crate::worker::{py_init, py_job};
 
 fn mode(m: u8) -> PyResult<Mode> {
@@ -43,7 +43,7 @@ impl PyPool {
     fn new(
         py: Python<'_>,
         processes: Option<usize>,
-        initializer: Option<(Vec<u8>, Option<String>, Bound<'_, PyAny>)>,
+        initializer: Option<(PyRef<'_, PyFunc>, Bound<'_, PyAny>)>,
         maxtasksperchild: Option<u64>,
         task_timeout: Option<f64>,
         memory_limit: Option<u64>,
@@ -53,8 +53,8 @@ impl PyPool {
         if let Some(n) = processes {
             b = b.processes(n);
         }
-        if let Some((func, main, args)) = initializer {
-            let call = Callable::new(func, main, Mode::Star).call(&args)?;
+        if let Some((func, args)) = initializer {
+            let call = Callable::new(&func, Mode::Star).call(&args)?;
             b = b.initializer(py_init, call);
         }
         if let Some(n) = maxtasksperchild {
@@ -78,17 +78,16 @@ impl PyPool {
     }
 
     /// Submits `func` on `arg`; a task handle.
-    #[pyo3(signature = (func, main, mode, arg, timeout=None))]
+    #[pyo3(signature = (func, mode, arg, timeout=None))]
     fn submit(
         &self,
         py: Python<'_>,
-        func: Vec<u8>,
-        main: Option<String>,
+        func: PyRef<'_, PyFunc>,
         mode: u8,
         arg: &Bound<'_, PyAny>,
         timeout: Option<f64>,
     ) -> PyResult<PyTask> {
-        let call = Callable::new(func, main, self::mode(mode)?).call(arg)?;
+        let call = Callable::new(&func, self::mode(mode)?).call(arg)?;
         let timeout = seconds(timeout, "timeout")?;
         let task = py.detach(|| match timeout {
             Some(t) => self.pool.submit_with_timeout(py_job, call, t),
@@ -102,70 +101,69 @@ impl PyPool {
     fn apply(
         &self,
         py: Python<'_>,
-        func: Vec<u8>,
-        main: Option<String>,
+        func: PyRef<'_, PyFunc>,
         mode: u8,
         arg: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
-        let call = Callable::new(func, main, self::mode(mode)?).call(arg)?;
+        let call = Callable::new(&func, self::mode(mode)?).call(arg)?;
         let task = py.detach(|| self.pool.submit(py_job, call));
-        loop {
-            if py.detach(|| task.wait_timeout(task::SIGNAL_SLICE)) {
-                let pid = task.worker_pid();
-                return task::result(py, task.join(), pid);
-            }
-            if let Err(interrupted) = py.check_signals() {
-                task.cancel();
-                return Err(interrupted);
-            }
-        }
+        task::join(py, task)
     }
 
     /// Runs `func` on every item (each its own task, in chunks), in order;
     /// raises the first failure.
-    #[pyo3(signature = (func, main, mode, items, chunksize=None))]
+    #[pyo3(signature = (func, mode, items, chunksize=None))]
     fn map(
         &self,
         py: Python<'_>,
-        func: Vec<u8>,
-        main: Option<String>,
+        func: PyRef<'_, PyFunc>,
         mode: u8,
         items: &Bound<'_, PyAny>,
         chunksize: Option<usize>,
     ) -> PyResult<Py<PyList>> {
-        let callable = Callable::new(func, main, self::mode(mode)?);
+        let callable = Callable::new(&func, self::mode(mode)?);
+        let items: Vec<Bound<'_, PyAny>> = items.try_iter()?.collect::<PyResult<_>>()?;
+        if chunksize == Some(0) {
+            return Err(PyValueError::new_err("chunksize must be at least 1"));
+        }
+        // The callable travels with the first item of each chunk.
+        let every = chunksize.unwrap_or_else(|| items.len().div_ceil(4 * self.pool.processes()));
         let calls: Vec<Call> = items
-            .try_iter()?
-            .map(|item| callable.call(&item?))
+            .iter()
+            .enumerate()
+            .map(|(i, item)| callable.call_with(item, i % every.max(1) == 0))
             .collect::<PyResult<_>>()?;
-        let outs = match chunksize {
+        drop(items);
+        let mut outs = match chunksize {
             None => self.map_auto(py, calls)?,
-            Some(0) => return Err(PyValueError::new_err("chunksize must be at least 1")),
             Some(n) => self.map_chunks(py, calls, n)?,
         };
-        let list = PyList::empty(py);
-        for out in outs {
-            list.append(task::outcome(py, out)?)?;
-        }
-        Ok(list.unbind())
+        self.resend_missing(py, &callable, &mut outs)?;
+        let values: Vec<Py<PyAny>> = outs
+            .into_iter()
+            .map(|out| task::outcome(py, out))
+            .collect::<PyResult<_>>()?;
+        Ok(PyList::new(py, values)?.unbind())
     }
 
     /// A lazy iterator of outcomes (`ordered`: input order, else completion
     /// order), pulling `items` as results are consumed.
-    #[pyo3(signature = (func, main, mode, items, ordered, chunksize=None))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (func, mode, items, ordered, chunksize=None))]
     fn imap(
         &self,
-        func: Vec<u8>,
-        main: Option<String>,
+        func: PyRef<'_, PyFunc>,
         mode: u8,
         items: &Bound<'_, PyAny>,
         ordered: bool,
         chunksize: Option<usize>,
     ) -> PyResult<PyImap> {
+        let callable = Callable::new(&func, self::mode(mode)?);
         let input = PyInput {
             iter: items.try_iter()?.unbind(),
-            callable: Callable::new(func, main, self::mode(mode)?),
+            callable: callable.clone(),
+            pulled: 0,
+            first: 4 * self.pool.processes(),
+            every: chunksize.unwrap_or(64).max(1),
             error: Arc::new(Mutex::new(None)),
         };
         let error = input.error.clone();
@@ -182,6 +180,8 @@ impl PyPool {
         }
         Ok(PyImap {
             imap: Mutex::new(Some(imap)),
+            pool: self.pool.clone(),
+            callable,
             error,
         })
     }
@@ -247,6 +247,28 @@ impl PyPool {
 }
 
 impl PyPool {
+    /// Runs again, with the callable, the items whose worker lacked it (a
+    /// worker that joined mid-map, replacing one that died).
+    fn resend_missing(&self, py: Python<'_>, callable: &Callable, outs: &mut [Out]) -> PyResult<()> {
+        let mut missing = Vec::new();
+        let mut calls = Vec::new();
+        for (i, out) in outs.iter_mut().enumerate() {
+            if matches!(out, Out::NeedFunc(_))
+                && let Out::NeedFunc(arg) = std::mem::replace(out, Out::Exit(0))
+            {
+                missing.push(i);
+                calls.push(callable.call_arg(arg));
+            }
+        }
+        if calls.is_empty() {
+            return Ok(());
+        }
+        for (i, out) in missing.into_iter().zip(self.map_auto(py, calls)?) {
+            outs[i] = out;
+        }
+        Ok(())
+    }
+
     /// `map` in corral's automatic chunks, waited for in signal slices.
     fn map_auto(&self, py: Python<'_>, calls: Vec<Call>) -> PyResult<Vec<Out>> {
         let mut task = py.detach(|| self.pool.map_async(py_job, calls));
@@ -305,6 +327,12 @@ impl PyPool {
 struct PyInput {
     iter: Py<PyIterator>,
     callable: Callable,
+    /// Items pulled so far. The callable travels with each of the `first`
+    /// items and every `every`th after (a worker that lacks it answers
+    /// `NeedFunc`, and the item is sent again with it).
+    pulled: usize,
+    first: usize,
+    every: usize,
     /// The exception the input raised, re-raised once the results before
     /// it have been yielded.
     error: Arc<Mutex<Option<PyErr>>>,
@@ -323,7 +351,9 @@ impl Iterator for PyInput {
                     return None;
                 }
             };
-            match self.callable.call(&item) {
+            let carry = self.pulled < self.first || self.pulled % self.every == 0;
+            self.pulled += 1;
+            match self.callable.call_with(&item, carry) {
                 Ok(call) => Some(call),
                 Err(e) => {
                     *lock(&self.error) = Some(e);
@@ -338,6 +368,9 @@ impl Iterator for PyInput {
 #[pyclass(frozen, name = "_Imap", module = "corral._corral")]
 pub(crate) struct PyImap {
     imap: Mutex<Option<Imap<'static, Call, Out, PyInput>>>,
+    /// For items sent again with their callable.
+    pool: Arc<Pool>,
+    callable: Callable,
     error: Arc<Mutex<Option<PyErr>>>,
 }
 
@@ -354,6 +387,11 @@ impl PyImap {
         };
         let next = py.detach(|| imap.next());
         match next {
+            Some(Ok(Out::NeedFunc(arg))) => {
+                let task = py.detach(|| self.pool.submit(py_job, self.callable.call_arg(arg)));
+                drop(guard);
+                task::join(py, task).map(Some)
+            }
             Some(Ok(out)) => task::outcome(py, out).map(Some),
             Some(Err(e)) => Err(task::task_error(py, &e, None)),
             None => {

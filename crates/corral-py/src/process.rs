@@ -8,7 +8,7 @@ use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 
 use crate::task::{deadline, lock, slice};
-use crate::value::{Callable, Mode, Out};
+use crate::value::{Callable, Mode, Out, PyFunc};
 use crate::worker::py_process;
 
 enum State {
@@ -36,6 +36,7 @@ fn exit_code(r: Result<Out, ProcessError>) -> i32 {
         Ok(Out::Value(_)) => 0,
         Ok(Out::Raised(_)) => 1,
         Ok(Out::Exit(code)) => code,
+        Ok(Out::NeedFunc(_)) => 1,
         Err(ProcessError::Exited(ExitStatus::Code(c))) => c,
         Err(ProcessError::Exited(ExitStatus::Signal(s))) => -s,
         Err(_) => 1,
@@ -46,16 +47,15 @@ fn exit_code(r: Result<Out, ProcessError>) -> i32 {
 impl PyProcess {
     /// Starts `func(*args, **kwargs)` (`arg` is the pair) in a child.
     #[new]
-    #[pyo3(signature = (func, main, arg, name=None, daemon=false))]
+    #[pyo3(signature = (func, arg, name=None, daemon=false))]
     fn start(
         py: Python<'_>,
-        func: Vec<u8>,
-        main: Option<String>,
+        func: PyRef<'_, PyFunc>,
         arg: &Bound<'_, PyAny>,
         name: Option<String>,
         daemon: bool,
     ) -> PyResult<PyProcess> {
-        let call = Callable::new(func, main, Mode::ArgsKwargs).call(arg)?;
+        let call = Callable::new(&func, Mode::ArgsKwargs).call(arg)?;
         let mut builder = corral::Process::builder().daemon(daemon);
         if let Some(name) = name {
             builder = builder.name(name);

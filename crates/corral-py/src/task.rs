@@ -70,6 +70,10 @@ pub(crate) fn outcome(py: Python<'_>, out: Out) -> PyResult<Py<PyAny>> {
             Err(PyErr::from_value(exc))
         }
         Out::Exit(code) => Err(pyo3::exceptions::PySystemExit::new_err(code)),
+        // Only map items go without their callable, and map resends those.
+        Out::NeedFunc(_) => Err(pyo3::exceptions::PyRuntimeError::new_err(
+            "corral: a worker lacked the callable of a call that did not carry it",
+        )),
     }
 }
 
@@ -82,6 +86,21 @@ pub(crate) fn result(
     match r {
         Ok(out) => outcome(py, out),
         Err(e) => Err(task_error(py, &e, pid)),
+    }
+}
+
+/// Waits for `task` with the GIL released, honouring Ctrl-C (which cancels
+/// the task), and returns its value or raises.
+pub(crate) fn join(py: Python<'_>, task: Task<Out>) -> PyResult<Py<PyAny>> {
+    loop {
+        if py.detach(|| task.wait_timeout(SIGNAL_SLICE)) {
+            let pid = task.worker_pid();
+            return result(py, task.join(), pid);
+        }
+        if let Err(interrupted) = py.check_signals() {
+            task.cancel();
+            return Err(interrupted);
+        }
     }
 }
 

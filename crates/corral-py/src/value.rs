@@ -5,7 +5,9 @@
 //! (`corral._support.dumps`, with cloudpickle where pickle cannot).
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyString};
+use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyString, PyTuple};
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -20,6 +22,8 @@ pub(crate) enum Arg {
     Float(f64),
     Str(String),
     Bytes(ByteBuf),
+    /// A tuple (a call's positional arguments, most often), item by item.
+    Tuple(Vec<Arg>),
     Pickled(ByteBuf),
 }
 
@@ -41,6 +45,8 @@ impl Arg {
             Ok(Arg::Str(obj.extract()?))
         } else if obj.is_exact_instance_of::<PyBytes>() {
             Ok(Arg::Bytes(ByteBuf::from(obj.extract::<Vec<u8>>()?)))
+        } else if let Ok(tuple) = obj.cast_exact::<PyTuple>() {
+            tuple.iter().map(|x| Arg::from_py(&x)).collect::<PyResult<_>>().map(Arg::Tuple)
         } else {
             Arg::pickled(obj)
         }
@@ -60,6 +66,11 @@ impl Arg {
             Arg::Float(v) => PyFloat::new(py, v).into_any(),
             Arg::Str(v) => PyString::new(py, &v).into_any(),
             Arg::Bytes(v) => PyBytes::new(py, &v).into_any(),
+            Arg::Tuple(items) => {
+                let items: Vec<Bound<'_, PyAny>> =
+                    items.into_iter().map(|x| x.into_py(py)).collect::<PyResult<_>>()?;
+                PyTuple::new(py, items)?.into_any()
+            }
             Arg::Pickled(v) => support::call(py, support::LOADS, (PyBytes::new(py, &v),))?,
         })
     }
@@ -76,14 +87,23 @@ pub(crate) enum Mode {
     ArgsKwargs,
 }
 
+/// A callable as a worker loads it: pickled, with the parent's main script
+/// (run as `__mp_main__` in a worker that needs a function defined there).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Func {
+    pub(crate) bytes: ByteBuf,
+    pub(crate) main: Option<String>,
+}
+
 /// One call of a Python callable in a worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Call {
-    /// The callable, pickled (by reference where it can be).
-    pub(crate) func: ByteBuf,
-    /// The parent's main script, run as `__mp_main__` in a worker that
-    /// needs a function defined there.
-    pub(crate) main: Option<String>,
+    /// The callable's id: a hash of its pickled bytes. A worker keeps the
+    /// callables it loaded by id.
+    pub(crate) fid: u64,
+    /// The callable itself; a `map` sends it with the first item of each
+    /// chunk only (a worker that lacks it answers [`Out::NeedFunc`]).
+    pub(crate) func: Option<Arc<Func>>,
     pub(crate) mode: Mode,
     pub(crate) arg: Arg,
 }
@@ -97,30 +117,77 @@ pub(crate) enum Out {
     Raised(ByteBuf),
     /// It raised `SystemExit` with this code (a `Process` ends with it).
     Exit(i32),
+    /// The worker did not have the callable and the call did not carry it:
+    /// nothing ran; the parent sends the argument (returned here) again,
+    /// with the callable.
+    NeedFunc(Arg),
 }
 
-/// The parts of a call, prepared once per `map` and reused for each item.
+/// A callable as Python holds it (`corral._corral._Func`): pickled once
+/// per function by `corral._support.dump_function`, with its id.
+#[pyclass(frozen, name = "_Func", module = "corral._corral")]
+#[derive(Debug)]
+pub(crate) struct PyFunc {
+    fid: u64,
+    func: Arc<Func>,
+}
+
+#[pymethods]
+impl PyFunc {
+    #[new]
+    #[pyo3(signature = (bytes, main=None))]
+    fn new(bytes: Vec<u8>, main: Option<String>) -> PyFunc {
+        // FNV-1a: the id only has to tell callables of one program apart.
+        let fid = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        PyFunc {
+            fid,
+            func: Arc::new(Func {
+                bytes: ByteBuf::from(bytes),
+                main,
+            }),
+        }
+    }
+}
+
+/// A callable and how it takes its argument, for the calls of one API call.
 #[derive(Clone, Debug)]
 pub(crate) struct Callable {
-    pub(crate) func: ByteBuf,
-    pub(crate) main: Option<String>,
+    pub(crate) fid: u64,
+    pub(crate) func: Arc<Func>,
     pub(crate) mode: Mode,
 }
 
 impl Callable {
-    pub(crate) fn new(func: Vec<u8>, main: Option<String>, mode: Mode) -> Callable {
+    pub(crate) fn new(func: &PyFunc, mode: Mode) -> Callable {
         Callable {
-            func: ByteBuf::from(func),
-            main,
+            fid: func.fid,
+            func: func.func.clone(),
             mode,
         }
     }
 
-    /// The call of this callable on `arg`.
+    /// The call of this callable on `arg`, carrying the callable itself.
     pub(crate) fn call(&self, arg: &Bound<'_, PyAny>) -> PyResult<Call> {
+        self.call_with(arg, true)
+    }
+
+    /// The call of this callable on an argument already made data.
+    pub(crate) fn call_arg(&self, arg: Arg) -> Call {
+        Call {
+            fid: self.fid,
+            func: Some(self.func.clone()),
+            mode: self.mode,
+            arg,
+        }
+    }
+
+    /// The call on `arg`; with the callable's bytes only if `carry`.
+    pub(crate) fn call_with(&self, arg: &Bound<'_, PyAny>, carry: bool) -> PyResult<Call> {
         Ok(Call {
-            func: self.func.clone(),
-            main: self.main.clone(),
+            fid: self.fid,
+            func: carry.then(|| self.func.clone()),
             mode: self.mode,
             arg: Arg::from_py(arg)?,
         })

@@ -10,29 +10,35 @@ use serde_bytes::ByteBuf;
 use crate::support;
 use crate::value::{Arg, Call, Mode, Out};
 
-/// Callables this worker has loaded, by their pickled bytes: a `map` sends
-/// the same few bytes with each item and loads them once.
-static LOADED: Mutex<Option<HashMap<Vec<u8>, Py<PyAny>>>> = Mutex::new(None);
+/// Callables this worker has loaded, by id.
+static LOADED: Mutex<Option<HashMap<u64, Py<PyAny>>>> = Mutex::new(None);
 
-/// The callable of `call`, loaded once per worker.
-fn callable<'py>(py: Python<'py>, call: &Call) -> PyResult<Bound<'py, PyAny>> {
+/// The callable of `call`, loaded once per worker; `None` if this worker
+/// lacks it and the call does not carry it.
+fn callable<'py>(py: Python<'py>, call: &Call) -> PyResult<Option<Bound<'py, PyAny>>> {
     let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
     let cache = loaded.get_or_insert_with(HashMap::new);
-    if let Some(f) = cache.get(call.func.as_slice()) {
-        return Ok(f.bind(py).clone());
+    if let Some(f) = cache.get(&call.fid) {
+        return Ok(Some(f.bind(py).clone()));
     }
+    let Some(func) = &call.func else {
+        return Ok(None);
+    };
     let f = support::call(
         py,
         support::LOAD_FUNCTION,
-        (call.func.as_slice(), call.main.as_deref()),
+        (func.bytes.as_slice(), func.main.as_deref()),
     )?;
-    cache.insert(call.func.to_vec(), f.clone().unbind());
-    Ok(f)
+    cache.insert(call.fid, f.clone().unbind());
+    Ok(Some(f))
 }
 
-/// Calls the callable on the argument, as the mode says.
-fn invoke<'py>(py: Python<'py>, call: Call) -> PyResult<Bound<'py, PyAny>> {
-    let f = callable(py, &call)?;
+/// Calls the callable on the argument, as the mode says; the argument back
+/// if the callable is missing here.
+fn invoke<'py>(py: Python<'py>, call: Call) -> PyResult<Result<Bound<'py, PyAny>, Arg>> {
+    let Some(f) = callable(py, &call)? else {
+        return Ok(Err(call.arg));
+    };
     let arg = call.arg.into_py(py)?;
     match call.mode {
         Mode::One => f.call1((arg,)),
@@ -43,6 +49,7 @@ fn invoke<'py>(py: Python<'py>, call: Call) -> PyResult<Bound<'py, PyAny>> {
             f.call(args, kwargs.as_ref())
         }
     }
+    .map(Ok)
 }
 
 /// The outcome of an exception raised by a call (or by loading it).
@@ -68,10 +75,11 @@ fn raised(py: Python<'_>, err: PyErr) -> Out {
 /// A pool task or a `Process` target: runs a Python call.
 pub(crate) fn py_job(call: Call) -> Out {
     Python::attach(|py| match invoke(py, call) {
-        Ok(value) => match Arg::from_py(&value) {
+        Ok(Ok(value)) => match Arg::from_py(&value) {
             Ok(arg) => Out::Value(arg),
             Err(e) => raised(py, e),
         },
+        Ok(Err(arg)) => Out::NeedFunc(arg),
         Err(e) => raised(py, e),
     })
 }

@@ -5,7 +5,7 @@ broken."""
 import concurrent.futures
 import itertools
 
-from . import _lifecycle
+from . import _lifecycle, _support
 from ._errors import Cancelled, PoolClosed
 from ._pool import _ARGS_KWARGS, _STAR, Pool
 
@@ -26,20 +26,38 @@ class _Future(concurrent.futures.Future):
         self._task.cancel()
         return super().cancel()
 
+    def _wait(self, timeout):
+        # Waits on the task itself (the quick path), then settles the
+        # future here rather than waiting for the callback thread to.
+        if not self.done() and self._task.wait(timeout):
+            _settle(self, self._task)
+
+    def result(self, timeout=None):
+        self._wait(timeout)
+        return super().result(timeout=0)
+
+    def exception(self, timeout=None):
+        self._wait(timeout)
+        return super().exception(timeout=0)
+
 
 def _settle(future, task):
+    """Sets the future from its task's outcome (once: the waiter and the
+    callback thread may both get here)."""
     try:
-        value = task.outcome()
-    except Cancelled:
-        future.cancel()
-        future.set_running_or_notify_cancel()
-        return
-    except BaseException as e:
-        if not future.cancelled():
+        try:
+            value = task.outcome()
+        except Cancelled:
+            # The base class's cancel: true also when already cancelled.
+            if concurrent.futures.Future.cancel(future):
+                future.set_running_or_notify_cancel()
+            return
+        except BaseException as e:
             future.set_exception(e)
-        return
-    if not future.cancelled():
+            return
         future.set_result(value)
+    except concurrent.futures.InvalidStateError:
+        pass
 
 
 def _run_chunk(fn, chunk):
@@ -83,8 +101,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         mode, arg = (_ARGS_KWARGS, (args, kwargs)) if kwargs else (_STAR, args)
-        pool = self._pool
-        task = pool._pool.submit(*pool._func(fn), mode, arg, kwargs.pop("__timeout", None))
+        task = self._pool._pool.submit(_support.dump_function(fn), mode, arg)
         future = _Future(task)
         task.add_done_callback(lambda: _settle(future, task))
         return future

@@ -114,10 +114,9 @@ class Pool:
         if processes is not None and processes < 1:
             raise ValueError("Number of processes must be at least 1")
         main = _support.main_path()
-        user_init = None if initializer is None else _support.dump_function(initializer)
+        user_init = None if initializer is None else _support.function_bytes(initializer)
         init = (
             _support.dump_function(_support.worker_init),
-            main,
             (list(sys.path), main, user_init, tuple(initargs)),
         )
         self._pool = _corral._Pool(
@@ -130,14 +129,12 @@ class Pool:
         if self._closed:
             raise PoolClosed("Pool not running")
 
-    def _func(self, func):
-        return _support.dump_function(func), _support.main_path()
 
     def apply(self, func, args=(), kwds={}):
         """``func(*args, **kwds)`` in a worker; waits for the result."""
         self._check()
         mode, arg = _packed(args, kwds)
-        return self._pool.apply(*self._func(func), mode, arg)
+        return self._pool.apply(_support.dump_function(func), mode, arg)
 
     def apply_async(self, func, args=(), kwds={}, callback=None, error_callback=None, timeout=None):
         """Submits ``func(*args, **kwds)``; an :class:`AsyncResult`.
@@ -147,7 +144,7 @@ class Pool:
         task's own limit, as ``task_timeout`` for the pool."""
         self._check()
         mode, arg = _packed(args, kwds)
-        task = self._pool.submit(*self._func(func), mode, arg, timeout)
+        task = self._pool.submit(_support.dump_function(func), mode, arg, timeout)
         return AsyncResult(task, callback, error_callback)
 
     def submit(self, func, /, *args, **kwargs):
@@ -160,23 +157,23 @@ class Pool:
         first failure. Each item is its own task: a worker that dies fails
         only the item it was running."""
         self._check()
-        return self._pool.map(*self._func(func), _ONE, iterable, chunksize)
+        return self._pool.map(_support.dump_function(func), _ONE, iterable, chunksize)
 
     def starmap(self, func, iterable, chunksize=None):
         """``[func(*args) for args in iterable]`` in the workers, in order."""
         self._check()
-        return self._pool.map(*self._func(func), _STAR, (tuple(a) for a in iterable), chunksize)
+        return self._pool.map(_support.dump_function(func), _STAR, (tuple(a) for a in iterable), chunksize)
 
     def imap(self, func, iterable, chunksize=None):
         """A lazy iterator of ``func(x)`` in input order: input is pulled as
         results are consumed (an endless generator is fine)."""
         self._check()
-        return self._pool.imap(*self._func(func), _ONE, iterable, True, chunksize)
+        return self._pool.imap(_support.dump_function(func), _ONE, iterable, True, chunksize)
 
     def imap_unordered(self, func, iterable, chunksize=None):
         """As :meth:`imap`, in the order results arrive."""
         self._check()
-        return self._pool.imap(*self._func(func), _ONE, iterable, False, chunksize)
+        return self._pool.imap(_support.dump_function(func), _ONE, iterable, False, chunksize)
 
     def close(self):
         """Accepts no more tasks; submitted ones still run."""

@@ -37,8 +37,7 @@ class Process:
         main = _support.main_path()
         self._child = _corral._Process(
             _support.dump_function(_support.process_main),
-            main,
-            ((list(sys.path), main, _support.dump_function(func), args, kwargs), {}),
+            ((list(sys.path), main, _support.function_bytes(func), args, kwargs), {}),
             self.name,
             self.daemon,
         )

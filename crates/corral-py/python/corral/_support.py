@@ -35,36 +35,53 @@ loads = pickle.loads
 _functions = {}
 
 
+_main = (None, None)
+
+
 def main_path():
     """The path of the main script, if it has one (not ``python -c``, a
     REPL or a notebook)."""
+    global _main
     main = sys.modules.get("__main__")
+    if _main[0] is main:
+        return _main[1]
     path = getattr(main, "__file__", None)
-    if path is None or getattr(main, "__spec__", None) is not None and main.__spec__.name != "__main__":
-        # ``python -m pkg.mod``: importable by name, no need to run it.
-        return None
-    return os.path.abspath(path)
+    spec = getattr(main, "__spec__", None)
+    if path is not None and (spec is None or spec.name == "__main__"):
+        path = os.path.abspath(path)
+    else:
+        # No file, or ``python -m pkg.mod``: importable by name.
+        path = None
+    _main = (main, path)
+    return path
 
 
-def dump_function(f):
-    """``f`` pickled for a worker, once per function object: by reference
-    where the worker can import it, by value (cloudpickle) where it cannot
-    (lambdas, local functions, functions of ``__main__`` without a file)."""
-    key = id(f)
-    hit = _functions.get(key)
-    if hit is not None and hit[0] is f:
-        return hit[1]
+def function_bytes(f):
+    """``f`` pickled for a worker: by reference where the worker can import
+    it, by value (cloudpickle) where it cannot (lambdas, local functions,
+    functions of ``__main__`` without a file)."""
     if not callable(f):
         raise TypeError(f"{f!r} is not callable")
     module = getattr(f, "__module__", None)
     if module == "__main__" and main_path() is None and cloudpickle is not None:
-        data = cloudpickle.dumps(f, protocol=5)
-    else:
-        data = dumps(f)
+        return cloudpickle.dumps(f, protocol=5)
+    return dumps(f)
+
+
+def dump_function(f):
+    """``f`` as the engine takes it (a ``_corral._Func``), made once per
+    function object."""
+    from . import _corral
+
+    key = id(f)
+    hit = _functions.get(key)
+    if hit is not None and hit[0] is f:
+        return hit[1]
+    func = _corral._Func(function_bytes(f), main_path())
     if len(_functions) > 1024:
         _functions.clear()
-    _functions[key] = (f, data)
-    return data
+    _functions[key] = (f, func)
+    return func
 
 
 def _run_main(path):
