@@ -128,16 +128,23 @@ impl PyPool {
         }
         // The callable travels with the first item of each chunk.
         let every = chunksize.unwrap_or_else(|| items.len().div_ceil(4 * self.pool.processes()));
-        let calls: Vec<Call> = items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| callable.call_with(item, i % every.max(1) == 0))
-            .collect::<PyResult<_>>()?;
-        drop(items);
-        let mut outs = match chunksize {
-            None => self.map_auto(py, calls)?,
-            Some(n) => self.map_chunks(py, calls, n)?,
+        let mut failed = None;
+        let calls = items.iter().enumerate().map(|(i, item)| {
+            callable
+                .call_with(item, i % every.max(1) == 0)
+                .unwrap_or_else(|e| {
+                    failed.get_or_insert(e);
+                    Call::nothing()
+                })
+        });
+        let outs = match chunksize {
+            None => self.map_auto(py, calls),
+            Some(n) => self.map_chunks(py, calls.collect(), n),
         };
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let mut outs = outs?;
         self.resend_missing(py, &callable, &mut outs)?;
         let values: Vec<Py<PyAny>> = outs
             .into_iter()
@@ -249,7 +256,12 @@ impl PyPool {
 impl PyPool {
     /// Runs again, with the callable, the items whose worker lacked it (a
     /// worker that joined mid-map, replacing one that died).
-    fn resend_missing(&self, py: Python<'_>, callable: &Callable, outs: &mut [Out]) -> PyResult<()> {
+    fn resend_missing(
+        &self,
+        py: Python<'_>,
+        callable: &Callable,
+        outs: &mut [Out],
+    ) -> PyResult<()> {
         let mut missing = Vec::new();
         let mut calls = Vec::new();
         for (i, out) in outs.iter_mut().enumerate() {
@@ -263,15 +275,25 @@ impl PyPool {
         if calls.is_empty() {
             return Ok(());
         }
-        for (i, out) in missing.into_iter().zip(self.map_auto(py, calls)?) {
+        for (i, out) in missing
+            .into_iter()
+            .zip(self.map_auto(py, calls.into_iter())?)
+        {
             outs[i] = out;
         }
         Ok(())
     }
 
     /// `map` in corral's automatic chunks, waited for in signal slices.
-    fn map_auto(&self, py: Python<'_>, calls: Vec<Call>) -> PyResult<Vec<Out>> {
-        let mut task = py.detach(|| self.pool.map_async(py_job, calls));
+    /// The calls are made as corral sends them out, chunk by chunk, with
+    /// the GIL held: workers start on the first chunk while the rest is
+    /// being made.
+    fn map_auto(
+        &self,
+        py: Python<'_>,
+        calls: impl ExactSizeIterator<Item = Call>,
+    ) -> PyResult<Vec<Out>> {
+        let mut task = self.pool.map_async(py_job, calls);
         loop {
             match py.detach(|| task.join_timeout(task::SIGNAL_SLICE)) {
                 Ok(outs) => return Ok(outs),

@@ -46,7 +46,11 @@ impl Arg {
         } else if obj.is_exact_instance_of::<PyBytes>() {
             Ok(Arg::Bytes(ByteBuf::from(obj.extract::<Vec<u8>>()?)))
         } else if let Ok(tuple) = obj.cast_exact::<PyTuple>() {
-            tuple.iter().map(|x| Arg::from_py(&x)).collect::<PyResult<_>>().map(Arg::Tuple)
+            tuple
+                .iter()
+                .map(|x| Arg::from_py(&x))
+                .collect::<PyResult<_>>()
+                .map(Arg::Tuple)
         } else {
             Arg::pickled(obj)
         }
@@ -67,8 +71,10 @@ impl Arg {
             Arg::Str(v) => PyString::new(py, &v).into_any(),
             Arg::Bytes(v) => PyBytes::new(py, &v).into_any(),
             Arg::Tuple(items) => {
-                let items: Vec<Bound<'_, PyAny>> =
-                    items.into_iter().map(|x| x.into_py(py)).collect::<PyResult<_>>()?;
+                let items: Vec<Bound<'_, PyAny>> = items
+                    .into_iter()
+                    .map(|x| x.into_py(py))
+                    .collect::<PyResult<_>>()?;
                 PyTuple::new(py, items)?.into_any()
             }
             Arg::Pickled(v) => support::call(py, support::LOADS, (PyBytes::new(py, &v),))?,
@@ -106,6 +112,21 @@ pub(crate) struct Call {
     pub(crate) func: Option<Arc<Func>>,
     pub(crate) mode: Mode,
     pub(crate) arg: Arg,
+}
+
+impl Call {
+    /// A call that runs nothing: it names no callable a worker can have
+    /// (id 0) and carries none, so it comes back [`Out::NeedFunc`]. Stands
+    /// for an item whose argument could not be made data (the `map` then
+    /// raises that error).
+    pub(crate) fn nothing() -> Call {
+        Call {
+            fid: 0,
+            func: None,
+            mode: Mode::One,
+            arg: Arg::None,
+        }
+    }
 }
 
 /// How a call ended in the worker.

@@ -1,7 +1,7 @@
 //! What runs in a worker: a Python call, from data to data.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -10,14 +10,34 @@ use serde_bytes::ByteBuf;
 use crate::support;
 use crate::value::{Arg, Call, Mode, Out};
 
-/// Callables this worker has loaded, by id.
-static LOADED: Mutex<Option<HashMap<u64, Py<PyAny>>>> = Mutex::new(None);
+thread_local! {
+    /// Callables this worker has loaded, by id, and the last one used (the
+    /// items of a `map` all call the same).
+    static LOADED: RefCell<(HashMap<u64, Py<PyAny>>, Option<(u64, Py<PyAny>)>)> =
+        RefCell::new((HashMap::new(), None));
+}
 
 /// The callable of `call`, loaded once per worker; `None` if this worker
 /// lacks it and the call does not carry it.
 fn callable<'py>(py: Python<'py>, call: &Call) -> PyResult<Option<Bound<'py, PyAny>>> {
-    let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
-    let cache = loaded.get_or_insert_with(HashMap::new);
+    LOADED.with_borrow_mut(|(cache, last)| {
+        if let Some((fid, f)) = last.as_ref()
+            && *fid == call.fid
+        {
+            return Ok(Some(f.bind(py).clone()));
+        }
+        let f = load(py, cache, call)?;
+        *last = f.as_ref().map(|f| (call.fid, f.clone().unbind()));
+        Ok(f)
+    })
+}
+
+/// The callable of `call` from the cache, else loaded from the call.
+fn load<'py>(
+    py: Python<'py>,
+    cache: &mut HashMap<u64, Py<PyAny>>,
+    call: &Call,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
     if let Some(f) = cache.get(&call.fid) {
         return Ok(Some(f.bind(py).clone()));
     }
