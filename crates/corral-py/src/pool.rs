@@ -131,7 +131,7 @@ impl PyPool {
         let mut failed = None;
         let calls = items.iter().enumerate().map(|(i, item)| {
             callable
-                .call_with(item, i % every.max(1) == 0)
+                .call_with(item, i.is_multiple_of(every.max(1)))
                 .unwrap_or_else(|e| {
                     failed.get_or_insert(e);
                     Call::nothing()
@@ -373,7 +373,7 @@ impl Iterator for PyInput {
                     return None;
                 }
             };
-            let carry = self.pulled < self.first || self.pulled % self.every == 0;
+            let carry = self.pulled < self.first || self.pulled.is_multiple_of(self.every);
             self.pulled += 1;
             match self.callable.call_with(&item, carry) {
                 Ok(call) => Some(call),

@@ -10,11 +10,12 @@ use serde_bytes::ByteBuf;
 use crate::support;
 use crate::value::{Arg, Call, Mode, Out};
 
+/// Callables this worker has loaded, by id, and the last one used (the
+/// items of a `map` all call the same).
+type Loaded = (HashMap<u64, Py<PyAny>>, Option<(u64, Py<PyAny>)>);
+
 thread_local! {
-    /// Callables this worker has loaded, by id, and the last one used (the
-    /// items of a `map` all call the same).
-    static LOADED: RefCell<(HashMap<u64, Py<PyAny>>, Option<(u64, Py<PyAny>)>)> =
-        RefCell::new((HashMap::new(), None));
+    static LOADED: RefCell<Loaded> = RefCell::new((HashMap::new(), None));
 }
 
 /// The callable of `call`, loaded once per worker; `None` if this worker
