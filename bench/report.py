@@ -186,6 +186,7 @@ def main():
         w(f"| 1 MiB `send_bytes` ≥ 2 GB/s | {ca:.2f} GB/s | {verdict(ca >= 2.0)} |")
     w("")
     pool_section(g, py, w)
+    python_section(g, py, w)
     queue_section(g, py, w)
     connection_section(g, py, w)
     manager_section(g, py, w)
@@ -307,6 +308,82 @@ def pool_section(g, py, w):
     late = c("timeout overshoot")
     if late is not None:
         w(f"| timed-out task reported ≤ 100 ms after its deadline | {late:.1f} ms | {verdict(late <= 100)} |")
+    w("")
+
+
+def python_section(g, py, w):
+    """corral for Python (issue #15): `corral.Pool` and
+    `corral.ProcessPoolExecutor` against CPython's Pool and
+    ProcessPoolExecutor, pebble and loky, in the same interpreter version."""
+    c = lambda k: g(f"{py} corral.{k}")  # noqa: E731
+    p = lambda k: g(f"{py} {k}")  # noqa: E731
+    if c("Pool apply round trip") is None:
+        return
+    w("## corral for Python: 2 workers, side by side")
+    w("")
+    w("`import corral` (crates/corral-py, an abi3 wheel built by maturin) against the Python pools, each in a fresh "
+      "interpreter of the same CPython, 2 workers each, the same tasks (`x -> x`, `x -> x*x` on small ints, "
+      "functions of an importable module) and the same method as the table above.")
+    w("")
+    w("| figure | `corral.Pool` | `corral.ProcessPoolExecutor` | CPython `Pool` | CPython `ProcessPoolExecutor` | "
+      "pebble | loky | best Python / corral |")
+    w("|---|---|---|---|---|---|---|---|")
+
+    def row(label, unit, ours, others, higher_is_better):
+        mine = [v for v in ours if v is not None]
+        vals = [v for v in others if v is not None]
+        if not mine or not vals:
+            rel = "n/a"
+        elif higher_is_better:
+            rel = f"{max(mine) / max(vals):.1f}× faster"
+        else:
+            rel = f"{min(vals) / min(mine):.1f}× faster"
+        cells = " | ".join(fmt(v, unit) if v is not None else "—" for v in [*ours, *others])
+        w(f"| {label} | {cells} | {rel} |")
+
+    row("`apply` / `submit().result()` round trip", "us",
+        [c("Pool apply round trip"), c("ProcessPoolExecutor submit round trip")],
+        [p("Pool apply_async round trip"), p("ProcessPoolExecutor submit round trip"),
+         p("pebble schedule round trip"), p("loky submit round trip")], False)
+    row("submit each, then wait for all", "items/s",
+        [c("Pool apply_async-each throughput"), c("ProcessPoolExecutor submit-each throughput")],
+        [p("Pool apply_async-each throughput"), p("ProcessPoolExecutor submit-each throughput"),
+         p("pebble schedule-each throughput"), p("loky submit-each throughput")], True)
+    row("`map` of 100k ints, default chunks", "items/s", [c("Pool map 100k default chunksize"), None],
+        [p("Pool map 100k default chunksize"), None, None, None], True)
+    row("`map` of 100k ints, chunk size 1", "items/s", [c("Pool map 100k chunksize 1"), None],
+        [p("Pool map 100k chunksize 1"), None, None, None], True)
+    row("`imap` of 100k ints, chunk size 1", "items/s", [c("Pool imap 100k chunksize 1"), None],
+        [p("Pool imap 100k chunksize 1"), None, None, None], True)
+    row("`imap` of 100k ints, chunk size 1000", "items/s", [c("Pool imap 100k chunksize 1000"), None],
+        [p("Pool imap 100k chunksize 1000"), None, None, None], True)
+    row("a hung task reported after its 100 ms limit", "ms", [c("Pool timeout overshoot"), None],
+        [None, None, p("pebble timeout overshoot"), None], False)
+    row("start a 2-worker pool until both answered", "us", [c("Pool start-up 2 workers"), None],
+        [p("Pool start-up 2 workers fork"), None, None, None], False)
+    w("")
+    w("CPython's `Pool` and `ProcessPoolExecutor` and loky have no per-task timeout. Each item of corral's `map` "
+      "is its own task (a worker that dies fails only the item it ran); CPython's default chunks give up that "
+      "fate (a dead worker hangs `Pool.map`). Idle CPU over 2 s: "
+      f"{fmt(c('Pool idle CPU'), '%')}.")
+    w("")
+    w("## Targets (issue #15)")
+    w("")
+    w("| target | figure | verdict |")
+    w("|---|---|---|")
+    rtt = min(v for v in [c("Pool apply round trip"), c("ProcessPoolExecutor submit round trip")] if v)
+    best_rtt = min(v for v in [p("Pool apply_async round trip"), p("ProcessPoolExecutor submit round trip"),
+                               p("pebble schedule round trip"), p("loky submit round trip"), 1e12] if v)
+    w(f"| round trip ≥ 20× faster than the best Python pool | {best_rtt / rtt:.1f}× | "
+      f"{verdict(best_rtt >= 20 * rtt)} |")
+    sub = max(v for v in [c("Pool apply_async-each throughput"),
+                          c("ProcessPoolExecutor submit-each throughput"), 0] if v is not None)
+    best_sub = max(v for v in [p("Pool apply_async-each throughput"), p("ProcessPoolExecutor submit-each throughput"),
+                               p("pebble schedule-each throughput"), p("loky submit-each throughput"), 1e-9] if v)
+    w(f"| submit-each ≥ 5× the best Python pool | {sub / best_sub:.1f}× | {verdict(sub >= 5 * best_sub)} |")
+    m, py_m = c("Pool map 100k default chunksize"), p("Pool map 100k default chunksize")
+    if m and py_m:
+        w(f"| `map` of 100k ints ≥ CPython's default-chunk `map` | {m / py_m:.2f}× | {verdict(m >= py_m)} |")
     w("")
 
 

@@ -31,6 +31,14 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install -q --disable-pip-version-check pebble loky celery redis rq packaging
 python="$venv/bin/python"
+# corral for Python (crates/corral-py): a release wheel built by maturin,
+# installed into the same environment as the Python anchors.
+"$python" -m pip install -q --disable-pip-version-check "maturin>=1.5,<2" cloudpickle
+rm -rf bench/out/wheel
+VIRTUAL_ENV="$PWD/$venv" CARGO_TARGET_DIR=target/corral-py-build \
+    "$venv/bin/maturin" build --release --quiet --out bench/out/wheel \
+    --manifest-path crates/corral-py/Cargo.toml
+"$python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps bench/out/wheel/*.whl
 # The cluster benchmarks run on a redis-server of their own (a free
 # loopback port, a password, no persistence), stopped when this ends.
 command -v redis-server >/dev/null || {
@@ -59,6 +67,7 @@ one_run() {
     "$python" bench/python/process_bench.py | tee -a "$out"
     ./target/release/corral-bench pool | tee -a "$out"
     "$python" bench/python/pool_bench.py | tee -a "$out"
+    "$python" bench/python/corral_py_bench.py | tee -a "$out"
     ./target/release/corral-bench queue | tee -a "$out"
     "$python" bench/python/queue_bench.py | tee -a "$out"
     ./target/release/corral-bench connection | tee -a "$out"

@@ -34,6 +34,8 @@ fn seconds(s: Option<f64>, what: &str) -> PyResult<Option<Duration>> {
 #[pyclass(frozen, name = "_Pool", module = "corral._corral")]
 pub(crate) struct PyPool {
     pool: Arc<Pool>,
+    /// Whether submitting can block (`max_pending` is set).
+    bounded: bool,
 }
 
 #[pymethods]
@@ -74,6 +76,7 @@ impl PyPool {
             .map_err(|e| pyo3::exceptions::PyOSError::new_err(e.to_string()))?;
         Ok(PyPool {
             pool: Arc::new(pool),
+            bounded: max_pending.is_some(),
         })
     }
 
@@ -89,10 +92,17 @@ impl PyPool {
     ) -> PyResult<PyTask> {
         let call = Callable::new(&func, self::mode(mode)?).call(arg)?;
         let timeout = seconds(timeout, "timeout")?;
-        let task = py.detach(|| match timeout {
+        let submit = || match timeout {
             Some(t) => self.pool.submit_with_timeout(py_job, call, t),
             None => self.pool.submit(py_job, call),
-        });
+        };
+        // Only a pool with `max_pending` can make a submit wait; the GIL is
+        // released only for those.
+        let task = if self.bounded {
+            py.detach(submit)
+        } else {
+            submit()
+        };
         Ok(PyTask::new(task))
     }
 
@@ -106,7 +116,11 @@ impl PyPool {
         arg: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
         let call = Callable::new(&func, self::mode(mode)?).call(arg)?;
-        let task = py.detach(|| self.pool.submit(py_job, call));
+        let task = if self.bounded {
+            py.detach(|| self.pool.submit(py_job, call))
+        } else {
+            self.pool.submit(py_job, call)
+        };
         task::join(py, task)
     }
 
@@ -122,20 +136,34 @@ impl PyPool {
         chunksize: Option<usize>,
     ) -> PyResult<Py<PyList>> {
         let callable = Callable::new(&func, self::mode(mode)?);
-        let items: Vec<Bound<'_, PyAny>> = items.try_iter()?.collect::<PyResult<_>>()?;
         if chunksize == Some(0) {
             return Err(PyValueError::new_err("chunksize must be at least 1"));
         }
+        // A sequence is read item by item as corral sends chunks out; any
+        // other iterable is read whole first (its length is needed).
+        let items = match items.len() {
+            Ok(_) => items.clone(),
+            Err(_) => PyList::new(py, items.try_iter()?.collect::<PyResult<Vec<_>>>()?)?.into_any(),
+        };
+        let n = items.len()?;
         // The callable travels with the first item of each chunk.
-        let every = chunksize.unwrap_or_else(|| items.len().div_ceil(4 * self.pool.processes()));
+        let every = chunksize
+            .unwrap_or_else(|| n.div_ceil(4 * self.pool.processes()))
+            .max(1);
         let mut failed = None;
-        let calls = items.iter().enumerate().map(|(i, item)| {
-            callable
-                .call_with(item, i.is_multiple_of(every.max(1)))
-                .unwrap_or_else(|e| {
-                    failed.get_or_insert(e);
-                    Call::nothing()
-                })
+        let mut iter = items.try_iter()?;
+        let calls = (0..n).map(|i| {
+            let call = match iter.next() {
+                Some(Ok(item)) => callable.call_with(&item, i.is_multiple_of(every)),
+                Some(Err(e)) => Err(e),
+                None => Err(PyValueError::new_err(
+                    "the sequence changed size during map",
+                )),
+            };
+            call.unwrap_or_else(|e| {
+                failed.get_or_insert(e);
+                Call::nothing()
+            })
         });
         let outs = match chunksize {
             None => self.map_auto(py, calls),

@@ -7,6 +7,7 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyString, PyTuple};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -104,8 +105,8 @@ pub(crate) struct Func {
 /// One call of a Python callable in a worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Call {
-    /// The callable's id: a hash of its pickled bytes. A worker keeps the
-    /// callables it loaded by id.
+    /// The callable's id (0: none). A worker keeps the callables it loaded
+    /// by id.
     pub(crate) fid: u64,
     /// The callable itself; a `map` sends it with the first item of each
     /// chunk only (a worker that lacks it answers [`Out::NeedFunc`]).
@@ -145,7 +146,8 @@ pub(crate) enum Out {
 }
 
 /// A callable as Python holds it (`corral._corral._Func`): pickled once
-/// per function by `corral._support.dump_function`, with its id.
+/// per function object by `corral._support.dump_function`, with an id of
+/// its own.
 #[pyclass(frozen, name = "_Func", module = "corral._corral")]
 #[derive(Debug)]
 pub(crate) struct PyFunc {
@@ -158,10 +160,10 @@ impl PyFunc {
     #[new]
     #[pyo3(signature = (bytes, main=None))]
     fn new(bytes: Vec<u8>, main: Option<String>) -> PyFunc {
-        // FNV-1a: the id only has to tell callables of one program apart.
-        let fid = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+        // Ids are this process's, in order: a worker serves one parent, and
+        // small ids cost a byte on the wire.
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let fid = NEXT.fetch_add(1, Ordering::Relaxed);
         PyFunc {
             fid,
             func: Arc::new(Func {
