@@ -23,6 +23,7 @@ pub(crate) fn after_fork_in_child() {
             pyo3::ffi::PyOS_BeforeFork();
             pyo3::ffi::PyOS_AfterFork_Child();
         }
+        crate::worker::forget_loaded();
         if let Err(e) = support::call(py, support::AFTER_FORK, ()) {
             e.print(py);
         }

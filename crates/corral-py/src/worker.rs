@@ -18,6 +18,15 @@ thread_local! {
     static LOADED: RefCell<Loaded> = RefCell::new((HashMap::new(), None));
 }
 
+/// Forgets the callables loaded: run first in every child (with the GIL),
+/// whose ids come from another parent than the process it was forked from.
+pub(crate) fn forget_loaded() {
+    LOADED.with_borrow_mut(|(cache, last)| {
+        cache.clear();
+        *last = None;
+    });
+}
+
 /// The callable of `call`, loaded once per worker; `None` if this worker
 /// lacks it and the call does not carry it.
 fn callable<'py>(py: Python<'py>, call: &Call) -> PyResult<Option<Bound<'py, PyAny>>> {
