@@ -267,6 +267,7 @@ impl PyPool {
             ("completed", s.completed),
             ("failed", s.failed),
             ("timed_out", s.timed_out),
+            ("cancelled", s.cancelled),
             ("lost", s.lost),
             ("workers_started", s.workers_started),
             ("workers_replaced", s.workers_replaced),
@@ -435,6 +436,13 @@ impl PyImap {
         let Some(imap) = guard.as_mut() else {
             return Ok(None);
         };
+        // Waited for in slices, so that Ctrl-C is seen (and cancels the rest).
+        while !py.detach(|| imap.wait_next(task::SIGNAL_SLICE)) {
+            if let Err(interrupted) = py.check_signals() {
+                imap.cancel();
+                return Err(interrupted);
+            }
+        }
         let next = py.detach(|| imap.next());
         match next {
             Some(Ok(Out::NeedFunc(arg))) => {

@@ -167,6 +167,24 @@ fn imap_owned_outlives_the_borrow_of_its_pool() {
 }
 
 #[test]
+fn imap_wait_next_waits_at_most_its_timeout() {
+    let pool = Pool::new(1).unwrap();
+    let mut naps = pool.imap(nap, [400u64, 1]);
+    assert!(
+        !naps.wait_next(Duration::from_millis(20)),
+        "nothing ended yet"
+    );
+    assert!(naps.wait_next(Duration::from_secs(20)));
+    assert_eq!(naps.next().unwrap().unwrap(), 400);
+    assert_eq!(naps.next().unwrap().unwrap(), 1);
+    assert!(
+        naps.wait_next(Duration::ZERO),
+        "an ended iterator does not wait"
+    );
+    assert!(naps.next().is_none());
+}
+
+#[test]
 fn reexec_can_be_refused_or_given_a_command() {
     // Refused: a Spawn child is an error, nothing is started.
     corral::set_reexec(Reexec::Refuse);

@@ -52,6 +52,29 @@ def test_ctrl_c_while_waiting_raises_keyboard_interrupt(script):
     assert code == 0
 
 
+def test_ctrl_c_during_imap_raises_and_cancels_the_rest(script):
+    proc = script(
+        """
+        import corral, tasks
+        if __name__ == "__main__":
+            pool = corral.Pool(1)
+            results = pool.imap(tasks.nap, [0.01, 100, 100])
+            print(next(results), flush=True)
+            try:
+                next(results)
+            except KeyboardInterrupt:
+                # The one worker was freed: the 100 s items were cancelled.
+                print("interrupted", pool.apply(tasks.square, (3,)), flush=True)
+        """
+    )
+    assert proc.stdout.readline().strip() == "0.01"
+    time.sleep(0.3)  # into the wait for the 100 s item; bounded by finish()
+    proc.send_signal(signal.SIGINT)
+    code, out, err = finish(proc, timeout=10)
+    assert "interrupted 9" in out, (out, err)
+    assert code == 0
+
+
 def test_functions_and_classes_of_the_main_script_cross_both_ways(script):
     proc = script(
         """

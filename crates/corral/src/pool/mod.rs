@@ -1340,14 +1340,30 @@ impl<R> StreamSink<R> {
 
     /// Sleeps until an outcome may be ready.
     fn wait(&self) {
+        self.wait_until(None);
+    }
+
+    /// Waits for the next outcome to arrive, or until `deadline`.
+    fn wait_until(&self, deadline: Option<Instant>) {
         let st = lock(&self.state);
         let ready = if self.ordered {
             st.ring.front().is_some_and(Option::is_some)
         } else {
             !st.arrived.is_empty()
         };
-        if !ready {
-            drop(self.arrived.wait(st).unwrap_or_else(|p| p.into_inner()));
+        if ready {
+            return;
+        }
+        match deadline {
+            None => drop(self.arrived.wait(st).unwrap_or_else(|p| p.into_inner())),
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                drop(
+                    self.arrived
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(|p| p.into_inner()),
+                );
+            }
         }
     }
 }
@@ -1678,6 +1694,52 @@ impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
         while !got && ready.is_empty() {
             sink.wait();
             sink.take_into(ready);
+        }
+    }
+}
+
+impl<A: Data, R: Data, I: Iterator<Item = A>> Imap<'_, A, R, I> {
+    /// Waits until [`next`](Iterator::next) would return without waiting
+    /// (an outcome has arrived, or the iterator has ended), at most
+    /// `timeout`; true if it would. Python's `IMapIterator.next(timeout)`
+    /// is this followed by `next`; a caller that must stay responsive (to
+    /// Ctrl-C, say) waits in slices.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// corral::init();
+    /// let pool = corral::Pool::new(1).unwrap();
+    /// let mut naps = pool.imap(nap, [300]);
+    /// assert!(!naps.wait_next(Duration::from_millis(10)));
+    /// assert!(naps.wait_next(Duration::from_secs(10)));
+    /// assert_eq!(naps.next().unwrap().unwrap(), 300);
+    /// ```
+    pub fn wait_next(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now().checked_add(timeout);
+        self.refill();
+        if self.yielded == self.submitted || !self.ready.is_empty() {
+            return true;
+        }
+        let (sink, ready) = (&self.sink, &mut self.ready);
+        if sink.take_into(ready) > 0
+            || self
+                .pool
+                .shared
+                .help_until(deadline, &mut || sink.take_into(ready) > 0)
+        {
+            return true;
+        }
+        loop {
+            sink.wait_until(deadline);
+            if sink.take_into(ready) > 0 {
+                return true;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return false;
+            }
         }
     }
 }
