@@ -362,6 +362,11 @@ def python_section(g, py, w):
     row("start a 2-worker pool until both answered", "us", [c("Pool start-up 2 workers"), None],
         [p("Pool start-up 2 workers fork"), None, None, None], False)
     w("")
+    w(f"Start-up: a worker of corral's is a fork of its fork server, taken at `import corral`, so it imports what "
+      f"the script imported later (here the benchmark module) when its first task needs it; CPython's `forkserver` "
+      f"pool, which does the same, takes {fmt(p('Pool start-up 2 workers forkserver'), 'us')}, its `fork` pool "
+      "(a copy of everything imported so far) the figure in the table.")
+    w("")
     w("CPython's `Pool` and `ProcessPoolExecutor` and loky have no per-task timeout. Each item of corral's `map` "
       "is its own task (a worker that dies fails only the item it ran); CPython's default chunks give up that "
       "fate (a dead worker hangs `Pool.map`). Idle CPU over 2 s: "

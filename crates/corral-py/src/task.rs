@@ -121,8 +121,9 @@ pub(crate) struct Core {
     pid: Mutex<Option<u32>>,
 }
 
-/// A task handle for Python (`corral._corral._Task`).
-#[pyclass(frozen, name = "_Task", module = "corral._corral")]
+/// A submitted task (`corral.AsyncResult`): `get(timeout)`, `wait`,
+/// `ready`, `successful`, `cancel`, `worker_pid`, `add_done_callback`.
+#[pyclass(frozen, name = "AsyncResult", module = "corral")]
 pub(crate) struct PyTask {
     core: Arc<Core>,
 }
@@ -220,18 +221,22 @@ impl Core {
         }
     }
 
-    /// On the completion thread: finishes the task if it has ended.
-    fn complete(self: &Arc<Self>, py: Python<'_>, taken: Option<Collected>) {
-        if let Some((r, pid)) = taken {
-            return self.finish(py, r, pid);
-        }
-        let Some(task) = self.take() else { return };
-        if !task.is_finished() {
-            return self.put_back(task);
-        }
-        let pid = task.worker_pid();
-        let r = py.detach(|| task.join());
-        self.finish(py, r, pid);
+    /// On the completion thread: finishes the task if it has ended. The GIL
+    /// is taken only to finish it: a task a waiter holds costs this thread
+    /// nothing, and does not make the waiter hand the GIL over.
+    fn complete(self: &Arc<Self>, taken: Option<Collected>) {
+        let (r, pid) = match taken {
+            Some(collected) => collected,
+            None => {
+                let Some(task) = self.take() else { return };
+                if !task.is_finished() {
+                    return self.put_back(task);
+                }
+                let pid = task.worker_pid();
+                (task.join(), pid)
+            }
+        };
+        Python::attach(|py| self.finish(py, r, pid));
     }
 }
 
@@ -259,7 +264,7 @@ fn completion_thread() -> Sender<(Arc<Core>, Option<Collected>)> {
             .name("corral-callbacks".into())
             .spawn(move || {
                 for (core, taken) in rx {
-                    Python::attach(|py| core.complete(py, taken));
+                    core.complete(taken);
                 }
             })
             .expect("starting corral's callback thread");
@@ -283,6 +288,34 @@ impl PyTask {
                 return Ok(false);
             }
         }
+    }
+
+    /// The value; raises the task's exception, or `TimeoutError` if it has
+    /// not ended within `timeout` seconds (`AsyncResult.get`).
+    #[pyo3(signature = (timeout=None))]
+    fn get(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
+        if !self.wait(py, timeout)? {
+            return Err(pyo3::exceptions::PyTimeoutError::new_err(format!(
+                "the task has not ended within {} s",
+                timeout.unwrap_or(0.0)
+            )));
+        }
+        self.outcome(py)
+    }
+
+    /// Whether the task has ended (`AsyncResult.ready`).
+    fn ready(&self, py: Python<'_>) -> bool {
+        self.done(py)
+    }
+
+    /// Whether it ended with a value; `ValueError` while it runs.
+    fn successful(&self, py: Python<'_>) -> PyResult<bool> {
+        if !self.done(py) {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "the task has not ended",
+            ));
+        }
+        Ok(matches!(*lock(&self.core.state), State::Finished(Ok(_))))
     }
 
     /// The value, or raises the task's exception. Only once it has ended.

@@ -335,6 +335,22 @@
 //!   vanish with the last process that holds them. A named [`SharedMemory`]
 //!   segment is removed by the fork server when its creator dies.
 //!
+//! ## Hosting corral in another runtime
+//!
+//! A language binding loads corral as a library (corral for Python,
+//! `crates/corral-py`, is one): its executable is an interpreter, not your
+//! program. Before [`init`] it can set what corral runs when it must start a
+//! process by re-execution ([`set_reexec`] with a [`Reexec::Command`] that
+//! starts the interpreter and loads corral again, which then takes its role
+//! at `init`, or [`Reexec::Refuse`]); run its own code around corral's forks
+//! ([`at_fork`]: Python's fork protocol, say) and when a child ends normally
+//! ([`at_child_exit`]: flush buffers). Children check the build-id of the
+//! object holding corral's code (the extension module), not of the
+//! interpreter. [`Pool::imap_owned`] gives an iterator that holds its pool,
+//! for an iterator object of the host's; [`Task::wait_timeout`] and
+//! [`Imap::wait_next`] wait in slices, so the host can look at its signals
+//! (Ctrl-C) in between.
+//!
 //! ## Testing
 //!
 //! Test binaries have no `main` of yours; add one line at the top level of

@@ -3,6 +3,7 @@ corral's supervisor. One dead worker fails one future; the executor is never
 broken."""
 
 import concurrent.futures
+import functools
 import itertools
 
 from . import _lifecycle, _support
@@ -12,13 +13,50 @@ from ._pool import _ARGS_KWARGS, _STAR, Pool
 __all__ = ["ProcessPoolExecutor"]
 
 
+class _Waiters(list):
+    """A future's waiter list: ``concurrent.futures.wait`` and
+    ``as_completed`` add to it, which is when the future must be told of its
+    task's end without anyone waiting on the task itself."""
+
+    def append(self, waiter):
+        super().append(waiter)
+        self.future._watch()
+
+
 class _Future(concurrent.futures.Future):
-    """A future whose ``cancel`` also reaches a task that already runs (its
-    worker is killed and replaced)."""
+    """A future settled from its corral task: by whoever waits on it
+    (``result``, ``exception``), or, once something needs to be told
+    (``add_done_callback``, ``wait``, ``as_completed``, ``asyncio``), by
+    corral's callback thread. Its ``cancel`` also reaches a task that already
+    runs (its worker is killed and replaced)."""
 
     def __init__(self, task):
         super().__init__()
         self._task = task
+        self._watched = False
+        self._waiters = _Waiters()
+        self._waiters.future = self
+
+    def _watch(self):
+        if not self._watched:
+            self._watched = True
+            self._task.add_done_callback(functools.partial(_settle, self, self._task))
+
+    def _settle_if_ended(self):
+        if not super().done() and self._task.done():
+            _settle(self, self._task)
+
+    def add_done_callback(self, fn):
+        self._watch()
+        super().add_done_callback(fn)
+
+    def done(self):
+        self._settle_if_ended()
+        return super().done()
+
+    def running(self):
+        self._settle_if_ended()
+        return super().running()
 
     def cancel(self):
         if self.done():
@@ -27,9 +65,8 @@ class _Future(concurrent.futures.Future):
         return super().cancel()
 
     def _wait(self, timeout):
-        # Waits on the task itself (the quick path), then settles the
-        # future here rather than waiting for the callback thread to.
-        if not self.done() and self._task.wait(timeout):
+        # Waits on the task itself, then settles the future here.
+        if not super().done() and self._task.wait(timeout):
             _settle(self, self._task)
 
     def result(self, timeout=None):
@@ -102,9 +139,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             raise RuntimeError("cannot schedule new futures after shutdown")
         mode, arg = (_ARGS_KWARGS, (args, kwargs)) if kwargs else (_STAR, args)
         task = self._pool._pool.submit(_support.dump_function(fn), mode, arg)
-        future = _Future(task)
-        task.add_done_callback(lambda: _settle(future, task))
-        return future
+        return _Future(task)
 
     def map(self, fn, *iterables, timeout=None, chunksize=1):
         if chunksize < 1:

@@ -1,6 +1,7 @@
 """``corral.Pool``: ``multiprocessing.Pool``'s interface on corral's
 supervisor."""
 
+import functools
 import sys
 
 from . import _corral, _lifecycle, _support
@@ -30,60 +31,22 @@ def _packed(args, kwds):
     return _STAR, tuple(args)
 
 
-class AsyncResult:
-    """The result of ``apply_async`` (``multiprocessing``'s ``AsyncResult``)."""
+#: The result of ``apply_async`` (``multiprocessing``'s ``AsyncResult``):
+#: ``get(timeout)``, ``wait(timeout)``, ``ready()``, ``successful()``, and
+#: ``cancel()`` (a running task's worker is killed and replaced),
+#: ``worker_pid``, ``add_done_callback(f)`` (``f()`` once it has ended).
+AsyncResult = _corral.AsyncResult
 
-    __slots__ = ("_task", "__weakref__")
 
-    def __init__(self, task, callback=None, error_callback=None):
-        self._task = task
-        if callback is not None or error_callback is not None:
-            task.add_done_callback(lambda: self._run_callbacks(callback, error_callback))
-
-    def _run_callbacks(self, callback, error_callback):
-        try:
-            value = self._task.outcome()
-        except BaseException as e:
-            if error_callback is not None:
-                error_callback(e)
-            return
-        if callback is not None:
-            callback(value)
-
-    def get(self, timeout=None):
-        """The value; raises the task's exception, or ``TimeoutError`` if it
-        has not ended within ``timeout`` seconds."""
-        if not self._task.wait(timeout):
-            raise TimeoutError(f"the task has not ended within {timeout} s")
-        return self._task.outcome()
-
-    def wait(self, timeout=None):
-        """Waits up to ``timeout`` seconds for the task to end."""
-        self._task.wait(timeout)
-
-    def ready(self):
-        """Whether the task has ended."""
-        return self._task.done()
-
-    def successful(self):
-        """Whether it ended with a value (``ValueError`` while it runs)."""
-        if not self.ready():
-            raise ValueError(f"{self!r} not ready")
-        try:
-            self._task.outcome()
-        except BaseException:
-            return False
-        return True
-
-    def cancel(self):
-        """Cancels the task: skipped if not started, else its worker is
-        killed (and replaced). False if it had already ended."""
-        return self._task.cancel()
-
-    @property
-    def worker_pid(self):
-        """The pid of the worker it ran on, once it reached one."""
-        return self._task.worker_pid
+def _run_callbacks(task, callback, error_callback):
+    try:
+        value = task.outcome()
+    except BaseException as e:
+        if error_callback is not None:
+            error_callback(e)
+        return
+    if callback is not None:
+        callback(value)
 
 
 class Pool:
@@ -142,10 +105,19 @@ class Pool:
         ``callback(value)`` or ``error_callback(exception)`` runs once it
         ends, on corral's callback thread. ``timeout`` (seconds) is this
         task's own limit, as ``task_timeout`` for the pool."""
-        self._check()
-        mode, arg = _packed(args, kwds)
-        task = self._pool.submit(_support.dump_function(func), mode, arg, timeout)
-        return AsyncResult(task, callback, error_callback)
+        if self._closed:
+            raise PoolClosed("Pool not running")
+        if kwds:
+            task = self._pool.submit(
+                _support.dump_function(func), _ARGS_KWARGS, (tuple(args), dict(kwds)), timeout
+            )
+        else:
+            task = self._pool.submit(_support.dump_function(func), _STAR, tuple(args), timeout)
+        if callback is not None or error_callback is not None:
+            task.add_done_callback(
+                functools.partial(_run_callbacks, task, callback, error_callback)
+            )
+        return task
 
     def submit(self, func, /, *args, **kwargs):
         """``func(*args, **kwargs)``; an :class:`AsyncResult` (pebble's

@@ -85,3 +85,10 @@ def test_task_timeout(ex):
         assert e.submit(tasks.square, 3).result(timeout=10) == 9
     finally:
         e.terminate()
+
+
+def test_a_future_only_polled_with_done_still_ends(ex):
+    # Nobody waits on it and nothing asked to be told: done() looks itself.
+    f = ex.submit(tasks.square, 2)
+    assert wait_until(f.done, 10)
+    assert f.result(timeout=0) == 4 and not f.running()

@@ -28,7 +28,7 @@ def test_parent_sigkilled_leaves_no_worker(script):
     assert all(alive(p) for p in pids)
     proc.kill()
     proc.wait(timeout=10)
-    assert wait_until(lambda: not any(alive(p) for p in pids), 2), "processes left after 2 s"
+    assert wait_until(lambda: not any(alive(p) for p in pids), 1), "processes left after 1 s"
 
 
 def test_ctrl_c_while_waiting_raises_keyboard_interrupt(script):
