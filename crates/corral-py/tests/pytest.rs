@@ -56,32 +56,30 @@ fn run(cmd: &mut Command, what: &str, limit: Duration) -> String {
     text
 }
 
-/// A virtual environment with maturin, pytest and the package's
-/// dependencies; created once, reused by later runs.
-fn venv(dir: &Path) -> PathBuf {
+/// Makes a virtual environment of `interpreter` at `dir`.
+fn make_venv(dir: &Path, interpreter: &Path) -> bool {
+    let made = Command::new(interpreter)
+        .args(["-m", "venv"])
+        .arg(dir)
+        .status();
+    matches!(made, Ok(s) if s.success())
+}
+
+/// A virtual environment of `interpreter` with maturin, pytest and the
+/// package's dependencies; created once, reused by later runs.
+fn venv(dir: &Path, interpreter: &Path) -> PathBuf {
     let python = dir.join("bin/python");
-    if !python.exists() {
-        corral_fixtures::python();
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(dir)
+    if !python.exists() && !make_venv(dir, interpreter) {
+        // Debian splits the venv module out: install it where we can.
+        let _ = Command::new("apt-get")
+            .args(["install", "-y", "python3-venv"])
             .status();
-        if !matches!(made, Ok(s) if s.success()) {
-            // Debian splits the venv module out: install it where we can.
-            let _ = Command::new("apt-get")
-                .args(["install", "-y", "python3-venv"])
-                .status();
-            let _ = std::fs::remove_dir_all(dir);
-            let again = Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(dir)
-                .status();
-            assert!(
-                matches!(again, Ok(s) if s.success()),
-                "creating a virtual environment failed: install it with \
-                 `sudo apt-get install -y python3-venv`"
-            );
-        }
+        let _ = std::fs::remove_dir_all(dir);
+        assert!(
+            make_venv(dir, interpreter),
+            "creating a virtual environment failed: install it with \
+             `sudo apt-get install -y python3-venv`"
+        );
     }
     let ready = Command::new(&python)
         .args(["-c", "import maturin, pytest, pytest_timeout, cloudpickle"])
@@ -107,10 +105,65 @@ fn venv(dir: &Path) -> PathBuf {
     python
 }
 
+/// Runs the pytest suite with `python` (a virtual environment's), after
+/// installing `wheel` into it.
+fn pytest(python: &Path, wheel: &Path, target: &Path) -> String {
+    run(
+        Command::new(python)
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+            .args(["--force-reinstall", "--no-deps"])
+            .arg(wheel),
+        "pip install the wheel",
+        Duration::from_secs(120),
+    );
+    let out = run(
+        Command::new(python)
+            .args([
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--timeout=120",
+            ])
+            .arg(crate_dir().join("tests/python"))
+            // The installed wheel, not the source tree, is what is tested.
+            .current_dir(target),
+        "pytest",
+        Duration::from_secs(600),
+    );
+    assert!(out.contains(" passed"), "{out}");
+    out
+}
+
+/// Other CPython versions on this machine (pyenv's), which the one abi3
+/// wheel must serve too.
+fn other_pythons() -> Vec<PathBuf> {
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")))
+        .map(|r| r.join("versions"));
+    let Some(Ok(entries)) = root.map(std::fs::read_dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(u32, PathBuf)> = entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let name = e.file_name().into_string().ok()?;
+            let minor: u32 = name.strip_prefix("3.")?.split('.').next()?.parse().ok()?;
+            let python = e.path().join("bin/python");
+            (minor >= 9 && python.exists()).then_some((minor, python))
+        })
+        .collect();
+    found.sort();
+    found.dedup_by_key(|(minor, _)| *minor);
+    found.into_iter().map(|(_, p)| p).collect()
+}
+
 #[test]
 fn the_python_package_passes_its_pytest_suite() {
     let target = target_dir();
-    let python = venv(&target.join("corral-py-venv"));
+    let python = venv(&target.join("corral-py-venv"), Path::new("python3"));
     let bin = python.parent().unwrap();
     let wheels = target.join("corral-py-wheels");
     let _ = std::fs::remove_dir_all(&wheels);
@@ -132,30 +185,23 @@ fn the_python_package_passes_its_pytest_suite() {
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|e| e == "whl"))
         .expect("maturin built a wheel");
-    run(
-        Command::new(&python)
-            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
-            .args(["--force-reinstall", "--no-deps"])
-            .arg(&wheel),
-        "pip install the wheel",
-        Duration::from_secs(120),
-    );
-    let out = run(
-        Command::new(&python)
-            .args([
-                "-m",
-                "pytest",
-                "-q",
-                "-p",
-                "no:cacheprovider",
-                "--timeout=120",
-            ])
-            .arg(crate_dir().join("tests/python"))
-            // The installed wheel, not the source tree, is what is tested.
-            .current_dir(&target),
-        "pytest",
-        Duration::from_secs(600),
-    );
-    println!("{out}");
-    assert!(out.contains(" passed"), "{out}");
+    println!("{}", pytest(&python, &wheel, &target));
+    // The same abi3 wheel under every other CPython 3.9+ the machine has.
+    let (_, (major, minor)) = corral_fixtures::python();
+    let primary = format!("{major}.{minor}.");
+    for interpreter in other_pythons() {
+        let version = interpreter.parent().unwrap().parent().unwrap();
+        let version = version.file_name().unwrap().to_string_lossy().into_owned();
+        if version.starts_with(&primary) {
+            continue;
+        }
+        let python = venv(
+            &target.join(format!("corral-py-venv-{version}")),
+            &interpreter,
+        );
+        println!(
+            "CPython {version}: {}",
+            pytest(&python, &wheel, &target).trim()
+        );
+    }
 }
