@@ -90,20 +90,7 @@ impl PyPool {
         arg: &Bound<'_, PyAny>,
         timeout: Option<f64>,
     ) -> PyResult<PyTask> {
-        let call = Callable::new(&func, self::mode(mode)?).call(arg)?;
-        let timeout = seconds(timeout, "timeout")?;
-        let submit = || match timeout {
-            Some(t) => self.pool.submit_with_timeout(py_job, call, t),
-            None => self.pool.submit(py_job, call),
-        };
-        // Only a pool with `max_pending` can make a submit wait; the GIL is
-        // released only for those.
-        let task = if self.bounded {
-            py.detach(submit)
-        } else {
-            submit()
-        };
-        Ok(PyTask::new(task))
+        self.start(py, &func, mode, arg, timeout).map(PyTask::new)
     }
 
     /// Runs `func` on `arg` and waits for it (Ctrl-C raises here, and
@@ -115,12 +102,7 @@ impl PyPool {
         mode: u8,
         arg: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
-        let call = Callable::new(&func, self::mode(mode)?).call(arg)?;
-        let task = if self.bounded {
-            py.detach(|| self.pool.submit(py_job, call))
-        } else {
-            self.pool.submit(py_job, call)
-        };
+        let task = self.start(py, &func, mode, arg, None)?;
         task::join(py, task)
     }
 
@@ -283,6 +265,30 @@ impl PyPool {
 }
 
 impl PyPool {
+    /// Submits one call (with its own timeout, if given).
+    fn start(
+        &self,
+        py: Python<'_>,
+        func: &PyFunc,
+        mode: u8,
+        arg: &Bound<'_, PyAny>,
+        timeout: Option<f64>,
+    ) -> PyResult<corral::Task<Out>> {
+        let call = Callable::new(func, self::mode(mode)?).call(arg)?;
+        let timeout = seconds(timeout, "timeout")?;
+        let submit = || match timeout {
+            Some(t) => self.pool.submit_with_timeout(py_job, call, t),
+            None => self.pool.submit(py_job, call),
+        };
+        // Only a pool with `max_pending` can make a submit wait; the GIL is
+        // released only for those.
+        Ok(if self.bounded {
+            py.detach(submit)
+        } else {
+            submit()
+        })
+    }
+
     /// Runs again, with the callable, the items whose worker lacked it (a
     /// worker that joined mid-map, replacing one that died).
     fn resend_missing(
