@@ -16,6 +16,7 @@ mod fork;
 mod pool;
 mod process;
 mod support;
+mod sys;
 mod task;
 mod value;
 mod worker;
