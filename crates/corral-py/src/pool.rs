@@ -1,6 +1,7 @@
 //! `corral._corral._Pool`: corral's supervised pool running Python calls.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use corral::{Imap, Pool, TaskError, TaskTimeout};
@@ -197,6 +198,7 @@ impl PyPool {
         }
         Ok(PyImap {
             imap: Mutex::new(Some(imap)),
+            cancelled: AtomicBool::new(false),
             pool: self.pool.clone(),
             callable,
             error,
@@ -421,10 +423,24 @@ impl Iterator for PyInput {
     }
 }
 
+/// Locks `m`, waiting for it with the GIL released: its holder may be
+/// waiting with the GIL released itself, and must get the GIL back.
+fn lock_without_gil<'a, T: Send>(py: Python<'_>, m: &'a Mutex<T>) -> MutexGuard<'a, T> {
+    loop {
+        match m.try_lock() {
+            Ok(guard) => return guard,
+            Err(TryLockError::Poisoned(p)) => return p.into_inner(),
+            Err(TryLockError::WouldBlock) => py.detach(|| drop(lock(m))),
+        }
+    }
+}
+
 /// A lazy `imap` / `imap_unordered` (`corral._corral._Imap`).
 #[pyclass(frozen, name = "_Imap", module = "corral._corral")]
 pub(crate) struct PyImap {
     imap: Mutex<Option<Imap<'static, Call, Out, PyInput>>>,
+    /// `cancel` was called (from any thread).
+    cancelled: AtomicBool,
     /// For items sent again with their callable.
     pool: Arc<Pool>,
     callable: Callable,
@@ -438,12 +454,19 @@ impl PyImap {
     }
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        let mut guard = lock(&self.imap);
+        let mut guard = lock_without_gil(py, &self.imap);
         let Some(imap) = guard.as_mut() else {
             return Ok(None);
         };
-        // Waited for in slices, so that Ctrl-C is seen (and cancels the rest).
-        while !py.detach(|| imap.wait_next(task::SIGNAL_SLICE)) {
+        // Waited for in slices, so that Ctrl-C is seen (and cancels the
+        // rest), and so is a `cancel` from another thread.
+        loop {
+            if self.cancelled.load(Ordering::Acquire) {
+                imap.cancel();
+            }
+            if py.detach(|| imap.wait_next(task::SIGNAL_SLICE)) {
+                break;
+            }
             if let Err(interrupted) = py.check_signals() {
                 imap.cancel();
                 return Err(interrupted);
@@ -470,7 +493,15 @@ impl PyImap {
 
     /// Cancels what is in flight and stops pulling input.
     fn cancel(&self) {
-        if let Some(imap) = lock(&self.imap).as_mut() {
+        self.cancelled.store(true, Ordering::Release);
+        // Done here if no thread is waiting in `__next__`; else that thread
+        // does it within a signal slice.
+        let mut guard = match self.imap.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        if let Some(imap) = guard.as_mut() {
             imap.cancel();
         }
     }

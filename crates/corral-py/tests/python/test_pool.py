@@ -230,3 +230,24 @@ def test_pools_leave_no_process_or_descriptor_behind():
         before_fds,
         len(os.listdir("/proc/self/fd")),
     )
+
+
+def test_imap_cancelled_from_another_thread_ends_the_consumer(pool):
+    import threading
+
+    it = pool.imap(tasks.nap, [100, 100])
+    started, outcome = threading.Event(), []
+
+    def consume():
+        started.set()
+        outcome.extend(it)  # blocks in the wait for the 100 s item
+
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    assert started.wait(10)
+    # Whether the consumer is already waiting or not, cancel must end it
+    # (and must not deadlock on the GIL with the waiting consumer).
+    it.cancel()
+    t.join(10)
+    assert not t.is_alive() and outcome == []
+    assert pool.apply(tasks.square, (5,)) == 25
