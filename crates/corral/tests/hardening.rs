@@ -120,9 +120,11 @@ fn start_daemon_and_hang(report: Queue<u32>) {
 #[test]
 fn an_escaped_daemon_dies_with_its_timed_out_worker() {
     within(Duration::from_secs(60), || {
+        // The timeout must cover starting `sh` in a loaded worker: 500 ms
+        // did not, once, in CI (the task was killed before it reported).
         let pool = Pool::builder()
             .processes(1)
-            .task_timeout(Duration::from_millis(500))
+            .task_timeout(Duration::from_secs(2))
             .build()
             .unwrap();
         let timed_out = |e: &TaskError| matches!(e, TaskError::TimedOut(_));
@@ -143,7 +145,9 @@ fn ends_with_its_task(
 ) -> Result<(), String> {
     let report: Queue<u32> = Queue::unbounded().unwrap();
     let task = pool.submit(start, report.clone());
-    let pid = report.get_timeout(Duration::from_secs(10)).unwrap();
+    let pid = report
+        .get_timeout(Duration::from_secs(10))
+        .map_err(|e| format!("the task never reported its subprocess: {e:?}"))?;
     if fx::is_gone(pid) {
         return Err(format!("subprocess {pid} never ran"));
     }
@@ -164,9 +168,11 @@ fn ends_with_its_task(
 fn a_task_subprocesses_die_with_its_timeout_cancel_or_terminate() {
     within(Duration::from_secs(60), || {
         let limit = Duration::from_secs(2);
+        // Long enough for the task to start `sleep` and report it on a
+        // loaded machine.
         let timed = Pool::builder()
             .processes(2)
-            .task_timeout(Duration::from_millis(300))
+            .task_timeout(Duration::from_secs(2))
             .build()
             .unwrap();
         let timed_out = |e: &TaskError| matches!(e, TaskError::TimedOut(_));
