@@ -8,7 +8,7 @@ import itertools
 
 from . import _lifecycle, _support
 from ._errors import Cancelled, PoolClosed
-from ._pool import _ARGS_KWARGS, _STAR, Pool
+from ._pool import Pool, _packed
 
 __all__ = ["ProcessPoolExecutor"]
 
@@ -137,7 +137,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
     def submit(self, fn, /, *args, **kwargs):
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        mode, arg = (_ARGS_KWARGS, (args, kwargs)) if kwargs else (_STAR, args)
+        mode, arg = _packed(args, kwargs)
         task = self._pool._pool.submit(_support.dump_function(fn), mode, arg)
         return _Future(task)
 

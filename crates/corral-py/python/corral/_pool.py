@@ -107,12 +107,8 @@ class Pool:
         task's own limit, as ``task_timeout`` for the pool."""
         if self._closed:
             raise PoolClosed("Pool not running")
-        if kwds:
-            task = self._pool.submit(
-                _support.dump_function(func), _ARGS_KWARGS, (tuple(args), dict(kwds)), timeout
-            )
-        else:
-            task = self._pool.submit(_support.dump_function(func), _STAR, tuple(args), timeout)
+        mode, arg = _packed(args, kwds)
+        task = self._pool.submit(_support.dump_function(func), mode, arg, timeout)
         if callback is not None or error_callback is not None:
             task.add_done_callback(
                 functools.partial(_run_callbacks, task, callback, error_callback)
