@@ -1,17 +1,20 @@
 //! `corral._corral._Pool`: corral's supervised pool running Python calls.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use corral::{Imap, Pool, TaskError, TaskTimeout};
 use pyo3::exceptions::PyValueError;
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyIterator, PyList};
+use pyo3::types::{PyBytes, PyIterator, PyList, PyRange, PySequence, PyTuple};
 
+use crate::support;
 use crate::task::{self, PyTask, deadline, lock, slice};
-use crate::value::{Call, Callable, Mode, Out, PyFunc};
-use crate::worker::{py_init, py_job};
+use crate::value::{Call, Callable, Mode, Out, PyFunc, packed};
+use crate::worker::{py_batch, py_init, py_job};
 
 fn mode(m: u8) -> PyResult<Mode> {
     match m {
@@ -37,6 +40,9 @@ pub(crate) struct PyPool {
     pool: Arc<Pool>,
     /// Whether submitting can block (`max_pending` is set).
     bounded: bool,
+    /// Whether tasks have a time limit (`task_timeout` is set): a `map`
+    /// then runs each item as a task of its own, timed alone.
+    timed: bool,
 }
 
 #[pymethods]
@@ -78,37 +84,42 @@ impl PyPool {
         Ok(PyPool {
             pool: Arc::new(pool),
             bounded: max_pending.is_some(),
+            timed: task_timeout.is_some(),
         })
     }
 
-    /// Submits `func` on `arg`; a task handle.
-    #[pyo3(signature = (func, mode, arg, timeout=None))]
+    /// Submits `func(*args, **kwargs)`; a task handle.
+    #[pyo3(signature = (func, args, kwargs=None, timeout=None))]
     fn submit(
         &self,
         py: Python<'_>,
-        func: PyRef<'_, PyFunc>,
-        mode: u8,
-        arg: &Bound<'_, PyAny>,
+        func: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyAny>,
+        kwargs: Option<&Bound<'_, PyAny>>,
         timeout: Option<f64>,
     ) -> PyResult<PyTask> {
-        self.start(py, &func, mode, arg, timeout).map(PyTask::new)
+        self.start(py, func, args, kwargs, timeout).map(PyTask::new)
     }
 
-    /// Runs `func` on `arg` and waits for it (Ctrl-C raises here, and
-    /// cancels the task).
+    /// Runs `func(*args, **kwargs)` and waits for it (Ctrl-C raises here,
+    /// and cancels the task).
+    #[pyo3(signature = (func, args, kwargs=None))]
     fn apply(
         &self,
         py: Python<'_>,
-        func: PyRef<'_, PyFunc>,
-        mode: u8,
-        arg: &Bound<'_, PyAny>,
+        func: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyAny>,
+        kwargs: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        let task = self.start(py, &func, mode, arg, None)?;
+        let task = self.start(py, func, args, kwargs, None)?;
         task::join(py, task)
     }
 
-    /// Runs `func` on every item (each its own task, in chunks), in order;
-    /// raises the first failure.
+    /// Runs `func` on every item, in order; raises the first failure. Items
+    /// travel in batches (`chunksize` items, else automatic) that a worker
+    /// runs item by item; a batch whose worker died is run again item by
+    /// item, so that only the item that killed it fails. With a
+    /// `task_timeout`, or `chunksize=1`, each item is a task of its own.
     #[pyo3(signature = (func, mode, items, chunksize=None))]
     fn map(
         &self,
@@ -129,6 +140,9 @@ impl PyPool {
             Err(_) => PyList::new(py, items.try_iter()?.collect::<PyResult<Vec<_>>>()?)?.into_any(),
         };
         let n = items.len()?;
+        if let Some(size) = self.batch_size(n, chunksize) {
+            return self.map_batched(py, &callable, items, n, size);
+        }
         // The callable travels with the first item of each chunk.
         let every = chunksize
             .unwrap_or_else(|| n.div_ceil(4 * self.pool.processes()))
@@ -266,29 +280,160 @@ impl PyPool {
     }
 }
 
+/// The most items a batch of a `map` holds when `chunksize` is not given:
+/// a batch whose worker dies is run again item by item.
+const MAX_BATCH: usize = 4096;
+
 impl PyPool {
-    /// Submits one call (with its own timeout, if given).
+    /// Items per batch of a `map` of `n` items; `None`: one task per item.
+    fn batch_size(&self, n: usize, chunksize: Option<usize>) -> Option<usize> {
+        if self.timed {
+            return None;
+        }
+        // At least 8 batches per worker, to even out uneven items (Python
+        // makes 4).
+        let size =
+            chunksize.unwrap_or_else(|| n.div_ceil(8 * self.pool.processes()).min(MAX_BATCH));
+        (size > 1).then_some(size)
+    }
+
+    /// `map` in batches of `size` items, in order.
+    fn map_batched(
+        &self,
+        py: Python<'_>,
+        callable: &Callable,
+        items: Bound<'_, PyAny>,
+        n: usize,
+        size: usize,
+    ) -> PyResult<Py<PyList>> {
+        // Lists, tuples and ranges are sliced as they are (a slice of a
+        // range pickles in a few bytes); other sequences are listed first.
+        let items = if items.is_exact_instance_of::<PyList>()
+            || items.is_exact_instance_of::<PyTuple>()
+            || items.is_exact_instance_of::<PyRange>()
+        {
+            items.cast_into::<PySequence>()?
+        } else {
+            items.cast::<PySequence>()?.to_list()?.into_sequence()
+        };
+        // Every batch is submitted first (workers start on the first while
+        // the rest are pickled), then the results are taken in order.
+        let carry_always = callable.func.bytes.len() <= CARRY_ALWAYS;
+        let mut tasks = Pending(VecDeque::with_capacity(n.div_ceil(size)));
+        for (b, from) in (0..n).step_by(size).enumerate() {
+            let carry = carry_always || b < 2 * self.pool.processes();
+            let batch = items.get_slice(from, (from + size).min(n))?;
+            let call = callable.batch(&batch, carry)?;
+            tasks
+                .0
+                .push_back(self.submit_call(py, py_batch, call, None));
+        }
+        let values = PyList::empty(py);
+        while let Some(task) = tasks.0.pop_front() {
+            let (result, _) = task::wait(py, task)?;
+            let from = values.len();
+            let to = (from + size).min(n);
+            self.take_batch(py, callable, result, &items, from..to, &values)?;
+        }
+        Ok(values.unbind())
+    }
+
+    /// Adds the values of the batch of `items[range]` to `values`, or
+    /// raises its first failure (in item order).
+    fn take_batch(
+        &self,
+        py: Python<'_>,
+        callable: &Callable,
+        result: Result<Out, TaskError>,
+        items: &Bound<'_, PySequence>,
+        range: std::ops::Range<usize>,
+        values: &Bound<'_, PyList>,
+    ) -> PyResult<()> {
+        match result {
+            Ok(Out::Batch(bytes, failed)) => {
+                if let Some((_, out)) = failed.into_iter().next() {
+                    return Err(raised(py, out));
+                }
+                let list = support::call(py, support::LOADS, (PyBytes::new(py, &bytes),))?;
+                values.call_method1(intern!(py, "extend"), (list,))?;
+                Ok(())
+            }
+            Ok(Out::NeedFunc(arg)) => {
+                let task = self.submit_call(py, py_batch, callable.call_arg(arg), None);
+                let (result, _) = task::wait(py, task)?;
+                self.take_batch(py, callable, result, items, range, values)
+            }
+            Ok(out) => Err(raised(py, out)),
+            // The worker died under the batch (or went past its memory
+            // limit): its items run again one task each, and only the one
+            // to blame fails.
+            Err(
+                TaskError::WorkerLost(_)
+                | TaskError::MemoryExceeded(_)
+                | TaskError::Lost(_)
+                | TaskError::Codec(_),
+            ) => {
+                let batch = items.get_slice(range.start, range.end)?;
+                self.run_each(py, callable, &batch, values)
+            }
+            Err(e) => Err(task::task_error(py, &e, None)),
+        }
+    }
+
+    /// Runs each item of `batch` as a task of its own, adding the values to
+    /// `values`, or raises the first failure.
+    fn run_each(
+        &self,
+        py: Python<'_>,
+        callable: &Callable,
+        batch: &Bound<'_, PySequence>,
+        values: &Bound<'_, PyList>,
+    ) -> PyResult<()> {
+        let calls = batch
+            .try_iter()?
+            .map(|item| callable.call(&item?))
+            .collect::<PyResult<Vec<_>>>()?;
+        for out in self.map_auto(py, calls.into_iter())? {
+            values.append(task::outcome(py, out)?)?;
+        }
+        Ok(())
+    }
+
+    /// Submits `func(*args, **kwargs)` (with its own timeout, if given).
     fn start(
         &self,
         py: Python<'_>,
-        func: &PyFunc,
-        mode: u8,
-        arg: &Bound<'_, PyAny>,
+        func: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyAny>,
+        kwargs: Option<&Bound<'_, PyAny>>,
         timeout: Option<f64>,
     ) -> PyResult<corral::Task<Out>> {
-        let call = Callable::new(func, self::mode(mode)?).call(arg)?;
+        let func = PyFunc::of(func)?;
+        let (mode, arg) = packed(args, kwargs)?;
+        let call = Callable::new(&func.borrow(), mode).call(&arg)?;
         let timeout = seconds(timeout, "timeout")?;
+        Ok(self.submit_call(py, py_job, call, timeout))
+    }
+
+    /// Submits `job(call)` (with its own timeout, if given).
+    fn submit_call(
+        &self,
+        py: Python<'_>,
+        job: fn(Call) -> Out,
+        call: Call,
+        timeout: Option<Duration>,
+    ) -> corral::Task<Out> {
         let submit = || match timeout {
-            Some(t) => self.pool.submit_with_timeout(py_job, call, t),
-            None => self.pool.submit(py_job, call),
+            Some(t) => self.pool.submit_with_timeout(job, call, t),
+            None => self.pool.submit(job, call),
         };
         // Only a pool with `max_pending` can make a submit wait; the GIL is
         // released only for those.
-        Ok(if self.bounded {
+        if self.bounded {
             py.detach(submit)
         } else {
             submit()
-        })
+        }
     }
 
     /// Runs again, with the callable, the items whose worker lacked it (a
@@ -423,6 +568,34 @@ impl Iterator for PyInput {
     }
 }
 
+/// A callable pickled in at most this many bytes travels with every batch
+/// of a `map`; a larger one with the first batches only (a worker that
+/// lacks it answers `NeedFunc`, and the batch is sent again with it).
+const CARRY_ALWAYS: usize = 4096;
+
+/// The exception of an outcome that is a failure (a batch's item, or a
+/// whole batch that failed).
+fn raised(py: Python<'_>, out: Out) -> PyErr {
+    match task::outcome(py, out) {
+        Err(e) => e,
+        Ok(_) => pyo3::exceptions::PyRuntimeError::new_err(
+            "corral: a map batch came back as a single value",
+        ),
+    }
+}
+
+/// The tasks of a `map` not yet taken: cancelled if the `map` ends early
+/// (it raised, or Ctrl-C).
+struct Pending(VecDeque<corral::Task<Out>>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.cancel();
+        }
+    }
+}
+
 /// Locks `m`, waiting for it with the GIL released: its holder may be
 /// waiting with the GIL released itself, and must get the GIL back.
 fn lock_without_gil<'a, T: Send>(py: Python<'_>, m: &'a Mutex<T>) -> MutexGuard<'a, T> {
@@ -431,6 +604,28 @@ fn lock_without_gil<'a, T: Send>(py: Python<'_>, m: &'a Mutex<T>) -> MutexGuard<
             Ok(guard) => return guard,
             Err(TryLockError::Poisoned(p)) => return p.into_inner(),
             Err(TryLockError::WouldBlock) => py.detach(|| drop(lock(m))),
+        }
+    }
+}
+
+/// The next result of `imap`, waited for in signal slices, so that Ctrl-C
+/// is seen (it cancels what is in flight, and raises), and so is a
+/// `cancelled` flag set from another thread (it cancels).
+fn next_result<I: Iterator<Item = Call> + Send>(
+    py: Python<'_>,
+    imap: &mut Imap<'static, Call, Out, I>,
+    cancelled: Option<&AtomicBool>,
+) -> PyResult<Option<Result<Out, TaskError>>> {
+    loop {
+        if cancelled.is_some_and(|c| c.load(Ordering::Acquire)) {
+            imap.cancel();
+        }
+        if py.detach(|| imap.wait_next(task::SIGNAL_SLICE)) {
+            return Ok(py.detach(|| imap.next()));
+        }
+        if let Err(interrupted) = py.check_signals() {
+            imap.cancel();
+            return Err(interrupted);
         }
     }
 }
@@ -458,22 +653,7 @@ impl PyImap {
         let Some(imap) = guard.as_mut() else {
             return Ok(None);
         };
-        // Waited for in slices, so that Ctrl-C is seen (and cancels the
-        // rest), and so is a `cancel` from another thread.
-        loop {
-            if self.cancelled.load(Ordering::Acquire) {
-                imap.cancel();
-            }
-            if py.detach(|| imap.wait_next(task::SIGNAL_SLICE)) {
-                break;
-            }
-            if let Err(interrupted) = py.check_signals() {
-                imap.cancel();
-                return Err(interrupted);
-            }
-        }
-        let next = py.detach(|| imap.next());
-        match next {
+        match next_result(py, imap, Some(&self.cancelled))? {
             Some(Ok(Out::NeedFunc(arg))) => {
                 let task = py.detach(|| self.pool.submit(py_job, self.callable.call_arg(arg)));
                 drop(guard);

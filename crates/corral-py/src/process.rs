@@ -36,7 +36,7 @@ fn exit_code(r: Result<Out, ProcessError>) -> i32 {
         Ok(Out::Value(_)) => 0,
         Ok(Out::Raised(_)) => 1,
         Ok(Out::Exit(code)) => code,
-        Ok(Out::NeedFunc(_)) => 1,
+        Ok(Out::NeedFunc(_) | Out::Batch(..)) => 1,
         Err(ProcessError::Exited(ExitStatus::Code(c))) => c,
         Err(ProcessError::Exited(ExitStatus::Signal(s))) => -s,
         Err(_) => 1,

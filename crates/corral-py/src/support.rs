@@ -24,7 +24,14 @@ pub(crate) const AT_EXIT: usize = 7;
 /// `report_process_exception(bytes)`: prints a `Process` target's traceback.
 pub(crate) const REPORT: usize = 8;
 
-const NAMES: [&str; 9] = [
+/// `run_batch(f, mode, items) -> (bytes, [(position, bytes)])`.
+pub(crate) const RUN_BATCH: usize = 9;
+/// `dump_function(f) -> _Func`.
+pub(crate) const DUMP_FUNCTION: usize = 10;
+/// `_functions`: the dict of `_Func`s made so far, `{id(f): (f, _Func)}`.
+pub(crate) const FUNCTIONS: usize = 11;
+
+const NAMES: [&str; 12] = [
     "dumps",
     "loads",
     "load_function",
@@ -34,6 +41,9 @@ const NAMES: [&str; 9] = [
     "after_fork_in_child",
     "at_worker_exit",
     "report_process_exception",
+    "run_batch",
+    "dump_function",
+    "_functions",
 ];
 
 static FUNCS: PyOnceLock<Vec<Py<PyAny>>> = PyOnceLock::new();
@@ -54,4 +64,9 @@ where
     A: pyo3::call::PyCallArgs<'py>,
 {
     funcs(py)?[which].bind(py).call1(args)
+}
+
+/// Helper `which` itself (a function, or the `_functions` dict).
+pub(crate) fn get(py: Python<'_>, which: usize) -> PyResult<&Bound<'_, PyAny>> {
+    Ok(funcs(py)?[which].bind(py))
 }

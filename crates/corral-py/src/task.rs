@@ -70,9 +70,10 @@ pub(crate) fn outcome(py: Python<'_>, out: Out) -> PyResult<Py<PyAny>> {
             Err(PyErr::from_value(exc))
         }
         Out::Exit(code) => Err(pyo3::exceptions::PySystemExit::new_err(code)),
-        // Only map items go without their callable, and map resends those.
-        Out::NeedFunc(_) => Err(pyo3::exceptions::PyRuntimeError::new_err(
-            "corral: a worker lacked the callable of a call that did not carry it",
+        // Only map items go without their callable, and map resends those;
+        // only map sends batches, and takes their values apart itself.
+        Out::NeedFunc(_) | Out::Batch(..) => Err(pyo3::exceptions::PyRuntimeError::new_err(
+            "corral: a map's outcome reached a single task",
         )),
     }
 }
@@ -92,10 +93,20 @@ pub(crate) fn result(
 /// Waits for `task` with the GIL released, honouring Ctrl-C (which cancels
 /// the task), and returns its value or raises.
 pub(crate) fn join(py: Python<'_>, task: Task<Out>) -> PyResult<Py<PyAny>> {
+    let (r, pid) = wait(py, task)?;
+    result(py, r, pid)
+}
+
+/// Waits for `task` as [`join`] does; its result and the worker that ran
+/// it.
+pub(crate) fn wait(
+    py: Python<'_>,
+    task: Task<Out>,
+) -> PyResult<(Result<Out, TaskError>, Option<u32>)> {
     loop {
         if py.detach(|| task.wait_timeout(SIGNAL_SLICE)) {
             let pid = task.worker_pid();
-            return result(py, task.join(), pid);
+            return Ok((task.join(), pid));
         }
         if let Err(interrupted) = py.check_signals() {
             task.cancel();

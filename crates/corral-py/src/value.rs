@@ -5,7 +5,7 @@
 //! (`corral._support.dumps`, with cloudpickle where pickle cannot).
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyString, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyString, PyTuple};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -57,7 +57,8 @@ impl Arg {
         }
     }
 
-    fn pickled(obj: &Bound<'_, PyAny>) -> PyResult<Arg> {
+    /// `obj` pickled, whatever it is.
+    pub(crate) fn pickled(obj: &Bound<'_, PyAny>) -> PyResult<Arg> {
         let bytes = support::call(obj.py(), support::DUMPS, (obj,))?;
         Ok(Arg::Pickled(ByteBuf::from(bytes.extract::<Vec<u8>>()?)))
     }
@@ -143,6 +144,9 @@ pub(crate) enum Out {
     /// nothing ran; the parent sends the argument (returned here) again,
     /// with the callable.
     NeedFunc(Arg),
+    /// A batch of a `map` ran: the values, a pickled list with `None` where
+    /// an item failed, and the failed items' outcomes by position.
+    Batch(ByteBuf, Vec<(u32, Out)>),
 }
 
 /// A callable as Python holds it (`corral._corral._Func`): pickled once
@@ -171,6 +175,42 @@ impl PyFunc {
                 main,
             }),
         }
+    }
+}
+
+impl PyFunc {
+    /// The `_Func` of the callable `f`: made once per function object (by
+    /// `corral._support.dump_function`), then found in its cache.
+    pub(crate) fn of<'py>(f: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyFunc>> {
+        let py = f.py();
+        let cache = support::get(py, support::FUNCTIONS)?.cast::<PyDict>()?;
+        if let Some(hit) = cache.get_item(f.as_ptr() as usize)?
+            && let Ok((func, made)) = hit.extract::<(Bound<'py, PyAny>, Bound<'py, PyFunc>)>()
+            && func.is(f)
+        {
+            return Ok(made);
+        }
+        Ok(support::call(py, support::DUMP_FUNCTION, (f,))?.cast_into::<PyFunc>()?)
+    }
+}
+
+/// A call's mode and argument for `f(*args, **kwargs)`.
+pub(crate) fn packed<'py>(
+    args: &Bound<'py, PyAny>,
+    kwargs: Option<&Bound<'py, PyAny>>,
+) -> PyResult<(Mode, Bound<'py, PyAny>)> {
+    let args = match args.cast_exact::<PyTuple>() {
+        Ok(tuple) => tuple.clone(),
+        Err(_) => PyTuple::new(args.py(), args.try_iter()?.collect::<PyResult<Vec<_>>>()?)?,
+    };
+    let py = args.py();
+    match kwargs {
+        Some(kwargs) if kwargs.is_truthy()? => {
+            let kwargs = py.get_type::<PyDict>().call1((kwargs,))?;
+            let pair = PyTuple::new(py, [args.into_any(), kwargs])?;
+            Ok((Mode::ArgsKwargs, pair.into_any()))
+        }
+        _ => Ok((Mode::Star, args.into_any())),
     }
 }
 
@@ -204,6 +244,17 @@ impl Callable {
             mode: self.mode,
             arg,
         }
+    }
+
+    /// The call on a batch of items (a sequence, pickled as one value);
+    /// with the callable's bytes only if `carry`.
+    pub(crate) fn batch(&self, items: &Bound<'_, PyAny>, carry: bool) -> PyResult<Call> {
+        Ok(Call {
+            fid: self.fid,
+            func: carry.then(|| self.func.clone()),
+            mode: self.mode,
+            arg: Arg::pickled(items)?,
+        })
     }
 
     /// The call on `arg`; with the callable's bytes only if `carry`.

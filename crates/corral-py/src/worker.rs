@@ -69,8 +69,16 @@ fn invoke<'py>(py: Python<'py>, call: Call) -> PyResult<Result<Bound<'py, PyAny>
     let Some(f) = callable(py, &call)? else {
         return Ok(Err(call.arg));
     };
-    let arg = call.arg.into_py(py)?;
-    match call.mode {
+    apply(&f, call.mode, call.arg.into_py(py)?).map(Ok)
+}
+
+/// `f` called on `arg` as `mode` says.
+fn apply<'py>(
+    f: &Bound<'py, PyAny>,
+    mode: Mode,
+    arg: Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    match mode {
         Mode::One => f.call1((arg,)),
         Mode::Star => f.call1(arg.cast_into::<PyTuple>()?),
         Mode::ArgsKwargs => {
@@ -79,7 +87,6 @@ fn invoke<'py>(py: Python<'py>, call: Call) -> PyResult<Result<Bound<'py, PyAny>
             f.call(args, kwargs.as_ref())
         }
     }
-    .map(Ok)
 }
 
 /// The outcome of an exception raised by a call (or by loading it).
@@ -112,6 +119,40 @@ pub(crate) fn py_job(call: Call) -> Out {
         Ok(Err(arg)) => Out::NeedFunc(arg),
         Err(e) => raised(py, e),
     })
+}
+
+/// A batch of a `map`: the call's argument is a pickled sequence of items;
+/// each item is called on its own and fails alone ([`Out::Batch`]).
+pub(crate) fn py_batch(call: Call) -> Out {
+    Python::attach(|py| {
+        let f = match callable(py, &call) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Out::NeedFunc(call.arg),
+            Err(e) => return raised(py, e),
+        };
+        run_batch(py, &f, call.mode, call.arg).unwrap_or_else(|e| raised(py, e))
+    })
+}
+
+/// Calls `f` on each item of `items` (`corral._support.run_batch`).
+fn run_batch(py: Python<'_>, f: &Bound<'_, PyAny>, mode: Mode, items: Arg) -> PyResult<Out> {
+    let star = match mode {
+        Mode::One => 0,
+        Mode::Star => 1,
+        Mode::ArgsKwargs => {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "corral: a map batch of keyword calls",
+            ));
+        }
+    };
+    let items = items.into_py(py)?;
+    let (values, failed): (Vec<u8>, Vec<(u32, Vec<u8>)>) =
+        support::call(py, support::RUN_BATCH, (f, star, items))?.extract()?;
+    let failed = failed
+        .into_iter()
+        .map(|(i, exc)| (i, Out::Raised(ByteBuf::from(exc))))
+        .collect();
+    Ok(Out::Batch(ByteBuf::from(values), failed))
 }
 
 /// A `Process` target: as [`py_job`], and a raised exception's traceback is

@@ -8,7 +8,7 @@ import itertools
 
 from . import _lifecycle, _support
 from ._errors import Cancelled, PoolClosed
-from ._pool import Pool, _packed
+from ._pool import Pool
 
 __all__ = ["ProcessPoolExecutor"]
 
@@ -137,8 +137,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
     def submit(self, fn, /, *args, **kwargs):
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        mode, arg = _packed(args, kwargs)
-        task = self._pool._pool.submit(_support.dump_function(fn), mode, arg)
+        task = self._pool._pool.submit(fn, args, kwargs)
         return _Future(task)
 
     def map(self, fn, *iterables, timeout=None, chunksize=1):

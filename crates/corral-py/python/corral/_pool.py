@@ -10,7 +10,7 @@ from ._errors import PoolClosed
 __all__ = ["Pool", "AsyncResult"]
 
 # How a callable takes its argument (see the extension's `Mode`).
-_ONE, _STAR, _ARGS_KWARGS = 0, 1, 2
+_ONE, _STAR = 0, 1
 
 
 def _refuse_while_bootstrapping():
@@ -22,13 +22,6 @@ def _refuse_while_bootstrapping():
             "(the main module runs again in workers as __mp_main__, as with "
             "multiprocessing's spawn and forkserver start methods)"
         )
-
-
-def _packed(args, kwds):
-    """The call mode and argument for ``f(*args, **kwds)``."""
-    if kwds:
-        return _ARGS_KWARGS, (tuple(args), dict(kwds))
-    return _STAR, tuple(args)
 
 
 #: The result of ``apply_async`` (``multiprocessing``'s ``AsyncResult``):
@@ -96,8 +89,7 @@ class Pool:
     def apply(self, func, args=(), kwds={}):
         """``func(*args, **kwds)`` in a worker; waits for the result."""
         self._check()
-        mode, arg = _packed(args, kwds)
-        return self._pool.apply(_support.dump_function(func), mode, arg)
+        return self._pool.apply(func, args, kwds)
 
     def apply_async(self, func, args=(), kwds={}, callback=None, error_callback=None, timeout=None):
         """Submits ``func(*args, **kwds)``; an :class:`AsyncResult`.
@@ -107,8 +99,7 @@ class Pool:
         task's own limit, as ``task_timeout`` for the pool."""
         if self._closed:
             raise PoolClosed("Pool not running")
-        mode, arg = _packed(args, kwds)
-        task = self._pool.submit(_support.dump_function(func), mode, arg, timeout)
+        task = self._pool.submit(func, args, kwds, timeout)
         if callback is not None or error_callback is not None:
             task.add_done_callback(
                 functools.partial(_run_callbacks, task, callback, error_callback)

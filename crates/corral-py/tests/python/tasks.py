@@ -121,3 +121,30 @@ def set_env(key, value):
 
 def get_env(key):
     return os.environ.get(key)
+
+
+def logged(path, x, kill_at=None):
+    """Appends ``x`` to the file at ``path`` (one line per run); SIGKILLs its
+    worker instead when ``x == kill_at``."""
+    if x == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    with open(path, "a") as f:
+        f.write(f"{x}\n")
+    return x
+
+
+def kill_once(marker, x):
+    """SIGKILLs its worker the first time any item runs it (``marker`` is
+    created then); returns ``x * x`` every other time."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return x * x
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fail_odd(x):
+    if x % 2:
+        raise ValueError(f"odd {x}")
+    return x

@@ -1,5 +1,6 @@
 """corral.Pool with real worker processes."""
 
+import functools
 import itertools
 import os
 import signal
@@ -89,6 +90,42 @@ def test_in_a_map_only_the_killer_item_fails():
         with pytest.raises(corral.WorkerLost):
             pool.map(tasks.kill_at, range(8))
         assert pool.map(tasks.square, range(4)) == [0, 1, 4, 9]
+
+
+def test_a_map_batch_whose_worker_dies_runs_again_item_by_item(tmp_path):
+    log = tmp_path / "log"
+    with corral.Pool(2) as pool:
+        # One batch of 8: item 5 kills the worker after 0..4 ran; then each
+        # item runs as a task of its own, and only item 5 fails.
+        with pytest.raises(corral.WorkerLost) as info:
+            pool.starmap(tasks.logged, [(str(log), i, 5) for i in range(8)], chunksize=8)
+        assert info.value.signal == signal.SIGKILL
+        runs = [int(x) for x in log.read_text().split()]
+        assert sorted(set(runs)) == [0, 1, 2, 3, 4, 6, 7]
+        assert sorted(runs) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 6, 7]
+        assert pool.stats()["lost"] == 2
+        # A death the item did not cause: the map still returns every value.
+        marker = str(tmp_path / "killed")
+        xs = list(range(40))
+        assert pool.map(functools.partial(tasks.kill_once, marker), xs, chunksize=10) == [
+            x * x for x in xs
+        ]
+        assert pool.stats()["lost"] == 3
+
+
+def test_a_map_raises_its_first_failure_in_order(pool):
+    with pytest.raises(ValueError, match="odd 1") as info:
+        pool.map(tasks.fail_odd, range(1000))
+    assert isinstance(info.value.__cause__, corral.RemoteTraceback)
+    assert "fail_odd" in str(info.value.__cause__)
+    import threading
+
+    values = [1, threading.Lock(), 3]
+    with pytest.raises(TypeError, match="lock"):
+        pool.map(tasks.identity, values, chunksize=3)  # an item cannot cross
+    with pytest.raises(TypeError, match="lock"):
+        pool.map(tasks.returns_lock, range(3), chunksize=3)  # a value cannot
+    assert pool.map(tasks.fail_odd, range(0, 2000, 2)) == list(range(0, 2000, 2))
 
 
 def test_a_hung_task_times_out_and_its_worker_is_replaced():
