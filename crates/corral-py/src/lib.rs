@@ -12,7 +12,10 @@ use std::ffi::OsString;
 
 use pyo3::prelude::*;
 
+mod batch;
 mod fork;
+mod imap;
+mod map;
 mod pool;
 mod process;
 mod support;
@@ -45,7 +48,7 @@ fn _corral(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_init, m)?)?;
     m.add_function(wrap_pyfunction!(_fork_server_pid, m)?)?;
     m.add_class::<pool::PyPool>()?;
-    m.add_class::<pool::PyImap>()?;
+    m.add_class::<imap::PyImap>()?;
     m.add_class::<task::PyTask>()?;
     m.add_class::<process::PyProcess>()?;
     m.add_class::<value::PyFunc>()?;

@@ -408,6 +408,22 @@ fn cancel_skips_a_task_a_worker_holds_but_has_not_started() {
 }
 
 #[test]
+fn imap_pulls_no_more_than_its_window_ahead() {
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let counter = pulled.clone();
+    let input = (0u64..).inspect(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+    });
+    let pool = Pool::new(2).unwrap();
+    let mut results = pool.imap(square, input).chunk_size(1).max_in_flight(6);
+    for x in 0..50u64 {
+        assert_eq!(results.next().unwrap().unwrap(), x * x);
+        let ahead = pulled.load(Ordering::SeqCst) as u64 - (x + 1);
+        assert!(ahead <= 6, "{ahead} items pulled ahead after {x}");
+    }
+}
+
+#[test]
 fn imap_pulls_an_endless_input_lazily() {
     let pulled = Arc::new(AtomicUsize::new(0));
     let counter = pulled.clone();

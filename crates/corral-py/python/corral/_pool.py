@@ -113,8 +113,14 @@ class Pool:
 
     def map(self, func, iterable, chunksize=None):
         """``[func(x) for x in iterable]`` in the workers, in order; raises the
-        first failure. Each item is its own task: a worker that dies fails
-        only the item it was running."""
+        first failure. Items travel in batches of ``chunksize`` (by default
+        some eight batches a worker, at most 4096 items each) that a worker
+        runs item by item, so an item's exception is its own. A batch whose
+        worker dies runs again one task per item, so only the item that
+        killed it fails (:class:`WorkerLost`); the items before it in its
+        batch may run twice. With ``chunksize=1``, or a pool with a
+        ``task_timeout`` (each item's own limit), every item is a task of its
+        own."""
         self._check()
         return self._pool.map(_support.dump_function(func), _ONE, iterable, chunksize)
 
@@ -125,12 +131,17 @@ class Pool:
 
     def imap(self, func, iterable, chunksize=None):
         """A lazy iterator of ``func(x)`` in input order: input is pulled as
-        results are consumed (an endless generator is fine)."""
+        results are consumed (an endless generator is fine). Each outcome is
+        its own: ``next`` raises an item's exception and the iteration goes
+        on. With ``chunksize`` above one, items travel in batches as in
+        :meth:`map` (four batches a worker pulled ahead); otherwise each item
+        is a task of its own, in corral's automatic chunks."""
         self._check()
         return self._pool.imap(_support.dump_function(func), _ONE, iterable, True, chunksize)
 
     def imap_unordered(self, func, iterable, chunksize=None):
-        """As :meth:`imap`, in the order results arrive."""
+        """As :meth:`imap`, in the order results arrive; each item is a task
+        of its own, in chunks of ``chunksize`` (automatic by default)."""
         self._check()
         return self._pool.imap(_support.dump_function(func), _ONE, iterable, False, chunksize)
 

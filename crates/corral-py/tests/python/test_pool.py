@@ -128,6 +128,37 @@ def test_a_map_raises_its_first_failure_in_order(pool):
     assert pool.map(tasks.fail_odd, range(0, 2000, 2)) == list(range(0, 2000, 2))
 
 
+def test_imap_in_batches_keeps_each_items_outcome(pool):
+    def outcomes(it, n):
+        out = []
+        for _ in range(n):
+            try:
+                out.append(next(it))
+            except ValueError as e:
+                out.append(str(e))
+        return out
+
+    it = pool.imap(tasks.fail_odd, range(6), chunksize=4)
+    assert outcomes(it, 6) == [0, "odd 1", 2, "odd 3", 4, "odd 5"]
+    with pytest.raises(StopIteration):
+        next(it)
+    # Lazy over an endless generator, a batch at a time.
+    state, gen = tasks.pulled_counter()
+    first = list(itertools.islice(pool.imap(tasks.square, gen, chunksize=10), 25))
+    assert first == [x * x for x in range(25)]
+    assert state["pulled"] < 25 + 10 * 8 * pool.processes
+
+    def broken():
+        yield 1
+        yield 2
+        raise ValueError("input broke")
+
+    it = pool.imap(tasks.square, broken(), chunksize=4)
+    assert next(it) == 1 and next(it) == 4
+    with pytest.raises(ValueError, match="input broke"):
+        next(it)
+
+
 def test_a_hung_task_times_out_and_its_worker_is_replaced():
     with corral.Pool(2, task_timeout=0.5) as pool:
         hung = pool.apply_async(tasks.nap, (100,))

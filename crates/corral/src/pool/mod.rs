@@ -1486,6 +1486,8 @@ pub struct Imap<'p, A, R, I> {
     submitted: u64,
     yielded: u64,
     window: u64,
+    /// [`max_in_flight`](Imap::max_in_flight), if set.
+    cap: Option<u64>,
     /// The input iterator panicked: re-raised once everything pulled before
     /// it has been yielded (Python raises the iterator's exception there).
     input_panic: Option<Box<dyn std::any::Any + Send>>,
@@ -1545,6 +1547,7 @@ impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
             submitted: 0,
             yielded: 0,
             window,
+            cap: None,
             input_panic: None,
             _a: PhantomData,
         }
@@ -1575,6 +1578,33 @@ impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
         let n = self.pool.fit_quota(n);
         self.chunk = Some(n);
         self.window = self.window.max((4 * n * self.pool.processes()) as u64);
+        self
+    }
+
+    /// Pulls at most `n` items ahead of what has been yielded (the window
+    /// of items in flight, which is otherwise sized from the chunks, at
+    /// least 64 items a worker): for items that are large, or that stand
+    /// for many (a batch). Takes effect at the next pull.
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// fn total(xs: Vec<u64>) -> u64 { xs.iter().sum() }
+    /// corral::init();
+    /// let pool = corral::Pool::new(2).unwrap();
+    /// // Batches of 10,000 numbers: no more than 8 of them pulled at once.
+    /// let batches = (0..1_000_000u64).collect::<Vec<_>>();
+    /// let batches = batches.chunks(10_000).map(<[u64]>::to_vec);
+    /// let sums = pool.imap(total, batches).max_in_flight(8);
+    /// assert_eq!(sums.map(Result::unwrap).sum::<u64>(), 499_999_500_000);
+    /// ```
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        assert!(n > 0, "imap's window must hold at least one item");
+        self.cap = Some(n as u64);
         self
     }
 
@@ -1609,11 +1639,16 @@ impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
         }
     }
 
+    /// The window, within [`max_in_flight`](Imap::max_in_flight).
+    fn capped_window(&self) -> u64 {
+        self.cap.map_or(self.window, |cap| self.window.min(cap))
+    }
+
     /// Pulls input until the window is full, once it is half empty: a
     /// refill is one submission, with the new items in a few jobs.
     fn refill(&mut self) {
         let in_flight = self.submitted - self.yielded;
-        if self.input.is_none() || in_flight > self.window / 2 {
+        if self.input.is_none() || in_flight > self.capped_window() / 2 {
             return;
         }
         let processes = self.pool.processes();
@@ -1634,7 +1669,7 @@ impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
         };
         // The window may have shrunk below what is in flight (larger items,
         // smaller chunks): then nothing is pulled this time.
-        let room = self.window.saturating_sub(in_flight) as usize;
+        let room = self.capped_window().saturating_sub(in_flight) as usize;
         if room == 0 {
             return;
         }

@@ -1,0 +1,177 @@
+//! `map` and `starmap` of `corral._corral._Pool`: in batches (see
+//! [`crate::batch`]), or one task per item (`chunksize=1`, or a pool with a
+//! `task_timeout`, whose limit is each item's own).
+
+use std::time::Instant;
+
+use corral::{TaskError, TaskTimeout};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyRange, PySequence, PyTuple};
+
+use crate::batch::{self, Outcomes, Pending};
+use crate::pool::PyPool;
+use crate::task;
+use crate::value::{Call, Callable, Out};
+use crate::worker::{py_batch, py_job};
+
+/// The most items a batch of a `map` holds when `chunksize` is not given:
+/// a batch whose worker dies is run again item by item.
+const MAX_BATCH: usize = 4096;
+
+impl PyPool {
+    /// Items per batch of a `map` of `n` items; `None`: one task per item.
+    pub(crate) fn batch_size(&self, n: usize, chunksize: Option<usize>) -> Option<usize> {
+        if self.timed {
+            return None;
+        }
+        // At least 8 batches per worker, to even out uneven items (Python
+        // makes 4).
+        let size =
+            chunksize.unwrap_or_else(|| n.div_ceil(8 * self.pool.processes()).min(MAX_BATCH));
+        (size > 1).then_some(size)
+    }
+
+    /// `map` in batches of `size` items, in order.
+    pub(crate) fn map_batched(
+        &self,
+        py: Python<'_>,
+        callable: &Callable,
+        items: Bound<'_, PyAny>,
+        n: usize,
+        size: usize,
+    ) -> PyResult<Py<PyList>> {
+        // Lists, tuples and ranges are sliced as they are (a slice of a
+        // range pickles in a few bytes); other sequences are listed first.
+        let items = if items.is_exact_instance_of::<PyList>()
+            || items.is_exact_instance_of::<PyTuple>()
+            || items.is_exact_instance_of::<PyRange>()
+        {
+            items.cast_into::<PySequence>()?
+        } else {
+            items.cast::<PySequence>()?.to_list()?.into_sequence()
+        };
+        // Every batch is submitted first (workers start on the first while
+        // the rest are pickled), then the results are taken in order.
+        let mut tasks = Pending::default();
+        for (b, from) in (0..n).step_by(size).enumerate() {
+            let carry = batch::carries(callable, b, self.pool.processes());
+            let batch = items.get_slice(from, (from + size).min(n))?;
+            let call = callable.batch(&batch, carry)?;
+            tasks
+                .0
+                .push_back(self.submit_call(py, py_batch, call, None));
+        }
+        let values = PyList::empty(py);
+        while let Some(task) = tasks.0.pop_front() {
+            let (result, _) = task::wait(py, task)?;
+            let from = values.len();
+            let batch = items.get_slice(from, (from + size).min(n))?;
+            match batch::outcomes(py, &self.pool, callable, result, &batch)? {
+                Outcomes::Values(list) => {
+                    values.call_method1(intern!(py, "extend"), (list,))?;
+                }
+                Outcomes::Each(each) => {
+                    for value in each {
+                        values.append(value?)?;
+                    }
+                }
+            }
+        }
+        Ok(values.unbind())
+    }
+
+    /// Runs again, with the callable, the items whose worker lacked it (a
+    /// worker that joined mid-map, replacing one that died).
+    pub(crate) fn resend_missing(
+        &self,
+        py: Python<'_>,
+        callable: &Callable,
+        outs: &mut [Out],
+    ) -> PyResult<()> {
+        let mut missing = Vec::new();
+        let mut calls = Vec::new();
+        for (i, out) in outs.iter_mut().enumerate() {
+            if matches!(out, Out::NeedFunc(_))
+                && let Out::NeedFunc(arg) = std::mem::replace(out, Out::Exit(0))
+            {
+                missing.push(i);
+                calls.push(callable.call_arg(arg));
+            }
+        }
+        if calls.is_empty() {
+            return Ok(());
+        }
+        for (i, out) in missing
+            .into_iter()
+            .zip(self.map_auto(py, calls.into_iter())?)
+        {
+            outs[i] = out;
+        }
+        Ok(())
+    }
+
+    /// `map` in corral's automatic chunks, waited for in signal slices.
+    /// The calls are made as corral sends them out, chunk by chunk, with
+    /// the GIL held: workers start on the first chunk while the rest is
+    /// being made.
+    pub(crate) fn map_auto(
+        &self,
+        py: Python<'_>,
+        calls: impl ExactSizeIterator<Item = Call>,
+    ) -> PyResult<Vec<Out>> {
+        let mut task = self.pool.map_async(py_job, calls);
+        loop {
+            match py.detach(|| task.join_timeout(task::SIGNAL_SLICE)) {
+                Ok(outs) => return Ok(outs),
+                Err(TaskTimeout::Failed(e)) => return Err(task::task_error(py, &e, None)),
+                Err(TaskTimeout::Elapsed(t)) => task = t,
+            }
+            if let Err(interrupted) = py.check_signals() {
+                task.cancel();
+                return Err(interrupted);
+            }
+        }
+    }
+
+    /// `map` in chunks of `n`, through a lazy iterator (signals are looked
+    /// at between results).
+    pub(crate) fn map_chunks(
+        &self,
+        py: Python<'_>,
+        calls: Vec<Call>,
+        n: usize,
+    ) -> PyResult<Vec<Out>> {
+        let total = calls.len();
+        let mut imap = self.pool.imap_owned(py_job, calls).chunk_size(n);
+        let mut outs = Vec::with_capacity(total);
+        let mut last_check = Instant::now();
+        while outs.len() < total {
+            let step = py.detach(|| {
+                let mut got = Vec::new();
+                while got.len() < 1024 && outs.len() + got.len() < total {
+                    match imap.next() {
+                        Some(r) => got.push(r),
+                        None => break,
+                    }
+                    if last_check.elapsed() >= task::SIGNAL_SLICE {
+                        break;
+                    }
+                }
+                got
+            });
+            if step.is_empty() {
+                break;
+            }
+            for r in step {
+                outs.push(r.map_err(|e: TaskError| task::task_error(py, &e, None))?);
+            }
+            last_check = Instant::now();
+            if let Err(interrupted) = py.check_signals() {
+                imap.cancel();
+                return Err(interrupted);
+            }
+        }
+        Ok(outs)
+    }
+}
