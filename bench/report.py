@@ -367,9 +367,10 @@ def python_section(g, py, w):
       f"pool, which does the same, takes {fmt(p('Pool start-up 2 workers forkserver'), 'us')}, its `fork` pool "
       "(a copy of everything imported so far) the figure in the table.")
     w("")
-    w("CPython's `Pool` and `ProcessPoolExecutor` and loky have no per-task timeout. Each item of corral's `map` "
-      "is its own task (a worker that dies fails only the item it ran); CPython's default chunks give up that "
-      "fate (a dead worker hangs `Pool.map`). Idle CPU over 2 s: "
+    w("CPython's `Pool` and `ProcessPoolExecutor` and loky have no per-task timeout. corral's `map` (and `imap` "
+      "with a chunk size) sends items in batches, as CPython does, but each item keeps its own fate: a worker runs "
+      "a batch item by item, and a batch whose worker died runs again one task per item, so only the item that "
+      "killed it fails (a dead worker hangs CPython's `Pool.map`). Idle CPU over 2 s: "
       f"{fmt(c('Pool idle CPU'), '%')}.")
     w("")
     w("## Targets (issue #15)")

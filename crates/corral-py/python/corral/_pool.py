@@ -50,10 +50,12 @@ class Pool:
     :class:`WorkerLost` and is replaced; ``task_timeout`` (seconds) kills a
     task that runs too long (:class:`TaskTimedOut`); ``memory_limit`` (bytes)
     caps each worker; ``max_pending`` makes submitting block beyond that many
-    waiting tasks. Workers are forked from corral's fork server, a copy of
-    the interpreter taken when ``corral`` was imported; functions defined in
-    the main script are found by running it as ``__mp_main__`` in the worker,
-    so guard pool creation with ``if __name__ == "__main__":``.
+    waiting tasks; with ``maxtasksperchild``, a batch of a ``map`` counts as
+    one task (as a chunk does in ``multiprocessing``). Workers are forked
+    from corral's fork server, a copy of the interpreter taken when
+    ``corral`` was imported; functions defined in the main script are found
+    by running it as ``__mp_main__`` in the worker, so guard pool creation
+    with ``if __name__ == "__main__":``.
     """
 
     def __init__(

@@ -1,0 +1,30 @@
+//! What `bench/profile/run.sh` runs under callgrind: a 2-worker pool that
+//! maps `x -> x * x` over `ITEMS` integers `ROUNDS` times (after one warm-up
+//! map), so that instruction counts per item can be read off the parent and
+//! each worker (this machine has no hardware counters).
+//!
+//! `map-profile [ITEMS] [ROUNDS] [CHUNK]`: defaults 100000, 3, automatic.
+
+fn square(x: u64) -> u64 {
+    x.wrapping_mul(x)
+}
+
+fn main() {
+    corral::init();
+    let mut args = std::env::args().skip(1);
+    let items: u64 = args.next().map_or(100_000, |a| a.parse().expect("ITEMS"));
+    let rounds: usize = args.next().map_or(3, |a| a.parse().expect("ROUNDS"));
+    let chunk: Option<usize> = args.next().map(|a| a.parse().expect("CHUNK"));
+    let pool = corral::Pool::new(2).expect("pool");
+    pool.map(square, 0..1000u64).expect("warm-up");
+    for _ in 0..rounds {
+        let out = match chunk {
+            Some(c) => pool.map_chunked(square, 0..items, c),
+            None => pool.map(square, 0..items),
+        };
+        assert_eq!(out.expect("map").len() as u64, items);
+    }
+    let workers: Vec<String> = pool.workers().iter().map(|w| w.pid.to_string()).collect();
+    println!("parent {}", std::process::id());
+    println!("workers {}", workers.join(" "));
+}
