@@ -112,7 +112,7 @@ fn each(
 /// Tasks not yet taken: cancelled if whoever waits for them stops early (an
 /// exception, Ctrl-C).
 #[derive(Default)]
-pub(crate) struct Pending(pub(crate) VecDeque<Task<Out>>);
+struct Pending(VecDeque<Task<Out>>);
 
 impl Drop for Pending {
     fn drop(&mut self) {

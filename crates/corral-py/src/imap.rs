@@ -198,7 +198,7 @@ impl PyImap {
         py: Python<'_>,
         imap: &mut Imap<'static, Call, Out, PyInput>,
     ) -> PyResult<Step> {
-        Ok(match next_result(py, imap, &self.cancelled)? {
+        Ok(match next_result(py, imap, Some(&self.cancelled))? {
             Some(Ok(Out::NeedFunc(arg))) => {
                 let call = self.callable.call_arg(arg);
                 Step::Resent(py.detach(|| self.pool.submit(py_job, call)))
@@ -214,7 +214,7 @@ impl PyImap {
             if let Some(value) = b.ready.pop_front() {
                 return Ok(Step::Value(value));
             }
-            let Some(result) = next_result(py, &mut b.imap, &self.cancelled)? else {
+            let Some(result) = next_result(py, &mut b.imap, Some(&self.cancelled))? else {
                 return Ok(Step::End);
             };
             // Results come in input order: this one is of the oldest batch.
@@ -356,14 +356,14 @@ fn lock_without_gil<'a, T: Send>(py: Python<'_>, m: &'a Mutex<T>) -> MutexGuard<
 
 /// The next result of `imap`, waited for in signal slices, so that Ctrl-C
 /// is seen (it cancels what is in flight, and raises), and so is
-/// `cancelled`, set from another thread (it cancels).
-fn next_result<I: Iterator<Item = Call> + Send>(
+/// `cancelled`, if given, set from another thread (it cancels).
+pub(crate) fn next_result<I: Iterator<Item = Call> + Send>(
     py: Python<'_>,
     imap: &mut Imap<'static, Call, Out, I>,
-    cancelled: &AtomicBool,
+    cancelled: Option<&AtomicBool>,
 ) -> PyResult<Option<Result<Out, TaskError>>> {
     loop {
-        if cancelled.load(Ordering::Acquire) {
+        if cancelled.is_some_and(|c| c.load(Ordering::Acquire)) {
             imap.cancel();
         }
         if py.detach(|| imap.wait_next(task::SIGNAL_SLICE)) {

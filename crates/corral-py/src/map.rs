@@ -2,6 +2,7 @@
 //! [`crate::batch`]), or one task per item (`chunksize=1`, or a pool with a
 //! `task_timeout`, whose limit is each item's own).
 
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use corral::{TaskError, TaskTimeout};
@@ -9,9 +10,10 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyRange, PySequence, PyTuple};
 
-use crate::batch::{self, Outcomes, Pending};
+use crate::batch::{self, Outcomes};
+use crate::imap::next_result;
 use crate::pool::PyPool;
-use crate::task;
+use crate::task::{self, lock};
 use crate::value::{Call, Callable, Out};
 use crate::worker::{py_batch, py_job};
 
@@ -51,20 +53,38 @@ impl PyPool {
         } else {
             items.cast::<PySequence>()?.to_list()?.into_sequence()
         };
-        // Every batch is submitted first (workers start on the first while
-        // the rest are pickled), then the results are taken in order.
-        let mut tasks = Pending::default();
-        for (b, from) in (0..n).step_by(size).enumerate() {
-            let carry = batch::carries(callable, b, self.pool.processes());
-            let batch = items.get_slice(from, (from + size).min(n))?;
-            let call = callable.batch(&batch, carry)?;
-            tasks
-                .0
-                .push_back(self.submit_call(py, py_batch, call, None));
-        }
+        self.map_windowed(py, callable, items, n, size)
+    }
+
+    /// `map` in batches through a lazy `imap`: batches are pickled as
+    /// corral sends them out, four a worker in flight, each dispatched on
+    /// its own (a worker that runs slow takes fewer), and their values are
+    /// taken in order.
+    fn map_windowed(
+        &self,
+        py: Python<'_>,
+        callable: &Callable,
+        items: Bound<'_, PySequence>,
+        n: usize,
+        size: usize,
+    ) -> PyResult<Py<PyList>> {
+        let slices = Slices {
+            items: items.clone().unbind(),
+            n,
+            size,
+            at: 0,
+            callable: callable.clone(),
+            processes: self.pool.processes(),
+            error: Arc::new(Mutex::new(None)),
+        };
+        let error = slices.error.clone();
+        let mut imap = self
+            .pool
+            .imap_owned(py_batch, slices)
+            .chunk_size(1)
+            .max_in_flight(4 * self.pool.processes());
         let values = PyList::empty(py);
-        while let Some(task) = tasks.0.pop_front() {
-            let (result, _) = task::wait(py, task)?;
+        while let Some(result) = next_result(py, &mut imap, None)? {
             let from = values.len();
             let batch = items.get_slice(from, (from + size).min(n))?;
             match batch::outcomes(py, &self.pool, callable, result, &batch)? {
@@ -77,6 +97,9 @@ impl PyPool {
                     }
                 }
             }
+        }
+        if let Some(e) = lock(&error).take() {
+            return Err(e);
         }
         Ok(values.unbind())
     }
@@ -173,5 +196,43 @@ impl PyPool {
             }
         }
         Ok(outs)
+    }
+}
+
+/// The batches of a sequence, sliced and pickled as corral pulls them (on
+/// the thread waiting for the results, which takes the GIL for it).
+struct Slices {
+    items: Py<PySequence>,
+    n: usize,
+    size: usize,
+    /// The first item of the next batch.
+    at: usize,
+    callable: Callable,
+    processes: usize,
+    /// Why a batch could not be made, raised after the batches before it.
+    error: Arc<Mutex<Option<PyErr>>>,
+}
+
+impl Iterator for Slices {
+    type Item = Call;
+
+    fn next(&mut self) -> Option<Call> {
+        if self.at >= self.n {
+            return None;
+        }
+        let (from, to) = (self.at, (self.at + self.size).min(self.n));
+        self.at = to;
+        let carry = batch::carries(&self.callable, from / self.size, self.processes);
+        Python::attach(|py| {
+            let batch = self.items.bind(py).get_slice(from, to);
+            match batch.and_then(|batch| self.callable.batch(&batch, carry)) {
+                Ok(call) => Some(call),
+                Err(e) => {
+                    self.at = self.n;
+                    *lock(&self.error) = Some(e);
+                    None
+                }
+            }
+        })
     }
 }

@@ -75,6 +75,28 @@ def test_ctrl_c_during_imap_raises_and_cancels_the_rest(script):
     assert code == 0
 
 
+def test_ctrl_c_during_a_batched_map_raises_and_cancels_it(script):
+    proc = script(
+        """
+        import corral, tasks
+        if __name__ == "__main__":
+            pool = corral.Pool(1)
+            print("mapping", flush=True)
+            try:
+                pool.map(tasks.nap, [100] * 4, chunksize=2)
+            except KeyboardInterrupt:
+                # The running batch was killed, the other never started.
+                print("interrupted", pool.apply(tasks.square, (3,)), flush=True)
+        """
+    )
+    assert proc.stdout.readline().strip() == "mapping"
+    time.sleep(0.3)  # into the wait for the first batch; bounded by finish()
+    proc.send_signal(signal.SIGINT)
+    code, out, err = finish(proc, timeout=10)
+    assert "interrupted 9" in out, (out, err)
+    assert code == 0
+
+
 def test_functions_and_classes_of_the_main_script_cross_both_ways(script):
     proc = script(
         """
