@@ -1,73 +1,39 @@
-"""Instructions per item from two callgrind runs of `map-profile` (see
-run.sh): per role (the parent's threads, the workers, the fork server) and,
-within each role, per function (exclusive counts), the difference between
-the runs divided by the items the second run mapped more."""
+"""CPU time per item from `perf report --sort comm,sym` of `map-profile`
+(see run.sh): per role (thread name: the parent's main thread, its
+`corral-pool` thread, the `corral-worker`s) and, within each, per function.
+The warm-up and start-up are in the samples too; with 30 maps of 100k
+items they are under 1 %."""
 
 import collections
-import os
 import re
-import subprocess
 import sys
 
-LINE = re.compile(r"^\s*([\d,]+)\s+(?:\([^)]*\)\s+)?(.+?)\s*$")
-
-
-def functions(path):
-    """Exclusive instruction counts by function in one callgrind file."""
-    text = subprocess.run(
-        ["callgrind_annotate", "--threshold=100", "--auto=no", path],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    counts = collections.Counter()
-    started = False
-    for line in text.splitlines():
-        if "file:function" in line:
-            started = True
-            continue
-        m = LINE.match(line)
-        if started and m:
-            name = re.sub(r"\s*\[[^\]]*\]$", "", m.group(2))
-            name = name.split(":", 1)[-1]
-            counts[name] += int(m.group(1).replace(",", ""))
-    return counts
-
-
-def roles(run):
-    """{role: Counter} for one run's directory."""
-    pids = {}
-    for line in open(os.path.join(run, "stdout")):
-        key, _, rest = line.partition(" ")
-        for pid in rest.split():
-            pids[pid] = key
-    out = collections.defaultdict(collections.Counter)
-    for name in sorted(os.listdir(run)):
-        m = re.match(r"cg\.(\d+)(?:-(\d+))?$", name)
-        if not m:
-            continue
-        pid, thread = m.group(1), int(m.group(2) or 1)
-        role = pids.get(pid, "server")
-        if role == "parent":
-            role = "parent, main thread" if thread == 1 else "parent, pool threads"
-        elif role == "workers":
-            role = "workers (both)"
-        out[role] += functions(os.path.join(run, name))
-    return out
+LINE = re.compile(r"^\s*([\d.]+)%\s+(\S+)\s+\[(.)\]\s+(.+?)\s*$")
 
 
 def main():
-    before, after, items = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    a, b = roles(before), roles(after)
+    report, freq, items = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    cpu_ns = None
+    rows = collections.defaultdict(list)
+    for line in open(report):
+        # The CPU clock's event count is in nanoseconds.
+        m = re.search(r"Event count \(approx.\): (\d+)", line)
+        if m:
+            cpu_ns = int(m.group(1))
+        m = LINE.match(line)
+        if m:
+            pct, comm, kind, sym = float(m.group(1)), m.group(2), m.group(3), m.group(4)
+            rows[comm].append((pct, "[kernel] " + sym if kind == "k" else sym))
+    ns_per_pct = cpu_ns / 100 / items
     total = 0.0
-    for role in sorted(b):
-        diff = b[role].copy()
-        diff.subtract(a.get(role, collections.Counter()))
-        per_item = sum(diff.values()) / items
-        total += per_item
-        print(f"\n{role}: {per_item:.0f} instructions per item")
-        for name, count in diff.most_common(12):
-            if count / items >= 1:
-                print(f"  {count / items:8.1f}  {name[:110]}")
-    print(f"\nall: {total:.0f} instructions per item")
+    for comm, entries in sorted(rows.items(), key=lambda kv: -sum(p for p, _ in kv[1])):
+        role = sum(p for p, _ in entries) * ns_per_pct
+        total += role
+        print(f"\n{comm}: {role:.0f} ns per item (functions above 0.3 % of all samples)")
+        for pct, sym in sorted(entries, reverse=True)[:14]:
+            print(f"  {pct * ns_per_pct:6.1f} ns  {sym[:100]}")
+    print(f"\nall roles: {total:.0f} ns of CPU per item in the functions shown, "
+          f"{cpu_ns / items:.0f} ns in all (sampled at {freq} Hz)")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ fn main() {
     let chunk: Option<usize> = args.next().map(|a| a.parse().expect("CHUNK"));
     let pool = corral::Pool::new(2).expect("pool");
     pool.map(square, 0..1000u64).expect("warm-up");
+    let start = std::time::Instant::now();
     for _ in 0..rounds {
         let out = match chunk {
             Some(c) => pool.map_chunked(square, 0..items, c),
@@ -24,6 +25,8 @@ fn main() {
         };
         assert_eq!(out.expect("map").len() as u64, items);
     }
+    let rate = (items as f64 * rounds as f64) / start.elapsed().as_secs_f64();
+    println!("rate {:.1} M items/s", rate / 1e6);
     let workers: Vec<String> = pool.workers().iter().map(|w| w.pid.to_string()).collect();
     println!("parent {}", std::process::id());
     println!("workers {}", workers.join(" "));
