@@ -34,7 +34,10 @@ impl PyPool {
         (size > 1).then_some(size)
     }
 
-    /// `map` in batches of `size` items, in order.
+    /// `map` in batches of `size` items, in order, through a lazy `imap`:
+    /// batches are pickled as corral sends them out, four a worker in
+    /// flight, each dispatched on its own (a worker that runs slow takes
+    /// fewer), and their values are taken in order.
     pub(crate) fn map_batched(
         &self,
         py: Python<'_>,
@@ -43,31 +46,7 @@ impl PyPool {
         n: usize,
         size: usize,
     ) -> PyResult<Py<PyList>> {
-        // Lists, tuples and ranges are sliced as they are (a slice of a
-        // range pickles in a few bytes); other sequences are listed first.
-        let items = if items.is_exact_instance_of::<PyList>()
-            || items.is_exact_instance_of::<PyTuple>()
-            || items.is_exact_instance_of::<PyRange>()
-        {
-            items.cast_into::<PySequence>()?
-        } else {
-            items.cast::<PySequence>()?.to_list()?.into_sequence()
-        };
-        self.map_windowed(py, callable, items, n, size)
-    }
-
-    /// `map` in batches through a lazy `imap`: batches are pickled as
-    /// corral sends them out, four a worker in flight, each dispatched on
-    /// its own (a worker that runs slow takes fewer), and their values are
-    /// taken in order.
-    fn map_windowed(
-        &self,
-        py: Python<'_>,
-        callable: &Callable,
-        items: Bound<'_, PySequence>,
-        n: usize,
-        size: usize,
-    ) -> PyResult<Py<PyList>> {
+        let items = sliceable(items)?;
         let slices = Slices {
             items: items.clone().unbind(),
             n,
@@ -196,6 +175,19 @@ impl PyPool {
             }
         }
         Ok(outs)
+    }
+}
+
+/// `items` as a sequence to slice: lists, tuples and ranges as they are (a
+/// slice of a range pickles in a few bytes), other sequences listed first.
+fn sliceable(items: Bound<'_, PyAny>) -> PyResult<Bound<'_, PySequence>> {
+    if items.is_exact_instance_of::<PyList>()
+        || items.is_exact_instance_of::<PyTuple>()
+        || items.is_exact_instance_of::<PyRange>()
+    {
+        Ok(items.cast_into::<PySequence>()?)
+    } else {
+        Ok(items.cast::<PySequence>()?.to_list()?.into_sequence())
     }
 }
 
