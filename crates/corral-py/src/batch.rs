@@ -33,13 +33,14 @@ pub(crate) enum Outcomes<'py> {
     Each(Vec<PyResult<Py<PyAny>>>),
 }
 
-/// The outcomes of the batch of `items` from the batch's `result`.
+/// The outcomes of a batch from its `result`. `items` gives the batch's
+/// items, asked for only if they must run again one by one.
 pub(crate) fn outcomes<'py>(
     py: Python<'py>,
     pool: &Pool,
     callable: &Callable,
     result: Result<Out, TaskError>,
-    items: &Bound<'py, PyAny>,
+    items: &dyn Fn() -> PyResult<Bound<'py, PyAny>>,
 ) -> PyResult<Outcomes<'py>> {
     match result {
         Ok(Out::Batch(bytes, failed)) => {
@@ -68,7 +69,7 @@ pub(crate) fn outcomes<'py>(
             | TaskError::MemoryExceeded(_)
             | TaskError::Lost(_)
             | TaskError::Codec(_),
-        ) => each(py, pool, callable, items).map(Outcomes::Each),
+        ) => each(py, pool, callable, &items()?).map(Outcomes::Each),
         Err(e) => Err(task::task_error(py, &e, None)),
     }
 }

@@ -222,6 +222,7 @@ impl PyImap {
                 return Ok(Step::End);
             };
             let items = items.into_bound(py).into_any();
+            let items = || Ok(items.clone());
             match batch::outcomes(py, &self.pool, &self.callable, result, &items)? {
                 Outcomes::Values(values) => {
                     for value in values.try_iter()? {

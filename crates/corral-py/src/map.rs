@@ -65,7 +65,7 @@ impl PyPool {
         let values = PyList::empty(py);
         while let Some(result) = next_result(py, &mut imap, None)? {
             let from = values.len();
-            let batch = items.get_slice(from, (from + size).min(n))?;
+            let batch = || Ok(items.get_slice(from, (from + size).min(n))?.into_any());
             match batch::outcomes(py, &self.pool, callable, result, &batch)? {
                 Outcomes::Values(list) => {
                     values.call_method1(intern!(py, "extend"), (list,))?;

@@ -121,12 +121,12 @@ impl PyPool {
     fn map(
         &self,
         py: Python<'_>,
-        func: PyRef<'_, PyFunc>,
+        func: &Bound<'_, PyAny>,
         mode: u8,
         items: &Bound<'_, PyAny>,
         chunksize: Option<usize>,
     ) -> PyResult<Py<PyList>> {
-        let callable = Callable::new(&func, self::mode(mode)?);
+        let callable = Callable::new(PyFunc::of(func)?.get(), self::mode(mode)?);
         if chunksize == Some(0) {
             return Err(PyValueError::new_err("chunksize must be at least 1"));
         }
@@ -180,13 +180,13 @@ impl PyPool {
     #[pyo3(signature = (func, mode, items, ordered, chunksize=None))]
     fn imap(
         &self,
-        func: PyRef<'_, PyFunc>,
+        func: &Bound<'_, PyAny>,
         mode: u8,
         items: &Bound<'_, PyAny>,
         ordered: bool,
         chunksize: Option<usize>,
     ) -> PyResult<PyImap> {
-        let callable = Callable::new(&func, self::mode(mode)?);
+        let callable = Callable::new(PyFunc::of(func)?.get(), self::mode(mode)?);
         PyImap::new(&self.pool, callable, items, ordered, chunksize)
     }
 
@@ -263,7 +263,7 @@ impl PyPool {
     ) -> PyResult<corral::Task<Out>> {
         let func = PyFunc::of(func)?;
         let (mode, arg) = packed(args, kwargs)?;
-        let call = Callable::new(&func.borrow(), mode).call(&arg)?;
+        let call = Callable::new(func.get(), mode).call(&arg)?;
         let timeout = seconds(timeout, "timeout")?;
         Ok(self.submit_call(py, py_job, call, timeout))
     }

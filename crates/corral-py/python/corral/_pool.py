@@ -124,12 +124,12 @@ class Pool:
         ``task_timeout`` (each item's own limit), every item is a task of its
         own."""
         self._check()
-        return self._pool.map(_support.dump_function(func), _ONE, iterable, chunksize)
+        return self._pool.map(func, _ONE, iterable, chunksize)
 
     def starmap(self, func, iterable, chunksize=None):
         """``[func(*args) for args in iterable]`` in the workers, in order."""
         self._check()
-        return self._pool.map(_support.dump_function(func), _STAR, (tuple(a) for a in iterable), chunksize)
+        return self._pool.map(func, _STAR, (tuple(a) for a in iterable), chunksize)
 
     def imap(self, func, iterable, chunksize=None):
         """A lazy iterator of ``func(x)`` in input order: input is pulled as
@@ -139,13 +139,13 @@ class Pool:
         :meth:`map` (four batches a worker pulled ahead); otherwise each item
         is a task of its own, in corral's automatic chunks."""
         self._check()
-        return self._pool.imap(_support.dump_function(func), _ONE, iterable, True, chunksize)
+        return self._pool.imap(func, _ONE, iterable, True, chunksize)
 
     def imap_unordered(self, func, iterable, chunksize=None):
         """As :meth:`imap`, in the order results arrive; each item is a task
         of its own, in chunks of ``chunksize`` (automatic by default)."""
         self._check()
-        return self._pool.imap(_support.dump_function(func), _ONE, iterable, False, chunksize)
+        return self._pool.imap(func, _ONE, iterable, False, chunksize)
 
     def close(self):
         """Accepts no more tasks; submitted ones still run."""
