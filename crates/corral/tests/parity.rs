@@ -925,6 +925,12 @@ fn map_pod_maps_plain_data_in_shared_memory() {
     let norms = pool.map_pod(norm2, &points).unwrap();
     assert_eq!(norms[3], 10.0);
     assert_eq!(pool.map_pod(square_u64, &[]), Ok(vec![]));
+    // Past 8 MiB the copies in and out are split among threads: every
+    // part, the short last one too, lands where it belongs.
+    let big: Vec<u64> = (0..3_000_017).collect();
+    let out = pool.map_pod(square_u64, &big).unwrap();
+    assert_eq!(out.len(), big.len());
+    assert!(out.iter().zip(&big).all(|(o, x)| *o == x.wrapping_mul(*x)));
     // A panic fails the call; a crash too, and the pool goes on.
     let err = pool.map_pod(pod_fails_at, &xs[..800_000]).unwrap_err();
     assert_eq!(err.panic().unwrap().message, "bad item 777777");

@@ -85,6 +85,7 @@ pub(crate) mod callback;
 mod core;
 pub(crate) mod engine;
 mod life;
+mod pod;
 mod task;
 mod worker;
 
@@ -757,95 +758,6 @@ impl Pool {
             sink.truncate(count);
         }
         Some(sink)
-    }
-
-    /// [`map`](Pool::map) for plain data, without encoding: the items are
-    /// copied once into shared memory, each worker applies `f` to its
-    /// ranges in place and writes the results to a shared output, which is
-    /// copied out once (joblib's memory mapping, for `bytemuck::Pod` types).
-    /// The pool's supervision is the same, per range: a range whose worker
-    /// dies, panics or runs past the task timeout fails the call with that
-    /// error; the others are not redone.
-    ///
-    /// # Errors
-    ///
-    /// The first failing range's [`TaskError`], in input order;
-    /// [`TaskError::Codec`] if shared memory cannot be created.
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// fn square(x: f64) -> f64 { x * x }
-    /// corral::init();
-    /// let pool = corral::Pool::new(2).unwrap();
-    /// let xs: Vec<f64> = (0..1_000_000).map(|i| i as f64).collect();
-    /// let squares = pool.map_pod(square, &xs).unwrap();
-    /// assert_eq!(squares[1_000], 1e6);
-    /// ```
-    #[doc(alias = "memmap")]
-    pub fn map_pod<A, R>(&self, f: fn(A) -> R, items: &[A]) -> Result<Vec<R>, TaskError>
-    where
-        A: bytemuck::Pod + Send,
-        R: bytemuck::Pod + Send,
-    {
-        if items.is_empty() {
-            return Ok(Vec::new());
-        }
-        if !self.shared.shares_memory() {
-            return Err(TaskError::InvalidArgument(
-                "map_pod shares memory with the workers, which a cluster pool cannot: use map"
-                    .into(),
-            ));
-        }
-        let shared =
-            |e: Error| TaskError::Codec(format!("placing the items in shared memory: {e}"));
-        let in_bytes: &[u8] = bytemuck::cast_slice(items);
-        let input = self.shared.scratch(in_bytes.len()).map_err(shared)?;
-        let output = self
-            .shared
-            .scratch(items.len() * std::mem::size_of::<R>())
-            .map_err(shared)?;
-        input.store_bytes_at(0, in_bytes);
-        let n = items.len();
-        let chunks = 4 * self.processes();
-        let per = self.fit_quota(n.div_ceil(chunks)) as u64;
-        let ranges: Vec<(u64, u64)> = (0..n as u64)
-            .step_by(per as usize)
-            .map(|start| (start, per.min(n as u64 - start)))
-            .collect();
-        let sink = Arc::new(MapSink::<()>::new(ranges.len(), None));
-        let dyn_sink: Arc<dyn Sink> = sink.clone();
-        let (entry, func) = (worker::pod_entry_offset::<A, R>(), func_offset(f));
-        // One range a job: a worker's results for a range reach the others'
-        // sooner, and a failure fails only its range.
-        let mut jobs: Vec<Job> = Vec::with_capacity(ranges.len());
-        for (index, &(start, len)) in ranges.iter().enumerate() {
-            let fds = input.dup_fd().and_then(|i| Ok((i, output.dup_fd()?)));
-            let (i, o) = fds.map_err(|e| {
-                TaskError::Codec(format!("duplicating map_pod's shared arrays: {e}"))
-            })?;
-            let mut job = Job::new(entry, func, 1, dyn_sink.clone());
-            let chunk = worker::PodChunk::<A, R> {
-                input: worker::RegionFd(i),
-                output: worker::RegionFd(o),
-                start,
-                len,
-                types: PhantomData,
-            };
-            add_item(&mut job, index as u32, &chunk);
-            jobs.push(job);
-        }
-        self.shared.submit(jobs);
-        let outcome = sink.wait(&*self.shared).map(|_| {
-            let mut results = vec![R::zeroed(); n];
-            output.load_bytes_into(0, bytemuck::cast_slice_mut(&mut results));
-            results
-        });
-        // Ranges that failed may still be written by no one: every item has
-        // ended, so the scratch space is free again.
-        self.shared.return_scratch(input);
-        self.shared.return_scratch(output);
-        outcome
     }
 
     /// Runs `f` on the items lazily and yields the outcomes in input order.
