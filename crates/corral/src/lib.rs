@@ -382,6 +382,7 @@ pub mod pool;
 mod process;
 pub mod queue;
 pub mod shared;
+mod spin;
 mod start;
 pub mod sync;
 mod sys;

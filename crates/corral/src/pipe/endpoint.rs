@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::spin::SpinBudget;
 use crate::wire::{self, FrameReader, Progress};
 use crate::{Error, RecvError, SendError, WireError, sys};
 
@@ -16,7 +17,7 @@ use crate::{Error, RecvError, SendError, WireError, sys};
 /// large buffers let a 1 MiB message cross in few system calls.
 const SOCKET_BUFFER: usize = 4 << 20;
 
-/// How long a receiver watches for a message before it sleeps.
+/// Longest a receiver watches for a message before it sleeps.
 const SPIN: Duration = Duration::from_micros(100);
 
 /// Makes pipes. See the [module docs](crate::pipe).
@@ -91,6 +92,8 @@ struct Endpoint {
     fd: OwnedFd,
     send_lock: Mutex<()>,
     recv: Mutex<RecvState>,
+    /// How long a receive watches before it sleeps, learnt.
+    watch: SpinBudget,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -120,6 +123,7 @@ impl Endpoint {
             fd,
             send_lock: Mutex::new(()),
             recv: RecvState::new(),
+            watch: SpinBudget::new(SPIN),
         }
     }
 
@@ -132,6 +136,7 @@ impl Endpoint {
             fd,
             send_lock: Mutex::new(()),
             recv: RecvState::new(),
+            watch: SpinBudget::new(SPIN),
         })
     }
 
@@ -158,20 +163,32 @@ impl Endpoint {
     fn recv_frame_until(&self, deadline: Option<Instant>) -> Result<Frame, RecvError> {
         // A reply usually comes within a few tens of microseconds; watching
         // for it that long is far cheaper than sleeping and being woken
-        // (35-60 µs across CPUs on small VMs). Then sleep in poll.
-        let spin_until = Instant::now() + SPIN;
+        // (35-60 µs across CPUs on small VMs), while the sender has a CPU
+        // (see `SpinBudget`). Then sleep in poll.
+        if let Some(frame) = self.try_frame()? {
+            return Ok(frame);
+        }
+        let start = Instant::now();
+        let watch_until = self.watch.watch_until(start);
+        let mut slept = false;
         loop {
             if let Some(frame) = self.try_frame()? {
+                if slept {
+                    self.watch.missed();
+                } else {
+                    self.watch.caught(start.elapsed());
+                }
                 return Ok(frame);
             }
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
                 return Err(RecvError::Timeout);
             }
-            if now < spin_until {
+            if now < watch_until {
                 std::hint::spin_loop();
                 continue;
             }
+            slept = true;
             let left = deadline.map(|d| d.saturating_duration_since(now));
             sys::poll_readable(&[self.fd.as_fd()], left).map_err(RecvError::Io)?;
         }
@@ -256,6 +273,7 @@ impl<'de> Deserialize<'de> for Endpoint {
             fd,
             send_lock: Mutex::new(()),
             recv: RecvState::new(),
+            watch: SpinBudget::new(SPIN),
         })
     }
 }
