@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use super::callback::Callbacks;
 use super::life::{Action, Event, Life, Retire, Why};
 use super::worker::{self, BatchMsg, InitMsg, JobMsg, RegionFd, WorkerBoot};
-use crate::spin::SpinBudget;
 use crate::sys::{self, SharedRegion};
 use crate::wire::{self, FrameReader, Progress};
 use crate::{
@@ -524,8 +523,6 @@ pub(super) struct Shared {
     /// Shared byte arrays `map_pod` reuses (their pages, once touched, stay
     /// mapped: a fresh mapping costs a page fault per 4 KiB).
     scratch: Mutex<Vec<crate::RawArray<u8>>>,
-    /// How long a thread waiting for a result spins first, learnt.
-    watch: SpinBudget,
 }
 
 fn now_ns() -> u64 {
@@ -561,7 +558,6 @@ impl Shared {
             callbacks: Callbacks::default(),
             chunk_hints: Mutex::new(std::collections::HashMap::new()),
             scratch: Mutex::new(Vec::new()),
-            watch: SpinBudget::new(SPIN),
         });
         {
             let mut core = shared.lock();
@@ -666,8 +662,7 @@ impl Shared {
         }
     }
 
-    /// Spins for a short while (at most [`SPIN`], as long as spinning has
-    /// lately paid: see [`SpinBudget`]; or until `deadline`), reading
+    /// Spins for a short while ([`SPIN`], or until `deadline`), reading
     /// results itself, until `ready` holds; returns whether it does. The
     /// caller sleeps afterwards if it must.
     pub(super) fn help_until(
@@ -675,26 +670,17 @@ impl Shared {
         deadline: Option<Instant>,
         mut ready: impl FnMut() -> bool,
     ) -> bool {
-        if ready() {
-            return true;
-        }
-        let start = Instant::now();
-        let spin = self.watch.watch_until(start);
+        let spin = Instant::now() + SPIN;
         let until = deadline.map_or(spin, |d| d.min(spin));
         loop {
+            if ready() {
+                return true;
+            }
             if let Some(mut core) = self.try_lock() {
                 self.pump(&mut core);
             }
-            if ready() {
-                self.watch.caught(start.elapsed());
-                return true;
-            }
             if Instant::now() >= until {
-                // The caller sleeps now (or its deadline has come).
-                if spin <= until {
-                    self.watch.missed();
-                }
-                return false;
+                return ready();
             }
             std::hint::spin_loop();
         }
