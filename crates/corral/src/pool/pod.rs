@@ -17,6 +17,10 @@ impl Pool {
     /// dies, panics or runs past the task timeout fails the call with that
     /// error; the others are not redone.
     ///
+    /// A copy of more than 8 MiB is split among short-lived threads, one per
+    /// worker at most: writing fresh memory costs a page fault every 4 KiB,
+    /// and threads take them in parallel (as rayon's `collect` does).
+    ///
     /// # Errors
     ///
     /// The first failing range's [`TaskError`], in input order;
