@@ -269,6 +269,30 @@ fn big_arguments_and_results_cross_both_ways_at_once() {
     still_works(&pool);
 }
 
+/// Results of every size in one batch: small ones by the shared ring, some
+/// that find it full or are too large for it by the socket; each arrives
+/// once, whole, in its place, while the ring wraps around many times.
+#[test]
+fn results_of_every_size_arrive_whole_and_in_place() {
+    fn sized(i: u64) -> Vec<u8> {
+        let len = match i % 5 {
+            0 => 0,
+            1 => 9,
+            2 => 70 << 10,
+            3 => 300 << 10,
+            _ => (1 << 20) + 17,
+        };
+        vec![i as u8; len]
+    }
+    let pool = Pool::new(2).unwrap();
+    let outputs = pool.map(sized, 0..200u64).unwrap();
+    assert_eq!(outputs.len(), 200);
+    for (i, out) in outputs.iter().enumerate() {
+        assert_eq!(out, &sized(i as u64), "item {i}");
+    }
+    still_works(&pool);
+}
+
 #[test]
 fn a_task_over_the_memory_limit_fails_alone() {
     let limit = 256 << 20;

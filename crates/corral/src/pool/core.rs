@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use super::callback::Callbacks;
 use super::life::{Action, Event, Life, Retire, Why};
+use super::results;
 use super::worker::{self, BatchMsg, InitMsg, JobMsg, RegionFd, WorkerBoot};
 use crate::sys::{self, SharedRegion};
 use crate::wire::{self, FrameReader, Progress};
@@ -317,6 +318,8 @@ struct InFlight {
     remaining: usize,
     /// Whether any item has a time limit (the worker then stamps starts).
     timed: bool,
+    /// Its end was read (see `Shared::end_batches`).
+    ended: bool,
 }
 
 impl InFlight {
@@ -342,6 +345,10 @@ struct Worker {
     read_done: bool,
     /// Frames read while a send was blocked, not yet handled.
     backlog: Vec<Vec<u8>>,
+    /// Frames read from its socket (see `WorkerHead::frames_sent`).
+    frames_read: u64,
+    /// Where its ring's new entries are copied (kept for its capacity).
+    ring_copy: Vec<u8>,
     region: SharedRegion,
     inflight: VecDeque<InFlight>,
     /// Where it is in its life: the one place that says what it may do.
@@ -515,6 +522,8 @@ pub(super) struct Shared {
     changed: Condvar,
     /// Wakes the dispatcher thread.
     wake: OwnedFd,
+    /// The region shared with every worker ([`worker::PoolHead`]).
+    region: SharedRegion,
     pub(super) config: Config,
     /// Where done callbacks run.
     pub(super) callbacks: Callbacks,
@@ -533,6 +542,8 @@ impl Shared {
     /// Starts the workers; the dispatcher thread is started by the caller.
     pub(super) fn new(config: Config) -> Result<Arc<Shared>, Error> {
         let wake = sys::eventfd().map_err(Error::io("creating the pool's wake-up eventfd"))?;
+        let region = SharedRegion::create(c"corral-pool", size_of::<worker::PoolHead>())
+            .map_err(Error::io("creating the pool's shared memory"))?;
         let shared = Arc::new(Shared {
             core: Mutex::new(Core {
                 pending: VecDeque::new(),
@@ -554,6 +565,7 @@ impl Shared {
             }),
             changed: Condvar::new(),
             wake,
+            region,
             config,
             callbacks: Callbacks::default(),
             chunk_hints: Mutex::new(std::collections::HashMap::new()),
@@ -664,25 +676,46 @@ impl Shared {
 
     /// Spins for a short while ([`SPIN`], or until `deadline`), reading
     /// results itself, until `ready` holds; returns whether it does. The
-    /// caller sleeps afterwards if it must.
+    /// caller sleeps afterwards if it must. While it spins, workers publish
+    /// outcomes in their rings without a word on their sockets.
     pub(super) fn help_until(
         &self,
         deadline: Option<Instant>,
         mut ready: impl FnMut() -> bool,
     ) -> bool {
+        if ready() {
+            return true;
+        }
         let spin = Instant::now() + SPIN;
         let until = deadline.map_or(spin, |d| d.min(spin));
-        loop {
+        self.watching().fetch_add(1, Ordering::SeqCst);
+        let done = loop {
             if ready() {
-                return true;
+                break true;
             }
             if let Some(mut core) = self.try_lock() {
                 self.pump(&mut core);
             }
             if Instant::now() >= until {
-                return ready();
+                break false;
             }
             std::hint::spin_loop();
+        };
+        self.stop_watching();
+        done || ready()
+    }
+
+    fn watching(&self) -> &std::sync::atomic::AtomicU64 {
+        &self.region.layout::<worker::PoolHead>().watching
+    }
+
+    /// Ends a watch; the last watcher out reads what workers published
+    /// without announcing it (they saw it watching).
+    fn stop_watching(&self) {
+        if self.watching().fetch_sub(1, Ordering::SeqCst) == 1 {
+            // Paired with the fence in the worker's `Recorder::announce`.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            self.pump(&mut self.lock());
         }
     }
 
@@ -692,7 +725,7 @@ impl Shared {
         let mut progress = false;
         for i in 0..core.workers.len() {
             if !core.workers[i].inflight.is_empty() {
-                progress |= self.read_worker(core, i);
+                progress |= self.read_worker(core, i, false);
             }
         }
         // Hands out work and wakes threads waiting for a change; a timed
@@ -704,31 +737,38 @@ impl Shared {
         }
     }
 
-    /// Reads and handles everything worker `i` has sent; true if any frame.
-    /// Reads whatever the worker's state: a worker that can no longer be
-    /// sent to may still have results (or its READY frame) to read.
-    fn read_worker(&self, core: &mut Core, i: usize) -> bool {
-        let mut frames = std::mem::take(&mut core.workers[i].backlog);
-        let mut eof = false;
-        {
+    /// Reads and handles everything worker `i` has sent or published; true
+    /// if anything. Reads whatever the worker's state: a worker that can no
+    /// longer be sent to may still have results (or its READY frame) to
+    /// read. Its socket is read if `force`, or if it sent frames not read
+    /// yet.
+    fn read_worker(&self, core: &mut Core, i: usize, force: bool) -> bool {
+        let mut any = false;
+        // A batch whose end was read with items missing gets a second look
+        // at both channels: whatever the worker sent before the end is
+        // readable by then.
+        for last in [false, true] {
             let w = &mut core.workers[i];
-            while !w.read_done {
-                match w.reader.read_from(w.sock.as_fd()) {
-                    Ok(Progress::Frame(frame)) => frames.push(frame),
-                    Ok(Progress::Pending) => break,
-                    Ok(Progress::Eof) | Err(_) => {
-                        w.read_done = true;
-                        eof = true;
-                    }
-                }
+            let (frames, eof) = take_frames(w, force || last);
+            let mut ring = std::mem::take(&mut w.ring_copy);
+            ring.clear();
+            let drained = results::drain(worker::ring(&w.region), &mut ring);
+            any |= !frames.is_empty() || drained == Ok(true);
+            for frame in frames {
+                self.handle_frame(core, i, &frame);
             }
-        }
-        let any = !frames.is_empty();
-        for frame in frames {
-            self.handle_frame(core, i, &frame);
-        }
-        if eof {
-            core.workers[i].apply(Event::Eof, Instant::now());
+            match drained {
+                Ok(true) => self.take_entries(core, i, &ring),
+                Ok(false) => {}
+                Err(()) => self.kill_worker(core, i),
+            }
+            core.workers[i].ring_copy = ring;
+            if eof {
+                core.workers[i].apply(Event::Eof, Instant::now());
+            }
+            if self.end_batches(core, i, last) {
+                break;
+            }
         }
         any
     }
@@ -738,7 +778,6 @@ impl Shared {
             return self.kill_worker(core, i);
         };
         let seq = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
-        let done = header[8] == 1;
         let body = &frame[worker::FRAME_HEADER..];
         match seq {
             worker::SEQ_READY => {
@@ -754,8 +793,8 @@ impl Shared {
                 core.early_deaths = 0;
             }
             worker::SEQ_INIT_FAILED => {
-                let why = match worker::records(body).next() {
-                    Some(r) if r.tag == worker::TAG_PANIC => {
+                let why = match results::entries(body).next() {
+                    Some(r) if r.tag == results::TAG_PANIC => {
                         match postcard::from_bytes::<RemotePanic>(r.body) {
                             Ok(p) => format!("it panicked: {p}"),
                             Err(_) => "it panicked".to_owned(),
@@ -766,34 +805,70 @@ impl Shared {
                 };
                 self.break_pool(core, TaskError::InitializerFailed(why));
             }
-            _ => {
-                let Core {
-                    workers,
-                    stats,
-                    outstanding,
-                    ..
-                } = core;
-                let w = &mut workers[i];
-                let Some(front) = w.inflight.front_mut().filter(|b| b.seq == seq) else {
-                    // Out of order: the worker is not the one we started.
-                    return self.kill_worker(core, i);
-                };
-                let before = (stats.completed, stats.failed);
-                deliver_records(front, worker::records(body), stats, outstanding);
-                w.completed += stats.completed - before.0;
-                w.failed += stats.failed - before.1;
-                if done {
-                    let batch = w.inflight.pop_front().expect("the front batch");
-                    if w.inflight.is_empty() {
-                        w.idle_since = Some(Instant::now());
-                    }
-                    if batch.remaining > 0 {
-                        let error = TaskError::Codec("the worker skipped the item".into());
-                        fail_missing(&batch, &error, stats, outstanding);
-                    }
-                }
+            worker::SEQ_WAKE => {}
+            worker::SEQ_RESULTS => self.take_entries(core, i, body),
+            _ => self.kill_worker(core, i),
+        }
+    }
+
+    /// Hands the outcomes among `entries` to their batches' sinks and marks
+    /// the batches whose end they hold.
+    fn take_entries(&self, core: &mut Core, i: usize, entries: &[u8]) {
+        let Core {
+            workers,
+            stats,
+            outstanding,
+            ..
+        } = core;
+        let w = &mut workers[i];
+        let mut entries = results::entries(entries).peekable();
+        while let Some(first) = entries.peek() {
+            let seq = first.seq;
+            let Some(batch) = w.inflight.iter_mut().find(|b| b.seq == seq) else {
+                // A batch it was never given: not the worker we started.
+                return self.kill_worker(core, i);
+            };
+            if first.tag == results::TAG_DONE {
+                batch.ended = true;
+                entries.next();
+                continue;
+            }
+            let before = (stats.completed, stats.failed);
+            let run = std::iter::from_fn(|| {
+                entries.next_if(|e| e.seq == seq && e.tag != results::TAG_DONE)
+            });
+            deliver_records(batch, run, stats, outstanding);
+            w.completed += stats.completed - before.0;
+            w.failed += stats.failed - before.1;
+        }
+    }
+
+    /// Retires worker `i`'s batches whose end was read; false, retiring
+    /// none, if one of them misses items and this is not the `last` look.
+    fn end_batches(&self, core: &mut Core, i: usize, last: bool) -> bool {
+        let Core {
+            workers,
+            stats,
+            outstanding,
+            ..
+        } = core;
+        let w = &mut workers[i];
+        if !last && w.inflight.iter().any(|b| b.ended && b.remaining > 0) {
+            return false;
+        }
+        let mut ended = false;
+        while let Some(k) = w.inflight.iter().position(|b| b.ended) {
+            let batch = w.inflight.remove(k).expect("a batch");
+            ended = true;
+            if batch.remaining > 0 {
+                let error = TaskError::Codec("the worker skipped the item".into());
+                fail_missing(&batch, &error, stats, outstanding);
             }
         }
+        if ended && w.inflight.is_empty() {
+            w.idle_since = Some(Instant::now());
+        }
+        true
     }
 
     /// Kills worker `i`, whose channel spoke nonsense (its death is handled
@@ -944,13 +1019,16 @@ impl Shared {
             .map_err(Error::io("configuring a worker channel"))?;
         let region = SharedRegion::create(c"corral-pool-worker", worker::REGION_BYTES)
             .map_err(Error::io("creating a worker's shared memory"))?;
-        let region_fd = region
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(Error::io("duplicating a descriptor"))?;
+        let dup = |r: &SharedRegion| {
+            r.as_fd()
+                .try_clone_to_owned()
+                .map(RegionFd)
+                .map_err(Error::io("duplicating a descriptor"))
+        };
         let boot = WorkerBoot {
             conn: Connection::from(theirs),
-            region: RegionFd(region_fd),
+            region: dup(&region)?,
+            pool: dup(&self.region)?,
             identity: sys::executable_identity().to_vec(),
             init: self.config.init.clone(),
             memory_limit: self.config.memory_limit,
@@ -979,6 +1057,8 @@ impl Shared {
             sock: Arc::new(ours),
             reader: FrameReader::new(wire::MAX_FRAME),
             backlog: Vec::new(),
+            frames_read: 0,
+            ring_copy: Vec::new(),
             read_done: false,
             region,
             inflight: VecDeque::new(),
@@ -1215,7 +1295,7 @@ impl Shared {
     /// work.
     fn service(&self, core: &mut Core, dead: &[u64]) {
         for i in 0..core.workers.len() {
-            self.read_worker(core, i);
+            self.read_worker(core, i, true);
         }
         for id in dead {
             if let Some(i) = core.workers.iter().position(|w| w.id == *id) {
@@ -1333,9 +1413,9 @@ impl Shared {
     /// Handles the death of worker `i`: keeps finished results, fails the
     /// item that was running, requeues the rest, counts.
     fn bury(&self, core: &mut Core, i: usize) {
-        // Whatever it wrote before dying is still in the socket, READY
-        // included: read it whatever the worker's state.
-        self.read_worker(core, i);
+        // Whatever it wrote before dying is still in the socket or its
+        // ring, READY included: read it whatever the worker's state.
+        self.read_worker(core, i, true);
         let mut w = core.workers.remove(i);
         let death = match w.child.join_in_place() {
             Ok(()) => Death::Exited(ExitStatus::Code(0)),
@@ -1385,10 +1465,6 @@ impl Shared {
         if seq != front.seq {
             return false;
         }
-        let len = (worker::head(&w.region).arena_len.load(Ordering::Acquire) as usize)
-            .min(worker::ARENA_BYTES);
-        let arena = w.region.load_bytes(worker::ARENA_OFFSET, len);
-        deliver_records(front, worker::records(&arena), stats, outstanding);
         let started = worker::head(&w.region).started.load(Ordering::Acquire) as usize;
         let finished = worker::head(&w.region).finished.load(Ordering::Acquire) as usize;
         if started <= finished || started > front.got.len() || front.got[started - 1] {
@@ -1790,8 +1866,32 @@ fn send_batch(
         got: vec![false; total],
         remaining: total,
         timed,
+        ended: false,
     });
     Ok(())
+}
+
+/// Takes the frames of `w` read so far and what its socket holds now (read
+/// only if `socket`, or if it sent frames not read yet); and whether the
+/// socket reached its end.
+fn take_frames(w: &mut Worker, socket: bool) -> (Vec<Vec<u8>>, bool) {
+    let mut frames = std::mem::take(&mut w.backlog);
+    let unread = w.head().frames_sent.load(Ordering::Acquire) != w.frames_read;
+    let mut eof = false;
+    while (socket || unread) && !w.read_done {
+        match w.reader.read_from(w.sock.as_fd()) {
+            Ok(Progress::Frame(frame)) => {
+                w.frames_read += 1;
+                frames.push(frame);
+            }
+            Ok(Progress::Pending) => break,
+            Ok(Progress::Eof) | Err(_) => {
+                w.read_done = true;
+                eof = true;
+            }
+        }
+    }
+    (frames, eof)
 }
 
 /// Writes a frame to the worker; while the socket is full, reads what the
@@ -1804,11 +1904,15 @@ fn send_frame_reading(
     let (header, n) = wire::encode_header(payload.len() as u64);
     let sock = w.sock.as_fd();
     let (reader, backlog, read_done) = (&mut w.reader, &mut w.backlog, &mut w.read_done);
+    let frames_read = &mut w.frames_read;
     wire::send_all_with(sock, &[&header[..n], payload], fds, || {
         let (readable, _) = sys::poll_in_out(sock)?;
         while readable && !*read_done {
             match reader.read_from(sock) {
-                Ok(Progress::Frame(frame)) => backlog.push(frame),
+                Ok(Progress::Frame(frame)) => {
+                    *frames_read += 1;
+                    backlog.push(frame);
+                }
                 Ok(Progress::Pending) => return Ok(()),
                 Ok(Progress::Eof) | Err(_) => *read_done = true,
             }
@@ -1824,7 +1928,7 @@ fn send_frame_reading(
 /// Hands the records of `batch` that have no outcome yet to their sinks.
 fn deliver_records<'a>(
     batch: &mut InFlight,
-    records: impl Iterator<Item = worker::Record<'a>>,
+    records: impl Iterator<Item = results::Entry<'a>>,
     stats: &mut PoolStats,
     outstanding: &mut usize,
 ) {
@@ -1858,15 +1962,15 @@ fn deliver_records<'a>(
                 *remaining -= 1;
                 *outstanding -= 1;
                 let raw = match r.tag {
-                    worker::TAG_VALUE => {
+                    results::TAG_VALUE => {
                         stats.completed += 1;
                         Raw::Value(r.body)
                     }
-                    worker::TAG_PANIC => {
+                    results::TAG_PANIC => {
                         stats.failed += 1;
                         Raw::Panic(r.body)
                     }
-                    worker::TAG_CANCELLED => {
+                    results::TAG_CANCELLED => {
                         count_failure(stats, &TaskError::Cancelled, 1);
                         Raw::Failed(Box::new(TaskError::Cancelled))
                     }

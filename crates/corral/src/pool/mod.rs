@@ -86,6 +86,7 @@ mod core;
 pub(crate) mod engine;
 mod life;
 mod pod;
+mod results;
 mod task;
 mod worker;
 

@@ -4,21 +4,25 @@
 //!
 //! The supervisor sends a *batch* per frame ([`BatchMsg`]): a sequence
 //! number and items, each an entry point, a function, an encoded argument and
-//! a count of descriptors (the frame's `SCM_RIGHTS`, in item order). The
-//! worker answers with *result* frames: `[seq: u64 LE][done: u8]` then
-//! records `[index: u32 LE][tag: u8][len: u32 LE][bytes]`, where `index` is
-//! the item's position in its batch. `done` marks the batch's last frame.
+//! a count of descriptors (the frame's `SCM_RIGHTS`, in item order).
+//!
+//! The worker publishes each outcome as an entry of the results ring in its
+//! shared region (see [`results`]), and a batch's end as a last entry: no
+//! system call. An entry too large for the ring, or one that finds it full,
+//! goes by the socket instead, in a [`SEQ_RESULTS`] frame. At a batch's end,
+//! and when outcomes have waited [`FLUSH_NS`], the worker announces them with
+//! a bare [`SEQ_WAKE`] frame, unless a thread of the supervisor is watching
+//! the rings at that moment ([`PoolHead::watching`]): then nothing is sent,
+//! and the watcher reads them (the last one to leave reads once more).
 //!
 //! # What survives a crash
 //!
-//! Each worker shares a [`SharedRegion`] with its supervisor. Before an item
-//! runs, the worker publishes the batch sequence, how many items it has
-//! started and when the current one started; after it runs, the record is
-//! appended to the region's *arena* before it joins the next result frame.
-//! If the worker dies, whatever killed it, the supervisor reads the arena:
-//! finished items keep their results, the item that was running is the one
-//! that failed, and unstarted items run elsewhere. Records that reached both
-//! the socket and the arena are told apart by their index.
+//! Before an item runs, the worker publishes the batch sequence, how many
+//! items it has started and when the current one started. An entry is
+//! visible only once whole, so when a worker dies, whatever killed it, the
+//! supervisor reads its ring like any other time: finished items keep their
+//! results, the item that was running is the one that failed, and unstarted
+//! items run elsewhere.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +32,7 @@ use std::sync::Arc;
 use bytemuck::Pod;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::results::{self, RingAt, TAG_CANCELLED, TAG_CODEC, TAG_DONE, TAG_PANIC, TAG_VALUE};
 use crate::start::bootstrap;
 use crate::start::orphans::TREE_ENV;
 use crate::sys::code::{Verified, code_pointer};
@@ -36,8 +41,9 @@ use crate::{Connection, Data, wire};
 
 sys::shared_layout! {
     /// The head of a pool worker's shared region: the progress the worker
-    /// publishes and the supervisor reads (also after the worker died), and
-    /// the skip list the supervisor writes. The arena of records follows.
+    /// publishes and the supervisor reads (also after the worker died), the
+    /// positions of its results ring, and the skip list the supervisor
+    /// writes. The ring's bytes follow.
     pub(super) struct WorkerHead {
         /// Sequence number of the batch being run (0: none yet;
         /// [`SEQ_INIT_FAILED`] while the initializer runs).
@@ -46,18 +52,31 @@ sys::shared_layout! {
         pub(super) started: AtomicU64,
         /// When the current item started ([`sys::monotonic_ns`]).
         pub(super) start_ns: AtomicU64,
-        /// Bytes of records in the arena.
-        pub(super) arena_len: AtomicU64,
+        /// Bytes of entries the worker has published in the results ring.
+        pub(super) tail: AtomicU64,
         /// 1 once an allocation failure aborted the worker.
         pub(super) out_of_memory: AtomicU64,
-        /// How many items of the batch have finished (their record written).
+        /// How many items of the batch have finished (their entry written).
         pub(super) finished: AtomicU64,
-        reserved: AtomicU64,
+        /// Bytes of the results ring the supervisor has consumed.
+        pub(super) head: AtomicU64,
+        /// Frames the worker has sent on its socket: the supervisor reads
+        /// the socket only when it has not seen them all (or `poll` says so).
+        pub(super) frames_sent: AtomicU64,
         /// How many entries of `skips` are in use.
         pub(super) skip_count: AtomicU64,
         /// Items the supervisor cancelled after handing them out; the worker
         /// skips them.
         pub(super) skips: [Skip; CANCEL_SLOTS],
+    }
+}
+
+sys::shared_layout! {
+    /// The head of the region a pool shares with all its workers.
+    pub(super) struct PoolHead {
+        /// Threads of the supervisor reading results right now: while there
+        /// are any, workers publish outcomes without a word on the socket.
+        pub(super) watching: AtomicU64,
     }
 }
 
@@ -72,31 +91,35 @@ sys::shared_layout! {
 
 /// Room for that many skip entries.
 pub(super) const CANCEL_SLOTS: usize = 28;
-/// Where the arena starts.
-pub(super) const ARENA_OFFSET: usize = size_of::<WorkerHead>();
-/// Arena capacity: results beyond it are flushed to the socket first.
-pub(super) const ARENA_BYTES: usize = 1 << 20;
+/// Where the results ring starts.
+pub(super) const RING_OFFSET: usize = size_of::<WorkerHead>();
+/// Results ring capacity: an entry that does not fit goes by the socket.
+pub(super) const RING_BYTES: usize = 1 << 20;
 /// Size of a worker's shared region.
-pub(super) const REGION_BYTES: usize = ARENA_OFFSET + ARENA_BYTES;
+pub(super) const REGION_BYTES: usize = RING_OFFSET + RING_BYTES;
 
-/// Result-frame sequence number: the worker is initialized and waiting.
+/// Frame sequence number: the worker is initialized and waiting.
 pub(super) const SEQ_READY: u64 = u64::MAX - 1;
-/// Result-frame sequence number: the initializer failed (one record).
+/// Frame sequence number: the initializer failed (one entry).
 pub(super) const SEQ_INIT_FAILED: u64 = u64::MAX;
+/// Frame sequence number: outcomes wait in the ring (no body).
+pub(super) const SEQ_WAKE: u64 = u64::MAX - 2;
+/// Frame sequence number: entries that did not go by the ring.
+pub(super) const SEQ_RESULTS: u64 = 0;
 
-/// Record tag: an encoded value.
-pub(super) const TAG_VALUE: u8 = 0;
-/// Record tag: a postcard-encoded [`crate::RemotePanic`].
-pub(super) const TAG_PANIC: u8 = 1;
-/// Record tag: a codec error message (UTF-8).
-pub(super) const TAG_CODEC: u8 = 2;
-/// Record tag: skipped, the supervisor cancelled it (no body).
-pub(super) const TAG_CANCELLED: u8 = 3;
-
-/// Bytes before the records of a result frame.
+/// Bytes before the entries of a frame (`[seq: u64][reserved: u8]`).
 pub(super) const FRAME_HEADER: usize = 9;
-/// Bytes before the payload of a record.
-pub(super) const RECORD_HEADER: usize = 9;
+
+/// The results ring of a worker's region.
+pub(super) fn ring(region: &SharedRegion) -> RingAt<'_> {
+    RingAt {
+        region,
+        offset: RING_OFFSET,
+        capacity: RING_BYTES,
+        tail: &head(region).tail,
+        head: &head(region).head,
+    }
+}
 
 /// One batch, as it crosses to the worker.
 #[derive(Debug, Serialize, Deserialize)]
@@ -180,6 +203,8 @@ impl<'de> Deserialize<'de> for InitFds {
 pub(super) struct WorkerBoot {
     pub(super) conn: Connection,
     pub(super) region: RegionFd,
+    /// The region the pool shares with all its workers ([`PoolHead`]).
+    pub(super) pool: RegionFd,
     pub(super) identity: Vec<u8>,
     pub(super) init: Option<InitMsg>,
     pub(super) memory_limit: Option<u64>,
@@ -374,8 +399,9 @@ fn run_one<A, R: Data>(f: impl FnOnce(A) -> R, arg: A, out: &mut Vec<u8>) -> (u8
     }
 }
 
-/// How long a finished item's outcome may wait for the ones after it in its
-/// batch before it is sent on its own.
+/// How long a finished item's outcome may wait, unannounced, for the ones
+/// after it in its batch while nobody watches the ring: slow items are
+/// announced one by one, fast ones together.
 const FLUSH_NS: u64 = 2_000_000;
 
 /// The head of a worker's region.
@@ -396,27 +422,34 @@ fn in_skip_range(word: u64, at: u32) -> bool {
     from <= at && at < to
 }
 
-/// Where a worker writes outcomes: the next result frame, mirrored in the
-/// shared arena, with the progress words the supervisor watches.
+/// Where a worker writes outcomes: the results ring (or, for an entry that
+/// does not fit it, the socket), with the progress words the supervisor
+/// watches.
 pub(crate) struct Recorder<'a> {
     region: &'a SharedRegion,
+    pool: &'a PoolHead,
     cancels: &'a AtomicU64,
     seq: u64,
     started: &'a AtomicU64,
     finished: &'a AtomicU64,
     start_ns: &'a AtomicU64,
-    arena_len: &'a AtomicU64,
+    frames_sent: &'a AtomicU64,
+    ring: results::Writer<'a>,
     conn: &'a Connection,
+    /// A frame header, then the entry being written: sent as it is if the
+    /// entry does not go by the ring.
     msg: Vec<u8>,
-    arena: usize,
     next: u32,
     timed: bool,
-    /// When to hand over the outcomes gathered so far (coarse clock, ns).
+    /// When to announce the outcomes published so far (coarse clock, ns).
     flush_at: u64,
+    /// Publishes nothing: the initializer's outcome stays in `msg`, told
+    /// only if it failed.
+    holding: bool,
 }
 
 impl Recorder<'_> {
-    /// Announces the next item; returns where its record starts.
+    /// Announces the next item; returns where its entry starts in `msg`.
     #[inline]
     fn begin(&mut self) -> usize {
         if self.timed {
@@ -427,7 +460,8 @@ impl Recorder<'_> {
         // sees the cancellation (and skips the item).
         self.started
             .store(u64::from(self.next) + 1, Ordering::SeqCst);
-        open_record(&mut self.msg, self.next)
+        self.msg.truncate(FRAME_HEADER);
+        results::open_entry(&mut self.msg, self.seq, self.next)
     }
 
     /// Whether the supervisor cancelled the item just announced.
@@ -442,73 +476,78 @@ impl Recorder<'_> {
             })
     }
 
-    /// Seals the record started at `at`, mirrors it in the arena (or, if
-    /// the arena is full, sends what has accumulated).
+    /// Seals the entry started at `at` and publishes it; announces what was
+    /// published once outcomes have waited long enough.
     #[inline]
     fn end(&mut self, at: usize, tag: u8) -> Result<(), crate::SendError> {
-        close_record(&mut self.msg, at, tag);
-        let record = &self.msg[at..];
+        results::close_entry(&mut self.msg, at, tag);
+        self.next += 1;
+        if self.holding {
+            return Ok(());
+        }
+        self.publish()?;
+        self.finished.store(u64::from(self.next), Ordering::Release);
         let now = sys::monotonic_coarse_ns();
-        if self.arena + record.len() <= ARENA_BYTES && now < self.flush_at {
-            self.region.store_bytes(ARENA_OFFSET + self.arena, record);
-            self.arena += record.len();
-            self.arena_len.store(self.arena as u64, Ordering::Release);
-        } else {
-            // The arena is full, or outcomes have waited long enough (slow
-            // items are reported one by one, fast ones together): hand
-            // everything over now. Until the frame is out, the arena still
-            // holds what it held; clear it only after.
-            self.conn.send_bytes(&self.msg)?;
-            self.msg.truncate(FRAME_HEADER);
-            self.arena = 0;
-            self.arena_len.store(0, Ordering::Release);
+        if now >= self.flush_at {
+            self.announce()?;
             self.flush_at = now + FLUSH_NS;
         }
-        self.next += 1;
-        self.finished.store(u64::from(self.next), Ordering::Release);
+        Ok(())
+    }
+
+    /// Publishes the entry in `msg`: in the ring, or, if it does not fit
+    /// there, by the socket.
+    #[inline]
+    fn publish(&mut self) -> Result<(), crate::SendError> {
+        if self.ring.push(&self.msg[FRAME_HEADER..]) {
+            return Ok(());
+        }
+        self.msg[..8].copy_from_slice(&SEQ_RESULTS.to_le_bytes());
+        self.send(None)
+    }
+
+    /// Sends `msg`, or a bare frame of sequence number `bare`.
+    fn send(&self, bare: Option<u64>) -> Result<(), crate::SendError> {
+        match bare {
+            Some(seq) => self.conn.send_bytes(&frame_header(seq))?,
+            None => self.conn.send_bytes(&self.msg)?,
+        }
+        self.frames_sent.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// Tells the supervisor that outcomes wait in the ring, unless one of
+    /// its threads watches it.
+    fn announce(&self) -> Result<(), crate::SendError> {
+        // Paired with the fence in `Shared::stop_watching`: either this
+        // sees a watcher, who then reads what was published, or the
+        // watcher, leaving, sees it published.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.pool.watching.load(Ordering::Relaxed) == 0 {
+            self.send(Some(SEQ_WAKE))?;
+        }
         Ok(())
     }
 }
 
 /// When panics abort: records the panic as the outcome of the running item,
-/// in the arena, where the supervisor looks when the worker dies.
+/// in the ring, where the supervisor looks when the worker dies.
 fn report_abort(region: &SharedRegion, panic: &crate::RemotePanic) {
+    let seq = head(region).seq.load(Ordering::Relaxed);
     let started = head(region).started.load(Ordering::Relaxed);
     let finished = head(region).finished.load(Ordering::Relaxed);
-    if started == 0 || started <= finished {
+    if seq == SEQ_INIT_FAILED || started == 0 || started <= finished {
         return; // not inside an item (the initializer reports its own way)
     }
-    let mut record = Vec::new();
-    let at = open_record(&mut record, (started - 1) as u32);
-    if wire::encode_plain_into(panic, &mut record).is_err() {
+    let mut entry = Vec::new();
+    let at = results::open_entry(&mut entry, seq, (started - 1) as u32);
+    if wire::encode_plain_into(panic, &mut entry).is_err() {
         return;
     }
-    close_record(&mut record, at, TAG_PANIC);
-    let arena = head(region).arena_len.load(Ordering::Relaxed) as usize;
-    if arena + record.len() <= ARENA_BYTES {
-        region.store_bytes(ARENA_OFFSET + arena, &record);
-        head(region)
-            .arena_len
-            .store((arena + record.len()) as u64, Ordering::Release);
+    results::close_entry(&mut entry, at, TAG_PANIC);
+    if results::Writer::new(ring(region)).push(&entry) {
         head(region).finished.store(started, Ordering::Release);
     }
-}
-
-/// Appends a record header for item `index`; returns where it starts.
-#[inline]
-fn open_record(out: &mut Vec<u8>, index: u32) -> usize {
-    let at = out.len();
-    let i = index.to_le_bytes();
-    out.extend_from_slice(&[i[0], i[1], i[2], i[3], 0, 0, 0, 0, 0]);
-    at
-}
-
-/// Fills in the tag and length of the record opened at `at`.
-#[inline]
-fn close_record(out: &mut [u8], at: usize, tag: u8) {
-    let len = (out.len() - at - RECORD_HEADER) as u32;
-    out[at + 4] = tag;
-    out[at + 5..at + 9].copy_from_slice(&len.to_le_bytes());
 }
 
 fn frame_header(seq: u64) -> Vec<u8> {
@@ -524,17 +563,19 @@ pub(super) fn worker_main(boot: WorkerBoot) {
     let WorkerBoot {
         conn,
         region,
+        pool,
         identity,
         init,
         memory_limit,
         max_tasks,
     } = boot;
-    let Ok(region) = SharedRegion::map(region.0) else {
+    let (Ok(region), Ok(pool)) = (SharedRegion::map(region.0), SharedRegion::map(pool.0)) else {
         return;
     };
-    // The worker keeps its region until it exits, and the abort flag must
-    // stay valid for a signal handler: give it the life of the process.
+    // The worker keeps its regions until it exits, and the abort flag must
+    // stay valid for a signal handler: give them the life of the process.
     let region: &'static SharedRegion = Box::leak(Box::new(region));
+    let pool: &'static SharedRegion = Box::leak(Box::new(pool));
     sys::flag_out_of_memory_aborts(&head(region).out_of_memory);
     // Descendants inherit the mark: one that escapes the process group and
     // outlives its parent is still known as this worker's (start/orphans.rs).
@@ -545,9 +586,9 @@ pub(super) fn worker_main(boot: WorkerBoot) {
     sys::remove_env(std::ffi::OsStr::new("RUST_BACKTRACE"));
     let fail = |tag: u8, why: &[u8]| {
         let mut msg = frame_header(SEQ_INIT_FAILED);
-        let at = open_record(&mut msg, 0);
+        let at = results::open_entry(&mut msg, SEQ_INIT_FAILED, 0);
         msg.extend_from_slice(why);
-        close_record(&mut msg, at, tag);
+        results::close_entry(&mut msg, at, tag);
         let _ = conn.send_bytes(&msg);
     };
     let verified = match Verified::check(&identity) {
@@ -562,7 +603,7 @@ pub(super) fn worker_main(boot: WorkerBoot) {
             format!("setting the memory limit: {e}").as_bytes(),
         );
     }
-    // Whatever the initializer leaves in the arena belongs to no batch.
+    // Nothing the initializer does belongs to a batch.
     head(region).seq.store(SEQ_INIT_FAILED, Ordering::Release);
     bootstrap::install_panic_hook();
     if cfg!(panic = "abort") {
@@ -570,43 +611,28 @@ pub(super) fn worker_main(boot: WorkerBoot) {
     }
     let mut rec = Recorder {
         region,
+        pool: pool.layout::<PoolHead>(),
         started: &head(region).started,
         finished: &head(region).finished,
         start_ns: &head(region).start_ns,
-        arena_len: &head(region).arena_len,
+        frames_sent: &head(region).frames_sent,
         cancels: &head(region).skip_count,
+        ring: results::Writer::new(ring(region)),
         seq: SEQ_INIT_FAILED,
         conn: &conn,
         msg: frame_header(SEQ_INIT_FAILED),
-        arena: 0,
         next: 0,
         timed: false,
-        // The initializer's outcome is reported only if it fails.
         flush_at: u64::MAX,
+        holding: true,
     };
-    if let Some(init) = init {
-        let end = (init.arg.len() as u32).to_le_bytes();
-        let fds: Vec<OwnedFd> = Arc::try_unwrap(init.fds.0).unwrap_or_default();
-        let count = (fds.len() as u32).to_le_bytes();
-        let job = JobMsg {
-            entry: init.entry,
-            func: init.func,
-            ends: &end,
-            fds: if fds.is_empty() { &[] } else { &count },
-            args: &init.arg,
-        };
-        let entry = verified.entry::<JobEntry>(init.entry);
-        if entry(&verified, init.func, &job, &mut fds.into_iter(), &mut rec).is_err() {
-            return;
-        }
-        if let Some(record) = records(&rec.msg[FRAME_HEADER..]).next()
-            && record.tag != TAG_VALUE
-        {
-            let _ = conn.send_bytes(&rec.msg);
-            return;
-        }
+    if let Some(init) = init
+        && !run_init(&verified, &mut rec, init)
+    {
+        return;
     }
-    if conn.send_bytes(&frame_header(SEQ_READY)).is_err() {
+    rec.holding = false;
+    if rec.send(Some(SEQ_READY)).is_err() {
         return;
     }
     let mut left = max_tasks.unwrap_or(u64::MAX);
@@ -625,6 +651,31 @@ pub(super) fn worker_main(boot: WorkerBoot) {
     }
 }
 
+/// Runs the initializer; false (its failure told) if the worker must stop.
+fn run_init(verified: &Verified, rec: &mut Recorder<'_>, init: InitMsg) -> bool {
+    let end = (init.arg.len() as u32).to_le_bytes();
+    let fds: Vec<OwnedFd> = Arc::try_unwrap(init.fds.0).unwrap_or_default();
+    let count = (fds.len() as u32).to_le_bytes();
+    let job = JobMsg {
+        entry: init.entry,
+        func: init.func,
+        ends: &end,
+        fds: if fds.is_empty() { &[] } else { &count },
+        args: &init.arg,
+    };
+    let entry = verified.entry::<JobEntry>(init.entry);
+    if entry(verified, init.func, &job, &mut fds.into_iter(), rec).is_err() {
+        return false;
+    }
+    if let Some(outcome) = results::entries(&rec.msg[FRAME_HEADER..]).next()
+        && outcome.tag != TAG_VALUE
+    {
+        let _ = rec.send(None);
+        return false;
+    }
+    true
+}
+
 /// Runs one batch; `Err` if the supervisor is gone.
 fn run_batch(
     verified: &Verified,
@@ -635,15 +686,7 @@ fn run_batch(
     let region = rec.region;
     head(region).started.store(0, Ordering::Relaxed);
     head(region).finished.store(0, Ordering::Relaxed);
-    head(region).arena_len.store(0, Ordering::Relaxed);
     head(region).seq.store(batch.seq, Ordering::Release);
-    rec.msg.clear();
-    let items: usize = batch.jobs.iter().map(JobMsg::len).sum();
-    rec.msg
-        .reserve((FRAME_HEADER + items * (RECORD_HEADER + 8)).min(ARENA_BYTES));
-    rec.msg.extend_from_slice(&batch.seq.to_le_bytes());
-    rec.msg.push(0);
-    rec.arena = 0;
     rec.next = 0;
     rec.timed = batch.timed;
     rec.seq = batch.seq;
@@ -653,31 +696,9 @@ fn run_batch(
         let entry = verified.entry::<JobEntry>(job.entry);
         entry(verified, job.func, job, &mut fds, rec)?;
     }
-    rec.msg[8] = 1;
-    rec.conn.send_bytes(&rec.msg)?;
-    head(region).arena_len.store(0, Ordering::Release);
-    Ok(())
-}
-
-/// One record parsed out of a result frame or the arena.
-#[derive(Debug)]
-pub(super) struct Record<'a> {
-    pub(super) index: u32,
-    pub(super) tag: u8,
-    pub(super) body: &'a [u8],
-}
-
-/// Splits records; stops at the first malformed one.
-pub(super) fn records(mut bytes: &[u8]) -> impl Iterator<Item = Record<'_>> {
-    std::iter::from_fn(move || {
-        if bytes.len() < RECORD_HEADER {
-            return None;
-        }
-        let index = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
-        let tag = bytes[4];
-        let len = u32::from_le_bytes(bytes[5..9].try_into().expect("4 bytes")) as usize;
-        let body = bytes.get(RECORD_HEADER..RECORD_HEADER + len)?;
-        bytes = &bytes[RECORD_HEADER + len..];
-        Some(Record { index, tag, body })
-    })
+    rec.msg.truncate(FRAME_HEADER);
+    let at = results::open_entry(&mut rec.msg, batch.seq, 0);
+    results::close_entry(&mut rec.msg, at, TAG_DONE);
+    rec.publish()?;
+    rec.announce()
 }

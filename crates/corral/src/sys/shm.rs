@@ -8,7 +8,7 @@
 //! bytes at any time; the region therefore never hands out `&[u8]` or
 //! `&mut [u8]` over shared bytes. Words are reached as atomics, and bytes are
 //! copied in and out with raw pointer copies ([`SharedRegion::store_bytes`],
-//! [`SharedRegion::load_bytes`]), whose callers publish and observe them
+//! [`SharedRegion::load_append`]), whose callers publish and observe them
 //! through those atomics (release / acquire).
 
 use std::io;
@@ -265,23 +265,6 @@ impl SharedRegion {
                 bytes.len(),
             )
         };
-    }
-
-    /// Copies `len` bytes out of the region at `offset`.
-    ///
-    /// # Panics
-    ///
-    /// If the range lies outside the region.
-    pub(crate) fn load_bytes(&self, offset: usize, len: usize) -> Vec<u8> {
-        let end = offset.checked_add(len).expect("range overflow");
-        assert!(end <= self.len, "bytes {offset}..{end} outside the region");
-        let mut out = vec![0u8; len];
-        // SAFETY: the source range is inside the mapping (checked); `out` is
-        // a distinct allocation of `len` bytes.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), out.as_mut_ptr(), len)
-        };
-        out
     }
 }
 
