@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use super::callback::Callbacks;
 use super::life::{Action, Event, Life, Retire, Why};
 use super::results;
+use super::ring;
 use super::worker::{self, BatchMsg, InitMsg, JobMsg, RegionFd, WorkerBoot};
 use crate::sys::{self, SharedRegion};
 use crate::wire::{self, FrameReader, Progress};
@@ -360,6 +361,9 @@ struct Worker {
     /// No send before this: the last one failed for want of kernel memory
     /// or descriptor room, with nothing sent.
     send_after: Option<Instant>,
+    /// A batch waits in its task ring but the wake-up failed (`send_after`
+    /// says when to try again).
+    owes_wake: bool,
     /// The last progress seen in its region (batch, started, finished) and
     /// when it changed: a worker that holds a timed batch and shows none for
     /// longer than the time limit is stalled (stopped, say).
@@ -752,7 +756,7 @@ impl Shared {
             let (frames, eof) = take_frames(w, force || last);
             let mut ring = std::mem::take(&mut w.ring_copy);
             ring.clear();
-            let drained = results::drain(worker::ring(&w.region), &mut ring);
+            let drained = ring::drain(worker::results_ring(&w.region), &mut ring);
             any |= !frames.is_empty() || drained == Ok(true);
             for frame in frames {
                 self.handle_frame(core, i, &frame);
@@ -1066,6 +1070,7 @@ impl Shared {
             tasks_left: self.config.max_tasks,
             spawned: Instant::now(),
             send_after: None,
+            owes_wake: false,
             progress: (0, 0, 0),
             progress_at: Instant::now(),
             idle_since: None,
@@ -1360,6 +1365,9 @@ impl Shared {
             w.apply(Event::Tick, now);
             if w.send_after.is_some_and(|t| now >= t) {
                 w.send_after = None;
+                if std::mem::take(&mut w.owes_wake) {
+                    wake_if_asleep(w);
+                }
             }
             if let Some((t, why)) = self.worker_deadline(w, now)
                 && now >= t
@@ -1841,8 +1849,10 @@ fn send_batch(
         fds.len() <= sys::MAX_FDS_PER_MESSAGE,
         "take_batch splits by descriptors"
     );
-    let sent = match postcard::to_extend(&msg, Vec::with_capacity(bytes)) {
-        Ok(bytes) => send_frame_reading(w, &bytes, &fds).map_err(|f| SendFailure::of(&f)),
+    let mut framed = Vec::with_capacity(bytes + 4);
+    framed.extend_from_slice(&[0; 4]);
+    let sent = match postcard::to_extend(&msg, framed) {
+        Ok(framed) => hand_batch(w, framed, &fds),
         // Only byte slices and integers: encoding cannot fail.
         Err(_) => Err(SendFailure::Broken),
     };
@@ -1869,6 +1879,61 @@ fn send_batch(
         ended: false,
     });
     Ok(())
+}
+
+/// Hands an encoded batch (after 4 bytes left for its length) to `w`: by
+/// its task ring if it can, else by its socket with a marker in the ring;
+/// then wakes it if it sleeps. On failure nothing reached the worker.
+fn hand_batch(
+    w: &mut Worker,
+    mut framed: Vec<u8>,
+    fds: &[BorrowedFd<'_>],
+) -> Result<(), SendFailure> {
+    // The worker holds at most `MAX_INFLIGHT` batches, each at most
+    // `TASK_MAX` in the ring: there is always room (checked all the same).
+    if fds.is_empty() && framed.len() <= worker::TASK_MAX {
+        let len = (framed.len() - 4) as u32;
+        framed[..4].copy_from_slice(&len.to_le_bytes());
+        if !ring::Writer::new(worker::task_ring(&w.region)).push(&framed, 0) {
+            return Err(SendFailure::NotNow);
+        }
+    } else {
+        if !ring::Writer::new(worker::task_ring(&w.region)).has_room(4) {
+            return Err(SendFailure::NotNow);
+        }
+        send_frame_reading(w, &framed[4..], fds).map_err(|f| SendFailure::of(&f))?;
+        ring::Writer::new(worker::task_ring(&w.region)).push(&[0; 4], 0);
+    }
+    wake_if_asleep(w);
+    Ok(())
+}
+
+/// Wakes `w` with a bare frame if it sleeps for want of a batch (one was
+/// just published). A wake-up that cannot be sent for want of kernel
+/// resources is owed, and sent again by the dispatcher.
+fn wake_if_asleep(w: &mut Worker) {
+    // Paired with the fence in the worker's `Inbox::sleep`.
+    std::sync::atomic::fence(Ordering::SeqCst);
+    let asleep = &w.head().asleep;
+    if asleep
+        .compare_exchange(1, 0, Ordering::SeqCst, Ordering::Relaxed)
+        .is_err()
+    {
+        return;
+    }
+    let Err(failed) = send_frame_reading(w, &[], &[]) else {
+        return;
+    };
+    let now = Instant::now();
+    match SendFailure::of(&failed) {
+        SendFailure::NotNow => {
+            w.head().asleep.store(1, Ordering::SeqCst);
+            w.owes_wake = true;
+            w.send_after = Some(now + SEND_RETRY);
+        }
+        SendFailure::Closed => w.apply(Event::SendClosed, now),
+        SendFailure::Broken => w.apply(Event::SendBroken, now),
+    }
 }
 
 /// Takes the frames of `w` read so far and what its socket holds now (read

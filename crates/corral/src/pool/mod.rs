@@ -87,6 +87,7 @@ pub(crate) mod engine;
 mod life;
 mod pod;
 mod results;
+mod ring;
 mod task;
 mod worker;
 

@@ -1,13 +1,9 @@
-//! The results ring: how a worker's outcomes reach its supervisor without a
-//! system call.
+//! Outcomes as they cross from a worker to its supervisor: *entries*,
+//! published in the worker's results [`ring`] without a system call.
 //!
-//! A worker appends each outcome as an *entry* to a byte ring in its shared
-//! region and publishes it by moving `tail` (release); the supervisor copies
-//! what lies between its `head` and `tail` out, then moves `head` on. One
-//! writer, one reader, positions that only grow: nothing is ever half
-//! visible, so a worker killed anywhere leaves a ring whose every published
-//! entry is whole. That makes the ring the crash record as well: what a dead
-//! worker finished is read from it like any other result.
+//! A worker killed anywhere leaves a ring whose every published entry is
+//! whole, which makes the ring the crash record as well: what a dead worker
+//! finished is read from it like any other outcome.
 //!
 //! An entry is `[seq: u64][index: u32][tag: u8][len: u32][body]`, all little
 //! endian: the batch, the item's position in it, what the body is. Entries
@@ -16,9 +12,7 @@
 //! (an entry too large for the ring, or one that found it full) hold the
 //! same entries.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use crate::sys::SharedRegion;
+use super::ring;
 
 /// Bytes before an entry's body.
 pub(super) const ENTRY_HEADER: usize = 17;
@@ -86,97 +80,27 @@ pub(super) fn entries(mut bytes: &[u8]) -> impl Iterator<Item = Entry<'_>> {
     })
 }
 
-/// Where a ring lies in a region, and the two positions that govern it.
-#[derive(Clone, Copy)]
-pub(super) struct RingAt<'a> {
-    pub(super) region: &'a SharedRegion,
-    /// Offset of the ring's bytes in the region.
-    pub(super) offset: usize,
-    pub(super) capacity: usize,
-    /// Bytes published (written by the worker only).
-    pub(super) tail: &'a AtomicU64,
-    /// Bytes consumed (written by the supervisor only).
-    pub(super) head: &'a AtomicU64,
-}
-
-/// The worker's end of the ring.
-pub(super) struct Writer<'a> {
-    ring: RingAt<'a>,
-    tail: u64,
-    /// The supervisor's `head` as last read: reread only when the ring
-    /// looks full.
-    head: u64,
-}
-
-impl<'a> Writer<'a> {
-    pub(super) fn new(ring: RingAt<'a>) -> Writer<'a> {
-        let tail = ring.tail.load(Ordering::Relaxed);
-        let head = ring.head.load(Ordering::Acquire);
-        Writer { ring, tail, head }
-    }
-
-    /// Publishes one entry; false if it does not fit (beyond the room kept
-    /// for batch ends, unless it is one), and nothing was written.
-    #[inline]
-    pub(super) fn push(&mut self, entry: &[u8]) -> bool {
-        let reserve = if entry.get(12) == Some(&TAG_DONE) {
-            0
-        } else {
-            DONE_RESERVE
-        };
-        let need = entry.len() as u64 + reserve;
-        let cap = self.ring.capacity as u64;
-        if cap - (self.tail - self.head) < need {
-            self.head = self.ring.head.load(Ordering::Acquire);
-            if cap.saturating_sub(self.tail.saturating_sub(self.head)) < need {
-                return false;
-            }
-        }
-        let at = (self.tail % cap) as usize;
-        let first = entry.len().min(self.ring.capacity - at);
-        let region = self.ring.region;
-        region.store_bytes(self.ring.offset + at, &entry[..first]);
-        if first < entry.len() {
-            region.store_bytes(self.ring.offset, &entry[first..]);
-        }
-        self.tail += entry.len() as u64;
-        self.ring.tail.store(self.tail, Ordering::Release);
-        true
-    }
-}
-
-/// The supervisor's end: appends what was published since the last call to
-/// `out` and consumes it. `Err` if the positions make no sense (the worker
-/// wrote them wrong: it is not one of ours any more).
-pub(super) fn drain(ring: RingAt<'_>, out: &mut Vec<u8>) -> Result<bool, ()> {
-    let tail = ring.tail.load(Ordering::Acquire);
-    let head = ring.head.load(Ordering::Relaxed);
-    if tail == head {
-        return Ok(false);
-    }
-    let cap = ring.capacity as u64;
-    if tail < head || tail - head > cap {
-        return Err(());
-    }
-    let at = (head % cap) as usize;
-    let len = (tail - head) as usize;
-    let first = len.min(ring.capacity - at);
-    ring.region.load_append(ring.offset + at, first, out);
-    if first < len {
-        ring.region.load_append(ring.offset, len - first, out);
-    }
-    ring.head.store(tail, Ordering::Release);
-    Ok(true)
+/// Publishes `entry` in a results ring; false if it does not fit, beyond
+/// the room kept for batch ends unless it is one.
+#[inline]
+pub(super) fn publish(ring: &mut ring::Writer<'_>, entry: &[u8]) -> bool {
+    let keep = if entry.get(12) == Some(&TAG_DONE) {
+        0
+    } else {
+        DONE_RESERVE
+    };
+    ring.push(entry, keep)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::SharedRegion;
 
     const CAP: usize = 256;
 
-    fn ring(region: &SharedRegion) -> RingAt<'_> {
-        RingAt {
+    fn at(region: &SharedRegion) -> ring::RingAt<'_> {
+        ring::RingAt {
             region,
             offset: 64,
             capacity: CAP,
@@ -194,51 +118,46 @@ mod tests {
     }
 
     #[test]
-    fn entries_wrap_around_and_arrive_whole_in_order() {
+    fn entries_cross_whole_and_in_order() {
         let region = SharedRegion::create(c"corral-test-ring", 64 + CAP).expect("region");
-        let mut w = Writer::new(ring(&region));
-        let mut seen = Vec::new();
+        let mut w = ring::Writer::new(at(&region));
         let mut out = Vec::new();
-        // Bodies of varying sizes, read every few pushes: entries straddle
-        // the ring's end many times.
         for i in 0..200u32 {
-            let body = vec![i as u8; (i as usize * 7) % 40];
-            let e = entry(u64::from(i / 10), i, TAG_VALUE, &body);
-            while !w.push(&e) {
-                assert!(drain(ring(&region), &mut out).expect("sane positions"));
-            }
-            if i % 3 == 0 {
-                drain(ring(&region), &mut out).expect("sane positions");
+            let e = entry(
+                u64::from(i / 10),
+                i,
+                TAG_VALUE,
+                &vec![i as u8; (i as usize * 7) % 40],
+            );
+            while !publish(&mut w, &e) {
+                assert!(ring::drain(at(&region), &mut out).expect("sane positions"));
             }
         }
-        drain(ring(&region), &mut out).expect("sane positions");
-        for e in entries(&out) {
-            assert_eq!(e.seq, u64::from(e.index / 10));
-            assert_eq!(e.body, vec![e.index as u8; (e.index as usize * 7) % 40]);
-            seen.push(e.index);
-        }
+        ring::drain(at(&region), &mut out).expect("sane positions");
+        let seen: Vec<u32> = entries(&out)
+            .inspect(|e| {
+                assert_eq!(e.seq, u64::from(e.index / 10));
+                assert_eq!(e.body, vec![e.index as u8; (e.index as usize * 7) % 40]);
+            })
+            .map(|e| e.index)
+            .collect();
         assert_eq!(seen, (0..200).collect::<Vec<_>>());
     }
 
     #[test]
-    fn a_full_ring_refuses_but_keeps_room_for_batch_ends() {
+    fn a_full_ring_keeps_room_for_batch_ends() {
         let region = SharedRegion::create(c"corral-test-ring", 64 + CAP).expect("region");
-        let mut w = Writer::new(ring(&region));
+        let mut w = ring::Writer::new(at(&region));
         let big = entry(1, 0, TAG_VALUE, &[7; 80]);
-        assert!(w.push(&big));
-        assert!(!w.push(&big), "a second would eat the batch-end reserve");
-        assert!(w.push(&entry(1, 0, TAG_DONE, &[])));
+        assert!(publish(&mut w, &big));
+        assert!(
+            !publish(&mut w, &big),
+            "a second would eat the batch-end reserve"
+        );
+        assert!(publish(&mut w, &entry(1, 0, TAG_DONE, &[])));
         let mut out = Vec::new();
-        assert!(drain(ring(&region), &mut out).expect("sane positions"));
+        assert!(ring::drain(at(&region), &mut out).expect("sane positions"));
         let tags: Vec<u8> = entries(&out).map(|e| e.tag).collect();
         assert_eq!(tags, [TAG_VALUE, TAG_DONE]);
-        assert!(w.push(&big), "room again once read");
-    }
-
-    #[test]
-    fn nonsense_positions_are_refused() {
-        let region = SharedRegion::create(c"corral-test-ring", 64 + CAP).expect("region");
-        region.word64(0).store(CAP as u64 + 1, Ordering::Relaxed);
-        assert!(drain(ring(&region), &mut Vec::new()).is_err());
     }
 }

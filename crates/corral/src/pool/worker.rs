@@ -24,15 +24,19 @@
 //! results, the item that was running is the one that failed, and unstarted
 //! items run elsewhere.
 
+use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::results::{self, RingAt, TAG_CANCELLED, TAG_CODEC, TAG_DONE, TAG_PANIC, TAG_VALUE};
+use super::results::{self, TAG_CANCELLED, TAG_CODEC, TAG_DONE, TAG_PANIC, TAG_VALUE};
+use super::ring::{self, RingAt};
+use crate::spin::SpinBudget;
 use crate::start::bootstrap;
 use crate::start::orphans::TREE_ENV;
 use crate::sys::code::{Verified, code_pointer};
@@ -63,6 +67,13 @@ sys::shared_layout! {
         /// Frames the worker has sent on its socket: the supervisor reads
         /// the socket only when it has not seen them all (or `poll` says so).
         pub(super) frames_sent: AtomicU64,
+        /// Bytes of batches the supervisor has published in the task ring.
+        pub(super) task_tail: AtomicU64,
+        /// Bytes of the task ring the worker has consumed.
+        pub(super) task_head: AtomicU64,
+        /// 1 while the worker sleeps in its socket for want of a batch: the
+        /// supervisor that publishes one then wakes it with a bare frame.
+        pub(super) asleep: AtomicU64,
         /// How many entries of `skips` are in use.
         pub(super) skip_count: AtomicU64,
         /// Items the supervisor cancelled after handing them out; the worker
@@ -92,11 +103,19 @@ sys::shared_layout! {
 /// Room for that many skip entries.
 pub(super) const CANCEL_SLOTS: usize = 28;
 /// Where the results ring starts.
-pub(super) const RING_OFFSET: usize = size_of::<WorkerHead>();
+const RESULTS_OFFSET: usize = size_of::<WorkerHead>();
 /// Results ring capacity: an entry that does not fit goes by the socket.
-pub(super) const RING_BYTES: usize = 1 << 20;
-/// Size of a worker's shared region.
-pub(super) const REGION_BYTES: usize = RING_OFFSET + RING_BYTES;
+const RESULTS_BYTES: usize = 1 << 20;
+/// Where the task ring starts.
+const TASKS_OFFSET: usize = RESULTS_OFFSET + RESULTS_BYTES;
+/// Task ring capacity.
+const TASKS_BYTES: usize = 2 << 20;
+/// The largest batch that goes by the task ring, with its length: a worker
+/// holds at most two batches, so two of these and the markers of others
+/// always fit.
+pub(super) const TASK_MAX: usize = TASKS_BYTES / 4;
+/// Size of a worker's shared region (its pages come as they are touched).
+pub(super) const REGION_BYTES: usize = TASKS_OFFSET + TASKS_BYTES;
 
 /// Frame sequence number: the worker is initialized and waiting.
 pub(super) const SEQ_READY: u64 = u64::MAX - 1;
@@ -111,13 +130,26 @@ pub(super) const SEQ_RESULTS: u64 = 0;
 pub(super) const FRAME_HEADER: usize = 9;
 
 /// The results ring of a worker's region.
-pub(super) fn ring(region: &SharedRegion) -> RingAt<'_> {
+pub(super) fn results_ring(region: &SharedRegion) -> RingAt<'_> {
     RingAt {
         region,
-        offset: RING_OFFSET,
-        capacity: RING_BYTES,
+        offset: RESULTS_OFFSET,
+        capacity: RESULTS_BYTES,
         tail: &head(region).tail,
         head: &head(region).head,
+    }
+}
+
+/// The task ring of a worker's region: batches, each `[len: u32 LE]` and
+/// its encoding; a length of 0 is a marker that says the next batch comes
+/// by the socket (it carries descriptors, or is larger than [`TASK_MAX`]).
+pub(super) fn task_ring(region: &SharedRegion) -> RingAt<'_> {
+    RingAt {
+        region,
+        offset: TASKS_OFFSET,
+        capacity: TASKS_BYTES,
+        tail: &head(region).task_tail,
+        head: &head(region).task_head,
     }
 }
 
@@ -434,7 +466,7 @@ pub(crate) struct Recorder<'a> {
     finished: &'a AtomicU64,
     start_ns: &'a AtomicU64,
     frames_sent: &'a AtomicU64,
-    ring: results::Writer<'a>,
+    ring: ring::Writer<'a>,
     conn: &'a Connection,
     /// A frame header, then the entry being written: sent as it is if the
     /// entry does not go by the ring.
@@ -499,7 +531,7 @@ impl Recorder<'_> {
     /// there, by the socket.
     #[inline]
     fn publish(&mut self) -> Result<(), crate::SendError> {
-        if self.ring.push(&self.msg[FRAME_HEADER..]) {
+        if results::publish(&mut self.ring, &self.msg[FRAME_HEADER..]) {
             return Ok(());
         }
         self.msg[..8].copy_from_slice(&SEQ_RESULTS.to_le_bytes());
@@ -545,7 +577,7 @@ fn report_abort(region: &SharedRegion, panic: &crate::RemotePanic) {
         return;
     }
     results::close_entry(&mut entry, at, TAG_PANIC);
-    if results::Writer::new(ring(region)).push(&entry) {
+    if results::publish(&mut ring::Writer::new(results_ring(region)), &entry) {
         head(region).finished.store(started, Ordering::Release);
     }
 }
@@ -617,7 +649,7 @@ pub(super) fn worker_main(boot: WorkerBoot) {
         start_ns: &head(region).start_ns,
         frames_sent: &head(region).frames_sent,
         cancels: &head(region).skip_count,
-        ring: results::Writer::new(ring(region)),
+        ring: ring::Writer::new(results_ring(region)),
         seq: SEQ_INIT_FAILED,
         conn: &conn,
         msg: frame_header(SEQ_INIT_FAILED),
@@ -635,9 +667,18 @@ pub(super) fn worker_main(boot: WorkerBoot) {
     if rec.send(Some(SEQ_READY)).is_err() {
         return;
     }
+    let mut inbox = Inbox {
+        conn: &conn,
+        ring: task_ring(region),
+        asleep: &head(region).asleep,
+        taken: Vec::new(),
+        at: 0,
+        early: VecDeque::new(),
+        budget: SpinBudget::new(WATCH),
+    };
     let mut left = max_tasks.unwrap_or(u64::MAX);
     while left > 0 {
-        let Ok((frame, fds)) = conn.recv_frame() else {
+        let Some((frame, fds)) = inbox.next() else {
             return; // the pool is gone or closed us
         };
         let Ok(batch) = postcard::from_bytes::<BatchMsg<'_>>(&frame) else {
@@ -648,6 +689,118 @@ pub(super) fn worker_main(boot: WorkerBoot) {
             return;
         }
         left = left.saturating_sub(items as u64);
+    }
+}
+
+/// How long an idle worker watches its task ring before it sleeps in its
+/// socket, at most (the budget is learnt: see [`SpinBudget`]).
+const WATCH: Duration = Duration::from_micros(100);
+
+/// Where a worker's batches come from: its task ring, in order, where a
+/// marker stands for each batch that comes by the socket instead.
+struct Inbox<'a> {
+    conn: &'a Connection,
+    ring: RingAt<'a>,
+    asleep: &'a AtomicU64,
+    /// Bytes taken from the ring, and where the next message in them starts.
+    taken: Vec<u8>,
+    at: usize,
+    /// Batches the socket brought before the ring's marker for them was
+    /// reached (read while sleeping).
+    early: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
+    budget: SpinBudget,
+}
+
+/// A message of the task ring.
+enum Message {
+    Batch(Vec<u8>),
+    /// The next batch comes by the socket.
+    BySocket,
+}
+
+impl Inbox<'_> {
+    /// The next batch, with its descriptors; `None` once the pool is gone.
+    fn next(&mut self) -> Option<(Vec<u8>, Vec<OwnedFd>)> {
+        loop {
+            match self.pop() {
+                Some(Message::Batch(bytes)) => return Some((bytes, Vec::new())),
+                Some(Message::BySocket) => return self.by_socket(),
+                None => {}
+            }
+            self.taken.clear();
+            self.at = 0;
+            // Positions that make no sense: not the supervisor we knew.
+            if ring::drain(self.ring, &mut self.taken).ok()? {
+                continue;
+            }
+            if !self.watch() {
+                self.sleep()?;
+            }
+        }
+    }
+
+    /// The next message among those taken from the ring, if any.
+    fn pop(&mut self) -> Option<Message> {
+        let rest = self.taken.get(self.at..)?;
+        let len = u32::from_le_bytes(rest.get(..4)?.try_into().expect("4 bytes")) as usize;
+        let bytes = rest.get(4..4 + len)?;
+        let message = if len == 0 {
+            Message::BySocket
+        } else {
+            Message::Batch(bytes.to_vec())
+        };
+        self.at += 4 + len;
+        Some(message)
+    }
+
+    /// Watches the ring for a while; true if something was published.
+    fn watch(&self) -> bool {
+        let start = Instant::now();
+        let until = self.budget.watch_until(start);
+        while Instant::now() < until {
+            for _ in 0..64 {
+                if ring::nonempty(self.ring) {
+                    self.budget.caught(start.elapsed());
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        false
+    }
+
+    /// Sleeps in the socket until the supervisor wakes it or sends a batch
+    /// there; `None` if the pool is gone.
+    fn sleep(&mut self) -> Option<()> {
+        self.asleep.store(1, Ordering::SeqCst);
+        // Paired with the fence in the supervisor's `wake_if_asleep`:
+        // either this sees the batch published, or it sees this asleep.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if ring::nonempty(self.ring) {
+            self.asleep.store(0, Ordering::Relaxed);
+            return Some(());
+        }
+        self.budget.missed();
+        let (frame, fds) = self.conn.recv_frame().ok()?;
+        self.asleep.store(0, Ordering::Relaxed);
+        // An empty frame only wakes.
+        if !frame.is_empty() {
+            self.early.push_back((frame, fds));
+        }
+        Some(())
+    }
+
+    /// The batch a marker stands for.
+    fn by_socket(&mut self) -> Option<(Vec<u8>, Vec<OwnedFd>)> {
+        if let Some(batch) = self.early.pop_front() {
+            return Some(batch);
+        }
+        loop {
+            let (frame, fds) = self.conn.recv_frame().ok()?;
+            if !frame.is_empty() {
+                return Some((frame, fds));
+            }
+        }
     }
 }
 
