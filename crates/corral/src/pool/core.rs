@@ -716,9 +716,7 @@ impl Shared {
     /// Ends a watch; the last watcher out reads what workers published
     /// without announcing it (they saw it watching).
     fn stop_watching(&self) {
-        if self.watching().fetch_sub(1, Ordering::SeqCst) == 1 {
-            // Paired with the fence in the worker's `Recorder::announce`.
-            std::sync::atomic::fence(Ordering::SeqCst);
+        if ring::leave_watch(&self.region, self.watching()) {
             self.pump(&mut self.lock());
         }
     }
@@ -1912,13 +1910,7 @@ fn hand_batch(
 /// just published). A wake-up that cannot be sent for want of kernel
 /// resources is owed, and sent again by the dispatcher.
 fn wake_if_asleep(w: &mut Worker) {
-    // Paired with the fence in the worker's `Inbox::sleep`.
-    std::sync::atomic::fence(Ordering::SeqCst);
-    let asleep = &w.head().asleep;
-    if asleep
-        .compare_exchange(1, 0, Ordering::SeqCst, Ordering::Relaxed)
-        .is_err()
-    {
+    if !ring::must_wake(&w.region, &w.head().asleep) {
         return;
     }
     let Err(failed) = send_frame_reading(w, &[], &[]) else {

@@ -30,7 +30,7 @@ pub(super) const TAG_DONE: u8 = 4;
 
 /// Room kept free for [`TAG_DONE`] entries: a worker holds at most a few
 /// batches whose end the supervisor has not read, so an end always fits.
-const DONE_RESERVE: u64 = 8 * ENTRY_HEADER as u64;
+const DONE_RESERVE: usize = 8 * ring::padded(ENTRY_HEADER);
 
 /// One entry parsed out of the ring or a result frame.
 #[derive(Debug)]
@@ -61,7 +61,8 @@ pub(super) fn close_entry(out: &mut [u8], at: usize, tag: u8) {
     out[at + 13..at + 17].copy_from_slice(&len.to_le_bytes());
 }
 
-/// Splits entries; stops at the first malformed one.
+/// Splits entries (each padded to a multiple of 8 in a ring); stops at the
+/// first malformed one.
 pub(super) fn entries(mut bytes: &[u8]) -> impl Iterator<Item = Entry<'_>> {
     std::iter::from_fn(move || {
         let header: &[u8; ENTRY_HEADER] = bytes.get(..ENTRY_HEADER)?.try_into().ok()?;
@@ -70,7 +71,9 @@ pub(super) fn entries(mut bytes: &[u8]) -> impl Iterator<Item = Entry<'_>> {
         let len = u32::from_le_bytes(header[13..17].try_into().expect("4 bytes")) as usize;
         let body = bytes.get(ENTRY_HEADER..ENTRY_HEADER + len)?;
         let tag = header[12];
-        bytes = &bytes[ENTRY_HEADER + len..];
+        // Entries in a ring are padded to its step (not those in a frame).
+        let next = ring::padded(ENTRY_HEADER + len).min(bytes.len());
+        bytes = &bytes[next..];
         Some(Entry {
             seq,
             index,
@@ -97,11 +100,11 @@ mod tests {
     use super::*;
     use crate::sys::SharedRegion;
 
-    const CAP: usize = 256;
+    const CAP: usize = 512;
 
     fn at(region: &SharedRegion) -> ring::RingAt<'_> {
         ring::RingAt {
-            region,
+            mem: region,
             offset: 64,
             capacity: CAP,
             tail: region.word64(0),
@@ -148,7 +151,7 @@ mod tests {
     fn a_full_ring_keeps_room_for_batch_ends() {
         let region = SharedRegion::create(c"corral-test-ring", 64 + CAP).expect("region");
         let mut w = ring::Writer::new(at(&region));
-        let big = entry(1, 0, TAG_VALUE, &[7; 80]);
+        let big = entry(1, 0, TAG_VALUE, &[7; 200]);
         assert!(publish(&mut w, &big));
         assert!(
             !publish(&mut w, &big),

@@ -109,7 +109,7 @@ const RESULTS_BYTES: usize = 1 << 20;
 /// Where the task ring starts.
 const TASKS_OFFSET: usize = RESULTS_OFFSET + RESULTS_BYTES;
 /// Task ring capacity.
-const TASKS_BYTES: usize = 2 << 20;
+const TASKS_BYTES: usize = 512 << 10;
 /// The largest batch that goes by the task ring, with its length: a worker
 /// holds at most two batches, so two of these and the markers of others
 /// always fit.
@@ -132,7 +132,7 @@ pub(super) const FRAME_HEADER: usize = 9;
 /// The results ring of a worker's region.
 pub(super) fn results_ring(region: &SharedRegion) -> RingAt<'_> {
     RingAt {
-        region,
+        mem: region,
         offset: RESULTS_OFFSET,
         capacity: RESULTS_BYTES,
         tail: &head(region).tail,
@@ -145,7 +145,7 @@ pub(super) fn results_ring(region: &SharedRegion) -> RingAt<'_> {
 /// by the socket (it carries descriptors, or is larger than [`TASK_MAX`]).
 pub(super) fn task_ring(region: &SharedRegion) -> RingAt<'_> {
     RingAt {
-        region,
+        mem: region,
         offset: TASKS_OFFSET,
         capacity: TASKS_BYTES,
         tail: &head(region).task_tail,
@@ -551,11 +551,7 @@ impl Recorder<'_> {
     /// Tells the supervisor that outcomes wait in the ring, unless one of
     /// its threads watches it.
     fn announce(&self) -> Result<(), crate::SendError> {
-        // Paired with the fence in `Shared::stop_watching`: either this
-        // sees a watcher, who then reads what was published, or the
-        // watcher, leaving, sees it published.
-        std::sync::atomic::fence(Ordering::SeqCst);
-        if self.pool.watching.load(Ordering::Relaxed) == 0 {
+        if ring::unwatched(self.region, &self.pool.watching) {
             self.send(Some(SEQ_WAKE))?;
         }
         Ok(())
@@ -749,7 +745,7 @@ impl Inbox<'_> {
         } else {
             Message::Batch(bytes.to_vec())
         };
-        self.at += 4 + len;
+        self.at += ring::padded(4 + len);
         Some(message)
     }
 
@@ -772,12 +768,7 @@ impl Inbox<'_> {
     /// Sleeps in the socket until the supervisor wakes it or sends a batch
     /// there; `None` if the pool is gone.
     fn sleep(&mut self) -> Option<()> {
-        self.asleep.store(1, Ordering::SeqCst);
-        // Paired with the fence in the supervisor's `wake_if_asleep`:
-        // either this sees the batch published, or it sees this asleep.
-        std::sync::atomic::fence(Ordering::SeqCst);
-        if ring::nonempty(self.ring) {
-            self.asleep.store(0, Ordering::Relaxed);
+        if !ring::must_sleep(self.ring, self.asleep) {
             return Some(());
         }
         self.budget.missed();
