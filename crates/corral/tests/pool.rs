@@ -293,6 +293,36 @@ fn results_of_every_size_arrive_whole_and_in_place() {
     still_works(&pool);
 }
 
+/// A worker out of batches watches its task ring only briefly, then sleeps:
+/// once the work is done, every worker is seen asleep (state `S` in
+/// `/proc`), and stays so, instead of spinning.
+#[test]
+fn idle_workers_sleep_rather_than_spin() {
+    fn state(pid: u32) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(") ")?.1.chars().next()
+    }
+    let pool = Pool::new(2).unwrap();
+    still_works(&pool);
+    let pids: Vec<u32> = pool.workers().iter().map(|w| w.pid).collect();
+    assert_eq!(pids.len(), 2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut asleep_in_a_row = 0;
+    while asleep_in_a_row < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "workers still running: {:?}",
+            pids.iter().map(|&p| state(p)).collect::<Vec<_>>()
+        );
+        if pids.iter().all(|&p| state(p) == Some('S')) {
+            asleep_in_a_row += 1;
+        } else {
+            asleep_in_a_row = 0;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn a_task_over_the_memory_limit_fails_alone() {
     let limit = 256 << 20;
