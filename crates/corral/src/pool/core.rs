@@ -506,6 +506,13 @@ pub(super) struct Core {
     pub(super) dispatcher_gone: bool,
 }
 
+impl Core {
+    /// Worker `i`, with the counters its outcomes move.
+    fn worker_and_counts(&mut self, i: usize) -> (&mut Worker, &mut PoolStats, &mut usize) {
+        (&mut self.workers[i], &mut self.stats, &mut self.outstanding)
+    }
+}
+
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Core")
@@ -816,13 +823,7 @@ impl Shared {
     /// Hands the outcomes among `entries` to their batches' sinks and marks
     /// the batches whose end they hold.
     fn take_entries(&self, core: &mut Core, i: usize, entries: &[u8]) {
-        let Core {
-            workers,
-            stats,
-            outstanding,
-            ..
-        } = core;
-        let w = &mut workers[i];
+        let (w, stats, outstanding) = core.worker_and_counts(i);
         let mut entries = results::entries(entries).peekable();
         while let Some(first) = entries.peek() {
             let seq = first.seq;
@@ -848,13 +849,7 @@ impl Shared {
     /// Retires worker `i`'s batches whose end was read; false, retiring
     /// none, if one of them misses items and this is not the `last` look.
     fn end_batches(&self, core: &mut Core, i: usize, last: bool) -> bool {
-        let Core {
-            workers,
-            stats,
-            outstanding,
-            ..
-        } = core;
-        let w = &mut workers[i];
+        let (w, stats, outstanding) = core.worker_and_counts(i);
         if !last && w.inflight.iter().any(|b| b.ended && b.remaining > 0) {
             return false;
         }

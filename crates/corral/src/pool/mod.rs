@@ -77,9 +77,14 @@
 //!
 //! One supervisor state, guarded by one lock, knows which batch each worker
 //! holds; a dispatcher thread reaps and replaces workers and enforces
-//! deadlines. Work travels in batches over one socket per worker, so a busy
-//! pool pays one system call per batch rather than per task, and a caller
-//! waiting for a result reads it itself instead of paying a thread hop.
+//! deadlines. Work travels in batches through a ring in each worker's shared
+//! memory, and outcomes come back through another: while both sides are
+//! busy, no system call at all. A worker out of batches watches its ring
+//! for 100 µs, then sleeps in its socket, where the supervisor wakes it; a
+//! caller waiting for a result reads the rings itself for 100 µs, during
+//! which workers publish without a word, then sleeps while the dispatcher
+//! is woken instead. The socket carries what shared memory cannot:
+//! descriptors, and values too large for a ring.
 
 pub(crate) mod callback;
 mod core;

@@ -348,16 +348,21 @@ mod tests {
         });
     }
 
-    #[test]
-    fn a_push_leaves_the_room_asked_for() {
-        let region = SharedRegion::create(c"corral-test-ring", 64 + 256).expect("region");
-        let at = RingAt {
-            mem: &region,
+    /// A 256-byte ring in a real region.
+    fn in_region(region: &SharedRegion) -> RingAt<'_> {
+        RingAt {
+            mem: region,
             offset: 64,
             capacity: 256,
             tail: region.word64(0),
             head: region.word64(8),
-        };
+        }
+    }
+
+    #[test]
+    fn a_push_leaves_the_room_asked_for() {
+        let region = SharedRegion::create(c"corral-test-ring", 64 + 256).expect("region");
+        let at = in_region(&region);
         let mut w = Writer::new(at);
         assert!(w.push(&[1; 100], 50), "takes 104");
         assert!(!w.push(&[2; 100], 49), "only 152 bytes are free");
@@ -372,13 +377,7 @@ mod tests {
     #[test]
     fn nonsense_positions_are_refused() {
         let region = SharedRegion::create(c"corral-test-ring", 64 + 256).expect("region");
-        let at = RingAt {
-            mem: &region,
-            offset: 64,
-            capacity: 256,
-            tail: region.word64(0),
-            head: region.word64(8),
-        };
+        let at = in_region(&region);
         region.word64(0).store(256 + 8, Ordering::Relaxed);
         assert!(drain(at, &mut Vec::new()).is_err());
         region.word64(0).store(12, Ordering::Relaxed);
