@@ -669,6 +669,8 @@ pub(super) fn worker_main(boot: WorkerBoot) {
         taken: Vec::new(),
         at: 0,
         early: VecDeque::new(),
+        results: results_ring(region),
+        watching: &pool.layout::<PoolHead>().watching,
     };
     let mut left = max_tasks.unwrap_or(u64::MAX);
     while left > 0 {
@@ -695,6 +697,10 @@ pub(super) fn worker_main(boot: WorkerBoot) {
 /// `apply` round trip under a CPU hog of 2-6 us against 25-38. It costs at
 /// most this much CPU after each batch; an idle pool uses none.
 const WATCH: Duration = Duration::from_micros(100);
+/// After this much of [`WATCH`], a watch ends early if the supervisor's
+/// watcher has not read this worker's last outcomes (see
+/// `Inbox::peer_waits_for_a_cpu`): spin only while the peer runs.
+const WATCH_PEER: Duration = Duration::from_micros(10);
 
 /// Where a worker's batches come from: its task ring, in order, where a
 /// marker stands for each batch that comes by the socket instead.
@@ -708,6 +714,11 @@ struct Inbox<'a> {
     /// Batches the socket brought before the ring's marker for them was
     /// reached (read while sleeping).
     early: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
+    /// This worker's results ring, and the count of the supervisor's
+    /// threads watching results: a watcher that leaves this worker's
+    /// outcomes unread is not on a CPU.
+    results: RingAt<'a>,
+    watching: &'a AtomicU64,
 }
 
 /// A message of the task ring.
@@ -756,15 +767,25 @@ impl Inbox<'_> {
     fn watch(&self) -> bool {
         let start = Instant::now();
         let until = start + WATCH;
-        while Instant::now() < until {
+        loop {
             for _ in 0..64 {
                 if ring::nonempty(self.ring) {
                     return true;
                 }
                 std::hint::spin_loop();
             }
+            let now = Instant::now();
+            if now >= until || (now >= start + WATCH_PEER && self.peer_waits_for_a_cpu()) {
+                return false;
+            }
         }
-        false
+    }
+
+    /// Whether a supervisor thread watches for outcomes but has left this
+    /// worker's unread: it is not running, and may be waiting for the very
+    /// CPU this watch holds (on a busy machine), so the watch ends.
+    fn peer_waits_for_a_cpu(&self) -> bool {
+        self.watching.load(Ordering::Relaxed) > 0 && ring::nonempty(self.results)
     }
 
     /// Sleeps in the socket until the supervisor wakes it or sends a batch
