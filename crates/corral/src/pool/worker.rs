@@ -669,6 +669,7 @@ pub(super) fn worker_main(boot: WorkerBoot) {
         taken: Vec::new(),
         at: 0,
         early: VecDeque::new(),
+        held: Vec::new(),
         results: results_ring(region),
         watching: &pool.layout::<PoolHead>().watching,
     };
@@ -677,7 +678,7 @@ pub(super) fn worker_main(boot: WorkerBoot) {
         let Some((frame, fds)) = inbox.next() else {
             return; // the pool is gone or closed us
         };
-        let Ok(batch) = postcard::from_bytes::<BatchMsg<'_>>(&frame) else {
+        let Ok(batch) = postcard::from_bytes::<BatchMsg<'_>>(frame) else {
             return; // cannot happen between two copies of one binary
         };
         let items: usize = batch.jobs.iter().map(JobMsg::len).sum();
@@ -714,6 +715,8 @@ struct Inbox<'a> {
     /// Batches the socket brought before the ring's marker for them was
     /// reached (read while sleeping).
     early: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
+    /// The batch the socket brought last, while it runs.
+    held: Vec<u8>,
     /// This worker's results ring, and the count of the supervisor's
     /// threads watching results: a watcher that leaves this worker's
     /// outcomes unread is not on a CPU.
@@ -723,17 +726,20 @@ struct Inbox<'a> {
 
 /// A message of the task ring.
 enum Message {
-    Batch(Vec<u8>),
+    /// Where its encoding lies among the bytes taken.
+    Batch(std::ops::Range<usize>),
     /// The next batch comes by the socket.
     BySocket,
 }
 
 impl Inbox<'_> {
     /// The next batch, with its descriptors; `None` once the pool is gone.
-    fn next(&mut self) -> Option<(Vec<u8>, Vec<OwnedFd>)> {
+    /// A batch from the ring is read where it was copied out to, not
+    /// copied again.
+    fn next(&mut self) -> Option<(&[u8], Vec<OwnedFd>)> {
         loop {
             match self.pop() {
-                Some(Message::Batch(bytes)) => return Some((bytes, Vec::new())),
+                Some(Message::Batch(at)) => return Some((&self.taken[at], Vec::new())),
                 Some(Message::BySocket) => return self.by_socket(),
                 None => {}
             }
@@ -753,11 +759,11 @@ impl Inbox<'_> {
     fn pop(&mut self) -> Option<Message> {
         let rest = self.taken.get(self.at..)?;
         let len = u32::from_le_bytes(rest.get(..4)?.try_into().expect("4 bytes")) as usize;
-        let bytes = rest.get(4..4 + len)?;
+        rest.get(4..4 + len)?;
         let message = if len == 0 {
             Message::BySocket
         } else {
-            Message::Batch(bytes.to_vec())
+            Message::Batch(self.at + 4..self.at + 4 + len)
         };
         self.at += ring::padded(4 + len);
         Some(message)
@@ -804,16 +810,18 @@ impl Inbox<'_> {
     }
 
     /// The batch a marker stands for.
-    fn by_socket(&mut self) -> Option<(Vec<u8>, Vec<OwnedFd>)> {
-        if let Some(batch) = self.early.pop_front() {
-            return Some(batch);
-        }
-        loop {
-            let (frame, fds) = self.conn.recv_frame().ok()?;
-            if !frame.is_empty() {
-                return Some((frame, fds));
-            }
-        }
+    fn by_socket(&mut self) -> Option<(&[u8], Vec<OwnedFd>)> {
+        let (frame, fds) = match self.early.pop_front() {
+            Some(batch) => batch,
+            None => loop {
+                let (frame, fds) = self.conn.recv_frame().ok()?;
+                if !frame.is_empty() {
+                    break (frame, fds);
+                }
+            },
+        };
+        self.held = frame;
+        Some((&self.held, fds))
     }
 }
 
