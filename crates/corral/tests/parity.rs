@@ -925,8 +925,9 @@ fn map_pod_maps_plain_data_in_shared_memory() {
     let norms = pool.map_pod(norm2, &points).unwrap();
     assert_eq!(norms[3], 10.0);
     assert_eq!(pool.map_pod(square_u64, &[]), Ok(vec![]));
-    // Past 8 MiB the copies in and out are split among threads: every
-    // part, the short last one too, lands where it belongs.
+    // Past 8 MiB the results vector asks for huge pages and the copy out
+    // is split among threads: every part, the short last one too, lands
+    // where it belongs (and every range is copied in before it is sent).
     let big: Vec<u64> = (0..3_000_017).collect();
     let out = pool.map_pod(square_u64, &big).unwrap();
     assert_eq!(out.len(), big.len());

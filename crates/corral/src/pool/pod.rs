@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{Job, MapSink, Pool, Sink, add_item, worker};
 use crate::start::bootstrap::func_offset;
-use crate::{Error, TaskError};
+use crate::{Error, TaskError, sys};
 
 impl Pool {
     /// [`map`](Pool::map) for plain data, without encoding: the items are
@@ -17,9 +17,13 @@ impl Pool {
     /// dies, panics or runs past the task timeout fails the call with that
     /// error; the others are not redone.
     ///
-    /// A copy of more than 8 MiB is split among short-lived threads, one per
-    /// worker at most: writing fresh memory costs a page fault every 4 KiB,
-    /// and threads take them in parallel (as rayon's `collect` does).
+    /// Each range goes to the workers as soon as its items are in shared
+    /// memory, so they start while the rest is copied. The results are
+    /// written into a fresh vector, where each first write of a page costs
+    /// a page fault: above 8 MiB the vector asks for transparent huge pages
+    /// (`MADV_HUGEPAGE`, a fault per 2 MiB rather than per 4 KiB, where the
+    /// kernel allows them) and the copy is split among short-lived threads,
+    /// one per worker at most.
     ///
     /// # Errors
     ///
@@ -59,10 +63,6 @@ impl Pool {
             .shared
             .scratch(items.len() * std::mem::size_of::<R>())
             .map_err(shared)?;
-        let per = copy_part(in_bytes.len(), self.processes());
-        in_parallel(in_bytes.chunks(per), |k, part| {
-            input.store_bytes_at(k * per, part);
-        });
         let n = items.len();
         let chunks = 4 * self.processes();
         let per = self.fit_quota(n.div_ceil(chunks)) as u64;
@@ -92,9 +92,22 @@ impl Pool {
             add_item(&mut job, index as u32, &chunk);
             jobs.push(job);
         }
-        self.shared.submit(jobs);
+        // Each range goes out as soon as its items are in place: workers
+        // start while the rest is copied.
+        let a = size_of::<A>();
+        for (job, &(start, len)) in jobs.into_iter().zip(&ranges) {
+            let (from, to) = (start as usize * a, (start + len) as usize * a);
+            input.store_bytes_at(from, &in_bytes[from..to]);
+            self.shared.submit(vec![job]);
+        }
         let outcome = sink.wait(&*self.shared).map(|_| {
-            let mut results = vec![R::zeroed(); n];
+            // Fresh from the allocator, not yet touched (for a large
+            // vector): writing it costs a page fault per page, so huge
+            // pages where the kernel has them.
+            let mut results: Vec<R> = bytemuck::allocation::zeroed_vec(n);
+            if n * size_of::<R>() >= PARALLEL_COPY {
+                sys::prefer_huge_pages(&mut results);
+            }
             let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut results);
             // Writing fresh memory costs a page fault per page: shared
             // among threads, as rayon's `collect` shares it.
