@@ -241,10 +241,12 @@ def issue14_section(runs, hog, py, w):
       "sides are busy. What bounds the misses (`bench/README.md` has the profiles and the builds compared): "
       "submit-each pays, per task, a future of its own (several allocations and the pool's lock) and, per "
       "small batch, a worker's wake-up; a `map` of small items pays about 130 ns of CPU per item in encoding, "
-      "entries and decoding, on 2 cores; `map_pod` of 10M pays copying 80 MB out into a fresh vector (a page "
-      "fault every 4 KiB); spawn+join pays making and tearing down a process (a raw `fork`+`_exit`+`waitpid` "
+      "entries and decoding, on 2 cores; `map_pod` of 10M pays one copy in and one copy out (80 MB each) "
+      "that rayon does not make, the copy out into fresh memory (huge pages where the kernel gives them); "
+      "spawn+join pays making and tearing down a process (a raw `fork`+`_exit`+`waitpid` "
       "alone is 200–250 µs here). Under the hog, the queue's falls are those of any hand-off between two "
-      "processes that lose the second CPU, and the Python round trip is bimodal (see its section).")
+      "processes that lose the second CPU, and the Python round trip is bimodal: a worker watching for its "
+      "next batch can hold the one CPU its runnable caller needs (scheduler trace in `bench/README.md`).")
     w("")
 
 
