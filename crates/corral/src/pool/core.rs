@@ -1897,6 +1897,11 @@ fn hand_batch(
         send_frame_reading(w, &framed[4..], fds).map_err(|f| SendFailure::of(&f))?;
         ring::Writer::new(worker::task_ring(&w.region)).push(&[0; 4], 0);
     }
+    // Where the thread that hands it out runs: a hint for the worker's
+    // watch (`WorkerHead::handed_on`).
+    w.head()
+        .handed_on
+        .store(sys::current_cpu() as u64 + 1, Ordering::Relaxed);
     wake_if_asleep(w);
     Ok(())
 }

@@ -80,7 +80,9 @@
 //! deadlines. Work travels in batches through a ring in each worker's shared
 //! memory, and outcomes come back through another: while both sides are
 //! busy, no system call at all. A worker out of batches watches its ring
-//! for 100 µs, then sleeps in its socket, where the supervisor wakes it; a
+//! for 100 µs (10 µs when the thread it waits for is off its CPU, perhaps
+//! waiting for this one), then sleeps in its socket, where the supervisor
+//! wakes it; a
 //! caller waiting for a result reads the rings itself for 100 µs, during
 //! which workers publish without a word, then sleeps while the dispatcher
 //! is woken instead. The socket carries what shared memory cannot:

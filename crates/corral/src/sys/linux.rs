@@ -286,6 +286,11 @@ pub(crate) fn prefer_huge_pages<T>(buf: &mut [T]) {
     };
 }
 
+/// The CPU this thread runs on (it may move at any time after).
+pub(crate) fn current_cpu() -> usize {
+    rustix::thread::sched_getcpu()
+}
+
 /// Raises the soft limit on open descriptors to the hard limit.
 pub(crate) fn raise_fd_limit() {
     use rustix::process::{Resource, getrlimit, setrlimit};
