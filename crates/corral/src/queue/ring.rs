@@ -27,7 +27,12 @@
 //!
 //! A side that must wait spins briefly, then announces itself in its
 //! side's sleeper record and sleeps on the other side's sequence word (a
-//! futex). The waker publishes its position, then reads the record, each
+//! futex). A producer waiting for room, or a consumer waiting for the next
+//! chunk of a message, skips the spin when the other side last published
+//! from this very CPU: that side is not running, and the spin would hold
+//! the CPU it waits for (under a CPU hog, 1 MiB messages: 3.1-3.5 ->
+//! 4.5-5.6 GB/s in alternating runs; a consumer waiting for a message keeps
+//! its spin, where skipping it measured no better). The waker publishes its position, then reads the record, each
 //! side with a sequentially consistent fence in between, so either the
 //! sleeper sees the new position or the waker sees the sleeper (a Dekker
 //! pair). The record holds the sleepers' pids, so a sleeper SIGKILLed in its
@@ -72,6 +77,8 @@ const P_CACHED_GOT: usize = 144;
 const TAIL: usize = 192;
 const PUT_COUNT: usize = 200;
 const TAIL_SEQ: usize = 208;
+/// The CPU (plus one) the last producer published from.
+const P_CPU: usize = 216;
 // Consumer side.
 const C_LOCK: usize = 256;
 const C_OPEN: usize = 320;
@@ -81,6 +88,8 @@ const C_OPEN_AT: usize = 336;
 const HEAD: usize = 384;
 const GOT_COUNT: usize = 392;
 const HEAD_SEQ: usize = 400;
+/// The CPU (plus one) the last consumer consumed from.
+const C_CPU: usize = 408;
 // Rarely written.
 const CLOSED: usize = 456;
 const UNFINISHED: usize = 576;
@@ -124,6 +133,11 @@ pub(crate) enum GetFail {
     Timeout,
     /// The queue is closed and drained.
     Closed,
+}
+
+/// The CPU this thread runs on, plus one (0 is no CPU).
+fn here() -> u64 {
+    crate::sys::current_cpu() as u64 + 1
 }
 
 /// The untyped queue, in memory `M` (a shared region, or loom's model).
@@ -334,11 +348,19 @@ impl<M: Memory> Ring<M> {
             self.w64(PUT_COUNT).store(put + 1, Ordering::Relaxed);
         }
         let next = tail + CHUNK_HEADER + pad(payload.len() as u64);
+        self.w64(P_CPU).store(here(), Ordering::Relaxed);
         self.w64(TAIL).store(next, Ordering::Release);
         self.w32(TAIL_SEQ).store(next as u32, Ordering::Release);
         self.mem.fence();
         // All: one of them may be streaming this very message.
         CONSUMERS.wake(&self.mem, self.w32(TAIL_SEQ), u32::MAX);
+    }
+
+    /// Whether the other side last published from this very CPU (`at`:
+    /// [`P_CPU`] or [`C_CPU`]): it is not running now, so a spin would hold
+    /// the CPU it may be waiting for, and this side sleeps at once instead.
+    fn last_ran_here(&self, at: usize) -> bool {
+        self.w64(at).load(Ordering::Relaxed) == here()
     }
 
     /// Free bytes and free message slots, by the producer's cached view.
@@ -384,7 +406,7 @@ impl<M: Memory> Ring<M> {
             if deadline.is_some_and(|at| Instant::now() >= at) {
                 return Err(PutFail::Full);
             }
-            if self.mem.spin(&mut spinner) {
+            if !self.last_ran_here(C_CPU) && self.mem.spin(&mut spinner) {
                 continue;
             }
             // Dekker with the waker's fence (inside `enter`): it sees this
@@ -534,6 +556,7 @@ impl<M: Memory> Ring<M> {
             self.w64(GOT_COUNT).store(got + 1, Ordering::Release);
         }
         let next = head + CHUNK_HEADER + pad(len);
+        self.w64(C_CPU).store(here(), Ordering::Relaxed);
         self.w64(HEAD).store(next, Ordering::Release);
         self.w32(HEAD_SEQ).store(next as u32, Ordering::Release);
         self.mem.fence();
@@ -549,7 +572,7 @@ impl<M: Memory> Ring<M> {
             if self.chunk_ready() {
                 return;
             }
-            if self.mem.spin(&mut spinner) {
+            if !self.last_ran_here(P_CPU) && self.mem.spin(&mut spinner) {
                 continue;
             }
             // Dekker with the waker's fence (inside `enter`): it sees this
