@@ -82,10 +82,9 @@
 //! busy, no system call at all. A worker out of batches watches its ring
 //! for 100 µs (10 µs when the thread it waits for is off its CPU, perhaps
 //! waiting for this one), then sleeps in its socket, where the supervisor
-//! wakes it; a
-//! caller waiting for a result reads the rings itself for 100 µs, during
-//! which workers publish without a word, then sleeps while the dispatcher
-//! is woken instead. The socket carries what shared memory cannot:
+//! wakes it; a caller waiting for a result reads the rings itself for
+//! 100 µs, during which workers publish without a word, then sleeps while
+//! the dispatcher is woken instead. The socket carries what shared memory cannot:
 //! descriptors, and values too large for a ring.
 
 pub(crate) mod callback;

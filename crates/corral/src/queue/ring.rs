@@ -32,10 +32,10 @@
 //! from this very CPU: that side is not running, and the spin would hold
 //! the CPU it waits for (under a CPU hog, 1 MiB messages: 3.1-3.5 ->
 //! 4.5-5.6 GB/s in alternating runs; a consumer waiting for a message keeps
-//! its spin, where skipping it measured no better). The waker publishes its position, then reads the record, each
-//! side with a sequentially consistent fence in between, so either the
-//! sleeper sees the new position or the waker sees the sleeper (a Dekker
-//! pair). The record holds the sleepers' pids, so a sleeper SIGKILLed in its
+//! its spin, where skipping it measured no better). The waker publishes its
+//! position, then reads the record, each side with a sequentially
+//! consistent fence in between, so either the sleeper sees the new position
+//! or the waker sees the sleeper (a Dekker pair). The record holds the sleepers' pids, so a sleeper SIGKILLed in its
 //! sleep is cleared by the next waker that finds no one to wake, instead of
 //! costing every later publication a system call (see
 //! [`crate::shared::memory::Sleepers`]).
