@@ -24,6 +24,20 @@ const PROBE_EVERY: u32 = 256;
 /// Watches in a row that may end in sleep before the budget shrinks.
 const MISSES_TOLERATED: u32 = 4;
 
+/// This thread's CPU as a mark for shared memory: the CPU plus one, so
+/// that 0 (a word never written) names none. A side that publishes stores
+/// its mark; a side about to watch for it compares with [`ran_here`].
+pub(crate) fn cpu_mark() -> u64 {
+    crate::sys::current_cpu() as u64 + 1
+}
+
+/// Whether `mark` (from [`cpu_mark`]) names the CPU this thread runs on:
+/// the thread that left it is not running now, and may wait for this very
+/// CPU, so a watch for it would hold the CPU it needs.
+pub(crate) fn ran_here(mark: u64) -> bool {
+    mark == cpu_mark()
+}
+
 /// A learnt watch budget (shared by the threads of one waiting side; the
 /// counters are hints, so relaxed updates suffice).
 #[derive(Debug)]

@@ -1901,7 +1901,7 @@ fn hand_batch(
     // watch (`WorkerHead::handed_on`).
     w.head()
         .handed_on
-        .store(sys::current_cpu() as u64 + 1, Ordering::Relaxed);
+        .store(crate::spin::cpu_mark(), Ordering::Relaxed);
     wake_if_asleep(w);
     Ok(())
 }

@@ -73,8 +73,9 @@ sys::shared_layout! {
         /// 1 while the worker sleeps in its socket for want of a batch: the
         /// supervisor that publishes one then wakes it with a bare frame.
         pub(super) asleep: AtomicU64,
-        /// The CPU (plus one; 0: unknown) the supervisor thread that handed
-        /// the last batch ran on: see `Inbox::hander_waits_for_this_cpu`.
+        /// The CPU the supervisor thread that handed the last batch ran on
+        /// ([`crate::spin::cpu_mark`]; 0: none yet): see
+        /// `Inbox::hander_waits_for_this_cpu`.
         pub(super) handed_on: AtomicU64,
         /// How many entries of `skips` are in use.
         pub(super) skip_count: AtomicU64,
@@ -814,7 +815,7 @@ impl Inbox<'_> {
     /// woke took the CPU from it), so the watch ends.
     fn hander_waits_for_this_cpu(&self) -> bool {
         self.watching.load(Ordering::Relaxed) == 0
-            && self.handed_on.load(Ordering::Relaxed) == sys::current_cpu() as u64 + 1
+            && crate::spin::ran_here(self.handed_on.load(Ordering::Relaxed))
     }
 
     /// Sleeps in the socket until the supervisor wakes it or sends a batch

@@ -66,6 +66,7 @@ use crate::Error;
 use crate::shared::memory::{Memory, Region, Sleepers, Word32, Word64};
 pub(crate) use crate::shared::memory::{Spinner, Wait};
 use crate::shared::object::{HEADER, Kind, Object};
+use crate::spin::{cpu_mark, ran_here};
 use crate::sys::Acquired;
 
 // Producer side.
@@ -77,7 +78,7 @@ const P_CACHED_GOT: usize = 144;
 const TAIL: usize = 192;
 const PUT_COUNT: usize = 200;
 const TAIL_SEQ: usize = 208;
-/// The CPU (plus one) the last producer published from.
+/// The CPU the last producer published from ([`cpu_mark`]).
 const P_CPU: usize = 216;
 // Consumer side.
 const C_LOCK: usize = 256;
@@ -88,7 +89,7 @@ const C_OPEN_AT: usize = 336;
 const HEAD: usize = 384;
 const GOT_COUNT: usize = 392;
 const HEAD_SEQ: usize = 400;
-/// The CPU (plus one) the last consumer consumed from.
+/// The CPU the last consumer consumed from ([`cpu_mark`]).
 const C_CPU: usize = 408;
 // Rarely written.
 const CLOSED: usize = 456;
@@ -133,11 +134,6 @@ pub(crate) enum GetFail {
     Timeout,
     /// The queue is closed and drained.
     Closed,
-}
-
-/// The CPU this thread runs on, plus one (0 is no CPU).
-fn here() -> u64 {
-    crate::sys::current_cpu() as u64 + 1
 }
 
 /// The untyped queue, in memory `M` (a shared region, or loom's model).
@@ -348,7 +344,7 @@ impl<M: Memory> Ring<M> {
             self.w64(PUT_COUNT).store(put + 1, Ordering::Relaxed);
         }
         let next = tail + CHUNK_HEADER + pad(payload.len() as u64);
-        self.w64(P_CPU).store(here(), Ordering::Relaxed);
+        self.w64(P_CPU).store(cpu_mark(), Ordering::Relaxed);
         self.w64(TAIL).store(next, Ordering::Release);
         self.w32(TAIL_SEQ).store(next as u32, Ordering::Release);
         self.mem.fence();
@@ -360,7 +356,7 @@ impl<M: Memory> Ring<M> {
     /// [`P_CPU`] or [`C_CPU`]): it is not running now, so a spin would hold
     /// the CPU it may be waiting for, and this side sleeps at once instead.
     fn last_ran_here(&self, at: usize) -> bool {
-        self.w64(at).load(Ordering::Relaxed) == here()
+        ran_here(self.w64(at).load(Ordering::Relaxed))
     }
 
     /// Free bytes and free message slots, by the producer's cached view.
@@ -556,7 +552,7 @@ impl<M: Memory> Ring<M> {
             self.w64(GOT_COUNT).store(got + 1, Ordering::Release);
         }
         let next = head + CHUNK_HEADER + pad(len);
-        self.w64(C_CPU).store(here(), Ordering::Relaxed);
+        self.w64(C_CPU).store(cpu_mark(), Ordering::Relaxed);
         self.w64(HEAD).store(next, Ordering::Release);
         self.w32(HEAD_SEQ).store(next as u32, Ordering::Release);
         self.mem.fence();
