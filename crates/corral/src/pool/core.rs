@@ -1418,13 +1418,7 @@ impl Shared {
         // ring, READY included: read it whatever the worker's state.
         self.read_worker(core, i, true);
         let mut w = core.workers.remove(i);
-        let death = match w.child.join_in_place() {
-            Ok(()) => Death::Exited(ExitStatus::Code(0)),
-            Err(e) => match e.exit_status() {
-                Some(status) => Death::Exited(status),
-                None => Death::Lost(e.to_string()),
-            },
-        };
+        let death = Death::of(&w);
         let failed_item = self.settle_running(core, &mut w, &death);
         self.requeue_unfinished(core, &mut w);
         let stopping =
@@ -1438,14 +1432,7 @@ impl Shared {
         } else if !stopping {
             core.stats.workers_replaced += 1;
         }
-        trace::event!(
-            info,
-            pid = w.child.pid(),
-            death = %death,
-            why = ?w.life.why(),
-            replaced = !retired && !stopping,
-            "worker ended"
-        );
+        death.report(&w, !retired && !stopping);
         if !w.said_ready() && !stopping {
             self.died_starting(core, &w, &death);
         }
@@ -1710,7 +1697,7 @@ impl Shared {
                 i += 1;
             } else {
                 let w = core.workers.remove(i);
-                let _ = w.child.join();
+                Death::of(&w).report(&w, false);
             }
         }
     }
@@ -1746,6 +1733,32 @@ enum Death {
     Exited(ExitStatus),
     /// Its status is unknown (the fork server that reaped it died).
     Lost(String),
+}
+
+impl Death {
+    /// How dead worker `w` ended (reaped here if it was not yet).
+    fn of(w: &Worker) -> Death {
+        match w.child.join_in_place() {
+            Ok(()) => Death::Exited(ExitStatus::Code(0)),
+            Err(e) => match e.exit_status() {
+                Some(status) => Death::Exited(status),
+                None => Death::Lost(e.to_string()),
+            },
+        }
+    }
+
+    /// Tells the trace that worker `w` ended this way.
+    #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+    fn report(&self, w: &Worker, replaced: bool) {
+        trace::event!(
+            info,
+            pid = w.child.pid(),
+            death = %self,
+            why = ?w.life.why(),
+            replaced = replaced,
+            "worker ended"
+        );
+    }
 }
 
 impl std::fmt::Display for Death {
