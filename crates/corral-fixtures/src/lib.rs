@@ -130,11 +130,39 @@ pub fn is_gone(pid: u32) -> bool {
     }
 }
 
-/// The number of open descriptors of this process.
+/// The children of this process's fork server (none without one).
+pub fn server_children() -> Vec<u32> {
+    let Some(server) = corral::internal::fork_server_pid() else {
+        return Vec::new();
+    };
+    std::fs::read_to_string(format!("/proc/{server}/task/{server}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// The live spares of this process's fork server: its children named
+/// `corral-spare` (forked ahead of need, see corral's `start::spare`).
+pub fn spares() -> Vec<u32> {
+    server_children()
+        .into_iter()
+        .filter(|&p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim() == "corral-spare")
+                && !is_gone(p)
+        })
+        .collect()
+}
+
+/// The number of open descriptors of this process, less the ones corral
+/// holds for the spare child its fork server offered (there is one or
+/// none, depending on timing).
 pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
+    let all = std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    all.saturating_sub(corral::internal::spare_fds())
 }
 
 /// Children of this process that are zombies.

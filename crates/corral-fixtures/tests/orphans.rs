@@ -59,7 +59,8 @@ fn no_descendant_outlives_a_sigkilled_parent() {
             "grandchild",
             "nested-fork-server",
             "pool-worker",
-            "fork-pool-worker"
+            "fork-pool-worker",
+            "spare"
         ]
     );
     for (what, pid) in &pids {

@@ -43,10 +43,17 @@ fn _fork_server_pid() -> Option<u32> {
     corral::internal::fork_server_pid()
 }
 
+/// Descriptors held for the fork server's spare child on offer (0 or 3).
+#[pyfunction]
+fn _spare_fds() -> usize {
+    corral::internal::spare_fds()
+}
+
 #[pymodule]
 fn _corral(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_init, m)?)?;
     m.add_function(wrap_pyfunction!(_fork_server_pid, m)?)?;
+    m.add_function(wrap_pyfunction!(_spare_fds, m)?)?;
     m.add_class::<pool::PyPool>()?;
     m.add_class::<imap::PyImap>()?;
     m.add_class::<task::PyTask>()?;

@@ -522,6 +522,18 @@ pub mod internal {
         crate::start::runtime::server_pid().map(|p| p as u32)
     }
 
+    /// How many descriptors this process holds for the spare child its fork
+    /// server offered (0 or 3): leak checks leave them out.
+    pub fn spare_fds() -> usize {
+        crate::start::runtime::spare_fds()
+    }
+
+    /// The pid of the spare child this process's fork server offered, if it
+    /// has (reads the offers that arrived).
+    pub fn spare_pid() -> Option<u32> {
+        crate::start::runtime::spare_pid().map(|p| p as u32)
+    }
+
     /// Spawns (by re-execution) with a forged binary identity, to prove that
     /// a child refuses a task meant for another binary.
     pub fn spawn_with_identity<A: crate::Data, R: crate::Data>(

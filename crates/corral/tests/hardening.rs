@@ -332,7 +332,8 @@ fn worker_pids(pool: &Pool) -> HashSet<u32> {
 /// What happened to spawns under descriptor pressure, seen from inside.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Pressure {
-    refused: Vec<String>,
+    /// By start method: what each attempt came to.
+    refused: Vec<(StartMethod, String)>,
     pool_survived: bool,
     same_workers: bool,
     spawn_after: u64,
@@ -351,17 +352,21 @@ fn spawn_under_pressure() -> Pressure {
     }
     let mut refused = Vec::new();
     // None left at all, then exactly enough for the result socket and the
-    // status pipe but not for the new child's pidfd.
-    for free in [0, 4, 4, 0] {
-        for _ in 0..free {
-            hoard.pop();
-        }
-        match corral::spawn(square, 2) {
-            Ok(child) => refused.push(format!("started: {:?}", fx::done(child))),
-            Err(e) => refused.push(e.to_string()),
-        }
-        while let Ok(f) = std::fs::File::open("/dev/null") {
-            hoard.push(f);
+    // status pipe but not for the new child's pidfd (a ForkServer start
+    // through the server's spare needs none of these).
+    for method in [StartMethod::ForkServer, StartMethod::Spawn] {
+        for free in [0, 4, 4, 0] {
+            for _ in 0..free {
+                hoard.pop();
+            }
+            let builder = corral::Process::builder().start_method(method);
+            match builder.spawn(square, 2) {
+                Ok(child) => refused.push((method, format!("started: {:?}", fx::done(child)))),
+                Err(e) => refused.push((method, e.to_string())),
+            }
+            while let Ok(f) = std::fs::File::open("/dev/null") {
+                hoard.push(f);
+            }
         }
     }
     let pool_survived = pool.map(square, 0..100u64).is_ok_and(|v| v[9] == 81);
@@ -385,11 +390,17 @@ fn a_spawn_out_of_descriptors_fails_alone() {
         .fork_closure(spawn_under_pressure)
         .unwrap();
     let seen = fx::done(child).unwrap();
-    assert_eq!(seen.refused.len(), 4, "{seen:?}");
-    assert!(seen.refused[1].contains("pidfd"), "{seen:?}");
-    for message in &seen.refused {
-        assert!(message.contains("descriptor"), "{message}");
+    assert_eq!(seen.refused.len(), 8, "{seen:?}");
+    assert_eq!(seen.refused[4].0, StartMethod::Spawn);
+    assert!(seen.refused[5].1.contains("pidfd"), "{seen:?}");
+    for (method, message) in &seen.refused {
+        let started = *method == StartMethod::ForkServer && message == "started: Ok(4)";
+        assert!(started || message.contains("descriptor"), "{message}");
     }
+    assert!(
+        seen.refused.iter().any(|(_, m)| m.contains("descriptor")),
+        "{seen:?}"
+    );
     assert!(seen.pool_survived && seen.same_workers, "{seen:?}");
     assert_eq!(seen.spawn_after, 81);
 }

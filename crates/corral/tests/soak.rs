@@ -147,13 +147,8 @@ fn our_worker(pid: u32) -> bool {
 
 /// Workers of this process still alive.
 fn live_workers() -> Vec<u32> {
-    let Some(server) = corral::internal::fork_server_pid() else {
-        return Vec::new();
-    };
-    std::fs::read_to_string(format!("/proc/{server}/task/{server}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
+    fx::server_children()
+        .into_iter()
         .filter(|&p| our_worker(p))
         .collect()
 }

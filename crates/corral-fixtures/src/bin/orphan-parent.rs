@@ -73,6 +73,14 @@ fn main() {
         pids.push((what, pid));
         pools.push((pool, task));
     }
+    // The fork server keeps a spare child ready once it has forked one.
+    let mut spares = Vec::new();
+    corral_fixtures::wait_for(std::time::Duration::from_secs(10), || {
+        spares = corral_fixtures::spares();
+        !spares.is_empty()
+    });
+    let spare = *spares.first().expect("the fork server keeps a spare");
+    pids.push(("spare", spare));
     let mut out = std::io::stdout().lock();
     for (what, pid) in pids {
         writeln!(out, "pid {what} {pid}").expect("stdout");

@@ -200,24 +200,27 @@ impl ProcessBuilder {
         };
         let meta = postcard::to_stdvec(&meta)
             .map_err(|e| Error::Codec(crate::CodecError::new(e.to_string())))?;
-        let (ours, theirs) = sys::socketpair().map_err(Error::io("creating the result socket"))?;
-        let (status_read, status_write) =
-            sys::pipe().map_err(Error::io("creating the status pipe"))?;
-        let mut fds: Vec<BorrowedFd<'_>> = vec![theirs.as_fd(), status_write.as_fd()];
-        fds.extend(encoded.fds.iter().map(|fd| fd.as_fd()));
-        let (pid, pidfd) =
-            runtime::with_server(|server| server.spawn(launch, &meta, &encoded.bytes, &fds))?;
-        drop(fds);
-        drop((theirs, status_write, encoded));
+        let handles: Vec<BorrowedFd<'_>> = encoded.fds.iter().map(|fd| fd.as_fd()).collect();
+        let started = runtime::with_server(|server| {
+            server.spawn(launch, self.group_dies, (&meta, &encoded.bytes), &handles)
+        })?;
+        drop(handles);
+        drop(encoded);
         // The argument moved to the child: its handles close here, as a
         // moved value would.
         drop(arg);
         let reaper = Reaper::Server {
-            status: status_read,
+            status: started.status,
         };
-        Ok(Child::new(
-            Proc::new(pid, self.name, self.daemon, pidfd, reaper, ours).group_dies(self.group_dies),
-        ))
+        let proc = Proc::new(
+            started.pid,
+            self.name,
+            self.daemon,
+            started.pidfd,
+            reaper,
+            started.result,
+        );
+        Ok(Child::new(proc.group_dies(self.group_dies)))
     }
 
     /// The Fork start method for a function: the argument still crosses as

@@ -12,6 +12,13 @@
 //! and from then on watches the child: when it exits, the server reaps it and
 //! writes its wait status to the status pipe.
 //!
+//! Once it has served a Fork request, the server keeps one *spare* forked
+//! ahead of need and offers it unasked (`[pid][-1]`, with a pidfd, the
+//! spare's socket and its status pipe attached): the parent's next Fork
+//! start writes its request straight to the spare and tells the server with
+//! a `taken` request, so neither a fork nor a wait for the server is on its
+//! path. See [`super::spare`].
+//!
 //! A `watch` request hands the server a pidfd of a child the parent forked
 //! itself (the Fork start method from a non-main thread), for the last duty
 //! below.
@@ -38,17 +45,19 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use super::bootstrap::{self, BOOT_ENV, Ending, Outcome, StartMeta};
 use super::orphans::Orphans;
 use super::reexec::{ExecPlan, ForkHooks, ROLE_AT_INIT_ENV};
+use super::spare::{OFFER, Offer, Spares, Started};
 use crate::{Error, sys, wire};
 
 /// Environment variable through which an exec'd fork server finds its socket.
 pub(crate) const SERVER_ENV: &str = "CORRAL_SERVER";
 
-const KIND_FORK: u32 = 0;
+pub(super) const KIND_FORK: u32 = 0;
 const KIND_EXEC: u32 = 1;
 const KIND_WATCH: u32 = 2;
 const KIND_TRACK_SHM: u32 = 3;
 const KIND_UNTRACK_SHM: u32 = 4;
 const KIND_KILL: u32 = 5;
+pub(super) const KIND_TAKEN: u32 = 6;
 
 const MAX_META: usize = 1 << 20;
 
@@ -68,6 +77,18 @@ pub(crate) struct ServerClient {
     pid: i32,
     /// The server is this process's child: reaped when the client drops.
     pidfd: Option<OwnedFd>,
+    /// The spare the server offered, for the next Fork start.
+    offer: std::sync::Mutex<Option<Offer>>,
+}
+
+/// A message from the server, and the descriptors that came with it.
+type Message = ([u8; 8], Vec<OwnedFd>);
+
+/// A message's two fields: `[pid: i32][errno: i32]` (an offer's errno is
+/// [`OFFER`]).
+fn pid_and_errno(message: &[u8; 8]) -> (i32, i32) {
+    let field = |at: usize| i32::from_le_bytes(message[at..at + 4].try_into().expect("4 bytes"));
+    (field(0), field(4))
 }
 
 impl Drop for ServerClient {
@@ -127,6 +148,7 @@ impl ServerClient {
             sock: ours,
             pid,
             pidfd,
+            offer: std::sync::Mutex::new(None),
         })
     }
 
@@ -151,48 +173,56 @@ impl ServerClient {
         sys::raw(&self.sock)
     }
 
-    /// Asks the server to start a child. `fds` are the child's result socket,
-    /// the write end of its status pipe, then the argument's handles.
+    /// Starts a child with the argument's `handles`: through the spare the
+    /// server offered, for a Fork start if there is one (see
+    /// [`super::spare`]), or else by a request to the server.
     pub(crate) fn spawn(
         &self,
         launch: Launch,
-        meta: &[u8],
-        arg: &[u8],
-        fds: &[BorrowedFd<'_>],
-    ) -> Result<(i32, OwnedFd), Error> {
+        group_dies: bool,
+        request: (&[u8], &[u8]),
+        handles: &[BorrowedFd<'_>],
+    ) -> Result<Started, Error> {
+        let (meta, arg) = request;
+        if let Launch::Fork = launch
+            && let Some(offer) = self.take_offer()?
+        {
+            match offer.start(self.sock.as_fd(), (meta, arg, group_dies), handles) {
+                Some(Ok(started)) => return Ok(started),
+                Some(Err(e)) => return Err(Error::ForkServer(format!("sending a request: {e}"))),
+                // The spare is gone: the server forks.
+                None => {}
+            }
+        }
         let kind = match launch {
             Launch::Fork => KIND_FORK,
             Launch::Exec => KIND_EXEC,
         };
-        self.send(kind, meta, arg, fds)?;
-        let mut reply = [0u8; 8];
-        let mut got = 0;
-        let mut received = Vec::new();
-        // A fork takes ~150 µs; watching for the answer that long is cheaper
-        // than being woken by it.
-        let spin_until = std::time::Instant::now() + std::time::Duration::from_micros(300);
-        while got < reply.len() {
-            let spinning = std::time::Instant::now() < spin_until;
-            let n = match sys::recv_with_fds_flags(
-                self.sock.as_fd(),
-                &mut reply[got..],
-                &mut received,
-                !spinning,
-            ) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    std::hint::spin_loop();
-                    continue;
-                }
-                other => other,
+        let (result, theirs) =
+            sys::socketpair().map_err(Error::io("creating the result socket"))?;
+        let (status, status_write) = sys::pipe().map_err(Error::io("creating the status pipe"))?;
+        let mut fds = vec![theirs.as_fd(), status_write.as_fd()];
+        fds.extend_from_slice(handles);
+        self.send(kind, meta, arg, &fds)?;
+        let (pid, pidfd) = self.read_reply()?;
+        Ok(Started {
+            pid,
+            pidfd,
+            result,
+            status,
+        })
+    }
+
+    /// The server's answer to a start request: the child's pid and a pidfd
+    /// of it. Offers that come first are kept.
+    fn read_reply(&self) -> Result<(i32, OwnedFd), Error> {
+        let (reply, received) = loop {
+            let message = self.read_message(true)?.expect("a blocking read");
+            if let Some(reply) = self.keep_offer(message) {
+                break reply;
             }
-            .map_err(|e| Error::ForkServer(format!("reading its answer: {e}")))?;
-            if n == 0 {
-                return Err(Error::ForkServer("it closed the connection".into()));
-            }
-            got += n;
-        }
-        let pid = i32::from_le_bytes(reply[..4].try_into().expect("4 bytes"));
-        let errno = i32::from_le_bytes(reply[4..].try_into().expect("4 bytes"));
+        };
+        let (pid, errno) = pid_and_errno(&reply);
         if pid <= 0 {
             return Err(Error::Io {
                 context: "the fork server could not fork",
@@ -214,6 +244,80 @@ impl ServerClient {
                 })
             }
         }
+    }
+
+    /// How many descriptors the spare on offer holds here (0 or 3).
+    pub(crate) fn held_fds(&self) -> usize {
+        let held = self.offer.lock().unwrap_or_else(|p| p.into_inner());
+        held.as_ref().map_or(0, |_| Offer::FDS)
+    }
+
+    /// The spare on offer, after reading the offers that arrived.
+    fn take_offer(&self) -> Result<Option<Offer>, Error> {
+        self.read_offers()?;
+        Ok(self.offer.lock().unwrap_or_else(|p| p.into_inner()).take())
+    }
+
+    /// The pid of the spare on offer, after reading the offers that arrived.
+    pub(crate) fn offered_pid(&self) -> Result<Option<i32>, Error> {
+        self.read_offers()?;
+        let held = self.offer.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(held.as_ref().map(Offer::pid))
+    }
+
+    fn read_offers(&self) -> Result<(), Error> {
+        while let Some(message) = self.read_message(false)? {
+            // Only offers come unasked.
+            let _ = self.keep_offer(message);
+        }
+        Ok(())
+    }
+
+    /// Keeps `message` if it is an offer (replacing an older one, whose spare
+    /// then ends); any other message is handed back.
+    fn keep_offer(&self, message: Message) -> Option<Message> {
+        let (bytes, fds) = message;
+        let (pid, errno) = pid_and_errno(&bytes);
+        if errno != OFFER {
+            return Some((bytes, fds));
+        }
+        *self.offer.lock().unwrap_or_else(|p| p.into_inner()) = Offer::new(pid, fds);
+        None
+    }
+
+    /// Reads one 8-byte message (a reply or an offer) and its descriptors.
+    /// `wait`: watch for it a while (a fork takes ~150 µs; watching that
+    /// long is cheaper than being woken), then sleep; otherwise `None` if
+    /// none has begun to arrive.
+    fn read_message(&self, wait: bool) -> Result<Option<Message>, Error> {
+        let mut message = [0u8; 8];
+        let mut got = 0;
+        let mut received = Vec::new();
+        let spin_until = std::time::Instant::now() + std::time::Duration::from_micros(300);
+        while got < message.len() {
+            let blocking = (wait || got > 0) && std::time::Instant::now() >= spin_until;
+            let n = match sys::recv_with_fds_flags(
+                self.sock.as_fd(),
+                &mut message[got..],
+                &mut received,
+                blocking,
+            ) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !wait && got == 0 {
+                        return Ok(None);
+                    }
+                    std::hint::spin_loop();
+                    continue;
+                }
+                other => other,
+            }
+            .map_err(|e| Error::ForkServer(format!("reading its answer: {e}")))?;
+            if n == 0 {
+                return Err(Error::ForkServer("it closed the connection".into()));
+            }
+            got += n;
+        }
+        Ok(Some((message, received)))
     }
 
     /// Asks the server to kill `pidfd`'s process if this process dies.
@@ -239,13 +343,24 @@ impl ServerClient {
         arg: &[u8],
         fds: &[BorrowedFd<'_>],
     ) -> Result<(), Error> {
-        let mut header = [0u8; 16];
-        header[..4].copy_from_slice(&kind.to_le_bytes());
-        header[4..8].copy_from_slice(&(meta.len() as u32).to_le_bytes());
-        header[8..].copy_from_slice(&(arg.len() as u64).to_le_bytes());
-        wire::send_all(self.sock.as_fd(), &[&header, meta, arg], fds)
+        send_request(self.sock.as_fd(), kind, meta, arg, fds)
             .map_err(|e| Error::ForkServer(format!("sending a request: {e}")))
     }
+}
+
+/// Sends one request (to the server, or from it to its spare).
+pub(super) fn send_request(
+    sock: BorrowedFd<'_>,
+    kind: u32,
+    meta: &[u8],
+    arg: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let mut header = [0u8; 16];
+    header[..4].copy_from_slice(&kind.to_le_bytes());
+    header[4..8].copy_from_slice(&(meta.len() as u32).to_le_bytes());
+    header[8..].copy_from_slice(&(arg.len() as u64).to_le_bytes());
+    wire::send_all(sock, &[&header, meta, arg], fds)
 }
 
 /// This process's environment without corral's variables, as `KEY=VALUE`.
@@ -291,20 +406,20 @@ pub(crate) fn serve_exec(spec: &std::ffi::OsStr) -> ! {
     }
 }
 
-struct Kid {
-    pid: i32,
-    pidfd: OwnedFd,
+pub(super) struct Kid {
+    pub(super) pid: i32,
+    pub(super) pidfd: OwnedFd,
     /// The status pipe for children the server forked; `None` for watched ones.
-    status: Option<OwnedFd>,
+    pub(super) status: Option<OwnedFd>,
     /// Kill what is left of its process group when it exits.
-    group_dies: bool,
+    pub(super) group_dies: bool,
 }
 
-struct Request {
-    kind: u32,
-    meta: Vec<u8>,
-    arg: Vec<u8>,
-    fds: Vec<OwnedFd>,
+pub(super) struct Request {
+    pub(super) kind: u32,
+    pub(super) meta: Vec<u8>,
+    pub(super) arg: Vec<u8>,
+    pub(super) fds: Vec<OwnedFd>,
 }
 
 /// The server loop. Never returns.
@@ -324,48 +439,117 @@ fn serve(ctrl: RawFd) -> ! {
     let _ = sys::executable_identity();
     let plan = ExecPlan::same_program();
     let env = exec_env();
-    let mut kids: Vec<Kid> = Vec::new();
-    let mut shm_names: Vec<String> = Vec::new();
-    let mut orphans = Orphans::new(server_pid);
+    let server = Server {
+        ctrl: &ctrl,
+        pid: server_pid,
+        plan: &plan,
+        env: &env,
+    };
+    let mut state = State {
+        kids: Vec::new(),
+        shm_names: Vec::new(),
+        orphans: Orphans::new(server_pid),
+        spares: Spares::default(),
+    };
     loop {
+        state.turn(&server);
+    }
+}
+
+/// What the server keeps between turns of its loop.
+struct State {
+    kids: Vec<Kid>,
+    shm_names: Vec<String>,
+    orphans: Orphans,
+    spares: Spares,
+}
+
+/// How long the server must have had nothing to do before it forks a
+/// spare: a fork takes ~100 µs of CPU, which starts that come back to back
+/// would wait for (or share two cores with) rather than gain from.
+const IDLE_BEFORE_SPARE: std::time::Duration = std::time::Duration::from_micros(500);
+
+/// Requests served in one turn at most, before exits are looked at.
+const REQUESTS_PER_TURN: usize = 64;
+
+impl State {
+    /// Waits for something to do and does it: the requests waiting (all of
+    /// them, so that a spare's `taken` is read before its exit is
+    /// reported), the children that exited, and, after 500 µs with nothing to do, the
+    /// next spare.
+    fn turn(&mut self, server: &Server<'_>) {
+        let need_spare = self.spares.wanted && self.spares.offered.is_none();
         let ready = {
-            let mut fds = vec![ctrl.as_fd()];
-            fds.extend(orphans.wake_fd());
-            fds.extend(kids.iter().map(|k| k.pidfd.as_fd()));
-            sys::poll_readable(&fds, None)
+            let mut fds = vec![server.ctrl.as_fd()];
+            fds.extend(self.orphans.wake_fd());
+            fds.extend(self.kids.iter().map(|k| k.pidfd.as_fd()));
+            sys::poll_readable(&fds, need_spare.then_some(IDLE_BEFORE_SPARE))
         };
-        let Ok(ready) = ready else {
-            shutdown(kids, &shm_names, &mut orphans)
-        };
-        let first_kid = 1 + usize::from(orphans.wake_fd().is_some());
-        let mut exited = first_kid == 2 && ready[1];
-        for i in (0..kids.len()).rev() {
-            if ready[first_kid + i] {
-                report(kids.swap_remove(i));
-                exited = true;
+        let Ok(ready) = ready else { self.shutdown() };
+        if need_spare && !ready.contains(&true) {
+            let spare = self.spares.refill(server.pid, server.ctrl.as_fd());
+            self.kids.extend(spare);
+            return;
+        }
+        let first_kid = 1 + usize::from(self.orphans.wake_fd().is_some());
+        let sigchld = first_kid == 2 && ready[1];
+        // Read before the requests change `kids`.
+        let exited: Vec<i32> = (self.kids.iter().enumerate())
+            .filter(|&(i, _)| ready[first_kid + i])
+            .map(|(_, k)| k.pid)
+            .collect();
+        // Before the requests: a Fork request among them wants a spare
+        // again, even if the one on offer just died unused.
+        for pid in &exited {
+            self.spares.ended(*pid);
+        }
+        let mut more = ready[0];
+        for _ in 0..REQUESTS_PER_TURN {
+            if !more {
+                break;
+            }
+            self.serve_one(server);
+            more = matches!(
+                sys::poll_readable(&[server.ctrl.as_fd()], Some(std::time::Duration::ZERO))
+                    .as_deref(),
+                Ok([true])
+            );
+        }
+        for pid in &exited {
+            if let Some(i) = self.kids.iter().position(|k| k.pid == *pid) {
+                report(self.kids.swap_remove(i));
             }
         }
-        if exited {
-            let pids: Vec<i32> = kids.iter().map(|k| k.pid).collect();
-            let workers: Vec<i32> = kids
-                .iter()
+        if sigchld || !exited.is_empty() {
+            let pids: Vec<i32> = self.kids.iter().map(|k| k.pid).collect();
+            let workers: Vec<i32> = (self.kids.iter())
                 .filter(|k| k.group_dies)
                 .map(|k| k.pid)
                 .collect();
-            orphans.sweep(&pids, &workers);
+            self.orphans.sweep(&pids, &workers);
         }
-        if ready[0] {
-            match read_request(ctrl.as_fd()) {
-                Ok(Some(request)) if request.kind == KIND_TRACK_SHM => {
-                    shm_names.extend(String::from_utf8(request.meta).ok())
-                }
-                Ok(Some(request)) if request.kind == KIND_UNTRACK_SHM => {
-                    shm_names.retain(|n| n.as_bytes() != request.meta)
-                }
-                Ok(Some(request)) => handle(request, &ctrl, &mut kids, server_pid, &plan, &env),
-                Ok(None) | Err(_) => shutdown(kids, &shm_names, &mut orphans),
+    }
+
+    /// Reads and serves one request; shuts down at end-of-file.
+    fn serve_one(&mut self, server: &Server<'_>) {
+        match read_request(server.ctrl.as_fd()) {
+            Ok(Some(request)) if request.kind == KIND_TRACK_SHM => {
+                self.shm_names.extend(String::from_utf8(request.meta).ok())
             }
+            Ok(Some(request)) if request.kind == KIND_UNTRACK_SHM => {
+                self.shm_names.retain(|n| n.as_bytes() != request.meta)
+            }
+            Ok(Some(request)) => handle(request, server, &mut self.kids, &mut self.spares),
+            Ok(None) | Err(_) => self.shutdown(),
         }
+    }
+
+    fn shutdown(&mut self) -> ! {
+        shutdown(
+            std::mem::take(&mut self.kids),
+            &self.shm_names,
+            &mut self.orphans,
+        )
     }
 }
 
@@ -375,17 +559,24 @@ fn report(kid: Kid) {
         // Before reaping: the zombie keeps the group id from reuse.
         let _ = sys::signal_group(kid.pid, sys::Sig::Kill);
     }
-    let mut message = [0u8; 8];
-    match sys::reap(kid.pidfd.as_fd(), true) {
-        Ok(Some(sys::Ended::Code(code))) => message[4..].copy_from_slice(&code.to_le_bytes()),
-        Ok(Some(sys::Ended::Signal(sig))) => {
-            message[0] = 1;
-            message[4..].copy_from_slice(&sig.to_le_bytes());
-        }
-        // Not reapable: close the pipe without a status ("lost").
-        Ok(None) | Err(_) => return,
+    // Not reapable: the pipe closes without a status ("lost").
+    if let Ok(Some(ended)) = sys::reap(kid.pidfd.as_fd(), true) {
+        let _ = sys::write_all(status.as_fd(), &encode_status(ended));
     }
-    let _ = sys::write_all(status.as_fd(), &message);
+}
+
+/// A status-pipe message: how a child ended.
+fn encode_status(ended: sys::Ended) -> [u8; 8] {
+    let mut message = [0u8; 8];
+    let value = match ended {
+        sys::Ended::Code(code) => code,
+        sys::Ended::Signal(sig) => {
+            message[0] = 1;
+            sig
+        }
+    };
+    message[4..].copy_from_slice(&value.to_le_bytes());
+    message
 }
 
 /// Decodes a status-pipe message written by the server.
@@ -424,7 +615,7 @@ fn shutdown(kids: Vec<Kid>, shm_names: &[String], orphans: &mut Orphans) -> ! {
     sys::exit_immediately(0)
 }
 
-fn read_request(ctrl: BorrowedFd<'_>) -> io::Result<Option<Request>> {
+pub(super) fn read_request(ctrl: BorrowedFd<'_>) -> io::Result<Option<Request>> {
     let mut header = [0u8; 16];
     let mut got = 0;
     let mut fds = Vec::new();
@@ -458,95 +649,49 @@ fn read_request(ctrl: BorrowedFd<'_>) -> io::Result<Option<Request>> {
     }))
 }
 
-fn handle(
-    request: Request,
-    ctrl: &OwnedFd,
-    kids: &mut Vec<Kid>,
-    server_pid: i32,
-    plan: &ExecPlan,
-    env: &[CString],
-) {
+/// What [`handle`] needs of the server's own state.
+struct Server<'a> {
+    ctrl: &'a OwnedFd,
+    pid: i32,
+    plan: &'a ExecPlan,
+    env: &'a [CString],
+}
+
+impl Server<'_> {
+    /// Answers a start request: the child's pid and a pidfd of it, or an
+    /// errno.
+    fn reply(&self, pid: i32, errno: i32, pidfd: Option<&OwnedFd>) {
+        let mut message = [0u8; 8];
+        message[..4].copy_from_slice(&pid.to_le_bytes());
+        message[4..].copy_from_slice(&errno.to_le_bytes());
+        let attached: Vec<BorrowedFd<'_>> = pidfd.map(|fd| fd.as_fd()).into_iter().collect();
+        let _ = sys::send_with_fds(self.ctrl.as_fd(), &[IoSlice::new(&message)], &attached);
+    }
+}
+
+fn handle(request: Request, server: &Server<'_>, kids: &mut Vec<Kid>, spares: &mut Spares) {
     let Request {
         kind,
         meta,
         arg,
         mut fds,
     } = request;
-    if kind == KIND_KILL {
-        // A child whose parent could not take its pidfd: nobody can use it.
-        if let Ok(pid) = meta.as_slice().try_into().map(i32::from_le_bytes)
-            && let Some(kid) = kids.iter().find(|k| k.pid == pid)
-        {
-            let _ = sys::signal(kid.pidfd.as_fd(), sys::Sig::Kill);
-        }
-        return;
-    }
-    if kind == KIND_WATCH {
-        if let (Some(pidfd), Ok(pid)) = (
-            fds.pop(),
-            meta.as_slice().try_into().map(i32::from_le_bytes),
-        ) {
-            kids.push(Kid {
-                pid,
-                pidfd,
-                status: None,
-                group_dies: false,
-            });
-        }
-        return;
-    }
-    let reply = |pid: i32, errno: i32, pidfd: Option<&OwnedFd>| {
-        let mut message = [0u8; 8];
-        message[..4].copy_from_slice(&pid.to_le_bytes());
-        message[4..].copy_from_slice(&errno.to_le_bytes());
-        let attached: Vec<BorrowedFd<'_>> = pidfd.map(|fd| fd.as_fd()).into_iter().collect();
-        let _ = sys::send_with_fds(ctrl.as_fd(), &[IoSlice::new(&message)], &attached);
-    };
-    if fds.len() < 2 || (kind != KIND_FORK && kind != KIND_EXEC) {
-        return reply(-1, libc::EINVAL, None);
+    match kind {
+        KIND_KILL => return kill(kids, &meta),
+        KIND_WATCH => return watch(kids, &meta, fds),
+        KIND_TAKEN => return spares.taken(kids, &meta),
+        KIND_FORK | KIND_EXEC if fds.len() >= 2 => {}
+        _ => return server.reply(-1, libc::EINVAL, None),
     }
     let status = fds.remove(1);
-    // Everything the child needs is prepared here, before the fork: each
-    // allocation in the child would cost it copy-on-write faults.
-    let start = postcard::from_bytes::<StartMeta>(&meta).map_err(|e| e.to_string());
-    let meta_ok = start.as_ref().ok();
-    // Unnamed children would keep the server's name: `ps` would show a row
-    // of "corral-server"s.
-    let name = sys::process_name(
-        meta_ok
-            .and_then(|m| m.name.as_deref())
-            .unwrap_or("corral-child"),
-    );
-    let group_dies = meta_ok.is_some_and(|m| m.group_dies);
-    let context = meta_ok.map(|m| m.context.clone()).unwrap_or_default();
-    let cwd = context.cwd.and_then(|d| CString::new(d).ok());
-    let child_env = context.env.map(c_entries);
-    let mut keep: Vec<RawFd> = fds.iter().map(sys::raw).collect();
-    let handles: Vec<RawFd> = keep[1..].to_vec();
-    let prepared = Prepared {
-        kind,
-        start,
-        meta: &meta,
-        arg: &arg,
-        name,
-        handles,
-        cwd,
-        env: child_env,
-    };
-    let hooks = (kind == KIND_FORK).then(ForkHooks::before);
-    let forked = sys::fork_with(|| {
-        if let Some(hooks) = &hooks {
-            hooks.in_child();
-        }
-        child_main(prepared, &mut keep, server_pid, plan, env)
-    });
-    if hooks.is_some() {
-        ForkHooks::after_fork_in_parent();
+    let prepared = Prepared::new(kind, &meta, &arg, &fds);
+    let group_dies = prepared.start.as_ref().is_ok_and(|m| m.group_dies);
+    if kind == KIND_FORK {
+        spares.wanted = true;
     }
-    drop(fds);
-    match forked.and_then(|pid| Ok((pid, sys::pidfd_open(pid)?))) {
+    match fork_child(prepared, &fds, server) {
         Ok((pid, pidfd)) => {
-            reply(pid, 0, Some(&pidfd));
+            server.reply(pid, 0, Some(&pidfd));
             kids.push(Kid {
                 pid,
                 pidfd,
@@ -554,12 +699,54 @@ fn handle(
                 group_dies,
             });
         }
-        Err(e) => reply(-1, e.raw_os_error().unwrap_or(libc::EIO), None),
+        Err(e) => server.reply(-1, e.raw_os_error().unwrap_or(libc::EIO), None),
     }
 }
 
-/// A start request, decoded and made ready by the server before it forks.
-struct Prepared<'a> {
+/// A child whose parent could not take its pidfd: nobody can use it.
+fn kill(kids: &[Kid], meta: &[u8]) {
+    if let Ok(pid) = meta.try_into().map(i32::from_le_bytes)
+        && let Some(kid) = kids.iter().find(|k| k.pid == pid)
+    {
+        let _ = sys::signal(kid.pidfd.as_fd(), sys::Sig::Kill);
+    }
+}
+
+/// A child the parent forked itself, to kill if the parent dies.
+fn watch(kids: &mut Vec<Kid>, meta: &[u8], mut fds: Vec<OwnedFd>) {
+    if let (Some(pidfd), Ok(pid)) = (fds.pop(), meta.try_into().map(i32::from_le_bytes)) {
+        kids.push(Kid {
+            pid,
+            pidfd,
+            status: None,
+            group_dies: false,
+        });
+    }
+}
+
+/// Forks a child for a prepared request; its pid and a pidfd of it.
+fn fork_child(
+    prepared: Prepared<'_>,
+    fds: &[OwnedFd],
+    server: &Server<'_>,
+) -> io::Result<(i32, OwnedFd)> {
+    let mut keep: Vec<RawFd> = fds.iter().map(sys::raw).collect();
+    let hooks = (prepared.kind == KIND_FORK).then(ForkHooks::before);
+    let forked = sys::fork_with(|| {
+        if let Some(hooks) = &hooks {
+            hooks.in_child();
+        }
+        child_main(prepared, &mut keep, server.pid, server.plan, server.env)
+    });
+    if hooks.is_some() {
+        ForkHooks::after_fork_in_parent();
+    }
+    let pid = forked?;
+    Ok((pid, sys::pidfd_open(pid)?))
+}
+
+/// A start request, decoded and made ready before the child runs it.
+pub(super) struct Prepared<'a> {
     kind: u32,
     start: Result<StartMeta, String>,
     meta: &'a [u8],
@@ -573,7 +760,35 @@ struct Prepared<'a> {
     env: Option<Vec<CString>>,
 }
 
-fn child_main(
+impl<'a> Prepared<'a> {
+    /// Decodes a request whose descriptors are `fds` (the result socket, then
+    /// the argument's handles). The server prepares before it forks: each
+    /// allocation in the child would cost it copy-on-write faults.
+    pub(super) fn new(kind: u32, meta: &'a [u8], arg: &'a [u8], fds: &[OwnedFd]) -> Prepared<'a> {
+        let start = postcard::from_bytes::<StartMeta>(meta).map_err(|e| e.to_string());
+        let meta_ok = start.as_ref().ok();
+        // Unnamed children would keep the server's name: `ps` would show a
+        // row of "corral-server"s.
+        let name = sys::process_name(
+            meta_ok
+                .and_then(|m| m.name.as_deref())
+                .unwrap_or("corral-child"),
+        );
+        let context = meta_ok.map(|m| m.context.clone()).unwrap_or_default();
+        Prepared {
+            kind,
+            name,
+            handles: fds.iter().skip(1).map(sys::raw).collect(),
+            cwd: context.cwd.and_then(|d| CString::new(d).ok()),
+            env: context.env.map(c_entries),
+            start,
+            meta,
+            arg,
+        }
+    }
+}
+
+pub(super) fn child_main(
     prepared: Prepared<'_>,
     keep: &mut [RawFd],
     server_pid: i32,

@@ -3,7 +3,10 @@
 //! * [`StartMethod::ForkServer`] (the default): at [`crate::init`], while the
 //!   program is still single-threaded, corral forks a small server. Children
 //!   are forked from that clean server, never from your (possibly
-//!   multi-threaded) program. Fast and safe.
+//!   multi-threaded) program. Fast and safe. Once you have started one
+//!   child, the server forks one more ahead of need whenever it is idle
+//!   (named `corral-spare` in `ps`, using no CPU), which the next start
+//!   takes: that start then waits for neither a fork nor the server.
 //! * [`StartMethod::Spawn`]: the server forks and the child re-executes the
 //!   current binary (`/proc/self/exe`), which runs `main` up to
 //!   `corral::init()` and then the task. Slowest and most isolated; the basis
@@ -26,6 +29,7 @@ pub(crate) mod forkserver;
 pub(crate) mod orphans;
 pub(crate) mod reexec;
 pub(crate) mod runtime;
+pub(crate) mod spare;
 
 /// How a child process is created.
 ///

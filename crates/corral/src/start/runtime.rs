@@ -279,6 +279,22 @@ pub(crate) fn server_pid() -> Option<i32> {
     lock(&STATE.get().server).as_ref().map(ServerClient::pid)
 }
 
+/// How many descriptors this process holds for a spare child on offer from
+/// its fork server (see [`super::spare`]): 0 or 3.
+pub(crate) fn spare_fds() -> usize {
+    lock(&STATE.get().server)
+        .as_ref()
+        .map_or(0, ServerClient::held_fds)
+}
+
+/// The pid of the spare child this process was offered, after reading the
+/// offers that arrived (see [`super::spare`]).
+pub(crate) fn spare_pid() -> Option<i32> {
+    lock(&STATE.get().server)
+        .as_ref()
+        .and_then(|server| server.offered_pid().ok().flatten())
+}
+
 /// In a child forked directly: drops the parent's fork server connection.
 pub(crate) fn forget_inherited_server() {
     sys::close_inherited(SERVER_FD.swap(-1, Ordering::AcqRel));

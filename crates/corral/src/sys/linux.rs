@@ -349,9 +349,6 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
 }
 
-/// Reaps the child behind `pidfd` (which must be a child of this process).
-///
-/// Returns `None` if it is still running and `block` is false.
 /// How a reaped process ended (the layers above call it `ExitStatus`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Ended {
@@ -361,6 +358,9 @@ pub(crate) enum Ended {
     Signal(i32),
 }
 
+/// Reaps the child behind `pidfd` (which must be a child of this process).
+///
+/// Returns `None` if it is still running and `block` is false.
 pub(crate) fn reap(pidfd: BorrowedFd<'_>, block: bool) -> io::Result<Option<Ended>> {
     let mut options = WaitIdOptions::EXITED;
     if !block {
@@ -372,6 +372,18 @@ pub(crate) fn reap(pidfd: BorrowedFd<'_>, block: bool) -> io::Result<Option<Ende
             Ok(None) => return Ok(None),
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Waits for the child `pid` to exit and reaps it: for a child whose pidfd
+/// could not be opened.
+pub(crate) fn reap_pid(pid: i32) -> io::Result<()> {
+    let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    loop {
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => return other.map(|_| ()).map_err(Into::into),
         }
     }
 }
@@ -698,6 +710,13 @@ pub(crate) fn children_of(pid: i32) -> Vec<i32> {
         }
     }
     out
+}
+
+/// Process `pid`'s name (`comm`, as `ps` shows it), from `/proc`; also of a
+/// zombie not yet reaped.
+pub(crate) fn name_of(pid: i32) -> Option<String> {
+    let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(name.trim_end().to_owned())
 }
 
 /// The value of `key` in process `pid`'s environment (as it was at its
