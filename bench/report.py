@@ -154,10 +154,18 @@ def main():
         ps = g("procspawn spawn+join") if method == "spawn" else None
         w(f"| {method} | {fmt(c, 'us')} | {fmt(raw_fork, 'us')} | {ratio(c, raw_fork)} | {fmt(p, 'us')} | "
           f"{ratio(p, c)} | {fmt(ps, 'us') if ps else '—'} | {ratio(ps, c) if ps else '—'} |")
+    c, raw_fork = g("corral spawn+join forkserver every 2ms"), g("raw fork+waitpid every 2ms")
+    if c and raw_fork:
+        w(f"| forkserver, one start every 2 ms | {fmt(c, 'us')} | {fmt(raw_fork, 'us')} | {ratio(c, raw_fork)} "
+          "| — | — | — | — |")
     w("")
-    w("Raw `fork`+`waitpid` is measured alternately with each corral loop (one raw fork after each "
-      "spawn+join), so each ratio compares two figures taken under the same load. "
-      "procspawn re-executes the binary, so it compares with corral's `spawn` method.")
+    w("Raw `fork`+`waitpid` is measured in blocks of 50 alternating with blocks of 50 corral starts, so each "
+      "ratio compares two figures taken under the same load; the raw forks run in a helper process (a fork "
+      "write-protects the forking process's pages, and the faults that follow would land on corral's next "
+      "start). procspawn re-executes the binary, so it compares with corral's `spawn` method. "
+      "The last row waits 2 ms before each start, and before each raw fork: a program that starts a child "
+      "now and then, which takes the spare child the fork server forks while it is idle (back-to-back "
+      "starts leave it no idle moment, so the rows above fork on request).")
     w("")
     w("## Pipe: 8-byte message round trip to a child")
     w("")
@@ -244,7 +252,9 @@ def issue14_section(runs, hog, py, w):
       "entries and decoding, on 2 cores; `map_pod` of 10M pays one copy in and one copy out (80 MB each) "
       "that rayon does not make, the copy out into fresh memory (huge pages where the kernel gives them); "
       "spawn+join pays making and tearing down a process (a raw `fork`+`_exit`+`waitpid` "
-      "alone is 200–250 µs here). Under the hog, the queue's falls are those of any hand-off between two "
+      "alone is 150–300 µs here, measured in a small helper process), and a start that comes after an idle "
+      "moment takes the fork server's spare child instead. The round trips (`apply`, the queue's) are "
+      "bimodal on this machine: in the slow mode the threads of a hand-off share one CPU. Under the hog, the queue's falls are those of any hand-off between two "
       "processes that lose the second CPU, and the Python round trip is bimodal: a worker watching for its "
       "next batch can hold the one CPU its runnable caller needs (scheduler trace in `bench/README.md`).")
     w("")

@@ -51,33 +51,69 @@ fn per_call(warmup: usize, iterations: usize, mut f: impl FnMut()) -> f64 {
 
 fn noop(_: ()) {}
 
+/// Starts (and raw forks) measured in turn, this many of each at a time.
+const SPAWN_BLOCK: usize = 50;
+
 /// Median µs of `spawn + join` of a no-op child, and of raw `fork` +
-/// `waitpid` measured alternately in the same loop, so that both figures see
-/// the same machine (this VM is shared and noisy).
-fn spawn_join(method: StartMethod, iterations: usize) -> (f64, f64) {
+/// `waitpid` measured in blocks alternating with corral's (so that both see
+/// the same machine: this VM is shared and noisy). The raw forks run in a
+/// helper process (`corral-bench fork-floor`, started by `posix_spawn`): a
+/// fork write-protects every page of the forking process, and the ~30 page
+/// faults that follow would land on the next corral start measured here
+/// (2026-12-01: 29 faults per start with raw forks in this process, 0.1
+/// without). `idle`: wait that long before each start and each raw fork.
+fn spawn_join(method: StartMethod, iterations: usize, idle: Duration) -> (f64, f64) {
     let builder = Process::builder().start_method(method);
-    for _ in 0..10 {
+    let start_join = || {
         builder
             .clone()
             .spawn(noop, ())
             .expect("spawn")
             .join()
-            .expect("join");
+            .expect("join")
+    };
+    for _ in 0..10 {
+        start_join();
     }
     let mut corral = Vec::with_capacity(iterations);
     let mut raw = Vec::with_capacity(iterations);
-    for _ in 0..iterations {
-        let t = Instant::now();
-        builder
-            .clone()
-            .spawn(noop, ())
-            .expect("spawn")
-            .join()
-            .expect("join");
-        corral.push(micros(t.elapsed()));
-        raw.push(raw_fork_once());
+    for _ in 0..iterations.div_ceil(SPAWN_BLOCK) {
+        for _ in 0..SPAWN_BLOCK {
+            std::thread::sleep(idle);
+            let t = Instant::now();
+            start_join();
+            corral.push(micros(t.elapsed()));
+        }
+        raw.extend(raw_fork_block(SPAWN_BLOCK, idle));
     }
     (median(corral), median(raw))
+}
+
+/// µs of each of `n` raw forks (`fork` + `_exit` + `waitpid`, after `idle`
+/// each) in a helper process.
+fn raw_fork_block(n: usize, idle: Duration) -> Vec<f64> {
+    let out = std::process::Command::new(std::env::current_exe().expect("this binary"))
+        .args(["fork-floor", &n.to_string(), &idle.as_micros().to_string()])
+        .output()
+        .expect("run the fork-floor helper");
+    assert!(out.status.success(), "fork-floor: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.parse().expect("µs"))
+        .collect()
+}
+
+/// The helper's side of [`raw_fork_block`]: `fork-floor N IDLE_US` prints
+/// the µs of each of N raw forks.
+fn fork_floor(args: &[String]) {
+    let n: usize = args[0].parse().expect("N");
+    let idle = Duration::from_micros(args[1].parse().expect("IDLE_US"));
+    let mut out = String::new();
+    for _ in 0..n {
+        std::thread::sleep(idle);
+        out.push_str(&format!("{}\n", raw_fork_once()));
+    }
+    print!("{out}");
 }
 
 /// µs of one raw `fork` + `_exit` + `waitpid`.
@@ -319,6 +355,11 @@ fn pipe_throughput(messages: usize, allocate: bool) -> f64 {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("fork-floor") {
+        // Before `init`: the helper forks nothing but its raw children.
+        let args: Vec<String> = std::env::args().skip(2).collect();
+        return fork_floor(&args);
+    }
     corral::init();
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
     if what == "raw-worker" {
@@ -352,7 +393,7 @@ fn main() {
             (StartMethod::Fork, "fork", n(500)),
             (StartMethod::Spawn, "spawn", n(200)),
         ] {
-            let (corral, raw) = spawn_join(method, iterations);
+            let (corral, raw) = spawn_join(method, iterations, Duration::ZERO);
             emit(&format!("corral spawn+join {label}"), corral, "us");
             emit(
                 &format!("raw fork+waitpid (alternating with {label})"),
@@ -360,6 +401,10 @@ fn main() {
                 "us",
             );
         }
+        let every = Duration::from_millis(2);
+        let (corral, raw) = spawn_join(StartMethod::ForkServer, n(300), every);
+        emit("corral spawn+join forkserver every 2ms", corral, "us");
+        emit("raw fork+waitpid every 2ms", raw, "us");
     }
     if what == "pipe" || what == "all" {
         emit("corral pipe 8B round trip", pipe_rtt(n(20_000)), "us");
