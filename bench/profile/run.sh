@@ -8,6 +8,7 @@
 # function.
 #
 #   bench/profile/run.sh [ITEMS] [ROUNDS] [CHUNK]    (100000, 30, automatic)
+#   (CHUNK `each`: submit every item as its own task, then join them all)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v perf >/dev/null || {

@@ -4,6 +4,8 @@
 //! each worker (this machine has no hardware counters).
 //!
 //! `map-profile [ITEMS] [ROUNDS] [CHUNK]`: defaults 100000, 3, automatic.
+//! CHUNK `each` submits every item as its own task and then joins them all
+//! (the benchmark's submit-each figure) instead of mapping.
 
 fn square(x: u64) -> u64 {
     x.wrapping_mul(x)
@@ -14,11 +16,20 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let items: u64 = args.next().map_or(100_000, |a| a.parse().expect("ITEMS"));
     let rounds: usize = args.next().map_or(3, |a| a.parse().expect("ROUNDS"));
-    let chunk: Option<usize> = args.next().map(|a| a.parse().expect("CHUNK"));
+    let chunk = args.next();
+    let each = chunk.as_deref() == Some("each");
+    let chunk: Option<usize> = chunk.filter(|_| !each).map(|a| a.parse().expect("CHUNK"));
     let pool = corral::Pool::new(2).expect("pool");
     pool.map(square, 0..1000u64).expect("warm-up");
     let start = std::time::Instant::now();
     for _ in 0..rounds {
+        if each {
+            let tasks: Vec<_> = (0..items).map(|x| pool.submit(square, x)).collect();
+            for task in tasks {
+                task.join().expect("task");
+            }
+            continue;
+        }
         let out = match chunk {
             Some(c) => pool.map_chunked(square, 0..items, c),
             None => pool.map(square, 0..items),
