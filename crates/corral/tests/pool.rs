@@ -653,6 +653,83 @@ fn tasks_are_futures_that_do_not_block_the_runtime() {
 }
 
 #[test]
+fn a_burst_of_mixed_tasks_comes_back_each_to_its_own() {
+    // One worker, held by a nap while the burst queues: the burst then goes
+    // out in a few batches, where runs of tasks of one function are merged
+    // on the wire and told apart again by the pool.
+    let pool = Pool::new(1).unwrap();
+    let (rx, tx) = corral::Pipe::simplex().unwrap();
+    let hold = pool.submit(nap, 300);
+    let mut expected: Vec<Result<u64, ()>> = Vec::new();
+    let mut tasks: Vec<Task<u64>> = Vec::new();
+    // A map queues beside the burst: its chunks are jobs of many items, of
+    // the same function as some single tasks.
+    let mapper = std::thread::scope(|scope| {
+        let mapper = scope.spawn(|| pool.map(square, 0..1_000u64));
+        burst(&pool, &tx, &mut tasks, &mut expected);
+        mapper.join().unwrap()
+    });
+    assert_eq!(
+        mapper.unwrap(),
+        (0..1_000u64).map(|x| x * x).collect::<Vec<_>>()
+    );
+    assert_eq!(done(hold).unwrap(), 300);
+    for (i, (task, want)) in tasks.into_iter().zip(expected).enumerate() {
+        match (done(task), want) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want, "task {i}"),
+            (Err(TaskError::Panicked(_)), Err(())) => {}
+            (got, want) => panic!("task {i}: {got:?}, expected {want:?}"),
+        }
+    }
+    let mut sent: Vec<u64> = (0..8)
+        .map(|_| rx.recv_timeout(Duration::from_secs(30)).unwrap())
+        .collect();
+    sent.sort_unstable();
+    assert_eq!(sent, [0, 5, 10, 15, 20, 25, 30, 35]);
+    let stats = pool.stats();
+    assert_eq!(stats.completed + stats.failed, stats.submitted);
+}
+
+/// Submits runs of single tasks of four functions (one with a handle),
+/// some failing, noting what each should give.
+fn burst(
+    pool: &Pool,
+    tx: &corral::Sender,
+    tasks: &mut Vec<Task<u64>>,
+    expected: &mut Vec<Result<u64, ()>>,
+) {
+    fn length(s: String) -> u64 {
+        s.len() as u64
+    }
+    fn odd_fails(x: u64) -> u64 {
+        assert!(x.is_multiple_of(2), "odd");
+        x
+    }
+    fn with_handle((tx, x): (corral::Sender, u64)) -> u64 {
+        tx.send(&x).unwrap();
+        x + 1
+    }
+    for round in 0..40u64 {
+        for x in 0..round % 7 {
+            tasks.push(pool.submit(square, x + round));
+            expected.push(Ok((x + round) * (x + round)));
+        }
+        tasks.push(pool.submit(length, "x".repeat(round as usize)));
+        expected.push(Ok(round));
+        tasks.push(pool.submit(odd_fails, round));
+        expected.push(if round.is_multiple_of(2) {
+            Ok(round)
+        } else {
+            Err(())
+        });
+        if round % 5 == 0 {
+            tasks.push(pool.submit(with_handle, (tx.try_clone().unwrap(), round)));
+            expected.push(Ok(round + 1));
+        }
+    }
+}
+
+#[test]
 fn handles_travel_to_pool_tasks() {
     fn report((tx, x): (corral::Sender, u64)) -> u64 {
         tx.send(&(x + 1)).unwrap();

@@ -350,6 +350,8 @@ struct Worker {
     frames_read: u64,
     /// Where its ring's new entries are copied (kept for its capacity).
     ring_copy: Vec<u8>,
+    /// The buffer its batches are encoded in (see `send_batch`).
+    frame_copy: Vec<u8>,
     region: SharedRegion,
     inflight: VecDeque<InFlight>,
     /// Where it is in its life: the one place that says what it may do.
@@ -411,10 +413,13 @@ impl Worker {
 
     /// Whether it may be handed another batch now.
     fn has_room(&self, now: Instant) -> bool {
-        self.life.takes_work()
-            && self.inflight.len() < MAX_INFLIGHT
-            && self.tasks_left != Some(0)
-            && self.send_after.is_none_or(|t| now >= t)
+        self.may_have_room() && self.send_after.is_none_or(|t| now >= t)
+    }
+
+    /// [`has_room`](Worker::has_room) but for a send put off to later: what
+    /// can be told without reading the clock.
+    fn may_have_room(&self) -> bool {
+        self.life.takes_work() && self.inflight.len() < MAX_INFLIGHT && self.tasks_left != Some(0)
     }
 
     /// Notes the progress its region shows; returns when it last changed.
@@ -898,6 +903,12 @@ impl Shared {
     /// the new deadline).
     fn dispatch(&self, core: &mut Core) -> bool {
         let mut started_timed = false;
+        // Submitting a task while every worker holds all it may (the common
+        // case under load) reads no clock.
+        if !core.workers.iter().any(Worker::may_have_room) {
+            self.notify(core);
+            return false;
+        }
         let now = Instant::now();
         while core.pending_items > 0 {
             let eligible = core.workers.iter().filter(|w| w.has_room(now)).count();
@@ -1056,6 +1067,7 @@ impl Shared {
             backlog: Vec::new(),
             frames_read: 0,
             ring_copy: Vec::new(),
+            frame_copy: Vec::new(),
             read_done: false,
             region,
             inflight: VecDeque::new(),
@@ -1809,42 +1821,19 @@ fn send_batch(
     let timed = jobs.iter().any(|j| j.timeout.or(default_timeout).is_some());
     let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
     let mut starts = Vec::with_capacity(jobs.len());
-    let mut tables: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(jobs.len());
     let mut total = 0;
     let mut bytes = 64;
     for job in &jobs {
         starts.push(total);
         total += job.len();
         bytes += job.args.len() + 8 * job.len() + 32;
-        let mut ends = Vec::with_capacity(4 * job.ends.len());
-        for end in &job.ends {
-            ends.extend_from_slice(&end.to_le_bytes());
-        }
-        let counts: Vec<u8> = if job.fds.is_empty() {
-            Vec::new()
-        } else {
-            job.fds
-                .iter()
-                .flat_map(|f| (f.len() as u32).to_le_bytes())
-                .collect()
-        };
         fds.extend(job.fds.iter().flatten().map(|fd| fd.as_fd()));
-        tables.push((ends, counts));
     }
+    let wire = WireJobs::of(&jobs);
     let msg = BatchMsg {
         seq,
         timed,
-        jobs: jobs
-            .iter()
-            .zip(&tables)
-            .map(|(job, (ends, counts))| JobMsg {
-                entry: job.entry,
-                func: job.func,
-                ends,
-                fds: counts,
-                args: &job.args,
-            })
-            .collect(),
+        jobs: wire.messages(&jobs),
     };
     if w.inflight.is_empty() {
         // The worker is between batches and reads no entry now: reclaim the
@@ -1855,10 +1844,21 @@ fn send_batch(
         fds.len() <= sys::MAX_FDS_PER_MESSAGE,
         "take_batch splits by descriptors"
     );
-    let mut framed = Vec::with_capacity(bytes + 4);
+    // The frame buffer is the worker's, kept from batch to batch while it
+    // stays ring-sized: a fresh one for every batch costs the allocator a
+    // large-chunk search.
+    let mut framed = std::mem::take(&mut w.frame_copy);
+    framed.clear();
+    framed.reserve(bytes + 4);
     framed.extend_from_slice(&[0; 4]);
     let sent = match postcard::to_extend(&msg, framed) {
-        Ok(framed) => hand_batch(w, framed, &fds),
+        Ok(mut framed) => {
+            let sent = hand_batch(w, &mut framed, &fds);
+            if framed.capacity() <= worker::TASK_MAX {
+                w.frame_copy = framed;
+            }
+            sent
+        }
         // Only byte slices and integers: encoding cannot fail.
         Err(_) => Err(SendFailure::Broken),
     };
@@ -1887,12 +1887,109 @@ fn send_batch(
     Ok(())
 }
 
+/// A batch's jobs as its worker reads them: each run of small jobs that
+/// share a function and carry no descriptors (single tasks submitted one by
+/// one) goes as one job, since the worker numbers items across the whole
+/// batch and only the pool tells their sinks apart. Every table (argument ends,
+/// descriptor counts) lies back to back in one buffer, and the arguments
+/// of merged runs in another: a few allocations a batch, not two a job.
+struct WireJobs {
+    tables: Vec<u8>,
+    args: Vec<u8>,
+    runs: Vec<WireRun>,
+}
+
+/// Jobs with more argument bytes than this go on the wire alone: copying
+/// them to merge would cost more than the message a job costs (about 50 ns
+/// to encode, decode and dispatch in the worker).
+const MERGE_ARGS_MAX: usize = 1024;
+
+/// One job on the wire: jobs `first..first + count` of the batch.
+struct WireRun {
+    first: usize,
+    count: usize,
+    /// Where its argument ends and its descriptor counts end in `tables`.
+    ends_end: usize,
+    counts_end: usize,
+    /// Its arguments in `args` if merged (else the one job's own).
+    args: Range<usize>,
+}
+
+impl WireJobs {
+    fn of(jobs: &[Job]) -> WireJobs {
+        let mut wire = WireJobs {
+            tables: Vec::with_capacity(jobs.iter().map(|j| 4 * j.len()).sum()),
+            args: Vec::new(),
+            runs: Vec::new(),
+        };
+        for (i, job) in jobs.iter().enumerate() {
+            let joins = wire.runs.last().is_some_and(|run| {
+                let first = &jobs[run.first];
+                (first.entry, first.func) == (job.entry, job.func)
+                    && [first, job]
+                        .iter()
+                        .all(|j| j.fds.is_empty() && j.args.len() <= MERGE_ARGS_MAX)
+            });
+            if !joins {
+                wire.tables
+                    .extend(job.ends.iter().flat_map(|e| e.to_le_bytes()));
+                let ends_end = wire.tables.len();
+                let counts = job.fds.iter().map(|f| f.len() as u32);
+                wire.tables.extend(counts.flat_map(u32::to_le_bytes));
+                let (counts_end, at) = (wire.tables.len(), wire.args.len());
+                wire.runs.push(WireRun {
+                    first: i,
+                    count: 1,
+                    ends_end,
+                    counts_end,
+                    args: at..at,
+                });
+                continue;
+            }
+            let run = wire.runs.last_mut().expect("a run");
+            if run.count == 1 {
+                wire.args.extend_from_slice(&jobs[run.first].args);
+            }
+            let offset = (wire.args.len() - run.args.start) as u32;
+            wire.args.extend_from_slice(&job.args);
+            let ends = job.ends.iter().map(|e| e + offset);
+            wire.tables.extend(ends.flat_map(u32::to_le_bytes));
+            run.count += 1;
+            run.ends_end = wire.tables.len();
+            run.counts_end = wire.tables.len();
+            run.args.end = wire.args.len();
+        }
+        wire
+    }
+
+    fn messages<'a>(&'a self, jobs: &'a [Job]) -> Vec<JobMsg<'a>> {
+        let mut from = 0;
+        let mut messages = Vec::with_capacity(self.runs.len());
+        for run in &self.runs {
+            let job = &jobs[run.first];
+            messages.push(JobMsg {
+                entry: job.entry,
+                func: job.func,
+                ends: &self.tables[from..run.ends_end],
+                fds: &self.tables[run.ends_end..run.counts_end],
+                args: if run.count == 1 {
+                    &job.args
+                } else {
+                    &self.args[run.args.clone()]
+                },
+            });
+            from = run.counts_end;
+        }
+        messages
+    }
+}
+
 /// Hands an encoded batch (after 4 bytes left for its length) to `w`: by
 /// its task ring if it can, else by its socket with a marker in the ring;
 /// then wakes it if it sleeps. On failure nothing reached the worker.
 fn hand_batch(
     w: &mut Worker,
-    mut framed: Vec<u8>,
+    framed: &mut [u8],
     fds: &[BorrowedFd<'_>],
 ) -> Result<(), SendFailure> {
     // The worker holds at most `MAX_INFLIGHT` batches, each at most
@@ -1900,7 +1997,7 @@ fn hand_batch(
     if fds.is_empty() && framed.len() <= worker::TASK_MAX {
         let len = (framed.len() - 4) as u32;
         framed[..4].copy_from_slice(&len.to_le_bytes());
-        if !ring::Writer::new(worker::task_ring(&w.region)).push(&framed, 0) {
+        if !ring::Writer::new(worker::task_ring(&w.region)).push(framed, 0) {
             return Err(SendFailure::NotNow);
         }
     } else {
@@ -2010,16 +2107,25 @@ fn deliver_records<'a>(
         ..
     } = batch;
     let mut records = records.peekable();
+    let items = got.len();
+    let job_end = |j: usize| starts.get(j + 1).copied().unwrap_or(items);
     // Records come in item order: hand each job's run of them to its sink
-    // in one call, straight from the frame.
+    // in one call, straight from the frame. The next run is most often the
+    // next job's (a batch of single tasks): looked at before a search.
+    let mut next_job = 0;
     while let Some(first) = records.peek() {
         let index = first.index as usize;
         if index >= got.len() {
             records.next();
             continue;
         }
-        let j = starts.partition_point(|&s| s <= index) - 1;
-        let (start, end) = (starts[j], starts.get(j + 1).copied().unwrap_or(got.len()));
+        let j = if next_job < jobs.len() && (starts[next_job]..job_end(next_job)).contains(&index) {
+            next_job
+        } else {
+            starts.partition_point(|&s| s <= index) - 1
+        };
+        next_job = j + 1;
+        let (start, end) = (starts[j], job_end(j));
         let job = &jobs[j];
         let mut run = std::iter::from_fn(|| {
             loop {
