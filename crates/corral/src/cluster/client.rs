@@ -594,7 +594,7 @@ impl Engine for Client {
             return;
         }
         let mut refused = Vec::new();
-        for job in jobs {
+        for mut job in jobs {
             if !job.fds.is_empty() {
                 refused.push(job);
                 continue;
@@ -602,6 +602,7 @@ impl Engine for Client {
             let id = st.next_id;
             st.next_id += 1;
             let n = job.len();
+            let indices = job.take_indices();
             st.stats.submitted += n as u64;
             st.outstanding += n;
             st.outgoing.push(WireJob {
@@ -616,7 +617,7 @@ impl Engine for Client {
                 id,
                 Pending {
                     sink: job.sink,
-                    indices: job.indices,
+                    indices,
                     done: vec![false; n],
                     left: n,
                 },

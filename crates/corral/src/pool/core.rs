@@ -126,10 +126,8 @@ impl Cancel<'_> {
     /// The positions of `job` it covers.
     fn covers(&self, job: &Job) -> Option<Range<usize>> {
         match *self {
-            Cancel::Item(sink, index) if Arc::ptr_eq(&job.sink, sink) => job
-                .indices
-                .iter()
-                .position(|&x| x == index)
+            Cancel::Item(sink, index) if Arc::ptr_eq(&job.sink, sink) => (0..job.len())
+                .find(|&p| job.index(p) == index)
                 .map(|p| p..p + 1),
             Cancel::Sink(sink) if Arc::ptr_eq(&job.sink, sink) => Some(0..job.len()),
             Cancel::All => Some(0..job.len()),
@@ -161,7 +159,8 @@ pub(crate) struct Job {
     pub(crate) args: Vec<u8>,
     /// End of each item's argument in `args`.
     pub(crate) ends: Vec<u32>,
-    /// Each item's number in the sink.
+    /// Each item's number in the sink; empty: numbered from 0 (a single
+    /// task's job, which so costs no allocation). Read by [`Job::index`].
     pub(crate) indices: Vec<u32>,
     /// Each item's descriptors (empty: none for any item).
     pub(crate) fds: Vec<Vec<OwnedFd>>,
@@ -204,7 +203,7 @@ impl Job {
         Job {
             entry,
             func,
-            indices: (0..ends.len() as u32).collect(),
+            indices: Vec::new(),
             args,
             ends,
             fds: Vec::new(),
@@ -231,7 +230,7 @@ impl Job {
             func,
             ends: vec![encoded.bytes.len() as u32],
             args: encoded.bytes,
-            indices: vec![0],
+            indices: Vec::new(),
             fds,
             sink,
             timeout,
@@ -262,7 +261,7 @@ impl Job {
         for &p in positions {
             out.args.extend_from_slice(self.arg(p));
             out.ends.push(out.args.len() as u32);
-            out.indices.push(self.indices[p]);
+            out.indices.push(self.index(p));
             if !self.fds.is_empty() {
                 out.fds.push(std::mem::take(&mut self.fds[p]));
             }
@@ -300,11 +299,23 @@ impl Job {
     }
 
     pub(crate) fn fail_all(&self, error: &TaskError) {
-        let mut it = self
-            .indices
-            .iter()
-            .map(|&i| (i, Raw::Failed(Box::new(error.clone()))));
+        let mut it = (0..self.len()).map(|p| (self.index(p), Raw::Failed(Box::new(error.clone()))));
         self.sink.deliver(&mut it);
+    }
+
+    /// The number in its sink of the item at position `p`.
+    pub(crate) fn index(&self, p: usize) -> u32 {
+        self.indices.get(p).copied().unwrap_or(p as u32)
+    }
+
+    /// Takes every item's number in its sink, in position order.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn take_indices(&mut self) -> Vec<u32> {
+        if self.indices.is_empty() {
+            (0..self.len() as u32).collect()
+        } else {
+            std::mem::take(&mut self.indices)
+        }
     }
 }
 
@@ -352,6 +363,11 @@ struct Worker {
     ring_copy: Vec<u8>,
     /// The buffer its batches are encoded in (see `send_batch`).
     frame_copy: Vec<u8>,
+    /// Job lists of its ended batches, cleared, for its next ones: a batch
+    /// of single tasks holds a list of kilobytes, whose allocation would
+    /// make the allocator sort its small free chunks (`malloc_consolidate`),
+    /// and the submitting thread then takes the slow path for its own.
+    spare_jobs: Vec<Vec<Job>>,
     region: SharedRegion,
     inflight: VecDeque<InFlight>,
     /// Where it is in its life: the one place that says what it may do.
@@ -866,6 +882,11 @@ impl Shared {
                 let error = TaskError::Codec("the worker skipped the item".into());
                 fail_missing(&batch, &error, stats, outstanding);
             }
+            let mut jobs = batch.jobs;
+            jobs.clear();
+            if w.spare_jobs.len() < MAX_INFLIGHT && jobs.capacity() <= MAX_BATCH_ITEMS {
+                w.spare_jobs.push(jobs);
+            }
         }
         if ended && w.inflight.is_empty() {
             w.idle_since = Some(Instant::now());
@@ -923,7 +944,8 @@ impl Shared {
             if let Some(left) = core.workers[i].tasks_left {
                 room = room.min(left as usize);
             }
-            let jobs = self.take_batch(core, room);
+            let spare = core.workers[i].spare_jobs.pop().unwrap_or_default();
+            let jobs = self.take_batch(core, room, spare);
             if jobs.is_empty() {
                 continue;
             }
@@ -962,15 +984,15 @@ impl Shared {
     /// at most [`sys::MAX_FDS_PER_MESSAGE`] descriptors, splitting a job
     /// where a limit falls. An item that alone has more descriptors than one
     /// message carries fails with a codec error.
-    fn take_batch(&self, core: &mut Core, room: usize) -> Vec<Job> {
-        let mut jobs = Vec::new();
+    fn take_batch(&self, core: &mut Core, room: usize, mut jobs: Vec<Job>) -> Vec<Job> {
+        debug_assert!(jobs.is_empty());
         let (mut items, mut bytes, mut fds) = (0, 0, 0);
         while items < room
             && bytes < MAX_BATCH_BYTES
             && let Some(mut job) = core.pending.pop_front()
         {
             core.pending_items -= job.len();
-            if job.sink.cancelled() || (job.len() == 1 && !job.sink.wanted(job.indices[0])) {
+            if job.sink.cancelled() || (job.len() == 1 && !job.sink.wanted(job.index(0))) {
                 // Cancelled while queued: it has its outcome already.
                 core.outstanding -= job.len();
                 count_failure(&mut core.stats, &TaskError::Cancelled, job.len());
@@ -1068,6 +1090,7 @@ impl Shared {
             frames_read: 0,
             ring_copy: Vec::new(),
             frame_copy: Vec::new(),
+            spare_jobs: Vec::new(),
             read_done: false,
             region,
             inflight: VecDeque::new(),
@@ -1510,7 +1533,7 @@ impl Shared {
         count_failure(stats, &error, 1);
         let job = &front.jobs[j];
         job.sink.deliver(&mut std::iter::once((
-            job.indices[p],
+            job.index(p),
             Raw::Failed(Box::new(error)),
         )));
         true
@@ -2155,7 +2178,7 @@ fn deliver_records<'a>(
                         Raw::Codec(r.body)
                     }
                 };
-                return Some((job.indices[index - start], raw));
+                return Some((job.index(index - start), raw));
             }
         });
         job.sink.deliver(&mut run);
@@ -2176,7 +2199,7 @@ fn fail_missing(
         let start = batch.starts[j];
         let mut it = (0..job.len())
             .filter(|&p| !batch.got[start + p])
-            .map(|p| (job.indices[p], Raw::Failed(Box::new(error.clone()))));
+            .map(|p| (job.index(p), Raw::Failed(Box::new(error.clone()))));
         let mut n = 0;
         job.sink.deliver(&mut it.by_ref().inspect(|_| n += 1));
         count_failure(stats, error, n);
