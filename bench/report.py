@@ -247,8 +247,9 @@ def issue14_section(runs, hog, py, w):
     w("")
     w("Batches and outcomes cross in shared-memory rings, so a round trip makes no system call while both "
       "sides are busy. What bounds the misses (`bench/README.md` has the profiles and the builds compared): "
-      "submit-each pays, per task, a future of its own (several allocations and the pool's lock) and, per "
-      "small batch, a worker's wake-up; a `map` of small items pays about 130 ns of CPU per item in encoding, "
+      "submit-each pays about 1.3 µs of CPU per task over the two cores (the task's own allocations, its "
+      "delivery by the pool thread, and workers watching for batches the caller has not submitted yet); "
+      "a `map` of small items pays about 130 ns of CPU per item in encoding, "
       "entries and decoding, on 2 cores; `map_pod` of 10M pays one copy in and one copy out (80 MB each) "
       "that rayon does not make, the copy out into fresh memory (huge pages where the kernel gives them); "
       "spawn+join pays making and tearing down a process (a raw `fork`+`_exit`+`waitpid` "
