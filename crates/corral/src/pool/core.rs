@@ -42,6 +42,9 @@ const MAX_INFLIGHT: usize = 2;
 const MAX_BATCH_ITEMS: usize = 4096;
 /// Most argument bytes in one batch (a single larger job still goes alone).
 const MAX_BATCH_BYTES: usize = 1 << 20;
+/// The longest job list an ended batch lends to its worker's next
+/// (`Worker::spare_jobs`): about 35 KB; a longer one is freed.
+const SPARE_JOBS_MAX: usize = 256;
 /// How long a worker whose send failed for want of kernel resources is left
 /// alone before the next try.
 const SEND_RETRY: Duration = Duration::from_millis(10);
@@ -884,7 +887,7 @@ impl Shared {
             }
             let mut jobs = batch.jobs;
             jobs.clear();
-            if w.spare_jobs.len() < MAX_INFLIGHT && jobs.capacity() <= MAX_BATCH_ITEMS {
+            if w.spare_jobs.len() < MAX_INFLIGHT && jobs.capacity() <= SPARE_JOBS_MAX {
                 w.spare_jobs.push(jobs);
             }
         }
@@ -2138,7 +2141,7 @@ fn deliver_records<'a>(
     let mut next_job = 0;
     while let Some(first) = records.peek() {
         let index = first.index as usize;
-        if index >= got.len() {
+        if index >= items {
             records.next();
             continue;
         }
