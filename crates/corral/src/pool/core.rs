@@ -306,9 +306,15 @@ impl Job {
         self.sink.deliver(&mut it);
     }
 
-    /// The number in its sink of the item at position `p`.
+    /// The number in its sink of the item at position `p`. A list, when
+    /// there is one, numbers every item: a short one is a bug, not a job
+    /// numbered from 0 past its end.
     pub(crate) fn index(&self, p: usize) -> u32 {
-        self.indices.get(p).copied().unwrap_or(p as u32)
+        if self.indices.is_empty() {
+            p as u32
+        } else {
+            self.indices[p]
+        }
     }
 
     /// Takes every item's number in its sink, in position order.
