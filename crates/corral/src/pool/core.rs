@@ -1258,7 +1258,10 @@ impl Shared {
         true
     }
 
-    /// Kills every worker and fails every unfinished item.
+    /// Kills every worker and fails every unfinished item. An item a worker
+    /// holds fails when that worker is buried, dead: until then it may still
+    /// be running (and `map_pod` relies on no worker writing its results
+    /// once its ranges have ended).
     pub(super) fn terminate(&self) {
         let mut core = self.lock();
         if core.phase != Phase::Terminated {
@@ -1275,9 +1278,6 @@ impl Shared {
             let now = Instant::now();
             for w in workers.iter_mut() {
                 w.apply(Event::Terminate, now);
-                for batch in w.inflight.drain(..) {
-                    fail_missing(&batch, &error, stats, outstanding);
-                }
             }
             for job in pending.drain(..) {
                 count_failure(stats, &error, job.len());
@@ -1287,7 +1287,27 @@ impl Shared {
             *pending_items = 0;
         }
         self.wake_dispatcher();
-        drop(self.wait_until(core, None, |c| c.dispatcher_gone));
+        let mut core = self.wait_until(core, None, |c| c.dispatcher_gone);
+        self.bury_orphaned(&mut core);
+    }
+
+    /// After the dispatcher ended without burying its workers (it can only
+    /// have panicked): kills each, waits for its death, and fails what it
+    /// held.
+    fn bury_orphaned(&self, core: &mut Core) {
+        let Core {
+            workers,
+            stats,
+            outstanding,
+            ..
+        } = core;
+        for w in workers.drain(..) {
+            let _ = w.child.kill();
+            let _ = w.child.proc().wait(None);
+            for batch in &w.inflight {
+                fail_missing(batch, &TaskError::PoolClosed, stats, outstanding);
+            }
+        }
     }
 
     /// The dispatcher thread's body.
@@ -1723,7 +1743,7 @@ impl Shared {
     }
 
     /// Closing: lets idle workers exit (closing their channel), kills those
-    /// that linger; terminating: they were killed already. Reaps the dead.
+    /// that linger; terminating: they were killed already. Buries the dead.
     fn stop_workers(&self, core: &mut Core) {
         let now = Instant::now();
         let event = if core.phase == Phase::Terminated {
@@ -1740,8 +1760,8 @@ impl Shared {
             if core.workers[i].child.is_alive() {
                 i += 1;
             } else {
-                let w = core.workers.remove(i);
-                Death::of(&w).report(&w, false);
+                // What it held ends now, with what it finished delivered.
+                self.bury(core, i);
             }
         }
     }
