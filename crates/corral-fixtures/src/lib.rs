@@ -119,6 +119,17 @@ pub fn grandchild_holding_fd(report: corral::Sender) {
     let _ = child.wait();
 }
 
+/// Reads 8 bytes at `addr` in process `pid` through `/proc/<pid>/mem`,
+/// under the kernel's ptrace access check (the one `process_vm_readv`, and
+/// so `map_pod`'s workers, pass or fail): the `errno` of a refusal, or 0.
+pub fn peek_memory((pid, addr): (u32, u64)) -> i32 {
+    use std::os::unix::fs::FileExt;
+    let mut word = [0u8; 8];
+    let read = std::fs::File::open(format!("/proc/{pid}/mem"))
+        .and_then(|mem| mem.read_exact_at(&mut word, addr));
+    read.err().and_then(|e| e.raw_os_error()).unwrap_or(0)
+}
+
 /// Whether `pid` is gone: no such process, or a zombie awaiting its reaper.
 pub fn is_gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

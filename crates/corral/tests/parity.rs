@@ -909,10 +909,64 @@ fn pod_fails_at(x: u64) -> u64 {
     x
 }
 
+fn pod_nap(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(1));
+    x
+}
+
+/// Workers write `map_pod`'s results straight into the caller's vector, so
+/// a call may return (and free it) only once no worker can write any more:
+/// a terminate that interrupts it fails it only once its workers are dead.
 #[test]
-fn map_pod_maps_plain_data_in_shared_memory() {
+fn a_terminated_map_pod_returns_only_once_its_workers_are_dead() {
+    within(Duration::from_secs(60), || {
+        let pool = Arc::new(Pool::new(2).unwrap());
+        let busy = Arc::new(Mutex::new(Vec::new()));
+        let (p, pids) = (pool.clone(), busy.clone());
+        let call = std::thread::spawn(move || {
+            let xs: Vec<u64> = (0..100_000).collect();
+            let outcome = p.map_pod(pod_nap, &xs).map(|v| v.len());
+            let pids = pids.lock().unwrap().clone();
+            (
+                outcome,
+                pids.into_iter()
+                    .filter(|&pid| !fx::is_gone(pid))
+                    .collect::<Vec<u32>>(),
+            )
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let running = loop {
+            let stats = pool.workers();
+            if stats.iter().filter(|w| w.busy).count() == 2 {
+                break stats.iter().map(|w| w.pid).collect::<Vec<u32>>();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "map_pod never kept both workers busy"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        *busy.lock().unwrap() = running;
+        pool.terminate();
+        let (outcome, alive) = call.join().unwrap();
+        assert_eq!(outcome, Err(TaskError::PoolClosed));
+        assert_eq!(
+            alive,
+            Vec::<u32>::new(),
+            "workers alive when map_pod returned"
+        );
+    });
+}
+
+#[test]
+fn map_pod_maps_plain_data_in_place() {
     let pool = Pool::new(2).unwrap();
     let xs: Vec<u64> = (0..1_000_003).collect();
+    // Workers may reach this process's memory: they read the items and
+    // write the results in place (see tests/pod_refused.rs for the other
+    // way).
+    let here = (std::process::id(), xs.as_ptr() as u64);
+    assert_eq!(pool.apply(fx::peek_memory, here).unwrap(), 0);
     let out = pool.map_pod(square_u64, &xs).unwrap();
     assert_eq!(out.len(), xs.len());
     assert!(out.iter().zip(&xs).all(|(o, x)| *o == x.wrapping_mul(*x)));
@@ -925,9 +979,8 @@ fn map_pod_maps_plain_data_in_shared_memory() {
     let norms = pool.map_pod(norm2, &points).unwrap();
     assert_eq!(norms[3], 10.0);
     assert_eq!(pool.map_pod(square_u64, &[]), Ok(vec![]));
-    // Past 8 MiB the results vector asks for huge pages and the copy out
-    // is split among threads: every part, the short last one too, lands
-    // where it belongs (and every range is copied in before it is sent).
+    // Past 8 MiB the results vector asks for huge pages: every range, the
+    // short last one too, lands where it belongs.
     let big: Vec<u64> = (0..3_000_017).collect();
     let out = pool.map_pod(square_u64, &big).unwrap();
     assert_eq!(out.len(), big.len());

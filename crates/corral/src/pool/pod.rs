@@ -1,34 +1,51 @@
-//! `map_pod`: a map over plain data through shared memory, with no
-//! encoding per item (joblib's memory mapping, done for Rust).
+//! `map_pod`: a map over plain data with no encoding per item: workers read
+//! the items from the caller's memory and write the results into it, or,
+//! where the kernel refuses that, go through shared memory (joblib's memory
+//! mapping, done for Rust).
 
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{Job, MapSink, Pool, Sink, add_item, worker};
+use bytemuck::Pod;
+
+use super::worker::{self, PodInput, PodOutput, PodRan};
+use super::{Job, MapSink, Pool, Sink, add_item};
 use crate::start::bootstrap::func_offset;
-use crate::{Error, TaskError, sys};
+use crate::{Error, RawArray, TaskError, sys, trace};
 
 impl Pool {
-    /// [`map`](Pool::map) for plain data, without encoding: the items are
-    /// copied once into shared memory, each worker applies `f` to its
-    /// ranges in place and writes the results to a shared output, which is
-    /// copied out once (joblib's memory mapping, for `bytemuck::Pod` types).
-    /// The pool's supervision is the same, per range: a range whose worker
-    /// dies, panics or runs past the task timeout fails the call with that
-    /// error; the others are not redone.
+    /// [`map`](Pool::map) for plain data, without encoding
+    /// (`bytemuck::Pod` items and results): each worker reads its ranges of
+    /// `items` straight from the caller's memory and writes their results
+    /// straight into the vector returned, with `process_vm_readv` and
+    /// `process_vm_writev` (one copy each way, made by the kernel in the
+    /// worker; MPI's "cross memory attach"). The pool's supervision is the
+    /// same, per range: a range whose worker dies, panics or runs past the
+    /// task timeout fails the call with that error; the others are not
+    /// redone. The call returns only once every range has ended, and a
+    /// range ends only once its worker reported it or is dead: no worker
+    /// writes into the vector after that.
     ///
-    /// Each range goes to the workers as soon as its items are in shared
-    /// memory, so they start while the rest is copied. The results are
-    /// written into a fresh vector, where each first write of a page costs
-    /// a page fault: above 8 MiB the vector asks for transparent huge pages
-    /// (`MADV_HUGEPAGE`, a fault per 2 MiB rather than per 4 KiB, where the
-    /// kernel allows them) and the copy is split among short-lived threads,
-    /// one per worker at most.
+    /// Where the kernel will not let a worker reach the caller (the ptrace
+    /// access check: a process made undumpable, workers without the
+    /// capabilities of their caller, Yama's `ptrace_scope`, a seccomp
+    /// filter), the ranges go through shared memory instead, as joblib's
+    /// memory-mapped arrays do: the items are copied into it (each range
+    /// sent as soon as its items are in), and the results copied out. The
+    /// first refusal is remembered for the rest of the program.
+    ///
+    /// The results are written into a fresh vector, where each first write
+    /// of a page costs a page fault: above 8 MiB the vector asks for
+    /// transparent huge pages (`MADV_HUGEPAGE`, a fault per 2 MiB rather
+    /// than per 4 KiB, where the kernel allows them).
     ///
     /// # Errors
     ///
     /// The first failing range's [`TaskError`], in input order;
-    /// [`TaskError::Codec`] if shared memory cannot be created.
+    /// [`TaskError::Codec`] if shared memory is needed and cannot be
+    /// created; [`TaskError::InvalidArgument`] on a cluster pool (its
+    /// workers share no memory with the caller).
     ///
     /// # Examples
     ///
@@ -43,8 +60,8 @@ impl Pool {
     #[doc(alias = "memmap")]
     pub fn map_pod<A, R>(&self, f: fn(A) -> R, items: &[A]) -> Result<Vec<R>, TaskError>
     where
-        A: bytemuck::Pod + Send,
-        R: bytemuck::Pod + Send,
+        A: Pod + Send,
+        R: Pod + Send,
     {
         if items.is_empty() {
             return Ok(Vec::new());
@@ -55,73 +72,199 @@ impl Pool {
                     .into(),
             ));
         }
-        let shared =
-            |e: Error| TaskError::Codec(format!("placing the items in shared memory: {e}"));
-        let in_bytes: &[u8] = bytemuck::cast_slice(items);
-        let input = self.shared.scratch(in_bytes.len()).map_err(shared)?;
-        let output = self
-            .shared
-            .scratch(items.len() * std::mem::size_of::<R>())
-            .map_err(shared)?;
         let n = items.len();
-        let chunks = 4 * self.processes();
+        let chunks = 2 * self.processes();
         let per = self.fit_quota(n.div_ceil(chunks)) as u64;
         let ranges: Vec<(u64, u64)> = (0..n as u64)
             .step_by(per as usize)
             .map(|start| (start, per.min(n as u64 - start)))
             .collect();
-        let sink = Arc::new(MapSink::<()>::new(ranges.len(), None));
+        let mut results = fresh_vec::<R>(n);
+        let refused = self.pod_in_place(f, items, &mut results, &ranges)?;
+        self.pod_through_shared(f, items, &mut results, &refused)?;
+        Ok(results)
+    }
+
+    /// Runs `ranges` with each worker reading its items from `items` and
+    /// writing its results into `results` itself (cross memory attach: one
+    /// copy each way, made by the kernel in the worker). The ranges the
+    /// kernel would not let a worker do so (all of them once it has refused
+    /// once).
+    fn pod_in_place<A: Pod + Send, R: Pod + Send>(
+        &self,
+        f: fn(A) -> R,
+        items: &[A],
+        results: &mut [R],
+        ranges: &[(u64, u64)],
+    ) -> Result<Vec<(u64, u64)>, TaskError> {
+        if CALLER_UNREACHABLE.load(Ordering::Relaxed) {
+            return Ok(ranges.to_vec());
+        }
+        let pid = std::process::id() as i32;
+        let (from, to) = (items.as_ptr() as u64, results.as_mut_ptr() as u64);
+        // `results` is not touched here until every range has ended: a
+        // range ends once its worker reported it (after its last write) or
+        // is dead, so no worker writes into it after this returns.
+        let ran = self.pod_jobs(f, ranges, |_| {
+            Ok((
+                PodInput::Caller { pid, addr: from },
+                PodOutput::Caller { pid, addr: to },
+            ))
+        })?;
+        let refused: Vec<(u64, u64)> = (ranges.iter().zip(&ran))
+            .filter(|(_, ran)| matches!(ran, PodRan::Refused(_)))
+            .map(|(&range, _)| range)
+            .collect();
+        if let Some(PodRan::Refused(_errno)) = ran.iter().find(|r| **r != PodRan::Done) {
+            CALLER_UNREACHABLE.store(true, Ordering::Relaxed);
+            trace::event!(
+                info,
+                error = %std::io::Error::from_raw_os_error(*_errno),
+                "map_pod's workers may not reach the caller's memory: it goes through shared memory"
+            );
+        }
+        Ok(refused)
+    }
+
+    /// Runs `ranges` through shared memory: their items copied into a
+    /// shared array, each range going out as soon as its items are there
+    /// (workers start while the rest is copied), and their results copied
+    /// from another into `results`.
+    fn pod_through_shared<A: Pod + Send, R: Pod + Send>(
+        &self,
+        f: fn(A) -> R,
+        items: &[A],
+        results: &mut [R],
+        ranges: &[(u64, u64)],
+    ) -> Result<(), TaskError> {
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let in_bytes: &[u8] = bytemuck::cast_slice(items);
+        let input = self
+            .shared
+            .scratch(in_bytes.len())
+            .map_err(in_shared_memory)?;
+        let output = match self.shared.scratch(std::mem::size_of_val(results)) {
+            Ok(output) => output,
+            Err(e) => {
+                self.shared.return_scratch(input);
+                return Err(in_shared_memory(e));
+            }
+        };
+        let a = size_of::<A>();
+        let ran = self.pod_jobs(f, ranges, |(start, len)| {
+            let (from, to) = (start as usize * a, (start + len) as usize * a);
+            input.store_bytes_at(from, &in_bytes[from..to]);
+            Ok((
+                PodInput::Shared(worker::RegionFd(input.dup_fd()?)),
+                PodOutput::Shared(worker::RegionFd(output.dup_fd()?)),
+            ))
+        });
+        if let Ok(ran) = &ran
+            && ran.iter().all(|r| *r == PodRan::Done)
+        {
+            copy_out(&output, results, ranges, self.processes());
+        }
+        // Ranges that failed may still be written by no one: every range
+        // has ended, so the scratch space is free again.
+        self.shared.return_scratch(input);
+        self.shared.return_scratch(output);
+        match ran?.into_iter().find(|r| *r != PodRan::Done) {
+            Some(_) => Err(TaskError::Codec(
+                "a worker could not map map_pod's shared arrays".into(),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs each of `ranges` as one job, where `sides(range)` (called just
+    /// before the range goes out) says where its items and results are: a
+    /// worker's results for a range reach the others' sooner, and a
+    /// failure fails only its range. What the workers said of each range,
+    /// in order, or the first range's error; either way only once every
+    /// range has ended.
+    fn pod_jobs<A: Pod + Send, R: Pod + Send>(
+        &self,
+        f: fn(A) -> R,
+        ranges: &[(u64, u64)],
+        mut sides: impl FnMut((u64, u64)) -> std::io::Result<(PodInput, PodOutput)>,
+    ) -> Result<Vec<PodRan>, TaskError> {
+        let sink = Arc::new(MapSink::<PodRan>::new(ranges.len(), None));
         let dyn_sink: Arc<dyn Sink> = sink.clone();
         let (entry, func) = (worker::pod_entry_offset::<A, R>(), func_offset(f));
-        // One range a job: a worker's results for a range reach the others'
-        // sooner, and a failure fails only its range.
-        let mut jobs: Vec<Job> = Vec::with_capacity(ranges.len());
         for (index, &(start, len)) in ranges.iter().enumerate() {
-            let fds = input.dup_fd().and_then(|i| Ok((i, output.dup_fd()?)));
-            let (i, o) = fds.map_err(|e| {
-                TaskError::Codec(format!("duplicating map_pod's shared arrays: {e}"))
-            })?;
-            let mut job = Job::new(entry, func, 1, dyn_sink.clone());
+            let (input, output) = match sides((start, len)) {
+                Ok(sides) => sides,
+                Err(e) => {
+                    // The ranges not sent yet end here; those sent run on.
+                    sink.truncate(index);
+                    let _ = sink.wait(&*self.shared);
+                    return Err(TaskError::Codec(format!(
+                        "sharing map_pod's arrays with the workers: {e}"
+                    )));
+                }
+            };
             let chunk = worker::PodChunk::<A, R> {
-                input: worker::RegionFd(i),
-                output: worker::RegionFd(o),
+                input,
+                output,
                 start,
                 len,
                 types: PhantomData,
             };
+            let mut job = Job::new(entry, func, 1, dyn_sink.clone());
             add_item(&mut job, index as u32, &chunk);
-            jobs.push(job);
-        }
-        // Each range goes out as soon as its items are in place: workers
-        // start while the rest is copied.
-        let a = size_of::<A>();
-        for (job, &(start, len)) in jobs.into_iter().zip(&ranges) {
-            let (from, to) = (start as usize * a, (start + len) as usize * a);
-            input.store_bytes_at(from, &in_bytes[from..to]);
             self.shared.submit(vec![job]);
         }
-        let outcome = sink.wait(&*self.shared).map(|_| {
-            // Fresh from the allocator, not yet touched (for a large
-            // vector): writing it costs a page fault per page, so huge
-            // pages where the kernel has them.
-            let mut results: Vec<R> = bytemuck::allocation::zeroed_vec(n);
-            if n * size_of::<R>() >= PARALLEL_COPY {
-                sys::prefer_huge_pages(&mut results);
-            }
-            let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut results);
-            // Writing fresh memory costs a page fault per page: shared
-            // among threads, as rayon's `collect` shares it.
-            let per = copy_part(bytes.len(), self.processes());
-            in_parallel(bytes.chunks_mut(per), |k, part| {
-                output.load_bytes_into(k * per, part);
-            });
-            results
+        sink.wait(&*self.shared)
+    }
+}
+
+/// Once a worker could not reach a caller's memory (the kernel's ptrace
+/// policy, a seccomp filter or an undumpable process: reasons that hold for
+/// the whole program), every later `map_pod` goes through shared memory.
+static CALLER_UNREACHABLE: AtomicBool = AtomicBool::new(false);
+
+fn in_shared_memory(e: Error) -> TaskError {
+    TaskError::Codec(format!("placing map_pod's arrays in shared memory: {e}"))
+}
+
+/// A vector of `n` zeroed values, fresh from the allocator and not yet
+/// touched (for a large one): each first write of a page costs a page
+/// fault, so huge pages where the kernel has them.
+fn fresh_vec<R: Pod>(n: usize) -> Vec<R> {
+    let mut results: Vec<R> = bytemuck::allocation::zeroed_vec(n);
+    if n * size_of::<R>() >= PARALLEL_COPY {
+        sys::prefer_huge_pages(&mut results);
+    }
+    results
+}
+
+/// Copies the results of `ranges` from `output` into `results`. Writing
+/// fresh memory costs a page fault per page: a large copy is shared among
+/// threads, as rayon's `collect` shares it.
+fn copy_out<R: Pod>(
+    output: &RawArray<u8>,
+    results: &mut [R],
+    ranges: &[(u64, u64)],
+    threads: usize,
+) {
+    let r = size_of::<R>();
+    let bytes: &mut [u8] = bytemuck::cast_slice_mut(results);
+    // Ranges that follow each other are copied as one.
+    let mut runs: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for &(start, len) in ranges {
+        match runs.last_mut() {
+            Some(run) if run.0 + run.1 == start => run.1 += len,
+            _ => runs.push((start, len)),
+        }
+    }
+    for (start, len) in runs {
+        let range = &mut bytes[start as usize * r..(start + len) as usize * r];
+        let per = copy_part(range.len(), threads);
+        in_parallel(range.chunks_mut(per), |k, part| {
+            output.load_bytes_into(start as usize * r + k * per, part);
         });
-        // Ranges that failed may still be written by no one: every item has
-        // ended, so the scratch space is free again.
-        self.shared.return_scratch(input);
-        self.shared.return_scratch(output);
-        outcome
     }
 }
 

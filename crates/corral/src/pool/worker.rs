@@ -297,8 +297,8 @@ pub(super) fn pod_entry_offset<A: Pod + Send, R: Pod + Send>() -> i64 {
     sys::code::offset_of(pod_trampoline::<A, R> as JobEntry as usize)
 }
 
-/// Runs [`PodChunk`] items: each applies `f` to a range of a shared input
-/// array, writing a shared output array.
+/// Runs [`PodChunk`] items: each applies `f` to a range of the caller's
+/// input, writing a shared output array.
 fn pod_trampoline<A: Pod + Send, R: Pod + Send>(
     verified: &Verified,
     func: i64,
@@ -311,40 +311,221 @@ fn pod_trampoline<A: Pod + Send, R: Pod + Send>(
 }
 
 /// A range of a `map_pod`: its items are read from `input` and its results
-/// written to `output`, both shared byte arrays (the pool's reused scratch
-/// space, which a worker maps once: see [`mapped`]); nothing is encoded per
-/// item.
+/// written to `output`; nothing is encoded per item.
 #[derive(Serialize, Deserialize)]
 pub(super) struct PodChunk<A, R> {
-    pub(super) input: RegionFd,
-    pub(super) output: RegionFd,
+    pub(super) input: PodInput,
+    pub(super) output: PodOutput,
     pub(super) start: u64,
     pub(super) len: u64,
     #[serde(skip)]
     pub(super) types: std::marker::PhantomData<fn(A) -> R>,
 }
 
-impl<A: Pod, R: Pod> PodChunk<A, R> {
-    /// Items copied in and results copied out this many at a time.
-    const BLOCK: usize = 4096;
+/// Where a `map_pod` range's items are.
+#[derive(Serialize, Deserialize)]
+pub(super) enum PodInput {
+    /// In the caller's own slice (its pid and the slice's address), which
+    /// the worker reads with `process_vm_readv`. A worker that reads late
+    /// (after a failed call returned) harms nobody: reading another
+    /// process's memory changes nothing there.
+    Caller { pid: i32, addr: u64 },
+    /// In a shared array the caller copied them into (the pool's reused
+    /// scratch space, which a worker maps once: see [`mapped`]).
+    Shared(RegionFd),
+}
 
-    fn run(self, f: fn(A) -> R) {
-        let input = mapped(self.input.0).expect("mapping map_pod's input");
-        let output = mapped(self.output.0).expect("mapping map_pod's output");
+/// Where a `map_pod` range's results go.
+#[derive(Serialize, Deserialize)]
+pub(super) enum PodOutput {
+    /// Straight into the caller's result vector (its pid and the vector's
+    /// address), with `process_vm_writev`. Sound because the caller keeps
+    /// the vector until every range has ended, and a range ends only once
+    /// its worker reported it or is dead; and because the worker writes
+    /// nothing once the caller is gone (its pid could then name another
+    /// process).
+    Caller { pid: i32, addr: u64 },
+    /// Into a shared array the caller copies them from.
+    Shared(RegionFd),
+}
+
+/// What a worker says of a `map_pod` range it ran.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum PodRan {
+    /// Every result is in place.
+    Done,
+    /// The kernel would not let this worker reach the caller's memory (this
+    /// `errno`): the range goes again through shared memory.
+    Refused(i32),
+}
+
+impl<A: Pod, R: Pod> PodChunk<A, R> {
+    /// Bytes of items read (and of results written) at a time: larger
+    /// blocks pay fewer system calls, smaller ones stay in the caches.
+    const BLOCK_BYTES: usize = 256 << 10;
+
+    fn run(self, f: fn(A) -> R) -> PodRan {
+        let input = PodSide::open(self.input);
+        let output = PodSide::open(self.output);
         let end = (self.start + self.len) as usize;
         let (a, r) = (size_of::<A>(), size_of::<R>());
-        // On the heap: a block of a large `A` would not fit a stack.
-        let mut items: Vec<A> = Vec::new();
-        items.resize(Self::BLOCK, A::zeroed());
-        let mut results = Vec::with_capacity(Self::BLOCK);
-        for from in (self.start as usize..end).step_by(Self::BLOCK) {
-            let n = Self::BLOCK.min(end - from);
-            input.load_bytes_into(from * a, bytemuck::cast_slice_mut(&mut items[..n]));
-            results.clear();
-            results.extend(items[..n].iter().map(|&x| f(x)));
-            output.store_bytes_at(from * r, bytemuck::cast_slice(&results));
+        let block = (Self::BLOCK_BYTES / a.max(r).max(1)).max(1);
+        let mut kept = KeptBuffer::take((block * a).div_ceil(8) + (block * r).div_ceil(8));
+        let (mut own_items, mut own_results);
+        let (items, results): (&mut [A], &mut [R]) = match kept.split(block) {
+            Some(split) => split,
+            None => {
+                own_items = vec![A::zeroed(); block];
+                own_results = vec![R::zeroed(); block];
+                (&mut own_items, &mut own_results)
+            }
+        };
+        for from in (self.start as usize..end).step_by(block) {
+            let n = block.min(end - from);
+            let (items, results) = (&mut items[..n], &mut results[..n]);
+            let copied = input
+                .read(from * a, bytemuck::cast_slice_mut(items))
+                .and_then(|()| {
+                    for (out, &x) in results.iter_mut().zip(items.iter()) {
+                        *out = f(x);
+                    }
+                    output.write(from * r, bytemuck::cast_slice(results))
+                });
+            if let Err(errno) = copied {
+                return PodRan::Refused(errno);
+            }
+        }
+        PodRan::Done
+    }
+}
+
+/// A worker's `map_pod` block buffer, kept from one range to the next:
+/// fresh buffers of a few hundred KiB would each be a new mapping, and a
+/// page fault per 4 KiB, every range.
+static KEPT_BUFFER: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
+
+/// [`KEPT_BUFFER`] while a range runs (given back when dropped).
+struct KeptBuffer(Vec<u64>);
+
+impl KeptBuffer {
+    /// The kept buffer, grown to `words` words.
+    fn take(words: usize) -> KeptBuffer {
+        let mut kept = std::mem::take(&mut *KEPT_BUFFER.lock().unwrap_or_else(|p| p.into_inner()));
+        if kept.len() < words {
+            kept.resize(words, 0);
+        }
+        KeptBuffer(kept)
+    }
+
+    /// Room for `block` items and as many results, or `None` for types it
+    /// cannot hold: aligned to more than its 8-byte words, or of size 0.
+    fn split<A: Pod, R: Pod>(&mut self, block: usize) -> Option<(&mut [A], &mut [R])> {
+        let (a, r) = (size_of::<A>(), size_of::<R>());
+        if a == 0 || r == 0 || align_of::<A>() > 8 || align_of::<R>() > 8 {
+            return None;
+        }
+        let (i, o) = self.0.split_at_mut((block * a).div_ceil(8));
+        let i: &mut [u8] = bytemuck::cast_slice_mut(i);
+        let o: &mut [u8] = bytemuck::cast_slice_mut(o);
+        Some((
+            bytemuck::cast_slice_mut(&mut i[..block * a]),
+            bytemuck::cast_slice_mut(&mut o[..block * r]),
+        ))
+    }
+}
+
+impl Drop for KeptBuffer {
+    fn drop(&mut self) {
+        *KEPT_BUFFER.lock().unwrap_or_else(|p| p.into_inner()) = std::mem::take(&mut self.0);
+    }
+}
+
+/// A worker's side of a [`PodInput`] or [`PodOutput`].
+enum PodSide {
+    Caller { pid: i32, addr: u64 },
+    Mapped(crate::RawArray<u8>),
+}
+
+impl PodSide {
+    fn open(side: impl Into<PodSide>) -> PodSide {
+        side.into()
+    }
+
+    /// Reads the bytes from offset `at` into `into`; the `errno` of a read
+    /// the kernel refused.
+    fn read(&self, at: usize, into: &mut [u8]) -> Result<(), i32> {
+        match self {
+            PodSide::Caller { pid, addr } => {
+                sys::read_process_memory(*pid, addr + at as u64, into).map_err(errno)
+            }
+            PodSide::Mapped(array) => {
+                array.load_bytes_into(at, into);
+                Ok(())
+            }
         }
     }
+
+    /// Writes `bytes` at offset `at`; the `errno` of a write the kernel
+    /// refused, or `ESRCH` once the caller is gone.
+    fn write(&self, at: usize, bytes: &[u8]) -> Result<(), i32> {
+        match self {
+            PodSide::Caller { pid, addr } => {
+                if !caller_alive(*pid) {
+                    return Err(libc::ESRCH);
+                }
+                sys::write_process_memory(*pid, addr + at as u64, bytes).map_err(errno)
+            }
+            PodSide::Mapped(array) => {
+                array.store_bytes_at(at, bytes);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl From<PodInput> for PodSide {
+    fn from(input: PodInput) -> PodSide {
+        match input {
+            PodInput::Caller { pid, addr } => PodSide::Caller { pid, addr },
+            PodInput::Shared(fd) => PodSide::Mapped(mapped(fd.0).expect("mapping map_pod's input")),
+        }
+    }
+}
+
+impl From<PodOutput> for PodSide {
+    fn from(output: PodOutput) -> PodSide {
+        match output {
+            PodOutput::Caller { pid, addr } => PodSide::Caller { pid, addr },
+            PodOutput::Shared(fd) => {
+                PodSide::Mapped(mapped(fd.0).expect("mapping map_pod's output"))
+            }
+        }
+    }
+}
+
+fn errno(e: std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// A pidfd of the last caller this worker wrote to, opened at its first
+/// write: the caller was alive then (it had just sent the range), so the
+/// pidfd names it and no process that might take its pid later.
+static CALLER: std::sync::Mutex<Option<(i32, OwnedFd)>> = std::sync::Mutex::new(None);
+
+/// Whether caller `pid` still runs: checked before each write, so that a
+/// worker stops writing once its caller is gone.
+fn caller_alive(pid: i32) -> bool {
+    let mut caller = CALLER.lock().unwrap_or_else(|p| p.into_inner());
+    if caller.as_ref().is_none_or(|(p, _)| *p != pid) {
+        *caller = sys::pidfd_open(pid).ok().map(|fd| (pid, fd));
+    }
+    // A pidfd turns readable when its process exits.
+    caller.as_ref().is_some_and(|(_, fd)| {
+        matches!(
+            sys::poll_readable(&[fd.as_fd()], Some(Duration::ZERO)).as_deref(),
+            Ok([false])
+        )
+    })
 }
 
 /// The scratch arrays this worker has mapped, by the identity of their

@@ -606,6 +606,73 @@ pub(crate) fn close_inherited(fd: RawFd) {
     }
 }
 
+/// Copies the bytes at `addr` in process `pid`'s memory into `buf`
+/// (`process_vm_readv`, "cross memory attach"): one copy, made by the
+/// kernel, with no mapping shared. Fails as the kernel does: `EPERM` where
+/// this process may not reach that one (a ptrace access check: another
+/// user, a process made undumpable, Yama's `ptrace_scope`), `ENOSYS` or
+/// `EPERM` under a seccomp filter, `ESRCH` once it is gone, `EFAULT` for an
+/// address it has not mapped (or, writing, not mapped writable).
+pub(crate) fn read_process_memory(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+    cross_copy(pid, addr, buf.as_mut_ptr(), buf.len(), CrossCopy::Read)
+}
+
+/// Copies `buf` to `addr` in process `pid`'s memory (`process_vm_writev`);
+/// fails as [`read_process_memory`] does.
+///
+/// Writing another process's memory is safe for this one; for that one it
+/// is whatever the bytes mean at `addr`. The caller must know that process
+/// expects them there, and that `pid` is still that process.
+pub(crate) fn write_process_memory(pid: i32, addr: u64, buf: &[u8]) -> io::Result<()> {
+    cross_copy(
+        pid,
+        addr,
+        buf.as_ptr().cast_mut(),
+        buf.len(),
+        CrossCopy::Write,
+    )
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum CrossCopy {
+    Read,
+    Write,
+}
+
+/// `process_vm_readv`/`writev` of `len` bytes between this process's `local`
+/// and `addr` in `pid`, repeated over partial copies.
+fn cross_copy(pid: i32, addr: u64, local: *mut u8, len: usize, way: CrossCopy) -> io::Result<()> {
+    let mut done = 0;
+    while done < len {
+        let local = libc::iovec {
+            iov_base: local.wrapping_add(done).cast(),
+            iov_len: len - done,
+        };
+        let remote = libc::iovec {
+            iov_base: (addr + done as u64) as usize as *mut libc::c_void,
+            iov_len: len - done,
+        };
+        // SAFETY: `local` describes the rest of a buffer of this process
+        // that the caller lends for `len` bytes (writable for a read, and
+        // only read for a write); `remote` is only an address in the other
+        // process, which the kernel checks and never resolves in this one.
+        let got = unsafe {
+            match way {
+                CrossCopy::Read => libc::process_vm_readv(pid, &local, 1, &remote, 1, 0),
+                CrossCopy::Write => libc::process_vm_writev(pid, &local, 1, &remote, 1, 0),
+            }
+        };
+        match got {
+            -1 => return Err(io::Error::last_os_error()),
+            // A partial copy stops at a page the other process has not
+            // mapped: the next call says why.
+            0 => return Err(io::Error::from_raw_os_error(libc::EFAULT)),
+            n => done += n as usize,
+        }
+    }
+    Ok(())
+}
+
 /// The arguments this process was started with, from `/proc/self/cmdline`.
 pub(crate) fn own_cmdline() -> Vec<CString> {
     let mut raw = std::fs::read("/proc/self/cmdline").unwrap_or_default();
