@@ -487,7 +487,9 @@ impl State {
         };
         let Ok(ready) = ready else { self.shutdown() };
         if need_spare && !ready.contains(&true) {
-            let spare = self.spares.refill(server.pid, server.ctrl.as_fd());
+            let spare = self
+                .spares
+                .refill(server.pid, server.ctrl.as_fd(), server.plan);
             self.kids.extend(spare);
             return;
         }

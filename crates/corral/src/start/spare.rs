@@ -63,8 +63,13 @@ impl Spares {
     /// Forks a spare and offers it on `ctrl`; the spare, to watch as a
     /// child. With none to be had (no process or descriptor left), the
     /// server stops keeping spares, and starts go through it as before.
-    pub(super) fn refill(&mut self, server_pid: i32, ctrl: BorrowedFd<'_>) -> Option<Kid> {
-        let Some((kid, chan, status)) = fork_spare(server_pid) else {
+    pub(super) fn refill(
+        &mut self,
+        server_pid: i32,
+        ctrl: BorrowedFd<'_>,
+        plan: &ExecPlan,
+    ) -> Option<Kid> {
+        let Some((kid, chan, status)) = fork_spare(server_pid, plan) else {
             self.wanted = false;
             return None;
         };
@@ -115,8 +120,9 @@ impl Spares {
 }
 
 /// Forks a spare: the spare as a child of the server, the parent's end of
-/// its socket, and the read end of its status pipe.
-fn fork_spare(server_pid: i32) -> Option<(Kid, OwnedFd, OwnedFd)> {
+/// its socket, and the read end of its status pipe. `plan`: the server's
+/// own (a spare never re-executes, but a child's code takes one).
+fn fork_spare(server_pid: i32, plan: &ExecPlan) -> Option<(Kid, OwnedFd, OwnedFd)> {
     let (chan, theirs) = sys::socketpair().ok()?;
     let (status_read, status_write) = sys::pipe().ok()?;
     let theirs_raw = sys::raw(&theirs);
@@ -129,7 +135,7 @@ fn fork_spare(server_pid: i32) -> Option<(Kid, OwnedFd, OwnedFd)> {
         let chan = sys::adopt_inherited_fds(&keep)
             .pop()
             .expect("one descriptor");
-        serve_as_spare(chan, server_pid)
+        serve_as_spare(chan, server_pid, plan)
     });
     ForkHooks::after_fork_in_parent();
     drop(theirs);
@@ -151,7 +157,7 @@ fn fork_spare(server_pid: i32) -> Option<(Kid, OwnedFd, OwnedFd)> {
 
 /// A spare's life: waits for its one request, then runs it as a child
 /// forked for it would, with its socket as the result socket.
-fn serve_as_spare(chan: OwnedFd, server_pid: i32) -> ! {
+fn serve_as_spare(chan: OwnedFd, server_pid: i32, plan: &ExecPlan) -> ! {
     let Ok(Some(request)) = read_request(chan.as_fd()) else {
         sys::exit_immediately(0)
     };
@@ -162,9 +168,7 @@ fn serve_as_spare(chan: OwnedFd, server_pid: i32) -> ! {
     fds.extend(request.fds);
     let prepared = Prepared::new(request.kind, &request.meta, &request.arg, &fds);
     let mut keep: Vec<RawFd> = fds.iter().map(sys::raw).collect();
-    // A spare runs Fork requests only: it never re-executes.
-    let plan = ExecPlan::same_program();
-    child_main(prepared, &mut keep, server_pid, &plan, &[])
+    child_main(prepared, &mut keep, server_pid, plan, &[])
 }
 
 /// The parent's side: a spare it was offered.
