@@ -298,7 +298,7 @@ pub(super) fn pod_entry_offset<A: Pod + Send, R: Pod + Send>() -> i64 {
 }
 
 /// Runs [`PodChunk`] items: each applies `f` to a range of the caller's
-/// input, writing a shared output array.
+/// items, writing its results where the chunk says.
 fn pod_trampoline<A: Pod + Send, R: Pod + Send>(
     verified: &Verified,
     func: i64,
@@ -365,8 +365,8 @@ impl<A: Pod, R: Pod> PodChunk<A, R> {
     const BLOCK_BYTES: usize = 256 << 10;
 
     fn run(self, f: fn(A) -> R) -> PodRan {
-        let input = PodSide::open(self.input);
-        let output = PodSide::open(self.output);
+        let input = PodSide::from(self.input);
+        let output = PodSide::from(self.output);
         let end = (self.start + self.len) as usize;
         let (a, r) = (size_of::<A>(), size_of::<R>());
         let block = (Self::BLOCK_BYTES / a.max(r).max(1)).max(1);
@@ -447,10 +447,6 @@ enum PodSide {
 }
 
 impl PodSide {
-    fn open(side: impl Into<PodSide>) -> PodSide {
-        side.into()
-    }
-
     /// Reads the bytes from offset `at` into `into`; the `errno` of a read
     /// the kernel refused.
     fn read(&self, at: usize, into: &mut [u8]) -> Result<(), i32> {
@@ -513,7 +509,10 @@ fn errno(e: std::io::Error) -> i32 {
 static CALLER: std::sync::Mutex<Option<(i32, OwnedFd)>> = std::sync::Mutex::new(None);
 
 /// Whether caller `pid` still runs: checked before each write, so that a
-/// worker stops writing once its caller is gone.
+/// worker stops writing once its caller is gone. (For the write that
+/// follows a check to reach another process, the caller's pid would have
+/// to be freed and handed out again in between: the kernel hands pids out
+/// in turn, so only after all the others.)
 fn caller_alive(pid: i32) -> bool {
     let mut caller = CALLER.lock().unwrap_or_else(|p| p.into_inner());
     if caller.as_ref().is_none_or(|(p, _)| *p != pid) {
