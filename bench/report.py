@@ -250,8 +250,10 @@ def issue14_section(runs, hog, py, w):
       "submit-each pays about 1.3 µs of CPU per task over the two cores (the task's own allocations, its "
       "delivery by the pool thread, and workers watching for batches the caller has not submitted yet); "
       "a `map` of small items pays about 130 ns of CPU per item in encoding, "
-      "entries and decoding, on 2 cores; `map_pod` of 10M pays one copy in and one copy out (80 MB each) "
-      "that rayon does not make, the copy out into fresh memory (huge pages where the kernel gives them); "
+      "entries and decoding, on 2 cores; `map_pod` reads the caller's items and writes its results in "
+      "place (one copy each way, made by the kernel in the workers, which also take the fresh vector's "
+      "page faults), calls `f` through a pointer where rayon inlines it, and is slow for a call whose "
+      "fresh vector's huge pages are new to this VM (70–130 M/s calls among 330–400 M/s ones); "
       "spawn+join pays making and tearing down a process (a raw `fork`+`_exit`+`waitpid` "
       "alone is 150–300 µs here, measured in a small helper process), and a start that comes after an idle "
       "moment takes the fork server's spare child instead. The round trips (`apply`, the queue's) are "
@@ -309,7 +311,7 @@ def pool_section(g, py, w):
         [p("Pool imap 100k chunksize 1000"), None, None, None, None], True)
     row("`imap_unordered` of 100k (Python: chunk size 1)", "items/s", c("imap_unordered 100k u64"),
         [p("Pool imap_unordered 100k chunksize 1"), None, None, None, None], True)
-    row("`map_pod` of 100k (plain data in shared memory)", "items/s", c("map_pod 100k u64"),
+    row("`map_pod` of 100k (plain data, read and written in place)", "items/s", c("map_pod 100k u64"),
         [p("Pool map 100k default chunksize"), None, None, None, None], True)
     row("`map_pod` of 10M", "items/s", c("map_pod 10M u64"),
         [None, None, None, None, None], True)
@@ -327,7 +329,7 @@ def pool_section(g, py, w):
     w("")
     ry10 = g("rayon par_iter map 10M u64 (collect)")
     if ry10 and c("map_pod 10M u64"):
-        w(f"`map_pod` (plain data through shared memory, no encoding) over 10M `u64`: "
+        w(f"`map_pod` (plain data read and written in place by the workers, no encoding) over 10M `u64`: "
           f"{fmt(c('map_pod 10M u64'), 'items/s')}, {100 * c('map_pod 10M u64') / ry10:.0f} % of rayon's "
           f"`par_iter().map().collect()` ({fmt(ry10, 'items/s')}) in the same run.")
         w("")
