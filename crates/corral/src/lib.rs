@@ -142,7 +142,10 @@
 //! over many items. Unlike Python's pools, a worker that dies fails only the
 //! item it was running ([`TaskError::WorkerLost`]), a task can have a
 //! timeout and a memory cap, a value that cannot cross fails its own task,
-//! and `imap` pulls its input lazily. See the [`pool`] module.
+//! and `imap` pulls its input lazily. For plain numbers, [`Pool::map_pod`]
+//! encodes nothing: each worker reads its share of the slice from the
+//! caller's memory and writes its results into the vector returned. See
+//! the [`pool`] module.
 //!
 //! ```no_run
 //! use std::time::Duration;
