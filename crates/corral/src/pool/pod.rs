@@ -111,17 +111,19 @@ impl Pool {
                 PodOutput::Caller { pid, addr: to },
             ))
         })?;
-        let refused: Vec<(u64, u64)> = (ranges.iter().zip(&ran))
-            .filter(|(_, ran)| matches!(ran, PodRan::Refused(_)))
-            .map(|(&range, _)| range)
-            .collect();
-        if let Some(PodRan::Refused(_errno)) = ran.iter().find(|r| **r != PodRan::Done) {
-            CALLER_UNREACHABLE.store(true, Ordering::Relaxed);
-            trace::event!(
-                info,
-                error = %std::io::Error::from_raw_os_error(*_errno),
-                "map_pod's workers may not reach the caller's memory: it goes through shared memory"
-            );
+        let mut refused = Vec::new();
+        for (&range, ran) in ranges.iter().zip(&ran) {
+            if let PodRan::Refused(_errno) = ran {
+                refused.push(range);
+                if CALLER_UNREACHABLE.swap(true, Ordering::Relaxed) {
+                    continue;
+                }
+                trace::event!(
+                    info,
+                    error = %std::io::Error::from_raw_os_error(*_errno),
+                    "map_pod's workers may not reach the caller's memory: it goes through shared memory"
+                );
+            }
         }
         Ok(refused)
     }
@@ -161,21 +163,23 @@ impl Pool {
                 PodOutput::Shared(worker::RegionFd(output.dup_fd()?)),
             ))
         });
-        if let Ok(ran) = &ran
-            && ran.iter().all(|r| *r == PodRan::Done)
-        {
+        let done = matches!(&ran, Ok(ran) if ran.iter().all(|r| *r == PodRan::Done));
+        if done {
             copy_out(&output, results, ranges, self.processes());
         }
         // Ranges that failed may still be written by no one: every range
         // has ended, so the scratch space is free again.
         self.shared.return_scratch(input);
         self.shared.return_scratch(output);
-        match ran?.into_iter().find(|r| *r != PodRan::Done) {
-            Some(_) => Err(TaskError::Codec(
-                "a worker could not map map_pod's shared arrays".into(),
-            )),
-            None => Ok(()),
+        ran?;
+        if !done {
+            // Shared arrays are never refused: a worker that says so is
+            // not one of ours.
+            return Err(TaskError::Codec(
+                "a worker refused map_pod's shared arrays".into(),
+            ));
         }
+        Ok(())
     }
 
     /// Runs each of `ranges` as one job, where `sides(range)` (called just
