@@ -21,6 +21,8 @@ fn main() {
     let chunk: Option<usize> = chunk.filter(|_| !each).map(|a| a.parse().expect("CHUNK"));
     let pool = corral::Pool::new(2).expect("pool");
     pool.map(square, 0..1000u64).expect("warm-up");
+    let pids: Vec<u32> = pool.workers().iter().map(|w| w.pid).collect();
+    let cpu_before = cpu_ticks(&pids);
     let start = std::time::Instant::now();
     for _ in 0..rounds {
         if each {
@@ -38,7 +40,29 @@ fn main() {
     }
     let rate = (items as f64 * rounds as f64) / start.elapsed().as_secs_f64();
     println!("rate {:.1} M items/s", rate / 1e6);
+    // The CPU of the parent and its workers (a worker replaced meanwhile is
+    // not counted: none is, in this program).
+    let ticks = cpu_ticks(&pids) - cpu_before;
+    let hz = rustix::param::clock_ticks_per_second() as f64;
+    let per_item = ticks as f64 / hz * 1e9 / (items as f64 * rounds as f64);
+    println!("cpu {per_item:.0} ns per item (parent and workers)");
     let workers: Vec<String> = pool.workers().iter().map(|w| w.pid.to_string()).collect();
     println!("parent {}", std::process::id());
     println!("workers {}", workers.join(" "));
+}
+
+/// Clock ticks of CPU (user and system) of this process and `workers`.
+fn cpu_ticks(workers: &[u32]) -> u64 {
+    let ticks = |pid: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        // Fields 14 and 15 of proc(5) (utime, stime), counted after the name.
+        after
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|x| x.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    ticks(std::process::id()) + workers.iter().map(|&p| ticks(p)).sum::<u64>()
 }
