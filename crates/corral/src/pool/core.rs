@@ -854,7 +854,7 @@ impl Shared {
     /// the batches whose end they hold.
     fn take_entries(&self, core: &mut Core, i: usize, entries: &[u8]) {
         let (w, stats, outstanding) = core.worker_and_counts(i);
-        let mut entries = results::entries(entries).peekable();
+        let mut entries = results::entries(entries);
         while let Some(first) = entries.peek() {
             let seq = first.seq;
             let Some(batch) = w.inflight.iter_mut().find(|b| b.seq == seq) else {
@@ -863,14 +863,11 @@ impl Shared {
             };
             if first.tag == results::TAG_DONE {
                 batch.ended = true;
-                entries.next();
+                entries.pass(&first);
                 continue;
             }
             let before = (stats.completed, stats.failed);
-            let run = std::iter::from_fn(|| {
-                entries.next_if(|e| e.seq == seq && e.tag != results::TAG_DONE)
-            });
-            deliver_records(batch, run, stats, outstanding);
+            deliver_records(batch, &mut entries, stats, outstanding);
             w.completed += stats.completed - before.0;
             w.failed += stats.failed - before.1;
         }
@@ -2144,76 +2141,105 @@ fn send_frame_reading(
     })
 }
 
-/// Hands the records of `batch` that have no outcome yet to their sinks.
-fn deliver_records<'a>(
+/// Hands the entries of `batch` at the front of `entries` (up to its end
+/// or another batch's entry) to their jobs' sinks, each job's run in one
+/// call, straight from the ring's bytes.
+fn deliver_records(
     batch: &mut InFlight,
-    records: impl Iterator<Item = results::Entry<'a>>,
+    entries: &mut results::Entries<'_>,
     stats: &mut PoolStats,
     outstanding: &mut usize,
 ) {
-    let InFlight {
-        jobs,
-        starts,
-        got,
-        remaining,
-        ..
-    } = batch;
-    let mut records = records.peekable();
-    let items = got.len();
-    let job_end = |j: usize| starts.get(j + 1).copied().unwrap_or(items);
-    // Records come in item order: hand each job's run of them to its sink
-    // in one call, straight from the frame. The next run is most often the
-    // next job's (a batch of single tasks): looked at before a search.
+    let seq = batch.seq;
+    let items = batch.got.len();
+    // The next run is most often the next job's (a batch of single tasks):
+    // looked at before a search.
     let mut next_job = 0;
-    while let Some(first) = records.peek() {
+    while let Some(first) = entries.peek() {
+        if first.seq != seq || first.tag == results::TAG_DONE {
+            return;
+        }
         let index = first.index as usize;
         if index >= items {
-            records.next();
+            entries.pass(&first);
             continue;
         }
-        let j = if next_job < jobs.len() && (starts[next_job]..job_end(next_job)).contains(&index) {
+        let job_end = |j: usize| batch.starts.get(j + 1).copied().unwrap_or(items);
+        let j = if next_job < batch.jobs.len()
+            && (batch.starts[next_job]..job_end(next_job)).contains(&index)
+        {
             next_job
         } else {
-            starts.partition_point(|&s| s <= index) - 1
+            batch.starts.partition_point(|&s| s <= index) - 1
         };
         next_job = j + 1;
-        let (start, end) = (starts[j], job_end(j));
-        let job = &jobs[j];
-        let mut run = std::iter::from_fn(|| {
-            loop {
-                let r = records.next_if(|r| (start..end).contains(&(r.index as usize)))?;
-                let index = r.index as usize;
-                if got[index] {
-                    continue;
-                }
-                got[index] = true;
-                *remaining -= 1;
-                *outstanding -= 1;
-                let raw = match r.tag {
-                    results::TAG_VALUE => {
-                        stats.completed += 1;
-                        Raw::Value(r.body)
-                    }
-                    results::TAG_PANIC => {
-                        stats.failed += 1;
-                        Raw::Panic(r.body)
-                    }
-                    results::TAG_CANCELLED => {
-                        count_failure(stats, &TaskError::Cancelled, 1);
-                        Raw::Failed(Box::new(TaskError::Cancelled))
-                    }
-                    _ => {
-                        stats.failed += 1;
-                        Raw::Codec(r.body)
-                    }
-                };
-                return Some((job.index(index - start), raw));
-            }
-        });
-        job.sink.deliver(&mut run);
+        let mut run = Run {
+            entries: &mut *entries,
+            seq,
+            items: batch.starts[j]..job_end(j),
+            job: &batch.jobs[j],
+            got: &mut batch.got,
+            remaining: &mut batch.remaining,
+            outstanding: &mut *outstanding,
+            stats: &mut *stats,
+        };
+        run.job.sink.deliver(&mut run);
         // A sink takes every outcome it is offered; this only guards the
         // bookkeeping against one that stops early.
         run.for_each(drop);
+    }
+}
+
+/// The outcomes of one job's run of entries, as its sink takes them: each
+/// counted once, duplicates (an item already ended) passed over.
+struct Run<'e, 'b> {
+    entries: &'e mut results::Entries<'b>,
+    seq: u64,
+    /// The job's positions in its batch.
+    items: Range<usize>,
+    job: &'e Job,
+    got: &'e mut [bool],
+    remaining: &'e mut usize,
+    outstanding: &'e mut usize,
+    stats: &'e mut PoolStats,
+}
+
+impl<'b> Iterator for Run<'_, 'b> {
+    type Item = (u32, Raw<'b>);
+
+    #[inline]
+    fn next(&mut self) -> Option<(u32, Raw<'b>)> {
+        loop {
+            let (seq, items) = (self.seq, &self.items);
+            let r = self.entries.next_if(|r| {
+                r.seq == seq && r.tag != results::TAG_DONE && items.contains(&(r.index as usize))
+            })?;
+            let index = r.index as usize;
+            if std::mem::replace(&mut self.got[index], true) {
+                continue;
+            }
+            *self.remaining -= 1;
+            *self.outstanding -= 1;
+            let raw = match r.tag {
+                results::TAG_VALUE => {
+                    self.stats.completed += 1;
+                    Raw::Value(r.body)
+                }
+                results::TAG_PANIC => {
+                    self.stats.failed += 1;
+                    Raw::Panic(r.body)
+                }
+                results::TAG_CANCELLED => {
+                    count_failure(self.stats, &TaskError::Cancelled, 1);
+                    Raw::Failed(Box::new(TaskError::Cancelled))
+                }
+                _ => {
+                    self.stats.failed += 1;
+                    Raw::Codec(r.body)
+                }
+            };
+            return Some((self.job.index(index - self.items.start), raw));
+        }
     }
 }
 

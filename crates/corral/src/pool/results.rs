@@ -61,26 +61,58 @@ pub(super) fn close_entry(out: &mut [u8], at: usize, tag: u8) {
     out[at + 13..at + 17].copy_from_slice(&len.to_le_bytes());
 }
 
-/// Splits entries (each padded to a multiple of 8 in a ring); stops at the
-/// first malformed one.
-pub(super) fn entries(mut bytes: &[u8]) -> impl Iterator<Item = Entry<'_>> {
-    std::iter::from_fn(move || {
-        let header: &[u8; ENTRY_HEADER] = bytes.get(..ENTRY_HEADER)?.try_into().ok()?;
-        let seq = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
-        let index = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+/// The entries of a ring's bytes or a result frame (each padded to a
+/// multiple of 8 in a ring), in order; stops at the first malformed one.
+/// [`peek`](Entries::peek) looks at the next without taking it, so a reader
+/// can hand runs of them to different sinks without an adapter per item.
+#[derive(Clone, Debug)]
+pub(super) struct Entries<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Entries<'a> {
+    /// The next entry, left in place.
+    #[inline]
+    pub(super) fn peek(&self) -> Option<Entry<'a>> {
+        let header: &[u8; ENTRY_HEADER] = self.bytes.get(..ENTRY_HEADER)?.try_into().ok()?;
         let len = u32::from_le_bytes(header[13..17].try_into().expect("4 bytes")) as usize;
-        let body = bytes.get(ENTRY_HEADER..ENTRY_HEADER + len)?;
-        let tag = header[12];
-        // Entries in a ring are padded to its step (not those in a frame).
-        let next = ring::padded(ENTRY_HEADER + len).min(bytes.len());
-        bytes = &bytes[next..];
         Some(Entry {
-            seq,
-            index,
-            tag,
-            body,
+            seq: u64::from_le_bytes(header[..8].try_into().expect("8 bytes")),
+            index: u32::from_le_bytes(header[8..12].try_into().expect("4 bytes")),
+            tag: header[12],
+            body: self.bytes.get(ENTRY_HEADER..ENTRY_HEADER + len)?,
         })
-    })
+    }
+
+    /// Passes over `entry`, which [`peek`](Entries::peek) just returned.
+    #[inline]
+    pub(super) fn pass(&mut self, entry: &Entry<'_>) {
+        // Entries in a ring are padded to its step (a frame holds one).
+        let next = ring::padded(ENTRY_HEADER + entry.body.len()).min(self.bytes.len());
+        self.bytes = &self.bytes[next..];
+    }
+
+    /// The next entry if it satisfies `pred`; left in place if not.
+    #[inline]
+    pub(super) fn next_if(&mut self, pred: impl FnOnce(&Entry<'a>) -> bool) -> Option<Entry<'a>> {
+        let entry = self.peek().filter(pred)?;
+        self.pass(&entry);
+        Some(entry)
+    }
+}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = Entry<'a>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Entry<'a>> {
+        self.next_if(|_| true)
+    }
+}
+
+/// The entries of `bytes`.
+pub(super) fn entries(bytes: &[u8]) -> Entries<'_> {
+    Entries { bytes }
 }
 
 /// Publishes `entry` in a results ring; false if it does not fit, beyond
