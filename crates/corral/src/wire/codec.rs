@@ -95,8 +95,22 @@ impl postcard::ser_flavors::Flavor for AppendTo<'_> {
         Ok(())
     }
 
+    #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
+        // Most calls carry a varint (1 to 10 bytes). Up to 8 are appended
+        // as one word: a call to `memcpy` for each would cost more than
+        // the bytes (a `map` of small items makes two an item).
+        if data.len() <= 8 {
+            let word = data
+                .iter()
+                .rev()
+                .fold(0u64, |word, &b| (word << 8) | u64::from(b));
+            let len = self.0.len() + data.len();
+            self.0.extend_from_slice(&word.to_le_bytes());
+            self.0.truncate(len);
+        } else {
+            self.0.extend_from_slice(data);
+        }
         Ok(())
     }
 
