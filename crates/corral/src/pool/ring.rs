@@ -86,6 +86,9 @@ impl<M: RingMemory> Copy for RingAt<'_, M> {}
 pub(super) struct Writer<'a, M: RingMemory = SharedRegion> {
     ring: RingAt<'a, M>,
     tail: u64,
+    /// `tail % capacity`, kept as it moves: a division per push costs more
+    /// than the small entries most pushes write.
+    at: usize,
     /// The reader's `head` as last read: reread only when the ring looks
     /// full.
     head: u64,
@@ -95,7 +98,13 @@ impl<'a, M: RingMemory> Writer<'a, M> {
     pub(super) fn new(ring: RingAt<'a, M>) -> Writer<'a, M> {
         let tail = ring.tail.load(Ordering::Relaxed);
         let head = ring.head.load(Ordering::Acquire);
-        Writer { ring, tail, head }
+        let at = (tail % ring.capacity as u64) as usize;
+        Writer {
+            ring,
+            tail,
+            at,
+            head,
+        }
     }
 
     /// Whether `len` bytes would fit now.
@@ -115,14 +124,20 @@ impl<'a, M: RingMemory> Writer<'a, M> {
         if !self.has_room(padded(bytes.len()) + keep) {
             return false;
         }
-        let at = (self.tail % self.ring.capacity as u64) as usize;
-        let first = bytes.len().min(self.ring.capacity - at);
+        let (at, cap) = (self.at, self.ring.capacity);
+        let first = bytes.len().min(cap - at);
         let mem = self.ring.mem;
         mem.store(self.ring.offset + at, &bytes[..first]);
         if first < bytes.len() {
             mem.store(self.ring.offset, &bytes[first..]);
         }
-        self.tail += padded(bytes.len()) as u64;
+        let step = padded(bytes.len());
+        self.at = if at + step >= cap {
+            at + step - cap
+        } else {
+            at + step
+        };
+        self.tail += step as u64;
         self.ring.tail.store(self.tail, Ordering::Release);
         true
     }
