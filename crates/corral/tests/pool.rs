@@ -57,6 +57,51 @@ fn values_come_back_under_every_start_method() {
     }
 }
 
+/// An iterator whose size hint claims an exact length it does not have.
+struct Claims {
+    len: usize,
+    items: std::ops::Range<u64>,
+}
+
+impl Iterator for Claims {
+    type Item = u64;
+    fn next(&mut self) -> Option<u64> {
+        self.items.next()
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.len, Some(self.len))
+    }
+}
+
+/// `map` sizes its chunks from an exact size hint, but maps the items that
+/// are there: no more than the hint (the rest is never pulled), no fewer
+/// than the iterator has up to it, and none invented.
+#[test]
+fn map_maps_the_items_there_whatever_the_size_hint_claims() {
+    let pool = Pool::new(2).unwrap();
+    let short = Claims {
+        len: 1_000,
+        items: 0..300,
+    };
+    let squares: Vec<u64> = (0..300).map(square).collect();
+    assert_eq!(pool.map(square, short).unwrap(), squares);
+    let mut long = Claims {
+        len: 200,
+        items: 0..500,
+    };
+    assert_eq!(pool.map(square, long.by_ref()).unwrap(), squares[..200]);
+    assert_eq!(
+        long.items.next(),
+        Some(200),
+        "pulled no further than the hint"
+    );
+    let none = Claims {
+        len: 0,
+        items: 0..5,
+    };
+    assert_eq!(pool.map(square, none).unwrap(), Vec::<u64>::new());
+}
+
 /// Every fault fails its own task only; every other task returns its value;
 /// the pool goes on.
 #[test]

@@ -732,13 +732,27 @@ impl Pool {
         let items = items.into_iter();
         // Chunks are sized from the item count; an iterator that knows its
         // length exactly is not collected first.
-        let (n, items): (usize, Box<dyn Iterator<Item = A>>) = match items.size_hint() {
-            (low, Some(high)) if low == high => (low, Box::new(items)),
+        match items.size_hint() {
+            (low, Some(high)) if low == high => self.submit_map(f, items, low, chunk, task),
             _ => {
                 let all: Vec<A> = items.collect();
-                (all.len(), Box::new(all.into_iter()))
+                let n = all.len();
+                self.submit_map(f, all.into_iter(), n, chunk, task)
             }
-        };
+        }
+    }
+
+    /// Encodes and submits the first `n` of `items` in chunks (fewer if
+    /// the iterator ends early); `None` for no items. Monomorphized for the
+    /// iterator, so pulling an item is not a dynamic call.
+    fn submit_map<A: Data, R: Data>(
+        &self,
+        f: fn(A) -> R,
+        mut items: impl Iterator<Item = A>,
+        n: usize,
+        chunk: Option<usize>,
+        task: Option<Arc<TaskSlot<Vec<R>>>>,
+    ) -> Option<Arc<MapSink<R>>> {
         if n == 0 {
             return None;
         }
@@ -747,12 +761,14 @@ impl Pool {
         let sink = Arc::new(MapSink::<R>::new(n, task));
         let dyn_sink: Arc<dyn Sink> = sink.clone();
         let (entry, func) = (worker::job_entry_offset::<A, R>(), func_offset(f));
-        let mut items = items.enumerate().take(n).peekable();
         let mut count = 0;
-        while items.peek().is_some() {
-            let mut job = Job::new(entry, func, chunk, dyn_sink.clone());
-            for (index, item) in items.by_ref().take(chunk) {
-                add_item(&mut job, index as u32, &item);
+        while count < n {
+            let mut job = Job::new(entry, func, chunk.min(n - count), dyn_sink.clone());
+            let end = count + chunk.min(n - count);
+            while count < end
+                && let Some(item) = items.next()
+            {
+                add_item(&mut job, count as u32, &item);
                 count += 1;
             }
             // Each chunk goes out as soon as it is encoded: workers start
@@ -760,9 +776,11 @@ impl Pool {
             if job.len() > 0 {
                 self.shared.submit(vec![job]);
             }
+            if count < end {
+                break; // the iterator promised more items than it had
+            }
         }
         if count < n {
-            // The iterator promised more items than it had.
             sink.truncate(count);
         }
         Some(sink)
