@@ -57,6 +57,94 @@ fn values_come_back_under_every_start_method() {
     }
 }
 
+/// Threads submitting while the pool's threads hold its lock leave their
+/// jobs for the next holder: every task still ends once, with its value,
+/// and `join` (which closes the pool) waits for the ones left so, not
+/// failing them as submitted after the close.
+#[test]
+fn tasks_submitted_from_many_threads_each_end_once_and_join_waits_for_them() {
+    let pool = Arc::new(Pool::new(2).unwrap());
+    let submitters: Vec<_> = (0..4u64)
+        .map(|t| {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                (0..5_000u64)
+                    .map(|i| (t * 5_000 + i, pool.submit(square, t * 5_000 + i)))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let tasks: Vec<(u64, Task<u64>)> = submitters
+        .into_iter()
+        .flat_map(|s| s.join().expect("a submitting thread"))
+        .collect();
+    let closer = pool.clone();
+    fx::within(Duration::from_secs(60), move || closer.join());
+    for (x, task) in tasks {
+        assert_eq!(done(task), Ok(x * x), "task {x}");
+    }
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.submitted, stats.completed, stats.failed),
+        (20_000, 20_000, 0)
+    );
+}
+
+/// `close` while threads submit: each task either runs or is refused with
+/// `PoolClosed`, none is lost, and the counters agree.
+#[test]
+fn a_close_racing_submitters_loses_no_task() {
+    let pool = Arc::new(Pool::new(2).unwrap());
+    let submitted = Arc::new(AtomicUsize::new(0));
+    let submitters: Vec<_> = (0..3u64)
+        .map(|t| {
+            let (pool, submitted) = (pool.clone(), submitted.clone());
+            std::thread::spawn(move || {
+                (0..3_000u64)
+                    .map(|i| {
+                        submitted.fetch_add(1, Ordering::Relaxed);
+                        (t * 3_000 + i, pool.submit(square, t * 3_000 + i))
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    assert!(fx::wait_for(Duration::from_secs(30), || {
+        submitted.load(Ordering::Relaxed) >= 300
+    }));
+    pool.close();
+    // Once `close` has returned, nothing is accepted, whoever holds the
+    // pool's lock at the time of the submit.
+    for x in 0..2_000 {
+        assert_eq!(done(pool.submit(square, x)), Err(TaskError::PoolClosed));
+    }
+    let tasks: Vec<(u64, Task<u64>)> = submitters
+        .into_iter()
+        .flat_map(|s| s.join().expect("a submitting thread"))
+        .collect();
+    let closer = pool.clone();
+    fx::within(Duration::from_secs(60), move || closer.join());
+    let mut ran = 0;
+    for (x, task) in tasks {
+        match done(task) {
+            Ok(v) => {
+                assert_eq!(v, x * x);
+                ran += 1;
+            }
+            Err(e) => assert_eq!(e, TaskError::PoolClosed, "task {x}"),
+        }
+    }
+    let stats = pool.stats();
+    assert!(
+        ran >= 300,
+        "the tasks submitted before the close ran: {ran}"
+    );
+    assert_eq!(
+        (stats.submitted, stats.completed, stats.failed),
+        (ran, ran, 0)
+    );
+}
+
 /// An iterator whose size hint claims an exact length it does not have.
 struct Claims {
     len: usize,

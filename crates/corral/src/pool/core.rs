@@ -19,6 +19,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::callback::Callbacks;
+use super::inbox::Inbox;
 use super::life::{Action, Event, Life, Retire, Why};
 use super::results;
 use super::ring;
@@ -573,6 +574,9 @@ pub(super) struct Shared {
     /// Shared byte arrays `map_pod` reuses (their pages, once touched, stay
     /// mapped: a fresh mapping costs a page fault per 4 KiB).
     scratch: Mutex<Vec<crate::RawArray<u8>>>,
+    /// Jobs submitted while another thread held `core`: queued by the next
+    /// thread to take it ([`Shared::lock`]).
+    inbox: Inbox<Job>,
 }
 
 fn now_ns() -> u64 {
@@ -611,6 +615,7 @@ impl Shared {
             callbacks: Callbacks::default(),
             chunk_hints: Mutex::new(std::collections::HashMap::new()),
             scratch: Mutex::new(Vec::new()),
+            inbox: Inbox::new(),
         });
         {
             let mut core = shared.lock();
@@ -623,16 +628,47 @@ impl Shared {
         Ok(shared)
     }
 
+    /// Takes the pool's lock, and queues the jobs left in the inbox.
     pub(super) fn lock(&self) -> MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(|p| p.into_inner())
+        let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        self.queue(&mut core, self.inbox.take(false));
+        core
     }
 
+    /// [`lock`](Shared::lock), if no other thread holds it.
     pub(super) fn try_lock(&self) -> Option<MutexGuard<'_, Core>> {
-        match self.core.try_lock() {
-            Ok(g) => Some(g),
-            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => None,
+        let mut core = match self.core.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        self.queue(&mut core, self.inbox.take(false));
+        Some(core)
+    }
+
+    /// Queues jobs accepted while the pool was open (or fails them, if it
+    /// is broken since).
+    fn queue(&self, core: &mut Core, jobs: Vec<Job>) {
+        if jobs.is_empty() {
+            return;
         }
+        if let Some(error) = &core.broken {
+            let items: usize = jobs.iter().map(Job::len).sum();
+            count_failure(&mut core.stats, error, items);
+            super::engine::fail_jobs(&jobs, error);
+            return;
+        }
+        let items: usize = jobs.iter().map(Job::len).sum();
+        core.stats.submitted += items as u64;
+        core.outstanding += items;
+        core.pending_items += items;
+        core.pending.extend(jobs);
+    }
+
+    /// The pool accepts no more work: the inbox neither (what it holds was
+    /// accepted, and is queued).
+    fn stop_accepting(&self, core: &mut Core) {
+        self.queue(core, self.inbox.take(true));
     }
 
     /// Records that the dispatcher thread has ended (however it ended).
@@ -685,10 +721,28 @@ impl Shared {
     /// Queues jobs, waiting while `max_pending` items wait already.
     ///
     /// On error (closed or broken pool) the jobs are failed with it.
-    pub(super) fn submit(&self, jobs: Vec<Job>) {
+    pub(super) fn submit(&self, mut jobs: Vec<Job>) {
         let items: usize = jobs.iter().map(Job::len).sum();
         let max = self.config.max_pending;
-        let mut core = self.lock();
+        // Without a bound on the queue, a thread never waits for the lock
+        // to submit: it leaves the jobs in the inbox if another holds it.
+        let held = (max == usize::MAX).then(|| self.try_lock());
+        let mut core = match held {
+            Some(Some(core)) => core,
+            Some(None) => match self.inbox.offer(jobs) {
+                Ok(call) => {
+                    if call {
+                        self.wake_dispatcher();
+                    }
+                    return;
+                }
+                Err(back) => {
+                    jobs = back;
+                    self.lock()
+                }
+            },
+            None => self.lock(),
+        };
         if core.pending_items + items > max && core.pending_items > 0 {
             core = self.wait_until(core, None, |c| {
                 c.pending_items == 0 || c.pending_items + items <= max || c.phase != Phase::Open
@@ -1226,6 +1280,7 @@ impl Shared {
     /// Stops accepting work.
     pub(super) fn close(&self) {
         let mut core = self.lock();
+        self.stop_accepting(&mut core);
         if core.phase == Phase::Open {
             core.phase = Phase::Closed;
         }
@@ -1236,6 +1291,7 @@ impl Shared {
     /// false if `deadline` came first (the pool stays closed).
     pub(super) fn join(&self, deadline: Option<Instant>) -> bool {
         let mut core = self.lock();
+        self.stop_accepting(&mut core);
         if core.phase == Phase::Open {
             core.phase = Phase::Closed;
         }
@@ -1261,6 +1317,7 @@ impl Shared {
     /// once its ranges have ended).
     pub(super) fn terminate(&self) {
         let mut core = self.lock();
+        self.stop_accepting(&mut core);
         if core.phase != Phase::Terminated {
             core.phase = Phase::Terminated;
             let error = TaskError::PoolClosed;

@@ -90,6 +90,7 @@
 pub(crate) mod callback;
 mod core;
 pub(crate) mod engine;
+mod inbox;
 mod life;
 mod pod;
 mod results;
