@@ -57,6 +57,42 @@ fn values_come_back_under_every_start_method() {
     }
 }
 
+type Submitter = std::thread::JoinHandle<Vec<(u64, Task<u64>)>>;
+
+/// `threads` threads each submitting `each` squares at once, counted in
+/// `submitted`.
+fn submitting(
+    pool: &Arc<Pool>,
+    threads: u64,
+    each: u64,
+    submitted: &Arc<AtomicUsize>,
+) -> Vec<Submitter> {
+    (0..threads)
+        .map(|t| {
+            let (pool, submitted) = (pool.clone(), submitted.clone());
+            std::thread::spawn(move || {
+                (t * each..(t + 1) * each)
+                    .map(|x| {
+                        submitted.fetch_add(1, Ordering::Relaxed);
+                        (x, pool.submit(square, x))
+                    })
+                    .collect()
+            })
+        })
+        .collect()
+}
+
+/// The submitters' tasks once all are submitted, after `join` (bounded).
+fn tasks_then_join(pool: &Arc<Pool>, submitters: Vec<Submitter>) -> Vec<(u64, Task<u64>)> {
+    let tasks = submitters
+        .into_iter()
+        .flat_map(|s| s.join().expect("a submitting thread"))
+        .collect();
+    let closer = pool.clone();
+    fx::within(Duration::from_secs(60), move || closer.join());
+    tasks
+}
+
 /// Threads submitting while the pool's threads hold its lock leave their
 /// jobs for the next holder: every task still ends once, with its value,
 /// and `join` (which closes the pool) waits for the ones left so, not
@@ -64,23 +100,8 @@ fn values_come_back_under_every_start_method() {
 #[test]
 fn tasks_submitted_from_many_threads_each_end_once_and_join_waits_for_them() {
     let pool = Arc::new(Pool::new(2).unwrap());
-    let submitters: Vec<_> = (0..4u64)
-        .map(|t| {
-            let pool = pool.clone();
-            std::thread::spawn(move || {
-                (0..5_000u64)
-                    .map(|i| (t * 5_000 + i, pool.submit(square, t * 5_000 + i)))
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    let tasks: Vec<(u64, Task<u64>)> = submitters
-        .into_iter()
-        .flat_map(|s| s.join().expect("a submitting thread"))
-        .collect();
-    let closer = pool.clone();
-    fx::within(Duration::from_secs(60), move || closer.join());
-    for (x, task) in tasks {
+    let submitters = submitting(&pool, 4, 5_000, &Arc::new(AtomicUsize::new(0)));
+    for (x, task) in tasks_then_join(&pool, submitters) {
         assert_eq!(done(task), Ok(x * x), "task {x}");
     }
     let stats = pool.stats();
@@ -96,19 +117,7 @@ fn tasks_submitted_from_many_threads_each_end_once_and_join_waits_for_them() {
 fn a_close_racing_submitters_loses_no_task() {
     let pool = Arc::new(Pool::new(2).unwrap());
     let submitted = Arc::new(AtomicUsize::new(0));
-    let submitters: Vec<_> = (0..3u64)
-        .map(|t| {
-            let (pool, submitted) = (pool.clone(), submitted.clone());
-            std::thread::spawn(move || {
-                (0..3_000u64)
-                    .map(|i| {
-                        submitted.fetch_add(1, Ordering::Relaxed);
-                        (t * 3_000 + i, pool.submit(square, t * 3_000 + i))
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
+    let submitters = submitting(&pool, 3, 3_000, &submitted);
     assert!(fx::wait_for(Duration::from_secs(30), || {
         submitted.load(Ordering::Relaxed) >= 300
     }));
@@ -118,12 +127,7 @@ fn a_close_racing_submitters_loses_no_task() {
     for x in 0..2_000 {
         assert_eq!(done(pool.submit(square, x)), Err(TaskError::PoolClosed));
     }
-    let tasks: Vec<(u64, Task<u64>)> = submitters
-        .into_iter()
-        .flat_map(|s| s.join().expect("a submitting thread"))
-        .collect();
-    let closer = pool.clone();
-    fx::within(Duration::from_secs(60), move || closer.join());
+    let tasks = tasks_then_join(&pool, submitters);
     let mut ran = 0;
     for (x, task) in tasks {
         match done(task) {
