@@ -36,6 +36,16 @@ pub fn exit_with(code: i32) {
     std::process::exit(code)
 }
 
+/// Takes `SIGINT`'s default action back, tells `ready` its pid, and hangs.
+/// A test runner started in a non-interactive shell's background has
+/// `SIGINT` ignored, and its children inherit that; this one ends on it.
+pub fn hang_until_sigint(ready: corral::Queue<u32>) {
+    // SAFETY: installing SIG_DFL involves no handler code and no memory.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
+    let _ = ready.put(std::process::id());
+    hang(());
+}
+
 /// Never returns.
 pub fn hang<T>(_: T) {
     loop {

@@ -126,12 +126,15 @@ fn active_children_lists_the_running_ones_and_reaps_the_rest() {
 #[test]
 fn interrupt_sends_sigint_and_the_status_stays_readable_after_join_fails() {
     for method in METHODS {
+        let ready = Queue::unbounded().unwrap();
         let child = Process::builder()
             .start_method(method)
-            .spawn(fx::hang::<()>, ())
+            .spawn(fx::hang_until_sigint, ready.clone())
             .unwrap();
-        // Interrupt once it runs (before, the signal would hit the bootstrap
-        // all the same: SIGINT's default action ends it either way).
+        // Interrupt once it runs with SIGINT's default action (the runner's
+        // may be "ignored", which a child inherits).
+        let pid = ready.get_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!(pid, child.pid());
         child.interrupt().unwrap();
         let err = fx::done(child).unwrap_err();
         assert_eq!(

@@ -409,8 +409,10 @@ impl<R: Data> Child<R> {
     /// Sends `SIGINT` to the child, as Ctrl-C would: Python's
     /// `os.kill(p.pid, signal.SIGINT)`, where `KeyboardInterrupt` lets the
     /// child clean up. A Rust child ends at once unless it handles the
-    /// signal (with a crate such as `ctrlc` or `signal-hook`). A child that
-    /// already exited is not an error.
+    /// signal (with a crate such as `ctrlc` or `signal-hook`), or ignores
+    /// it: a child inherits its parent's "ignored" (a program started in
+    /// the background of a non-interactive shell has `SIGINT` ignored, as
+    /// under `nohup cmd &`). A child that already exited is not an error.
     ///
     /// # Examples
     ///
