@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -9,6 +10,12 @@ import pytest
 import corral  # first: the fork server is a copy of this interpreter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+# The scripts below are interrupted as a user at a terminal would (Ctrl-C).
+# A runner started in the background of a non-interactive shell has SIGINT
+# ignored, which its children would inherit (and Python keeps an ignored
+# SIGINT ignored); with a handler here instead, exec gives them the default.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def children_of(pid):
