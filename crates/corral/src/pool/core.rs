@@ -652,13 +652,12 @@ impl Shared {
         if jobs.is_empty() {
             return;
         }
+        let items: usize = jobs.iter().map(Job::len).sum();
         if let Some(error) = &core.broken {
-            let items: usize = jobs.iter().map(Job::len).sum();
             count_failure(&mut core.stats, error, items);
             super::engine::fail_jobs(&jobs, error);
             return;
         }
-        let items: usize = jobs.iter().map(Job::len).sum();
         core.stats.submitted += items as u64;
         core.outstanding += items;
         core.pending_items += items;

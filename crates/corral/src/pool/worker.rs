@@ -702,10 +702,12 @@ impl Recorder<'_> {
         }
         self.publish()?;
         self.finished.store(u64::from(self.next), Ordering::Release);
-        // A thread watching the rings reads the outcome without a word, and
-        // its leaving reads once more; this look is only a hint (the fence
-        // of `announce` is what pairs with it), but it spares a clock read
-        // an item while a watcher is there.
+        // A thread watching the rings reads the outcome without a word: no
+        // clock read while one is there. This look is a plain load, not
+        // `announce`'s fenced one, so it can miss a watcher leaving at this
+        // instant; the outcome then waits for the next item's end or the
+        // batch's, as one finished within `FLUSH_NS` of the last
+        // announcement does anyway.
         if self.pool.watching.load(Ordering::Relaxed) > 0 {
             return Ok(());
         }
