@@ -18,13 +18,19 @@ pub(super) struct Inbox<T> {
     state: Mutex<State<T>>,
     /// Whether `state` holds items (read without its lock).
     full: AtomicBool,
-    /// Whether the dispatcher was called for the items there now.
-    called: AtomicBool,
 }
 
 #[derive(Debug)]
 struct State<T> {
     items: Vec<T>,
+    /// Whether the dispatcher was called for the items here. Set with the
+    /// first of them and cleared as they are taken, under the same lock:
+    /// so an offer that finds it set knows the items before its own will
+    /// be taken after a wake-up already owed, and one that finds it clear
+    /// owes one. (Kept beside the lock, it could be set by a late offerer
+    /// after a take had emptied the inbox, and leave the next offer's items
+    /// with no wake-up owed at all.)
+    called: bool,
     /// Accepts nothing more (the pool stopped accepting work).
     closed: bool,
 }
@@ -34,10 +40,10 @@ impl<T> Inbox<T> {
         Inbox {
             state: Mutex::new(State {
                 items: Vec::new(),
+                called: false,
                 closed: false,
             }),
             full: AtomicBool::new(false),
-            called: AtomicBool::new(false),
         }
     }
 
@@ -56,8 +62,7 @@ impl<T> Inbox<T> {
         }
         state.items.extend(items);
         self.full.store(true, Ordering::Release);
-        drop(state);
-        Ok(!self.called.swap(true, Ordering::AcqRel))
+        Ok(!std::mem::replace(&mut state.called, true))
     }
 
     /// Takes what was left (nothing without a look at the lock if it is
@@ -69,10 +74,8 @@ impl<T> Inbox<T> {
         }
         let mut state = self.state();
         state.closed |= close;
+        state.called = false;
         self.full.store(false, Ordering::Relaxed);
-        // Cleared under the lock, after the items it was set for are
-        // taken: an offer after this calls the dispatcher again.
-        self.called.store(false, Ordering::Release);
         std::mem::take(&mut state.items)
     }
 }
@@ -92,6 +95,45 @@ mod tests {
         assert_eq!(inbox.take(true), [4]);
         assert_eq!(inbox.offer(vec![5]), Err(vec![5]), "closed");
         assert!(inbox.take(false).is_empty());
+    }
+
+    /// Producers offer items and pass on each wake-up owed; a dispatcher
+    /// takes only when woken, as the pool's does when no other thread takes
+    /// the pool's lock. Every item must be taken by the end: one offered
+    /// with no wake-up owed is left behind.
+    #[test]
+    fn no_item_is_left_without_a_wake_up_owed() {
+        use std::sync::mpsc;
+        const EACH: usize = 50_000;
+        let inbox = std::sync::Arc::new(Inbox::new());
+        let (wake, woken) = mpsc::channel::<()>();
+        let producers: Vec<_> = (0..3)
+            .map(|_| {
+                let (inbox, wake) = (inbox.clone(), wake.clone());
+                std::thread::spawn(move || {
+                    for i in 0..EACH {
+                        if inbox.offer(vec![i]).expect("open") {
+                            wake.send(()).expect("the dispatcher");
+                        }
+                    }
+                })
+            })
+            .collect();
+        drop(wake);
+        // Until every producer is done and its wake-ups are read.
+        let mut taken = 0;
+        while woken.recv().is_ok() {
+            taken += inbox.take(false).len();
+        }
+        for p in producers {
+            p.join().expect("a producer");
+        }
+        assert_eq!(
+            inbox.take(true).len(),
+            0,
+            "items offered with no wake-up owed"
+        );
+        assert_eq!(taken, 3 * EACH);
     }
 
     #[test]
