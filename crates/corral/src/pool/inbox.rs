@@ -22,15 +22,13 @@ pub(super) struct Inbox<T> {
 
 #[derive(Debug)]
 struct State<T> {
+    /// The items left. The offer that finds them none owes the dispatcher
+    /// a wake-up; one that finds some knows that wake-up is owed already,
+    /// and that its own items will be taken with theirs. (A "called" mark
+    /// kept beside the lock instead could be set by a late offerer after a
+    /// take had emptied the inbox, and leave the next offers' items with no
+    /// wake-up owed at all.)
     items: Vec<T>,
-    /// Whether the dispatcher was called for the items here. Set with the
-    /// first of them and cleared as they are taken, under the same lock:
-    /// so an offer that finds it set knows the items before its own will
-    /// be taken after a wake-up already owed, and one that finds it clear
-    /// owes one. (Kept beside the lock, it could be set by a late offerer
-    /// after a take had emptied the inbox, and leave the next offer's items
-    /// with no wake-up owed at all.)
-    called: bool,
     /// Accepts nothing more (the pool stopped accepting work).
     closed: bool,
 }
@@ -40,7 +38,6 @@ impl<T> Inbox<T> {
         Inbox {
             state: Mutex::new(State {
                 items: Vec::new(),
-                called: false,
                 closed: false,
             }),
             full: AtomicBool::new(false),
@@ -52,17 +49,17 @@ impl<T> Inbox<T> {
     }
 
     /// Leaves `items`: `Ok(true)` if the caller must call the dispatcher
-    /// (nobody did since the inbox was last emptied), `Err` with the items
-    /// if it is closed (the caller then takes the lock, and is refused
-    /// there).
+    /// (the inbox was empty), `Err` with the items if it is closed (the
+    /// caller then takes the lock, and is refused there).
     pub(super) fn offer(&self, items: Vec<T>) -> Result<bool, Vec<T>> {
         let mut state = self.state();
         if state.closed {
             return Err(items);
         }
+        let first = state.items.is_empty();
         state.items.extend(items);
         self.full.store(true, Ordering::Release);
-        Ok(!std::mem::replace(&mut state.called, true))
+        Ok(first)
     }
 
     /// Takes what was left (nothing without a look at the lock if it is
@@ -74,7 +71,6 @@ impl<T> Inbox<T> {
         }
         let mut state = self.state();
         state.closed |= close;
-        state.called = false;
         self.full.store(false, Ordering::Relaxed);
         std::mem::take(&mut state.items)
     }
