@@ -430,6 +430,34 @@ fn results_of_every_size_arrive_whole_and_in_place() {
     still_works(&pool);
 }
 
+/// A single task's argument is kept inline in its job when it is small and
+/// on the heap when not; consecutive small ones travel merged into one
+/// message. Every size on either side of the inline limit (16 bytes) comes
+/// back whole, each to its own task, submitted all at once so that they
+/// merge.
+#[test]
+fn single_task_arguments_of_every_size_arrive_whole() {
+    fn echo(bytes: Vec<u8>) -> Vec<u8> {
+        bytes
+    }
+    fn argument(i: usize) -> Vec<u8> {
+        let len = match i % 40 {
+            37 => 1000,
+            38 => 70 << 10,
+            39 => 1100,
+            n => n,
+        };
+        (0..len).map(|b| (b * 7 + i) as u8).collect()
+    }
+    let pool = Pool::new(2).unwrap();
+    let tasks: Vec<_> = (0..400).map(|i| pool.submit(echo, argument(i))).collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        assert_eq!(task.join().unwrap(), argument(i), "task {i}");
+    }
+    let stats = pool.stats();
+    assert_eq!((stats.submitted, stats.completed), (400, 400));
+}
+
 /// A worker out of batches watches its task ring only briefly, then sleeps:
 /// once the work is done, every worker is seen asleep (state `S` in
 /// `/proc`), and stays so, instead of spinning.

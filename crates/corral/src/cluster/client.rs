@@ -609,8 +609,8 @@ impl Engine for Client {
                 id,
                 entry: job.entry,
                 func: job.func,
-                args: job.args,
-                ends: job.ends,
+                args: job.args.into_vec(),
+                ends: job.ends.into_vec(),
                 timeout: job.timeout.or(self.settings.task_timeout),
             });
             st.pending.insert(

@@ -18,6 +18,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use smallvec::{SmallVec, smallvec};
+
 use super::callback::Callbacks;
 use super::inbox::Inbox;
 use super::life::{Action, Event, Life, Retire, Why};
@@ -25,7 +27,7 @@ use super::results;
 use super::ring;
 use super::worker::{self, BatchMsg, InitMsg, JobMsg, RegionFd, WorkerBoot};
 use crate::sys::{self, SharedRegion};
-use crate::wire::{self, FrameReader, Progress};
+use crate::wire::{self, FrameReader, Out, Progress};
 use crate::{
     Child, Connection, Data, Error, ExitStatus, PoolStats, Process, RemotePanic, StartMethod,
     TaskError, WorkerStats,
@@ -155,23 +157,38 @@ fn post_skip(head: &worker::WorkerHead, seq: u64, range: &Range<usize>) -> bool 
     true
 }
 
+/// A job's encoded arguments: a single task's small argument is kept
+/// inline, so that submitting it allocates nothing more than its slot. (A
+/// buffer allocated by the caller and freed by the pool thread is glibc's
+/// slowest pattern: with it and the one-entry [`Ends`] on the heap, a task
+/// cost 585–795 ns of CPU in all, without them 385–470; `bench/README.md`.)
+pub(crate) type Args = SmallVec<[u8; 16]>;
+
+/// Where each item's argument ends in [`Args`] (inline for a few items).
+pub(crate) type Ends = SmallVec<[u32; 4]>;
+
 /// Items that share a function and a sink, in flight or waiting.
 pub(crate) struct Job {
     pub(crate) entry: i64,
     pub(crate) func: i64,
     /// The encoded arguments, back to back.
-    pub(crate) args: Vec<u8>,
+    pub(crate) args: Args,
     /// End of each item's argument in `args`.
-    pub(crate) ends: Vec<u32>,
+    pub(crate) ends: Ends,
     /// Each item's number in the sink; empty: numbered from 0 (a single
     /// task's job, which so costs no allocation). Read by [`Job::index`].
-    pub(crate) indices: Vec<u32>,
+    /// (Boxed slices, not vectors, keep a job within 128 bytes, which the
+    /// compiler moves inline: a job is moved about five times on its way
+    /// to a worker, and a call to `memcpy` for each cost 20–30 ns a task.)
+    pub(crate) indices: Box<[u32]>,
     /// Each item's descriptors (empty: none for any item).
-    pub(crate) fds: Vec<Vec<OwnedFd>>,
+    pub(crate) fds: Box<[Vec<OwnedFd>]>,
     pub(crate) sink: Arc<dyn Sink>,
     /// The items' own time limit (`None`: the pool's `task_timeout`).
     pub(crate) timeout: Option<Duration>,
 }
+
+const _: () = assert!(std::mem::size_of::<Job>() <= 128);
 
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -179,10 +196,22 @@ impl std::fmt::Debug for Job {
     }
 }
 
-impl Job {
+/// A job being filled item by item (`map`, `imap`, `map_pod`): its tables
+/// grow as plain vectors (the codec's fast path) and move into the job once.
+pub(crate) struct JobBuilder {
+    entry: i64,
+    func: i64,
+    pub(crate) args: Vec<u8>,
+    pub(crate) ends: Vec<u32>,
+    pub(crate) indices: Vec<u32>,
+    pub(crate) fds: Vec<Vec<OwnedFd>>,
+    pub(crate) sink: Arc<dyn Sink>,
+}
+
+impl JobBuilder {
     /// An empty job for items of `sink`, with room for `items`.
-    pub(crate) fn new(entry: i64, func: i64, items: usize, sink: Arc<dyn Sink>) -> Job {
-        Job {
+    pub(crate) fn new(entry: i64, func: i64, items: usize, sink: Arc<dyn Sink>) -> JobBuilder {
+        JobBuilder {
             entry,
             func,
             args: Vec::new(),
@@ -190,10 +219,30 @@ impl Job {
             indices: Vec::with_capacity(items),
             fds: Vec::new(),
             sink,
-            timeout: None,
         }
     }
 
+    /// How many items it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The job (with the pool's time limit).
+    pub(crate) fn build(self) -> Job {
+        Job {
+            entry: self.entry,
+            func: self.func,
+            args: Args::from_vec(self.args),
+            ends: Ends::from_vec(self.ends),
+            indices: self.indices.into_boxed_slice(),
+            fds: self.fds.into_boxed_slice(),
+            sink: self.sink,
+            timeout: None,
+        }
+    }
+}
+
+impl Job {
     /// A job of items already encoded back to back (a cluster node's,
     /// from the stream), numbered from 0.
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
@@ -207,10 +256,10 @@ impl Job {
         Job {
             entry,
             func,
-            indices: Vec::new(),
-            args,
-            ends,
-            fds: Vec::new(),
+            indices: Box::default(),
+            args: Args::from_vec(args),
+            ends: Ends::from_vec(ends),
+            fds: Box::default(),
             sink,
             timeout,
         }
@@ -218,23 +267,23 @@ impl Job {
 
     /// A job of one item.
     pub(super) fn single(
-        entry: i64,
-        func: i64,
-        encoded: wire::Encoded,
+        (entry, func): (i64, i64),
+        args: Args,
+        fds: Vec<OwnedFd>,
         sink: Arc<dyn Sink>,
         timeout: Option<Duration>,
     ) -> Job {
-        let fds = if encoded.fds.is_empty() {
-            Vec::new()
+        let fds = if fds.is_empty() {
+            Box::default()
         } else {
-            vec![encoded.fds]
+            Box::new([fds]) as Box<[_]>
         };
         Job {
             entry,
             func,
-            ends: vec![encoded.bytes.len() as u32],
-            args: encoded.bytes,
-            indices: Vec::new(),
+            ends: smallvec![args.len() as u32],
+            args,
+            indices: Box::default(),
             fds,
             sink,
             timeout,
@@ -252,16 +301,7 @@ impl Job {
 
     /// A job of the items at `positions` (moving their descriptors).
     fn subset(&mut self, positions: &[usize]) -> Job {
-        let mut out = Job {
-            entry: self.entry,
-            func: self.func,
-            args: Vec::new(),
-            ends: Vec::with_capacity(positions.len()),
-            indices: Vec::with_capacity(positions.len()),
-            fds: Vec::new(),
-            sink: self.sink.clone(),
-            timeout: self.timeout,
-        };
+        let mut out = JobBuilder::new(self.entry, self.func, positions.len(), self.sink.clone());
         for &p in positions {
             out.args.extend_from_slice(self.arg(p));
             out.ends.push(out.args.len() as u32);
@@ -273,7 +313,10 @@ impl Job {
         if out.fds.iter().all(Vec::is_empty) {
             out.fds.clear();
         }
-        out
+        Job {
+            timeout: self.timeout,
+            ..out.build()
+        }
     }
 
     /// How many of its leading items fit in `items` more items (`None`: any
@@ -324,7 +367,7 @@ impl Job {
         if self.indices.is_empty() {
             (0..self.len() as u32).collect()
         } else {
-            std::mem::take(&mut self.indices)
+            std::mem::take(&mut self.indices).into_vec()
         }
     }
 }
@@ -2053,10 +2096,11 @@ impl WireJobs {
             }
             let run = wire.runs.last_mut().expect("a run");
             if run.count == 1 {
-                wire.args.extend_from_slice(&jobs[run.first].args);
+                Out::append(&mut wire.args, &jobs[run.first].args);
             }
             let offset = (wire.args.len() - run.args.start) as u32;
-            wire.args.extend_from_slice(&job.args);
+            // Usually a single task's few bytes: appended without `memcpy`.
+            Out::append(&mut wire.args, &job.args);
             let ends = job.ends.iter().map(|e| e + offset);
             wire.tables.extend(ends.flat_map(u32::to_le_bytes));
             run.count += 1;

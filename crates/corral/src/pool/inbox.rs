@@ -57,7 +57,11 @@ impl<T> Inbox<T> {
             return Err(items);
         }
         let first = state.items.is_empty();
-        state.items.extend(items);
+        // Item by item: usually one, moved inline (`extend` copies through
+        // `memcpy`).
+        for item in items {
+            state.items.push(item);
+        }
         self.full.store(true, Ordering::Release);
         Ok(first)
     }

@@ -106,9 +106,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use self::core::{Args, Config, Shared};
 #[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
-pub(crate) use self::core::{Cancel, Job, Raw, Sink, count_failure};
-use self::core::{Config, Shared};
+pub(crate) use self::core::{Cancel, Job, JobBuilder, Raw, Sink, count_failure};
 use self::engine::EngineRef;
 use self::task::TaskSlot;
 pub use self::task::{AsCompleted, Task, as_completed, wait_all, wait_any, wait_first_error};
@@ -579,20 +579,16 @@ impl Pool {
     ) -> Task<R> {
         let slot = Arc::new(TaskSlot::<R>::new());
         let task = Task::new(slot.clone(), self.shared.clone());
-        match wire::encode(&arg) {
-            Ok(encoded) if encoded.fds.len() > crate::sys::MAX_FDS_PER_MESSAGE => {
+        let mut args = Args::new();
+        match wire::encode_into(&arg, &mut args) {
+            Ok(fds) if fds.len() > crate::sys::MAX_FDS_PER_MESSAGE => {
                 let error = TaskError::Codec("more than 250 corral handles in one argument".into());
                 slot.deliver(&mut std::iter::once((0, Raw::Failed(Box::new(error)))));
             }
-            Ok(encoded) => {
+            Ok(fds) => {
                 drop(arg);
-                let job = Job::single(
-                    worker::job_entry_offset::<A, R>(),
-                    func_offset(f),
-                    encoded,
-                    slot,
-                    timeout,
-                );
+                let function = (worker::job_entry_offset::<A, R>(), func_offset(f));
+                let job = Job::single(function, args, fds, slot, timeout);
                 self.shared.submit(vec![job]);
             }
             Err(e) => {
@@ -764,7 +760,7 @@ impl Pool {
         let (entry, func) = (worker::job_entry_offset::<A, R>(), func_offset(f));
         let mut count = 0;
         while count < n {
-            let mut job = Job::new(entry, func, chunk.min(n - count), dyn_sink.clone());
+            let mut job = JobBuilder::new(entry, func, chunk.min(n - count), dyn_sink.clone());
             let end = count + chunk.min(n - count);
             while count < end
                 && let Some(item) = items.next()
@@ -775,7 +771,7 @@ impl Pool {
             // Each chunk goes out as soon as it is encoded: workers start
             // while the rest is being encoded.
             if job.len() > 0 {
-                self.shared.submit(vec![job]);
+                self.shared.submit(vec![job.build()]);
             }
             if count < end {
                 break; // the iterator promised more items than it had
@@ -1062,7 +1058,7 @@ impl Drop for Pool {
 
 /// Appends one encoded item to a job; an item that cannot be encoded fails
 /// on its own.
-fn add_item<A: Data>(job: &mut Job, index: u32, item: &A) {
+fn add_item<A: Data>(job: &mut JobBuilder, index: u32, item: &A) {
     // Plain data (the common case) needs no descriptor table.
     if job.fds.is_empty() && wire::encode_plain_into(item, &mut job.args).is_ok() {
         job.ends.push(job.args.len() as u32);
@@ -1616,7 +1612,7 @@ impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
         let mut jobs = Vec::new();
         let mut pulled = 0;
         while pulled < room {
-            let mut job = Job::new(self.entry, self.func, per_job, sink.clone());
+            let mut job = JobBuilder::new(self.entry, self.func, per_job, sink.clone());
             while job.ends.len() < per_job && pulled < room {
                 let Some(item) = self.pull() else {
                     self.input = None;
@@ -1628,7 +1624,7 @@ impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
                 pulled += 1;
             }
             if job.len() > 0 {
-                jobs.push(job);
+                jobs.push(job.build());
             }
             if self.input.is_none() {
                 break;

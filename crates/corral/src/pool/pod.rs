@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytemuck::Pod;
 
 use super::worker::{self, PodInput, PodOutput, PodRan};
-use super::{Job, MapSink, Pool, Sink, add_item};
+use super::{JobBuilder, MapSink, Pool, Sink, add_item};
 use crate::start::bootstrap::func_offset;
 use crate::{Error, RawArray, TaskError, sys, trace};
 
@@ -216,9 +216,9 @@ impl Pool {
                 len,
                 types: PhantomData,
             };
-            let mut job = Job::new(entry, func, 1, dyn_sink.clone());
+            let mut job = JobBuilder::new(entry, func, 1, dyn_sink.clone());
             add_item(&mut job, index as u32, &chunk);
-            self.shared.submit(vec![job]);
+            self.shared.submit(vec![job.build()]);
         }
         sink.wait(&*self.shared)
     }

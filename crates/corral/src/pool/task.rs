@@ -20,7 +20,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 struct SlotState<R> {
-    result: Option<Result<R, TaskError>>,
+    /// The error boxed: a slot is allocated for every task, and a small one
+    /// is written in place (a `TaskError` inline made it 150 bytes, copied
+    /// through `memcpy` for every task).
+    result: Option<Result<R, Box<TaskError>>>,
     taken: bool,
     wakers: Vec<Waker>,
 }
@@ -53,7 +56,7 @@ impl<R> TaskSlot<R> {
             if st.result.is_some() || st.taken {
                 return false;
             }
-            st.result = Some(result);
+            st.result = Some(result.map_err(Box::new));
             self.done.store(true, Ordering::Release);
             std::mem::take(&mut st.wakers)
         };
@@ -92,7 +95,7 @@ impl<R> TaskSlot<R> {
         let mut st = lock(&self.state);
         let r = st.result.take();
         st.taken |= r.is_some();
-        r
+        r.map(|r| r.map_err(|e| *e))
     }
 }
 

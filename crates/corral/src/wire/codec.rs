@@ -84,10 +84,72 @@ fn decode_error<T: DeserializeOwned>(bytes: &[u8], e: postcard::Error, plain: bo
     CodecError::new(format!("{why} (decoding {})", std::any::type_name::<T>()))
 }
 
-/// A postcard output that appends to a borrowed vector.
-struct AppendTo<'a>(&'a mut Vec<u8>);
+/// A byte buffer an encoding is appended to.
+pub(crate) trait Out {
+    /// Appends `data`.
+    fn append(&mut self, data: &[u8]);
+    fn push(&mut self, byte: u8);
+    fn len(&self) -> usize;
+    fn truncate(&mut self, len: usize);
+}
 
-impl postcard::ser_flavors::Flavor for AppendTo<'_> {
+impl Out for Vec<u8> {
+    #[inline]
+    fn append(&mut self, data: &[u8]) {
+        // Most calls carry a varint (1 to 10 bytes). Up to 8 are appended
+        // as one word: a call to `memcpy` for each would cost more than
+        // the bytes (a `map` of small items makes two an item).
+        if data.len() <= 8 {
+            let word = data
+                .iter()
+                .rev()
+                .fold(0u64, |word, &b| (word << 8) | u64::from(b));
+            let len = self.len() + data.len();
+            self.extend_from_slice(&word.to_le_bytes());
+            self.truncate(len);
+        } else {
+            self.extend_from_slice(data);
+        }
+    }
+
+    fn push(&mut self, byte: u8) {
+        Vec::push(self, byte);
+    }
+
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+
+    fn truncate(&mut self, len: usize) {
+        Vec::truncate(self, len);
+    }
+}
+
+/// A small buffer (a single task's argument, kept inline in its job).
+impl<const N: usize> Out for smallvec::SmallVec<[u8; N]> {
+    fn append(&mut self, data: &[u8]) {
+        // Not `extend_from_slice`: it inserts, with two calls to `memcpy`
+        // (one of them empty) for a varint of a byte or two.
+        self.extend(data.iter().copied());
+    }
+
+    fn push(&mut self, byte: u8) {
+        smallvec::SmallVec::push(self, byte);
+    }
+
+    fn len(&self) -> usize {
+        smallvec::SmallVec::len(self)
+    }
+
+    fn truncate(&mut self, len: usize) {
+        smallvec::SmallVec::truncate(self, len);
+    }
+}
+
+/// A postcard output that appends to a borrowed buffer.
+struct AppendTo<'a, O: Out>(&'a mut O);
+
+impl<O: Out> postcard::ser_flavors::Flavor for AppendTo<'_, O> {
     type Output = ();
 
     fn try_push(&mut self, data: u8) -> postcard::Result<()> {
@@ -97,20 +159,7 @@ impl postcard::ser_flavors::Flavor for AppendTo<'_> {
 
     #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        // Most calls carry a varint (1 to 10 bytes). Up to 8 are appended
-        // as one word: a call to `memcpy` for each would cost more than
-        // the bytes (a `map` of small items makes two an item).
-        if data.len() <= 8 {
-            let word = data
-                .iter()
-                .rev()
-                .fold(0u64, |word, &b| (word << 8) | u64::from(b));
-            let len = self.0.len() + data.len();
-            self.0.extend_from_slice(&word.to_le_bytes());
-            self.0.truncate(len);
-        } else {
-            self.0.extend_from_slice(data);
-        }
+        self.0.append(data);
         Ok(())
     }
 
@@ -122,9 +171,9 @@ impl postcard::ser_flavors::Flavor for AppendTo<'_> {
 /// Appends the encoding of `value` to `out` (left as it was on error) and
 /// returns duplicates of the descriptors of the corral handles inside it
 /// (usually none: no allocation then).
-pub(crate) fn encode_into<T: Serialize + ?Sized>(
+pub(crate) fn encode_into<T: Serialize + ?Sized, O: Out>(
     value: &T,
-    out: &mut Vec<u8>,
+    out: &mut O,
 ) -> Result<Vec<OwnedFd>, CodecError> {
     let start = out.len();
     let outer = OUTGOING.with(|cell| cell.replace(Some(Vec::new())));
