@@ -436,6 +436,7 @@ fn serve(ctrl: RawFd) -> ! {
     sys::default_sigchld();
     // Inherited by every child: they need not set it up each.
     bootstrap::install_panic_hook();
+    warm_for_children();
     let _ = sys::executable_identity();
     let plan = ExecPlan::same_program();
     let env = exec_env();
@@ -454,6 +455,19 @@ fn serve(ctrl: RawFd) -> ! {
     loop {
         state.turn(&server);
     }
+}
+
+/// Sets up, once and here, what every child would otherwise set up on its
+/// way to its function, so that each inherits it ready: the codec's
+/// thread-local tables (the first registration of a thread-local destructor
+/// resolves a libc symbol lazily, through the dynamic linker's lookup) and
+/// stdout's buffer. A fork copies none of the page tables of the program's
+/// code, so each page of this a child ran was a page fault of its own.
+fn warm_for_children() {
+    if let Ok(encoded) = wire::encode(&0u8) {
+        let _ = wire::decode::<u8>(&encoded.bytes, encoded.fds);
+    }
+    let _ = io::Write::flush(&mut io::stdout());
 }
 
 /// What the server keeps between turns of its loop.
