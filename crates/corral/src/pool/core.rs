@@ -179,7 +179,8 @@ pub(crate) struct Job {
     /// task's job, which so costs no allocation). Read by [`Job::index`].
     /// (Boxed slices, not vectors, keep a job within 128 bytes, which the
     /// compiler moves inline: a job is moved about five times on its way
-    /// to a worker, and a call to `memcpy` for each cost 20–30 ns a task.)
+    /// to a worker, and at 144 bytes each move was a call to `memcpy`,
+    /// most of the ten a single task made; `bench/README.md`.)
     pub(crate) indices: Box<[u32]>,
     /// Each item's descriptors (empty: none for any item).
     pub(crate) fds: Box<[Vec<OwnedFd>]>,
