@@ -349,6 +349,72 @@ fn a_task_can_have_its_own_timeout() {
     still_works(&pool);
 }
 
+/// The pattern of the Python benchmark's timeout figure, which hung once in
+/// a full run (the dispatcher asleep without a deadline while a timed task
+/// ran): in a 1-worker pool, hung tasks right after a quick one or right
+/// after the last timeout (its worker being replaced) all time out. This
+/// did not reproduce the hang; the next test makes its race happen.
+#[test]
+fn a_hung_task_right_after_a_quick_one_times_out_every_time() {
+    let limit = Duration::from_millis(30);
+    let pool = Pool::builder()
+        .processes(1)
+        .task_timeout(limit)
+        .build()
+        .unwrap();
+    for round in 0..40 {
+        // Half the rounds start after a quick task, half right after the
+        // last timeout (its worker being replaced).
+        if round % 2 == 0 {
+            assert_eq!(pool.apply(square, round).unwrap(), round * round);
+        }
+        let hung = pool.submit(fx::hang::<()>, ());
+        match hung.join_timeout(Duration::from_secs(10)) {
+            Err(corral::TaskTimeout::Failed(e)) => assert_eq!(e, TaskError::TimedOut(limit)),
+            Err(corral::TaskTimeout::Elapsed(task)) => {
+                task.cancel();
+                panic!("round {round}: a task past its {limit:?} limit still ran after 10 s");
+            }
+            Ok(()) => panic!("round {round}: a hung task returned"),
+        }
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.timed_out, 40, "{stats:?}");
+}
+
+/// A timed task queued behind one without a limit times out once it runs,
+/// even when a thread watching the rings reads the first one's end (a
+/// worker with a watcher announces nothing, so the dispatcher, asleep
+/// without a deadline since nothing it knew had a limit, is told by nobody
+/// when the timed one starts).
+#[test]
+fn a_timed_task_behind_an_untimed_one_times_out_while_a_thread_watches() {
+    let pool = Pool::new(1).unwrap();
+    let limit = Duration::from_millis(100);
+    for round in 0..4 {
+        let first = pool.submit(nap, 200);
+        if round % 2 == 1 {
+            // Once the dispatcher has settled asleep with no deadline (the
+            // running task has none): handing out the timed one must wake
+            // it. (Too short a pause only makes this round the other kind.)
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let hung = pool.submit_with_timeout(fx::hang::<()>, (), limit);
+        // Watch the rings until the first ends: its end is read here.
+        while !first.wait_timeout(Duration::from_micros(50)) {}
+        assert_eq!(first.join().unwrap(), 200);
+        match hung.join_timeout(Duration::from_secs(10)) {
+            Err(corral::TaskTimeout::Failed(e)) => assert_eq!(e, TaskError::TimedOut(limit)),
+            Err(corral::TaskTimeout::Elapsed(task)) => {
+                task.cancel();
+                panic!("round {round}: a task past its {limit:?} limit still ran after 10 s");
+            }
+            Ok(()) => panic!("round {round}: a hung task returned"),
+        }
+    }
+    still_works(&pool);
+}
+
 #[test]
 fn values_that_cannot_cross_fail_their_own_task() {
     let pool = Pool::new(2).unwrap();

@@ -382,8 +382,9 @@ struct InFlight {
     /// Which items have an outcome.
     got: Vec<bool>,
     remaining: usize,
-    /// Whether any item has a time limit (the worker then stamps starts).
-    timed: bool,
+    /// The shortest time limit of its items, if any has one (the worker
+    /// then stamps starts).
+    shortest: Option<Duration>,
     /// Its end was read (see `Shared::end_batches`).
     ended: bool,
 }
@@ -579,6 +580,10 @@ pub(super) struct Core {
     spare_fds: Vec<OwnedFd>,
     /// Set by the dispatcher thread when it has exited.
     pub(super) dispatcher_gone: bool,
+    /// When the dispatcher, asleep or about to be, looks again by itself
+    /// (`None`: only when woken). A thread that hands out a timed batch
+    /// wakes it unless it looks in time to see that batch's deadline.
+    dispatcher_wake: Option<Instant>,
 }
 
 impl Core {
@@ -651,6 +656,7 @@ impl Shared {
                 retry_spawn: None,
                 spare_fds: Vec::new(),
                 dispatcher_gone: false,
+                dispatcher_wake: None,
             }),
             changed: Condvar::new(),
             wake,
@@ -801,12 +807,12 @@ impl Shared {
         core.outstanding += items;
         core.pending_items += items;
         core.pending.extend(jobs);
-        let started_timed = self.dispatch(&mut core);
+        let deadline_news = self.dispatch(&mut core);
         // Workers that left while idle (or a pool grown by `resize`) are
         // started by the dispatcher.
         let short = core.workers.iter().filter(|w| w.life.takes_work()).count() < core.target;
         drop(core);
-        if short || started_timed {
+        if short || deadline_news {
             // The dispatcher must start workers, or learn of a new deadline.
             self.wake_dispatcher();
         }
@@ -1022,11 +1028,15 @@ impl Shared {
         self.notify(core);
     }
 
-    /// Hands waiting jobs to workers with room. Returns true if a worker that
-    /// held nothing got a batch with a time limit (the dispatcher must learn
-    /// the new deadline).
+    /// Hands waiting jobs to workers with room. Returns true if a batch with
+    /// a time limit went out that the dispatcher would not look at in time
+    /// (it sleeps without a deadline, or past the soonest this batch can
+    /// need): the caller must wake it. Whether the worker held nothing does
+    /// not matter: a batch it holds may have ended unread (a helping thread
+    /// read its outcomes from the ring, so the worker told nobody), and the
+    /// new batch then runs at once.
     fn dispatch(&self, core: &mut Core) -> bool {
-        let mut started_timed = false;
+        let mut deadline_news = false;
         // Submitting a task while every worker holds all it may (the common
         // case under load) reads no clock.
         if !core.workers.iter().any(Worker::may_have_room) {
@@ -1053,13 +1063,13 @@ impl Shared {
                 continue;
             }
             let w = &mut core.workers[i];
-            let was_idle = w.inflight.is_empty();
-            if was_idle {
+            if w.inflight.is_empty() {
                 w.progress_at = now;
             }
             let seq = core.next_seq;
             core.next_seq += 1;
             let default_timeout = self.config.task_timeout;
+            let looks_at = core.dispatcher_wake;
             if let Err((jobs, failure)) = send_batch(w, seq, jobs, default_timeout) {
                 // Nothing of the batch is the worker's: it goes back first in
                 // line. What the failure says of the worker is its state
@@ -1074,12 +1084,15 @@ impl Shared {
                     core.pending.push_front(job);
                 }
                 self.wake_dispatcher();
-            } else if was_idle && w.inflight.back().is_some_and(|b| b.timed) {
-                started_timed = true;
+            } else if let Some(limit) = w.inflight.back().and_then(|b| b.shortest)
+                && let Some(soonest) = time::after(now, limit)
+                && looks_at.is_none_or(|t| t > soonest)
+            {
+                deadline_news = true;
             }
         }
         self.notify(core);
-        started_timed
+        deadline_news
     }
 
     /// Takes up to `room` items off the queue for one batch: at most
@@ -1419,9 +1432,9 @@ impl Shared {
                     self.changed.notify_all();
                     return;
                 }
-                let timeout = self
-                    .next_deadline(&mut core)
-                    .map(|d| d.saturating_duration_since(Instant::now()));
+                let wake = self.next_deadline(&mut core);
+                core.dispatcher_wake = wake;
+                let timeout = wake.map(|d| d.saturating_duration_since(Instant::now()));
                 let mut socks = Vec::new();
                 let mut pidfds = Vec::new();
                 let mut ids = Vec::new();
@@ -1494,8 +1507,17 @@ impl Shared {
             if let Some(t) = w.send_after {
                 at(t);
             }
-            if let Some((t, _)) = self.worker_deadline(w, now) {
-                at(t);
+            match self.worker_deadline(w, now) {
+                Some((t, _)) => at(t),
+                // An item without a limit runs (or is next) before timed
+                // ones: look again within the shortest of their limits, since
+                // nobody may tell the dispatcher when they start.
+                None => {
+                    let shortest = w.inflight.iter().filter_map(|b| b.shortest).min();
+                    if let Some(t) = shortest.and_then(|limit| time::after(now, limit)) {
+                        at(t);
+                    }
+                }
             }
             if let Some(t) = self
                 .config
@@ -1546,28 +1568,34 @@ impl Shared {
         {
             return Some((time::after(w.spawned, timeout)?, Why::Init));
         }
-        // A worker not ready yet that holds a timed batch gets a deadline
-        // too: its READY may be read by a helping thread, not by the
-        // dispatcher, which must not sleep without one meanwhile.
-        let front = w.inflight.front().filter(|b| b.timed)?;
         let (seq, started, finished) = (
             w.head().seq.load(Ordering::Acquire),
             w.head().started.load(Ordering::Acquire) as usize,
             w.head().finished.load(Ordering::Acquire) as usize,
         );
-        let front_seq = front.seq;
-        if seq == front_seq && started > finished {
-            let index = started - 1;
-            let timeout = front.timeout(index, default)?;
-            let start_ns = w.head().start_ns.load(Ordering::Acquire);
-            let left_ns = time::ns_after(start_ns, timeout).saturating_sub(now_ns());
-            let deadline = now.checked_add(Duration::from_nanos(left_ns))?;
-            return Some((deadline, Why::Timeout { seq, index }));
-        }
-        let index = if seq == front_seq { finished } else { 0 };
-        let timeout = (index < front.got.len())
-            .then(|| front.timeout(index, default))
-            .flatten()?;
+        // The batch the worker is on is the one its head names. Batches
+        // before it have ended unread (a helping thread read their outcomes
+        // from the ring, and the worker told nobody); one it has finished
+        // leaves the next to start. A worker not ready yet names none: it
+        // starts at the front (its READY may be read by a helping thread,
+        // not by the dispatcher, which must not sleep without a deadline).
+        let (k, index) = match w.inflight.iter().position(|b| b.seq == seq) {
+            Some(k) if started > finished => {
+                let batch = w.inflight[k].shortest.and(Some(&w.inflight[k]))?;
+                let index = started - 1;
+                let timeout = batch.timeout(index, default)?;
+                let start_ns = w.head().start_ns.load(Ordering::Acquire);
+                let left_ns = time::ns_after(start_ns, timeout).saturating_sub(now_ns());
+                let deadline = now.checked_add(Duration::from_nanos(left_ns))?;
+                return Some((deadline, Why::Timeout { seq, index }));
+            }
+            Some(k) if finished < w.inflight[k].got.len() => (k, finished),
+            Some(k) => (k + 1, 0),
+            None => (0, 0),
+        };
+        let timeout = (w.inflight.get(k))
+            .filter(|b| b.shortest.is_some() && index < b.got.len())?
+            .timeout(index, default)?;
         let since = w.observe_progress(now);
         Some((time::after(since, timeout)?, Why::Stalled))
     }
@@ -1967,7 +1995,11 @@ fn send_batch(
     jobs: Vec<Job>,
     default_timeout: Option<Duration>,
 ) -> Result<(), (Vec<Job>, SendFailure)> {
-    let timed = jobs.iter().any(|j| j.timeout.or(default_timeout).is_some());
+    let shortest = jobs
+        .iter()
+        .filter_map(|j| j.timeout.or(default_timeout))
+        .min();
+    let timed = shortest.is_some();
     let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
     let mut starts = Vec::with_capacity(jobs.len());
     let mut total = 0;
@@ -2030,7 +2062,7 @@ fn send_batch(
         starts,
         got: vec![false; total],
         remaining: total,
-        timed,
+        shortest,
         ended: false,
     });
     Ok(())
