@@ -302,11 +302,7 @@ fn a_crash_inside_a_chunk_fails_only_its_item() {
 #[test]
 fn a_hung_task_is_killed_and_reported_near_its_deadline() {
     let timeout = Duration::from_millis(300);
-    let pool = Pool::builder()
-        .processes(2)
-        .task_timeout(timeout)
-        .build()
-        .unwrap();
+    let pool = timed_pool(2, timeout);
     let busy: Vec<Task<u64>> = (0..4).map(|_| pool.submit(nap, 50)).collect();
     let started = Instant::now();
     let hung = pool.submit(fx::hang::<u8>, 0);
@@ -349,6 +345,28 @@ fn a_task_can_have_its_own_timeout() {
     still_works(&pool);
 }
 
+/// Asserts that `hung` ends with `TimedOut(limit)` within 10 s (cancelling
+/// it and failing the test otherwise).
+fn assert_times_out(hung: Task<()>, limit: Duration, round: u64) {
+    match hung.join_timeout(Duration::from_secs(10)) {
+        Err(corral::TaskTimeout::Failed(e)) => assert_eq!(e, TaskError::TimedOut(limit)),
+        Err(corral::TaskTimeout::Elapsed(task)) => {
+            task.cancel();
+            panic!("round {round}: a task past its {limit:?} limit still ran after 10 s");
+        }
+        Ok(()) => panic!("round {round}: a hung task returned"),
+    }
+}
+
+/// A pool of `processes` workers with a pool-wide task time limit.
+fn timed_pool(processes: usize, limit: Duration) -> Pool {
+    Pool::builder()
+        .processes(processes)
+        .task_timeout(limit)
+        .build()
+        .unwrap()
+}
+
 /// The pattern of the Python benchmark's timeout figure, which hung once in
 /// a full run (the dispatcher asleep without a deadline while a timed task
 /// ran): in a 1-worker pool, hung tasks right after a quick one or right
@@ -357,11 +375,7 @@ fn a_task_can_have_its_own_timeout() {
 #[test]
 fn a_hung_task_right_after_a_quick_one_times_out_every_time() {
     let limit = Duration::from_millis(30);
-    let pool = Pool::builder()
-        .processes(1)
-        .task_timeout(limit)
-        .build()
-        .unwrap();
+    let pool = timed_pool(1, limit);
     for round in 0..40 {
         // Half the rounds start after a quick task, half right after the
         // last timeout (its worker being replaced).
@@ -369,14 +383,7 @@ fn a_hung_task_right_after_a_quick_one_times_out_every_time() {
             assert_eq!(pool.apply(square, round).unwrap(), round * round);
         }
         let hung = pool.submit(fx::hang::<()>, ());
-        match hung.join_timeout(Duration::from_secs(10)) {
-            Err(corral::TaskTimeout::Failed(e)) => assert_eq!(e, TaskError::TimedOut(limit)),
-            Err(corral::TaskTimeout::Elapsed(task)) => {
-                task.cancel();
-                panic!("round {round}: a task past its {limit:?} limit still ran after 10 s");
-            }
-            Ok(()) => panic!("round {round}: a hung task returned"),
-        }
+        assert_times_out(hung, limit, round);
     }
     let stats = pool.stats();
     assert_eq!(stats.timed_out, 40, "{stats:?}");
@@ -403,14 +410,7 @@ fn a_timed_task_behind_an_untimed_one_times_out_while_a_thread_watches() {
         // Watch the rings until the first ends: its end is read here.
         while !first.wait_timeout(Duration::from_micros(50)) {}
         assert_eq!(first.join().unwrap(), 200);
-        match hung.join_timeout(Duration::from_secs(10)) {
-            Err(corral::TaskTimeout::Failed(e)) => assert_eq!(e, TaskError::TimedOut(limit)),
-            Err(corral::TaskTimeout::Elapsed(task)) => {
-                task.cancel();
-                panic!("round {round}: a task past its {limit:?} limit still ran after 10 s");
-            }
-            Ok(()) => panic!("round {round}: a hung task returned"),
-        }
+        assert_times_out(hung, limit, round);
     }
     still_works(&pool);
 }
