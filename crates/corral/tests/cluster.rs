@@ -530,6 +530,104 @@ fn with_persistence_submitted_tasks_survive_a_redis_restart() {
     assert!(results.iter().all(|r| *r == Ok(200)), "{results:?}");
 }
 
+/// What [`marked`] returns: bytes a proxy can spot in a reply.
+const MARKER: &str = "corral-outcome-marker-5eed";
+
+fn marked(_: u32) -> String {
+    MARKER.to_owned()
+}
+
+/// A loopback proxy to Redis that loses the first reply holding `marker`:
+/// it forwards nothing of it and cuts that connection, as if Redis had
+/// died after running the command and before its reply left.
+struct ReplyCutter {
+    port: u16,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ReplyCutter {
+    fn start(upstream: u16, marker: &'static str) -> ReplyCutter {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let armed = Arc::new(AtomicBool::new(true));
+        let counted = cuts.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || std::io::copy(&mut &c2, &mut &s2));
+                let (armed, cuts) = (armed.clone(), counted.clone());
+                std::thread::spawn(move || relay_replies(&server, &client, marker, &armed, &cuts));
+            }
+        });
+        ReplyCutter { port, cuts }
+    }
+
+    fn cuts(&self) -> usize {
+        self.cuts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Copies replies from `server` to `client`, but cuts both at the first
+/// one holding `marker` while `armed` (once across connections).
+fn relay_replies(
+    server: &std::net::TcpStream,
+    client: &std::net::TcpStream,
+    marker: &str,
+    armed: &std::sync::atomic::AtomicBool,
+    cuts: &std::sync::atomic::AtomicUsize,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut buf = vec![0u8; 1 << 16];
+    // The last bytes forwarded, so a marker split across reads is seen.
+    let mut tail: Vec<u8> = Vec::new();
+    while let Ok(n) = (&mut &*server).read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        tail.extend_from_slice(&buf[..n]);
+        let holds = tail.windows(marker.len()).any(|w| w == marker.as_bytes());
+        if holds && armed.swap(false, SeqCst) {
+            cuts.fetch_add(1, SeqCst);
+            break;
+        }
+        if (&mut &*client).write_all(&buf[..n]).is_err() {
+            break;
+        }
+        tail.drain(..tail.len().saturating_sub(marker.len()));
+    }
+    let _ = server.shutdown(std::net::Shutdown::Both);
+    let _ = client.shutdown(std::net::Shutdown::Both);
+}
+
+#[test]
+fn an_outcome_whose_reply_is_lost_on_the_way_still_arrives() {
+    let redis = Redis::start();
+    let _a = Node::start(&redis, 1, 1_000, "a");
+    let proxy = ReplyCutter::start(redis.port(), MARKER);
+    let url = redis
+        .url()
+        .replace(&format!(":{}/", redis.port()), &format!(":{}/", proxy.port));
+    let pool = Pool::cluster(&url)
+        .broker_timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let got = within(Duration::from_secs(30), move || {
+        let got = pool.apply(marked, 1);
+        pool.join();
+        got
+    });
+    assert_eq!(got, Ok(MARKER.to_owned()));
+    assert_eq!(proxy.cuts(), 1, "the reply holding the outcome was not cut");
+    nothing_left(&redis);
+}
+
 #[test]
 fn an_unreachable_broker_is_an_error_at_once() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -30,6 +30,8 @@ pub(crate) const CLIENT_TTL: Duration = Duration::from_secs(15);
 const REFRESH: Duration = Duration::from_millis(500);
 /// How long the receiver blocks on the results list.
 const RECEIVE_BLOCK: Duration = Duration::from_millis(200);
+/// The most outcome batches the receiver reads in one round trip.
+const RECEIVE_BATCHES: isize = 1024;
 
 /// The client's settings (see `ClusterBuilder`).
 #[derive(Debug, Clone)]
@@ -323,6 +325,8 @@ impl Client {
         let results = self.settings.keys.results(&self.id);
         let mut refreshed = Instant::now();
         let mut was_down = false;
+        // Batches at the list's head delivered and not yet trimmed off it.
+        let mut delivered = 0;
         loop {
             if self.lock().stop {
                 return;
@@ -337,24 +341,18 @@ impl Client {
                     self.recover();
                 }
             }
-            let block = RECEIVE_BLOCK.as_secs_f64();
-            let got = broker.call(|c| {
-                let first: Option<(String, Vec<u8>)> = c.blpop(&results, block)?;
-                let mut all: Vec<Vec<u8>> = first.into_iter().map(|(_, v)| v).collect();
-                if !all.is_empty() {
-                    let more: Option<Vec<Vec<u8>>> =
-                        c.lpop(&results, std::num::NonZeroUsize::new(1024))?;
-                    all.extend(more.unwrap_or_default());
-                }
-                Ok(all)
-            });
+            let got = broker.call(|c| read_results(c, &results, delivered));
             match got {
                 Ok(batches) => {
-                    for batch in batches {
-                        self.receive(&batch);
+                    for batch in &batches {
+                        self.receive(batch);
                     }
+                    delivered = batches.len();
                 }
                 Err(e) => {
+                    // Whether the trim ran is unknown: read the head again
+                    // (what was delivered already is dropped as duplicate).
+                    delivered = 0;
                     was_down = true;
                     if self.give_up(&broker, &e) {
                         // Failed for good; keep serving `stop`.
@@ -367,14 +365,18 @@ impl Client {
         }
     }
 
-    /// Refreshes this client's liveness and reads the nodes' sizes; whether
-    /// the broker answered.
+    /// Refreshes this client's liveness (and its results list's, so the
+    /// list cannot expire between a read and its trim) and reads the
+    /// nodes' sizes; whether the broker answered.
     fn refresh(&self, broker: &mut Broker) -> bool {
         let keys = &self.settings.keys;
         let now = wire::unix_ms();
         let nodes = broker.call(|c| {
-            let _: () = c.set_ex(keys.alive(&self.id), 1, CLIENT_TTL.as_secs())?;
-            let all: HashMap<String, String> = c.hgetall(keys.nodes())?;
+            let ((), (), all): ((), (), HashMap<String, String>) = redis::pipe()
+                .set_ex(keys.alive(&self.id), 1, CLIENT_TTL.as_secs())
+                .expire(keys.results(&self.id), wire::RESULTS_TTL_SECS)
+                .hgetall(keys.nodes())
+                .query(c)?;
             Ok(all)
         });
         if let Ok(nodes) = nodes {
@@ -533,6 +535,39 @@ fn encode_entry(build: u64, client: &str, jobs: &[WireJob]) -> Vec<u8> {
     });
     debug_assert!(wire::decode::<TaskEntry>(&bytes).is_ok());
     bytes
+}
+
+/// The outcome batches at the head of the results list `key`, oldest
+/// first, after trimming off the `delivered` ones read last time; waits up
+/// to [`RECEIVE_BLOCK`] for one.
+///
+/// Nothing leaves the list before the client has it: a reply lost with
+/// its connection (Redis killed after a pop, before the reply reached the
+/// client) would lose the outcome, and its task would never end. Only
+/// nodes push, at the tail, and only this client removes, at the head, so
+/// trimming the first `delivered` removes exactly what was delivered.
+fn read_results(
+    c: &mut redis::Connection,
+    key: &str,
+    delivered: usize,
+) -> redis::RedisResult<Vec<Vec<u8>>> {
+    let mut pipe = redis::pipe();
+    if delivered > 0 {
+        pipe.ltrim(key, delivered as isize, -1).ignore();
+    }
+    let (ready,): (Vec<Vec<u8>>,) = pipe.lrange(key, 0, RECEIVE_BATCHES - 1).query(c)?;
+    if !ready.is_empty() {
+        return Ok(ready);
+    }
+    // Waits for the first without taking it: the head moves onto itself.
+    let first: Option<Vec<u8>> = redis::cmd("BLMOVE")
+        .arg(key)
+        .arg(key)
+        .arg("LEFT")
+        .arg("LEFT")
+        .arg(RECEIVE_BLOCK.as_secs_f64())
+        .query(c)?;
+    Ok(first.into_iter().collect())
 }
 
 fn read_epoch(broker: &mut Broker, keys: &Keys) -> redis::RedisResult<String> {

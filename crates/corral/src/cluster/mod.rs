@@ -48,6 +48,10 @@
 //!   after the *visibility timeout* another node claims and runs them. A
 //!   long task is not run twice: its node extends its entries every
 //!   quarter of the timeout while it runs.
+//! - An outcome leaves Redis only once its client has it: the client reads
+//!   its results list without popping and trims what it delivered on its
+//!   next read, so a reply lost with its connection (Redis killed after
+//!   the read) is read again, and the copy dropped.
 //! - An item may therefore run twice (a node partitioned, not dead); the
 //!   client keeps the first outcome of each `(job, item)` and drops the
 //!   rest, so every task ends exactly once. Make tasks idempotent, as
@@ -68,10 +72,11 @@
 //!   longer. Nodes retry forever, holding their outcomes until the broker
 //!   is back.
 //! - Redis restarted *with* persistence (`appendonly yes`): submitted
-//!   tasks survive and complete (at worst a task queued in the last second
-//!   before the crash, with `appendfsync everysec`, is lost: the client
-//!   notices nothing then, so keep `broker_timeout` and a task timeout
-//!   for such cases). *Without* persistence the stream is gone: the client
+//!   tasks survive and complete. With `appendfsync everysec` rather than
+//!   `always`, a write of the last second before the crash may be lost
+//!   (an entry, or an outcome), and the client cannot tell: wait for such
+//!   tasks with a bound ([`Task::join_timeout`](crate::Task::join_timeout),
+//!   [`Pool::join_timeout`]). *Without* persistence the stream is gone: the client
 //!   sees the broker's epoch change and fails every unfinished task with
 //!   [`TaskError::Broker`] at once.
 //! - A client that dies: its liveness key expires within 15 s; nodes then
