@@ -961,6 +961,85 @@ fn a_terminated_map_pod_returns_only_once_its_workers_are_dead() {
     });
 }
 
+/// Creates `<temp>/corral-every-<x / 1000>/<x % 1000>`, then panics for
+/// the items ending in 3 and 7, and aborts its worker for those ending in
+/// 12 and 15.
+fn mark_then_fail(x: u64) -> u64 {
+    let dir = std::env::temp_dir().join(format!("corral-every-{}", x / 1000));
+    std::fs::write(dir.join((x % 1000).to_string()), b"").unwrap();
+    match x % 1000 {
+        3 | 7 => panic!("item {}", x % 1000),
+        12 | 15 => std::process::abort(),
+        _ => x,
+    }
+}
+
+/// Maps `mark_then_fail` over the items `first..40` (as `map_pod` if
+/// `pod`): the error, and how many items ran.
+fn map_marking(pool: &Pool, first: u64, pod: bool) -> (TaskError, usize) {
+    let token = u64::from(std::process::id());
+    let dir = std::env::temp_dir().join(format!("corral-every-{token}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let items: Vec<u64> = (first..40).map(|i| token * 1000 + i).collect();
+    let err = if pod {
+        pool.map_pod(mark_then_fail, &items).unwrap_err()
+    } else {
+        pool.map(mark_then_fail, items).unwrap_err()
+    };
+    let ran = std::fs::read_dir(&dir).unwrap().count();
+    std::fs::remove_dir_all(&dir).unwrap();
+    (err, ran)
+}
+
+/// `map` of plain numbers runs through `map_pod`'s path; as with any
+/// `map`, every item runs even if some panic or kill their worker, and
+/// the error is the first failure in input order. `map_pod` the same.
+#[test]
+fn a_map_of_numbers_runs_every_item_even_if_some_fail() {
+    let pool = Pool::new(2).unwrap();
+    for pod in [false, true] {
+        let (err, ran) = map_marking(&pool, 0, pod);
+        let panic = err.panic().expect("a panic");
+        assert_eq!(panic.message, "item 3", "map_pod: {pod}");
+        assert!(
+            panic
+                .location
+                .as_deref()
+                .unwrap_or("")
+                .contains("parity.rs"),
+            "{panic:?}"
+        );
+        assert_eq!(ran, 40, "map_pod: {pod}");
+        // Two items abort their workers (in one range when they are 4
+        // ranges of 7): the items after each still run.
+        let (err, ran) = map_marking(&pool, 12, pod);
+        assert_eq!(
+            err,
+            TaskError::WorkerLost(ExitStatus::Signal(libc::SIGABRT)),
+            "map_pod: {pod}"
+        );
+        assert_eq!(ran, 28, "map_pod: {pod}");
+    }
+    assert_eq!(pool.map(square, 0..10u64).unwrap()[9], 81);
+}
+
+/// A pool's task timeout limits each item of a `map`, numbers too (which
+/// then are not run as `map_pod`'s ranges of many items).
+#[test]
+fn a_task_timeout_limits_each_item_of_a_map_of_numbers() {
+    let pool = Pool::builder()
+        .processes(2)
+        .task_timeout(Duration::from_millis(800))
+        .build()
+        .unwrap();
+    // 40 items of 100 ms: 1 s for a quarter of them.
+    let naps = within(Duration::from_secs(60), move || {
+        pool.map(nap, vec![100u64; 40])
+    });
+    assert_eq!(naps, Ok(vec![100u64; 40]));
+}
+
 #[test]
 fn map_pod_maps_plain_data_in_place() {
     let pool = Pool::new(2).unwrap();

@@ -729,6 +729,10 @@ impl Engine for Client {
         None
     }
 
+    fn task_timeout(&self) -> Option<Duration> {
+        self.settings.task_timeout
+    }
+
     fn chunk_hint(&self, func: i64) -> usize {
         lock(&self.chunk_hints).get(&func).copied().unwrap_or(1)
     }

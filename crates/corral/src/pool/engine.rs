@@ -9,7 +9,7 @@
 //! is one code for both.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::callback::Callbacks;
 use super::core::{Cancel, Job, Shared};
@@ -33,6 +33,8 @@ pub(crate) trait Engine: Send + Sync + std::fmt::Debug {
     fn processes(&self) -> usize;
     /// Items one worker may run before it is replaced, if limited.
     fn max_tasks(&self) -> Option<u64>;
+    /// The time limit of an item that sets none of its own.
+    fn task_timeout(&self) -> Option<Duration>;
     /// The chunk size the last `imap` of `func` settled on.
     fn chunk_hint(&self, func: i64) -> usize;
     /// Records the chunk size an `imap` of `func` settled on.
@@ -80,6 +82,10 @@ impl Engine for Shared {
 
     fn max_tasks(&self) -> Option<u64> {
         self.config.max_tasks
+    }
+
+    fn task_timeout(&self) -> Option<Duration> {
+        self.config.task_timeout
     }
 
     fn chunk_hint(&self, func: i64) -> usize {

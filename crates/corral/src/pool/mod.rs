@@ -625,6 +625,16 @@ impl Pool {
     /// first failing item in input order. Use [`imap`](Pool::imap) for every
     /// item's own outcome.
     ///
+    /// A map of plain numbers (`fn(T) -> T` with `T` a primitive integer or
+    /// float) encodes nothing: it runs as [`map_pod`](Pool::map_pod), the
+    /// workers reading the items from this process and writing the results
+    /// into the vector returned, as joblib memory-maps large arrays on its
+    /// own, with the same promises (every item runs even if some panic or
+    /// kill their worker; the first failure in input order is the error).
+    /// It does so unless the pool has a `task_timeout` or
+    /// `max_tasks_per_child`, which apply per item here and would apply per
+    /// range there.
+    ///
     /// # Errors
     ///
     /// The first item's [`TaskError`], in input order.
@@ -681,6 +691,13 @@ impl Pool {
         items: I,
         chunk: Option<usize>,
     ) -> Result<Vec<R>, TaskError> {
+        let items = match chunk {
+            None => match self.map_numbers(f, items) {
+                Ok(done) => return done,
+                Err(items) => items,
+            },
+            Some(_) => items,
+        };
         match self.start_map(f, items, chunk, None) {
             Some(sink) => sink.wait(&*self.shared),
             None => Ok(Vec::new()),

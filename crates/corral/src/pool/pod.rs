@@ -3,6 +3,7 @@
 //! where the kernel refuses that, go through shared memory (joblib's memory
 //! mapping, done for Rust).
 
+use std::any::{Any, TypeId};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +13,7 @@ use bytemuck::Pod;
 use super::worker::{self, PodInput, PodOutput, PodRan};
 use super::{JobBuilder, MapSink, Pool, Sink, add_item};
 use crate::start::bootstrap::func_offset;
-use crate::{Error, RawArray, TaskError, sys, trace};
+use crate::{Data, Error, RawArray, TaskError, sys, trace};
 
 impl Pool {
     /// [`map`](Pool::map) for plain data, without encoding
@@ -21,9 +22,11 @@ impl Pool {
     /// straight into the vector returned, with `process_vm_readv` and
     /// `process_vm_writev` (one copy each way, made by the kernel in the
     /// worker; MPI's "cross memory attach"). The pool's supervision is the
-    /// same, per range: a range whose worker dies, panics or runs past the
-    /// task timeout fails the call with that error; the others are not
-    /// redone. The call returns only once every range has ended, and a
+    /// same, per range of items (a worker takes two ranges of its share): a
+    /// range whose worker dies, or runs past the task timeout, fails the
+    /// call with that error, and the items after the one it was running
+    /// run on another worker. Every item runs even if some panic, as in
+    /// [`map`](Pool::map); the error is the first failure in input order. The call returns only once every range has ended, and a
     /// range ends only once its worker reported it or is dead: no worker
     /// writes into the vector after that.
     ///
@@ -80,9 +83,52 @@ impl Pool {
             .map(|start| (start, per.min(n as u64 - start)))
             .collect();
         let mut results = fresh_vec::<R>(n);
-        let refused = self.pod_in_place(f, items, &mut results, &ranges)?;
-        self.pod_through_shared(f, items, &mut results, &refused)?;
-        Ok(results)
+        let Err((error, mut rest)) = self.pod_round(f, items, &mut results, &ranges) else {
+            return Ok(results);
+        };
+        // A worker died in a range: the items after the one it was running
+        // run all the same, as `map`'s do (their results go with the
+        // call's). Each round leaves out at least the item that failed it.
+        let left = |rest: &[(u64, u64)]| rest.iter().map(|r| r.1).sum::<u64>();
+        while !rest.is_empty() {
+            let before = left(&rest);
+            rest = match self.pod_round(f, items, &mut results, &rest) {
+                Ok(()) => break,
+                Err((_, again)) if left(&again) < before => again,
+                Err(_) => break,
+            };
+        }
+        Err(error)
+    }
+
+    /// Runs `ranges` in place, or through shared memory where the kernel
+    /// refuses; on failure, the first range's error and the ranges' items
+    /// that never began (after the item a dying worker was running).
+    fn pod_round<A: Pod + Send, R: Pod + Send>(
+        &self,
+        f: fn(A) -> R,
+        items: &[A],
+        results: &mut [R],
+        ranges: &[(u64, u64)],
+    ) -> Result<(), (TaskError, Vec<(u64, u64)>)> {
+        let progress = Progress::new(self, ranges);
+        let ran = self
+            .pod_in_place(f, items, results, ranges, progress.as_ref())
+            .and_then(|refused| {
+                self.pod_through_shared(f, items, results, &refused, progress.as_ref())
+            });
+        let outcome = ran.map_err(|error| {
+            // (A closed pool runs nothing more.)
+            let rest = match (&error, &progress) {
+                (TaskError::PoolClosed | TaskError::Cancelled, _) | (_, None) => Vec::new(),
+                (_, Some(p)) => p.not_begun(ranges),
+            };
+            (error, rest)
+        });
+        if let Some(p) = progress {
+            self.shared.return_scratch(p.words);
+        }
+        outcome
     }
 
     /// Runs `ranges` with each worker reading its items from `items` and
@@ -96,6 +142,7 @@ impl Pool {
         items: &[A],
         results: &mut [R],
         ranges: &[(u64, u64)],
+        progress: Option<&Progress>,
     ) -> Result<Vec<(u64, u64)>, TaskError> {
         if CALLER_UNREACHABLE.load(Ordering::Relaxed) {
             return Ok(ranges.to_vec());
@@ -105,7 +152,7 @@ impl Pool {
         // `results` is not touched here until every range has ended: a
         // range ends once its worker reported it (after its last write) or
         // is dead, so no worker writes into it after this returns.
-        let ran = self.pod_jobs(f, ranges, |_| {
+        let ran = self.pod_jobs(f, ranges, progress, |_| {
             Ok((
                 PodInput::Caller { pid, addr: from },
                 PodOutput::Caller { pid, addr: to },
@@ -138,6 +185,7 @@ impl Pool {
         items: &[A],
         results: &mut [R],
         ranges: &[(u64, u64)],
+        progress: Option<&Progress>,
     ) -> Result<(), TaskError> {
         if ranges.is_empty() {
             return Ok(());
@@ -155,7 +203,7 @@ impl Pool {
             }
         };
         let a = size_of::<A>();
-        let ran = self.pod_jobs(f, ranges, |(start, len)| {
+        let ran = self.pod_jobs(f, ranges, progress, |(start, len)| {
             let (from, to) = (start as usize * a, (start + len) as usize * a);
             input.store_bytes_at(from, &in_bytes[from..to]);
             Ok((
@@ -192,13 +240,17 @@ impl Pool {
         &self,
         f: fn(A) -> R,
         ranges: &[(u64, u64)],
+        progress: Option<&Progress>,
         mut sides: impl FnMut((u64, u64)) -> std::io::Result<(PodInput, PodOutput)>,
     ) -> Result<Vec<PodRan>, TaskError> {
         let sink = Arc::new(MapSink::<PodRan>::new(ranges.len(), None));
         let dyn_sink: Arc<dyn Sink> = sink.clone();
         let (entry, func) = (worker::pod_entry_offset::<A, R>(), func_offset(f));
         for (index, &(start, len)) in ranges.iter().enumerate() {
-            let (input, output) = match sides((start, len)) {
+            let watched = progress.map(|p| p.share(start)).transpose();
+            let (input, output, progress) = match sides((start, len))
+                .and_then(|(input, output)| Ok((input, output, watched?)))
+            {
                 Ok(sides) => sides,
                 Err(e) => {
                     // The ranges not sent yet end here; those sent run on.
@@ -214,6 +266,7 @@ impl Pool {
                 output,
                 start,
                 len,
+                progress,
                 types: PhantomData,
             };
             let mut job = JobBuilder::new(entry, func, 1, dyn_sink.clone());
@@ -221,6 +274,120 @@ impl Pool {
             self.shared.submit(vec![job.build()]);
         }
         sink.wait(&*self.shared)
+    }
+}
+
+impl Pool {
+    /// `map` of plain numbers (`fn(T) -> T` for a primitive `T`) through
+    /// [`map_pod`](Pool::map_pod)'s path, as joblib memory-maps large
+    /// arrays on its own: `None` where `map` must encode each item (other
+    /// types; a pool whose items have a time limit or a task count per
+    /// worker, which `map_pod` would apply per range; a cluster pool).
+    pub(super) fn map_numbers<A: Data, R: Data, I: IntoIterator<Item = A>>(
+        &self,
+        f: fn(A) -> R,
+        items: I,
+    ) -> Result<Result<Vec<R>, TaskError>, I> {
+        let numbers =
+            TypeId::of::<A>() == TypeId::of::<R>() && NUMBERS.contains(&TypeId::of::<A>());
+        let engine = &*self.shared;
+        if !numbers
+            || !engine.shares_memory()
+            || engine.task_timeout().is_some()
+            || engine.max_tasks().is_some()
+        {
+            return Err(items);
+        }
+        // As `map` does: an exact size hint is trusted, and the iterator not
+        // pulled past it.
+        let items = items.into_iter();
+        let items: Vec<A> = match items.size_hint() {
+            (low, Some(high)) if low == high => items.take(low).collect(),
+            _ => items.collect(),
+        };
+        let out = self
+            .map_pod_any(&f, &items)
+            .expect("a type of NUMBERS is mapped by map_pod_any");
+        Ok(*out
+            .downcast::<Result<Vec<R>, TaskError>>()
+            .expect("map_pod_any returns the results of `f`"))
+    }
+
+    /// `map_pod(f, items)` for `f: fn(T) -> T` and `items: Vec<T>` with `T`
+    /// one of [`NUMBERS`], its `Result<Vec<T>, TaskError>` boxed: not
+    /// generic, so its twelve `map_pod`s are compiled once, not for every
+    /// `map` of a program.
+    fn map_pod_any(&self, f: &dyn Any, items: &dyn Any) -> Option<Box<dyn Any>> {
+        macro_rules! each {
+            ($($t:ty),*) => {$(
+                if let (Some(&f), Some(items)) =
+                    (f.downcast_ref::<fn($t) -> $t>(), items.downcast_ref::<Vec<$t>>())
+                {
+                    return Some(Box::new(self.map_pod(f, items)));
+                }
+            )*};
+        }
+        each!(u8, u16, u32, u64, usize, i8, i16, i32, i64, isize, f32, f64);
+        None
+    }
+}
+
+/// The types `map` hands to `map_pod` (see [`Pool::map_numbers`]).
+const NUMBERS: [TypeId; 12] = [
+    TypeId::of::<u8>(),
+    TypeId::of::<u16>(),
+    TypeId::of::<u32>(),
+    TypeId::of::<u64>(),
+    TypeId::of::<usize>(),
+    TypeId::of::<i8>(),
+    TypeId::of::<i16>(),
+    TypeId::of::<i32>(),
+    TypeId::of::<i64>(),
+    TypeId::of::<isize>(),
+    TypeId::of::<f32>(),
+    TypeId::of::<f64>(),
+];
+
+/// Where the workers of one round of `map_pod` count the items of each
+/// range they have begun (one word a range, in shared memory): after a
+/// worker dies, the items after the one it was running still run.
+struct Progress {
+    words: RawArray<u8>,
+    /// Where each range starts, in order.
+    starts: Vec<u64>,
+}
+
+impl Progress {
+    /// Zeroed words for `ranges`; `None` if no shared memory is to be had
+    /// (then a dying worker's range simply fails).
+    fn new(pool: &Pool, ranges: &[(u64, u64)]) -> Option<Progress> {
+        let words = pool.shared.scratch(8 * ranges.len()).ok()?;
+        for i in 0..ranges.len() {
+            words.word_at(8 * i).store(0, Ordering::Relaxed);
+        }
+        Some(Progress {
+            words,
+            starts: ranges.iter().map(|r| r.0).collect(),
+        })
+    }
+
+    /// The word of the range starting at `start`, for its worker.
+    fn share(&self, start: u64) -> std::io::Result<(worker::RegionFd, u32)> {
+        let index = self.starts.binary_search(&start).expect("a range's start");
+        Ok((worker::RegionFd(self.words.dup_fd()?), index as u32))
+    }
+
+    /// The part of each range whose items never began (read once every
+    /// range has ended).
+    fn not_begun(&self, ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
+        ranges
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &(start, len))| {
+                let begun = self.words.word_at(8 * i).load(Ordering::Relaxed).min(len);
+                (begun < len).then(|| (start + begun, len - begun))
+            })
+            .collect()
     }
 }
 

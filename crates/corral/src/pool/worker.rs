@@ -318,6 +318,10 @@ pub(super) struct PodChunk<A, R> {
     pub(super) output: PodOutput,
     pub(super) start: u64,
     pub(super) len: u64,
+    /// A shared array and the index of the word in it where the worker
+    /// counts the items it has begun: if it dies, the caller knows which
+    /// item it was running and runs the ones after it elsewhere.
+    pub(super) progress: Option<(RegionFd, u32)>,
     #[serde(skip)]
     pub(super) types: std::marker::PhantomData<fn(A) -> R>,
 }
@@ -367,6 +371,14 @@ impl<A: Pod, R: Pod> PodChunk<A, R> {
     fn run(self, f: fn(A) -> R) -> PodRan {
         let input = PodSide::from(self.input);
         let output = PodSide::from(self.output);
+        let progress = self.progress.map(|(fd, word)| {
+            let array = mapped(fd.0).expect("mapping map_pod's progress");
+            (array, 8 * word as usize)
+        });
+        let unwatched = AtomicU64::new(0);
+        let begun = progress
+            .as_ref()
+            .map_or(&unwatched, |(array, at)| array.word_at(*at));
         let end = (self.start + self.len) as usize;
         let (a, r) = (size_of::<A>(), size_of::<R>());
         let block = (Self::BLOCK_BYTES / a.max(r).max(1)).max(1);
@@ -380,14 +392,19 @@ impl<A: Pod, R: Pod> PodChunk<A, R> {
                 (&mut own_items, &mut own_results)
             }
         };
+        // Every item runs even if some panic (as in `map`); the range then
+        // fails with the first panic.
+        let mut panics = bootstrap::FirstPanic::default();
         for from in (self.start as usize..end).step_by(block) {
             let n = block.min(end - from);
             let (items, results) = (&mut items[..n], &mut results[..n]);
             let copied = input
                 .read(from * a, bytemuck::cast_slice_mut(items))
                 .and_then(|()| {
-                    for (out, &x) in results.iter_mut().zip(items.iter()) {
-                        *out = f(x);
+                    let done = (from - self.start as usize) as u64;
+                    for (j, (out, &x)) in results.iter_mut().zip(items.iter()).enumerate() {
+                        begun.store(done + j as u64 + 1, Ordering::Relaxed);
+                        *out = panics.run(|| f(x)).unwrap_or_else(R::zeroed);
                     }
                     output.write(from * r, bytemuck::cast_slice(results))
                 });
@@ -395,6 +412,7 @@ impl<A: Pod, R: Pod> PodChunk<A, R> {
                 return PodRan::Refused(errno);
             }
         }
+        panics.raise();
         PodRan::Done
     }
 }

@@ -726,6 +726,20 @@ impl<T: Pod> RawArray<T> {
         Ok(RawArray::assemble(obj, len))
     }
 
+    /// The 8 bytes at byte `at` of the elements (a multiple of 8) as an
+    /// atomic word: `map_pod`'s progress counts.
+    ///
+    /// # Panics
+    ///
+    /// If the word reaches past the end or is misaligned.
+    pub(crate) fn word_at(&self, at: usize) -> &std::sync::atomic::AtomicU64 {
+        assert!(
+            at + 8 <= self.len * std::mem::size_of::<T>(),
+            "word out of bounds"
+        );
+        self.obj.region().word64(HEADER + at)
+    }
+
     /// Copies `out.len()` bytes from byte `at` of the elements into `out`.
     ///
     /// # Panics

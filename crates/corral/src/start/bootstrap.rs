@@ -288,6 +288,43 @@ pub(crate) fn catch_panic_hooked<R>(body: impl FnOnce() -> R) -> Result<R, Remot
     })
 }
 
+/// The first panic of a run of items that goes on after a panic (the items
+/// of a `map_pod` range), held until the run ends and then raised again
+/// with its own location and backtrace, inside the [`catch_panic_hooked`]
+/// that runs the whole range. Later panics are dropped.
+#[derive(Default)]
+pub(crate) struct FirstPanic(Option<(Box<dyn std::any::Any + Send>, Option<PanicPlace>)>);
+
+/// Where a panic happened (its location) and its backtrace.
+type PanicPlace = (Option<String>, String);
+
+impl FirstPanic {
+    /// Runs one item; `None` if it panicked.
+    #[inline]
+    pub(crate) fn run<R>(&mut self, body: impl FnOnce() -> R) -> Option<R> {
+        match catch_unwind(AssertUnwindSafe(body)) {
+            Ok(value) => Some(value),
+            Err(payload) => {
+                let place = LAST_PANIC.with(|p| p.borrow_mut().take());
+                match self.0 {
+                    None => self.0 = Some((payload, place)),
+                    // It may itself panic on drop; as `catch_panic_hooked`.
+                    Some(_) => std::mem::forget(payload),
+                }
+                None
+            }
+        }
+    }
+
+    /// Raises the first panic again, if there was one.
+    pub(crate) fn raise(self) {
+        if let Some((payload, place)) = self.0 {
+            LAST_PANIC.with(|p| *p.borrow_mut() = place);
+            std::panic::resume_unwind(payload);
+        }
+    }
+}
+
 /// How a child ends once its outcome is reported.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Ending {
