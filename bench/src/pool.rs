@@ -13,6 +13,11 @@ fn square(x: u64) -> u64 {
     x.wrapping_mul(x)
 }
 
+/// `square` on a type `map` encodes item by item.
+fn square_tuple((x,): (u64,)) -> (u64,) {
+    (x.wrapping_mul(x),)
+}
+
 fn echo(x: u64) -> u64 {
     x
 }
@@ -98,6 +103,16 @@ pub(crate) fn run(n: impl Fn(usize) -> usize) {
         "corral pool map 100k u64",
         rate(items, || {
             pool.map(square, 0..items as u64).expect("map");
+        }),
+        "items/s",
+    );
+    // The same items, each encoded: a map of plain numbers takes
+    // `map_pod`'s path, a map of any other type this one.
+    emit(
+        "corral pool map 100k (u64,) encoded",
+        rate(items, || {
+            pool.map(square_tuple, (0..items as u64).map(|x| (x,)))
+                .expect("map");
         }),
         "items/s",
     );

@@ -5,7 +5,8 @@
 //!
 //! `map-profile [ITEMS] [ROUNDS] [CHUNK]`: defaults 100000, 3, automatic.
 //! CHUNK `each` submits every item as its own task and then joins them all
-//! (the benchmark's submit-each figure) instead of mapping.
+//! (the benchmark's submit-each figure) instead of mapping; `pod` maps a
+//! vector of the items with `map_pod`.
 
 fn square(x: u64) -> u64 {
     x.wrapping_mul(x)
@@ -18,7 +19,15 @@ fn main() {
     let rounds: usize = args.next().map_or(3, |a| a.parse().expect("ROUNDS"));
     let chunk = args.next();
     let each = chunk.as_deref() == Some("each");
-    let chunk: Option<usize> = chunk.filter(|_| !each).map(|a| a.parse().expect("CHUNK"));
+    let pod = chunk.as_deref() == Some("pod");
+    let chunk: Option<usize> = chunk
+        .filter(|_| !each && !pod)
+        .map(|a| a.parse().expect("CHUNK"));
+    let xs: Vec<u64> = if pod {
+        (0..items).collect()
+    } else {
+        Vec::new()
+    };
     let pool = corral::Pool::new(2).expect("pool");
     pool.map(square, 0..1000u64).expect("warm-up");
     let pids: Vec<u32> = pool.workers().iter().map(|w| w.pid).collect();
@@ -33,6 +42,7 @@ fn main() {
             continue;
         }
         let out = match chunk {
+            _ if pod => pool.map_pod(square, &xs),
             Some(c) => pool.map_chunked(square, 0..items, c),
             None => pool.map(square, 0..items),
         };
