@@ -1024,6 +1024,32 @@ fn a_map_of_numbers_runs_every_item_even_if_some_fail() {
     assert_eq!(pool.map(square, 0..10u64).unwrap()[9], 81);
 }
 
+fn hang_at_5(x: u64) -> u64 {
+    if x == 5 {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+    x
+}
+
+/// `map_pod` applies a task timeout per range: a range past it fails the
+/// call at once (the rest of it does not run again elsewhere, which could
+/// outlive the timeout many times over).
+#[test]
+fn a_map_pod_range_past_the_task_timeout_fails_the_call() {
+    let pool = Pool::builder()
+        .processes(2)
+        .task_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let xs: Vec<u64> = (0..40).collect();
+    let got = within(Duration::from_secs(30), move || {
+        let got = pool.map_pod(hang_at_5, &xs);
+        (got, pool.map_pod(hang_at_5, &xs[6..]))
+    });
+    assert_eq!(got.0, Err(TaskError::TimedOut(Duration::from_millis(300))));
+    assert_eq!(got.1.unwrap().len(), 34);
+}
+
 /// A pool's task timeout limits each item of a `map`, numbers too (which
 /// then are not run as `map_pod`'s ranges of many items).
 #[test]

@@ -1165,13 +1165,34 @@ impl<R: Data> MapSink<R> {
         }
     }
 
+    /// Waits for every item; each one's outcome, in order.
+    fn wait_each(&self, shared: &dyn engine::Engine) -> Vec<Result<R, TaskError>> {
+        let mut st = self.wait_ended(shared);
+        let mut errors = std::mem::take(&mut st.errors);
+        std::mem::take(&mut st.values)
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.ok_or_else(|| {
+                    let error = errors.remove(&(i as u32));
+                    error.expect("every item has an outcome")
+                })
+            })
+            .collect()
+    }
+
     fn wait(&self, shared: &dyn engine::Engine) -> Result<Vec<R>, TaskError> {
+        MapSink::collect(&mut self.wait_ended(shared))
+    }
+
+    /// Waits until every item has ended.
+    fn wait_ended(&self, shared: &dyn engine::Engine) -> MutexGuard<'_, MapState<R>> {
         shared.help_until(None, &mut || lock(&self.state).left == 0);
         let mut st = lock(&self.state);
         while st.left > 0 {
             st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
         }
-        MapSink::collect(&mut st)
+        st
     }
 }
 

@@ -23,10 +23,12 @@ impl Pool {
     /// `process_vm_writev` (one copy each way, made by the kernel in the
     /// worker; MPI's "cross memory attach"). The pool's supervision is the
     /// same, per range of items (a worker takes two ranges of its share): a
-    /// range whose worker dies, or runs past the task timeout, fails the
-    /// call with that error, and the items after the one it was running
-    /// run on another worker. Every item runs even if some panic, as in
-    /// [`map`](Pool::map); the error is the first failure in input order. The call returns only once every range has ended, and a
+    /// range whose worker dies fails the call with that error, and the
+    /// items after the one it was running run on another worker; a range
+    /// past the task timeout fails the call, the rest of it unrun (the
+    /// timeout applies to the range). Every item runs even if some panic,
+    /// as in [`map`](Pool::map); the error is the first failure in input
+    /// order. The call returns only once every range has ended, and a
     /// range ends only once its worker reported it or is dead: no worker
     /// writes into the vector after that.
     ///
@@ -89,6 +91,8 @@ impl Pool {
         // A worker died in a range: the items after the one it was running
         // run all the same, as `map`'s do (their results go with the
         // call's). Each round leaves out at least the item that failed it.
+        // (A range past the task timeout is not resumed: the call would
+        // outlive the timeout many times over.)
         let left = |rest: &[(u64, u64)]| rest.iter().map(|r| r.1).sum::<u64>();
         while !rest.is_empty() {
             let before = left(&rest);
@@ -102,8 +106,8 @@ impl Pool {
     }
 
     /// Runs `ranges` in place, or through shared memory where the kernel
-    /// refuses; on failure, the first range's error and the ranges' items
-    /// that never began (after the item a dying worker was running).
+    /// refuses; on failure, the first range's error and the items that
+    /// never began of the ranges whose worker died.
     fn pod_round<A: Pod + Send, R: Pod + Send>(
         &self,
         f: fn(A) -> R,
@@ -117,13 +121,11 @@ impl Pool {
             .and_then(|refused| {
                 self.pod_through_shared(f, items, results, &refused, progress.as_ref())
             });
-        let outcome = ran.map_err(|error| {
-            // (A closed pool runs nothing more.)
-            let rest = match (&error, &progress) {
-                (TaskError::PoolClosed | TaskError::Cancelled, _) | (_, None) => Vec::new(),
-                (_, Some(p)) => p.not_begun(ranges),
-            };
-            (error, rest)
+        let outcome = ran.map_err(|failed| {
+            let rest = progress
+                .as_ref()
+                .map_or_else(Vec::new, |p| p.not_begun(&failed.resume));
+            (failed.error, rest)
         });
         if let Some(p) = progress {
             self.shared.return_scratch(p.words);
@@ -143,7 +145,7 @@ impl Pool {
         results: &mut [R],
         ranges: &[(u64, u64)],
         progress: Option<&Progress>,
-    ) -> Result<Vec<(u64, u64)>, TaskError> {
+    ) -> Result<Vec<(u64, u64)>, PodFailed> {
         if CALLER_UNREACHABLE.load(Ordering::Relaxed) {
             return Ok(ranges.to_vec());
         }
@@ -158,9 +160,12 @@ impl Pool {
                 PodOutput::Caller { pid, addr: to },
             ))
         })?;
+        if ran.iter().any(Result::is_err) {
+            return Err(PodFailed::of(ranges, &ran));
+        }
         let mut refused = Vec::new();
         for (&range, ran) in ranges.iter().zip(&ran) {
-            if let PodRan::Refused(_errno) = ran {
+            if let Ok(PodRan::Refused(_errno)) = ran {
                 refused.push(range);
                 if CALLER_UNREACHABLE.swap(true, Ordering::Relaxed) {
                     continue;
@@ -186,7 +191,7 @@ impl Pool {
         results: &mut [R],
         ranges: &[(u64, u64)],
         progress: Option<&Progress>,
-    ) -> Result<(), TaskError> {
+    ) -> Result<(), PodFailed> {
         if ranges.is_empty() {
             return Ok(());
         }
@@ -194,12 +199,12 @@ impl Pool {
         let input = self
             .shared
             .scratch(in_bytes.len())
-            .map_err(in_shared_memory)?;
+            .map_err(|e| PodFailed::from(in_shared_memory(e)))?;
         let output = match self.shared.scratch(std::mem::size_of_val(results)) {
             Ok(output) => output,
             Err(e) => {
                 self.shared.return_scratch(input);
-                return Err(in_shared_memory(e));
+                return Err(in_shared_memory(e).into());
             }
         };
         let a = size_of::<A>();
@@ -211,7 +216,7 @@ impl Pool {
                 PodOutput::Shared(worker::RegionFd(output.dup_fd()?)),
             ))
         });
-        let done = matches!(&ran, Ok(ran) if ran.iter().all(|r| *r == PodRan::Done));
+        let done = matches!(&ran, Ok(ran) if ran.iter().all(|r| *r == Ok(PodRan::Done)));
         if done {
             copy_out(&output, results, ranges, self.processes());
         }
@@ -219,13 +224,14 @@ impl Pool {
         // has ended, so the scratch space is free again.
         self.shared.return_scratch(input);
         self.shared.return_scratch(output);
-        ran?;
+        let ran = ran?;
+        if ran.iter().any(Result::is_err) {
+            return Err(PodFailed::of(ranges, &ran));
+        }
         if !done {
             // Shared arrays are never refused: a worker that says so is
             // not one of ours.
-            return Err(TaskError::Codec(
-                "a worker refused map_pod's shared arrays".into(),
-            ));
+            return Err(TaskError::Codec("a worker refused map_pod's shared arrays".into()).into());
         }
         Ok(())
     }
@@ -234,15 +240,15 @@ impl Pool {
     /// before the range goes out) says where its items and results are: a
     /// worker's results for a range reach the others' sooner, and a
     /// failure fails only its range. What the workers said of each range,
-    /// in order, or the first range's error; either way only once every
-    /// range has ended.
+    /// in order, or why they could not all be sent; either way only once
+    /// every range has ended.
     fn pod_jobs<A: Pod + Send, R: Pod + Send>(
         &self,
         f: fn(A) -> R,
         ranges: &[(u64, u64)],
         progress: Option<&Progress>,
         mut sides: impl FnMut((u64, u64)) -> std::io::Result<(PodInput, PodOutput)>,
-    ) -> Result<Vec<PodRan>, TaskError> {
+    ) -> Result<Vec<Result<PodRan, TaskError>>, PodFailed> {
         let sink = Arc::new(MapSink::<PodRan>::new(ranges.len(), None));
         let dyn_sink: Arc<dyn Sink> = sink.clone();
         let (entry, func) = (worker::pod_entry_offset::<A, R>(), func_offset(f));
@@ -258,7 +264,8 @@ impl Pool {
                     let _ = sink.wait(&*self.shared);
                     return Err(TaskError::Codec(format!(
                         "sharing map_pod's arrays with the workers: {e}"
-                    )));
+                    ))
+                    .into());
                 }
             };
             let chunk = worker::PodChunk::<A, R> {
@@ -273,7 +280,7 @@ impl Pool {
             add_item(&mut job, index as u32, &chunk);
             self.shared.submit(vec![job.build()]);
         }
-        sink.wait(&*self.shared)
+        Ok(sink.wait_each(&*self.shared))
     }
 }
 
@@ -348,6 +355,47 @@ const NUMBERS: [TypeId; 12] = [
     TypeId::of::<f64>(),
 ];
 
+/// Why a round of `map_pod` failed: the first failing range's error, in
+/// input order, and the ranges whose worker died (or was refused the
+/// caller's memory), whose items that never began still run.
+struct PodFailed {
+    error: TaskError,
+    resume: Vec<(u64, u64)>,
+}
+
+impl PodFailed {
+    /// The failure of `ranges` that ended as `ran` (one of them an error).
+    fn of(ranges: &[(u64, u64)], ran: &[Result<PodRan, TaskError>]) -> PodFailed {
+        let error = ran
+            .iter()
+            .find_map(|r| r.as_ref().err())
+            .expect("a range failed")
+            .clone();
+        let resume = ranges
+            .iter()
+            .zip(ran)
+            .filter(|(_, ran)| {
+                matches!(
+                    ran,
+                    Ok(PodRan::Refused(_))
+                        | Err(TaskError::WorkerLost(_) | TaskError::MemoryExceeded(_))
+                )
+            })
+            .map(|(&range, _)| range)
+            .collect();
+        PodFailed { error, resume }
+    }
+}
+
+impl From<TaskError> for PodFailed {
+    fn from(error: TaskError) -> PodFailed {
+        PodFailed {
+            error,
+            resume: Vec::new(),
+        }
+    }
+}
+
 /// Where the workers of one round of `map_pod` count the items of each
 /// range they have begun (one word a range, in shared memory): after a
 /// worker dies, the items after the one it was running still run.
@@ -377,13 +425,13 @@ impl Progress {
         Ok((worker::RegionFd(self.words.dup_fd()?), index as u32))
     }
 
-    /// The part of each range whose items never began (read once every
-    /// range has ended).
+    /// The part of each of `ranges` (of this round) whose items never
+    /// began (read once every range has ended).
     fn not_begun(&self, ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
         ranges
             .iter()
-            .enumerate()
-            .filter_map(|(i, &(start, len))| {
+            .filter_map(|&(start, len)| {
+                let i = self.starts.binary_search(&start).expect("a range's start");
                 let begun = self.words.word_at(8 * i).load(Ordering::Relaxed).min(len);
                 (begun < len).then(|| (start + begun, len - begun))
             })
