@@ -1024,6 +1024,31 @@ fn a_map_of_numbers_runs_every_item_even_if_some_fail() {
     assert_eq!(pool.map(square, 0..10u64).unwrap()[9], 81);
 }
 
+macro_rules! doubles {
+    ($($name:ident: $t:ty),*) => {$(
+        fn $name(x: $t) -> $t {
+            x + x
+        }
+    )*};
+}
+doubles!(d_u8: u8, d_u16: u16, d_u32: u32, d_u64: u64, d_usize: usize, d_i8: i8, d_i16: i16,
+    d_i32: i32, d_i64: i64, d_isize: isize, d_f32: f32, d_f64: f64);
+
+/// Every primitive type `map` hands to `map_pod` comes back whole.
+#[test]
+fn a_map_of_each_primitive_type_gives_its_results() {
+    let pool = Pool::new(2).unwrap();
+    macro_rules! check {
+        ($($name:ident: $t:ty),*) => {$(
+            let items: Vec<$t> = (0..50u8).map(|i| i as $t).collect();
+            let want: Vec<$t> = items.iter().map(|&x| $name(x)).collect();
+            assert_eq!(pool.map($name, items).unwrap(), want, stringify!($t));
+        )*};
+    }
+    check!(d_u8: u8, d_u16: u16, d_u32: u32, d_u64: u64, d_usize: usize, d_i8: i8, d_i16: i16,
+        d_i32: i32, d_i64: i64, d_isize: isize, d_f32: f32, d_f64: f64);
+}
+
 fn hang_at_5(x: u64) -> u64 {
     if x == 5 {
         std::thread::sleep(Duration::from_secs(60));

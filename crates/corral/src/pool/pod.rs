@@ -287,9 +287,10 @@ impl Pool {
 impl Pool {
     /// `map` of plain numbers (`fn(T) -> T` for a primitive `T`) through
     /// [`map_pod`](Pool::map_pod)'s path, as joblib memory-maps large
-    /// arrays on its own: `None` where `map` must encode each item (other
-    /// types; a pool whose items have a time limit or a task count per
-    /// worker, which `map_pod` would apply per range; a cluster pool).
+    /// arrays on its own. The items back (`Err`) where `map` must encode
+    /// each one: other types; a pool whose items have a time limit or a
+    /// task count per worker, which `map_pod` would apply per range; a
+    /// cluster pool.
     pub(super) fn map_numbers<A: Data, R: Data, I: IntoIterator<Item = A>>(
         &self,
         f: fn(A) -> R,
