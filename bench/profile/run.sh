@@ -8,7 +8,9 @@
 # function.
 #
 #   bench/profile/run.sh [ITEMS] [ROUNDS] [CHUNK]    (100000, 30, automatic)
-#   (CHUNK `each`: submit every item as its own task, then join them all)
+#   (CHUNK `each`: submit every item as its own task, then join them all;
+#   `encoded`: map `(u64,)` items, encoded one by one, the path of every
+#   type but plain numbers, which take `map_pod`'s)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v perf >/dev/null || {

@@ -6,10 +6,16 @@
 //! `map-profile [ITEMS] [ROUNDS] [CHUNK]`: defaults 100000, 3, automatic.
 //! CHUNK `each` submits every item as its own task and then joins them all
 //! (the benchmark's submit-each figure) instead of mapping; `pod` maps a
-//! vector of the items with `map_pod`.
+//! vector of the items with `map_pod`; `encoded` maps them as `(u64,)`,
+//! which `map` encodes item by item (a `map` of plain `u64` takes
+//! `map_pod`'s path).
 
 fn square(x: u64) -> u64 {
     x.wrapping_mul(x)
+}
+
+fn square_tuple((x,): (u64,)) -> (u64,) {
+    (x.wrapping_mul(x),)
 }
 
 fn main() {
@@ -20,8 +26,9 @@ fn main() {
     let chunk = args.next();
     let each = chunk.as_deref() == Some("each");
     let pod = chunk.as_deref() == Some("pod");
+    let encoded = chunk.as_deref() == Some("encoded");
     let chunk: Option<usize> = chunk
-        .filter(|_| !each && !pod)
+        .filter(|_| !each && !pod && !encoded)
         .map(|a| a.parse().expect("CHUNK"));
     let xs: Vec<u64> = if pod {
         (0..items).collect()
@@ -39,6 +46,11 @@ fn main() {
             for task in tasks {
                 task.join().expect("task");
             }
+            continue;
+        }
+        if encoded {
+            let out = pool.map(square_tuple, (0..items).map(|x| (x,)));
+            assert_eq!(out.expect("map").len() as u64, items);
             continue;
         }
         let out = match chunk {
