@@ -240,14 +240,18 @@ def issue14_section(runs, hog, py, w):
     w(f"| plain-data `map` ≥ 20 % of rayon | {100 * mp10 / ry10:.0f} % | {verdict(mp10 >= 0.2 * ry10)} |")
     w(f"| forkserver spawn+join ≤ 1.5× raw `fork`+`waitpid` | {sj / raw:.2f}× | {verdict(sj <= 1.5 * raw)} |")
     if hog:
-        falls = []
+        # The rule is about corral's figures; an anchor's fall (CPython's,
+        # a raw loop's) is shown beside it but is not corral's to hold.
+        falls = {True: [], False: []}
         for name, (hv, unit) in hog.items():
             mv = g(name)
             if unit == "%" or not hv or not mv:
                 continue
-            falls.append(hv / mv if unit in LOWER_IS_BETTER else mv / hv)
-        bad = sum(f > 3 for f in falls)
-        w(f"| no figure falls by more than 3× under a CPU hog | {bad} of {len(falls)} do | {verdict(bad == 0)} |")
+            falls["corral" in name].append(hv / mv if unit in LOWER_IS_BETTER else mv / hv)
+        bad = sum(f > 3 for f in falls[True])
+        anchors = sum(f > 3 for f in falls[False])
+        w(f"| no corral figure falls by more than 3× under a CPU hog | {bad} of {len(falls[True])} do "
+          f"(anchors, not counted: {anchors} of {len(falls[False])}) | {verdict(bad == 0)} |")
     w("")
     w("Batches and outcomes cross in shared-memory rings, so a round trip makes no system call while both "
       "sides are busy. What bounds the misses (`bench/README.md` has the profiles and the builds compared): "
@@ -263,13 +267,18 @@ def issue14_section(runs, hog, py, w):
       "page faults), calls `f` through a pointer where rayon inlines it, and is slow for a call whose "
       "fresh vector's huge pages are new to this VM (70–130 M/s calls among 330–400 M/s ones); "
       "spawn+join pays making and tearing down a process (a raw `fork`+`_exit`+`waitpid` "
-      "alone is 150–300 µs here, measured in a small helper process) and a page fault for each page of "
-      "code a child runs (a fork copies no page tables for code: 36–41 faults a child, against 7–8 for "
-      "the raw child), and a start that comes after an idle "
+      "alone is 110–300 µs here, measured in a small helper process) and, back to back, the fork server "
+      "and its child share one CPU while the parent watches for the answer on the other: the child runs "
+      "only once the server has answered and gone back to sleep (50–75 µs after the fork, most of it the "
+      "server's copy-on-write faults), then takes a page fault for each page of code it runs (a fork "
+      "copies no page tables for code: about 25 faults more than the raw child's 7, 2–3 µs each here); "
+      "a start that comes after an idle "
       "moment takes the fork server's spare child instead. The round trips (`apply`, the queue's) are "
       "bimodal on this machine: in the slow mode the threads of a hand-off share one CPU. Under the hog, the queue's falls are those of any hand-off between two "
-      "processes that lose the second CPU, and the Python round trip is bimodal: a worker watching for its "
-      "next batch can hold the one CPU its runnable caller needs (scheduler trace in `bench/README.md`).")
+      "processes that lose the second CPU, and the Python round trip's caller, pool thread and worker "
+      "share the one CPU left: a round trip costs their CPU time in series (35–45 µs, against 7–10 µs "
+      "spread over two CPUs), with a 130 µs tail when a watch holds the CPU its peer waits for "
+      "(scheduler traces in `bench/README.md`).")
     w("")
 
 
