@@ -1010,6 +1010,13 @@ fn a_map_of_numbers_runs_every_item_even_if_some_fail() {
                 .contains("parity.rs"),
             "{panic:?}"
         );
+        // The first panic's backtrace, resolved when it is reported (the
+        // later panics' are dropped unresolved).
+        assert!(
+            panic.backtrace.contains("mark_then_fail"),
+            "map_pod: {pod}: {}",
+            panic.backtrace
+        );
         assert_eq!(ran, 40, "map_pod: {pod}");
         // Two items abort their workers (in one range when they are 4
         // ranges of 7): the items after each still run.

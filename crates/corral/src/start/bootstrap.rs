@@ -4,6 +4,7 @@
 //! byte followed by the encoded value, panic, refusal or codec error. A child
 //! that dies before writing a whole frame is reported through its exit status.
 
+use std::backtrace::Backtrace;
 use std::cell::{Cell, RefCell};
 use std::ffi::OsStr;
 use std::io::Write;
@@ -168,7 +169,7 @@ type AbortReport = Box<dyn Fn(&RemotePanic)>;
 
 thread_local! {
     static CAPTURING: Cell<bool> = const { Cell::new(false) };
-    static LAST_PANIC: RefCell<Option<(Option<String>, String)>> = const { RefCell::new(None) };
+    static LAST_PANIC: RefCell<Option<PanicPlace>> = const { RefCell::new(None) };
     /// This thread's report for an aborting panic (a pool worker's: a
     /// record for the running item); without one, the child's outcome.
     static ABORT_REPORT: RefCell<Option<AbortReport>> = const { RefCell::new(None) };
@@ -203,7 +204,10 @@ pub(crate) fn install_panic_hook() {
                 return previous(info);
             }
             let location = info.location().map(|l| l.to_string());
-            let backtrace = std::backtrace::Backtrace::force_capture().to_string();
+            // Symbols are looked up only when the report is written (the
+            // costly part, about 50 µs a panic here): a `map_pod` range that goes
+            // on after a panic keeps only its first.
+            let backtrace = Backtrace::force_capture();
             if cfg!(panic = "abort") {
                 // No unwinding will bring the report back to the caller:
                 // say it now, on stderr and to the parent.
@@ -211,7 +215,7 @@ pub(crate) fn install_panic_hook() {
                 let report = RemotePanic {
                     message: info.payload_as_str().unwrap_or("Box<dyn Any>").to_owned(),
                     location,
-                    backtrace,
+                    backtrace: backtrace.to_string(),
                     pid: sys::getpid() as u32,
                     exit_status: None,
                 };
@@ -273,9 +277,10 @@ pub(crate) fn catch_panic_hooked<R>(body: impl FnOnce() -> R) -> Result<R, Remot
         } else {
             "Box<dyn Any>".to_owned()
         };
-        let (location, backtrace) = LAST_PANIC
-            .with(|p| p.borrow_mut().take())
-            .unwrap_or((None, String::new()));
+        let (location, backtrace) = match LAST_PANIC.with(|p| p.borrow_mut().take()) {
+            Some((location, backtrace)) => (location, backtrace.to_string()),
+            None => (None, String::new()),
+        };
         // The payload may itself panic on drop; keep it out of the report.
         std::mem::forget(payload);
         RemotePanic {
@@ -295,8 +300,9 @@ pub(crate) fn catch_panic_hooked<R>(body: impl FnOnce() -> R) -> Result<R, Remot
 #[derive(Default)]
 pub(crate) struct FirstPanic(Option<(Box<dyn std::any::Any + Send>, Option<PanicPlace>)>);
 
-/// Where a panic happened (its location) and its backtrace.
-type PanicPlace = (Option<String>, String);
+/// Where a panic happened (its location) and its backtrace, captured but
+/// not yet resolved to symbols.
+type PanicPlace = (Option<String>, Backtrace);
 
 impl FirstPanic {
     /// Runs one item; `None` if it panicked.
