@@ -1041,6 +1041,28 @@ macro_rules! doubles {
 doubles!(d_u8: u8, d_u16: u16, d_u32: u32, d_u64: u64, d_usize: usize, d_i8: i8, d_i16: i16,
     d_i32: i32, d_i64: i64, d_isize: isize, d_f32: f32, d_f64: f64);
 
+/// A pool keeps the item vector of a `map` of numbers for the next: a
+/// shorter map after a longer one gives only its own results, and a map of
+/// another type in between takes nothing from it.
+#[test]
+fn maps_of_numbers_in_a_row_give_each_its_own_results() {
+    let pool = Pool::new(2).unwrap();
+    let long = pool.map(square, 0..1000u64).unwrap();
+    assert_eq!((long.len(), long[999]), (1000, 999 * 999));
+    assert_eq!(pool.map(square, 5..8u64).unwrap(), vec![25, 36, 49]);
+    assert_eq!(pool.map(d_i32, [1i32, 2]).unwrap(), vec![2, 4]);
+    assert_eq!(pool.map(square, [3u64]).unwrap(), vec![9]);
+    assert!(
+        pool.map(square, std::iter::empty::<u64>())
+            .unwrap()
+            .is_empty()
+    );
+    // Beyond what a pool keeps (4 MiB): the same results.
+    let big = pool.map(square, 0..1_000_000u64).unwrap();
+    assert_eq!((big.len(), big[999_999]), (1_000_000, 999_999 * 999_999));
+    assert_eq!(pool.map(square, 7..9u64).unwrap(), vec![49, 64]);
+}
+
 /// Every primitive type `map` hands to `map_pod` comes back whole.
 #[test]
 fn a_map_of_each_primitive_type_gives_its_results() {
