@@ -703,6 +703,26 @@ fn idle_workers_leave_and_come_back_for_work() {
     assert_eq!((stats.workers_replaced, stats.failed), (0, 0), "{stats:?}");
 }
 
+/// A task that outlasts the caller's watch is read by the caller itself,
+/// asleep on the pool's bell, not by the dispatcher thread: the idle limit
+/// must still start then.
+#[test]
+fn a_worker_idle_after_a_task_the_caller_read_leaves_in_time() {
+    let pool = Pool::builder()
+        .processes(1)
+        .idle_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    assert_eq!(pool.apply(nap, 20), Ok(20));
+    assert!(
+        fx::wait_for(Duration::from_secs(10), || pool.stats().workers == 0),
+        "{:?}",
+        pool.stats()
+    );
+    assert_eq!(pool.apply(nap, 20), Ok(20));
+    assert_eq!(pool.stats().workers_retired, 1, "{:?}", pool.stats());
+}
+
 #[test]
 fn a_live_pool_grows_and_shrinks_without_failing_a_task() {
     let pool = Arc::new(Pool::new(1).unwrap());

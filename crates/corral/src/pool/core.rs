@@ -16,6 +16,7 @@ use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Wake, Waker};
 use std::time::{Duration, Instant};
 
 use smallvec::{SmallVec, smallvec};
@@ -584,6 +585,10 @@ pub(super) struct Core {
     /// (`None`: only when woken). A thread that hands out a timed batch
     /// wakes it unless it looks in time to see that batch's deadline.
     dispatcher_wake: Option<Instant>,
+    /// A worker went idle (read by a thread other than the dispatcher)
+    /// with an idle limit the dispatcher does not know of yet: it must be
+    /// woken to plan for it.
+    idle_news: bool,
 }
 
 impl Core {
@@ -613,8 +618,9 @@ pub(super) struct Shared {
     changed: Condvar,
     /// Wakes the dispatcher thread.
     wake: OwnedFd,
-    /// The region shared with every worker ([`worker::PoolHead`]).
-    region: SharedRegion,
+    /// The region shared with every worker ([`worker::PoolHead`]); also
+    /// held by the wakers of threads asleep on its bell.
+    region: Arc<SharedRegion>,
     pub(super) config: Config,
     /// Where done callbacks run.
     pub(super) callbacks: Callbacks,
@@ -626,6 +632,50 @@ pub(super) struct Shared {
     /// Jobs submitted while another thread held `core`: queued by the next
     /// thread to take it ([`Shared::lock`]).
     inbox: Inbox<Job>,
+}
+
+/// A thread watching the rings ([`worker::PoolHead::watching`]): ends
+/// the watch when dropped, also by a panic (a watch that never ended would
+/// silence the workers for good).
+struct Watch<'a>(&'a Shared);
+
+impl<'a> Watch<'a> {
+    fn start(shared: &'a Shared) -> Watch<'a> {
+        shared.watching().fetch_add(1, Ordering::SeqCst);
+        Watch(shared)
+    }
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        self.0.stop_watching();
+    }
+}
+
+/// The bell, claimed by the thread asleep on it: given back when dropped
+/// (before that thread's [`Watch`] ends), also by a panic.
+struct BellClaim<'a>(&'a worker::PoolHead);
+
+impl Drop for BellClaim<'_> {
+    fn drop(&mut self) {
+        ring::release_bell::<SharedRegion>(&self.0.sleeper);
+    }
+}
+
+/// A waker that rings a pool's bell: for the thread asleep on it, whose
+/// task may end by a way that does not ring it (a frame, a death, a
+/// timeout). It holds the pool's region, not the pool, so a waker left in a
+/// task keeps no pool alive.
+struct Bell(Arc<SharedRegion>);
+
+impl Wake for Bell {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.layout::<worker::PoolHead>().ring();
+    }
 }
 
 fn now_ns() -> u64 {
@@ -657,10 +707,11 @@ impl Shared {
                 spare_fds: Vec::new(),
                 dispatcher_gone: false,
                 dispatcher_wake: None,
+                idle_news: false,
             }),
             changed: Condvar::new(),
             wake,
-            region,
+            region: Arc::new(region),
             config,
             callbacks: Callbacks::default(),
             chunk_hints: Mutex::new(std::collections::HashMap::new()),
@@ -832,7 +883,7 @@ impl Shared {
         }
         let spin = Instant::now() + SPIN;
         let until = deadline.map_or(spin, |d| d.min(spin));
-        self.watching().fetch_add(1, Ordering::SeqCst);
+        let watch = Watch::start(self);
         let done = loop {
             if ready() {
                 break true;
@@ -845,8 +896,61 @@ impl Shared {
             }
             std::hint::spin_loop();
         };
-        self.stop_watching();
+        drop(watch);
         done || ready()
+    }
+
+    /// Sleeps on the pool's bell until `ready` holds or `deadline` passes
+    /// (see [`worker::PoolHead::sleeper`]); `None` if another thread
+    /// sleeps on it. The sleeper counts as watching, so workers publish
+    /// without a word to the dispatcher and ring the bell instead; woken,
+    /// the sleeper reads what they published. An outcome that comes
+    /// another way (a frame, a death, a timeout) reaches it through the
+    /// waker `register` hands on, which rings the bell too.
+    pub(super) fn sleep_on_bell(
+        &self,
+        deadline: Option<Instant>,
+        ready: &mut dyn FnMut() -> bool,
+        register: &mut dyn FnMut(&Waker) -> bool,
+    ) -> Option<bool> {
+        let head = self.region.layout::<worker::PoolHead>();
+        let watch = Watch::start(self);
+        if !ring::claim_bell(&*self.region, &head.sleeper, crate::spin::cpu_mark()) {
+            return None;
+        }
+        let claim = BellClaim(head);
+        let waker = Waker::from(Arc::new(Bell(self.region.clone())));
+        let done = register(&waker) || self.sleep_rung(head, deadline, ready);
+        drop((claim, watch));
+        Some(done || ready())
+    }
+
+    /// The bell sleeper's loop: reads what workers published, then sleeps
+    /// until the bell rings (or the value read before reading has changed).
+    fn sleep_rung(
+        &self,
+        head: &worker::PoolHead,
+        deadline: Option<Instant>,
+        ready: &mut dyn FnMut() -> bool,
+    ) -> bool {
+        loop {
+            let rung = head.bell.load(Ordering::SeqCst);
+            self.pump(&mut self.lock());
+            if ready() {
+                return true;
+            }
+            let left = match deadline {
+                None => None,
+                Some(d) => match d.saturating_duration_since(Instant::now()) {
+                    left if left.is_zero() => return false,
+                    left => Some(left),
+                },
+            };
+            // Where it sleeps, for a worker deciding how long to watch.
+            head.sleeper
+                .store(crate::spin::cpu_mark(), Ordering::Relaxed);
+            sys::futex_wait(&head.bell, rung, left);
+        }
     }
 
     fn watching(&self) -> &std::sync::atomic::AtomicU64 {
@@ -856,7 +960,7 @@ impl Shared {
     /// Ends a watch; the last watcher out reads what workers published
     /// without announcing it (they saw it watching).
     fn stop_watching(&self) {
-        if ring::leave_watch(&self.region, self.watching()) {
+        if ring::leave_watch(&*self.region, self.watching()) {
             self.pump(&mut self.lock());
         }
     }
@@ -874,7 +978,7 @@ impl Shared {
         // batch handed to an idle worker here (by a thread helping, not the
         // dispatcher) must reach the dispatcher, which sleeps until the
         // next deadline it knows.
-        if progress && self.dispatch(core) {
+        if progress && (self.dispatch(core) | std::mem::take(&mut core.idle_news)) {
             self.wake_dispatcher();
         }
     }
@@ -998,7 +1102,13 @@ impl Shared {
             }
         }
         if ended && w.inflight.is_empty() {
-            w.idle_since = Some(Instant::now());
+            let now = Instant::now();
+            w.idle_since = Some(now);
+            // A leaving worker is done: whichever thread read its last
+            // outcome tells it, not only the dispatcher.
+            w.apply(Event::Drained, now);
+            let idle_end = self.config.idle_timeout.and_then(|l| time::after(now, l));
+            core.idle_news |= idle_end.is_some_and(|t| core.dispatcher_wake.is_none_or(|d| d > t));
         }
         true
     }
@@ -1466,6 +1576,7 @@ impl Shared {
     /// One round of the dispatcher: results, deaths, timeouts, replacements,
     /// work.
     fn service(&self, core: &mut Core, dead: &[u64]) {
+        core.idle_news = false;
         for i in 0..core.workers.len() {
             self.read_worker(core, i, true);
         }
@@ -1497,9 +1608,11 @@ impl Shared {
         if let Some(t) = core.retry_spawn {
             at(t);
         }
-        if matches!(core.phase, Phase::Stopping | Phase::Terminated) && !core.workers.is_empty() {
+        let open = !matches!(core.phase, Phase::Stopping | Phase::Terminated);
+        if !open && !core.workers.is_empty() {
             at(now + Duration::from_millis(50));
         }
+        let pending_items = core.pending_items;
         for w in &mut core.workers {
             if let Some(t) = w.life.next_tick() {
                 at(t);
@@ -1519,9 +1632,12 @@ impl Shared {
                     }
                 }
             }
+            // As `retire_workers` retires idle workers: a deadline it
+            // would not act on would wake the dispatcher again at once.
             if let Some(t) = self
                 .config
                 .idle_timeout
+                .filter(|_| open && pending_items == 0 && matches!(w.life, Life::Ready))
                 .zip(w.idle_since)
                 .and_then(|(limit, since)| time::after(since, limit))
             {

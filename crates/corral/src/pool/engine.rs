@@ -27,6 +27,19 @@ pub(crate) trait Engine: Send + Sync + std::fmt::Debug {
     /// Works (or spins) briefly until `ready` holds or `deadline` passes;
     /// whether it holds. The caller parks afterwards if it must.
     fn help_until(&self, deadline: Option<Instant>, ready: &mut dyn FnMut() -> bool) -> bool;
+    /// After `help_until`: sleeps until `ready` holds or `deadline` passes,
+    /// woken by the workers themselves; whether it holds. `register` hands
+    /// a waker to what `ready` watches (true if it holds already), for
+    /// outcomes that come another way. `None` if this engine has no such
+    /// sleep or another thread sleeps so now: the caller parks instead.
+    fn sleep_until(
+        &self,
+        _deadline: Option<Instant>,
+        _ready: &mut dyn FnMut() -> bool,
+        _register: &mut dyn FnMut(&std::task::Waker) -> bool,
+    ) -> Option<bool> {
+        None
+    }
     /// Where done callbacks run.
     fn callbacks(&self) -> &Callbacks;
     /// How many tasks run at once (the number of worker processes).
@@ -70,6 +83,15 @@ impl Engine for Shared {
 
     fn help_until(&self, deadline: Option<Instant>, ready: &mut dyn FnMut() -> bool) -> bool {
         Shared::help_until(self, deadline, ready)
+    }
+
+    fn sleep_until(
+        &self,
+        deadline: Option<Instant>,
+        ready: &mut dyn FnMut() -> bool,
+        register: &mut dyn FnMut(&std::task::Waker) -> bool,
+    ) -> Option<bool> {
+        Shared::sleep_on_bell(self, deadline, ready, register)
     }
 
     fn callbacks(&self) -> &Callbacks {

@@ -1116,6 +1116,9 @@ struct MapState<R> {
     values: Vec<Option<R>>,
     errors: std::collections::BTreeMap<u32, TaskError>,
     left: usize,
+    /// Woken when the last item ends (the waiting thread, asleep on the
+    /// pool's bell).
+    waker: Option<std::task::Waker>,
 }
 
 /// The outcomes of one `map` call.
@@ -1135,6 +1138,7 @@ impl<R: Data> MapSink<R> {
                 values: (0..n).map(|_| None).collect(),
                 errors: std::collections::BTreeMap::new(),
                 left: n,
+                waker: None,
             }),
             done: Condvar::new(),
             cancelled: AtomicBool::new(false),
@@ -1145,6 +1149,9 @@ impl<R: Data> MapSink<R> {
     /// Every item has ended: wakes `map`, or completes `map_async`'s task.
     fn finished(&self, st: &mut MapState<R>) {
         self.done.notify_all();
+        if let Some(waker) = st.waker.take() {
+            waker.wake();
+        }
         if let Some(task) = &self.task {
             task.complete(MapSink::collect(st));
         }
@@ -1194,7 +1201,14 @@ impl<R: Data> MapSink<R> {
 
     /// Waits until every item has ended.
     fn wait_ended(&self, shared: &dyn engine::Engine) -> MutexGuard<'_, MapState<R>> {
-        shared.help_until(None, &mut || lock(&self.state).left == 0);
+        let ended = &mut || lock(&self.state).left == 0;
+        if !shared.help_until(None, ended) {
+            shared.sleep_until(None, ended, &mut |waker| {
+                let mut st = lock(&self.state);
+                st.waker = Some(waker.clone());
+                st.left == 0
+            });
+        }
         let mut st = lock(&self.state);
         while st.left > 0 {
             st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());

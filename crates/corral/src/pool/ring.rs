@@ -13,9 +13,10 @@
 //! A side with nothing to do sleeps elsewhere (a worker in its socket, the
 //! supervisor in `poll`), so each direction pairs a publication with a
 //! "who must be woken" word, as a Dekker pair: [`must_sleep`] and
-//! [`must_wake`] for a reader that sleeps, [`unwatched`] and
-//! [`leave_watch`] for readers that watch. The tests model-check the ring
-//! and both pairs with loom.
+//! [`must_wake`] for a reader that sleeps, [`owed`] and [`leave_watch`] for
+//! readers that watch, [`owed`] and [`claim_bell`] for the watcher that
+//! sleeps on the pool's bell. The tests model-check the ring and the pairs
+//! with loom.
 //!
 //! A worker has two rings: its results ring (entries, see
 //! [`super::results`]) and its task ring (batches, see [`super::worker`]).
@@ -197,17 +198,70 @@ pub(super) fn must_wake<M: RingMemory>(mem: &M, asleep: &M::Word) -> bool {
         .is_ok()
 }
 
-/// A writer that has just published: true if no reader watches the ring
-/// (it must then wake one). Paired with [`leave_watch`].
-pub(super) fn unwatched<M: RingMemory>(mem: &M, watching: &M::Word) -> bool {
+/// What a writer that has just published owes the readers of its rings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Owed {
+    /// A watcher is running: it reads the publication unasked.
+    Nothing,
+    /// A watcher sleeps on the bell ([`claim_bell`]): ring it.
+    Ring,
+    /// Nobody watches: announce the publication (on the socket).
+    Announce,
+}
+
+/// A writer that has just published, running on the CPU `here` names (a
+/// [`crate::spin::cpu_mark`], asked for only if a watcher sleeps): whom it
+/// must tell. Paired with
+/// [`leave_watch`] (no watcher: announced) and [`claim_bell`] (a sleeping
+/// watcher: rung, unless it sleeps on this very CPU: then it is announced,
+/// and whoever reads the announcement wakes the sleeper from another CPU).
+pub(super) fn owed<M: RingMemory>(
+    mem: &M,
+    watching: &M::Word,
+    sleeper: &M::Word,
+    here: impl FnOnce() -> u64,
+) -> Owed {
     mem.fence();
-    watching.load(Ordering::Relaxed) == 0
+    let sleeper = sleeper.load(Ordering::Relaxed);
+    if sleeper != 0 {
+        if sleeper == here() {
+            Owed::Announce
+        } else {
+            Owed::Ring
+        }
+    } else if watching.load(Ordering::Relaxed) == 0 {
+        Owed::Announce
+    } else {
+        Owed::Nothing
+    }
+}
+
+/// A watcher that found nothing claims the bell, to sleep on it while it
+/// still counts as watching, leaving `mark` (non-zero) in the `sleeper`
+/// word; true if it is now the one sleeper. It must then look once more
+/// before it sleeps: either that look sees a publication, or the
+/// publication's [`owed`] sees the sleeper (and rings).
+pub(super) fn claim_bell<M: RingMemory>(mem: &M, sleeper: &M::Word, mark: u64) -> bool {
+    debug_assert_ne!(mark, 0);
+    let claimed = sleeper
+        .compare_exchange(0, mark, Ordering::SeqCst, Ordering::Relaxed)
+        .is_ok();
+    if claimed {
+        mem.fence();
+    }
+    claimed
+}
+
+/// The sleeper gives the bell back (before it stops watching, so that
+/// what writers then publish unrung is read by the last watcher out).
+pub(super) fn release_bell<M: RingMemory>(sleeper: &M::Word) {
+    sleeper.store(0, Ordering::SeqCst);
 }
 
 /// A watcher leaves; true if it was the last, which must then read once
 /// more: what was published while writers saw it watching was announced
-/// to nobody. Either that read sees the publication, or [`unwatched`] sees
-/// no watcher.
+/// to nobody. Either that read sees the publication, or [`owed`] sees no
+/// watcher.
 pub(super) fn leave_watch<M: RingMemory>(mem: &M, watching: &M::Word) -> bool {
     let last = watching.fetch_add(u64::MAX, Ordering::SeqCst) == 1;
     if last {
@@ -240,8 +294,8 @@ mod tests {
         }
     }
 
-    /// Control words: tail, head, asleep, watching; then the ring.
-    const DATA: usize = 32;
+    /// Control words: tail, head, asleep, watching, sleeper; then the ring.
+    const DATA: usize = 40;
     /// Small enough that the writes below wrap and wait for room.
     const CAP: usize = 32;
 
@@ -350,7 +404,7 @@ mod tests {
                 let mem = mem.clone();
                 loom::thread::spawn(move || {
                     assert!(Writer::new(ring(&mem)).push(&[7; 8], 0));
-                    unwatched(&mem, mem.w64(24))
+                    owed(&mem, mem.w64(24), mem.w64(32), || 2) == Owed::Announce
                 })
             };
             let mut out = Vec::new();
@@ -360,6 +414,55 @@ mod tests {
             }
             let announced = writer.join().unwrap();
             assert!(announced || out == [7; 8], "neither read nor announced");
+        });
+    }
+
+    /// A watcher that gives up watching and sleeps on the bell while a
+    /// writer publishes is always woken: by the bell, or (announced) by the
+    /// thread that reads the announcement and completes its task. A lost
+    /// wake-up leaves it asleep, and loom reports the deadlock.
+    #[test]
+    fn a_watcher_asleep_on_the_bell_is_always_woken() {
+        // The writer on another CPU than the sleeper's (mark 1) rings; on
+        // the same one it announces, and the reader of the announcement
+        // completes the sleeper's task, whose waker rings.
+        for here in [1, 2] {
+            a_watcher_asleep_on_the_bell_is_woken_from(here);
+        }
+    }
+
+    fn a_watcher_asleep_on_the_bell_is_woken_from(here: u64) {
+        bounded(3).check(move || {
+            let mem = Model::new(DATA, CAP);
+            mem.w64(24).store(1, Ordering::Relaxed);
+            let bell = Arc::new(Doorbell::default());
+            let writer = {
+                let (mem, bell) = (mem.clone(), bell.clone());
+                loom::thread::spawn(move || {
+                    assert!(Writer::new(ring(&mem)).push(&[7; 8], 0));
+                    if owed(&mem, mem.w64(24), mem.w64(32), || here) != Owed::Nothing {
+                        bell.ring();
+                    }
+                })
+            };
+            let mut out = Vec::new();
+            drain(ring(&mem), &mut out).expect("sane positions");
+            if out.is_empty() {
+                assert!(claim_bell(&mem, mem.w64(32), 1), "the only sleeper");
+                loop {
+                    drain(ring(&mem), &mut out).expect("sane positions");
+                    if !out.is_empty() {
+                        break;
+                    }
+                    bell.sleep();
+                }
+                release_bell::<Arc<Model>>(mem.w64(32));
+            }
+            if leave_watch(&mem, mem.w64(24)) {
+                drain(ring(&mem), &mut out).expect("sane positions");
+            }
+            writer.join().unwrap();
+            assert_eq!(out, [7; 8]);
         });
     }
 

@@ -417,6 +417,14 @@ impl<R: Data> Task<R> {
         {
             return true;
         }
+        if let Some(done) =
+            self.shared
+                .sleep_until(deadline, &mut || self.slot.is_done(), &mut |waker| {
+                    self.slot.register(waker)
+                })
+        {
+            return done;
+        }
         let waker = thread_waker();
         loop {
             if self.slot.register(&waker) {
