@@ -293,7 +293,8 @@ def pool_section(g, py, w):
     w("")
     w("Every pool has 2 worker processes; Python pools use the `fork` start method (3.11's default), corral its "
       "fork server. Round trips are medians; throughputs are medians of whole runs. A task is `x -> x` or "
-      "`x -> x*x` on a 64-bit integer.")
+      "`x -> x*x` on a 64-bit integer, or a 1 ms sleep that returns when it ended (`CLOCK_MONOTONIC`), so "
+      "that the time from its end to the caller's return is measured across processes.")
     w("")
     w("| figure | corral | CPython `Pool` | CPython `ProcessPoolExecutor` | pebble | loky | procspawn pool | best Python / corral |")
     w("|---|---|---|---|---|---|---|---|")
@@ -313,6 +314,9 @@ def pool_section(g, py, w):
     row("`apply` / `submit().result()` round trip", "us", c("apply round trip"),
         [p("Pool apply_async round trip"), p("ProcessPoolExecutor submit round trip"),
          p("pebble schedule round trip"), p("loky submit round trip"), g("procspawn pool round trip")], False)
+    row("a 1 ms task: from its end to the caller's return", "us", c("apply 1ms task end to return"),
+        [p("Pool apply_async 1ms task end to return"), p("ProcessPoolExecutor 1ms task end to return"),
+         p("pebble 1ms task end to return"), p("loky 1ms task end to return"), None], False)
     row("submit each, then wait for all", "items/s", c("submit-each throughput"),
         [p("Pool apply_async-each throughput"), p("ProcessPoolExecutor submit-each throughput"),
          p("pebble schedule-each throughput"), p("loky submit-each throughput"),

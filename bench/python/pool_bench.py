@@ -31,6 +31,23 @@ def hang(_):
     time.sleep(3600)
 
 
+def nap_1ms(_):
+    """Sleeps 1 ms and returns when it ended (CLOCK_MONOTONIC, ns)."""
+    time.sleep(0.001)
+    return time.monotonic_ns()
+
+
+def end_to_return(call, count):
+    """Median µs from the end of a 1 ms task to its caller's return."""
+    for x in range(20):
+        call(x)
+    samples = []
+    for x in range(count):
+        ended = call(x)
+        samples.append((time.monotonic_ns() - ended) / 1e3)
+    return statistics.median(samples)
+
+
 def rate(items, f):
     f()
     samples = []
@@ -73,6 +90,8 @@ def stdlib_pool():
     with mp.Pool(2) as pool:
         pool.map(square, range(1000))
         emit("Pool apply_async round trip", rtt(lambda x: pool.apply_async(echo, (x,)).get(), n(2000)), "us")
+        emit("Pool apply_async 1ms task end to return",
+             end_to_return(lambda x: pool.apply_async(nap_1ms, (x,)).get(), n(300)), "us")
 
         def submit_each():
             results = [pool.apply_async(echo, (x,)) for x in range(n(20_000))]
@@ -105,6 +124,7 @@ def executor(name, make):
     ex = make()
     list(ex.map(square, range(1000)))
     emit(f"{name} submit round trip", rtt(lambda x: ex.submit(echo, x).result(), n(1000)), "us")
+    emit(f"{name} 1ms task end to return", end_to_return(lambda x: ex.submit(nap_1ms, x).result(), n(300)), "us")
 
     def submit_each():
         futures = [ex.submit(echo, x) for x in range(n(20_000))]
@@ -126,6 +146,8 @@ def pebble_pool():
         pool.schedule(echo, args=(1,)).result()
         emit("pebble schedule round trip", rtt(lambda x: pool.schedule(echo, args=(x,)).result(), n(1000)),
              "us")
+        emit("pebble 1ms task end to return",
+             end_to_return(lambda x: pool.schedule(nap_1ms, args=(x,)).result(), n(300)), "us")
 
         def schedule_each():
             futures = [pool.schedule(echo, args=(x,)) for x in range(items)]
@@ -152,6 +174,7 @@ def loky_pool():
     ex = loky.get_reusable_executor(max_workers=2)
     list(ex.map(square, range(1000)))
     emit("loky submit round trip", rtt(lambda x: ex.submit(echo, x).result(), n(1000)), "us")
+    emit("loky 1ms task end to return", end_to_return(lambda x: ex.submit(nap_1ms, x).result(), n(300)), "us")
 
     def submit_each():
         futures = [ex.submit(echo, x) for x in range(n(20_000))]

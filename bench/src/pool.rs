@@ -22,6 +22,24 @@ fn echo(x: u64) -> u64 {
     x
 }
 
+/// `CLOCK_MONOTONIC` in ns (the same clock in every process, as Python's
+/// `time.monotonic_ns`).
+fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec to write; the clock id is a constant.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Sleeps 1 ms; returns when it ended ([`monotonic_ns`]).
+fn nap_1ms(_: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(1));
+    monotonic_ns()
+}
+
 fn pid(_: u64) -> u32 {
     std::process::id()
 }
@@ -84,6 +102,20 @@ pub(crate) fn run(n: impl Fn(usize) -> usize) {
         })
         .collect();
     emit("corral pool apply round trip", median(rtt), "us");
+
+    // A task that outlasts the caller's watch: from its end to the
+    // caller's return (the waiting thread asleep, woken by the worker).
+    let late: Vec<f64> = (0..n(300))
+        .map(|x| {
+            let ended = pool.apply(nap_1ms, x as u64).expect("apply");
+            (monotonic_ns().saturating_sub(ended)) as f64 / 1e3
+        })
+        .collect();
+    emit(
+        "corral pool apply 1ms task end to return",
+        median(late),
+        "us",
+    );
 
     // submit each, then join all.
     let count = n(100_000);
