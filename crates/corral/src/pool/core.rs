@@ -919,22 +919,31 @@ impl Shared {
             return None;
         }
         let claim = BellClaim(head);
-        let waker = Waker::from(Arc::new(Bell(self.region.clone())));
-        let done = register(&waker) || self.sleep_rung(head, deadline, ready);
+        let done = self.sleep_rung(head, deadline, ready, register);
         drop((claim, watch));
-        Some(done || ready())
+        // `ready` last, also when `register` found it done: for an `imap`,
+        // it is what takes the outcomes.
+        Some(ready() || done)
     }
 
-    /// The bell sleeper's loop: reads what workers published, then sleeps
-    /// until the bell rings (or the value read before reading has changed).
+    /// The bell sleeper's loop: hands its waker on, reads what workers
+    /// published, then sleeps until the bell rings (or has rung since it
+    /// looked). The waker is handed on at every turn: a sink may wake it
+    /// for outcomes that do not make `ready` hold (an `imap`'s later
+    /// items), and each wake uses it up.
     fn sleep_rung(
         &self,
         head: &worker::PoolHead,
         deadline: Option<Instant>,
         ready: &mut dyn FnMut() -> bool,
+        register: &mut dyn FnMut(&Waker) -> bool,
     ) -> bool {
+        let waker = Waker::from(Arc::new(Bell(self.region.clone())));
         loop {
             let rung = head.bell.load(Ordering::SeqCst);
+            if register(&waker) {
+                return true;
+            }
             self.pump(&mut self.lock());
             if ready() {
                 return true;

@@ -29,8 +29,8 @@ pub(crate) trait Engine: Send + Sync + std::fmt::Debug {
     fn help_until(&self, deadline: Option<Instant>, ready: &mut dyn FnMut() -> bool) -> bool;
     /// After `help_until`: sleeps until `ready` holds or `deadline` passes,
     /// woken by the workers themselves; whether it holds. `register` hands
-    /// a waker to what `ready` watches (true if it holds already), for
-    /// outcomes that come another way. `None` if this engine has no such
+    /// a waker to what `ready` watches (true if it holds already), before
+    /// every sleep, for outcomes that come another way. `None` if this engine has no such
     /// sleep or another thread sleeps so now: the caller parks instead.
     fn sleep_until(
         &self,

@@ -1268,6 +1268,9 @@ struct StreamState<R> {
     base: u32,
     /// Unordered mode: outcomes in completion order.
     arrived: VecDeque<Result<R, TaskError>>,
+    /// Woken when outcomes arrive (the waiting thread, asleep on the
+    /// pool's bell).
+    waker: Option<std::task::Waker>,
 }
 
 /// The outcomes of one `imap` call.
@@ -1300,6 +1303,9 @@ impl<R: Data> Sink for StreamSink<R> {
             }
         }
         self.arrived.notify_all();
+        if let Some(waker) = st.waker.take() {
+            waker.wake();
+        }
     }
 
     fn wanted(&self, _: u32) -> bool {
@@ -1329,6 +1335,17 @@ impl<R> StreamSink<R> {
             let n = st.arrived.len();
             out.extend(st.arrived.drain(..));
             n
+        }
+    }
+
+    /// Hands `waker` the next delivery; true if an outcome is ready now.
+    fn register(&self, waker: &std::task::Waker) -> bool {
+        let mut st = lock(&self.state);
+        st.waker = Some(waker.clone());
+        if self.ordered {
+            st.ring.front().is_some_and(Option::is_some)
+        } else {
+            !st.arrived.is_empty()
         }
     }
 
@@ -1523,6 +1540,7 @@ impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
                 ring: VecDeque::new(),
                 base: 0,
                 arrived: VecDeque::new(),
+                waker: None,
             }),
             arrived: Condvar::new(),
             cancelled: AtomicBool::new(false),
@@ -1716,10 +1734,11 @@ impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
         if sink.take_into(ready) > 0 {
             return;
         }
-        let got = self
-            .pool
-            .shared
-            .help_until(None, &mut || sink.take_into(ready) > 0);
+        let shared = &self.pool.shared;
+        let got = shared.help_until(None, &mut || sink.take_into(ready) > 0)
+            || shared.sleep_until(None, &mut || sink.take_into(ready) > 0, &mut |w| {
+                sink.register(w)
+            }) == Some(true);
         while !got && ready.is_empty() {
             sink.wait();
             sink.take_into(ready);
@@ -1753,13 +1772,18 @@ impl<A: Data, R: Data, I: Iterator<Item = A>> Imap<'_, A, R, I> {
             return true;
         }
         let (sink, ready) = (&self.sink, &mut self.ready);
+        let shared = &self.pool.shared;
         if sink.take_into(ready) > 0
-            || self
-                .pool
-                .shared
-                .help_until(deadline, &mut || sink.take_into(ready) > 0)
+            || shared.help_until(deadline, &mut || sink.take_into(ready) > 0)
         {
             return true;
+        }
+        match shared.sleep_until(deadline, &mut || sink.take_into(ready) > 0, &mut |w| {
+            sink.register(w)
+        }) {
+            Some(true) => return true,
+            Some(false) => return sink.take_into(ready) > 0,
+            None => {}
         }
         loop {
             sink.wait_until(deadline);
