@@ -40,6 +40,19 @@ pub(crate) trait Engine: Send + Sync + std::fmt::Debug {
     ) -> Option<bool> {
         None
     }
+    /// `help_until`, then, if `ready` does not hold yet, `sleep_until`:
+    /// `Some` whether it holds, or `None` if the caller must park.
+    fn wait_for(
+        &self,
+        deadline: Option<Instant>,
+        ready: &mut dyn FnMut() -> bool,
+        register: &mut dyn FnMut(&std::task::Waker) -> bool,
+    ) -> Option<bool> {
+        if self.help_until(deadline, ready) {
+            return Some(true);
+        }
+        self.sleep_until(deadline, ready, register)
+    }
     /// Where done callbacks run.
     fn callbacks(&self) -> &Callbacks;
     /// How many tasks run at once (the number of worker processes).

@@ -1201,14 +1201,11 @@ impl<R: Data> MapSink<R> {
 
     /// Waits until every item has ended.
     fn wait_ended(&self, shared: &dyn engine::Engine) -> MutexGuard<'_, MapState<R>> {
-        let ended = &mut || lock(&self.state).left == 0;
-        if !shared.help_until(None, ended) {
-            shared.sleep_until(None, ended, &mut |waker| {
-                let mut st = lock(&self.state);
-                st.waker = Some(waker.clone());
-                st.left == 0
-            });
-        }
+        shared.wait_for(None, &mut || lock(&self.state).left == 0, &mut |waker| {
+            let mut st = lock(&self.state);
+            st.waker = Some(waker.clone());
+            st.left == 0
+        });
         let mut st = lock(&self.state);
         while st.left > 0 {
             st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
@@ -1734,11 +1731,13 @@ impl<'p, A: Data, R: Data, I: Iterator<Item = A>> Imap<'p, A, R, I> {
         if sink.take_into(ready) > 0 {
             return;
         }
-        let shared = &self.pool.shared;
-        let got = shared.help_until(None, &mut || sink.take_into(ready) > 0)
-            || shared.sleep_until(None, &mut || sink.take_into(ready) > 0, &mut |w| {
+        let got = self
+            .pool
+            .shared
+            .wait_for(None, &mut || sink.take_into(ready) > 0, &mut |w| {
                 sink.register(w)
-            }) == Some(true);
+            })
+            == Some(true);
         while !got && ready.is_empty() {
             sink.wait();
             sink.take_into(ready);
@@ -1772,18 +1771,17 @@ impl<A: Data, R: Data, I: Iterator<Item = A>> Imap<'_, A, R, I> {
             return true;
         }
         let (sink, ready) = (&self.sink, &mut self.ready);
-        let shared = &self.pool.shared;
-        if sink.take_into(ready) > 0
-            || shared.help_until(deadline, &mut || sink.take_into(ready) > 0)
-        {
+        if sink.take_into(ready) > 0 {
             return true;
         }
-        match shared.sleep_until(deadline, &mut || sink.take_into(ready) > 0, &mut |w| {
-            sink.register(w)
-        }) {
-            Some(true) => return true,
-            Some(false) => return sink.take_into(ready) > 0,
-            None => {}
+        if let Some(got) =
+            self.pool
+                .shared
+                .wait_for(deadline, &mut || sink.take_into(ready) > 0, &mut |w| {
+                    sink.register(w)
+                })
+        {
+            return got;
         }
         loop {
             sink.wait_until(deadline);

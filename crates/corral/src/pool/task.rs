@@ -411,18 +411,9 @@ impl<R: Data> Task<R> {
 
     /// Waits until done or `deadline`; true if done.
     fn wait(&self, deadline: Option<Instant>) -> bool {
-        if self
-            .shared
-            .help_until(deadline, &mut || self.slot.is_done())
-        {
-            return true;
-        }
-        if let Some(done) =
-            self.shared
-                .sleep_until(deadline, &mut || self.slot.is_done(), &mut |waker| {
-                    self.slot.register(waker)
-                })
-        {
+        let ready = &mut || self.slot.is_done();
+        let register = &mut |waker: &Waker| self.slot.register(waker);
+        if let Some(done) = self.shared.wait_for(deadline, ready, register) {
             return done;
         }
         let waker = thread_waker();
