@@ -305,17 +305,25 @@ pub fn task_done<R: corral::Data>(task: corral::Task<R>) -> Result<R, corral::Ta
 }
 
 /// Runs `body` on a thread and fails the test if it has not finished within
-/// `limit` (a wedged pool must fail, not hang CI).
+/// `limit` (a wedged pool must fail, not hang CI). A panic of `body` is
+/// raised again here, as itself.
 pub fn within<T: Send + 'static>(
     limit: std::time::Duration,
     body: impl FnOnce() -> T + Send + 'static,
 ) -> T {
+    use std::sync::mpsc::RecvTimeoutError;
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    let thread = std::thread::spawn(move || {
         let _ = tx.send(body());
     });
-    rx.recv_timeout(limit)
-        .unwrap_or_else(|_| panic!("still running after {limit:?}: wedged"))
+    match rx.recv_timeout(limit) {
+        Ok(value) => value,
+        Err(RecvTimeoutError::Timeout) => panic!("still running after {limit:?}: wedged"),
+        Err(RecvTimeoutError::Disconnected) => match thread.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the body ended without sending its value"),
+        },
+    }
 }
 
 /// The machine's `python3` and its (major, minor) version: found on PATH,

@@ -139,6 +139,18 @@ impl CodecError {
     }
 }
 
+/// The message a panic was raised with (`panic!("...")`'s text), for a
+/// panic caught on its way out of user code.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    }
+}
+
 /// A malformed frame on a corral channel: truncated, oversized or corrupt.
 ///
 /// # Examples
@@ -425,7 +437,9 @@ pub enum TaskError {
     /// The task was cancelled ([`crate::Task::cancel`]).
     #[error("the task was cancelled")]
     Cancelled,
-    /// The argument or the result could not be serialized or deserialized.
+    /// The argument or the result could not be serialized or deserialized,
+    /// or the result's `Deserialize` panicked (in the caller's process:
+    /// that task alone fails, with the panic's message).
     #[error("the task's argument or result failed to cross between processes: {0}")]
     Codec(String),
     /// The pool was closed or terminated before the task could run or finish.

@@ -778,3 +778,70 @@ fn a_replacement_worker_starts_when_waiting_tasks_hold_every_descriptor() {
     assert_eq!(ok + refused, 100);
     assert!(replaced >= 1);
 }
+
+/// A result whose `Deserialize` panics for numbers from 50 on: user code
+/// that runs in the caller's process, on whichever thread reads the
+/// outcome (the caller's, or the pool's own).
+#[derive(Debug, PartialEq, serde::Serialize)]
+struct Fragile(u32);
+
+impl<'de> serde::Deserialize<'de> for Fragile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Fragile, D::Error> {
+        let n = <u32 as serde::Deserialize>::deserialize(d)?;
+        assert!(n < 50, "{n} breaks the decoder");
+        Ok(Fragile(n))
+    }
+}
+
+fn make_fragile(n: u32) -> Fragile {
+    Fragile(n)
+}
+
+fn is_decoder_panic(e: &TaskError) -> bool {
+    matches!(e, TaskError::Codec(text) if text.contains("breaks the decoder"))
+}
+
+/// Class 17: a result's `Deserialize` that panics fails that task with a
+/// codec error naming the panic, whichever thread decoded it, and the pool
+/// goes on serving: no thread of the pool dies, no wait hangs. A queue's
+/// `get` fails the same way, for that message alone.
+#[test]
+fn a_panicking_result_decoder_fails_only_its_task() {
+    within(Duration::from_secs(60), || {
+        let pool = Pool::new(2).unwrap();
+        for n in [10, 60, 20, 70] {
+            match pool.apply(make_fragile, n) {
+                Ok(v) => assert!(n < 50 && v == Fragile(n)),
+                Err(e) => assert!(n >= 50 && is_decoder_panic(&e), "{n}: {e}"),
+            }
+        }
+        let tasks: Vec<Task<Fragile>> = (0..100).map(|n| pool.submit(make_fragile, n)).collect();
+        let failed = tasks
+            .into_iter()
+            .map(|t| done(t).map_err(|e| assert!(is_decoder_panic(&e), "{e}")))
+            .filter(Result::is_err)
+            .count();
+        assert_eq!(failed, 50);
+        let err = pool.map(make_fragile, 0..100u32).unwrap_err();
+        assert!(err.to_string().contains("breaks the decoder"), "{err}");
+        let streamed: Vec<bool> = pool
+            .imap(make_fragile, 40..60u32)
+            .map(|r| r.is_ok())
+            .collect();
+        assert_eq!(streamed, (40..60).map(|n| n < 50).collect::<Vec<_>>());
+        let (tx, rx) = std::sync::mpsc::channel();
+        pool.submit(make_fragile, 90).on_done(move |r| {
+            let _ = tx.send(r.map_err(|e| is_decoder_panic(&e)));
+        });
+        assert_eq!(rx.recv_timeout(Duration::from_secs(20)).unwrap(), Err(true));
+        assert_eq!(pool.apply(square, 12).unwrap(), 144);
+        assert_eq!(pool.stats().lost, 0);
+
+        let queue: Queue<Fragile> = Queue::unbounded().unwrap();
+        queue.put(Fragile(60)).unwrap();
+        queue.put(Fragile(6)).unwrap();
+        let err = queue.get().unwrap_err().to_string();
+        assert!(err.contains("breaks the decoder"), "{err}");
+        assert_eq!(queue.get().unwrap(), Fragile(6));
+    });
+}

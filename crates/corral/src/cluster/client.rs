@@ -456,7 +456,8 @@ impl Client {
                 Ok(bytes) => Raw::Value(bytes),
                 Err(e) => Raw::Failed(Box::new(e.clone())),
             };
-            sink.deliver(&mut std::iter::once((index, raw)));
+            let mut one = std::iter::once((index, raw));
+            crate::pool::deliver_guarded(&*sink, &mut one, |_| Some(index));
         }
     }
 

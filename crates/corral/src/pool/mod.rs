@@ -108,7 +108,7 @@ use std::time::{Duration, Instant};
 
 use self::core::{Args, Config, Shared};
 #[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
-pub(crate) use self::core::{Cancel, Job, JobBuilder, Raw, Sink, count_failure};
+pub(crate) use self::core::{Cancel, Job, JobBuilder, Raw, Sink, count_failure, deliver_guarded};
 use self::engine::EngineRef;
 use self::task::TaskSlot;
 pub use self::task::{AsCompleted, Task, as_completed, wait_all, wait_any, wait_first_error};

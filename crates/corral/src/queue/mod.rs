@@ -153,7 +153,8 @@ pub enum GetError {
     #[error("the queue is closed and drained")]
     Disconnected,
     /// The item could not be decoded as `T` (the two sides disagree on the
-    /// type). The item is consumed.
+    /// type, or `T`'s `Deserialize` failed or panicked). The item is
+    /// consumed.
     #[error(transparent)]
     Codec(CodecError),
 }
@@ -321,7 +322,7 @@ impl<T: Data> Queue<T> {
                 GetFail::Timeout => GetError::Timeout,
                 GetFail::Closed => GetError::Disconnected,
             })?;
-            wire::decode_plain(buf).map_err(GetError::Codec)
+            wire::decode_plain_guarded(buf).map_err(GetError::Codec)
         })
     }
 

@@ -270,13 +270,7 @@ pub(crate) fn catch_panic_hooked<R>(body: impl FnOnce() -> R) -> Result<R, Remot
     let result = catch_unwind(AssertUnwindSafe(body));
     CAPTURING.set(false);
     result.map_err(|payload| {
-        let message = if let Some(s) = payload.downcast_ref::<&str>() {
-            (*s).to_owned()
-        } else if let Some(s) = payload.downcast_ref::<String>() {
-            s.clone()
-        } else {
-            "Box<dyn Any>".to_owned()
-        };
+        let message = crate::error::panic_message(&*payload);
         let (location, backtrace) = match LAST_PANIC.with(|p| p.borrow_mut().take()) {
             Some((location, backtrace)) => (location, backtrace.to_string()),
             None => (None, String::new()),

@@ -30,6 +30,28 @@ fn handle_error(message: String) -> String {
 const OUTSIDE: &str = "a corral handle can only be sent to another process through corral \
                        (spawn, a Pipe or a Queue), not serialized on its own";
 
+/// Runs a user type's decoding: a panic inside it (a `Deserialize` written
+/// by hand) becomes a codec error of this value alone, rather than
+/// unwinding through a receiver in the middle of its bookkeeping.
+#[inline]
+fn guarded<T: ?Sized, R>(
+    what: &str,
+    body: impl FnOnce() -> Result<R, CodecError>,
+) -> Result<R, CodecError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        Ok(result) => result,
+        Err(payload) => Err(panicked(payload, what, std::any::type_name::<T>())),
+    }
+}
+
+#[cold]
+fn panicked(payload: Box<dyn std::any::Any + Send>, what: &str, name: &str) -> CodecError {
+    let message = crate::error::panic_message(&*payload);
+    // The payload may itself panic on drop.
+    std::mem::forget(payload);
+    CodecError::new(format!("{message} (a panic while {what} {name})"))
+}
+
 /// An encoded value and the descriptors its handles refer to.
 #[derive(Debug)]
 pub(crate) struct Encoded {
@@ -201,7 +223,9 @@ pub(crate) fn encode_plain_into<T: Serialize + ?Sized>(
     })
 }
 
-/// Decodes a value that holds no corral handles.
+/// Decodes a value that holds no corral handles. A panic in `T`'s
+/// `Deserialize` unwinds: this is the pool's per-item path, guarded by its
+/// callers once per run of items (see [`decode_plain_guarded`]).
 pub(crate) fn decode_plain<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let name = std::any::type_name::<T>();
     match postcard::take_from_bytes::<T>(bytes) {
@@ -214,6 +238,12 @@ pub(crate) fn decode_plain<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Codec
     }
 }
 
+/// [`decode_plain`], a panic in `T`'s `Deserialize` being a codec error of
+/// this value alone.
+pub(crate) fn decode_plain_guarded<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    guarded::<T, _>("decoding", || decode_plain(bytes))
+}
+
 /// Decodes a `T` from `bytes`; handles inside take their descriptors from `fds`.
 /// Descriptors that no handle claimed are closed.
 pub(crate) fn decode<T: DeserializeOwned>(
@@ -223,14 +253,27 @@ pub(crate) fn decode<T: DeserializeOwned>(
     let plain = fds.is_empty();
     let table = fds.into_iter().map(Some).collect();
     let outer = INCOMING.with(|cell| cell.replace(Some(table)));
-    let result = postcard::take_from_bytes::<T>(bytes);
+    let result = guarded::<T, _>("decoding", || {
+        let result = postcard::take_from_bytes::<T>(bytes);
+        decoded(bytes, result, plain)
+    });
     INCOMING.with(|cell| cell.replace(outer));
-    let name = std::any::type_name::<T>();
+    result
+}
+
+/// The value postcard decoded, or why not: an error of its own, or bytes
+/// left over (the two sides disagree on the type).
+fn decoded<T: DeserializeOwned>(
+    bytes: &[u8],
+    result: postcard::Result<(T, &[u8])>,
+    plain: bool,
+) -> Result<T, CodecError> {
     match result {
         Ok((value, [])) => Ok(value),
         Ok((_, rest)) => Err(CodecError::new(format!(
-            "{} trailing bytes after a {name}: the two sides disagree on the type",
-            rest.len()
+            "{} trailing bytes after a {}: the two sides disagree on the type",
+            rest.len(),
+            std::any::type_name::<T>()
         ))),
         Err(e) => Err(decode_error::<T>(bytes, e, plain)),
     }

@@ -35,7 +35,8 @@ mod frame;
 mod tap;
 
 pub(crate) use codec::{
-    Out, decode, decode_plain, deserialize_fd, encode, encode_into, encode_plain_into, serialize_fd,
+    Out, decode, decode_plain, decode_plain_guarded, deserialize_fd, encode, encode_into,
+    encode_plain_into, serialize_fd,
 };
 pub(crate) use frame::{
     FrameReader, Progress, SendFailed, encode_header, parse_header, read_exact_growing, send_all,
