@@ -39,6 +39,10 @@ use crate::{time, trace};
 /// sleeps: a result due within microseconds is cheaper to watch for than to
 /// be woken for (35-60 µs across CPUs on small VMs).
 const SPIN: Duration = Duration::from_micros(100);
+/// After this much of [`SPIN`], a watching thread that shares its CPU with
+/// a worker waiting to take its next batch gives that worker the CPU at
+/// each turn rather than holding it (see [`teller_waits_here`]).
+const SPIN_ALONE: Duration = Duration::from_micros(2);
 /// Batches a worker may hold at once: one running, one waiting in its socket
 /// so that it never idles between batches.
 const MAX_INFLIGHT: usize = 2;
@@ -116,6 +120,19 @@ pub(crate) trait Sink: Send + Sync {
     fn abandon(&self) {}
     /// Item(s) of a one-item job were handed to the worker with this pid.
     fn assigned(&self, _pid: u32) {}
+}
+
+/// Whether a worker holding work told of its outcomes from this thread's
+/// CPU (rang the bell, or announced them to the dispatcher) and has not
+/// taken its next batch since: the thread woken for them runs where the
+/// worker waits to run, so a watch that spins here delays the very outcome
+/// it waits for. With 1 ms tasks that sleep, the next task's start took a
+/// median of 10-66 µs (p90 over 100) instead of 2-11.
+fn teller_waits_here(core: &Core) -> bool {
+    let here = crate::spin::cpu_mark();
+    core.workers
+        .iter()
+        .any(|w| !w.inflight.is_empty() && w.head().told_on.load(Ordering::Relaxed) == here)
 }
 
 /// Hands outcomes to `sink`, guarding the user code decoding runs (a
@@ -910,20 +927,26 @@ impl Shared {
         if ready() {
             return true;
         }
-        let spin = Instant::now() + SPIN;
-        let until = deadline.map_or(spin, |d| d.min(spin));
+        let start = Instant::now();
+        let until = deadline.map_or(start + SPIN, |d| d.min(start + SPIN));
         let watch = Watch::start(self);
         let done = loop {
             if ready() {
                 break true;
             }
-            if let Some(mut core) = self.try_lock() {
+            let pumped = self.try_lock().map(|mut core| {
                 self.pump(&mut core);
-            }
-            if Instant::now() >= until {
+                core
+            });
+            let now = Instant::now();
+            if now >= until {
                 break false;
             }
-            std::hint::spin_loop();
+            if pumped.is_some_and(|core| now >= start + SPIN_ALONE && teller_waits_here(&core)) {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
         };
         drop(watch);
         done || ready()

@@ -82,6 +82,12 @@ sys::shared_layout! {
         /// ([`crate::spin::cpu_mark`]; 0: none yet): see
         /// `Inbox::hander_waits_for_this_cpu`.
         pub(super) handed_on: AtomicU64,
+        /// The CPU the worker last told the supervisor of outcomes from
+        /// (rang the pool's bell, then yielded to the thread it woke, or
+        /// announced them to the dispatcher; [`crate::spin::cpu_mark`]),
+        /// until it takes its next batch (0: none): a thread woken there
+        /// may hold the CPU the worker needs (see `teller_waits_here`).
+        pub(super) told_on: AtomicU64,
         /// How many entries of `skips` are in use.
         pub(super) skip_count: AtomicU64,
         /// Items the supervisor cancelled after handing them out; the worker
@@ -795,9 +801,13 @@ impl Recorder<'_> {
             ring::Owed::Nothing => {}
             ring::Owed::Ring => {
                 self.pool.ring();
+                head(self.region).told_on.store(here(), Ordering::Relaxed);
                 std::thread::yield_now();
             }
-            ring::Owed::Announce => self.send(Some(SEQ_WAKE))?,
+            ring::Owed::Announce => {
+                self.send(Some(SEQ_WAKE))?;
+                head(self.region).told_on.store(here(), Ordering::Relaxed);
+            }
         }
         Ok(())
     }
@@ -1134,6 +1144,7 @@ fn run_batch(
     head(region).started.store(0, Ordering::Relaxed);
     head(region).finished.store(0, Ordering::Relaxed);
     head(region).seq.store(batch.seq, Ordering::Release);
+    head(region).told_on.store(0, Ordering::Relaxed);
     rec.next = 0;
     rec.timed = batch.timed;
     rec.seq = batch.seq;
