@@ -317,6 +317,9 @@ def pool_section(g, py, w):
     row("a 1 ms task: from its end to the caller's return", "us", c("apply 1ms task end to return"),
         [p("Pool apply_async 1ms task end to return"), p("ProcessPoolExecutor 1ms task end to return"),
          p("pebble 1ms task end to return"), p("loky 1ms task end to return"), None], False)
+    row("a 1 ms task: its whole overhead (call to start, plus end to return)", "us", c("apply 1ms task overhead"),
+        [p("Pool apply_async 1ms task overhead"), p("ProcessPoolExecutor 1ms task overhead"),
+         p("pebble 1ms task overhead"), p("loky 1ms task overhead"), None], False)
     row("submit each, then wait for all", "items/s", c("submit-each throughput"),
         [p("Pool apply_async-each throughput"), p("ProcessPoolExecutor submit-each throughput"),
          p("pebble schedule-each throughput"), p("loky submit-each throughput"),

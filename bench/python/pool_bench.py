@@ -32,20 +32,32 @@ def hang(_):
 
 
 def nap_1ms(_):
-    """Sleeps 1 ms and returns when it ended (CLOCK_MONOTONIC, ns)."""
+    """Sleeps 1 ms; returns when it started and ended (CLOCK_MONOTONIC, ns)."""
+    started = time.monotonic_ns()
     time.sleep(0.001)
-    return time.monotonic_ns()
+    return started, time.monotonic_ns()
 
 
 def end_to_return(call, count):
-    """Median µs from the end of a 1 ms task to its caller's return."""
+    """Median µs from the end of a 1 ms task to its caller's return, and
+    median µs of its whole overhead (that, plus from the call to its start)."""
     for x in range(20):
         call(x)
-    samples = []
+    late, overhead = [], []
     for x in range(count):
-        ended = call(x)
-        samples.append((time.monotonic_ns() - ended) / 1e3)
-    return statistics.median(samples)
+        called = time.monotonic_ns()
+        started, ended = call(x)
+        returned = time.monotonic_ns()
+        late.append((returned - ended) / 1e3)
+        overhead.append((returned - ended + started - called) / 1e3)
+    return statistics.median(late), statistics.median(overhead)
+
+
+def emit_late(name, call):
+    """Emits both figures of `end_to_return` for a 1 ms task."""
+    late, overhead = end_to_return(call, n(300))
+    emit(f"{name} 1ms task end to return", late, "us")
+    emit(f"{name} 1ms task overhead", overhead, "us")
 
 
 def rate(items, f):
@@ -90,8 +102,7 @@ def stdlib_pool():
     with mp.Pool(2) as pool:
         pool.map(square, range(1000))
         emit("Pool apply_async round trip", rtt(lambda x: pool.apply_async(echo, (x,)).get(), n(2000)), "us")
-        emit("Pool apply_async 1ms task end to return",
-             end_to_return(lambda x: pool.apply_async(nap_1ms, (x,)).get(), n(300)), "us")
+        emit_late("Pool apply_async", lambda x: pool.apply_async(nap_1ms, (x,)).get())
 
         def submit_each():
             results = [pool.apply_async(echo, (x,)) for x in range(n(20_000))]
@@ -124,7 +135,7 @@ def executor(name, make):
     ex = make()
     list(ex.map(square, range(1000)))
     emit(f"{name} submit round trip", rtt(lambda x: ex.submit(echo, x).result(), n(1000)), "us")
-    emit(f"{name} 1ms task end to return", end_to_return(lambda x: ex.submit(nap_1ms, x).result(), n(300)), "us")
+    emit_late(name, lambda x: ex.submit(nap_1ms, x).result())
 
     def submit_each():
         futures = [ex.submit(echo, x) for x in range(n(20_000))]
@@ -146,8 +157,7 @@ def pebble_pool():
         pool.schedule(echo, args=(1,)).result()
         emit("pebble schedule round trip", rtt(lambda x: pool.schedule(echo, args=(x,)).result(), n(1000)),
              "us")
-        emit("pebble 1ms task end to return",
-             end_to_return(lambda x: pool.schedule(nap_1ms, args=(x,)).result(), n(300)), "us")
+        emit_late("pebble", lambda x: pool.schedule(nap_1ms, args=(x,)).result())
 
         def schedule_each():
             futures = [pool.schedule(echo, args=(x,)) for x in range(items)]
@@ -174,7 +184,7 @@ def loky_pool():
     ex = loky.get_reusable_executor(max_workers=2)
     list(ex.map(square, range(1000)))
     emit("loky submit round trip", rtt(lambda x: ex.submit(echo, x).result(), n(1000)), "us")
-    emit("loky 1ms task end to return", end_to_return(lambda x: ex.submit(nap_1ms, x).result(), n(300)), "us")
+    emit_late("loky", lambda x: ex.submit(nap_1ms, x).result())
 
     def submit_each():
         futures = [ex.submit(echo, x) for x in range(n(20_000))]

@@ -34,10 +34,12 @@ fn monotonic_ns() -> u64 {
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
-/// Sleeps 1 ms; returns when it ended ([`monotonic_ns`]).
-fn nap_1ms(_: u64) -> u64 {
+/// Sleeps 1 ms; returns when it started and when it ended
+/// ([`monotonic_ns`]).
+fn nap_1ms(_: u64) -> (u64, u64) {
+    let started = monotonic_ns();
     std::thread::sleep(Duration::from_millis(1));
-    monotonic_ns()
+    (started, monotonic_ns())
 }
 
 fn pid(_: u64) -> u32 {
@@ -104,16 +106,26 @@ pub(crate) fn run(n: impl Fn(usize) -> usize) {
     emit("corral pool apply round trip", median(rtt), "us");
 
     // A task that outlasts the caller's watch: from its end to the
-    // caller's return (the waiting thread asleep, woken by the worker).
-    let late: Vec<f64> = (0..n(300))
+    // caller's return (the waiting thread asleep, woken by the worker), and
+    // the whole overhead: that plus from the call to the task's start.
+    let (late, overhead): (Vec<f64>, Vec<f64>) = (0..n(300))
         .map(|x| {
-            let ended = pool.apply(nap_1ms, x as u64).expect("apply");
-            (monotonic_ns().saturating_sub(ended)) as f64 / 1e3
+            let called = monotonic_ns();
+            let (started, ended) = pool.apply(nap_1ms, x as u64).expect("apply");
+            let returned = monotonic_ns();
+            let late = returned.saturating_sub(ended);
+            let early = started.saturating_sub(called);
+            (late as f64 / 1e3, (late + early) as f64 / 1e3)
         })
-        .collect();
+        .unzip();
     emit(
         "corral pool apply 1ms task end to return",
         median(late),
+        "us",
+    );
+    emit(
+        "corral pool apply 1ms task overhead",
+        median(overhead),
         "us",
     );
 
