@@ -43,7 +43,9 @@ impl Pool {
     /// The results are written into a fresh vector, where each first write
     /// of a page costs a page fault: above 8 MiB the vector asks for
     /// transparent huge pages (`MADV_HUGEPAGE`, a fault per 2 MiB rather
-    /// than per 4 KiB, where the kernel allows them).
+    /// than per 4 KiB, where the kernel allows them), except in a virtual
+    /// machine whose kernel hands freed memory back to the host (free page
+    /// reporting), where a fresh huge page costs 512 faults of the host's.
     ///
     /// # Errors
     ///
@@ -486,7 +488,7 @@ fn in_shared_memory(e: Error) -> TaskError {
 
 /// A vector of `n` zeroed values, fresh from the allocator and not yet
 /// touched (for a large one): each first write of a page costs a page
-/// fault, so huge pages where the kernel has them.
+/// fault, so huge pages where the kernel has them (and keeps them).
 fn fresh_vec<R: Pod>(n: usize) -> Vec<R> {
     let mut results: Vec<R> = bytemuck::allocation::zeroed_vec(n);
     if n * size_of::<R>() >= PARALLEL_COPY {
