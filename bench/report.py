@@ -264,8 +264,10 @@ def issue14_section(runs, hog, py, w):
       "entries and decoding, and its four threads leave a quarter of the two CPUs idle (a thread "
       "waiting on the busy CPU is not moved to the idle one); `map_pod` reads the caller's items and writes its results in "
       "place (one copy each way, made by the kernel in the workers, which also take the fresh vector's "
-      "page faults), calls `f` through a pointer where rayon inlines it, and is slow for a call whose "
-      "fresh vector's huge pages are new to this VM (70–130 M/s calls among 330–400 M/s ones); "
+      "page faults), calls `f` through a pointer where rayon inlines it, and writes its fresh vector in "
+      "4 KiB pages on this VM, a page fault each (about 2 µs here): its kernel hands freed memory back "
+      "to the host (free page reporting), and huge pages made of it cost the host a fault per 4 KiB "
+      "(as huge pages, calls 3 s apart ran at 60–100 M/s, and only back to back at 330–400 M/s); "
       "spawn+join pays making and tearing down a process (a raw `fork`+`_exit`+`waitpid` "
       "alone is 110–300 µs here, measured in a small helper process) and, back to back, the fork server "
       "and its child share one CPU while the parent watches for the answer on the other: the child runs "
@@ -277,7 +279,8 @@ def issue14_section(runs, hog, py, w):
       "bimodal on this machine: in the slow mode the threads of a hand-off share one CPU. Under the hog, the queue's falls are those of any hand-off between two "
       "processes that lose the second CPU, and the Python round trip's caller, pool thread and worker "
       "share the one CPU left: a round trip costs their CPU time in series (35–45 µs, against 7–10 µs "
-      "spread over two CPUs), with a 130 µs tail when a watch holds the CPU its peer waits for "
+      "spread over two CPUs); a watch no longer holds the CPU of a worker that told it of outcomes "
+      "from there, which removed the 130 µs tail of the Rust round trip's fast mode "
       "(scheduler traces in `bench/README.md`).")
     w("")
 
