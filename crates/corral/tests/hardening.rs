@@ -845,3 +845,56 @@ fn a_panicking_result_decoder_fails_only_its_task() {
         assert_eq!(queue.get().unwrap(), Fragile(6));
     });
 }
+
+/// The caller's pid in `a_panicking_result_drop_never_closes_the_pool`:
+/// workers (forks of the fork server, started before it is set) see 0.
+static BRITTLE_CALLER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A result whose `Drop` panics for 7, in the caller's process only.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Brittle(u64);
+
+impl Drop for Brittle {
+    fn drop(&mut self) {
+        let caller = BRITTLE_CALLER.load(std::sync::atomic::Ordering::Relaxed);
+        if self.0 == 7 && caller == std::process::id() {
+            panic!("the drop of 7");
+        }
+    }
+}
+
+fn make_brittle(n: u64) -> Brittle {
+    Brittle(n)
+}
+
+/// Waits (bounded) until the pool has ended `n` items in all.
+fn wait_ended(pool: &Pool, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pool.stats().completed + pool.stats().failed < n {
+        assert!(Instant::now() < deadline, "{:?}", pool.stats());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Class 17: results the caller gave up on (a dropped `Task` or
+/// `map_async`) are dropped by the pool, on whichever thread lets them go
+/// last; a `Drop` that panics there is reported and goes no further: the
+/// pool stays open and serves. (Outcomes an `imap` has already moved into
+/// its own buffer are the caller's, dropped with it on the caller's thread.)
+#[test]
+fn a_panicking_result_drop_never_closes_the_pool() {
+    within(Duration::from_secs(60), || {
+        BRITTLE_CALLER.store(std::process::id(), std::sync::atomic::Ordering::Relaxed);
+        let pool = Pool::new(2).unwrap();
+        for n in 0..20 {
+            drop(pool.submit(make_brittle, n));
+        }
+        wait_ended(&pool, 20);
+        assert_eq!(pool.apply(square, 3).unwrap(), 9);
+        drop(pool.map_async(make_brittle, 0..20u64));
+        let started = pool.stats().submitted;
+        wait_ended(&pool, started);
+        assert_eq!(pool.apply(square, 4).unwrap(), 16);
+        assert_eq!(pool.stats().lost, 0);
+    });
+}

@@ -110,8 +110,8 @@ use self::core::{Args, Config, Shared};
 #[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
 pub(crate) use self::core::{Cancel, Job, JobBuilder, Raw, Sink, count_failure, deliver_guarded};
 use self::engine::EngineRef;
-use self::task::TaskSlot;
 pub use self::task::{AsCompleted, Task, as_completed, wait_all, wait_any, wait_first_error};
+use self::task::{Held, TaskSlot};
 use crate::start::bootstrap::func_offset;
 use crate::start::runtime;
 use crate::{Data, Error, StartMethod, TaskError, wire};
@@ -1113,7 +1113,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct MapState<R> {
     /// Values by item; errors (rare) on the side, so a big map of small
     /// values stays small.
-    values: Vec<Option<R>>,
+    values: Vec<Option<Held<R>>>,
     errors: std::collections::BTreeMap<u32, TaskError>,
     left: usize,
     /// Woken when the last item ends (the waiting thread, asleep on the
@@ -1164,7 +1164,7 @@ impl<R: Data> MapSink<R> {
         }
         Ok(std::mem::take(&mut st.values)
             .into_iter()
-            .map(|v| v.expect("every item has an outcome"))
+            .map(|v| v.expect("every item has an outcome").into_inner())
             .collect())
     }
 
@@ -1187,7 +1187,7 @@ impl<R: Data> MapSink<R> {
             .into_iter()
             .enumerate()
             .map(|(i, v)| {
-                v.ok_or_else(|| {
+                v.map(Held::into_inner).ok_or_else(|| {
                     let error = errors.remove(&(i as u32));
                     error.expect("every item has an outcome")
                 })
@@ -1232,7 +1232,7 @@ impl<R: Data> Sink for MapSink<R> {
                 continue;
             }
             match raw.decode() {
-                Ok(value) => st.values[i] = Some(value),
+                Ok(value) => st.values[i] = Some(Held::new(value)),
                 Err(e) => {
                     st.errors.insert(index, e);
                 }
@@ -1261,10 +1261,10 @@ struct StreamState<R> {
     /// Ordered mode: outcomes of the items from number `base` on, by
     /// distance from `base` (item numbers wrap at 2³²; the window is far
     /// smaller).
-    ring: VecDeque<Option<Result<R, TaskError>>>,
+    ring: VecDeque<Option<Result<Held<R>, TaskError>>>,
     base: u32,
     /// Unordered mode: outcomes in completion order.
-    arrived: VecDeque<Result<R, TaskError>>,
+    arrived: VecDeque<Result<Held<R>, TaskError>>,
     /// Woken when outcomes arrive (the waiting thread, asleep on the
     /// pool's bell).
     waker: Option<std::task::Waker>,
@@ -1286,7 +1286,7 @@ impl<R: Data> Sink for StreamSink<R> {
         }
         let mut st = lock(&self.state);
         for (index, raw) in outcomes {
-            let outcome = raw.decode();
+            let outcome = raw.decode().map(Held::new);
             if self.ordered {
                 let at = index.wrapping_sub(st.base) as usize;
                 if st.ring.len() <= at {
@@ -1326,11 +1326,16 @@ impl<R> StreamSink<R> {
         if self.ordered {
             let n = st.ring.iter().take_while(|o| o.is_some()).count();
             st.base = st.base.wrapping_add(n as u32);
-            out.extend(st.ring.drain(..n).flatten());
+            out.extend(
+                st.ring
+                    .drain(..n)
+                    .flatten()
+                    .map(|o| o.map(Held::into_inner)),
+            );
             n
         } else {
             let n = st.arrived.len();
-            out.extend(st.arrived.drain(..));
+            out.extend(st.arrived.drain(..).map(|o| o.map(Held::into_inner)));
             n
         }
     }

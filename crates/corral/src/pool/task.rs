@@ -19,11 +19,45 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A user's value the pool holds until its caller takes it. If the caller
+/// gives the call up (drops its [`Task`], `imap` or `map_async`), the value
+/// is dropped by whichever thread lets the call go last, the pool's own
+/// threads included: its `Drop` then runs under a guard, so that a panic
+/// there (reported on stderr, as any panic) stays with this value instead of
+/// unwinding through the pool. Before, a result whose `Drop` panicked on
+/// the dispatcher thread closed the pool.
+pub(super) struct Held<R>(Option<R>);
+
+impl<R> Held<R> {
+    #[inline]
+    pub(super) fn new(value: R) -> Held<R> {
+        Held(Some(value))
+    }
+
+    /// The value, for its caller.
+    #[inline]
+    pub(super) fn into_inner(mut self) -> R {
+        self.0.take().expect("a held value is taken once")
+    }
+}
+
+impl<R> Drop for Held<R> {
+    fn drop(&mut self) {
+        if let Some(value) = self.0.take() {
+            let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(value)));
+            // The payload may itself panic on drop.
+            if let Err(payload) = dropped {
+                std::mem::forget(payload);
+            }
+        }
+    }
+}
+
 struct SlotState<R> {
     /// The error boxed: a slot is allocated for every task, and a small one
     /// is written in place (a `TaskError` inline made it 150 bytes, copied
     /// through `memcpy` for every task).
-    result: Option<Result<R, Box<TaskError>>>,
+    result: Option<Result<Held<R>, Box<TaskError>>>,
     taken: bool,
     wakers: Vec<Waker>,
 }
@@ -56,7 +90,7 @@ impl<R> TaskSlot<R> {
             if st.result.is_some() || st.taken {
                 return false;
             }
-            st.result = Some(result.map_err(Box::new));
+            st.result = Some(result.map(Held::new).map_err(Box::new));
             self.done.store(true, Ordering::Release);
             std::mem::take(&mut st.wakers)
         };
@@ -95,7 +129,7 @@ impl<R> TaskSlot<R> {
         let mut st = lock(&self.state);
         let r = st.result.take();
         st.taken |= r.is_some();
-        r.map(|r| r.map_err(|e| *e))
+        r.map(|r| r.map(Held::into_inner).map_err(|e| *e))
     }
 }
 
