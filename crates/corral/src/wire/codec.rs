@@ -227,15 +227,7 @@ pub(crate) fn encode_plain_into<T: Serialize + ?Sized>(
 /// `Deserialize` unwinds: this is the pool's per-item path, guarded by its
 /// callers once per run of items (see [`decode_plain_guarded`]).
 pub(crate) fn decode_plain<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let name = std::any::type_name::<T>();
-    match postcard::take_from_bytes::<T>(bytes) {
-        Ok((value, [])) => Ok(value),
-        Ok((_, rest)) => Err(CodecError::new(format!(
-            "{} trailing bytes after a {name}: the two sides disagree on the type",
-            rest.len()
-        ))),
-        Err(e) => Err(decode_error::<T>(bytes, e, true)),
-    }
+    decoded(bytes, postcard::take_from_bytes::<T>(bytes), true)
 }
 
 /// [`decode_plain`], a panic in `T`'s `Deserialize` being a codec error of
@@ -263,6 +255,7 @@ pub(crate) fn decode<T: DeserializeOwned>(
 
 /// The value postcard decoded, or why not: an error of its own, or bytes
 /// left over (the two sides disagree on the type).
+#[inline]
 fn decoded<T: DeserializeOwned>(
     bytes: &[u8],
     result: postcard::Result<(T, &[u8])>,
