@@ -869,11 +869,12 @@ fn make_brittle(n: u64) -> Brittle {
 
 /// Waits (bounded) until the pool has ended `n` items in all.
 fn wait_ended(pool: &Pool, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while pool.stats().completed + pool.stats().failed < n {
-        assert!(Instant::now() < deadline, "{:?}", pool.stats());
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let ended = || pool.stats().completed + pool.stats().failed >= n;
+    assert!(
+        fx::wait_for(Duration::from_secs(20), ended),
+        "{:?}",
+        pool.stats()
+    );
 }
 
 /// Class 17: results the caller gave up on (a dropped `Task` or
