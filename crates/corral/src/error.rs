@@ -480,6 +480,15 @@ pub enum TaskError {
         "the task was delivered {0} times and no node reported an outcome; it is not delivered again"
     )]
     DeliveryLimit(u32),
+    /// The pool belongs to this process (its pid): the call was made in a
+    /// forked child of it, on a copy of its handle. A child has copies of
+    /// its parent's values, but not the pool itself (its threads did not
+    /// come along; its workers and shared memory are the parent's, and
+    /// stay untouched). Create a pool in the child.
+    #[error(
+        "this pool belongs to process {0}, and this is a forked child of it: create a pool in the child"
+    )]
+    ForkedCopy(u32),
 }
 
 impl TaskError {

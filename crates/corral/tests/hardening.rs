@@ -899,3 +899,117 @@ fn a_panicking_result_drop_never_closes_the_pool() {
         assert_eq!(pool.stats().lost, 0);
     });
 }
+
+fn nap_square(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(300));
+    x * x
+}
+
+/// What a forked child's calls on its copy of its parent's pool (and of a
+/// task of it begun before the fork) returned, one line each.
+fn use_the_parents_pool(pool: &Pool, begun: Task<u64>) -> Vec<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    pool.submit(square, 4).on_done(move |r| {
+        let _ = tx.send(r);
+    });
+    let on_done = rx.recv_timeout(Duration::from_secs(5));
+    let mut streamed = pool.imap(square, 0..10u64);
+    vec![
+        format!("{:?}", pool.apply(square, 3)),
+        format!("{:?}", pool.map(square, 0..1_000u64).map(|v| v.len())),
+        format!("{:?}", pool.map(pid, 0..10u64).map(|v| v.len())),
+        format!("{:?}", pool.map_pod(square, &[1u64, 2, 3]).map(|v| v.len())),
+        format!("{:?}", streamed.next().map(|r| r.map(|_| ()))),
+        format!("{:?}", on_done.map(|r| r.map(|_| ()))),
+        format!("{:?}", begun.join()),
+        format!("{:?}", pool.resize(3).is_err()),
+        format!("{}", pool.join_timeout(Duration::from_secs(5))),
+    ]
+}
+
+/// Class 18: a forked child has a copy of its parent's pool handle (and
+/// of its tasks), not the pool: its calls fail at once with `ForkedCopy`,
+/// none waits, closing or terminating the copy there does nothing, and the
+/// parent's pool is untouched: the same workers, nothing more submitted.
+/// (Before, the child's `apply` hung, and the parent's pool with it.)
+#[test]
+fn a_forked_copy_of_a_pool_refuses_and_leaves_the_parents_whole() {
+    within(Duration::from_secs(60), || {
+        let pool = std::sync::Arc::new(Pool::new(2).unwrap());
+        let workers: HashSet<u32> = pool.workers().iter().map(|w| w.pid).collect();
+        let begun = pool.submit(nap_square, 5);
+        let submitted = pool.stats().submitted;
+        let (copy, twin) = (pool.clone(), pool.submit(nap_square, 6));
+        let child = corral::Process::builder()
+            .fork_closure(move || {
+                let said = use_the_parents_pool(&copy, twin);
+                copy.close();
+                copy.terminate();
+                said
+            })
+            .unwrap();
+        let said = fx::done(child).unwrap();
+        let forked = format!("Err(ForkedCopy({}))", std::process::id());
+        let expected = [
+            &forked,
+            &forked,
+            &forked,
+            &forked,
+            &format!("Some({forked})"),
+            &format!("Ok({forked})"),
+            &forked,
+            "true",
+            "true",
+        ];
+        assert_eq!(said, expected);
+        assert_eq!(pool.stats().submitted, submitted + 1);
+        assert_eq!(done(begun).unwrap(), 25);
+        assert_eq!(pool.apply(square, 9).unwrap(), 81);
+        assert_eq!(pool.map(square, 0..1_000u64).unwrap()[999], 998_001);
+        let now: HashSet<u32> = pool.workers().iter().map(|w| w.pid).collect();
+        assert_eq!(now, workers);
+        assert_eq!(pool.stats().lost, 0);
+    });
+}
+
+/// Class 18: the same for a plain `fork` of the program's own (`libc::fork`,
+/// Python's `os.fork`), which corral does not make: the copy's `apply`
+/// fails at once and the parent's pool serves on.
+#[test]
+fn a_pool_copied_by_a_plain_fork_refuses() {
+    within(Duration::from_secs(60), || {
+        let pool = Pool::new(1).unwrap();
+        assert_eq!(pool.apply(square, 2).unwrap(), 4);
+        let parent = std::process::id();
+        let (read, write) = rustix::pipe::pipe().unwrap();
+        // SAFETY: the child calls only `apply` (which, on a copy, allocates
+        // and fails its job without touching a lock the pool's threads
+        // use), a `write` and `_exit`.
+        #[expect(unsafe_code, reason = "a plain fork, as a program of its own makes")]
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let refused =
+                matches!(pool.apply(square, 3), Err(TaskError::ForkedCopy(p)) if p == parent);
+            let _ = rustix::io::write(&write, &[u8::from(refused)]);
+            #[expect(
+                unsafe_code,
+                reason = "the child must not return into the test harness"
+            )]
+            // SAFETY: ends the forked child without running the parent's
+            // exit handlers.
+            unsafe {
+                libc::_exit(0)
+            };
+        }
+        drop(write);
+        let mut byte = [9u8];
+        assert_eq!(rustix::io::read(&read, &mut byte).unwrap(), 1);
+        assert_eq!(byte, [1], "the copy's apply did not fail with ForkedCopy");
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        #[expect(unsafe_code, reason = "reaps the plain fork's child")]
+        let reaped = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(reaped, pid);
+        assert_eq!(pool.apply(square, 5).unwrap(), 25);
+    });
+}

@@ -3,6 +3,7 @@
 import functools
 import itertools
 import os
+import select
 import signal
 import time
 
@@ -321,3 +322,30 @@ def test_imap_cancelled_from_another_thread_ends_the_consumer(pool):
     t.join(10)
     assert not t.is_alive() and outcome == []
     assert pool.apply(tasks.square, (5,)) == 25
+
+
+def test_a_forked_child_gets_an_error_from_its_copy_of_the_pool(pool):
+    # os.fork copies the pool's handle, not the pool: the child's call fails
+    # at once, and the parent's pool is untouched (it used to hang both).
+    assert pool.apply(tasks.square, (2,)) == 4
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            said = "ran: %r" % (pool.apply(tasks.square, (3,)),)
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            said = "%s: %s" % (type(e).__name__, e)
+        os.write(write, said.encode()[:1000])
+        os._exit(0)
+    os.close(write)
+    try:
+        ready, _, _ = select.select([read], [], [], 20)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        said = os.read(read, 1000).decode() if ready else "still running after 20 s"
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert "belongs to process %d" % os.getpid() in said, said
+    assert pool.apply(tasks.square, (5,)) == 25
+    assert pool.map(tasks.square, range(100)) == [x * x for x in range(100)]

@@ -53,6 +53,11 @@ pub(crate) trait Engine: Send + Sync + std::fmt::Debug {
         }
         self.sleep_until(deadline, ready, register)
     }
+    /// Why this handle of the engine can do nothing, if it can't: it is a
+    /// forked child's copy ([`Owned`]).
+    fn forked(&self) -> Option<TaskError> {
+        None
+    }
     /// Where done callbacks run.
     fn callbacks(&self) -> &Callbacks;
     /// How many tasks run at once (the number of worker processes).
@@ -168,6 +173,165 @@ impl Engine for Shared {
         Shared::worker_stats(self)
     }
 }
+
+/// An engine as its pool's handles hold it: in the process that made it,
+/// the engine itself; in a forked child (which has a copy of every handle,
+/// and none of the engine's threads), nothing of it. There every call fails
+/// with [`TaskError::ForkedCopy`] or does nothing, without touching the
+/// engine: not its shared memory or workers (the parent's), nor even its
+/// locks, which a thread of the parent may have held at the fork. Python's
+/// pools hang there, and a child's tasks wedged corral's parent pool.
+#[derive(Debug)]
+pub(crate) struct Owned<E> {
+    engine: Arc<E>,
+    /// `sys::forks()` where the pool was made.
+    forks: u64,
+    /// The process that made it.
+    owner: u32,
+    /// Where callbacks go in a forked child: nowhere, so they run on the
+    /// thread that registers them.
+    orphan: Callbacks,
+}
+
+impl<E: Engine + 'static> Owned<E> {
+    /// A handle of `engine`, owned by the calling process.
+    pub(crate) fn handle(engine: Arc<E>) -> EngineRef {
+        let orphan = Callbacks::default();
+        orphan.finish();
+        Arc::new(Owned {
+            engine,
+            forks: crate::sys::count_forks(),
+            owner: std::process::id(),
+            orphan,
+        })
+    }
+
+    /// The engine, in the process that made it.
+    fn here(&self) -> Option<&E> {
+        (crate::sys::forks() == self.forks).then_some(&*self.engine)
+    }
+}
+
+impl<E: Engine + 'static> Engine for Owned<E> {
+    fn submit(&self, jobs: Vec<Job>) {
+        match self.here() {
+            Some(engine) => engine.submit(jobs),
+            None => fail_jobs(&jobs, &TaskError::ForkedCopy(self.owner)),
+        }
+    }
+
+    fn cancel(&self, what: Cancel<'_>, kill_running: bool) {
+        if let Some(engine) = self.here() {
+            engine.cancel(what, kill_running);
+        }
+    }
+
+    fn help_until(&self, deadline: Option<Instant>, ready: &mut dyn FnMut() -> bool) -> bool {
+        match self.here() {
+            Some(engine) => engine.help_until(deadline, ready),
+            None => ready(),
+        }
+    }
+
+    fn sleep_until(
+        &self,
+        deadline: Option<Instant>,
+        ready: &mut dyn FnMut() -> bool,
+        register: &mut dyn FnMut(&std::task::Waker) -> bool,
+    ) -> Option<bool> {
+        self.here()?.sleep_until(deadline, ready, register)
+    }
+
+    fn forked(&self) -> Option<TaskError> {
+        self.here()
+            .is_none()
+            .then_some(TaskError::ForkedCopy(self.owner))
+    }
+
+    fn callbacks(&self) -> &Callbacks {
+        self.here()
+            .map_or(&self.orphan, |engine| engine.callbacks())
+    }
+
+    fn processes(&self) -> usize {
+        // One in a forked copy: what is sized by it stays valid (jobs and
+        // windows), and its jobs fail as they are submitted.
+        self.here().map_or(1, |engine| engine.processes())
+    }
+
+    fn max_tasks(&self) -> Option<u64> {
+        self.here()?.max_tasks()
+    }
+
+    fn task_timeout(&self) -> Option<Duration> {
+        self.here()?.task_timeout()
+    }
+
+    fn chunk_hint(&self, func: i64) -> usize {
+        self.here().map_or(1, |engine| engine.chunk_hint(func))
+    }
+
+    fn set_chunk_hint(&self, func: i64, size: usize) {
+        if let Some(engine) = self.here() {
+            engine.set_chunk_hint(func, size);
+        }
+    }
+
+    fn shares_memory(&self) -> bool {
+        // What kind of engine it is (no lock): a copy's `map_pod` fails as
+        // its jobs are submitted, as every call's do.
+        self.engine.shares_memory()
+    }
+
+    fn scratch(&self, bytes: usize) -> Result<crate::RawArray<u8>, Error> {
+        match self.here() {
+            Some(engine) => engine.scratch(bytes),
+            None => Err(Error::Unsupported(FORKED)),
+        }
+    }
+
+    fn return_scratch(&self, array: crate::RawArray<u8>) {
+        if let Some(engine) = self.here() {
+            engine.return_scratch(array);
+        }
+    }
+
+    fn resize(&self, processes: usize) -> Result<(), Error> {
+        match self.here() {
+            Some(engine) => engine.resize(processes),
+            None => Err(Error::Unsupported(FORKED)),
+        }
+    }
+
+    fn close(&self) {
+        if let Some(engine) = self.here() {
+            engine.close();
+        }
+    }
+
+    fn join(&self, deadline: Option<Instant>) -> bool {
+        self.here().is_none_or(|engine| engine.join(deadline))
+    }
+
+    fn terminate(&self) {
+        if let Some(engine) = self.here() {
+            engine.terminate();
+        }
+    }
+
+    fn stats(&self) -> PoolStats {
+        self.here().map(|engine| engine.stats()).unwrap_or_default()
+    }
+
+    fn worker_stats(&self) -> Vec<WorkerStats> {
+        self.here()
+            .map(|engine| engine.worker_stats())
+            .unwrap_or_default()
+    }
+}
+
+/// What a forked copy of a pool says to what returns an [`Error`].
+const FORKED: &str = "a forked copy of a pool handle: the pool belongs to the parent process; create a pool in the child";
 
 /// Why an engine takes no new jobs, if it takes none: the failure that
 /// broke it, else `PoolClosed` once it is not open. Both engines admit

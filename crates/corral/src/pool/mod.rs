@@ -72,6 +72,12 @@
 //!   it is killed. A worker that loses its fork server ends its task with
 //!   [`TaskError::Lost`], which says why (Linux reports no status for it).
 //! * **Nesting.** A task may create and use its own pool.
+//! * **A pool belongs to the process that made it.** A forked child (of
+//!   [`ProcessBuilder::fork_closure`](crate::ProcessBuilder::fork_closure),
+//!   the `Fork` start method, a plain `fork`) has copies of its parent's
+//!   pool handles and tasks, not the pool: there every call fails at once
+//!   with [`TaskError::ForkedCopy`], closing or dropping the copy does
+//!   nothing, and the parent's pool is untouched. Make a pool in the child.
 //!
 //! # How it works
 //!
@@ -109,7 +115,7 @@ use std::time::{Duration, Instant};
 use self::core::{Args, Config, Shared};
 #[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
 pub(crate) use self::core::{Cancel, Job, JobBuilder, Raw, Sink, count_failure, deliver_guarded};
-use self::engine::EngineRef;
+use self::engine::{EngineRef, Owned};
 pub use self::task::{AsCompleted, Task, as_completed, wait_all, wait_any, wait_first_error};
 use self::task::{Held, TaskSlot};
 use crate::start::bootstrap::func_offset;
@@ -403,7 +409,7 @@ impl PoolBuilder {
             });
         match thread {
             Ok(handle) => Ok(Pool {
-                shared,
+                shared: Owned::handle(shared),
                 dispatcher: Mutex::new(Some(handle)),
                 numbers: Mutex::new(None),
             }),
@@ -1047,9 +1053,9 @@ impl Pool {
 
     /// A pool on another engine (a cluster), which owns its threads.
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
-    pub(crate) fn from_engine(engine: EngineRef) -> Pool {
+    pub(crate) fn from_engine<E: engine::Engine + 'static>(engine: Arc<E>) -> Pool {
         Pool {
-            shared: engine,
+            shared: Owned::handle(engine),
             dispatcher: Mutex::new(None),
             numbers: Mutex::new(None),
         }
@@ -1062,6 +1068,10 @@ impl Pool {
     }
 
     fn join_dispatcher(&self) {
+        if self.shared.forked().is_some() {
+            // The parent's thread: not this process's to join.
+            return;
+        }
         let handle = self
             .dispatcher
             .lock()

@@ -450,6 +450,11 @@ impl<R: Data> Task<R> {
         if let Some(done) = self.shared.wait_for(deadline, ready, register) {
             return done;
         }
+        if let Some(forked) = self.shared.forked() {
+            // A copy of the parent's task, which no one here will end.
+            self.slot.complete(Err(forked));
+            return true;
+        }
         let waker = thread_waker();
         loop {
             if self.slot.register(&waker) {
@@ -489,6 +494,9 @@ impl<R: Data> Future for Task<R> {
     type Output = Result<R, TaskError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(forked) = self.shared.forked() {
+            self.slot.complete(Err(forked));
+        }
         if self.slot.register(cx.waker()) {
             match self.slot.take() {
                 Some(result) => Poll::Ready(result),

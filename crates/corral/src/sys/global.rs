@@ -83,3 +83,35 @@ impl<T: Send + Sync + 'static> ForkLocal<T> {
         }
     }
 }
+
+/// Forks into this process's line since the program started: 0 in the
+/// program itself, one more in each child of a `fork` (from corral, a
+/// `libc::fork` of the program's own, Python's `os.fork`), counted by a
+/// `pthread_atfork` handler that [`count_forks`] installs.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn forked() {
+    // Async-signal-safe, as a handler run in a forked child must be.
+    FORKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Installs the handler that counts forks (once; later calls do nothing)
+/// and returns the count so far: a value made by this process compares
+/// [`forks`] with it to know whether it has been forked into a child
+/// since, where it is only a copy.
+pub(crate) fn count_forks() -> u64 {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        // SAFETY: `forked` is an `extern "C" fn()` that only touches an
+        // atomic; glibc calls it in the child right after each `fork`.
+        // Registration cannot fail but for lack of memory (`ENOMEM`); then
+        // forks go uncounted, as before this handler existed.
+        let _ = unsafe { libc::pthread_atfork(None, None, Some(forked)) };
+    });
+    forks()
+}
+
+/// How many forks separate this process from the program (see [`FORKS`]).
+pub(crate) fn forks() -> u64 {
+    FORKS.load(Ordering::Relaxed)
+}

@@ -31,7 +31,7 @@ mod shm;
 
 pub(crate) use exe::executable_identity;
 pub(crate) use futex::*;
-pub(crate) use global::{ForkLocal, new_process_generation};
+pub(crate) use global::{ForkLocal, count_forks, forks, new_process_generation};
 pub(crate) use job::*;
 pub(crate) use linux::*;
 pub(crate) use shm::{SharedLayout, SharedRegion, shared_layout};
