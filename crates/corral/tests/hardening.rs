@@ -974,23 +974,30 @@ fn a_forked_copy_of_a_pool_refuses_and_leaves_the_parents_whole() {
 
 /// Class 18: the same for a plain `fork` of the program's own (`libc::fork`,
 /// Python's `os.fork`), which corral does not make: the copy's `apply`
-/// fails at once and the parent's pool serves on.
+/// fails at once and the parent's pool serves on. The child starts afresh,
+/// as corral's own forked children do: a pool or a child of its own works
+/// (they used to hang on the parent's fork server connection).
 #[test]
-fn a_pool_copied_by_a_plain_fork_refuses() {
+fn a_plain_fork_refuses_the_pools_copy_and_starts_afresh() {
     within(Duration::from_secs(60), || {
         let pool = Pool::new(1).unwrap();
         assert_eq!(pool.apply(square, 2).unwrap(), 4);
         let parent = std::process::id();
         let (read, write) = rustix::pipe::pipe().unwrap();
-        // SAFETY: the child calls only `apply` (which, on a copy, allocates
-        // and fails its job without touching a lock the pool's threads
-        // use), a `write` and `_exit`.
+        // SAFETY: the child has one thread; it takes no lock another thread
+        // of the parent's may have held (a copy's `apply` fails its job
+        // without touching the pool; its own pool and child are new), then
+        // writes and calls `_exit`.
         #[expect(unsafe_code, reason = "a plain fork, as a program of its own makes")]
         let pid = unsafe { libc::fork() };
         if pid == 0 {
             let refused =
                 matches!(pool.apply(square, 3), Err(TaskError::ForkedCopy(p)) if p == parent);
-            let _ = rustix::io::write(&write, &[u8::from(refused)]);
+            // Its own pool and children run on a fork server of its own.
+            let own = Pool::new(1).is_ok_and(|own| own.apply(square, 6) == Ok(36));
+            let spawned = corral::spawn(square, 7).is_ok_and(|c| c.join().is_ok_and(|v| v == 49));
+            let said = [u8::from(refused), u8::from(own), u8::from(spawned)];
+            let _ = rustix::io::write(&write, &said);
             #[expect(
                 unsafe_code,
                 reason = "the child must not return into the test harness"
@@ -1002,9 +1009,9 @@ fn a_pool_copied_by_a_plain_fork_refuses() {
             };
         }
         drop(write);
-        let mut byte = [9u8];
-        assert_eq!(rustix::io::read(&read, &mut byte).unwrap(), 1);
-        assert_eq!(byte, [1], "the copy's apply did not fail with ForkedCopy");
+        let mut said = [9u8; 3];
+        assert_eq!(rustix::io::read(&read, &mut said).unwrap(), 3);
+        assert_eq!(said, [1, 1, 1], "refused by the copy, own pool, own spawn");
         let mut status = 0;
         // SAFETY: waits for the child forked above.
         #[expect(unsafe_code, reason = "reaps the plain fork's child")]

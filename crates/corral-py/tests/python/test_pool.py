@@ -324,9 +324,10 @@ def test_imap_cancelled_from_another_thread_ends_the_consumer(pool):
     assert pool.apply(tasks.square, (5,)) == 25
 
 
-def test_a_forked_child_gets_an_error_from_its_copy_of_the_pool(pool):
+def test_a_forked_child_gets_an_error_from_its_copy_of_the_pool_and_makes_its_own(pool):
     # os.fork copies the pool's handle, not the pool: the child's call fails
     # at once, and the parent's pool is untouched (it used to hang both).
+    # The child starts afresh, with a fork server of its own.
     assert pool.apply(tasks.square, (2,)) == 4
     read, write = os.pipe()
     pid = os.fork()
@@ -335,6 +336,12 @@ def test_a_forked_child_gets_an_error_from_its_copy_of_the_pool(pool):
             said = "ran: %r" % (pool.apply(tasks.square, (3,)),)
         except BaseException as e:  # noqa: BLE001 - reported to the parent
             said = "%s: %s" % (type(e).__name__, e)
+        try:
+            # The child starts afresh: a pool of its own works.
+            with corral.Pool(1) as own:
+                said += "; own pool: %r" % (own.apply(tasks.square, (6,)),)
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            said += "; own pool: %s: %s" % (type(e).__name__, e)
         os.write(write, said.encode()[:1000])
         os._exit(0)
     os.close(write)
@@ -347,5 +354,6 @@ def test_a_forked_child_gets_an_error_from_its_copy_of_the_pool(pool):
         os.close(read)
         os.waitpid(pid, 0)
     assert "belongs to process %d" % os.getpid() in said, said
+    assert said.endswith("; own pool: 36"), said
     assert pool.apply(tasks.square, (5,)) == 25
     assert pool.map(tasks.square, range(100)) == [x * x for x in range(100)]

@@ -200,7 +200,7 @@ impl<E: Engine + 'static> Owned<E> {
         orphan.finish();
         Arc::new(Owned {
             engine,
-            forks: crate::sys::count_forks(),
+            forks: crate::sys::watch_forks(),
             owner: std::process::id(),
             orphan,
         })

@@ -77,7 +77,8 @@
 //!   the `Fork` start method, a plain `fork`) has copies of its parent's
 //!   pool handles and tasks, not the pool: there every call fails at once
 //!   with [`TaskError::ForkedCopy`], closing or dropping the copy does
-//!   nothing, and the parent's pool is untouched. Make a pool in the child.
+//!   nothing, and the parent's pool is untouched. Make a pool in the child:
+//!   a child of any fork starts afresh, with a fork server of its own.
 //!
 //! # How it works
 //!

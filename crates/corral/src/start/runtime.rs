@@ -1,7 +1,7 @@
 //! Process-wide state: initialisation, the fork server client, the registry
 //! of live children and what happens at exit.
 
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
@@ -12,10 +12,6 @@ use crate::process::Proc;
 use crate::{Error, sys};
 
 static INITIALIZED: AtomicBool = AtomicBool::new(false);
-/// The raw descriptor of this process's fork server socket, so that a child
-/// forked directly can close its inherited copy (else the server would not
-/// see end-of-file when this process dies).
-static SERVER_FD: AtomicI32 = AtomicI32::new(-1);
 
 struct State {
     server: Mutex<Option<ServerClient>>,
@@ -173,6 +169,10 @@ pub(crate) fn init() {
     if !mark_initialized() {
         return;
     }
+    // A child of a fork of this program's own (`libc::fork`, Python's
+    // `os.fork`) starts afresh, as corral's own forked children do: its own
+    // fork server, pools and children, none of this process's.
+    sys::watch_forks();
     // Work every child would otherwise repeat: done once here, inherited by
     // the fork server and everything it forks.
     let _ = sys::executable_identity();
@@ -226,7 +226,9 @@ pub(crate) fn with_server<T>(f: impl Fn(&ServerClient) -> Result<T, Error>) -> R
     for attempt in 0..2 {
         if server.is_none() {
             let client = ServerClient::start()?;
-            SERVER_FD.store(client.raw_fd(), Ordering::Release);
+            // A forked child closes its copy (else the server would not see
+            // end-of-file when this process dies).
+            sys::close_in_forked_children(client.raw_fd());
             *lock(&STATE.get().baseline) = Some(Context::current());
             if attempt > 0 {
                 hand_over(&client);
@@ -237,7 +239,7 @@ pub(crate) fn with_server<T>(f: impl Fn(&ServerClient) -> Result<T, Error>) -> R
         match f(client) {
             Err(Error::ForkServer(_)) if attempt == 0 && client.is_gone() => {
                 *server = None;
-                SERVER_FD.store(-1, Ordering::Release);
+                sys::close_in_forked_children(-1);
             }
             other => return other,
         }
@@ -297,7 +299,7 @@ pub(crate) fn spare_pid() -> Option<i32> {
 
 /// In a child forked directly: drops the parent's fork server connection.
 pub(crate) fn forget_inherited_server() {
-    sys::close_inherited(SERVER_FD.swap(-1, Ordering::AcqRel));
+    sys::close_inherited_connection();
 }
 
 /// Tracks a live child until it is reaped.

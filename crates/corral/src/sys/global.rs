@@ -7,8 +7,9 @@
 //! next access builds a new value. The stale value is leaked on purpose (it may
 //! be locked forever); that is one small allocation per fork generation.
 
+use std::os::fd::RawFd;
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, Ordering};
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
@@ -84,34 +85,59 @@ impl<T: Send + Sync + 'static> ForkLocal<T> {
     }
 }
 
-/// Forks into this process's line since the program started: 0 in the
-/// program itself, one more in each child of a `fork` (from corral, a
-/// `libc::fork` of the program's own, Python's `os.fork`), counted by a
-/// `pthread_atfork` handler that [`count_forks`] installs.
+/// Forks since this process's line began watching ([`watch_forks`]): 0 in
+/// the process that installed the handler, one more in each child of a
+/// `fork` after that (from corral, a `libc::fork` of the program's own,
+/// Python's `os.fork`).
 static FORKS: AtomicU64 = AtomicU64::new(0);
 
+/// A descriptor every forked child closes at once, or -1: the fork server
+/// connection, which the server watches for end-of-file to learn that its
+/// parent died (a child holding a copy would keep it open).
+static CLOSED_IN_CHILDREN: AtomicI32 = AtomicI32::new(-1);
+
+/// Runs in every child of a `fork` (a `pthread_atfork` handler), before
+/// anything else there: the child is a new process for every
+/// [`ForkLocal`], drops the parent's fork server connection, and counts
+/// the fork. Async-signal-safe, as such a handler must be: atomics and
+/// `close`.
 extern "C" fn forked() {
-    // Async-signal-safe, as a handler run in a forked child must be.
     FORKS.fetch_add(1, Ordering::Relaxed);
+    new_process_generation();
+    close_inherited_connection();
 }
 
-/// Installs the handler that counts forks (once; later calls do nothing)
-/// and returns the count so far: a value made by this process compares
-/// [`forks`] with it to know whether it has been forked into a child
-/// since, where it is only a copy.
-pub(crate) fn count_forks() -> u64 {
+/// Installs the handler that makes every forked child a new process
+/// ([`forked`]; once, later calls only read), and returns the forks so
+/// far: a value made by this process compares [`forks`] with it to know
+/// whether it has since been forked into a child, where it is a copy.
+pub(crate) fn watch_forks() -> u64 {
     static INSTALLED: std::sync::Once = std::sync::Once::new();
     INSTALLED.call_once(|| {
-        // SAFETY: `forked` is an `extern "C" fn()` that only touches an
-        // atomic; glibc calls it in the child right after each `fork`.
-        // Registration cannot fail but for lack of memory (`ENOMEM`); then
-        // forks go uncounted, as before this handler existed.
+        // SAFETY: `forked` is an `extern "C" fn()` that only touches atomics
+        // and closes a descriptor; glibc calls it in the child right after
+        // each `fork`. Registration fails only for lack of memory
+        // (`ENOMEM`); then forks go unwatched, as before it existed.
         let _ = unsafe { libc::pthread_atfork(None, None, Some(forked)) };
     });
     forks()
 }
 
-/// How many forks separate this process from the program (see [`FORKS`]).
+/// How many forks separate this process from the one that began watching
+/// (see [`FORKS`]).
 pub(crate) fn forks() -> u64 {
     FORKS.load(Ordering::Relaxed)
+}
+
+/// Makes `fd` (or none, for -1) the descriptor forked children close at
+/// once.
+pub(crate) fn close_in_forked_children(fd: RawFd) {
+    CLOSED_IN_CHILDREN.store(fd, Ordering::Release);
+}
+
+/// In a freshly forked child: closes its inherited copy of the descriptor
+/// of [`close_in_forked_children`] (the handler does it in every fork; a
+/// fork made before it was installed calls this itself).
+pub(crate) fn close_inherited_connection() {
+    super::close_inherited(CLOSED_IN_CHILDREN.swap(-1, Ordering::AcqRel));
 }

@@ -31,7 +31,10 @@ mod shm;
 
 pub(crate) use exe::executable_identity;
 pub(crate) use futex::*;
-pub(crate) use global::{ForkLocal, count_forks, forks, new_process_generation};
+pub(crate) use global::{
+    ForkLocal, close_in_forked_children, close_inherited_connection, forks, new_process_generation,
+    watch_forks,
+};
 pub(crate) use job::*;
 pub(crate) use linux::*;
 pub(crate) use shm::{SharedLayout, SharedRegion, shared_layout};
