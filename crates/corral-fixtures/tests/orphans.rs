@@ -29,6 +29,7 @@ fn no_descendant_outlives_a_sigkilled_parent() {
         }
     });
     let mut pids = Vec::new();
+    let mut others = Vec::new();
     loop {
         let line = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(line) => line,
@@ -41,6 +42,12 @@ fn no_descendant_outlives_a_sigkilled_parent() {
             break;
         }
         let mut words = line.split_whitespace();
+        if line.starts_with("other ") {
+            // Not corral's (a child of the program's own fork): it must not
+            // keep corral's descendants alive, and is killed at the end.
+            others.push(words.nth(2).expect("pid").parse::<i32>().expect("a pid"));
+            continue;
+        }
         assert_eq!(words.next(), Some("pid"), "{line}");
         let what = words.next().expect("what").to_string();
         let pid: u32 = words.next().expect("pid").parse().expect("a pid");
@@ -79,6 +86,14 @@ fn no_descendant_outlives_a_sigkilled_parent() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let took = killed.elapsed();
+    assert_eq!(others.len(), 1, "the plain fork's child");
+    for pid in others {
+        // SAFETY: signals the parent's plain fork child, re-parented to us.
+        #[expect(unsafe_code, reason = "kill(2) of a pid the parent printed")]
+        unsafe {
+            libc::kill(pid, libc::SIGKILL)
+        };
+    }
     // Reap whatever was re-parented to us.
     std::thread::sleep(Duration::from_millis(50));
     corral_fixtures::reap_exited_children();

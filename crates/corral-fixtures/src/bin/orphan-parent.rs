@@ -81,7 +81,13 @@ fn main() {
     });
     let spare = *spares.first().expect("the fork server keeps a spare");
     pids.push(("spare", spare));
+    // A child of the program's own fork (as Python's `os.fork` makes), not
+    // corral's: it holds copies of every descriptor above, and must not
+    // keep any of corral's descendants alive. It is not corral's to end:
+    // the test kills it.
+    let plain = plain_fork_sleeper();
     let mut out = std::io::stdout().lock();
+    writeln!(out, "other plain-fork-child {plain}").expect("stdout");
     for (what, pid) in pids {
         writeln!(out, "pid {what} {pid}").expect("stdout");
     }
@@ -89,4 +95,26 @@ fn main() {
     out.flush().expect("stdout");
     drop(out);
     hang(())
+}
+
+/// Forks a child that sleeps 30 s and exits, as a program's own `fork`
+/// would; its pid.
+fn plain_fork_sleeper() -> u32 {
+    #[expect(unsafe_code, reason = "a plain fork, as a program of its own makes")]
+    // SAFETY: the child only sleeps and calls `_exit`: it takes no lock
+    // another thread may have held at the fork.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => panic!("fork: {}", std::io::Error::last_os_error()),
+        0 => {
+            std::thread::sleep(std::time::Duration::from_secs(30));
+            #[expect(unsafe_code, reason = "ends the forked child")]
+            // SAFETY: ends this child without running the parent's exit
+            // handlers.
+            unsafe {
+                libc::_exit(0)
+            }
+        }
+        pid => pid as u32,
+    }
 }
