@@ -219,6 +219,13 @@ pub enum ProcessError {
     /// A system call failed while waiting for the child.
     #[error("waiting for the child failed: {0}")]
     Io(#[from] io::Error),
+    /// The child was started by this process (its pid), and the handle is a
+    /// forked child's copy of it: only the process that started a child
+    /// gets its result (the copy would take it from there).
+    #[error(
+        "this child was started by process {0}, and this is a forked child of it: only that process joins it"
+    )]
+    ForkedCopy(u32),
 }
 
 impl ProcessError {

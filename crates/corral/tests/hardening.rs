@@ -976,13 +976,16 @@ fn a_forked_copy_of_a_pool_refuses_and_leaves_the_parents_whole() {
 /// Python's `os.fork`), which corral does not make: the copy's `apply`
 /// fails at once and the parent's pool serves on. The child starts afresh,
 /// as corral's own forked children do: a pool or a child of its own works
-/// (they used to hang on the parent's fork server connection).
+/// (they used to hang on the parent's fork server connection). Its copy of
+/// a child the parent started refuses to join it (it used to take the
+/// parent's result, often).
 #[test]
-fn a_plain_fork_refuses_the_pools_copy_and_starts_afresh() {
+fn a_plain_fork_refuses_its_copies_and_starts_afresh() {
     within(Duration::from_secs(60), || {
         let pool = Pool::new(1).unwrap();
         assert_eq!(pool.apply(square, 2).unwrap(), 4);
         let parent = std::process::id();
+        let started = corral::spawn(nap_square, 4).unwrap();
         let (read, write) = rustix::pipe::pipe().unwrap();
         // SAFETY: the child has one thread; it takes no lock another thread
         // of the parent's may have held (a copy's `apply` fails its job
@@ -996,7 +999,17 @@ fn a_plain_fork_refuses_the_pools_copy_and_starts_afresh() {
             // Its own pool and children run on a fork server of its own.
             let own = Pool::new(1).is_ok_and(|own| own.apply(square, 6) == Ok(36));
             let spawned = corral::spawn(square, 7).is_ok_and(|c| c.join().is_ok_and(|v| v == 49));
-            let said = [u8::from(refused), u8::from(own), u8::from(spawned)];
+            // The parent's child: its result is the parent's alone.
+            let joined = matches!(
+                started.join(),
+                Err(corral::ProcessError::ForkedCopy(p)) if p == parent
+            );
+            let said = [
+                u8::from(refused),
+                u8::from(own),
+                u8::from(spawned),
+                u8::from(joined),
+            ];
             let _ = rustix::io::write(&write, &said);
             #[expect(
                 unsafe_code,
@@ -1009,14 +1022,18 @@ fn a_plain_fork_refuses_the_pools_copy_and_starts_afresh() {
             };
         }
         drop(write);
-        let mut said = [9u8; 3];
-        assert_eq!(rustix::io::read(&read, &mut said).unwrap(), 3);
-        assert_eq!(said, [1, 1, 1], "refused by the copy, own pool, own spawn");
+        let mut said = [9u8; 4];
+        assert_eq!(rustix::io::read(&read, &mut said).unwrap(), 4);
+        assert_eq!(
+            said, [1; 4],
+            "the pool's copy refused, own pool, own spawn, the child's copy refused"
+        );
         let mut status = 0;
         // SAFETY: waits for the child forked above.
         #[expect(unsafe_code, reason = "reaps the plain fork's child")]
         let reaped = unsafe { libc::waitpid(pid, &mut status, 0) };
         assert_eq!(reaped, pid);
         assert_eq!(pool.apply(square, 5).unwrap(), 25);
+        assert_eq!(fx::done(started).unwrap(), 16);
     });
 }

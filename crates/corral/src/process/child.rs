@@ -58,6 +58,12 @@ pub(crate) struct Proc {
     result: OwnedFd,
     /// Kill what is left of its process group when it exits (pool workers).
     group_dies: bool,
+    /// `sys::watch_forks()` in the process that started it, and that
+    /// process: a forked child holds a copy of this handle that must not
+    /// read the result (the socket is shared: it would take the result
+    /// meant for the parent) nor reap.
+    forks: u64,
+    owner: u32,
     state: Mutex<ProcState>,
 }
 
@@ -79,6 +85,8 @@ impl Proc {
             reaper,
             result,
             group_dies: false,
+            forks: sys::watch_forks(),
+            owner: std::process::id(),
             state: Mutex::new(ProcState {
                 reader: FrameReader::new(wire::MAX_FRAME),
                 frame: None,
@@ -114,6 +122,12 @@ impl Proc {
 
     pub(crate) fn name(&self) -> Option<&str> {
         self.name.as_deref()
+    }
+
+    /// The error of a forked child's copy of this handle, which neither
+    /// reads the result nor reaps; `None` in the process that started it.
+    fn copied(&self) -> Option<ProcessError> {
+        (sys::forks() != self.forks).then_some(ProcessError::ForkedCopy(self.owner))
     }
 
     fn lock(&self) -> MutexGuard<'_, ProcState> {
@@ -199,6 +213,10 @@ impl Proc {
     /// finish is cheaper to watch than to be woken by (a cross-CPU wake-up
     /// costs 35-60 µs on small VMs).
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> std::io::Result<bool> {
+        if self.copied().is_some() {
+            // A copy only watches: its pidfd is readable once the child exits.
+            return Ok(sys::poll_readable(&[self.pidfd.as_fd()], remaining(deadline))?[0]);
+        }
         let spin_until = Instant::now() + SPIN;
         loop {
             let result_done = {
@@ -370,8 +388,13 @@ impl<R: Data> Child<R> {
     /// [`ProcessError::Panicked`] with the child's panic message, location and
     /// backtrace; [`ProcessError::Exited`] with the exit code or signal if it
     /// ended without a result (crash, `exit`, kill); [`ProcessError::Codec`]
-    /// if the argument or result could not cross.
+    /// if the argument or result could not cross; at once,
+    /// [`ProcessError::ForkedCopy`] in a forked child of the process that
+    /// started it (only that one gets the result).
     pub fn join(self) -> Result<R, ProcessError> {
+        if let Some(copied) = self.proc.copied() {
+            return Err(copied);
+        }
         self.proc.wait(None)?;
         runtime::unregister(&self.proc);
         self.proc.outcome()
@@ -389,6 +412,9 @@ impl<R: Data> Child<R> {
     /// child back in [`JoinTimeout::Elapsed`].
     #[doc(alias = "join_deadline")]
     pub fn join_timeout(self, timeout: Duration) -> Result<R, JoinTimeout<R>> {
+        if let Some(copied) = self.proc.copied() {
+            return Err(JoinTimeout::Failed(copied));
+        }
         match self.proc.wait(crate::time::deadline(timeout)) {
             Ok(true) => {
                 runtime::unregister(&self.proc);
