@@ -1037,3 +1037,65 @@ fn a_plain_fork_refuses_its_copies_and_starts_afresh() {
         assert_eq!(fx::done(started).unwrap(), 16);
     });
 }
+
+/// Forks a child that drops `values` (its copies of them), then `_exit`s;
+/// waits for it (bounded by the caller's `within`).
+fn fork_and_drop<T>(values: T) -> T {
+    #[expect(unsafe_code, reason = "a plain fork, as a program of its own makes")]
+    // SAFETY: the child only drops its copies (which, being copies, touch
+    // nothing another thread may have locked) and calls `_exit`.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        drop(values);
+        #[expect(
+            unsafe_code,
+            reason = "the child must not return into the test harness"
+        )]
+        // SAFETY: ends the forked child without running the parent's exit
+        // handlers.
+        unsafe {
+            libc::_exit(0)
+        };
+    }
+    assert!(pid > 0, "fork: {}", std::io::Error::last_os_error());
+    let mut status = 0;
+    #[expect(unsafe_code, reason = "reaps the plain fork's child")]
+    // SAFETY: waits for the child forked above.
+    let reaped = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!((reaped, status), (pid, 0));
+    values
+}
+
+/// Class 18: a forked child that drops its copy of a manager or of a Unix
+/// listener leaves them to the process that made them (as Python's
+/// finalizers do): the manager's server stays up, the socket file stays.
+/// (Before, the copy's drop shut the parent's manager down and removed the
+/// parent's socket file.)
+#[test]
+fn a_forked_child_dropping_its_copies_stops_nothing_of_the_parents() {
+    within(Duration::from_secs(60), || {
+        let manager = corral::manager::Manager::start().unwrap();
+        let list = manager.list::<u32>().unwrap();
+        list.push(1).unwrap();
+        let dir = std::env::temp_dir().join(format!("corral-forkdrop-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let listener =
+            corral::connection::Listener::bind(path.display().to_string(), b"k").unwrap();
+        let (manager, listener) = fork_and_drop((manager, listener));
+        assert!(path.exists(), "the child's copy removed the socket file");
+        list.push(2).unwrap();
+        assert_eq!(manager.list::<u32>().unwrap().len().unwrap(), 0);
+        assert_eq!(list.len().unwrap(), 2);
+        let client = std::thread::spawn(move || {
+            corral::connection::Client::new(path.display().to_string(), b"k")
+                .connect()
+                .map(|c| c.send(&7u32))
+        });
+        let conn = listener.accept().unwrap();
+        assert_eq!(conn.recv::<u32>().unwrap(), 7);
+        client.join().unwrap().unwrap().unwrap();
+        drop(listener);
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}

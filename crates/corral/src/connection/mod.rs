@@ -339,6 +339,9 @@ pub struct Listener {
     authkey: Vec<u8>,
     policy: Policy,
     timeout: Duration,
+    /// `sys::watch_forks()` where it was bound: a forked child's copy
+    /// leaves the socket file to the process that bound it.
+    forks: u64,
 }
 
 impl fmt::Debug for Listener {
@@ -365,6 +368,7 @@ impl Listener {
             authkey: authkey.to_vec(),
             policy: Policy { legacy_md5: false },
             timeout: HANDSHAKE_TIMEOUT,
+            forks: crate::sys::watch_forks(),
         })
     }
 
@@ -419,10 +423,13 @@ impl Listener {
 }
 
 impl Drop for Listener {
-    /// A Unix listener removes its socket file (as Python's does).
+    /// A Unix listener removes its socket file (as Python's does), in the
+    /// process that bound it only (as Python's finalizers do): a forked
+    /// child's copy, dropped there, would take it from under the parent.
     fn drop(&mut self) {
         if let Address::Unix(p) = &self.address
             && !is_abstract(p)
+            && crate::sys::forks() == self.forks
         {
             let _ = std::fs::remove_file(p);
         }

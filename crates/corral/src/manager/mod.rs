@@ -436,6 +436,11 @@ impl Manager {
         let Some(child) = self.server.take() else {
             return;
         };
+        if child.is_forked_copy() {
+            // A forked child's copy of the handle: the server is its
+            // parent's (Python's finalizers skip other processes too).
+            return;
+        }
         let token = Plain::I64(self.owner_token as i64);
         if let Ok(session) = self.link.session() {
             let _ = self.link.exchange(

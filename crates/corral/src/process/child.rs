@@ -400,6 +400,12 @@ impl<R: Data> Child<R> {
         self.proc.outcome()
     }
 
+    /// Whether this handle is a forked child's copy (see
+    /// [`ProcessError::ForkedCopy`]).
+    pub(crate) fn is_forked_copy(&self) -> bool {
+        self.proc.copied().is_some()
+    }
+
     /// [`join`](Child::join) for an owner that keeps the handle (a pool's
     /// worker record); joining it again returns a codec or lost error.
     pub(crate) fn join_in_place(&self) -> Result<R, ProcessError> {
