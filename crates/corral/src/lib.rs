@@ -337,6 +337,15 @@
 //! * Queues, locks and values are anonymous shared memory (memfd): they
 //!   vanish with the last process that holds them. A named [`SharedMemory`]
 //!   segment is removed by the fork server when its creator dies.
+//! * A forked child (of [`ProcessBuilder::fork_closure`], the `Fork` start
+//!   method, or a `fork` of your program's own: `libc::fork`, Python's
+//!   `os.fork`) starts afresh: its own fork server, pools and children.
+//!   Its copies of its parent's handles are copies, not the things: a
+//!   pool's calls fail with [`TaskError::ForkedCopy`], a child's `join`
+//!   with [`ProcessError::ForkedCopy`], and a [`Manager`](manager::Manager)
+//!   or Unix [`Listener`](connection::Listener) dropped there leaves the
+//!   parent's running. Queues, pipes, locks and shared values are meant to
+//!   be shared, and stay so.
 //!
 //! ## Hosting corral in another runtime
 //!

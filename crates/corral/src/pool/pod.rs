@@ -292,7 +292,7 @@ impl Pool {
     /// arrays on its own. The items back (`Err`) where `map` must encode
     /// each one: other types; a pool whose items have a time limit or a
     /// task count per worker, which `map_pod` would apply per range; a
-    /// cluster pool.
+    /// cluster pool; a forked copy.
     pub(super) fn map_numbers<A: Data, R: Data, I: IntoIterator<Item = A>>(
         &self,
         f: fn(A) -> R,
@@ -301,7 +301,10 @@ impl Pool {
         let numbers =
             TypeId::of::<A>() == TypeId::of::<R>() && NUMBERS.contains(&TypeId::of::<A>());
         let engine = &*self.shared;
+        // (A forked copy takes `map`'s path: this one locks the pool's kept
+        // buffer, which a thread of the parent may have held at the fork.)
         if !numbers
+            || engine.forked().is_some()
             || !engine.shares_memory()
             || engine.task_timeout().is_some()
             || engine.max_tasks().is_some()
