@@ -907,7 +907,7 @@ fn nap_square(x: u64) -> u64 {
 
 /// What a forked child's calls on its copy of its parent's pool (and of a
 /// task of it begun before the fork) returned, one line each.
-fn use_the_parents_pool(pool: &Pool, begun: Task<u64>) -> Vec<String> {
+fn use_the_parents_pool(pool: &Pool, begun: Task<u64>, waited: Task<u64>) -> Vec<String> {
     let (tx, rx) = std::sync::mpsc::channel();
     pool.submit(square, 4).on_done(move |r| {
         let _ = tx.send(r);
@@ -922,6 +922,8 @@ fn use_the_parents_pool(pool: &Pool, begun: Task<u64>) -> Vec<String> {
         format!("{:?}", streamed.next().map(|r| r.map(|_| ()))),
         format!("{:?}", on_done.map(|r| r.map(|_| ()))),
         format!("{:?}", begun.join()),
+        format!("{}", corral::wait_all(std::slice::from_ref(&waited), None)),
+        format!("{:?}", waited.join()),
         format!("{:?}", pool.resize(3).is_err()),
         format!("{}", pool.join_timeout(Duration::from_secs(5))),
     ]
@@ -940,9 +942,10 @@ fn a_forked_copy_of_a_pool_refuses_and_leaves_the_parents_whole() {
         let begun = pool.submit(nap_square, 5);
         let submitted = pool.stats().submitted;
         let (copy, twin) = (pool.clone(), pool.submit(nap_square, 6));
+        let triplet = pool.submit(nap_square, 7);
         let child = corral::Process::builder()
             .fork_closure(move || {
-                let said = use_the_parents_pool(&copy, twin);
+                let said = use_the_parents_pool(&copy, twin, triplet);
                 copy.close();
                 copy.terminate();
                 said
@@ -959,10 +962,12 @@ fn a_forked_copy_of_a_pool_refuses_and_leaves_the_parents_whole() {
             &format!("Ok({forked})"),
             &forked,
             "true",
+            &forked,
+            "true",
             "true",
         ];
         assert_eq!(said, expected);
-        assert_eq!(pool.stats().submitted, submitted + 1);
+        assert_eq!(pool.stats().submitted, submitted + 2);
         assert_eq!(done(begun).unwrap(), 25);
         assert_eq!(pool.apply(square, 9).unwrap(), 81);
         assert_eq!(pool.map(square, 0..1_000u64).unwrap()[999], 998_001);

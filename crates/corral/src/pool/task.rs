@@ -290,7 +290,24 @@ impl<R: Data> Task<R> {
     /// assert!(task.is_finished());
     /// ```
     pub fn is_finished(&self) -> bool {
+        self.settle_copy();
         self.slot.is_done()
+    }
+
+    /// In a forked child's copy of the task (which no one there will end):
+    /// ends it with [`TaskError::ForkedCopy`], so that every wait for it
+    /// ends at once.
+    fn settle_copy(&self) {
+        if let Some(forked) = self.shared.forked() {
+            self.slot.complete(Err(forked));
+        }
+    }
+
+    /// Hands `waker` to the task unless it has ended; whether it has (a
+    /// forked copy's, at once).
+    fn register(&self, waker: &Waker) -> bool {
+        self.settle_copy();
+        self.slot.register(waker)
     }
 
     /// Cancels the task: a queued task will not run (whether it waits in
@@ -343,6 +360,7 @@ impl<R: Data> Task<R> {
     /// assert!(task.failed());
     /// ```
     pub fn failed(&self) -> bool {
+        self.settle_copy();
         self.slot.failed()
     }
 
@@ -450,9 +468,8 @@ impl<R: Data> Task<R> {
         if let Some(done) = self.shared.wait_for(deadline, ready, register) {
             return done;
         }
-        if let Some(forked) = self.shared.forked() {
-            // A copy of the parent's task, which no one here will end.
-            self.slot.complete(Err(forked));
+        if self.shared.forked().is_some() {
+            self.settle_copy();
             return true;
         }
         let waker = thread_waker();
@@ -486,6 +503,7 @@ impl<R: Data> crate::Waitable for Task<R> {
     }
 
     fn wait_task(&self) -> Option<&dyn crate::process::sealed::Notify> {
+        self.settle_copy();
         Some(&*self.slot)
     }
 }
@@ -494,9 +512,7 @@ impl<R: Data> Future for Task<R> {
     type Output = Result<R, TaskError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Some(forked) = self.shared.forked() {
-            self.slot.complete(Err(forked));
-        }
+        self.settle_copy();
         if self.slot.register(cx.waker()) {
             match self.slot.take() {
                 Some(result) => Poll::Ready(result),
@@ -526,7 +542,7 @@ pub fn wait_all<R: Data>(tasks: &[Task<R>], timeout: Option<Duration>) -> bool {
     let deadline = crate::time::deadline_opt(timeout);
     let waker = thread_waker();
     for task in tasks {
-        while !task.slot.register(&waker) {
+        while !task.register(&waker) {
             if !park(deadline) {
                 return false;
             }
@@ -553,7 +569,7 @@ pub fn wait_any<R: Data>(tasks: &[Task<R>], timeout: Option<Duration>) -> Option
     let deadline = crate::time::deadline_opt(timeout);
     let waker = thread_waker();
     loop {
-        if let Some(i) = tasks.iter().position(|t| t.slot.register(&waker)) {
+        if let Some(i) = tasks.iter().position(|t| t.register(&waker)) {
             return Some(i);
         }
         if tasks.is_empty() || !park(deadline) {
@@ -584,7 +600,7 @@ pub fn wait_first_error<R: Data>(tasks: &[Task<R>], timeout: Option<Duration>) -
     loop {
         let mut all = true;
         for (i, task) in tasks.iter().enumerate() {
-            if task.slot.register(&waker) {
+            if task.register(&waker) {
                 if task.slot.failed() {
                     return Some(i);
                 }
@@ -647,7 +663,7 @@ pub fn as_completed<R: Data>(tasks: impl IntoIterator<Item = Task<R>>) -> AsComp
             ready: ready.clone(),
             index,
         }));
-        if task.as_ref().expect("just made").slot.register(&waker) {
+        if task.as_ref().expect("just made").register(&waker) {
             lock(&ready.indices).push_back(index);
         }
     }
