@@ -1104,3 +1104,55 @@ fn a_forked_child_dropping_its_copies_stops_nothing_of_the_parents() {
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
+
+/// Forks, and the child returns too (a common mistake: it should `_exit`),
+/// with another value than the parent's.
+fn fork_and_return(x: u64) -> u64 {
+    #[expect(unsafe_code, reason = "a plain fork inside a task, as user code makes")]
+    // SAFETY: the child returns into corral's code, which must end it; the
+    // parent waits for it.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        return x + 1_000;
+    }
+    let mut status = 0;
+    #[expect(unsafe_code, reason = "reaps the task's own child")]
+    // SAFETY: waits for the child forked above.
+    unsafe {
+        libc::waitpid(pid, &mut status, 0)
+    };
+    x
+}
+
+/// Class 18: a task that forks, and whose child returns as well, gets its
+/// own value back: the child, a copy of the worker (or of a spawned child),
+/// ends as it comes back into corral, and never reports in its place nor
+/// takes tasks. (Before, the copy's value came back instead, and the copy
+/// went on serving the pool's rings.)
+#[test]
+fn a_task_whose_forked_child_returns_keeps_its_own_result() {
+    within(Duration::from_secs(60), || {
+        for method in [StartMethod::ForkServer, StartMethod::Fork] {
+            let pool = Pool::builder()
+                .processes(2)
+                .start_method(method)
+                .build()
+                .unwrap();
+            let workers: HashSet<u32> = pool.workers().iter().map(|w| w.pid).collect();
+            let values: Vec<u64> = (0..20u64)
+                .map(|x| pool.submit(fork_and_return, x))
+                .map(|t| done(t).unwrap())
+                .collect();
+            assert_eq!(values, (0..20).collect::<Vec<_>>(), "{method:?}");
+            let mapped = pool.map(fork_and_return, 0..16u64).unwrap();
+            assert_eq!(mapped, (0..16).collect::<Vec<_>>(), "{method:?}");
+            assert_eq!(pool.map(square, 0..1_000u64).unwrap()[999], 998_001);
+            let now: HashSet<u32> = pool.workers().iter().map(|w| w.pid).collect();
+            assert_eq!(now, workers, "{method:?}");
+            let stats = pool.stats();
+            assert_eq!((stats.lost, stats.duplicates), (0, 0), "{stats:?}");
+        }
+        let child = corral::spawn(fork_and_return, 5).unwrap();
+        assert_eq!(fx::done(child).unwrap(), 5);
+    });
+}

@@ -196,6 +196,9 @@ pub(crate) fn set_abort_report(report: AbortReport) {
 }
 
 pub(crate) fn install_panic_hook() {
+    // And count forks, for `catch_panic_hooked` (a re-executed child has
+    // not counted them yet).
+    sys::watch_forks();
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
@@ -266,9 +269,13 @@ pub(crate) fn catch_panic<R>(body: impl FnOnce() -> R) -> Result<R, RemotePanic>
 /// pool worker, once, rather than once per item).
 #[inline]
 pub(crate) fn catch_panic_hooked<R>(body: impl FnOnce() -> R) -> Result<R, RemotePanic> {
+    let forks = sys::forks();
     CAPTURING.set(true);
     let result = catch_unwind(AssertUnwindSafe(body));
     CAPTURING.set(false);
+    if sys::forks() != forks {
+        leave_as_a_forked_copy();
+    }
     result.map_err(|payload| {
         let message = crate::error::panic_message(&*payload);
         let (location, backtrace) = match LAST_PANIC.with(|p| p.borrow_mut().take()) {
@@ -285,6 +292,20 @@ pub(crate) fn catch_panic_hooked<R>(body: impl FnOnce() -> R) -> Result<R, Remot
             exit_status: None,
         }
     })
+}
+
+/// Ends a process that the user's code forked and that returned into
+/// corral's (a task's `fork` whose child returned too): a copy of this
+/// worker or child, which would otherwise report its outcome in the
+/// original's place and, in a worker, go on taking its tasks.
+#[cold]
+pub(crate) fn leave_as_a_forked_copy() -> ! {
+    eprintln!(
+        "corral: a task forked, and its child (pid {}) returned into corral: \
+         it ends here; end a forked child with _exit (or exec)",
+        sys::getpid()
+    );
+    sys::exit_immediately(0)
 }
 
 /// The first panic of a run of items that goes on after a panic (the items
