@@ -78,7 +78,10 @@
 //!   pool handles and tasks, not the pool: there every call fails at once
 //!   with [`TaskError::ForkedCopy`], closing or dropping the copy does
 //!   nothing, and the parent's pool is untouched. Make a pool in the child:
-//!   a child of any fork starts afresh, with a fork server of its own.
+//!   a child of any fork starts afresh, with a fork server of its own. The
+//!   other way round, a task that forks and whose child returns too (rather
+//!   than ending with `_exit` or `exec`) gets its own value back: the child
+//!   ends as it comes back into corral, and never serves the pool.
 //!
 //! # How it works
 //!
