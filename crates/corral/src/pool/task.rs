@@ -296,11 +296,14 @@ impl<R: Data> Task<R> {
 
     /// In a forked child's copy of the task (which no one there will end):
     /// ends it with [`TaskError::ForkedCopy`], so that every wait for it
-    /// ends at once.
-    fn settle_copy(&self) {
-        if let Some(forked) = self.shared.forked() {
+    /// ends at once; whether it is a copy.
+    fn settle_copy(&self) -> bool {
+        let forked = self.shared.forked();
+        let copy = forked.is_some();
+        if let Some(forked) = forked {
             self.slot.complete(Err(forked));
         }
+        copy
     }
 
     /// Hands `waker` to the task unless it has ended; whether it has (a
@@ -468,8 +471,7 @@ impl<R: Data> Task<R> {
         if let Some(done) = self.shared.wait_for(deadline, ready, register) {
             return done;
         }
-        if self.shared.forked().is_some() {
-            self.settle_copy();
+        if self.settle_copy() {
             return true;
         }
         let waker = thread_waker();
