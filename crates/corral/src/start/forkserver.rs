@@ -41,6 +41,7 @@
 use std::ffi::CString;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
 
 use super::bootstrap::{self, BOOT_ENV, Ending, Outcome, StartMeta};
 use super::orphans::Orphans;
@@ -451,6 +452,7 @@ fn serve(ctrl: RawFd) -> ! {
         shm_names: Vec::new(),
         orphans: Orphans::new(server_pid),
         spares: Spares::default(),
+        sweep_due: None,
     };
     loop {
         state.turn(&server);
@@ -476,12 +478,22 @@ struct State {
     shm_names: Vec<String>,
     orphans: Orphans,
     spares: Spares,
+    /// Since when a sweep for orphans is due: a child of the server exited.
+    sweep_due: Option<Instant>,
 }
 
 /// How long the server must have had nothing to do before it forks a
 /// spare: a fork takes ~100 µs of CPU, which starts that come back to back
 /// would wait for (or share two cores with) rather than gain from.
-const IDLE_BEFORE_SPARE: std::time::Duration = std::time::Duration::from_micros(500);
+const IDLE_BEFORE_SPARE: Duration = Duration::from_micros(500);
+
+/// How long the server must have had nothing to do before it sweeps for
+/// orphans after a child's exit: the sweep reads `/proc` (~15 µs), which a
+/// start that follows the exit at once would wait for.
+const IDLE_BEFORE_SWEEP: Duration = Duration::from_micros(200);
+
+/// How long a sweep waits at most for the server to be idle.
+const SWEEP_AT_LATEST: Duration = Duration::from_millis(20);
 
 /// Requests served in one turn at most, before exits are looked at.
 const REQUESTS_PER_TURN: usize = 64;
@@ -489,23 +501,25 @@ const REQUESTS_PER_TURN: usize = 64;
 impl State {
     /// Waits for something to do and does it: the requests waiting (all of
     /// them, so that a spare's `taken` is read before its exit is
-    /// reported), the children that exited, and, after 500 µs with nothing to do, the
-    /// next spare.
+    /// reported), the children that exited; and, once nothing has come for
+    /// a while, the work that waits for idleness: the sweep for orphans,
+    /// then the next spare.
     fn turn(&mut self, server: &Server<'_>) {
-        let need_spare = self.spares.wanted && self.spares.offered.is_none();
+        if self
+            .sweep_due
+            .is_some_and(|due| due.elapsed() >= SWEEP_AT_LATEST)
+        {
+            return self.sweep();
+        }
         let ready = {
             let mut fds = vec![server.ctrl.as_fd()];
             fds.extend(self.orphans.wake_fd());
             fds.extend(self.kids.iter().map(|k| k.pidfd.as_fd()));
-            sys::poll_readable(&fds, need_spare.then_some(IDLE_BEFORE_SPARE))
+            sys::poll_readable(&fds, self.idle_wait())
         };
         let Ok(ready) = ready else { self.shutdown() };
-        if need_spare && !ready.contains(&true) {
-            let spare = self
-                .spares
-                .refill(server.pid, server.ctrl.as_fd(), server.plan);
-            self.kids.extend(spare);
-            return;
+        if !ready.contains(&true) {
+            return self.idle_work(server);
         }
         let first_kid = 1 + usize::from(self.orphans.wake_fd().is_some());
         let sigchld = first_kid == 2 && ready[1];
@@ -519,41 +533,97 @@ impl State {
         for pid in &exited {
             self.spares.ended(*pid);
         }
-        let mut more = ready[0];
-        for _ in 0..REQUESTS_PER_TURN {
-            if !more {
-                break;
-            }
-            self.serve_one(server);
-            more = matches!(
-                sys::poll_readable(&[server.ctrl.as_fd()], Some(std::time::Duration::ZERO))
-                    .as_deref(),
-                Ok([true])
-            );
+        if ready[0] {
+            self.serve_waiting(server);
         }
+        let mut worker_ended = false;
         for pid in &exited {
             if let Some(i) = self.kids.iter().position(|k| k.pid == *pid) {
-                report(self.kids.swap_remove(i));
+                let kid = self.kids.swap_remove(i);
+                worker_ended |= kid.group_dies;
+                report(kid);
             }
         }
         if sigchld || !exited.is_empty() {
-            let pids: Vec<i32> = self.kids.iter().map(|k| k.pid).collect();
-            let workers: Vec<i32> = (self.kids.iter())
-                .filter(|k| k.group_dies)
-                .map(|k| k.pid)
-                .collect();
-            self.orphans.sweep(&pids, &workers);
+            // The signal is read now: left pending, it would wake every poll.
+            if let Some(fd) = self.orphans.wake_fd() {
+                sys::signalfd_drain(fd);
+            }
+            self.sweep_due.get_or_insert_with(Instant::now);
+        }
+        if worker_ended {
+            // Orphans of a worker die with it, without waiting.
+            self.sweep();
         }
     }
 
-    /// Reads and serves one request; shuts down at end-of-file.
-    fn serve_one(&mut self, server: &Server<'_>) {
+    /// How long to wait for something to do before the idle work; `None`:
+    /// there is none (wait for ever).
+    fn idle_wait(&self) -> Option<Duration> {
+        let sweep = self
+            .sweep_due
+            .map(|due| IDLE_BEFORE_SWEEP.min(SWEEP_AT_LATEST.saturating_sub(due.elapsed())));
+        let spare = self.spare_needed().then_some(IDLE_BEFORE_SPARE);
+        sweep.into_iter().chain(spare).min()
+    }
+
+    fn spare_needed(&self) -> bool {
+        self.spares.wanted && self.spares.offered.is_none()
+    }
+
+    /// Nothing came for a while: sweeps for orphans if a sweep is due, else
+    /// forks the next spare if one is needed.
+    fn idle_work(&mut self, server: &Server<'_>) {
+        if self.sweep_due.is_some() {
+            self.sweep();
+        } else if self.spare_needed() {
+            let spare = self
+                .spares
+                .refill(server.pid, server.ctrl.as_fd(), server.plan);
+            self.kids.extend(spare);
+        }
+    }
+
+    /// Serves the requests waiting, up to [`REQUESTS_PER_TURN`]. Then, if
+    /// it forked a child, yields the CPU to it: the child was forked onto
+    /// this CPU, and each page the server writes while the child lives is
+    /// copied; a short child that runs first ends before the server writes
+    /// (spawn+join back to back: ~220 to ~200 µs, `bench/README.md`).
+    fn serve_waiting(&mut self, server: &Server<'_>) {
+        let mut forked = false;
+        for _ in 0..REQUESTS_PER_TURN {
+            forked |= self.serve_one(server);
+            if !server.request_waiting() {
+                if forked {
+                    std::thread::yield_now();
+                }
+                return;
+            }
+        }
+    }
+
+    /// Reaps gone orphans, adopts new ones, kills those of gone workers.
+    fn sweep(&mut self) {
+        self.sweep_due = None;
+        let pids: Vec<i32> = self.kids.iter().map(|k| k.pid).collect();
+        let workers: Vec<i32> = (self.kids.iter())
+            .filter(|k| k.group_dies)
+            .map(|k| k.pid)
+            .collect();
+        self.orphans.sweep(&pids, &workers);
+    }
+
+    /// Reads and serves one request (whether it forked a child); shuts
+    /// down at end-of-file.
+    fn serve_one(&mut self, server: &Server<'_>) -> bool {
         match read_request(server.ctrl.as_fd()) {
             Ok(Some(request)) if request.kind == KIND_TRACK_SHM => {
-                self.shm_names.extend(String::from_utf8(request.meta).ok())
+                self.shm_names.extend(String::from_utf8(request.meta).ok());
+                false
             }
             Ok(Some(request)) if request.kind == KIND_UNTRACK_SHM => {
-                self.shm_names.retain(|n| n.as_bytes() != request.meta)
+                self.shm_names.retain(|n| n.as_bytes() != request.meta);
+                false
             }
             Ok(Some(request)) => handle(request, server, &mut self.kids, &mut self.spares),
             Ok(None) | Err(_) => self.shutdown(),
@@ -683,22 +753,39 @@ impl Server<'_> {
         let attached: Vec<BorrowedFd<'_>> = pidfd.map(|fd| fd.as_fd()).into_iter().collect();
         let _ = sys::send_with_fds(self.ctrl.as_fd(), &[IoSlice::new(&message)], &attached);
     }
+
+    /// Whether another request is waiting on the control socket.
+    fn request_waiting(&self) -> bool {
+        matches!(
+            sys::poll_readable(&[self.ctrl.as_fd()], Some(Duration::ZERO)).as_deref(),
+            Ok([true])
+        )
+    }
 }
 
-fn handle(request: Request, server: &Server<'_>, kids: &mut Vec<Kid>, spares: &mut Spares) {
+/// Serves a request other than shared-memory tracking; whether it forked a
+/// child.
+fn handle(request: Request, server: &Server<'_>, kids: &mut Vec<Kid>, spares: &mut Spares) -> bool {
+    match request.kind {
+        KIND_KILL => kill(kids, &request.meta),
+        KIND_WATCH => watch(kids, &request.meta, request.fds),
+        KIND_TAKEN => spares.taken(kids, &request.meta),
+        KIND_FORK | KIND_EXEC if request.fds.len() >= 2 => {
+            return start(request, server, kids, spares);
+        }
+        _ => server.reply(-1, libc::EINVAL, None),
+    }
+    false
+}
+
+/// Forks a child for a start request and answers it; whether it forked.
+fn start(request: Request, server: &Server<'_>, kids: &mut Vec<Kid>, spares: &mut Spares) -> bool {
     let Request {
         kind,
         meta,
         arg,
         mut fds,
     } = request;
-    match kind {
-        KIND_KILL => return kill(kids, &meta),
-        KIND_WATCH => return watch(kids, &meta, fds),
-        KIND_TAKEN => return spares.taken(kids, &meta),
-        KIND_FORK | KIND_EXEC if fds.len() >= 2 => {}
-        _ => return server.reply(-1, libc::EINVAL, None),
-    }
     let status = fds.remove(1);
     let prepared = Prepared::new(kind, &meta, &arg, &fds);
     let group_dies = prepared.start.as_ref().is_ok_and(|m| m.group_dies);
@@ -714,8 +801,12 @@ fn handle(request: Request, server: &Server<'_>, kids: &mut Vec<Kid>, spares: &m
                 status: Some(status),
                 group_dies,
             });
+            true
         }
-        Err(e) => server.reply(-1, e.raw_os_error().unwrap_or(libc::EIO), None),
+        Err(e) => {
+            server.reply(-1, e.raw_os_error().unwrap_or(libc::EIO), None);
+            false
+        }
     }
 }
 
