@@ -1179,3 +1179,34 @@ fn map_pod_maps_plain_data_in_place() {
     );
     assert_eq!(pool.map_pod(square_u64, &xs[..10]).unwrap()[9], 81);
 }
+
+/// `map_pod` takes a fn item (compiled into the workers' loop), a fn
+/// pointer (called through it), or a closure that captures nothing; a
+/// closure that captures is refused, its captures being this process's.
+#[test]
+fn map_pod_takes_a_fn_a_pointer_or_a_closure_that_captures_nothing() {
+    let pool = Pool::new(2).unwrap();
+    let xs: Vec<u64> = (0..100_003).collect();
+    let plus_one = pool.map_pod(|x: u64| x + 1, &xs).unwrap();
+    assert!(plus_one.iter().zip(&xs).all(|(o, x)| *o == x + 1));
+    let chosen: fn(u64) -> u64 = if xs.len() > 1 { square_u64 } else { |x| x };
+    let squares = pool.map_pod(chosen, &xs).unwrap();
+    assert!(
+        squares
+            .iter()
+            .zip(&xs)
+            .all(|(o, x)| *o == x.wrapping_mul(*x))
+    );
+    let k = 3u64;
+    let refused = pool.map_pod(move |x: u64| x * k, &xs);
+    assert!(
+        matches!(&refused, Err(TaskError::InvalidArgument(m)) if m.contains("captures")),
+        "{refused:?}"
+    );
+    // A panic in a closure fails the call with it, as in a fn.
+    let err = pool
+        .map_pod(|x: u64| if x == 5 { panic!("five") } else { x }, &xs)
+        .unwrap_err();
+    assert_eq!(err.panic().unwrap().message, "five");
+    assert_eq!(pool.map_pod(|x: u32| x * 2, &[21u32]), Ok(vec![42]));
+}

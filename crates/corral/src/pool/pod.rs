@@ -10,9 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytemuck::Pod;
 
-use super::worker::{self, PodInput, PodOutput, PodRan};
+use super::worker::{self, ByPointer, ByType, PodFunc, PodInput, PodOutput, PodRan};
 use super::{JobBuilder, MapSink, Pool, Sink, add_item};
-use crate::start::bootstrap::func_offset;
 use crate::{Data, Error, RawArray, TaskError, sys, trace};
 
 impl Pool {
@@ -31,6 +30,14 @@ impl Pool {
     /// order. The call returns only once every range has ended, and a
     /// range ends only once its worker reported it or is dead: no worker
     /// writes into the vector after that.
+    ///
+    /// `f` is a `fn`, or a closure that captures nothing. Passed by name (a
+    /// fn item) or as such a closure, it is known by its type, and the
+    /// workers' loop over a range calls it inline: a cheap `f` runs as a
+    /// compiled loop would, not one indirect call per item (10M `u64`
+    /// squared: 216–278 M/s through a pointer, 323–378 inline). A `fn`
+    /// pointer is called through it. A closure that captures variables is
+    /// refused ([`TaskError::InvalidArgument`]): they live in this process.
     ///
     /// Where the kernel will not let a worker reach the caller (the ptrace
     /// access check: a process made undumpable, workers without the
@@ -52,7 +59,8 @@ impl Pool {
     /// The first failing range's [`TaskError`], in input order;
     /// [`TaskError::Codec`] if shared memory is needed and cannot be
     /// created; [`TaskError::InvalidArgument`] on a cluster pool (its
-    /// workers share no memory with the caller).
+    /// workers share no memory with the caller) or for a closure that
+    /// captures.
     ///
     /// # Examples
     ///
@@ -63,12 +71,35 @@ impl Pool {
     /// let xs: Vec<f64> = (0..1_000_000).map(|i| i as f64).collect();
     /// let squares = pool.map_pod(square, &xs).unwrap();
     /// assert_eq!(squares[1_000], 1e6);
+    /// let halves = pool.map_pod(|x: f64| x / 2.0, &xs).unwrap();
+    /// assert_eq!(halves[1_000], 500.0);
     /// ```
     #[doc(alias = "memmap")]
-    pub fn map_pod<A, R>(&self, f: fn(A) -> R, items: &[A]) -> Result<Vec<R>, TaskError>
+    pub fn map_pod<A, R, F>(&self, f: F, items: &[A]) -> Result<Vec<R>, TaskError>
     where
         A: Pod + Send,
         R: Pod + Send,
+        F: Fn(A) -> R + Copy + Send + 'static,
+    {
+        if size_of::<F>() == 0 {
+            return self.pod_map(ByType(f), items);
+        }
+        match (&f as &dyn Any).downcast_ref::<fn(A) -> R>() {
+            Some(&f) => self.pod_map(ByPointer(f), items),
+            None => Err(TaskError::InvalidArgument(
+                "map_pod's function captures variables of this process, which its workers \
+                 cannot see: pass a fn, or a closure that captures nothing"
+                    .into(),
+            )),
+        }
+    }
+
+    /// [`map_pod`](Pool::map_pod) with its function by type or by pointer.
+    fn pod_map<A, R, P>(&self, f: P, items: &[A]) -> Result<Vec<R>, TaskError>
+    where
+        A: Pod + Send,
+        R: Pod + Send,
+        P: PodFunc<A, R>,
     {
         if items.is_empty() {
             return Ok(Vec::new());
@@ -112,7 +143,7 @@ impl Pool {
     /// never began of the ranges whose worker died.
     fn pod_round<A: Pod + Send, R: Pod + Send>(
         &self,
-        f: fn(A) -> R,
+        f: impl PodFunc<A, R>,
         items: &[A],
         results: &mut [R],
         ranges: &[(u64, u64)],
@@ -142,7 +173,7 @@ impl Pool {
     /// once).
     fn pod_in_place<A: Pod + Send, R: Pod + Send>(
         &self,
-        f: fn(A) -> R,
+        f: impl PodFunc<A, R>,
         items: &[A],
         results: &mut [R],
         ranges: &[(u64, u64)],
@@ -188,7 +219,7 @@ impl Pool {
     /// from another into `results`.
     fn pod_through_shared<A: Pod + Send, R: Pod + Send>(
         &self,
-        f: fn(A) -> R,
+        f: impl PodFunc<A, R>,
         items: &[A],
         results: &mut [R],
         ranges: &[(u64, u64)],
@@ -246,14 +277,14 @@ impl Pool {
     /// every range has ended.
     fn pod_jobs<A: Pod + Send, R: Pod + Send>(
         &self,
-        f: fn(A) -> R,
+        f: impl PodFunc<A, R>,
         ranges: &[(u64, u64)],
         progress: Option<&Progress>,
         mut sides: impl FnMut((u64, u64)) -> std::io::Result<(PodInput, PodOutput)>,
     ) -> Result<Vec<Result<PodRan, TaskError>>, PodFailed> {
         let sink = Arc::new(MapSink::<PodRan>::new(ranges.len(), None));
         let dyn_sink: Arc<dyn Sink> = sink.clone();
-        let (entry, func) = (worker::pod_entry_offset::<A, R>(), func_offset(f));
+        let (entry, func) = (pod_entry_offset(f), f.offset());
         for (index, &(start, len)) in ranges.iter().enumerate() {
             let watched = progress.map(|p| p.share(start)).transpose();
             let (input, output, progress) = match sides((start, len))
@@ -374,6 +405,11 @@ impl Pool {
         each!(u8, u16, u32, u64, usize, i8, i16, i32, i64, isize, f32, f64);
         None
     }
+}
+
+/// The entry offset for `map_pod` jobs of `f`'s type.
+fn pod_entry_offset<A: Pod + Send, R: Pod + Send, P: PodFunc<A, R>>(_: P) -> i64 {
+    worker::pod_entry_offset::<A, R, P>()
 }
 
 /// The largest item vector a pool keeps from one `map` of plain numbers

@@ -318,22 +318,83 @@ fn job_trampoline<A: Data, R: Data>(
     run_items(job, fds, rec, verified.func::<A, R>(func))
 }
 
+/// A [`Pool::map_pod`](crate::Pool::map_pod) function as its jobs carry
+/// it: by pointer ([`ByPointer`]), or by its type alone ([`ByType`]), which
+/// compiles it into the workers' item loop.
+pub(super) trait PodFunc<A, R>: Copy + Send + 'static {
+    /// The function's offset for the job (0 when its type says it all).
+    fn offset(self) -> i64;
+    /// The function in a worker whose code is verified to be the caller's.
+    fn in_worker(verified: &Verified, offset: i64) -> Self;
+    fn call(self, item: A) -> R;
+}
+
+/// A `map_pod` function known by its address: called through it.
+pub(super) struct ByPointer<A, R>(pub(super) fn(A) -> R);
+
+// Not derived: a derive would ask `A` and `R` to be `Copy`, where only the
+// pointer is copied.
+impl<A, R> Clone for ByPointer<A, R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<A, R> Copy for ByPointer<A, R> {}
+
+impl<A: 'static, R: 'static> PodFunc<A, R> for ByPointer<A, R> {
+    fn offset(self) -> i64 {
+        bootstrap::func_offset(self.0)
+    }
+
+    fn in_worker(verified: &Verified, offset: i64) -> Self {
+        ByPointer(verified.func::<A, R>(offset))
+    }
+
+    #[inline]
+    fn call(self, item: A) -> R {
+        (self.0)(item)
+    }
+}
+
+/// A `map_pod` function known by its type (a fn item, or a closure that
+/// captures nothing: zero-sized), which the entry monomorphized for it
+/// calls inline: a cheap function runs in a tight loop the compiler sees
+/// whole, not one indirect call per item.
+#[derive(Clone, Copy)]
+pub(super) struct ByType<F>(pub(super) F);
+
+impl<A, R, F: Fn(A) -> R + Copy + Send + 'static> PodFunc<A, R> for ByType<F> {
+    fn offset(self) -> i64 {
+        0
+    }
+
+    fn in_worker(verified: &Verified, _: i64) -> Self {
+        ByType(verified.by_type::<F>())
+    }
+
+    #[inline(always)]
+    fn call(self, item: A) -> R {
+        (self.0)(item)
+    }
+}
+
 /// The entry offset for [`Pool::map_pod`](crate::Pool::map_pod) jobs of
-/// `fn(A) -> R`.
-pub(super) fn pod_entry_offset<A: Pod + Send, R: Pod + Send>() -> i64 {
-    sys::code::offset_of(pod_trampoline::<A, R> as JobEntry as usize)
+/// `A -> R` through `P`.
+pub(super) fn pod_entry_offset<A: Pod + Send, R: Pod + Send, P: PodFunc<A, R>>() -> i64 {
+    sys::code::offset_of(pod_trampoline::<A, R, P> as JobEntry as usize)
 }
 
 /// Runs [`PodChunk`] items: each applies `f` to a range of the caller's
 /// items, writing its results where the chunk says.
-fn pod_trampoline<A: Pod + Send, R: Pod + Send>(
+fn pod_trampoline<A: Pod + Send, R: Pod + Send, P: PodFunc<A, R>>(
     verified: &Verified,
     func: i64,
     job: &JobMsg<'_>,
     fds: &mut std::vec::IntoIter<OwnedFd>,
     rec: &mut Recorder<'_>,
 ) -> Result<(), crate::SendError> {
-    let f = verified.func::<A, R>(func);
+    let f = P::in_worker(verified, func);
     run_items(job, fds, rec, move |chunk: PodChunk<A, R>| chunk.run(f))
 }
 
@@ -395,7 +456,7 @@ impl<A: Pod, R: Pod> PodChunk<A, R> {
     /// blocks pay fewer system calls, smaller ones stay in the caches.
     const BLOCK_BYTES: usize = 256 << 10;
 
-    fn run(self, f: fn(A) -> R) -> PodRan {
+    fn run(self, f: impl PodFunc<A, R>) -> PodRan {
         let input = PodSide::from(self.input);
         let output = PodSide::from(self.output);
         let progress = self.progress.map(|(fd, word)| {
@@ -449,7 +510,7 @@ impl<A: Pod, R: Pod> PodChunk<A, R> {
 /// half again the time of a cheap `f`. A forked copy of this worker that
 /// `f` returns into ends there.
 fn run_block<A: Pod, R: Pod>(
-    f: fn(A) -> R,
+    f: impl PodFunc<A, R>,
     items: &[A],
     results: &mut [R],
     begun: &AtomicU64,
@@ -461,7 +522,7 @@ fn run_block<A: Pod, R: Pod>(
         let ran = panics.run(|| {
             for (j, (out, &x)) in results[next..].iter_mut().zip(&items[next..]).enumerate() {
                 begun.store(done + (next + j) as u64 + 1, Ordering::Relaxed);
-                *out = f(x);
+                *out = f.call(x);
                 if j % FORK_CHECK == FORK_CHECK - 1 && sys::forks() != forks {
                     bootstrap::leave_as_a_forked_copy();
                 }
