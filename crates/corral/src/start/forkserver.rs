@@ -584,19 +584,14 @@ impl State {
         }
     }
 
-    /// Serves the requests waiting, up to [`REQUESTS_PER_TURN`]. Then, if
-    /// it forked a child, yields the CPU to it: the child was forked onto
-    /// this CPU, and each page the server writes while the child lives is
-    /// copied; a short child that runs first ends before the server writes
-    /// (spawn+join back to back: ~220 to ~200 µs, `bench/README.md`).
+    /// Serves the requests waiting, up to [`REQUESTS_PER_TURN`]. (It does
+    /// not yield its CPU to a child it forked: under a CPU hog, the yield
+    /// gave the server's turn to the hog, and back-to-back starts took
+    /// twice as long; `bench/README.md`.)
     fn serve_waiting(&mut self, server: &Server<'_>) {
-        let mut forked = false;
         for _ in 0..REQUESTS_PER_TURN {
-            forked |= self.serve_one(server);
+            self.serve_one(server);
             if !server.request_waiting() {
-                if forked {
-                    std::thread::yield_now();
-                }
                 return;
             }
         }
@@ -613,17 +608,14 @@ impl State {
         self.orphans.sweep(&pids, &workers);
     }
 
-    /// Reads and serves one request (whether it forked a child); shuts
-    /// down at end-of-file.
-    fn serve_one(&mut self, server: &Server<'_>) -> bool {
+    /// Reads and serves one request; shuts down at end-of-file.
+    fn serve_one(&mut self, server: &Server<'_>) {
         match read_request(server.ctrl.as_fd()) {
             Ok(Some(request)) if request.kind == KIND_TRACK_SHM => {
-                self.shm_names.extend(String::from_utf8(request.meta).ok());
-                false
+                self.shm_names.extend(String::from_utf8(request.meta).ok())
             }
             Ok(Some(request)) if request.kind == KIND_UNTRACK_SHM => {
-                self.shm_names.retain(|n| n.as_bytes() != request.meta);
-                false
+                self.shm_names.retain(|n| n.as_bytes() != request.meta)
             }
             Ok(Some(request)) => handle(request, server, &mut self.kids, &mut self.spares),
             Ok(None) | Err(_) => self.shutdown(),
@@ -763,29 +755,20 @@ impl Server<'_> {
     }
 }
 
-/// Serves a request other than shared-memory tracking; whether it forked a
-/// child.
-fn handle(request: Request, server: &Server<'_>, kids: &mut Vec<Kid>, spares: &mut Spares) -> bool {
-    match request.kind {
-        KIND_KILL => kill(kids, &request.meta),
-        KIND_WATCH => watch(kids, &request.meta, request.fds),
-        KIND_TAKEN => spares.taken(kids, &request.meta),
-        KIND_FORK | KIND_EXEC if request.fds.len() >= 2 => {
-            return start(request, server, kids, spares);
-        }
-        _ => server.reply(-1, libc::EINVAL, None),
-    }
-    false
-}
-
-/// Forks a child for a start request and answers it; whether it forked.
-fn start(request: Request, server: &Server<'_>, kids: &mut Vec<Kid>, spares: &mut Spares) -> bool {
+fn handle(request: Request, server: &Server<'_>, kids: &mut Vec<Kid>, spares: &mut Spares) {
     let Request {
         kind,
         meta,
         arg,
         mut fds,
     } = request;
+    match kind {
+        KIND_KILL => return kill(kids, &meta),
+        KIND_WATCH => return watch(kids, &meta, fds),
+        KIND_TAKEN => return spares.taken(kids, &meta),
+        KIND_FORK | KIND_EXEC if fds.len() >= 2 => {}
+        _ => return server.reply(-1, libc::EINVAL, None),
+    }
     let status = fds.remove(1);
     let prepared = Prepared::new(kind, &meta, &arg, &fds);
     let group_dies = prepared.start.as_ref().is_ok_and(|m| m.group_dies);
@@ -801,12 +784,8 @@ fn start(request: Request, server: &Server<'_>, kids: &mut Vec<Kid>, spares: &mu
                 status: Some(status),
                 group_dies,
             });
-            true
         }
-        Err(e) => {
-            server.reply(-1, e.raw_os_error().unwrap_or(libc::EIO), None);
-            false
-        }
+        Err(e) => server.reply(-1, e.raw_os_error().unwrap_or(libc::EIO), None),
     }
 }
 
