@@ -284,7 +284,7 @@ impl Pool {
     ) -> Result<Vec<Result<PodRan, TaskError>>, PodFailed> {
         let sink = Arc::new(MapSink::<PodRan>::new(ranges.len(), None));
         let dyn_sink: Arc<dyn Sink> = sink.clone();
-        let (entry, func) = (pod_entry_offset(f), f.offset());
+        let (entry, func) = (worker::pod_entry_offset(f), f.offset());
         for (index, &(start, len)) in ranges.iter().enumerate() {
             let watched = progress.map(|p| p.share(start)).transpose();
             let (input, output, progress) = match sides((start, len))
@@ -405,11 +405,6 @@ impl Pool {
         each!(u8, u16, u32, u64, usize, i8, i16, i32, i64, isize, f32, f64);
         None
     }
-}
-
-/// The entry offset for `map_pod` jobs of `f`'s type.
-fn pod_entry_offset<A: Pod + Send, R: Pod + Send, P: PodFunc<A, R>>(_: P) -> i64 {
-    worker::pod_entry_offset::<A, R, P>()
 }
 
 /// The largest item vector a pool keeps from one `map` of plain numbers

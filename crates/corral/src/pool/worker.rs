@@ -380,8 +380,8 @@ impl<A, R, F: Fn(A) -> R + Copy + Send + 'static> PodFunc<A, R> for ByType<F> {
 }
 
 /// The entry offset for [`Pool::map_pod`](crate::Pool::map_pod) jobs of
-/// `A -> R` through `P`.
-pub(super) fn pod_entry_offset<A: Pod + Send, R: Pod + Send, P: PodFunc<A, R>>() -> i64 {
+/// `A -> R` through `f`'s type.
+pub(super) fn pod_entry_offset<A: Pod + Send, R: Pod + Send, P: PodFunc<A, R>>(_f: P) -> i64 {
     sys::code::offset_of(pod_trampoline::<A, R, P> as JobEntry as usize)
 }
 
