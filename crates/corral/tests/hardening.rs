@@ -133,6 +133,63 @@ fn an_escaped_daemon_dies_with_its_timed_out_worker() {
     });
 }
 
+/// Starts `sleep 0.3` whose parent (`sh`) exits at once, so that the fork
+/// server adopts it; its pid.
+fn leave_an_orphan(_: ()) -> u32 {
+    let out = std::process::Command::new("sh")
+        .args(["-c", "sleep 0.3 </dev/null >/dev/null 2>&1 & echo $!"])
+        .output()
+        .expect("sh");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+fn nothing(_: ()) {}
+
+/// The parent pid of `pid`, from `/proc` (`None` once it is reaped).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Class 3: an orphan the fork server adopted (no worker's) is reaped when
+/// it exits, with the server idle and while back-to-back starts keep coming
+/// (its sweep for orphans waits for a moment with nothing to do). No zombie
+/// is left.
+#[test]
+fn an_adopted_orphan_is_reaped_even_while_starts_keep_the_server_busy() {
+    within(Duration::from_secs(60), || {
+        for busy in [false, true] {
+            let pid = corral::spawn(leave_an_orphan, ()).unwrap().join().unwrap();
+            let server = corral::internal::fork_server_pid().expect("a fork server");
+            let adopted = parent_of(pid);
+            assert!(
+                adopted.is_none_or(|p| p == server),
+                "orphan {pid}'s parent is {adopted:?}, not the fork server {server}"
+            );
+            let reaped = || parent_of(pid).is_none();
+            let since = Instant::now();
+            while busy && !reaped() && since.elapsed() < Duration::from_secs(5) {
+                corral::spawn(nothing, ()).unwrap().join().unwrap();
+            }
+            assert!(
+                fx::wait_for(Duration::from_secs(5), reaped),
+                "orphan {pid} still there (a zombie?) 5 s after (busy: {busy})"
+            );
+            if busy {
+                assert!(
+                    since.elapsed() < Duration::from_secs(5),
+                    "orphan {pid} was reaped only once the starts stopped"
+                );
+            }
+        }
+    });
+}
+
 /// Runs `start` (which reports the pid of a subprocess it leaves behind,
 /// then hangs), ends the task with `end`, checks it ended as `expected` and
 /// that the subprocess is gone within `limit`.
