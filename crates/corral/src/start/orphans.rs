@@ -12,10 +12,11 @@
 //!
 //! So an adopted orphan carrying the mark of a worker dies, with its
 //! subtree, as soon as that worker is gone (at once if it already is). Any
-//! other orphan is reaped when it exits and killed when the parent program
-//! dies. What escapes: a descendant that clears its environment and whose
-//! parent still lives (it is not an orphan yet) survives its worker until
-//! the program ends.
+//! other orphan is reaped once it has exited and the server has a moment
+//! with nothing to do (200 µs; 20 ms at the latest), and killed when the
+//! parent program dies. What escapes: a descendant that clears its
+//! environment and whose parent still lives (it is not an orphan yet)
+//! survives its worker until the program ends.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
