@@ -145,17 +145,6 @@ fn leave_an_orphan(_: ()) -> u32 {
 
 fn nothing(_: ()) {}
 
-/// The parent pid of `pid`, from `/proc` (`None` once it is reaped).
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit(')')
-        .next()?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 /// Class 3: an orphan the fork server adopted (no worker's) is reaped when
 /// it exits, with the server idle and while back-to-back starts keep coming
 /// (its sweep for orphans waits for a moment with nothing to do). No zombie
@@ -166,12 +155,12 @@ fn an_adopted_orphan_is_reaped_even_while_starts_keep_the_server_busy() {
         for busy in [false, true] {
             let pid = corral::spawn(leave_an_orphan, ()).unwrap().join().unwrap();
             let server = corral::internal::fork_server_pid().expect("a fork server");
-            let adopted = parent_of(pid);
+            let adopted = fx::parent_of(pid);
             assert!(
                 adopted.is_none_or(|p| p == server),
                 "orphan {pid}'s parent is {adopted:?}, not the fork server {server}"
             );
-            let reaped = || parent_of(pid).is_none();
+            let reaped = || fx::parent_of(pid).is_none();
             let since = Instant::now();
             while busy && !reaped() && since.elapsed() < Duration::from_secs(5) {
                 corral::spawn(nothing, ()).unwrap().join().unwrap();
