@@ -545,10 +545,7 @@ impl State {
             }
         }
         if sigchld || !exited.is_empty() {
-            // The signal is read now: left pending, it would wake every poll.
-            if let Some(fd) = self.orphans.wake_fd() {
-                sys::signalfd_drain(fd);
-            }
+            self.orphans.take_signal();
             self.sweep_due.get_or_insert_with(Instant::now);
         }
         if worker_ended {

@@ -57,13 +57,18 @@ impl Orphans {
         self.sigchld.as_ref().map(|fd| fd.as_fd())
     }
 
+    /// Reads the pending `SIGCHLD` (left pending, it would wake every poll);
+    /// a [`sweep`](Orphans::sweep) is then due.
+    pub(super) fn take_signal(&self) {
+        if let Some(fd) = &self.sigchld {
+            sys::signalfd_drain(fd.as_fd());
+        }
+    }
+
     /// After a child of the server exited: reaps adopted orphans that are
     /// gone, adopts new ones (children of the server not in `kids`), and
     /// kills those whose worker is no longer among `workers`.
     pub(super) fn sweep(&mut self, kids: &[i32], workers: &[i32]) {
-        if let Some(fd) = &self.sigchld {
-            sys::signalfd_drain(fd.as_fd());
-        }
         self.adopted
             .retain(|o| matches!(sys::reap(o.pidfd.as_fd(), false), Ok(None)));
         for pid in sys::children_of(self.server) {
