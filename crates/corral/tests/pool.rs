@@ -149,6 +149,44 @@ fn a_close_racing_submitters_loses_no_task() {
     );
 }
 
+/// `apply` watches for its outcome from before the hand-off, then sleeps
+/// without a second watch: from many threads at once, with tasks that end
+/// within the watch and tasks that outlast it (one thread sleeps on the
+/// pool's bell, the others park), each call gets its own value.
+#[test]
+fn applies_from_many_threads_that_outlast_their_watch_each_get_their_own_value() {
+    let pool = Arc::new(Pool::new(2).unwrap());
+    let threads: Vec<_> = (0..6u64)
+        .map(|t| {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                (0..30u64)
+                    .filter(|&i| {
+                        let x = t * 100 + i;
+                        if i % 2 == 0 {
+                            pool.apply(nap, 1 + i % 3) == Ok(1 + i % 3)
+                        } else {
+                            pool.apply(square, x) == Ok(x * x)
+                        }
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let right: usize = fx::within(Duration::from_secs(60), move || {
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("an applying thread"))
+            .sum()
+    });
+    assert_eq!(right, 180);
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.submitted, stats.completed, stats.failed),
+        (180, 180, 0)
+    );
+}
+
 /// An iterator whose size hint claims an exact length it does not have.
 struct Claims {
     len: usize,
@@ -756,6 +794,23 @@ fn max_pending_bounds_the_queue() {
     assert!(most <= 3, "{most} items queued with max_pending(3)");
     for task in producer.join().unwrap() {
         assert_eq!(done(task).unwrap(), 5);
+    }
+}
+
+/// An `apply` whose submit must wait for room under `max_pending` does not
+/// count as watching for outcomes while it waits: workers that saw a
+/// watcher would tell nobody of the outcomes that make the room, and the
+/// pool would wedge (a watcher that does not read).
+#[test]
+fn an_apply_that_waits_for_room_under_max_pending_ends() {
+    let pool = Arc::new(Pool::builder().processes(1).max_pending(1).build().unwrap());
+    // Two batches on the worker (one running, one waiting), one queued.
+    let naps: Vec<Task<u64>> = (0..3).map(|_| pool.submit(nap, 20)).collect();
+    let applier = pool.clone();
+    let squared = fx::within(Duration::from_secs(30), move || applier.apply(square, 7));
+    assert_eq!(squared, Ok(49));
+    for task in naps {
+        assert_eq!(done(task), Ok(20));
     }
 }
 

@@ -123,10 +123,10 @@ pub(crate) trait Sink: Send + Sync {
 }
 
 /// Whether a worker holding work told of its outcomes from this thread's
-/// CPU (rang the bell, or announced them to the dispatcher) and has not
-/// taken its next batch since: the thread woken for them runs where the
-/// worker waits to run, so a watch that spins here delays the very outcome
-/// it waits for. With 1 ms tasks that sleep, the next task's start took a
+/// CPU (rang the bell, announced them, or left them to a watcher: see
+/// `WorkerHead::told_on`) and has not taken its next batch since: the
+/// thread reading them runs where the worker waits to run, so a watch that
+/// spins here delays the very outcome it waits for. With 1 ms tasks that sleep, the next task's start took a
 /// median of 10-66 µs (p90 over 100) instead of 2-11.
 fn teller_waits_here(core: &Core) -> bool {
     let here = crate::spin::cpu_mark();
@@ -924,12 +924,39 @@ impl Shared {
         deadline: Option<Instant>,
         mut ready: impl FnMut() -> bool,
     ) -> bool {
-        if ready() {
-            return true;
+        ready() || self.watch_until(Watch::start(self), deadline, ready)
+    }
+
+    /// [`submit`](Shared::submit), then [`help_until`](Shared::help_until)
+    /// with the watch begun before the hand-off. On a busy machine the
+    /// worker woken often takes this thread's CPU at once, and ends the
+    /// job before this thread runs again: seeing no watcher, it used to
+    /// announce its outcome to the dispatcher, a third thread to run on
+    /// that CPU (and one waiting for the lock this thread held). A submit
+    /// that may wait for room (`max_pending`) waits unwatched: a watcher
+    /// that does not read would leave untold the very outcomes that make
+    /// the room.
+    pub(super) fn submit_and_help(&self, jobs: Vec<Job>, mut ready: impl FnMut() -> bool) -> bool {
+        if self.config.max_pending != usize::MAX {
+            self.submit(jobs);
+            return self.help_until(None, ready);
         }
+        // Unbounded, `submit` never blocks: it leaves the jobs in the
+        // inbox if another thread holds the lock.
+        let watch = Watch::start(self);
+        self.submit(jobs);
+        ready() || self.watch_until(watch, None, ready)
+    }
+
+    /// The loop of [`help_until`](Shared::help_until), in `watch`.
+    fn watch_until(
+        &self,
+        watch: Watch<'_>,
+        deadline: Option<Instant>,
+        mut ready: impl FnMut() -> bool,
+    ) -> bool {
         let start = Instant::now();
         let until = deadline.map_or(start + SPIN, |d| d.min(start + SPIN));
-        let watch = Watch::start(self);
         let done = loop {
             if ready() {
                 break true;

@@ -556,7 +556,7 @@ impl Pool {
     /// ```
     #[doc(alias = "apply_async")]
     pub fn submit<A: Data, R: Data>(&self, f: fn(A) -> R, arg: A) -> Task<R> {
-        self.submit_inner(f, arg, None)
+        self.submit_inner(f, arg, None, false)
     }
 
     /// Like [`submit`](Pool::submit), with a time limit for this task alone
@@ -582,14 +582,17 @@ impl Pool {
         arg: A,
         timeout: Duration,
     ) -> Task<R> {
-        self.submit_inner(f, arg, Some(timeout))
+        self.submit_inner(f, arg, Some(timeout), false)
     }
 
+    /// A task of `f(arg)`; `waits` if the caller waits for it at once
+    /// (its watch for the outcome then begins before the hand-off).
     fn submit_inner<A: Data, R: Data>(
         &self,
         f: fn(A) -> R,
         arg: A,
         timeout: Option<Duration>,
+        waits: bool,
     ) -> Task<R> {
         let slot = Arc::new(TaskSlot::<R>::new());
         let task = Task::new(slot.clone(), self.shared.clone());
@@ -602,8 +605,13 @@ impl Pool {
             Ok(fds) => {
                 drop(arg);
                 let function = (worker::job_entry_offset::<A, R>(), func_offset(f));
-                let job = Job::single(function, args, fds, slot, timeout);
-                self.shared.submit(vec![job]);
+                let job = Job::single(function, args, fds, slot.clone(), timeout);
+                if waits {
+                    self.shared
+                        .submit_and_help(vec![job], &mut || slot.is_done());
+                } else {
+                    self.shared.submit(vec![job]);
+                }
             }
             Err(e) => {
                 let error = TaskError::Codec(format!("the argument: {}", e.message()));
@@ -628,7 +636,7 @@ impl Pool {
     /// assert_eq!(pool.apply(double, 21).unwrap(), 42);
     /// ```
     pub fn apply<A: Data, R: Data>(&self, f: fn(A) -> R, arg: A) -> Result<R, TaskError> {
-        self.submit(f, arg).join()
+        self.submit_inner(f, arg, None, true).join_watched()
     }
 
     /// Runs `f` on every item and returns the results in input order.

@@ -100,7 +100,7 @@ impl<R> TaskSlot<R> {
         true
     }
 
-    fn is_done(&self) -> bool {
+    pub(super) fn is_done(&self) -> bool {
         self.done.load(Ordering::Acquire)
     }
 
@@ -464,11 +464,31 @@ impl<R: Data> Task<R> {
         self.wait(Instant::now().checked_add(timeout))
     }
 
+    /// [`join`](Task::join) for a task whose caller has watched for its
+    /// outcome already (`Pool::apply`): it sleeps at once if not done, not
+    /// after a second watch (which, on a busy machine, would hold the CPU
+    /// its worker waits for twice as long).
+    pub(super) fn join_watched(self) -> Result<R, TaskError> {
+        self.wait_from(None, true);
+        self.slot.take().unwrap_or(Err(TaskError::Cancelled))
+    }
+
     /// Waits until done or `deadline`; true if done.
     fn wait(&self, deadline: Option<Instant>) -> bool {
+        self.wait_from(deadline, false)
+    }
+
+    /// Waits until done or `deadline`, watching first unless `watched`;
+    /// true if done.
+    fn wait_from(&self, deadline: Option<Instant>, watched: bool) -> bool {
         let ready = &mut || self.slot.is_done();
         let register = &mut |waker: &Waker| self.slot.register(waker);
-        if let Some(done) = self.shared.wait_for(deadline, ready, register) {
+        let waited = if watched {
+            self.shared.sleep_until(deadline, ready, register)
+        } else {
+            self.shared.wait_for(deadline, ready, register)
+        };
+        if let Some(done) = waited {
             return done;
         }
         if self.settle_copy() {

@@ -83,10 +83,16 @@ sys::shared_layout! {
         /// `Inbox::hander_waits_for_this_cpu`.
         pub(super) handed_on: AtomicU64,
         /// The CPU the worker last told the supervisor of outcomes from
-        /// (rang the pool's bell, then yielded to the thread it woke, or
-        /// announced them to the dispatcher; [`crate::spin::cpu_mark`]),
-        /// until it takes its next batch (0: none): a thread woken there
-        /// may hold the CPU the worker needs (see `teller_waits_here`).
+        /// (rang the pool's bell, then yielded to the thread it woke,
+        /// announced them to the dispatcher, or left them at a batch's end
+        /// to a thread watching; [`crate::spin::cpu_mark`]), until it takes
+        /// its next batch (0: none): a thread woken there, or watching
+        /// there, may hold the CPU the worker needs (see
+        /// `teller_waits_here`). Noted for a watcher too since its watch
+        /// began before the hand-off (`Shared::submit_and_help`): under a
+        /// CPU hog, the `apply` round trip's slow mode otherwise had a
+        /// tail of 220-240 µs (the caller watching while the worker it had
+        /// woken waited for its CPU).
         pub(super) told_on: AtomicU64,
         /// How many entries of `skips` are in use.
         pub(super) skip_count: AtomicU64,
@@ -900,20 +906,19 @@ impl Recorder<'_> {
     /// worker's watch for the next batch: in alternating runs, 6 of 20 then
     /// ran every later `apply` round trip at 10-35 µs instead of 1 µs (the
     /// dispatcher, which sleeps at once, leaves its CPU to the thread it
-    /// wakes).
+    /// wakes). Whoever is told, or watches, notes the CPU it is told from
+    /// ([`WorkerHead::told_on`]).
     fn announce(&self) -> Result<(), crate::SendError> {
         let here = crate::spin::cpu_mark;
-        match ring::owed(self.region, &self.pool.watching, &self.pool.sleeper, here) {
+        let owed = ring::owed(self.region, &self.pool.watching, &self.pool.sleeper, here);
+        match owed {
             ring::Owed::Nothing => {}
-            ring::Owed::Ring => {
-                self.pool.ring();
-                head(self.region).told_on.store(here(), Ordering::Relaxed);
-                std::thread::yield_now();
-            }
-            ring::Owed::Announce => {
-                self.send(Some(SEQ_WAKE))?;
-                head(self.region).told_on.store(here(), Ordering::Relaxed);
-            }
+            ring::Owed::Ring => self.pool.ring(),
+            ring::Owed::Announce => self.send(Some(SEQ_WAKE))?,
+        }
+        head(self.region).told_on.store(here(), Ordering::Relaxed);
+        if owed == ring::Owed::Ring {
+            std::thread::yield_now();
         }
         Ok(())
     }
