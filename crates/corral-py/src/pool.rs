@@ -108,7 +108,12 @@ impl PyPool {
         args: &Bound<'_, PyAny>,
         kwargs: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        let task = self.start(py, func, args, kwargs, None)?;
+        let call = Self::call(func, args, kwargs)?;
+        // Submitted with the GIL released, and its wait begun before the
+        // hand-off: a worker that ends the task before this thread runs
+        // again leaves the outcome to it, not to the pool's thread.
+        let pool = &self.pool;
+        let task = py.detach(|| pool.submit_and_wait(py_job, call, task::SIGNAL_SLICE));
         task::join(py, task)
     }
 
@@ -261,11 +266,20 @@ impl PyPool {
         kwargs: Option<&Bound<'_, PyAny>>,
         timeout: Option<f64>,
     ) -> PyResult<corral::Task<Out>> {
-        let func = PyFunc::of(func)?;
-        let (mode, arg) = packed(args, kwargs)?;
-        let call = Callable::new(func.get(), mode).call(&arg)?;
+        let call = Self::call(func, args, kwargs)?;
         let timeout = seconds(timeout, "timeout")?;
         Ok(self.submit_call(py, py_job, call, timeout))
+    }
+
+    /// The call of `func(*args, **kwargs)`, ready to cross.
+    fn call(
+        func: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyAny>,
+        kwargs: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Call> {
+        let func = PyFunc::of(func)?;
+        let (mode, arg) = packed(args, kwargs)?;
+        Callable::new(func.get(), mode).call(&arg)
     }
 
     /// Submits `job(call)` (with its own timeout, if given).

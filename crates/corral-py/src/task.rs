@@ -104,7 +104,8 @@ pub(crate) fn wait(
     task: Task<Out>,
 ) -> PyResult<(Result<Out, TaskError>, Option<u32>)> {
     loop {
-        if py.detach(|| task.wait_timeout(SIGNAL_SLICE)) {
+        // A task already ended costs no release of the GIL.
+        if task.is_finished() || py.detach(|| task.wait_timeout(SIGNAL_SLICE)) {
             let pid = task.worker_pid();
             return Ok((task.join(), pid));
         }

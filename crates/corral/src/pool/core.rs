@@ -936,16 +936,21 @@ impl Shared {
     /// that may wait for room (`max_pending`) waits unwatched: a watcher
     /// that does not read would leave untold the very outcomes that make
     /// the room.
-    pub(super) fn submit_and_help(&self, jobs: Vec<Job>, mut ready: impl FnMut() -> bool) -> bool {
+    pub(super) fn submit_and_help(
+        &self,
+        jobs: Vec<Job>,
+        deadline: Option<Instant>,
+        mut ready: impl FnMut() -> bool,
+    ) -> bool {
         if self.config.max_pending != usize::MAX {
             self.submit(jobs);
-            return self.help_until(None, ready);
+            return self.help_until(deadline, ready);
         }
         // Unbounded, `submit` never blocks: it leaves the jobs in the
         // inbox if another thread holds the lock.
         let watch = Watch::start(self);
         self.submit(jobs);
-        ready() || self.watch_until(watch, None, ready)
+        ready() || self.watch_until(watch, deadline, ready)
     }
 
     /// The loop of [`help_until`](Shared::help_until), in `watch`.
