@@ -280,10 +280,12 @@ def issue14_section(runs, hog, py, w):
       "a start that comes after an idle "
       "moment takes the fork server's spare child instead. The round trips (`apply`, the queue's) are "
       "bimodal on this machine: in the slow mode the threads of a hand-off share one CPU. Under the hog, the queue's falls are those of any hand-off between two "
-      "processes that lose the second CPU, and the Python round trip's caller, pool thread and worker "
-      "share the one CPU left: a round trip costs their CPU time in series (35–45 µs, against 7–10 µs "
-      "spread over two CPUs); a watch no longer holds the CPU of a worker that told it of outcomes "
-      "from there, which removed the 130 µs tail of the Rust round trip's fast mode "
+      "processes that lose the second CPU, and `apply`'s slow mode (Rust or Python) is the caller and "
+      "the worker taking turns on the one CPU left: about 19 µs, two context switches and the "
+      "worker's 10 µs watch (35–45 µs, with the pool's thread as a third, until `apply` began "
+      "watching for its outcome before handing the task out); within 3× of 0.8 µs only when the "
+      "caller and the worker draw different CPUs. A watch no longer holds the CPU of a worker that "
+      "told it of outcomes from there, which removed the 130 µs tail of the fast mode "
       "(scheduler traces in `bench/README.md`).")
     w("")
 

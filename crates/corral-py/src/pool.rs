@@ -108,12 +108,7 @@ impl PyPool {
         args: &Bound<'_, PyAny>,
         kwargs: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        let call = Self::call(func, args, kwargs)?;
-        // Submitted with the GIL released, and its wait begun before the
-        // hand-off: a worker that ends the task before this thread runs
-        // again leaves the outcome to it, not to the pool's thread.
-        let pool = &self.pool;
-        let task = py.detach(|| pool.submit_and_wait(py_job, call, task::SIGNAL_SLICE));
+        let task = self.start(py, func, args, kwargs, None)?;
         task::join(py, task)
     }
 
@@ -266,20 +261,11 @@ impl PyPool {
         kwargs: Option<&Bound<'_, PyAny>>,
         timeout: Option<f64>,
     ) -> PyResult<corral::Task<Out>> {
-        let call = Self::call(func, args, kwargs)?;
-        let timeout = seconds(timeout, "timeout")?;
-        Ok(self.submit_call(py, py_job, call, timeout))
-    }
-
-    /// The call of `func(*args, **kwargs)`, ready to cross.
-    fn call(
-        func: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyAny>,
-        kwargs: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Call> {
         let func = PyFunc::of(func)?;
         let (mode, arg) = packed(args, kwargs)?;
-        Callable::new(func.get(), mode).call(&arg)
+        let call = Callable::new(func.get(), mode).call(&arg)?;
+        let timeout = seconds(timeout, "timeout")?;
+        Ok(self.submit_call(py, py_job, call, timeout))
     }
 
     /// Submits `job(call)` (with its own timeout, if given).

@@ -797,34 +797,6 @@ fn max_pending_bounds_the_queue() {
     }
 }
 
-/// `submit_and_wait` gives its task back when the task ends or when its wait
-/// is over, whichever comes first, on a pool with or without
-/// `max_pending`; a task given back running still ends with its value.
-#[test]
-fn submit_and_wait_gives_the_task_back_done_or_at_its_limit() {
-    for bounded in [false, true] {
-        let builder = Pool::builder().processes(1);
-        let pool = if bounded {
-            builder.max_pending(2)
-        } else {
-            builder
-        }
-        .build()
-        .unwrap();
-        let quick = pool.submit_and_wait(square, 9, Duration::from_secs(30));
-        assert!(quick.is_finished(), "bounded: {bounded}");
-        assert_eq!(done(quick), Ok(81));
-        let started = Instant::now();
-        let slow = pool.submit_and_wait(nap, 3_000, Duration::from_millis(20));
-        let waited = started.elapsed();
-        assert!(!slow.is_finished(), "bounded: {bounded}");
-        assert!(waited < Duration::from_millis(2_500), "waited {waited:?}");
-        let none = pool.submit_and_wait(square, 4, Duration::ZERO);
-        assert_eq!(done(slow), Ok(3_000));
-        assert_eq!(done(none), Ok(16));
-    }
-}
-
 /// An `apply` whose submit must wait for room under `max_pending` does not
 /// count as watching for outcomes while it waits: workers that saw a
 /// watcher would tell nobody of the outcomes that make the room, and the

@@ -126,8 +126,9 @@ pub(crate) trait Sink: Send + Sync {
 /// CPU (rang the bell, announced them, or left them to a watcher: see
 /// `WorkerHead::told_on`) and has not taken its next batch since: the
 /// thread reading them runs where the worker waits to run, so a watch that
-/// spins here delays the very outcome it waits for. With 1 ms tasks that sleep, the next task's start took a
-/// median of 10-66 µs (p90 over 100) instead of 2-11.
+/// spins here delays the very outcome it waits for. With 1 ms tasks that
+/// sleep, the next task's start took a median of 10-66 µs (p90 over 100)
+/// instead of 2-11.
 fn teller_waits_here(core: &Core) -> bool {
     let here = crate::spin::cpu_mark();
     core.workers
@@ -936,21 +937,16 @@ impl Shared {
     /// that may wait for room (`max_pending`) waits unwatched: a watcher
     /// that does not read would leave untold the very outcomes that make
     /// the room.
-    pub(super) fn submit_and_help(
-        &self,
-        jobs: Vec<Job>,
-        deadline: Option<Instant>,
-        mut ready: impl FnMut() -> bool,
-    ) -> bool {
+    pub(super) fn submit_and_help(&self, jobs: Vec<Job>, mut ready: impl FnMut() -> bool) -> bool {
         if self.config.max_pending != usize::MAX {
             self.submit(jobs);
-            return self.help_until(deadline, ready);
+            return self.help_until(None, ready);
         }
         // Unbounded, `submit` never blocks: it leaves the jobs in the
         // inbox if another thread holds the lock.
         let watch = Watch::start(self);
         self.submit(jobs);
-        ready() || self.watch_until(watch, deadline, ready)
+        ready() || self.watch_until(watch, None, ready)
     }
 
     /// The loop of [`help_until`](Shared::help_until), in `watch`.

@@ -22,19 +22,13 @@ pub(crate) trait Engine: Send + Sync + std::fmt::Debug {
     /// a closed or broken engine fails them at once.
     fn submit(&self, jobs: Vec<Job>);
     /// Queues jobs for a thread that waits for them at once (`apply`), and
-    /// works or spins as [`help_until`](Engine::help_until) does (until
-    /// `deadline` at the latest); whether `ready` holds. The watch begins
-    /// before the hand-off, so that a worker that ends the job before this
-    /// thread has run again (it took this CPU) leaves its outcome to this
-    /// thread, not to a third.
-    fn submit_and_help(
-        &self,
-        jobs: Vec<Job>,
-        deadline: Option<Instant>,
-        ready: &mut dyn FnMut() -> bool,
-    ) -> bool {
+    /// works or spins as [`help_until`](Engine::help_until) does; whether
+    /// `ready` holds. The watch begins before the hand-off, so that a
+    /// worker that ends the job before this thread has run again (it took
+    /// this CPU) leaves its outcome to this thread, not to a third.
+    fn submit_and_help(&self, jobs: Vec<Job>, ready: &mut dyn FnMut() -> bool) -> bool {
         self.submit(jobs);
-        self.help_until(deadline, ready)
+        self.help_until(None, ready)
     }
     /// Cancels the items `what` names that have not ended; running ones
     /// are stopped if `kill_running` and the engine can.
@@ -110,13 +104,8 @@ impl Engine for Shared {
         Shared::submit(self, jobs);
     }
 
-    fn submit_and_help(
-        &self,
-        jobs: Vec<Job>,
-        deadline: Option<Instant>,
-        ready: &mut dyn FnMut() -> bool,
-    ) -> bool {
-        Shared::submit_and_help(self, jobs, deadline, ready)
+    fn submit_and_help(&self, jobs: Vec<Job>, ready: &mut dyn FnMut() -> bool) -> bool {
+        Shared::submit_and_help(self, jobs, ready)
     }
 
     fn cancel(&self, what: Cancel<'_>, kill_running: bool) {
@@ -244,14 +233,9 @@ impl<E: Engine + 'static> Engine for Owned<E> {
         }
     }
 
-    fn submit_and_help(
-        &self,
-        jobs: Vec<Job>,
-        deadline: Option<Instant>,
-        ready: &mut dyn FnMut() -> bool,
-    ) -> bool {
+    fn submit_and_help(&self, jobs: Vec<Job>, ready: &mut dyn FnMut() -> bool) -> bool {
         match self.here() {
-            Some(engine) => engine.submit_and_help(jobs, deadline, ready),
+            Some(engine) => engine.submit_and_help(jobs, ready),
             None => {
                 fail_jobs(&jobs, &TaskError::ForkedCopy(self.owner));
                 ready()

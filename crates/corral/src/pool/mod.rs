@@ -556,7 +556,7 @@ impl Pool {
     /// ```
     #[doc(alias = "apply_async")]
     pub fn submit<A: Data, R: Data>(&self, f: fn(A) -> R, arg: A) -> Task<R> {
-        self.submit_inner(f, arg, None, None)
+        self.submit_inner(f, arg, None, false)
     }
 
     /// Like [`submit`](Pool::submit), with a time limit for this task alone
@@ -582,52 +582,17 @@ impl Pool {
         arg: A,
         timeout: Duration,
     ) -> Task<R> {
-        self.submit_inner(f, arg, Some(timeout), None)
+        self.submit_inner(f, arg, Some(timeout), false)
     }
 
-    /// Submits `f(arg)` and waits up to `wait` for it to end; returns its
-    /// [`Task`], ended or not: `submit(f, arg)` then
-    /// [`wait_timeout(wait)`](Task::wait_timeout), except that the wait
-    /// begins before the task is handed out. On a busy machine the worker
-    /// woken for it often takes this thread's CPU at once; a caller already
-    /// waiting then reads the outcome itself, where one not yet waiting
-    /// leaves the pool's own thread to read it (about half the round trip
-    /// under a CPU hog here). For a thread that must look up now and then
-    /// (for a signal, say) while it waits; [`apply`](Pool::apply) waits
-    /// so, without a limit.
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// use std::time::Duration;
-    /// fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
-    /// corral::init();
-    /// let pool = corral::Pool::new(1).unwrap();
-    /// let task = pool.submit_and_wait(nap, 300, Duration::from_millis(10));
-    /// assert!(!task.is_finished()); // still running: wait again, or join
-    /// assert_eq!(task.join(), Ok(300));
-    /// ```
-    pub fn submit_and_wait<A: Data, R: Data>(
-        &self,
-        f: fn(A) -> R,
-        arg: A,
-        wait: Duration,
-    ) -> Task<R> {
-        let until = crate::time::deadline(wait);
-        let task = self.submit_inner(f, arg, None, Some(until));
-        task.wait_watched(until);
-        task
-    }
-
-    /// A task of `f(arg)`. With `watch`, the caller waits for it at once
-    /// (until the deadline it holds): its watch for the outcome begins
-    /// before the hand-off.
+    /// A task of `f(arg)`; `waits` if the caller waits for it at once
+    /// (its watch for the outcome then begins before the hand-off).
     fn submit_inner<A: Data, R: Data>(
         &self,
         f: fn(A) -> R,
         arg: A,
         timeout: Option<Duration>,
-        watch: Option<Option<Instant>>,
+        waits: bool,
     ) -> Task<R> {
         let slot = Arc::new(TaskSlot::<R>::new());
         let task = Task::new(slot.clone(), self.shared.clone());
@@ -641,12 +606,11 @@ impl Pool {
                 drop(arg);
                 let function = (worker::job_entry_offset::<A, R>(), func_offset(f));
                 let job = Job::single(function, args, fds, slot.clone(), timeout);
-                match watch {
-                    Some(until) => {
-                        self.shared
-                            .submit_and_help(vec![job], until, &mut || slot.is_done());
-                    }
-                    None => self.shared.submit(vec![job]),
+                if waits {
+                    self.shared
+                        .submit_and_help(vec![job], &mut || slot.is_done());
+                } else {
+                    self.shared.submit(vec![job]);
                 }
             }
             Err(e) => {
@@ -672,7 +636,7 @@ impl Pool {
     /// assert_eq!(pool.apply(double, 21).unwrap(), 42);
     /// ```
     pub fn apply<A: Data, R: Data>(&self, f: fn(A) -> R, arg: A) -> Result<R, TaskError> {
-        self.submit_inner(f, arg, None, Some(None)).join_watched()
+        self.submit_inner(f, arg, None, true).join_watched()
     }
 
     /// Runs `f` on every item and returns the results in input order.

@@ -469,14 +469,8 @@ impl<R: Data> Task<R> {
     /// after a second watch (which, on a busy machine, would hold the CPU
     /// its worker waits for twice as long).
     pub(super) fn join_watched(self) -> Result<R, TaskError> {
-        self.wait_watched(None);
+        self.wait_from(None, true);
         self.slot.take().unwrap_or(Err(TaskError::Cancelled))
-    }
-
-    /// Waits, without a watch first, until done or `deadline`: for a task
-    /// its caller has watched for since before its hand-off.
-    pub(super) fn wait_watched(&self, deadline: Option<Instant>) -> bool {
-        self.wait_from(deadline, true)
     }
 
     /// Waits until done or `deadline`; true if done.
@@ -487,6 +481,7 @@ impl<R: Data> Task<R> {
     /// Waits until done or `deadline`, watching first unless `watched`;
     /// true if done.
     fn wait_from(&self, deadline: Option<Instant>, watched: bool) -> bool {
+        // Done already (the common case after `apply`'s watch): no bell.
         if self.slot.is_done() {
             return true;
         }
