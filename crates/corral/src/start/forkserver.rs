@@ -752,20 +752,25 @@ impl Server<'_> {
     }
 }
 
+/// Serves a request other than shared-memory tracking.
 fn handle(request: Request, server: &Server<'_>, kids: &mut Vec<Kid>, spares: &mut Spares) {
+    match request.kind {
+        KIND_KILL => kill(kids, &request.meta),
+        KIND_WATCH => watch(kids, &request.meta, request.fds),
+        KIND_TAKEN => spares.taken(kids, &request.meta),
+        KIND_FORK | KIND_EXEC if request.fds.len() >= 2 => start(request, server, kids, spares),
+        _ => server.reply(-1, libc::EINVAL, None),
+    }
+}
+
+/// Forks a child for a start request and answers it.
+fn start(request: Request, server: &Server<'_>, kids: &mut Vec<Kid>, spares: &mut Spares) {
     let Request {
         kind,
         meta,
         arg,
         mut fds,
     } = request;
-    match kind {
-        KIND_KILL => return kill(kids, &meta),
-        KIND_WATCH => return watch(kids, &meta, fds),
-        KIND_TAKEN => return spares.taken(kids, &meta),
-        KIND_FORK | KIND_EXEC if fds.len() >= 2 => {}
-        _ => return server.reply(-1, libc::EINVAL, None),
-    }
     let status = fds.remove(1);
     let prepared = Prepared::new(kind, &meta, &arg, &fds);
     let group_dies = prepared.start.as_ref().is_ok_and(|m| m.group_dies);
