@@ -438,6 +438,8 @@ fn serve(ctrl: RawFd) -> ! {
     // Inherited by every child: they need not set it up each.
     bootstrap::install_panic_hook();
     warm_for_children();
+    // Read from the code's file mapping: before the code is copied
+    // (`code_to_copy`), and inherited by every child.
     let _ = sys::executable_identity();
     let plan = ExecPlan::same_program();
     let env = exec_env();
@@ -453,6 +455,7 @@ fn serve(ctrl: RawFd) -> ! {
         orphans: Orphans::new(server_pid),
         spares: Spares::default(),
         sweep_due: None,
+        code: code_to_copy(),
     };
     loop {
         state.turn(&server);
@@ -472,6 +475,21 @@ fn warm_for_children() {
     let _ = io::Write::flush(&mut io::stdout());
 }
 
+/// The environment variable that keeps the fork server's code mapped from
+/// its file when set to `0` (for debuggers and profilers, which find no file
+/// behind a copy).
+const HUGE_CODE_ENV: &str = "CORRAL_HUGE_CODE";
+
+/// The server's code and read-only data, to be copied into huge pages while
+/// it is idle ([`sys::HugeCode`]): each child forked after that maps them
+/// with a few page-table entries copied by `fork`, rather than a page fault
+/// (and 16 entries mapped, then unmapped at its exit) for each 64 KiB of
+/// code it runs.
+fn code_to_copy() -> Option<sys::HugeCode> {
+    let off = std::env::var_os(HUGE_CODE_ENV).is_some_and(|v| v == "0");
+    if off { None } else { sys::HugeCode::plan() }
+}
+
 /// What the server keeps between turns of its loop.
 struct State {
     kids: Vec<Kid>,
@@ -480,12 +498,18 @@ struct State {
     spares: Spares,
     /// Since when a sweep for orphans is due: a child of the server exited.
     sweep_due: Option<Instant>,
+    /// The copy of the server's code into huge pages, while not done.
+    code: Option<sys::HugeCode>,
 }
 
 /// How long the server must have had nothing to do before it forks a
 /// spare: a fork takes ~100 µs of CPU, which starts that come back to back
 /// would wait for (or share two cores with) rather than gain from.
 const IDLE_BEFORE_SPARE: Duration = Duration::from_micros(500);
+
+/// How long the server must have had nothing to do before it copies the
+/// next huge page of its code (0.5–15 ms each on a VM).
+const IDLE_BEFORE_CODE_COPY: Duration = Duration::from_micros(500);
 
 /// How long the server must have had nothing to do before it sweeps for
 /// orphans after a child's exit: the sweep reads `/proc` (~15 µs), which a
@@ -561,7 +585,8 @@ impl State {
             .sweep_due
             .map(|due| IDLE_BEFORE_SWEEP.min(SWEEP_AT_LATEST.saturating_sub(due.elapsed())));
         let spare = self.spare_needed().then_some(IDLE_BEFORE_SPARE);
-        sweep.into_iter().chain(spare).min()
+        let code = self.code.is_some().then_some(IDLE_BEFORE_CODE_COPY);
+        sweep.into_iter().chain(spare).chain(code).min()
     }
 
     fn spare_needed(&self) -> bool {
@@ -569,10 +594,15 @@ impl State {
     }
 
     /// Nothing came for a while: sweeps for orphans if a sweep is due, else
-    /// forks the next spare if one is needed.
+    /// copies one more huge page of code, else forks the next spare if one
+    /// is needed (after the copy, so that it forks from it).
     fn idle_work(&mut self, server: &Server<'_>) {
         if self.sweep_due.is_some() {
             self.sweep();
+        } else if let Some(code) = &mut self.code {
+            if !code.step() {
+                self.code = None;
+            }
         } else if self.spare_needed() {
             let spare = self
                 .spares

@@ -50,6 +50,14 @@ pub(crate) mod spare;
 #[non_exhaustive]
 pub enum StartMethod {
     /// Fork from a clean single-threaded server started at [`crate::init`].
+    ///
+    /// Once idle, the server copies the program's code and read-only data
+    /// into transparent huge pages, where the machine has them, so that its
+    /// children start without a page fault for each 64 KiB of code they run
+    /// (a `fork` copies no page tables of a file's mapping). Debuggers and
+    /// profilers then find no file behind those addresses in the server and
+    /// its children; the environment variable `CORRAL_HUGE_CODE=0`, set
+    /// before [`crate::init`], keeps them mapped from the file.
     #[default]
     ForkServer,
     /// Re-execute the current binary.

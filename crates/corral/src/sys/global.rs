@@ -11,12 +11,35 @@ use std::os::fd::RawFd;
 use std::ptr;
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, Ordering};
 
-static GENERATION: AtomicU64 = AtomicU64::new(1);
+/// What a forked child writes first thing ([`forked`]), together: a fork
+/// shares the parent's pages until each is written, and each first write is
+/// a page fault and a copy, so these take one page (32-byte aligned, so
+/// never across two), not one each.
+#[repr(C, align(32))]
+struct ForkState {
+    /// The process generation ([`new_process_generation`]).
+    generation: AtomicU64,
+    /// Forks since this process's line began watching ([`watch_forks`]): 0
+    /// in the process that installed the handler, one more in each child of
+    /// a `fork` after that (from corral, a `libc::fork` of the program's
+    /// own, Python's `os.fork`).
+    forks: AtomicU64,
+    /// A descriptor every forked child closes at once, or -1: the fork
+    /// server connection, which the server watches for end-of-file to learn
+    /// that its parent died (a child holding a copy would keep it open).
+    closed_in_children: AtomicI32,
+}
+
+static FORK_STATE: ForkState = ForkState {
+    generation: AtomicU64::new(1),
+    forks: AtomicU64::new(0),
+    closed_in_children: AtomicI32::new(-1),
+};
 
 /// Marks the calling process as a new process: every [`ForkLocal`] is rebuilt
 /// on its next access. Call it first thing in a freshly forked child.
 pub(crate) fn new_process_generation() {
-    GENERATION.fetch_add(1, Ordering::AcqRel);
+    FORK_STATE.generation.fetch_add(1, Ordering::AcqRel);
 }
 
 struct Slot<T> {
@@ -41,7 +64,7 @@ impl<T: Send + Sync + 'static> ForkLocal<T> {
 
     /// The value of the current process, if it was built (never builds it).
     pub(crate) fn get_if_built(&'static self) -> Option<&'static T> {
-        let generation = GENERATION.load(Ordering::Acquire);
+        let generation = FORK_STATE.generation.load(Ordering::Acquire);
         let current = self.slot.load(Ordering::Acquire);
         if current.is_null() {
             return None;
@@ -53,7 +76,7 @@ impl<T: Send + Sync + 'static> ForkLocal<T> {
 
     /// The value of the current process.
     pub(crate) fn get(&'static self) -> &'static T {
-        let generation = GENERATION.load(Ordering::Acquire);
+        let generation = FORK_STATE.generation.load(Ordering::Acquire);
         loop {
             let current = self.slot.load(Ordering::Acquire);
             if !current.is_null() {
@@ -85,24 +108,13 @@ impl<T: Send + Sync + 'static> ForkLocal<T> {
     }
 }
 
-/// Forks since this process's line began watching ([`watch_forks`]): 0 in
-/// the process that installed the handler, one more in each child of a
-/// `fork` after that (from corral, a `libc::fork` of the program's own,
-/// Python's `os.fork`).
-static FORKS: AtomicU64 = AtomicU64::new(0);
-
-/// A descriptor every forked child closes at once, or -1: the fork server
-/// connection, which the server watches for end-of-file to learn that its
-/// parent died (a child holding a copy would keep it open).
-static CLOSED_IN_CHILDREN: AtomicI32 = AtomicI32::new(-1);
-
 /// Runs in every child of a `fork` (a `pthread_atfork` handler), before
 /// anything else there: the child is a new process for every
 /// [`ForkLocal`], drops the parent's fork server connection, and counts
 /// the fork. Async-signal-safe, as such a handler must be: atomics and
 /// `close`.
 extern "C" fn forked() {
-    FORKS.fetch_add(1, Ordering::Relaxed);
+    FORK_STATE.forks.fetch_add(1, Ordering::Relaxed);
     new_process_generation();
     close_inherited_connection();
 }
@@ -124,20 +136,20 @@ pub(crate) fn watch_forks() -> u64 {
 }
 
 /// How many forks separate this process from the one that began watching
-/// (see [`FORKS`]).
+/// (see [`ForkState::forks`]).
 pub(crate) fn forks() -> u64 {
-    FORKS.load(Ordering::Relaxed)
+    FORK_STATE.forks.load(Ordering::Relaxed)
 }
 
 /// Makes `fd` (or none, for -1) the descriptor forked children close at
 /// once.
 pub(crate) fn close_in_forked_children(fd: RawFd) {
-    CLOSED_IN_CHILDREN.store(fd, Ordering::Release);
+    FORK_STATE.closed_in_children.store(fd, Ordering::Release);
 }
 
 /// In a freshly forked child: closes its inherited copy of the descriptor
 /// of [`close_in_forked_children`] (the handler does it in every fork; a
 /// fork made before it was installed calls this itself).
 pub(crate) fn close_inherited_connection() {
-    super::close_inherited(CLOSED_IN_CHILDREN.swap(-1, Ordering::AcqRel));
+    super::close_inherited(FORK_STATE.closed_in_children.swap(-1, Ordering::AcqRel));
 }

@@ -767,14 +767,24 @@ pub(crate) fn sigchld_fd() -> io::Result<OwnedFd> {
 
 /// Unblocks `SIGCHLD` (a fork server's child must not inherit its mask).
 /// Async-signal-safe.
+///
+/// The system call itself, with the kernel's 64-bit mask: through the same
+/// libc page as [`close_all_except`]'s, where `sigemptyset` and
+/// `sigprocmask` are two more pages of libc's code, each a page fault in a
+/// fork server's child (see `sys::text`).
 pub(crate) fn unblock_sigchld() {
-    let mut mask = MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: as in `sigchld_fd`; no allocation, async-signal-safe calls.
+    let mask: u64 = 1 << (libc::SIGCHLD - 1);
+    // SAFETY: `rt_sigprocmask` reads `size_of::<u64>()` bytes of the mask
+    // (the kernel's signal set) and writes no old set (null).
     unsafe {
-        libc::sigemptyset(mask.as_mut_ptr());
-        libc::sigaddset(mask.as_mut_ptr(), libc::SIGCHLD);
-        libc::sigprocmask(libc::SIG_UNBLOCK, mask.as_ptr(), std::ptr::null_mut());
-    }
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_UNBLOCK,
+            &raw const mask,
+            std::ptr::null_mut::<u64>(),
+            size_of::<u64>(),
+        )
+    };
 }
 
 /// The resident memory of process `pid`, in bytes, from `/proc/<pid>/statm`.

@@ -28,6 +28,7 @@ mod global;
 mod job;
 mod linux;
 mod shm;
+mod text;
 
 pub(crate) use exe::executable_identity;
 pub(crate) use futex::*;
@@ -38,6 +39,7 @@ pub(crate) use global::{
 pub(crate) use job::*;
 pub(crate) use linux::*;
 pub(crate) use shm::{SharedLayout, SharedRegion, shared_layout};
+pub(crate) use text::HugeCode;
 
 /// Runs `$f` (an `fn()`) before `main`, from the program's `.init_array`
 /// (after the standard library's own start-up entries, which are ordered

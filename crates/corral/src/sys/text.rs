@@ -1,0 +1,433 @@
+//! The fork server's code in huge pages, so that its children take no page
+//! faults for it.
+//!
+//! `fork` copies no page tables for a file-backed mapping without anonymous
+//! pages (Linux leaves them to be faulted in again), so each page of code a
+//! fork-server child runs on its way to its function is a page fault, and
+//! each fault maps up to 16 pages around it, which the child's exit unmaps
+//! again: on a 2-core VM, 25 such faults added ~90 µs to a
+//! `fork`+`_exit`+`waitpid` of ~115 µs. A copy of the code in anonymous
+//! transparent huge pages is copied by `fork` as one page-table entry per
+//! aligned 2 MiB (the child takes no fault and its exit unmaps almost
+//! nothing); the ends of the code that no aligned 2 MiB of it covers are
+//! mapped from huge pages by small entries, which `fork` copies (~45 ns
+//! each) rather than the child faulting them in.
+//!
+//! [`HugeCode`] swaps the read-only run of segments (headers, read-only
+//! data, code) of the object holding corral, and of the main program if that
+//! is another, for such a copy: the same bytes at the same addresses,
+//! read-only and executable. Debuggers and `perf` then find no file behind
+//! those addresses in the process and its children.
+
+use std::ffi::c_void;
+use std::io;
+use std::ptr;
+
+/// `madvise` advice (Linux 6.1): make the range huge pages now, whatever the
+/// system's setting for doing so at page faults.
+const MADV_COLLAPSE: i32 = 25;
+
+/// A copy of the code in huge pages, made a huge page at a time (the first
+/// touch of each costs 0.5–15 ms on a VM, whose host backs it afresh), so
+/// that a process serving requests can make it between them.
+///
+/// The copies are left out of every fork until each takes its place: a
+/// child forked meanwhile runs from the file, as before.
+pub(crate) struct HugeCode {
+    pending: Vec<Pending>,
+}
+
+impl HugeCode {
+    /// Plans copies of the read-only runs of segments (headers, read-only
+    /// data, code) of the object holding corral and of the main program;
+    /// `None` when the machine has no transparent huge pages.
+    pub(crate) fn plan() -> Option<HugeCode> {
+        let huge = huge_page_size()?;
+        let here = Self::plan as fn() -> Option<HugeCode> as usize;
+        let pending: Vec<Pending> = (read_only_runs(here).into_iter())
+            .filter_map(|run| Pending::new(run, huge).ok())
+            .collect();
+        (!pending.is_empty()).then_some(HugeCode { pending })
+    }
+
+    /// Copies one huge page's worth more, and puts each copy that is
+    /// complete in place of its run. Returns whether any work is left.
+    ///
+    /// A copy is put in place only while the process has one thread:
+    /// nothing may run code from a run while it is swapped for its copy.
+    /// A copy that fails is dropped, and its run keeps its file mapping.
+    pub(crate) fn step(&mut self) -> bool {
+        if let Some(next) = self.pending.first_mut()
+            && next.copy_some()
+        {
+            let done = self.pending.remove(0);
+            if super::thread_count() == 1 {
+                let _ = done.swap();
+            }
+        }
+        !self.pending.is_empty()
+    }
+}
+
+/// The size of a huge page, if the kernel has transparent huge pages on.
+fn huge_page_size() -> Option<usize> {
+    let dir = "/sys/kernel/mm/transparent_hugepage";
+    let enabled = std::fs::read_to_string(format!("{dir}/enabled")).ok()?;
+    if enabled.contains("[never]") {
+        return None;
+    }
+    let size = std::fs::read_to_string(format!("{dir}/hpage_pmd_size")).ok()?;
+    size.trim()
+        .parse()
+        .ok()
+        .filter(|s: &usize| s.is_power_of_two())
+}
+
+/// A page-aligned run of adjacent read-only loaded segments of one object.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Run {
+    start: usize,
+    end: usize,
+}
+
+/// The runs holding the executable segment of the main program and of the
+/// object whose code holds `here`.
+fn read_only_runs(here: usize) -> Vec<Run> {
+    let mut found = Found {
+        here,
+        page: rustix::param::page_size(),
+        main_seen: false,
+        runs: Vec::new(),
+    };
+    // SAFETY: the callback only reads the `dl_phdr_info` the dynamic linker
+    // passes it for the duration of the call, and `data` is `&mut found`,
+    // alive and not otherwise borrowed until `dl_iterate_phdr` returns.
+    unsafe { libc::dl_iterate_phdr(Some(each_object), (&raw mut found).cast()) };
+    found.runs.dedup();
+    found.runs
+}
+
+struct Found {
+    here: usize,
+    page: usize,
+    main_seen: bool,
+    runs: Vec<Run>,
+}
+
+/// Called by `dl_iterate_phdr` for each loaded object, the main program
+/// first.
+unsafe extern "C" fn each_object(
+    info: *mut libc::dl_phdr_info,
+    _: usize,
+    data: *mut c_void,
+) -> i32 {
+    // SAFETY: `data` is the `Found` that `read_only_runs` passed, and `info`
+    // and its program headers are valid for this call (`dl_iterate_phdr`).
+    let (found, info) = unsafe { (&mut *data.cast::<Found>(), &*info) };
+    let headers = if info.dlpi_phdr.is_null() {
+        &[][..]
+    } else {
+        // SAFETY: as above: `dlpi_phnum` headers at `dlpi_phdr`.
+        unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) }
+    };
+    let page = found.page;
+    let segments: Vec<Segment> = headers
+        .iter()
+        .filter(|h| h.p_type == libc::PT_LOAD && h.p_memsz > 0)
+        .map(|h| {
+            let start = info.dlpi_addr as usize + h.p_vaddr as usize;
+            Segment {
+                start: start / page * page,
+                end: (start + h.p_memsz as usize).div_ceil(page) * page,
+                writable: h.p_flags & libc::PF_W != 0,
+                executable: h.p_flags & libc::PF_X != 0,
+            }
+        })
+        .collect();
+    let is_main = !std::mem::replace(&mut found.main_seen, true);
+    let holds_here = segments
+        .iter()
+        .any(|s| (s.start..s.end).contains(&found.here));
+    if (is_main || holds_here)
+        && let Some(run) = run_around_code(&segments)
+    {
+        found.runs.push(run);
+    }
+    0
+}
+
+struct Segment {
+    start: usize,
+    end: usize,
+    writable: bool,
+    executable: bool,
+}
+
+/// The run of adjacent read-only segments around the first executable one.
+fn run_around_code(segments: &[Segment]) -> Option<Run> {
+    let code = segments.iter().position(|s| s.executable && !s.writable)?;
+    let read_only = |i: usize| !segments[i].writable;
+    let mut first = code;
+    while first > 0 && read_only(first - 1) && segments[first - 1].end == segments[first].start {
+        first -= 1;
+    }
+    let mut last = code;
+    while last + 1 < segments.len()
+        && read_only(last + 1)
+        && segments[last].end == segments[last + 1].start
+    {
+        last += 1;
+    }
+    Some(Run {
+        start: segments[first].start,
+        end: segments[last].end,
+    })
+}
+
+/// A run's copy in the making.
+struct Pending {
+    run: Run,
+    copy: HugeCopy,
+    /// The range claimed below the run, if any, for the copy's first huge
+    /// page to be mapped over.
+    claim: Option<Claim>,
+    /// The run's bytes are copied below this address.
+    copied_to: usize,
+}
+
+impl Pending {
+    /// When nothing is mapped between the run and the huge-page boundary
+    /// below it, and the run fills the rest of that huge page, the copy
+    /// starts at the boundary (zeros below the run), so that the run's first
+    /// huge page is mapped whole too.
+    fn new(run: Run, huge: usize) -> io::Result<Pending> {
+        let boundary = run.start / huge * huge;
+        let claim = (boundary + huge <= run.end)
+            .then(|| Claim::new(boundary, run.start - boundary))
+            .flatten();
+        let from = claim.as_ref().map_or(run.start, |c| c.at);
+        Ok(Pending {
+            run,
+            copy: HugeCopy::new(from, run.end, huge)?,
+            claim,
+            copied_to: run.start,
+        })
+    }
+
+    /// Copies up to the next huge-page boundary of the copy; whether the
+    /// whole run is copied.
+    fn copy_some(&mut self) -> bool {
+        let huge = self.copy.huge;
+        let at = self.copy.at(self.copied_to);
+        let to = self.run.end.min(self.copied_to + (huge - at % huge));
+        // SAFETY: `[copied_to, to)` lies in the run, loaded and readable,
+        // and its place in the copy in the copy's mapping, ours alone.
+        unsafe {
+            ptr::copy_nonoverlapping(
+                self.copied_to as *const u8,
+                at as *mut u8,
+                to - self.copied_to,
+            )
+        };
+        self.copied_to = to;
+        to == self.run.end
+    }
+
+    fn swap(mut self) -> io::Result<()> {
+        self.copy.swap()?;
+        // The copy was moved over the claimed range.
+        std::mem::forget(self.claim.take());
+        Ok(())
+    }
+}
+
+/// A range below a run where nothing was mapped, mapped inaccessible by us
+/// until the copy takes it, and unmapped again if it does not.
+struct Claim {
+    at: usize,
+    len: usize,
+}
+
+impl Claim {
+    fn new(at: usize, len: usize) -> Option<Claim> {
+        if len == 0 {
+            return None;
+        }
+        // SAFETY: `MAP_FIXED_NOREPLACE` maps nothing over an existing
+        // mapping; a kernel without it takes the address as a hint.
+        let got = unsafe {
+            libc::mmap(
+                at as *mut c_void,
+                len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if got == libc::MAP_FAILED {
+            return None;
+        }
+        let claim = Claim {
+            at: got as usize,
+            len,
+        };
+        (claim.at == at).then_some(claim)
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        // SAFETY: the range mapped in `new`, used by nothing.
+        unsafe { libc::munmap(self.at as *mut c_void, self.len) };
+    }
+}
+
+/// An anonymous mapping of whole huge pages, laid out so that `[from, to)`
+/// falls at the same offsets from huge-page boundaries as in the run, and
+/// left out of forks until it takes the run's place.
+struct HugeCopy {
+    /// The first huge-page boundary of the mapping.
+    base: usize,
+    size: usize,
+    from: usize,
+    to: usize,
+    huge: usize,
+    /// Moved over the run: only the leftovers are still here, kept.
+    swapped: bool,
+}
+
+impl HugeCopy {
+    fn new(from: usize, to: usize, huge: usize) -> io::Result<HugeCopy> {
+        let size = (from % huge + (to - from)).div_ceil(huge) * huge;
+        // SAFETY: a fresh private anonymous mapping, nothing else's.
+        let raw = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                size + huge,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = (raw as usize).div_ceil(huge) * huge;
+        let below = base - raw as usize;
+        // SAFETY: the parts of the fresh mapping outside `[base, base +
+        // size)`, and then that range itself, used by nothing.
+        unsafe {
+            if below > 0 {
+                libc::munmap(raw, below);
+            }
+            libc::munmap((base + size) as *mut c_void, huge - below);
+            libc::madvise(base as *mut c_void, size, libc::MADV_HUGEPAGE);
+            libc::madvise(base as *mut c_void, size, libc::MADV_DONTFORK);
+        }
+        Ok(HugeCopy {
+            base,
+            size,
+            from,
+            to,
+            huge,
+            swapped: false,
+        })
+    }
+
+    /// Where `addr` of `[from, to)` is in the copy.
+    fn at(&self, addr: usize) -> usize {
+        self.base + self.from % self.huge + (addr - self.from)
+    }
+
+    /// Makes the copy huge pages (if the page faults did not), read-only
+    /// and executable, and moves it over `[from, to)`, to be forked from
+    /// then on.
+    fn swap(&mut self) -> io::Result<()> {
+        let base = self.base as *mut c_void;
+        let piece = self.at(self.from) as *mut c_void;
+        let len = self.to - self.from;
+        let fixed = libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED;
+        // SAFETY: the copy is ours alone. The move replaces `[from, to)` at
+        // once with the same bytes (copied from the run, which is read-only;
+        // zeros below it only where nothing was mapped), and the caller is
+        // the only thread.
+        let moved = unsafe {
+            if libc::madvise(base, self.size, MADV_COLLAPSE) != 0
+                || libc::madvise(piece, len, libc::MADV_DOFORK) != 0
+                || libc::mprotect(piece, len, libc::PROT_READ | libc::PROT_EXEC) != 0
+            {
+                libc::MAP_FAILED
+            } else {
+                libc::mremap(piece, len, len, fixed, self.from as *mut c_void)
+            }
+        };
+        if moved == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        self.swapped = true;
+        // The parts of the huge pages outside the piece stay mapped (unmapping
+        // them would queue their huge pages to be split into small ones),
+        // inaccessible, and still left out of forks.
+        let leftovers = [
+            (self.base, self.at(self.from)),
+            (self.at(self.to), self.base + self.size),
+        ];
+        for (start, end) in leftovers.into_iter().filter(|(s, e)| s < e) {
+            // SAFETY: parts of the copy's mapping that hold nothing in use.
+            unsafe { libc::mprotect(start as *mut c_void, end - start, libc::PROT_NONE) };
+        }
+        Ok(())
+    }
+}
+
+impl Drop for HugeCopy {
+    fn drop(&mut self) {
+        if !self.swapped {
+            // SAFETY: the copy's mapping, which took nobody's place.
+            unsafe { libc::munmap(self.base as *mut c_void, self.size) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment(start: usize, end: usize, flags: &str) -> Segment {
+        Segment {
+            start,
+            end,
+            writable: flags.contains('w'),
+            executable: flags.contains('x'),
+        }
+    }
+
+    #[test]
+    fn the_run_is_the_adjacent_read_only_segments_around_the_code() {
+        let segments = [
+            segment(0x0, 0x2000, "r"),
+            segment(0x2000, 0x9000, "rx"),
+            segment(0x9000, 0xa000, "r"),
+            segment(0xa000, 0xc000, "rw"),
+            segment(0xc000, 0xd000, "r"),
+        ];
+        assert_eq!(
+            run_around_code(&segments),
+            Some(Run {
+                start: 0x0,
+                end: 0xa000
+            })
+        );
+        let gap = [segment(0x0, 0x1000, "r"), segment(0x3000, 0x4000, "rx")];
+        assert_eq!(
+            run_around_code(&gap),
+            Some(Run {
+                start: 0x3000,
+                end: 0x4000
+            })
+        );
+        assert_eq!(run_around_code(&[segment(0, 0x1000, "rw")]), None);
+    }
+}
