@@ -53,12 +53,49 @@ fn huge_pages_on() -> bool {
 }
 
 fn code_addr() -> usize {
-    busy as fn(u64) -> Vec<String> as usize
+    busy as fn((u64, usize)) -> Vec<String> as usize
+}
+
+/// The lowest and highest address this test binary is mapped at (the fork
+/// server, forked from this process before `main`, has it at the same).
+fn image() -> (usize, usize) {
+    let exe = std::fs::read_link("/proc/self/exe").unwrap();
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    (maps.lines())
+        .filter(|l| l.ends_with(exe.to_str().unwrap()))
+        .map(range)
+        .fold((usize::MAX, 0), |(lo, hi), (s, e)| (lo.min(s), hi.max(e)))
+}
+
+fn range(line: &str) -> (usize, usize) {
+    let (start, end) = line
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .split_once('-')
+        .unwrap();
+    (
+        usize::from_str_radix(start, 16).unwrap(),
+        usize::from_str_radix(end, 16).unwrap(),
+    )
+}
+
+/// The server's anonymous executable mapping within 2 MiB of this binary's
+/// image (the copy may begin at the huge-page boundary below it).
+fn copied_code(server: &str) -> Option<String> {
+    let (lo, hi) = image();
+    let maps = std::fs::read_to_string(format!("/proc/{server}/maps")).ok()?;
+    maps.lines()
+        .find(|l| {
+            let (start, end) = range(l);
+            anonymous(l) == (true, "r-xp".to_owned()) && start + (2 << 20) > lo && end <= hi
+        })
+        .map(str::to_owned)
 }
 
 /// Work that runs code from all over the program: formatting, hashing,
-/// sorting, the allocator; and the child's own mapping of the code.
-fn busy(n: u64) -> Vec<String> {
+/// sorting, the allocator; and the child's own mapping of `addr`.
+fn busy((n, addr): (u64, usize)) -> Vec<String> {
     let mut words: BTreeMap<String, u64> = BTreeMap::new();
     for i in 0..n {
         *words
@@ -67,7 +104,7 @@ fn busy(n: u64) -> Vec<String> {
     }
     let mut sorted: Vec<(String, u64)> = words.into_iter().collect();
     sorted.sort_by_key(|(w, v)| (std::cmp::Reverse(*v), w.clone()));
-    let mine = mapping_of("self", code_addr()).unwrap_or_default();
+    let mine = mapping_of("self", addr).unwrap_or_default();
     vec![sorted[0].0.clone(), sorted.len().to_string(), mine]
 }
 
@@ -88,29 +125,31 @@ fn the_fork_servers_code_moves_into_huge_pages_and_its_children_run_from_it() {
         return; // started by the test below, for its own check
     }
     let server = server();
-    let before = mapping_of(&server, code_addr()).unwrap();
-    assert!(
-        !anonymous(&before).0,
-        "mapped from the file at first: {before}"
-    );
     if !huge_pages_on() {
         return; // the machine has none: the file mapping stays
     }
-    let mut line = before;
+    let mut copy = None;
     assert!(
         wait_for(Duration::from_secs(10), || {
-            line = mapping_of(&server, code_addr()).unwrap_or_default();
-            anonymous(&line).0
+            copy = copied_code(&server);
+            copy.is_some()
         }),
-        "the idle server copies its code: {line}"
+        "the idle server copies its code into huge pages (this binary's \
+         read-only segments span more than 2 MiB); its maps:\n{}",
+        std::fs::read_to_string(format!("/proc/{server}/maps")).unwrap_or_default()
     );
-    assert_eq!(anonymous(&line).1, "r-xp", "{line}");
-    // This test binary's code spans more than 2 MiB: at least one is mapped
-    // whole.
-    assert!(huge_kb(&server, &line) >= 2048, "{line}");
-    let expected = busy(5000);
+    let line = copy.unwrap();
+    // Whole huge pages only.
+    let (start, end) = range(&line);
+    assert_eq!(
+        huge_kb(&server, &line),
+        (end - start) as u64 / 1024,
+        "{line}"
+    );
+    let inside = start + (end - start) / 2;
+    let expected = busy((5000, inside));
     for round in 0..30 {
-        let got = done(corral::spawn(busy, 5000).unwrap()).unwrap();
+        let got = done(corral::spawn(busy, (5000, inside)).unwrap()).unwrap();
         assert_eq!(got[..2], expected[..2], "round {round}");
         assert!(
             anonymous(&got[2]).0,
@@ -138,9 +177,10 @@ fn with_corral_huge_code_0_the_server_keeps_its_code_mapped_from_the_file() {
         // code from the file.
         let server = server();
         std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(copied_code(&server), None);
         let line = mapping_of(&server, code_addr()).unwrap();
         assert!(!anonymous(&line).0, "{line}");
-        let got = done(corral::spawn(busy, 100).unwrap()).unwrap();
+        let got = done(corral::spawn(busy, (100, code_addr())).unwrap()).unwrap();
         assert!(!anonymous(&got[2]).0, "{}", got[2]);
         return;
     }

@@ -8,16 +8,18 @@
 //! again: on a 2-core VM, 25 such faults added ~90 µs to a
 //! `fork`+`_exit`+`waitpid` of ~115 µs. A copy of the code in anonymous
 //! transparent huge pages is copied by `fork` as one page-table entry per
-//! aligned 2 MiB (the child takes no fault and its exit unmaps almost
-//! nothing); the ends of the code that no aligned 2 MiB of it covers are
-//! mapped from huge pages by small entries, which `fork` copies (~45 ns
-//! each) rather than the child faulting them in.
+//! 2 MiB: the child takes no fault for it, and its exit unmaps almost
+//! nothing.
 //!
-//! [`HugeCode`] swaps the read-only run of segments (headers, read-only
-//! data, code) of the object holding corral, and of the main program if that
-//! is another, for such a copy: the same bytes at the same addresses,
-//! read-only and executable. Debuggers and `perf` then find no file behind
-//! those addresses in the process and its children.
+//! [`HugeCode`] swaps each whole huge page of the read-only run of segments
+//! (headers, read-only data, code) of the object holding corral, and of the
+//! main program if that is another, for such a copy: the same bytes at the
+//! same addresses, read-only and executable. The ends of a run that fill
+//! no huge page stay mapped from the file: copied in huge pages mapped by
+//! small entries, they cost each `fork` ~50 ns a page, more than the faults
+//! they save (a child runs code in a few of its 64 KiB windows). Debuggers
+//! and `perf` find no file behind the copied addresses in the process and
+//! its children.
 
 use std::ffi::c_void;
 use std::io;
@@ -45,7 +47,7 @@ impl HugeCode {
         let huge = huge_page_size()?;
         let here = Self::plan as fn() -> Option<HugeCode> as usize;
         let pending: Vec<Pending> = (read_only_runs(here).into_iter())
-            .filter_map(|run| Pending::new(run, huge).ok())
+            .filter_map(|run| Pending::new(run, huge).ok().flatten())
             .collect();
         (!pending.is_empty()).then_some(HugeCode { pending })
     }
@@ -186,40 +188,40 @@ fn run_around_code(segments: &[Segment]) -> Option<Run> {
 
 /// A run's copy in the making.
 struct Pending {
-    run: Run,
     copy: HugeCopy,
     /// The range claimed below the run, if any, for the copy's first huge
     /// page to be mapped over.
     claim: Option<Claim>,
-    /// The run's bytes are copied below this address.
+    /// The run's bytes are copied from its start (or the copy's, if
+    /// higher) to below this address.
     copied_to: usize,
 }
 
 impl Pending {
+    /// The copy of the whole huge pages of `run`; `None` if it fills none.
     /// When nothing is mapped between the run and the huge-page boundary
-    /// below it, and the run fills the rest of that huge page, the copy
-    /// starts at the boundary (zeros below the run), so that the run's first
-    /// huge page is mapped whole too.
-    fn new(run: Run, huge: usize) -> io::Result<Pending> {
+    /// below it, the copy starts at that boundary (zeros below the run), so
+    /// that the run's first huge page counts as whole too.
+    fn new(run: Run, huge: usize) -> io::Result<Option<Pending>> {
         let boundary = run.start / huge * huge;
-        let claim = (boundary + huge <= run.end)
-            .then(|| Claim::new(boundary, run.start - boundary))
-            .flatten();
-        let from = claim.as_ref().map_or(run.start, |c| c.at);
-        Ok(Pending {
-            run,
-            copy: HugeCopy::new(from, run.end, huge)?,
+        let claim = huge_span(run, huge, true)
+            .filter(|&(from, _)| from < run.start)
+            .and_then(|_| Claim::new(boundary, run.start - boundary));
+        let Some((from, to)) = huge_span(run, huge, claim.is_some()) else {
+            return Ok(None);
+        };
+        Ok(Some(Pending {
+            copy: HugeCopy::new(from, to, huge)?,
             claim,
-            copied_to: run.start,
-        })
+            copied_to: run.start.max(from),
+        }))
     }
 
-    /// Copies up to the next huge-page boundary of the copy; whether the
-    /// whole run is copied.
+    /// Copies up to the next huge-page boundary; whether all is copied.
     fn copy_some(&mut self) -> bool {
         let huge = self.copy.huge;
+        let to = (self.copied_to / huge + 1) * huge;
         let at = self.copy.at(self.copied_to);
-        let to = self.run.end.min(self.copied_to + (huge - at % huge));
         // SAFETY: `[copied_to, to)` lies in the run, loaded and readable,
         // and its place in the copy in the copy's mapping, ours alone.
         unsafe {
@@ -230,7 +232,7 @@ impl Pending {
             )
         };
         self.copied_to = to;
-        to == self.run.end
+        to == self.copy.to
     }
 
     fn swap(mut self) -> io::Result<()> {
@@ -239,6 +241,19 @@ impl Pending {
         std::mem::forget(self.claim.take());
         Ok(())
     }
+}
+
+/// The whole huge pages of `run`, as `[from, to)`: from its first
+/// huge-page boundary, or from the one below its start if the range between
+/// is `free_below`, up to its last; `None` if that holds no huge page.
+fn huge_span(run: Run, huge: usize, free_below: bool) -> Option<(usize, usize)> {
+    let from = if free_below {
+        run.start / huge * huge
+    } else {
+        run.start.div_ceil(huge) * huge
+    };
+    let to = run.end / huge * huge;
+    (from < to).then_some((from, to))
 }
 
 /// A range below a run where nothing was mapped, mapped inaccessible by us
@@ -283,23 +298,21 @@ impl Drop for Claim {
     }
 }
 
-/// An anonymous mapping of whole huge pages, laid out so that `[from, to)`
-/// falls at the same offsets from huge-page boundaries as in the run, and
-/// left out of forks until it takes the run's place.
+/// An anonymous mapping of whole huge pages, to hold `[from, to)` (both
+/// huge-page aligned), left out of forks until it takes that range's place.
 struct HugeCopy {
-    /// The first huge-page boundary of the mapping.
+    /// Where the copy is, huge-page aligned.
     base: usize,
-    size: usize,
     from: usize,
     to: usize,
     huge: usize,
-    /// Moved over the run: only the leftovers are still here, kept.
+    /// Moved over `[from, to)`.
     swapped: bool,
 }
 
 impl HugeCopy {
     fn new(from: usize, to: usize, huge: usize) -> io::Result<HugeCopy> {
-        let size = (from % huge + (to - from)).div_ceil(huge) * huge;
+        let size = to - from;
         // SAFETY: a fresh private anonymous mapping, nothing else's.
         let raw = unsafe {
             libc::mmap(
@@ -328,7 +341,6 @@ impl HugeCopy {
         }
         Ok(HugeCopy {
             base,
-            size,
             from,
             to,
             huge,
@@ -338,46 +350,33 @@ impl HugeCopy {
 
     /// Where `addr` of `[from, to)` is in the copy.
     fn at(&self, addr: usize) -> usize {
-        self.base + self.from % self.huge + (addr - self.from)
+        self.base + (addr - self.from)
     }
 
     /// Makes the copy huge pages (if the page faults did not), read-only
     /// and executable, and moves it over `[from, to)`, to be forked from
     /// then on.
     fn swap(&mut self) -> io::Result<()> {
-        let base = self.base as *mut c_void;
-        let piece = self.at(self.from) as *mut c_void;
-        let len = self.to - self.from;
+        let (copy, len) = (self.base as *mut c_void, self.to - self.from);
         let fixed = libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED;
         // SAFETY: the copy is ours alone. The move replaces `[from, to)` at
         // once with the same bytes (copied from the run, which is read-only;
         // zeros below it only where nothing was mapped), and the caller is
         // the only thread.
         let moved = unsafe {
-            if libc::madvise(base, self.size, MADV_COLLAPSE) != 0
-                || libc::madvise(piece, len, libc::MADV_DOFORK) != 0
-                || libc::mprotect(piece, len, libc::PROT_READ | libc::PROT_EXEC) != 0
+            if libc::madvise(copy, len, MADV_COLLAPSE) != 0
+                || libc::madvise(copy, len, libc::MADV_DOFORK) != 0
+                || libc::mprotect(copy, len, libc::PROT_READ | libc::PROT_EXEC) != 0
             {
                 libc::MAP_FAILED
             } else {
-                libc::mremap(piece, len, len, fixed, self.from as *mut c_void)
+                libc::mremap(copy, len, len, fixed, self.from as *mut c_void)
             }
         };
         if moved == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
         self.swapped = true;
-        // The parts of the huge pages outside the piece stay mapped (unmapping
-        // them would queue their huge pages to be split into small ones),
-        // inaccessible, and still left out of forks.
-        let leftovers = [
-            (self.base, self.at(self.from)),
-            (self.at(self.to), self.base + self.size),
-        ];
-        for (start, end) in leftovers.into_iter().filter(|(s, e)| s < e) {
-            // SAFETY: parts of the copy's mapping that hold nothing in use.
-            unsafe { libc::mprotect(start as *mut c_void, end - start, libc::PROT_NONE) };
-        }
         Ok(())
     }
 }
@@ -386,7 +385,7 @@ impl Drop for HugeCopy {
     fn drop(&mut self) {
         if !self.swapped {
             // SAFETY: the copy's mapping, which took nobody's place.
-            unsafe { libc::munmap(self.base as *mut c_void, self.size) };
+            unsafe { libc::munmap(self.base as *mut c_void, self.to - self.from) };
         }
     }
 }
@@ -429,5 +428,29 @@ mod tests {
             })
         );
         assert_eq!(run_around_code(&[segment(0, 0x1000, "rw")]), None);
+    }
+
+    #[test]
+    fn only_whole_huge_pages_are_copied() {
+        const M: usize = 1 << 20;
+        let run = |start, end| Run { start, end };
+        // 3.5 MiB from 1 MiB: one huge page inside; with the range below
+        // free, the first counts as whole too.
+        assert_eq!(
+            huge_span(run(M, 9 * M / 2), 2 * M, false),
+            Some((2 * M, 4 * M))
+        );
+        assert_eq!(huge_span(run(M, 9 * M / 2), 2 * M, true), Some((0, 4 * M)));
+        // 1.5 MiB from 1 MiB: one only from the boundary below.
+        assert_eq!(huge_span(run(M, 5 * M / 2), 2 * M, false), None);
+        assert_eq!(huge_span(run(M, 5 * M / 2), 2 * M, true), Some((0, 2 * M)));
+        // 1 MiB ending past a boundary: none, even from the one below.
+        assert_eq!(huge_span(run(5 * M / 2, 7 * M / 2), 2 * M, true), None);
+        assert_eq!(huge_span(run(3 * M, 5 * M), 2 * M, false), None);
+        // Aligned at both ends: all of it.
+        assert_eq!(
+            huge_span(run(2 * M, 6 * M), 2 * M, false),
+            Some((2 * M, 6 * M))
+        );
     }
 }
