@@ -12,9 +12,10 @@
 //! nothing.
 //!
 //! [`HugeCode`] swaps each whole huge page of the read-only run of segments
-//! (headers, read-only data, code) of the object holding corral, and of the
-//! main program if that is another, for such a copy: the same bytes at the
-//! same addresses, read-only and executable. The ends of a run that fill
+//! (headers, read-only data, code) of each loaded object (the program, and
+//! the libraries big enough: for a Python host, the interpreter's library
+//! and corral's module) for such a copy: the same bytes at the same
+//! addresses, read-only and executable. The ends of a run that fill
 //! no huge page stay mapped from the file: copied in huge pages mapped by
 //! small entries, they cost each `fork` ~50 ns a page, more than the faults
 //! they save (a child runs code in a few of its 64 KiB windows). Debuggers
@@ -40,13 +41,13 @@ pub(crate) struct HugeCode {
 }
 
 impl HugeCode {
-    /// Plans copies of the read-only runs of segments (headers, read-only
-    /// data, code) of the object holding corral and of the main program;
-    /// `None` when the machine has no transparent huge pages.
+    /// Plans copies of the whole huge pages of the read-only runs of
+    /// segments (headers, read-only data, code) of the loaded objects;
+    /// `None` when there are none, or the machine has no transparent huge
+    /// pages.
     pub(crate) fn plan() -> Option<HugeCode> {
         let huge = huge_page_size()?;
-        let here = Self::plan as fn() -> Option<HugeCode> as usize;
-        let pending: Vec<Pending> = (read_only_runs(here).into_iter())
+        let pending: Vec<Pending> = (read_only_runs().into_iter())
             .filter_map(|run| Pending::new(run, huge).ok().flatten())
             .collect();
         (!pending.is_empty()).then_some(HugeCode { pending })
@@ -92,27 +93,21 @@ struct Run {
     end: usize,
 }
 
-/// The runs holding the executable segment of the main program and of the
-/// object whose code holds `here`.
-fn read_only_runs(here: usize) -> Vec<Run> {
+/// The runs holding the executable segment of each loaded object.
+fn read_only_runs() -> Vec<Run> {
     let mut found = Found {
-        here,
         page: rustix::param::page_size(),
-        main_seen: false,
         runs: Vec::new(),
     };
     // SAFETY: the callback only reads the `dl_phdr_info` the dynamic linker
     // passes it for the duration of the call, and `data` is `&mut found`,
     // alive and not otherwise borrowed until `dl_iterate_phdr` returns.
     unsafe { libc::dl_iterate_phdr(Some(each_object), (&raw mut found).cast()) };
-    found.runs.dedup();
     found.runs
 }
 
 struct Found {
-    here: usize,
     page: usize,
-    main_seen: bool,
     runs: Vec<Run>,
 }
 
@@ -146,15 +141,7 @@ unsafe extern "C" fn each_object(
             }
         })
         .collect();
-    let is_main = !std::mem::replace(&mut found.main_seen, true);
-    let holds_here = segments
-        .iter()
-        .any(|s| (s.start..s.end).contains(&found.here));
-    if (is_main || holds_here)
-        && let Some(run) = run_around_code(&segments)
-    {
-        found.runs.push(run);
-    }
+    found.runs.extend(run_around_code(&segments));
     0
 }
 
