@@ -125,6 +125,13 @@ fn the_fork_servers_code_moves_into_huge_pages_and_its_children_run_from_it() {
         return; // started by the test below, for its own check
     }
     let server = server();
+    // A few starts: not worth the copy (it would make a start that comes
+    // meanwhile wait).
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(copied_code(&server), None, "copied after one start");
+    for _ in 0..16 {
+        done(corral::spawn(|x: u64| x + 1, 1).unwrap()).unwrap();
+    }
     if !huge_pages_on() {
         return; // the machine has none: the file mapping stays
     }
@@ -172,10 +179,13 @@ fn the_fork_servers_code_moves_into_huge_pages_and_its_children_run_from_it() {
 #[test]
 fn with_corral_huge_code_0_the_server_keeps_its_code_mapped_from_the_file() {
     if std::env::var_os("CORRAL_HUGE_CODE").is_some() {
-        // In the copy of this binary started below: the server, idle for
-        // 200 ms (its copy would have taken one to a few), still maps its
-        // code from the file.
+        // In the copy of this binary started below: the server, after 17
+        // starts and idle for 200 ms (its copy would have taken one to a
+        // few), still maps its code from the file.
         let server = server();
+        for _ in 0..16 {
+            done(corral::spawn(|x: u64| x + 1, 1).unwrap()).unwrap();
+        }
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(copied_code(&server), None);
         let line = mapping_of(&server, code_addr()).unwrap();

@@ -455,7 +455,7 @@ fn serve(ctrl: RawFd) -> ! {
         orphans: Orphans::new(server_pid),
         spares: Spares::default(),
         sweep_due: None,
-        code: code_to_copy(),
+        code: CodeCopy::new(),
     };
     loop {
         state.turn(&server);
@@ -480,14 +480,57 @@ fn warm_for_children() {
 /// behind a copy).
 const HUGE_CODE_ENV: &str = "CORRAL_HUGE_CODE";
 
-/// The server's code and read-only data, to be copied into huge pages while
-/// it is idle ([`sys::HugeCode`]): each child forked after that maps them
-/// with a few page-table entries copied by `fork`, rather than a page fault
-/// (and 16 entries mapped, then unmapped at its exit) for each 64 KiB of
-/// code it runs.
-fn code_to_copy() -> Option<sys::HugeCode> {
-    let off = std::env::var_os(HUGE_CODE_ENV).is_some_and(|v| v == "0");
-    if off { None } else { sys::HugeCode::plan() }
+/// Fork starts the server serves before it copies its code: the copy costs
+/// 0.5–15 ms of the server's time per huge page on a VM (and a start that
+/// comes meanwhile waits), which a program that starts a few children
+/// never gets back.
+const STARTS_BEFORE_CODE_COPY: u32 = 16;
+
+/// The copy of the server's code and read-only data into huge pages
+/// ([`sys::HugeCode`]), after which each child forked maps them with a few
+/// page-table entries copied by `fork`, rather than a page fault (and 16
+/// entries mapped, then unmapped at its exit) for each 64 KiB of code it
+/// runs.
+enum CodeCopy {
+    /// Counting fork starts until the copy pays.
+    Waiting { starts: u32 },
+    /// Copying, a huge page per idle moment.
+    Copying(sys::HugeCode),
+    /// Done, not possible here, or turned off.
+    Done,
+}
+
+impl CodeCopy {
+    fn new() -> CodeCopy {
+        match std::env::var_os(HUGE_CODE_ENV) {
+            Some(v) if v == "0" => CodeCopy::Done,
+            _ => CodeCopy::Waiting { starts: 0 },
+        }
+    }
+
+    /// A fork start was served.
+    fn counted_start(&mut self) {
+        if let CodeCopy::Waiting { starts } = self {
+            *starts += 1;
+            if *starts >= STARTS_BEFORE_CODE_COPY {
+                *self = sys::HugeCode::plan().map_or(CodeCopy::Done, CodeCopy::Copying);
+            }
+        }
+    }
+
+    /// Whether a copy waits for an idle moment.
+    fn pending(&self) -> bool {
+        matches!(self, CodeCopy::Copying(_))
+    }
+
+    /// Copies one huge page more.
+    fn step(&mut self) {
+        if let CodeCopy::Copying(copy) = self
+            && !copy.step()
+        {
+            *self = CodeCopy::Done;
+        }
+    }
 }
 
 /// What the server keeps between turns of its loop.
@@ -498,8 +541,8 @@ struct State {
     spares: Spares,
     /// Since when a sweep for orphans is due: a child of the server exited.
     sweep_due: Option<Instant>,
-    /// The copy of the server's code into huge pages, while not done.
-    code: Option<sys::HugeCode>,
+    /// The copy of the server's code into huge pages.
+    code: CodeCopy,
 }
 
 /// How long the server must have had nothing to do before it forks a
@@ -585,7 +628,7 @@ impl State {
             .sweep_due
             .map(|due| IDLE_BEFORE_SWEEP.min(SWEEP_AT_LATEST.saturating_sub(due.elapsed())));
         let spare = self.spare_needed().then_some(IDLE_BEFORE_SPARE);
-        let code = self.code.is_some().then_some(IDLE_BEFORE_CODE_COPY);
+        let code = self.code.pending().then_some(IDLE_BEFORE_CODE_COPY);
         sweep.into_iter().chain(spare).chain(code).min()
     }
 
@@ -599,11 +642,11 @@ impl State {
     fn idle_work(&mut self, server: &Server<'_>) {
         if self.sweep_due.is_some() {
             self.sweep();
-        } else if let Some(code) = &mut self.code {
-            if !code.step() {
-                self.code = None;
-            }
+        } else if self.code.pending() {
+            self.code.step();
         } else if self.spare_needed() {
+            // The spare is for the next start (or the one that took the last).
+            self.code.counted_start();
             let spare = self
                 .spares
                 .refill(server.pid, server.ctrl.as_fd(), server.plan);
@@ -644,7 +687,12 @@ impl State {
             Ok(Some(request)) if request.kind == KIND_UNTRACK_SHM => {
                 self.shm_names.retain(|n| n.as_bytes() != request.meta)
             }
-            Ok(Some(request)) => handle(request, server, &mut self.kids, &mut self.spares),
+            Ok(Some(request)) => {
+                if request.kind == KIND_FORK {
+                    self.code.counted_start();
+                }
+                handle(request, server, &mut self.kids, &mut self.spares)
+            }
             Ok(None) | Err(_) => self.shutdown(),
         }
     }

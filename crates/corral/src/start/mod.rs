@@ -51,11 +51,12 @@ pub(crate) mod spare;
 pub enum StartMethod {
     /// Fork from a clean single-threaded server started at [`crate::init`].
     ///
-    /// Once idle, the server copies the code and read-only data of the
-    /// program and its libraries into transparent huge pages, where the
-    /// machine has them (whole huge pages of them only), so that its
-    /// children start without a page fault for each 64 KiB of code they run
-    /// (a `fork` copies no page tables of a file's mapping). Debuggers and
+    /// Once it has served 16 starts and is idle, the server copies the code
+    /// and read-only data of the program and its libraries into transparent
+    /// huge pages, where the machine has them (whole huge pages of them
+    /// only), so that its children start without a page fault for each
+    /// 64 KiB of code they run (a `fork` copies no page tables of a file's
+    /// mapping). Debuggers and
     /// profilers then find no file behind those addresses in the server and
     /// its children; the environment variable `CORRAL_HUGE_CODE=0`, set
     /// before [`crate::init`], keeps them mapped from the file.
