@@ -439,7 +439,7 @@ fn serve(ctrl: RawFd) -> ! {
     bootstrap::install_panic_hook();
     warm_for_children();
     // Read from the code's file mapping: before the code is copied
-    // (`code_to_copy`), and inherited by every child.
+    // (`CodeCopy`), and inherited by every child.
     let _ = sys::executable_identity();
     let plan = ExecPlan::same_program();
     let env = exec_env();
@@ -494,6 +494,8 @@ const STARTS_BEFORE_CODE_COPY: u32 = 16;
 enum CodeCopy {
     /// Counting fork starts until the copy pays.
     Waiting { starts: u32 },
+    /// To be planned at the next idle moment.
+    Due,
     /// Copying, a huge page per idle moment.
     Copying(sys::HugeCode),
     /// Done, not possible here, or turned off.
@@ -513,22 +515,28 @@ impl CodeCopy {
         if let CodeCopy::Waiting { starts } = self {
             *starts += 1;
             if *starts >= STARTS_BEFORE_CODE_COPY {
-                *self = sys::HugeCode::plan().map_or(CodeCopy::Done, CodeCopy::Copying);
+                *self = CodeCopy::Due;
             }
         }
     }
 
-    /// Whether a copy waits for an idle moment.
+    /// Whether work on the copy waits for an idle moment.
     fn pending(&self) -> bool {
-        matches!(self, CodeCopy::Copying(_))
+        matches!(self, CodeCopy::Due | CodeCopy::Copying(_))
     }
 
-    /// Copies one huge page more.
+    /// Plans the copy, or copies one huge page more.
     fn step(&mut self) {
-        if let CodeCopy::Copying(copy) = self
-            && !copy.step()
-        {
-            *self = CodeCopy::Done;
+        match self {
+            CodeCopy::Due => {
+                *self = sys::HugeCode::plan().map_or(CodeCopy::Done, CodeCopy::Copying)
+            }
+            CodeCopy::Copying(copy) => {
+                if !copy.step() {
+                    *self = CodeCopy::Done;
+                }
+            }
+            CodeCopy::Waiting { .. } | CodeCopy::Done => {}
         }
     }
 }

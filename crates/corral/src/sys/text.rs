@@ -27,7 +27,8 @@ use std::io;
 use std::ptr;
 
 /// `madvise` advice (Linux 6.1): make the range huge pages now, whatever the
-/// system's setting for doing so at page faults.
+/// system's setting for doing so at page faults. An older kernel refuses
+/// it, and then nothing is copied.
 const MADV_COLLAPSE: i32 = 25;
 
 /// A copy of the code in huge pages, made a huge page at a time (the first
@@ -136,6 +137,7 @@ unsafe extern "C" fn each_object(
             Segment {
                 start: start / page * page,
                 end: (start + h.p_memsz as usize).div_ceil(page) * page,
+                readable: h.p_flags & libc::PF_R != 0,
                 writable: h.p_flags & libc::PF_W != 0,
                 executable: h.p_flags & libc::PF_X != 0,
             }
@@ -148,14 +150,15 @@ unsafe extern "C" fn each_object(
 struct Segment {
     start: usize,
     end: usize,
+    readable: bool,
     writable: bool,
     executable: bool,
 }
 
 /// The run of adjacent read-only segments around the first executable one.
 fn run_around_code(segments: &[Segment]) -> Option<Run> {
-    let code = segments.iter().position(|s| s.executable && !s.writable)?;
-    let read_only = |i: usize| !segments[i].writable;
+    let read_only = |i: usize| segments[i].readable && !segments[i].writable;
+    let code = (0..segments.len()).find(|&i| segments[i].executable && read_only(i))?;
     let mut first = code;
     while first > 0 && read_only(first - 1) && segments[first - 1].end == segments[first].start {
         first -= 1;
@@ -385,6 +388,7 @@ mod tests {
         Segment {
             start,
             end,
+            readable: flags.contains('r'),
             writable: flags.contains('w'),
             executable: flags.contains('x'),
         }
@@ -415,6 +419,15 @@ mod tests {
             })
         );
         assert_eq!(run_around_code(&[segment(0, 0x1000, "rw")]), None);
+        // Never a segment that cannot be read (the copy reads it).
+        let hidden = [segment(0x0, 0x1000, ""), segment(0x1000, 0x2000, "rx")];
+        assert_eq!(
+            run_around_code(&hidden),
+            Some(Run {
+                start: 0x1000,
+                end: 0x2000
+            })
+        );
     }
 
     #[test]
