@@ -19,8 +19,10 @@ use redis::Commands;
 use super::broker::Broker;
 use super::wire::{self, Keys, OutcomeBatch, TaskEntry, WireJob};
 use crate::pool::callback::Callbacks;
-use crate::pool::engine::{self, Engine};
-use crate::pool::{Cancel, Job, PoolStats, Raw, Sink, WorkerStats, count_failure};
+use crate::pool::engine::Engine;
+use crate::pool::{
+    Cancel, Job, PoolStats, Raw, Sink, WorkerStats, count_failure, fail_jobs, refusal,
+};
 use crate::{Error, TaskError};
 
 /// How long a client's liveness key lives without a refresh: after that,
@@ -624,9 +626,9 @@ impl Engine for Client {
                 s.outstanding == 0 || s.outstanding + items <= max || s.phase != Phase::Open
             });
         }
-        if let Some(error) = engine::refusal(st.broken.as_ref(), st.phase == Phase::Open) {
+        if let Some(error) = refusal(st.broken.as_ref(), st.phase == Phase::Open) {
             drop(st);
-            engine::fail_jobs(&jobs, &error);
+            fail_jobs(&jobs, &error);
             return;
         }
         let mut refused = Vec::new();

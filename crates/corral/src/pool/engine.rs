@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::callback::Callbacks;
-use super::core::{Cancel, Job, Shared};
+use super::core::Shared;
+use super::job::{Cancel, Job, fail_jobs};
 use super::{PoolStats, WorkerStats};
 use crate::{Error, TaskError};
 
@@ -355,24 +356,6 @@ impl<E: Engine + 'static> Engine for Owned<E> {
 
 /// What a forked copy of a pool says to what returns an [`Error`].
 const FORKED: &str = "a forked copy of a pool handle: the pool belongs to the parent process; create a pool in the child";
-
-/// Why an engine takes no new jobs, if it takes none: the failure that
-/// broke it, else `PoolClosed` once it is not open. Both engines admit
-/// jobs by this rule.
-pub(crate) fn refusal(broken: Option<&TaskError>, open: bool) -> Option<TaskError> {
-    match (broken, open) {
-        (Some(error), _) => Some(error.clone()),
-        (None, true) => None,
-        (None, false) => Some(TaskError::PoolClosed),
-    }
-}
-
-/// Ends every item of `jobs` with `error`.
-pub(crate) fn fail_jobs(jobs: &[Job], error: &TaskError) {
-    for job in jobs {
-        job.fail_all(error);
-    }
-}
 
 /// An engine as `Pool`, its tasks and iterators hold it.
 pub(crate) type EngineRef = Arc<dyn Engine>;

@@ -101,6 +101,7 @@ pub(crate) mod callback;
 mod core;
 pub(crate) mod engine;
 mod inbox;
+mod job;
 mod life;
 mod pod;
 mod results;
@@ -116,10 +117,15 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use self::core::{Args, Config, Shared};
 #[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
-pub(crate) use self::core::{Cancel, Job, JobBuilder, Raw, Sink, count_failure, deliver_guarded};
+pub(crate) use self::core::count_failure;
+use self::core::{Config, Shared};
 use self::engine::{EngineRef, Owned};
+use self::job::Args;
+#[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
+pub(crate) use self::job::{
+    Cancel, Job, JobBuilder, Raw, Sink, deliver_guarded, fail_jobs, refusal,
+};
 pub use self::task::{AsCompleted, Task, as_completed, wait_all, wait_any, wait_first_error};
 use self::task::{Held, TaskSlot};
 use crate::start::bootstrap::func_offset;

@@ -11,8 +11,8 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use super::core::{Cancel, Raw, Sink};
 use super::engine::EngineRef;
+use super::job::{Cancel, Raw, Sink};
 use crate::{Data, TaskError, TaskTimeout};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
