@@ -293,7 +293,7 @@ pub struct RemotePanic {
     pub backtrace: String,
     /// The process id of the child that panicked.
     pub pid: u32,
-    /// How that process ended, when it was a [`Child`](crate::Child) (a
+    /// How that process ended, when it was a [`Child`] (a
     /// pool worker goes on: `None`). Python's `exitcode` after a raise.
     #[serde(skip)]
     pub exit_status: Option<ExitStatus>,

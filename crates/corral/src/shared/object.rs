@@ -51,9 +51,9 @@ impl fmt::Debug for Object {
 
 impl Object {
     /// Creates a zeroed region of `len` bytes (header included) for `kind`,
-    /// with `params` stored in the header words 2.. (at most 6). The header
-    /// is written last by [`Object::publish`]'s caller order: callers
-    /// initialise the body, then this stamps the magic.
+    /// with `params` stored in the header words 2.. (at most 6). The magic
+    /// word is stored last (a release store), so a process that maps the
+    /// region and finds the magic also finds the kind and parameters.
     pub(crate) fn create(kind: Kind, len: usize, params: &[u64]) -> Result<Object, Error> {
         assert!(params.len() <= 6, "at most 6 header parameters");
         let region = sys::SharedRegion::create(c"corral-object", len.max(HEADER))

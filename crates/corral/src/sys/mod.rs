@@ -3,9 +3,9 @@
 //! # Contract
 //!
 //! Everything above this module speaks in owned, I/O-safe types (`OwnedFd`,
-//! `BorrowedFd`, [`Pid`]) and typed errors. This module provides:
+//! `BorrowedFd`, [`Pid`](rustix::process::Pid)) and typed errors. This module provides:
 //!
-//! * process creation ([`fork_with`], [`exec_self`]) and reaping through pidfds
+//! * process creation ([`fork_with`], [`ExecArgs`]) and reaping through pidfds
 //!   ([`pidfd_open`], [`reap`]), signals ([`signal`], [`signal_group`]);
 //! * child setup after fork ([`enter_child`], [`close_all_except`]);
 //! * sockets and pipes that carry file descriptors ([`send_with_fds`],
