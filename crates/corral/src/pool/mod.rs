@@ -129,7 +129,7 @@ pub(crate) use self::job::{
 pub use self::task::{AsCompleted, Task, as_completed, wait_all, wait_any, wait_first_error};
 use self::task::{Held, TaskSlot};
 use crate::start::bootstrap::func_offset;
-use crate::start::runtime;
+use crate::start::{identity, runtime};
 use crate::{Data, Error, StartMethod, TaskError, wire};
 
 /// Counters of a pool's life, from [`Pool::stats`].
@@ -391,7 +391,7 @@ impl PoolBuilder {
             ));
         }
         runtime::ensure_initialized()?;
-        runtime::check_depth()?;
+        identity::check_depth()?;
         let processes = self.processes.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
         });

@@ -6,7 +6,7 @@ use super::child::{Proc, Reaper};
 use crate::start::bootstrap::{self, Outcome, StartMeta};
 use crate::start::forkserver::Launch;
 use crate::start::reexec::{ExecPlan, ForkHooks};
-use crate::start::runtime;
+use crate::start::{identity, runtime};
 use crate::{Child, CodecError, Data, Error, Job, StartMethod, sys, wire};
 
 /// Starts a child process that runs `f(arg)` and returns its handle.
@@ -172,7 +172,7 @@ impl ProcessBuilder {
         f: fn(A) -> R,
         arg: A,
     ) -> Result<Child<R>, Error> {
-        runtime::check_depth()?;
+        identity::check_depth()?;
         let exec = match launch {
             Launch::Exec => ExecPlan::current("start a Spawn child")?.host_command(),
             Launch::Fork => None,
@@ -193,7 +193,7 @@ impl ProcessBuilder {
             name: self.name.clone(),
             daemon: self.daemon,
             parent: std::process::id(),
-            depth: runtime::depth() + 1,
+            depth: identity::depth() + 1,
             group_dies: self.group_dies,
             context: runtime::start_context(),
             exec,
@@ -258,12 +258,12 @@ impl ProcessBuilder {
         let main_thread = sys::is_main_thread();
         let result = theirs.as_fd();
         let name = self.name.as_deref().and_then(sys::process_name);
-        runtime::check_depth()?;
-        let identity = runtime::Identity {
+        identity::check_depth()?;
+        let identity = identity::Identity {
             name: self.name.clone(),
             daemon: self.daemon,
             parent: parent as u32,
-            depth: runtime::depth() + 1,
+            depth: identity::depth() + 1,
         };
         // Installed here, not in the child: installing takes std's panic-hook
         // lock, which another thread of ours may hold at the moment of the
@@ -274,7 +274,7 @@ impl ProcessBuilder {
             runtime::forget_inherited_server();
             sys::enter_child(parent, main_thread, name.as_deref());
             hooks.in_child();
-            runtime::set_identity(identity);
+            identity::set_identity(identity);
             bootstrap::keep_result_fd(result);
             let outcome = body(sys::raw(&result));
             bootstrap::finish(result, outcome, bootstrap::Ending::Careful)

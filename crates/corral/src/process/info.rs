@@ -1,6 +1,6 @@
 //! Who this process is, who started it, and which children it has.
 
-use crate::start::runtime;
+use crate::start::{identity, runtime};
 use crate::sys;
 
 /// A process as corral knows it: what [`current_process`],
@@ -64,7 +64,7 @@ impl ProcessInfo {
 /// ```
 pub fn current_process() -> ProcessInfo {
     let pid = std::process::id();
-    match runtime::identity() {
+    match identity::identity() {
         Some(id) => ProcessInfo {
             pid,
             name: id.name,
@@ -95,7 +95,7 @@ pub fn current_process() -> ProcessInfo {
 /// assert_eq!(corral::parent_process(), None);
 /// ```
 pub fn parent_process() -> Option<ProcessInfo> {
-    let id = runtime::identity().filter(|id| id.parent != 0)?;
+    let id = identity::identity().filter(|id| id.parent != 0)?;
     Some(ProcessInfo {
         pid: id.parent,
         name: None,

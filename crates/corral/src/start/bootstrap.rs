@@ -151,7 +151,7 @@ fn trampoline<A: Data, R: Data>(
 
 /// Runs a start message's task: checks the binary, then calls the entry.
 pub(crate) fn run_task(meta: &StartMeta, arg: &[u8], fds: Vec<OwnedFd>) -> Outcome {
-    super::runtime::set_identity(super::runtime::Identity {
+    super::identity::set_identity(super::identity::Identity {
         name: meta.name.clone(),
         daemon: meta.daemon,
         parent: meta.parent,
@@ -346,6 +346,19 @@ impl FirstPanic {
     }
 }
 
+/// What a child that ends with `_exit` does first, in place of the exit
+/// handlers it skips: the runtime's ending of this process's own children
+/// (joined, or terminated if daemons; [`crate::init`]). Set by the runtime
+/// once this process tracks children or a fork server of its own; a
+/// process forked from it keeps the function, which finds nothing there
+/// until that process has its own.
+static BEFORE_QUICK_EXIT: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets [`BEFORE_QUICK_EXIT`] (the first call only).
+pub(crate) fn before_quick_exit(end_children: fn()) {
+    let _ = BEFORE_QUICK_EXIT.set(end_children);
+}
+
 /// How a child ends once its outcome is reported.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Ending {
@@ -381,7 +394,9 @@ pub(crate) fn finish(result: BorrowedFd<'_>, outcome: Outcome, ending: Ending) -
     }
     match ending {
         Ending::Quick => {
-            super::runtime::finalize_children();
+            if let Some(end_children) = BEFORE_QUICK_EXIT.get() {
+                end_children();
+            }
             let _ = std::io::stdout().flush();
             let _ = std::io::stderr().flush();
             sys::exit_immediately(code)

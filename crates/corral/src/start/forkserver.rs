@@ -43,24 +43,19 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use super::bootstrap::{self, BOOT_ENV, Ending, Outcome, StartMeta};
+use super::bootstrap::{self, BOOT_ENV};
+use super::child::{Kid, Prepared, c_entries, child_main};
 use super::orphans::Orphans;
 use super::reexec::{ExecPlan, ForkHooks, ROLE_AT_INIT_ENV};
+use super::request::{
+    KIND_EXEC, KIND_FORK, KIND_KILL, KIND_TAKEN, KIND_TRACK_SHM, KIND_UNTRACK_SHM, KIND_WATCH,
+    Request, read_request, send_request,
+};
 use super::spare::{OFFER, Offer, Spares, Started};
 use crate::{Error, sys, wire};
 
 /// Environment variable through which an exec'd fork server finds its socket.
 pub(crate) const SERVER_ENV: &str = "CORRAL_SERVER";
-
-pub(super) const KIND_FORK: u32 = 0;
-const KIND_EXEC: u32 = 1;
-const KIND_WATCH: u32 = 2;
-const KIND_TRACK_SHM: u32 = 3;
-const KIND_UNTRACK_SHM: u32 = 4;
-const KIND_KILL: u32 = 5;
-pub(super) const KIND_TAKEN: u32 = 6;
-
-const MAX_META: usize = 1 << 20;
 
 /// How the server should start a child.
 #[derive(Clone, Copy, Debug)]
@@ -349,21 +344,6 @@ impl ServerClient {
     }
 }
 
-/// Sends one request (to the server, or from it to its spare).
-pub(super) fn send_request(
-    sock: BorrowedFd<'_>,
-    kind: u32,
-    meta: &[u8],
-    arg: &[u8],
-    fds: &[BorrowedFd<'_>],
-) -> io::Result<()> {
-    let mut header = [0u8; 16];
-    header[..4].copy_from_slice(&kind.to_le_bytes());
-    header[4..8].copy_from_slice(&(meta.len() as u32).to_le_bytes());
-    header[8..].copy_from_slice(&(arg.len() as u64).to_le_bytes());
-    wire::send_all(sock, &[&header, meta, arg], fds)
-}
-
 /// This process's environment without corral's variables, as `KEY=VALUE`.
 pub(crate) fn env_entries() -> Vec<Vec<u8>> {
     std::env::vars_os()
@@ -374,14 +354,6 @@ pub(crate) fn env_entries() -> Vec<Vec<u8>> {
             entry.extend(v.into_encoded_bytes());
             entry
         })
-        .collect()
-}
-
-/// The environment for re-executed children: `entries` as C strings.
-fn c_entries(entries: Vec<Vec<u8>>) -> Vec<CString> {
-    entries
-        .into_iter()
-        .filter_map(|e| CString::new(e).ok())
         .collect()
 }
 
@@ -405,22 +377,6 @@ pub(crate) fn serve_exec(spec: &std::ffi::OsStr) -> ! {
         }
         None => sys::exit_immediately(2),
     }
-}
-
-pub(super) struct Kid {
-    pub(super) pid: i32,
-    pub(super) pidfd: OwnedFd,
-    /// The status pipe for children the server forked; `None` for watched ones.
-    pub(super) status: Option<OwnedFd>,
-    /// Kill what is left of its process group when it exits.
-    pub(super) group_dies: bool,
-}
-
-pub(super) struct Request {
-    pub(super) kind: u32,
-    pub(super) meta: Vec<u8>,
-    pub(super) arg: Vec<u8>,
-    pub(super) fds: Vec<OwnedFd>,
 }
 
 /// The server loop. Never returns.
@@ -776,40 +732,6 @@ fn shutdown(kids: Vec<Kid>, shm_names: &[String], orphans: &mut Orphans) -> ! {
     sys::exit_immediately(0)
 }
 
-pub(super) fn read_request(ctrl: BorrowedFd<'_>) -> io::Result<Option<Request>> {
-    let mut header = [0u8; 16];
-    let mut got = 0;
-    let mut fds = Vec::new();
-    while got < header.len() {
-        let n = sys::recv_with_fds(ctrl, &mut header[got..], &mut fds)?;
-        if n == 0 {
-            return if got == 0 {
-                Ok(None)
-            } else {
-                Err(io::ErrorKind::UnexpectedEof.into())
-            };
-        }
-        got += n;
-    }
-    let kind = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
-    let meta_len = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as usize;
-    let arg_len = u64::from_le_bytes(header[8..].try_into().expect("8 bytes"));
-    if meta_len > MAX_META || arg_len > wire::MAX_FRAME {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "oversized request",
-        ));
-    }
-    let meta = wire::read_exact_growing(ctrl, meta_len, &mut fds)?;
-    let arg = wire::read_exact_growing(ctrl, arg_len as usize, &mut fds)?;
-    Ok(Some(Request {
-        kind,
-        meta,
-        arg,
-        fds,
-    }))
-}
-
 /// What [`handle`] needs of the server's own state.
 struct Server<'a> {
     ctrl: &'a OwnedFd,
@@ -859,7 +781,7 @@ fn start(request: Request, server: &Server<'_>, kids: &mut Vec<Kid>, spares: &mu
     } = request;
     let status = fds.remove(1);
     let prepared = Prepared::new(kind, &meta, &arg, &fds);
-    let group_dies = prepared.start.as_ref().is_ok_and(|m| m.group_dies);
+    let group_dies = prepared.group_dies();
     if kind == KIND_FORK {
         spares.wanted = true;
     }
@@ -905,7 +827,7 @@ fn fork_child(
     server: &Server<'_>,
 ) -> io::Result<(i32, OwnedFd)> {
     let mut keep: Vec<RawFd> = fds.iter().map(sys::raw).collect();
-    let hooks = (prepared.kind == KIND_FORK).then(ForkHooks::before);
+    let hooks = prepared.is_fork().then(ForkHooks::before);
     let forked = sys::fork_with(|| {
         if let Some(hooks) = &hooks {
             hooks.in_child();
@@ -917,133 +839,4 @@ fn fork_child(
     }
     let pid = forked?;
     Ok((pid, sys::pidfd_open(pid)?))
-}
-
-/// A start request, decoded and made ready before the child runs it.
-pub(super) struct Prepared<'a> {
-    kind: u32,
-    start: Result<StartMeta, String>,
-    meta: &'a [u8],
-    arg: &'a [u8],
-    name: Option<CString>,
-    /// The argument's handles (the result socket is `keep[0]`).
-    handles: Vec<RawFd>,
-    /// The parent's working directory, where it differs from ours.
-    cwd: Option<CString>,
-    /// The parent's environment, where it differs from ours.
-    env: Option<Vec<CString>>,
-}
-
-impl<'a> Prepared<'a> {
-    /// Decodes a request whose descriptors are `fds` (the result socket, then
-    /// the argument's handles). The server prepares before it forks: each
-    /// allocation in the child would cost it copy-on-write faults.
-    pub(super) fn new(kind: u32, meta: &'a [u8], arg: &'a [u8], fds: &[OwnedFd]) -> Prepared<'a> {
-        let start = postcard::from_bytes::<StartMeta>(meta).map_err(|e| e.to_string());
-        let meta_ok = start.as_ref().ok();
-        // Unnamed children would keep the server's name: `ps` would show a
-        // row of "corral-server"s.
-        let name = sys::process_name(
-            meta_ok
-                .and_then(|m| m.name.as_deref())
-                .unwrap_or("corral-child"),
-        );
-        let context = meta_ok.map(|m| m.context.clone()).unwrap_or_default();
-        Prepared {
-            kind,
-            name,
-            handles: fds.iter().skip(1).map(sys::raw).collect(),
-            cwd: context.cwd.and_then(|d| CString::new(d).ok()),
-            env: context.env.map(c_entries),
-            start,
-            meta,
-            arg,
-        }
-    }
-}
-
-pub(super) fn child_main(
-    prepared: Prepared<'_>,
-    keep: &mut [RawFd],
-    server_pid: i32,
-    plan: &ExecPlan,
-    env: &[CString],
-) -> ! {
-    sys::enter_child(server_pid, true, prepared.name.as_deref());
-    // The server blocks SIGCHLD for its signalfd; the child must not.
-    sys::unblock_sigchld();
-    let result_raw = keep[0];
-    sys::close_all_except(keep);
-    let result = sys::adopt_inherited_fds(&[result_raw])
-        .pop()
-        .expect("the result socket");
-    bootstrap::keep_result_fd(result.as_fd());
-    let handles = sys::adopt_inherited_fds(&prepared.handles);
-    if let Some(cwd) = &prepared.cwd
-        && let Err(e) = sys::chdir(cwd)
-    {
-        bootstrap::finish(
-            result.as_fd(),
-            Outcome::Refused(format!("entering the parent's directory {cwd:?}: {e}")),
-            Ending::Quick,
-        )
-    }
-    let start = match prepared.start {
-        Ok(start) => start,
-        Err(e) => bootstrap::finish(
-            result.as_fd(),
-            Outcome::Refused(format!("corrupt start message: {e}")),
-            Ending::Quick,
-        ),
-    };
-    if prepared.kind == KIND_FORK {
-        if let Some(env) = &prepared.env {
-            sys::replace_env(env);
-        }
-        let outcome = bootstrap::run_task(&start, prepared.arg, handles);
-        bootstrap::finish(result.as_fd(), outcome, Ending::Quick)
-    }
-    let env = prepared.env.as_deref().unwrap_or(env);
-    // The parent's own command, if it set one; else ours (the same program).
-    let own;
-    let plan = match start.exec.clone().map(ExecPlan::command) {
-        Some(Ok(parents)) => {
-            own = parents;
-            &own
-        }
-        Some(Err(e)) => bootstrap::finish(
-            result.as_fd(),
-            Outcome::Refused(format!("the re-exec command: {e}")),
-            Ending::Quick,
-        ),
-        None => plan,
-    };
-    let failure = match exec_child(prepared.meta, prepared.arg, &result, &handles, plan, env) {
-        Ok(never) => match never {},
-        Err(e) => e,
-    };
-    bootstrap::finish(
-        result.as_fd(),
-        Outcome::Refused(format!("re-executing the binary failed: {failure}")),
-        Ending::Quick,
-    )
-}
-
-fn exec_child(
-    meta_bytes: &[u8],
-    arg: &[u8],
-    result: &OwnedFd,
-    handles: &[OwnedFd],
-    plan: &ExecPlan,
-    env: &[CString],
-) -> io::Result<std::convert::Infallible> {
-    let memfd = sys::memfd_with(&bootstrap::boot_file(meta_bytes, arg))?;
-    for fd in handles.iter().chain([&memfd, result]) {
-        sys::set_cloexec(fd.as_fd(), false)?;
-    }
-    let raws: Vec<RawFd> = handles.iter().map(sys::raw).collect();
-    let spec = bootstrap::boot_spec(sys::raw(&memfd), sys::raw(result), &raws);
-    let mut env = env.to_vec();
-    env.push(sys::c_string(format!("{BOOT_ENV}={spec}").as_bytes())?);
-    Err(plan.with_env(&env).exec())
 }

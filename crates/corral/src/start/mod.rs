@@ -25,9 +25,12 @@
 //! parent (its ELF build-id) and refuses with a clear error otherwise.
 
 pub(crate) mod bootstrap;
+mod child;
 pub(crate) mod forkserver;
+pub(crate) mod identity;
 pub(crate) mod orphans;
 pub(crate) mod reexec;
+mod request;
 pub(crate) mod runtime;
 pub(crate) mod spare;
 

@@ -38,10 +38,9 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 
-use super::forkserver::{
-    KIND_FORK, KIND_TAKEN, Kid, Prepared, child_main, read_request, send_request,
-};
+use super::child::{Kid, Prepared, child_main};
 use super::reexec::{ExecPlan, ForkHooks};
+use super::request::{KIND_FORK, KIND_TAKEN, read_request, send_request};
 use crate::sys;
 
 /// A spare's name until it is taken (`ps` shows it).
