@@ -970,56 +970,11 @@ pub(super) fn worker_main(boot: WorkerBoot) {
     // stay valid for a signal handler: give them the life of the process.
     let region: &'static SharedRegion = Box::leak(Box::new(region));
     let pool: &'static SharedRegion = Box::leak(Box::new(pool));
-    sys::flag_out_of_memory_aborts(&head(region).out_of_memory);
-    // Descendants inherit the mark: one that escapes the process group and
-    // outlives its parent is still known as this worker's (start/orphans.rs).
-    sys::set_env_single_threaded(TREE_ENV, &std::process::id().to_string());
-    // Rust's allocation-failure handler prints a backtrace when this is set,
-    // which hides the failure's errno from the flag above. Task panics
-    // carry their backtrace in `RemotePanic` regardless.
-    sys::remove_env(std::ffi::OsStr::new("RUST_BACKTRACE"));
-    let fail = |tag: u8, why: &[u8]| {
-        let mut msg = frame_header(SEQ_INIT_FAILED);
-        let at = results::open_entry(&mut msg, SEQ_INIT_FAILED, 0);
-        msg.extend_from_slice(why);
-        results::close_entry(&mut msg, at, tag);
-        let _ = conn.send_bytes(&msg);
+    let verified = match set_up(region, &identity, memory_limit) {
+        Ok(verified) => verified,
+        Err(why) => return fail_to_start(&conn, why.as_bytes()),
     };
-    let verified = match Verified::check(&identity) {
-        Ok(v) => v,
-        Err(why) => return fail(TAG_CODEC, why.as_bytes()),
-    };
-    if let Some(limit) = memory_limit
-        && let Err(e) = sys::limit_address_space(limit)
-    {
-        return fail(
-            TAG_CODEC,
-            format!("setting the memory limit: {e}").as_bytes(),
-        );
-    }
-    // Nothing the initializer does belongs to a batch.
-    head(region).seq.store(SEQ_INIT_FAILED, Ordering::Release);
-    bootstrap::install_panic_hook();
-    if cfg!(panic = "abort") {
-        bootstrap::set_abort_report(Box::new(move |panic| report_abort(region, panic)));
-    }
-    let mut rec = Recorder {
-        region,
-        pool: pool.layout::<PoolHead>(),
-        started: &head(region).started,
-        finished: &head(region).finished,
-        start_ns: &head(region).start_ns,
-        frames_sent: &head(region).frames_sent,
-        cancels: &head(region).skip_count,
-        ring: ring::Writer::new(results_ring(region)),
-        seq: SEQ_INIT_FAILED,
-        conn: &conn,
-        msg: frame_header(SEQ_INIT_FAILED),
-        next: 0,
-        timed: false,
-        flush_at: u64::MAX,
-        holding: true,
-    };
+    let mut rec = Recorder::new(region, pool, &conn);
     if let Some(init) = init
         && !run_init(&verified, &mut rec, init)
     {
@@ -1029,19 +984,7 @@ pub(super) fn worker_main(boot: WorkerBoot) {
     if rec.send(Some(SEQ_READY)).is_err() {
         return;
     }
-    let mut inbox = Inbox {
-        conn: &conn,
-        ring: task_ring(region),
-        asleep: &head(region).asleep,
-        taken: Vec::new(),
-        at: 0,
-        early: VecDeque::new(),
-        held: Vec::new(),
-        results: results_ring(region),
-        watching: &pool.layout::<PoolHead>().watching,
-        sleeper: &pool.layout::<PoolHead>().sleeper,
-        handed_on: &head(region).handed_on,
-    };
+    let mut inbox = Inbox::new(&conn, region, pool);
     let mut left = max_tasks.unwrap_or(u64::MAX);
     while left > 0 {
         let Some((frame, fds)) = inbox.next() else {
@@ -1055,6 +998,68 @@ pub(super) fn worker_main(boot: WorkerBoot) {
             return;
         }
         left = left.saturating_sub(items as u64);
+    }
+}
+
+/// Prepares the worker process before its initializer: the out-of-memory
+/// flag, its environment, the check that it runs the pool's binary, its
+/// memory limit and the panic hook; why it cannot run tasks, if it cannot.
+fn set_up(
+    region: &'static SharedRegion,
+    identity: &[u8],
+    memory_limit: Option<u64>,
+) -> Result<Verified, String> {
+    sys::flag_out_of_memory_aborts(&head(region).out_of_memory);
+    // Descendants inherit the mark: one that escapes the process group and
+    // outlives its parent is still known as this worker's (start/orphans.rs).
+    sys::set_env_single_threaded(TREE_ENV, &std::process::id().to_string());
+    // Rust's allocation-failure handler prints a backtrace when this is set,
+    // which hides the failure's errno from the flag above. Task panics
+    // carry their backtrace in `RemotePanic` regardless.
+    sys::remove_env(std::ffi::OsStr::new("RUST_BACKTRACE"));
+    let verified = Verified::check(identity)?;
+    if let Some(limit) = memory_limit {
+        sys::limit_address_space(limit).map_err(|e| format!("setting the memory limit: {e}"))?;
+    }
+    // Nothing the initializer does belongs to a batch.
+    head(region).seq.store(SEQ_INIT_FAILED, Ordering::Release);
+    bootstrap::install_panic_hook();
+    if cfg!(panic = "abort") {
+        bootstrap::set_abort_report(Box::new(move |panic| report_abort(region, panic)));
+    }
+    Ok(verified)
+}
+
+/// Tells the pool that this worker cannot run tasks, and why.
+fn fail_to_start(conn: &Connection, why: &[u8]) {
+    let mut msg = frame_header(SEQ_INIT_FAILED);
+    let at = results::open_entry(&mut msg, SEQ_INIT_FAILED, 0);
+    msg.extend_from_slice(why);
+    results::close_entry(&mut msg, at, TAG_CODEC);
+    let _ = conn.send_bytes(&msg);
+}
+
+impl<'a> Recorder<'a> {
+    /// The recorder of a worker whose region is `region`, holding its
+    /// outcomes until the initializer has run.
+    fn new(region: &'a SharedRegion, pool: &'a SharedRegion, conn: &'a Connection) -> Self {
+        Recorder {
+            region,
+            pool: pool.layout::<PoolHead>(),
+            started: &head(region).started,
+            finished: &head(region).finished,
+            start_ns: &head(region).start_ns,
+            frames_sent: &head(region).frames_sent,
+            cancels: &head(region).skip_count,
+            ring: ring::Writer::new(results_ring(region)),
+            seq: SEQ_INIT_FAILED,
+            conn,
+            msg: frame_header(SEQ_INIT_FAILED),
+            next: 0,
+            timed: false,
+            flush_at: u64::MAX,
+            holding: true,
+        }
     }
 }
 
@@ -1109,7 +1114,24 @@ enum Message {
     BySocket,
 }
 
-impl Inbox<'_> {
+impl<'a> Inbox<'a> {
+    /// The inbox of a worker whose region is `region`, in pool `pool`.
+    fn new(conn: &'a Connection, region: &'a SharedRegion, pool: &'a SharedRegion) -> Self {
+        Inbox {
+            conn,
+            ring: task_ring(region),
+            asleep: &head(region).asleep,
+            taken: Vec::new(),
+            at: 0,
+            early: VecDeque::new(),
+            held: Vec::new(),
+            results: results_ring(region),
+            watching: &pool.layout::<PoolHead>().watching,
+            sleeper: &pool.layout::<PoolHead>().sleeper,
+            handed_on: &head(region).handed_on,
+        }
+    }
+
     /// The next batch, with its descriptors; `None` once the pool is gone.
     /// A batch from the ring is read where it was copied out to, not
     /// copied again.
