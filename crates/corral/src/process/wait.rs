@@ -119,100 +119,137 @@ waitable_queue!(Queue, JoinableQueue, SimpleQueue);
 /// ```
 pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<usize>, Error> {
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-    let queues: Vec<(usize, &dyn sealed::Watched)> = objects
-        .iter()
-        .enumerate()
-        .filter_map(|(i, o)| o.wait_queue().map(|q| (i, q)))
-        .collect();
-    let tasks: Vec<(usize, &dyn sealed::Notify)> = objects
-        .iter()
-        .enumerate()
-        .filter_map(|(i, o)| o.wait_task().map(|t| (i, t)))
-        .collect();
-    let sets: Vec<Vec<BorrowedFd<'_>>> = objects.iter().map(|o| o.wait_fds()).collect();
-    let mut flat: Vec<BorrowedFd<'_>> = sets.iter().flatten().copied().collect();
-    let ready_now = |polled: &[bool]| {
+    let set = WaitSet::new(objects);
+    let fds = set.fds();
+    if set.queues.is_empty() && set.tasks.is_empty() {
+        let polled = sys::poll_readable(&fds, timeout).map_err(Error::io("waiting"))?;
+        return Ok(set.ready(&polled));
+    }
+    let polled = sys::poll_readable(&fds, Some(Duration::ZERO)).map_err(Error::io("waiting"))?;
+    let ready = set.ready(&polled);
+    if !ready.is_empty() {
+        return Ok(ready);
+    }
+    set.wait_with_bell(fds, deadline)
+}
+
+/// What [`wait`] waits on: each object's descriptors, and the queues and
+/// tasks among them, which have none.
+struct WaitSet<'a> {
+    sets: Vec<Vec<BorrowedFd<'a>>>,
+    queues: Vec<(usize, &'a dyn sealed::Watched)>,
+    tasks: Vec<(usize, &'a dyn sealed::Notify)>,
+}
+
+impl<'a> WaitSet<'a> {
+    fn new(objects: &[&'a dyn Waitable]) -> WaitSet<'a> {
+        WaitSet {
+            sets: objects.iter().map(|o| o.wait_fds()).collect(),
+            queues: (objects.iter().enumerate())
+                .filter_map(|(i, o)| o.wait_queue().map(|q| (i, q)))
+                .collect(),
+            tasks: (objects.iter().enumerate())
+                .filter_map(|(i, o)| o.wait_task().map(|t| (i, t)))
+                .collect(),
+        }
+    }
+
+    /// Every object's descriptors, in order.
+    fn fds(&self) -> Vec<BorrowedFd<'a>> {
+        self.sets.iter().flatten().copied().collect()
+    }
+
+    /// The objects ready now, given which of [`fds`](Self::fds) polled
+    /// readable.
+    fn ready(&self, polled: &[bool]) -> Vec<usize> {
         let mut out = Vec::new();
         let mut at = 0;
-        for (index, set) in sets.iter().enumerate() {
+        for (index, set) in self.sets.iter().enumerate() {
             let fd_ready = polled[at..at + set.len()].iter().any(|&r| r);
-            let queue_ready = queues.iter().any(|&(i, q)| i == index && q.readable());
-            let task_ready = tasks.iter().any(|&(i, t)| i == index && t.is_ready());
+            let queue_ready = (self.queues.iter()).any(|&(i, q)| i == index && q.readable());
+            let task_ready = (self.tasks.iter()).any(|&(i, t)| i == index && t.is_ready());
             if fd_ready || queue_ready || task_ready {
                 out.push(index);
             }
             at += set.len();
         }
         out
-    };
-    if queues.is_empty() && tasks.is_empty() {
-        let polled = sys::poll_readable(&flat, timeout).map_err(Error::io("waiting"))?;
-        return Ok(ready_now(&polled));
     }
-    let polled = sys::poll_readable(&flat, Some(Duration::ZERO)).map_err(Error::io("waiting"))?;
-    let ready = ready_now(&polled);
-    if !ready.is_empty() {
-        return Ok(ready);
-    }
-    // Queues and tasks have no descriptor: a watcher thread per queue, and
-    // a waker per task, turn "may be ready" into an eventfd the poll below
-    // includes.
-    // One bell per thread, and one waker for it: a task registers the same
-    // waker however many times it is waited on (no growth in a polling
-    // loop). A ring left over from an earlier wait is drained first.
-    let (bell, waker) = thread_bell()?;
-    sys::eventfd_drain(bell.as_fd());
-    for &(_, t) in &tasks {
-        if t.register(&waker) {
-            sys::eventfd_notify(bell.as_fd());
-        }
-    }
-    flat.push(bell.as_fd());
-    let stop = AtomicBool::new(false);
-    // Whether each queue's watcher is still watching (it leaves once it
-    // rang the bell).
-    let watching: Vec<AtomicBool> = queues.iter().map(|_| AtomicBool::new(false)).collect();
-    std::thread::scope(|scope| {
-        let watch = |k: usize| {
-            let (stop, bell, q, on) = (&stop, bell.as_fd(), queues[k].1, &watching[k]);
-            on.store(true, Ordering::SeqCst);
-            scope.spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    if q.readable() {
-                        on.store(false, Ordering::SeqCst);
-                        sys::eventfd_notify(bell);
-                        return;
-                    }
-                    q.watch_once(stop);
-                }
-            });
-        };
-        (0..queues.len()).for_each(watch);
-        // The bell may ring for nothing ready here (a task of an earlier
-        // wait ended; a queue's item was taken by another consumer first):
-        // then the wait goes on, watching again the queues that rang.
-        let outcome = loop {
-            let left = deadline.map(|at| at.saturating_duration_since(Instant::now()));
-            let polled = match sys::poll_readable(&flat, left) {
-                Ok(p) => p,
-                Err(e) => break Err(e),
-            };
-            let ready = ready_now(&polled[..polled.len() - 1]);
-            if !ready.is_empty() || deadline.is_some_and(|at| Instant::now() >= at) {
-                break Ok(ready);
+
+    /// Waits until an object is ready or `deadline` passes. Queues and
+    /// tasks have no descriptor: a watcher thread per queue, and a waker
+    /// per task, turn "may be ready" into an eventfd the poll includes.
+    fn wait_with_bell(
+        &self,
+        fds: Vec<BorrowedFd<'a>>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<usize>, Error> {
+        // One bell per thread, and one waker for it: a task registers the
+        // same waker however many times it is waited on (no growth in a
+        // polling loop). A ring left over from an earlier wait is drained
+        // first.
+        let (bell, waker) = thread_bell()?;
+        sys::eventfd_drain(bell.as_fd());
+        for &(_, t) in &self.tasks {
+            if t.register(&waker) {
+                sys::eventfd_notify(bell.as_fd());
             }
-            sys::eventfd_drain(bell.as_fd());
-            (0..queues.len())
-                .filter(|&k| !watching[k].load(Ordering::SeqCst))
-                .for_each(watch);
-        };
-        stop.store(true, Ordering::SeqCst);
-        for &(_, q) in &queues {
-            q.interrupt();
         }
-        outcome
-    })
-    .map_err(Error::io("waiting"))
+        let mut fds: Vec<BorrowedFd<'_>> = fds;
+        fds.push(bell.as_fd());
+        let stop = AtomicBool::new(false);
+        // Whether each queue's watcher is still watching (it leaves once it
+        // rang the bell).
+        let watching: Vec<AtomicBool> = (self.queues.iter())
+            .map(|_| AtomicBool::new(false))
+            .collect();
+        std::thread::scope(|scope| {
+            let watch = |k: usize| {
+                let (stop, bell, q, on) = (&stop, bell.as_fd(), self.queues[k].1, &watching[k]);
+                on.store(true, Ordering::SeqCst);
+                scope.spawn(move || watch_queue(q, stop, on, bell));
+            };
+            (0..self.queues.len()).for_each(watch);
+            // The bell may ring for nothing ready here (a task of an earlier
+            // wait ended; a queue's item was taken by another consumer
+            // first): then the wait goes on, watching again the queues that
+            // rang.
+            let outcome = loop {
+                let left = deadline.map(|at| at.saturating_duration_since(Instant::now()));
+                let polled = match sys::poll_readable(&fds, left) {
+                    Ok(p) => p,
+                    Err(e) => break Err(e),
+                };
+                let ready = self.ready(&polled[..polled.len() - 1]);
+                if !ready.is_empty() || deadline.is_some_and(|at| Instant::now() >= at) {
+                    break Ok(ready);
+                }
+                sys::eventfd_drain(bell.as_fd());
+                (0..self.queues.len())
+                    .filter(|&k| !watching[k].load(Ordering::SeqCst))
+                    .for_each(watch);
+            };
+            stop.store(true, Ordering::SeqCst);
+            for &(_, q) in &self.queues {
+                q.interrupt();
+            }
+            outcome
+        })
+        .map_err(Error::io("waiting"))
+    }
+}
+
+/// A queue's watcher thread: rings `bell` once the queue is readable
+/// (clearing `on`), or leaves when `stop` is set.
+fn watch_queue(q: &dyn sealed::Watched, stop: &AtomicBool, on: &AtomicBool, bell: BorrowedFd<'_>) {
+    while !stop.load(Ordering::SeqCst) {
+        if q.readable() {
+            on.store(false, Ordering::SeqCst);
+            sys::eventfd_notify(bell);
+            return;
+        }
+        q.watch_once(stop);
+    }
 }
 
 /// Rings this thread's wait eventfd when a task ends.
