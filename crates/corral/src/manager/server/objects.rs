@@ -574,22 +574,57 @@ pub(super) enum Object {
     Namespace(Dict),
 }
 
+/// `dict(map)`: its entries, each value also in `stored`.
+fn new_dict(a: &mut Args, stored: &mut Vec<Value>) -> Dict {
+    let mut d = Dict::default();
+    if let Some(Value::Dict(init)) = a.opt(0, "map") {
+        for (k, v) in init {
+            stored.push(v.clone());
+            d.insert(k, v);
+        }
+    }
+    d
+}
+
+/// `Semaphore(value)` / `BoundedSemaphore(value)`.
+fn new_semaphore(a: &mut Args, bounded: bool) -> Result<Sem, Exc> {
+    let value = a.int(0, "value", 1)?;
+    if value < 0 {
+        return Err(Exc::new(
+            "ValueError",
+            "semaphore initial value must be >= 0",
+        ));
+    }
+    Ok(Sem {
+        value,
+        bound: bounded.then_some(value),
+        held: HashMap::new(),
+    })
+}
+
+/// `Barrier(parties)`.
+fn new_barrier(a: &mut Args) -> Result<Barrier, Exc> {
+    let parties = a.int(0, "parties", 0)?;
+    if parties < 1 {
+        return Err(Exc::new("ValueError", "parties must be >= 1"));
+    }
+    Ok(Barrier {
+        parties: parties as u64,
+        count: 0,
+        generation: 0,
+        epoch: 0,
+        broken: false,
+    })
+}
+
 impl Object {
-    /// A new object of `kind` from Python's constructor arguments.
+    /// A new object of `kind` from Python's constructor arguments, and the
+    /// values it stores from them.
     pub(super) fn new(kind: Kind, args: Vec<Value>) -> Result<(Object, Vec<Value>), Exc> {
         let mut a = Args::new(args, BTreeMap::new());
         let mut stored = Vec::new();
         let object = match kind {
-            Kind::Dict => {
-                let mut d = Dict::default();
-                if let Some(Value::Dict(init)) = a.opt(0, "map") {
-                    for (k, v) in init {
-                        stored.push(v.clone());
-                        d.insert(k, v);
-                    }
-                }
-                Object::Dict(d)
-            }
+            Kind::Dict => Object::Dict(new_dict(&mut a, &mut stored)),
             Kind::List => match a.opt(0, "sequence") {
                 Some(Value::List(v) | Value::Tuple(v)) => {
                     stored.extend(v.iter().cloned());
@@ -619,18 +654,7 @@ impl Object {
                 ..LockState::default()
             }),
             Kind::Semaphore | Kind::BoundedSemaphore => {
-                let value = a.int(0, "value", 1)?;
-                if value < 0 {
-                    return Err(Exc::new(
-                        "ValueError",
-                        "semaphore initial value must be >= 0",
-                    ));
-                }
-                Object::Sem(Sem {
-                    value,
-                    bound: (kind == Kind::BoundedSemaphore).then_some(value),
-                    held: HashMap::new(),
-                })
+                Object::Sem(new_semaphore(&mut a, kind == Kind::BoundedSemaphore)?)
             }
             Kind::Condition => Object::Cond(Cond {
                 lock: LockState {
@@ -641,19 +665,7 @@ impl Object {
                 next: 0,
             }),
             Kind::Event => Object::Event(false),
-            Kind::Barrier => {
-                let parties = a.int(0, "parties", 0)?;
-                if parties < 1 {
-                    return Err(Exc::new("ValueError", "parties must be >= 1"));
-                }
-                Object::Barrier(Barrier {
-                    parties: parties as u64,
-                    count: 0,
-                    generation: 0,
-                    epoch: 0,
-                    broken: false,
-                })
-            }
+            Kind::Barrier => Object::Barrier(new_barrier(&mut a)?),
             Kind::Namespace => Object::Namespace(Dict::default()),
         };
         Ok((object, stored))
