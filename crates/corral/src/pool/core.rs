@@ -173,6 +173,19 @@ struct Worker {
 }
 
 impl Worker {
+    /// Records a batch handed to this worker.
+    fn took(&mut self, batch: InFlight) {
+        if let Some(left) = &mut self.tasks_left {
+            *left = left.saturating_sub(batch.remaining as u64);
+        }
+        self.idle_since = None;
+        let pid = self.child.pid();
+        for job in batch.jobs.iter().filter(|j| j.len() == 1) {
+            job.sink.assigned(pid);
+        }
+        self.inflight.push_back(batch);
+    }
+
     /// Feeds its state machine an event and carries out the action.
     fn apply(&mut self, event: Event, now: Instant) {
         let event = match event {
@@ -1902,6 +1915,31 @@ fn send_batch(
         fds.len() <= sys::MAX_FDS_PER_MESSAGE,
         "take_batch splits by descriptors"
     );
+    let sent = encode_and_hand(w, &msg, &fds, bytes);
+    drop(msg);
+    drop(fds);
+    if let Err(failure) = sent {
+        return Err((jobs, failure));
+    }
+    w.took(InFlight {
+        seq,
+        got: vec![false; total],
+        remaining: total,
+        jobs,
+        starts,
+        shortest,
+        ended: false,
+    });
+    Ok(())
+}
+
+/// Encodes a batch (about `bytes` long) and hands it to its worker.
+fn encode_and_hand(
+    w: &mut Worker,
+    msg: &BatchMsg<'_>,
+    fds: &[BorrowedFd<'_>],
+    bytes: usize,
+) -> Result<(), SendFailure> {
     // The frame buffer is the worker's, kept from batch to batch while it
     // stays ring-sized: a fresh one for every batch costs the allocator a
     // large-chunk search.
@@ -1909,9 +1947,9 @@ fn send_batch(
     framed.clear();
     framed.reserve(bytes + 4);
     framed.extend_from_slice(&[0; 4]);
-    let sent = match postcard::to_extend(&msg, framed) {
+    match postcard::to_extend(msg, framed) {
         Ok(mut framed) => {
-            let sent = hand_batch(w, &mut framed, &fds);
+            let sent = hand_batch(w, &mut framed, fds);
             if framed.capacity() <= worker::TASK_MAX {
                 w.frame_copy = framed;
             }
@@ -1919,30 +1957,7 @@ fn send_batch(
         }
         // Only byte slices and integers: encoding cannot fail.
         Err(_) => Err(SendFailure::Broken),
-    };
-    drop(msg);
-    drop(fds);
-    if let Err(failure) = sent {
-        return Err((jobs, failure));
     }
-    if let Some(left) = &mut w.tasks_left {
-        *left = left.saturating_sub(total as u64);
-    }
-    w.idle_since = None;
-    let pid = w.child.pid();
-    for job in jobs.iter().filter(|j| j.len() == 1) {
-        job.sink.assigned(pid);
-    }
-    w.inflight.push_back(InFlight {
-        seq,
-        jobs,
-        starts,
-        got: vec![false; total],
-        remaining: total,
-        shortest,
-        ended: false,
-    });
-    Ok(())
 }
 
 /// A batch's jobs as its worker reads them: each run of small jobs that
