@@ -390,6 +390,7 @@ pub mod connection;
 mod error;
 pub mod manager;
 pub mod pipe;
+mod poison;
 pub mod pool;
 mod process;
 pub mod queue;

@@ -18,6 +18,7 @@ use redis::Commands;
 
 use super::broker::Broker;
 use super::wire::{self, Keys, OutcomeBatch, TaskEntry, WireJob};
+use crate::poison::lock;
 use crate::pool::callback::Callbacks;
 use crate::pool::engine::Engine;
 use crate::pool::{
@@ -106,10 +107,6 @@ impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client").field("id", &self.id).finish()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Client {

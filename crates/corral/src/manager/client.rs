@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_pickle::Value;
@@ -22,6 +22,7 @@ use super::error::ManagerError;
 use super::frames::FrameBuf;
 use super::protocol::{self, Answer};
 use crate::connection::{Address, Client};
+use crate::poison::lock;
 use crate::sys;
 
 /// How long a waiting call goes without hearing from the server before
@@ -37,10 +38,6 @@ const SLICE: Duration = Duration::from_millis(250);
 const SPIN: Duration = Duration::from_micros(100);
 /// The largest reply read.
 const MAX_REPLY: u64 = 1 << 32;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// This process's pid, read once per process (corral's forks start a new
 /// generation of process globals): compared on every call to tell a

@@ -3,12 +3,13 @@
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::poison::lock;
 use crate::spin::SpinBudget;
 use crate::wire::{self, FrameReader, Progress};
 use crate::{Error, RecvError, SendError, WireError, sys};
@@ -94,10 +95,6 @@ struct Endpoint {
     recv: Mutex<RecvState>,
     /// How long a receive watches before it sleeps, learnt.
     watch: SpinBudget,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn send_error(e: io::Error) -> SendError {

@@ -128,6 +128,7 @@ pub(crate) use self::job::{
 };
 pub use self::task::{AsCompleted, Task, as_completed, wait_all, wait_any, wait_first_error};
 use self::task::{Held, TaskSlot};
+use crate::poison::lock;
 use crate::start::bootstrap::func_offset;
 use crate::start::{identity, runtime};
 use crate::{Data, Error, StartMethod, TaskError, wire};
@@ -1132,10 +1133,6 @@ fn add_item<A: Data>(job: &mut JobBuilder, index: u32, item: &A) {
                 .deliver(&mut std::iter::once((index, Raw::Failed(Box::new(error)))));
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct MapState<R> {

@@ -6,18 +6,15 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use super::engine::EngineRef;
 use super::job::{Cancel, Raw, Sink};
+use crate::poison::lock;
 use crate::{Data, TaskError, TaskTimeout};
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// A user's value the pool holds until its caller takes it. If the caller
 /// gives the call up (drops its [`Task`], `imap` or `map_async`), the value

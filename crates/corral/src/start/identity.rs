@@ -2,8 +2,9 @@
 //! what [`crate::current_process`] and [`crate::parent_process`] tell, and
 //! what stops a runaway recursion of processes.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
+use crate::poison::lock;
 use crate::{Error, sys};
 
 /// Who this process is, when corral started it: what
@@ -46,15 +47,10 @@ static IDENTITY: sys::ForkLocal<Mutex<Option<Identity>>> = sys::ForkLocal::new(|
 
 /// Records who this process is (a child, as it starts its task).
 pub(crate) fn set_identity(identity: Identity) {
-    *IDENTITY
-        .get()
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner) = Some(identity);
+    *lock(IDENTITY.get()) = Some(identity);
 }
 
 /// This process's identity, if corral started it.
 pub(crate) fn identity() -> Option<Identity> {
-    IDENTITY
-        .get_if_built()
-        .and_then(|m| m.lock().unwrap_or_else(PoisonError::into_inner).clone())
+    IDENTITY.get_if_built().and_then(|m| lock(m).clone())
 }

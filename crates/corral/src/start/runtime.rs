@@ -2,12 +2,13 @@
 //! of live children and what happens at exit.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 use super::bootstrap::{self, BOOT_ENV};
 use super::forkserver::{self, SERVER_ENV, ServerClient};
 use super::reexec::ROLE_AT_INIT_ENV;
+use crate::poison::lock;
 use crate::process::Proc;
 use crate::{Error, sys};
 
@@ -83,10 +84,6 @@ pub(crate) fn start_context() -> bootstrap::StartContext {
         cwd: (now.cwd != base.cwd && !now.cwd.is_empty()).then_some(now.cwd),
         env: (now.env != base.env).then_some(now.env),
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 sys::before_main!(take_role_before_main);
