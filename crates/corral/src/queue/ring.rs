@@ -27,17 +27,25 @@
 //!
 //! A side that must wait spins briefly, then announces itself in its
 //! side's sleeper record and sleeps on the other side's sequence word (a
-//! futex). A producer waiting for room, or a consumer waiting for the next
-//! chunk of a message, skips the spin when the other side last published
-//! from this very CPU: that side is not running, and the spin would hold
-//! the CPU it waits for (under a CPU hog, 1 MiB messages: 3.1-3.5 ->
-//! 4.5-5.6 GB/s in alternating runs; a consumer waiting for a message keeps
-//! its spin, where skipping it measured no better). The waker publishes its
-//! position, then reads the record, each side with a sequentially
-//! consistent fence in between, so either the sleeper sees the new position
-//! or the waker sees the sleeper (a Dekker pair). The record holds the sleepers' pids, so a sleeper SIGKILLed in its
-//! sleep is cleared by the next waker that finds no one to wake, instead of
-//! costing every later publication a system call (see
+//! futex). When the other side last published from this very CPU, it is
+//! not running: a spin would hold the CPU it waits for, so the waiting side
+//! yields that CPU instead, for as long as the spin would have lasted.
+//! Until 2026-12-03 a producer waiting for room slept at once there, and a
+//! consumer waiting for a message spun: while the two sides took turns on
+//! one CPU, the one cost a wake-up per message or two, the other held the
+//! CPU for its whole spin. Under a CPU hog (alternating runs), the
+//! benchmark's small messages 1→1 went from 4.7 to 8.5-9.5 M/s (with two
+//! hogs, from 1.4 to 10.4), 4→4 from 3.1-3.9 to 5.0-6.4 M/s, 1 MiB messages
+//! from 8.5-9.2 to 11.1-11.3 GB/s, and a round trip's median from 2.6-10.2
+//! µs (its worst batch 17-26) to 3.0-3.1 (3.2-3.5): two yields, where the
+//! two sides share a CPU.
+//!
+//! The waker publishes its position, then reads the record, each side with
+//! a sequentially consistent fence in between, so either the sleeper sees
+//! the new position or the waker sees the sleeper (a Dekker pair). The
+//! record holds the sleepers' pids, so a sleeper SIGKILLed in its sleep is
+//! cleared by the next waker that finds no one to wake, instead of costing
+//! every later publication a system call (see
 //! [`crate::shared::memory::Sleepers`]).
 //!
 //! # Death
@@ -354,7 +362,7 @@ impl<M: Memory> Ring<M> {
 
     /// Whether the other side last published from this very CPU (`at`:
     /// [`P_CPU`] or [`C_CPU`]): it is not running now, so a spin would hold
-    /// the CPU it may be waiting for, and this side sleeps at once instead.
+    /// the CPU it may be waiting for, and this side yields it instead.
     fn last_ran_here(&self, at: usize) -> bool {
         ran_here(self.w64(at).load(Ordering::Relaxed))
     }
@@ -402,7 +410,7 @@ impl<M: Memory> Ring<M> {
             if deadline.is_some_and(|at| Instant::now() >= at) {
                 return Err(PutFail::Full);
             }
-            if !self.last_ran_here(C_CPU) && self.mem.spin(&mut spinner) {
+            if self.mem.spin(&mut spinner, self.last_ran_here(C_CPU)) {
                 continue;
             }
             // Dekker with the waker's fence (inside `enter`): it sees this
@@ -453,7 +461,7 @@ impl<M: Memory> Ring<M> {
                     _ => GetFail::Timeout,
                 });
             }
-            if self.mem.spin(&mut spinner) {
+            if self.mem.spin(&mut spinner, self.last_ran_here(P_CPU)) {
                 continue;
             }
             // Dekker with the waker's fence (inside `enter`): it sees this
@@ -568,7 +576,7 @@ impl<M: Memory> Ring<M> {
             if self.chunk_ready() {
                 return;
             }
-            if !self.last_ran_here(P_CPU) && self.mem.spin(&mut spinner) {
+            if self.mem.spin(&mut spinner, self.last_ran_here(P_CPU)) {
                 continue;
             }
             // Dekker with the waker's fence (inside `enter`): it sees this

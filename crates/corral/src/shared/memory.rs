@@ -21,19 +21,26 @@ impl Spinner {
         Spinner(None)
     }
 
-    /// `true` (after a pause instruction) while the spin lasts.
-    pub(crate) fn spin(&mut self) -> bool {
+    /// `true` (after a pause instruction) while the spin lasts. With
+    /// `peer_here` (the side waited for last ran on this very CPU, so it is
+    /// not running now), the spin yields the CPU instead: a pause would
+    /// hold the CPU that side needs, and sleeping at once would cost a
+    /// wake-up per message while the two take turns on one CPU.
+    pub(crate) fn spin(&mut self, peer_here: bool) -> bool {
         let now = Instant::now();
-        if now < *self.0.get_or_insert(now + SPIN) {
+        if now >= *self.0.get_or_insert(now + SPIN) {
+            return false;
+        }
+        if peer_here {
+            std::thread::yield_now();
+        } else {
             // Between looks, leave the other side's line alone for a while:
             // every look steals it from the process writing it.
             for _ in 0..8 {
                 std::hint::spin_loop();
             }
-            true
-        } else {
-            false
         }
+        true
     }
 }
 
@@ -124,9 +131,11 @@ pub(crate) trait Memory {
     fn alive(&self, pid: u32) -> bool;
     /// A monotonic clock in nanoseconds, the same in every process.
     fn now_ns(&self) -> u64;
-    /// Spins a little before sleeping: `true` while it is worth it.
-    fn spin(&self, spinner: &mut Spinner) -> bool {
-        spinner.spin()
+    /// Spins a little before sleeping (yielding the CPU instead of
+    /// pausing if `peer_here`, see [`Spinner::spin`]): `true` while it is
+    /// worth it.
+    fn spin(&self, spinner: &mut Spinner, peer_here: bool) -> bool {
+        spinner.spin(peer_here)
     }
 }
 

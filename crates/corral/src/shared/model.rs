@@ -151,7 +151,7 @@ impl Memory for Arc<Model> {
     fn now_ns(&self) -> u64 {
         0
     }
-    fn spin(&self, _spinner: &mut Spinner) -> bool {
+    fn spin(&self, _spinner: &mut Spinner, _peer_here: bool) -> bool {
         false
     }
 }
