@@ -80,7 +80,7 @@ sys::shared_layout! {
         pub(super) asleep: AtomicU64,
         /// The CPU the supervisor thread that handed the last batch ran on
         /// ([`crate::spin::cpu_mark`]; 0: none yet): see
-        /// `Inbox::hander_waits_for_this_cpu`.
+        /// `Inbox::hander_here`.
         pub(super) handed_on: AtomicU64,
         /// The CPU the worker last told the supervisor of outcomes from
         /// (rang the pool's bell, then yielded to the thread it woke,
@@ -1074,13 +1074,13 @@ impl<'a> Recorder<'a> {
 const WATCH: Duration = Duration::from_micros(100);
 /// After this much of [`WATCH`], a watch ends early if the supervisor's
 /// watcher has not read this worker's last outcomes
-/// (`Inbox::peer_waits_for_a_cpu`), or if no thread watches and the one
-/// that handed the last batch last ran on this CPU
-/// (`Inbox::hander_waits_for_this_cpu`): spin only while the peer runs.
-/// Under a CPU hog, in runs of each build alone: Python's `Pool.apply`
-/// round trip went from 4-6 us or 231-255 us (bimodal) to 47-70 us, the
-/// executor's from 160-277 us to 23-83 us, and the Rust `map` of 100k
-/// from 9.4-10.1 to 15.7-17.8 M items/s (alternating runs).
+/// (`Inbox::peer_waits_for_a_cpu`): spin only while the peer runs. Under a
+/// CPU hog, in runs of each build alone: Python's `Pool.apply` round trip
+/// went from 4-6 us or 231-255 us (bimodal) to 47-70 us, the executor's
+/// from 160-277 us to 23-83 us, and the Rust `map` of 100k from 9.4-10.1 to
+/// 15.7-17.8 M items/s (alternating runs). A watch on the CPU where the
+/// thread that handed the last batch last ran yields that CPU at each turn
+/// instead, from the start (`Inbox::hander_here`).
 const WATCH_PEER: Duration = Duration::from_micros(10);
 
 /// Where a worker's batches come from: its task ring, in order, where a
@@ -1180,10 +1180,12 @@ impl<'a> Inbox<'a> {
                 std::hint::spin_loop();
             }
             let now = Instant::now();
-            if now >= until
-                || (now >= start + WATCH_PEER
-                    && (self.peer_waits_for_a_cpu() || self.hander_waits_for_this_cpu()))
-            {
+            if now >= until {
+                return false;
+            }
+            if self.hander_here() {
+                std::thread::yield_now();
+            } else if now >= start + WATCH_PEER && self.peer_waits_for_a_cpu() {
                 return false;
             }
         }
@@ -1201,13 +1203,19 @@ impl<'a> Inbox<'a> {
         }
     }
 
-    /// Whether the supervisor thread that handed the last batch, not
-    /// watching for outcomes, last ran on this very CPU: it is not running
-    /// now, and may wait for this CPU (on a busy machine, the worker it
-    /// woke took the CPU from it), so the watch ends.
-    fn hander_waits_for_this_cpu(&self) -> bool {
-        (self.watching.load(Ordering::Relaxed) == 0 || self.sleeper.load(Ordering::Relaxed) != 0)
-            && crate::spin::ran_here(self.handed_on.load(Ordering::Relaxed))
+    /// Whether the supervisor thread that handed the last batch last ran
+    /// on this very CPU: it is not running now (this worker is), and its
+    /// next step (reading this worker's outcome, handing it the next
+    /// batch) waits for this CPU, so the watch yields it at each turn
+    /// rather than spinning on it. Ending the watch instead, as until
+    /// 2026-12-03, left the worker asleep in its socket, and the next batch
+    /// paid a wake-up: under a CPU hog, the `apply` round trip's slow mode
+    /// (caller and worker on one CPU) went from 18.6-20.3 to 5.7-5.9 µs,
+    /// with the caller's watch yielding at once too
+    /// (`core::teller_waits_here`), and the `map` of 100k `u64` from 34-39
+    /// to 111-114 M items/s (alternating runs).
+    fn hander_here(&self) -> bool {
+        crate::spin::ran_here(self.handed_on.load(Ordering::Relaxed))
     }
 
     /// Sleeps in the socket until the supervisor wakes it or sends a batch
