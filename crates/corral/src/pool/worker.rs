@@ -80,7 +80,7 @@ sys::shared_layout! {
         pub(super) asleep: AtomicU64,
         /// The CPU the supervisor thread that handed the last batch ran on
         /// ([`crate::spin::cpu_mark`]; 0: none yet): see
-        /// `Inbox::hander_here`.
+        /// `Inbox::hander_waits_for_this_cpu`.
         pub(super) handed_on: AtomicU64,
         /// The CPU the worker last told the supervisor of outcomes from
         /// (rang the pool's bell, then yielded to the thread it woke,
@@ -1080,9 +1080,7 @@ const WATCH: Duration = Duration::from_micros(100);
 /// Under a CPU hog, in runs of each build alone: Python's `Pool.apply`
 /// round trip went from 4-6 us or 231-255 us (bimodal) to 47-70 us, the
 /// executor's from 160-277 us to 23-83 us, and the Rust `map` of 100k
-/// from 9.4-10.1 to 15.7-17.8 M items/s (alternating runs). On a crowded
-/// machine, a watch on the CPU where that thread last ran yields the CPU
-/// at each turn instead, from the start (`Inbox::hander_here`).
+/// from 9.4-10.1 to 15.7-17.8 M items/s (alternating runs).
 const WATCH_PEER: Duration = Duration::from_micros(10);
 
 /// Where a worker's batches come from: its task ring, in order, where a
@@ -1106,41 +1104,6 @@ struct Inbox<'a> {
     watching: &'a AtomicU64,
     sleeper: &'a AtomicU64,
     handed_on: &'a AtomicU64,
-    /// Whether the machine has more runnable threads than CPUs.
-    crowding: Crowding,
-}
-
-/// Whether the machine has more threads ready to run than CPUs, read at
-/// most once per [`CROWDING_CHECK`]: where it has not, two threads that
-/// take turns on one CPU are misplaced, and the scheduler is left a
-/// chance to spread them rather than a reason to keep them together.
-struct Crowding {
-    cpus: u32,
-    crowded: bool,
-    next_check: Instant,
-}
-
-/// How often a worker that watches where its hander last ran reads how
-/// crowded the machine is (about 10 µs a read here).
-const CROWDING_CHECK: Duration = Duration::from_millis(1);
-
-impl Crowding {
-    fn new() -> Crowding {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Crowding {
-            cpus: u32::try_from(cpus).unwrap_or(u32::MAX),
-            crowded: false,
-            next_check: Instant::now(),
-        }
-    }
-
-    fn crowded(&mut self, now: Instant) -> bool {
-        if now >= self.next_check {
-            self.next_check = now + CROWDING_CHECK;
-            self.crowded = sys::runnable_threads().is_some_and(|n| n > self.cpus);
-        }
-        self.crowded
-    }
 }
 
 /// A message of the task ring.
@@ -1166,7 +1129,6 @@ impl<'a> Inbox<'a> {
             watching: &pool.layout::<PoolHead>().watching,
             sleeper: &pool.layout::<PoolHead>().sleeper,
             handed_on: &head(region).handed_on,
-            crowding: Crowding::new(),
         }
     }
 
@@ -1207,10 +1169,9 @@ impl<'a> Inbox<'a> {
     }
 
     /// Watches the ring for a while; true if something was published.
-    fn watch(&mut self) -> bool {
+    fn watch(&self) -> bool {
         let start = Instant::now();
         let until = start + WATCH;
-        let give_way = self.hander_here() && self.crowding.crowded(start);
         loop {
             for _ in 0..64 {
                 if ring::nonempty(self.ring) {
@@ -1219,13 +1180,9 @@ impl<'a> Inbox<'a> {
                 std::hint::spin_loop();
             }
             let now = Instant::now();
-            if now >= until {
-                return false;
-            }
-            if give_way {
-                std::thread::yield_now();
-            } else if now >= start + WATCH_PEER
-                && (self.peer_waits_for_a_cpu() || self.hander_waits_for_this_cpu())
+            if now >= until
+                || (now >= start + WATCH_PEER
+                    && (self.peer_waits_for_a_cpu() || self.hander_waits_for_this_cpu()))
             {
                 return false;
             }
@@ -1244,33 +1201,13 @@ impl<'a> Inbox<'a> {
         }
     }
 
-    /// Whether the supervisor thread that handed the last batch last ran
-    /// on this very CPU: it is not running now (this worker is), and its
-    /// next step (reading this worker's outcome, handing it the next
-    /// batch) waits for this CPU. On a crowded machine ([`Crowding`]) the
-    /// watch then yields that CPU at each turn rather than spinning on it
-    /// or ending (which left the worker asleep in its socket, and the next
-    /// batch paid a wake-up): under a CPU hog, the `apply` round trip's
-    /// slow mode (caller and worker on one CPU) went from 18.6-20.3 to
-    /// 5.4-5.9 µs, with the caller's watch yielding at once too
-    /// (`core::teller_waits_here`), Python's `Pool.apply` from 37.5-42.3 to
-    /// 6.6-6.7 µs, and the `map` of 100k `u64` from 34-39 to 111-114 M
-    /// items/s (alternating runs). Where CPUs are to spare it does not:
-    /// two threads yielding to each other never sleep, so the scheduler
-    /// never places either anew, and Python's `Pool.apply` then kept to
-    /// one CPU at 6.5 µs in 11 of 16 unloaded runs (1.5 µs otherwise; 0 of
-    /// 16 for the build before).
-    fn hander_here(&self) -> bool {
-        crate::spin::ran_here(self.handed_on.load(Ordering::Relaxed))
-    }
-
     /// Whether the supervisor thread that handed the last batch, not
     /// watching for outcomes, last ran on this very CPU: it is not running
     /// now, and may wait for this CPU (on a busy machine, the worker it
     /// woke took the CPU from it), so the watch ends.
     fn hander_waits_for_this_cpu(&self) -> bool {
         (self.watching.load(Ordering::Relaxed) == 0 || self.sleeper.load(Ordering::Relaxed) != 0)
-            && self.hander_here()
+            && crate::spin::ran_here(self.handed_on.load(Ordering::Relaxed))
     }
 
     /// Sleeps in the socket until the supervisor wakes it or sends a batch

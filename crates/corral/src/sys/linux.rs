@@ -77,15 +77,6 @@ pub(crate) fn thread_count() -> usize {
         .unwrap_or(usize::MAX)
 }
 
-/// Threads running or waiting for a CPU on the whole machine right now
-/// (the fourth field of `/proc/loadavg`, "runnable/total"), this one
-/// included; `None` if it cannot be read.
-pub(crate) fn runnable_threads() -> Option<u32> {
-    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
-    let field = text.split_whitespace().nth(3)?;
-    field.split_once('/')?.0.parse().ok()
-}
-
 /// The calling process's id.
 pub(crate) fn getpid() -> i32 {
     rustix::process::getpid().as_raw_nonzero().get()
@@ -985,13 +976,4 @@ pub(crate) fn poll_in_out(fd: BorrowedFd<'_>) -> io::Result<(bool, bool)> {
         r.contains(PollFlags::IN) || failed,
         r.contains(PollFlags::OUT),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_running_test_counts_among_the_runnable_threads() {
-        let n = super::runnable_threads().expect("/proc/loadavg");
-        assert!(n >= 1, "{n}");
-    }
 }
