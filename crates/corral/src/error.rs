@@ -87,7 +87,7 @@ fn hint(source: &io::Error) -> &'static str {
         Some(libc::EMFILE) => {
             "; this process has no file descriptor left: close handles it no longer needs \
              (each live child holds 3), or raise the hard limit (`ulimit -Hn`, \
-             LimitNOFILE= in systemd); corral already raised the soft limit to the hard one"
+             LimitNOFILE= in systemd); corral::init() raised the soft limit to the hard one"
         }
         Some(libc::ENFILE) => "; the whole system is out of file descriptors (fs.file-max)",
         Some(libc::ENOSPC) => {
