@@ -36,9 +36,11 @@
 //! CPU for its whole spin. Under a CPU hog (alternating runs), the
 //! benchmark's small messages 1→1 went from 4.7 to 8.5-9.5 M/s (with two
 //! hogs, from 1.4 to 10.4), 4→4 from 3.1-3.9 to 5.0-6.4 M/s, 1 MiB messages
-//! from 8.5-9.2 to 11.1-11.3 GB/s, and a round trip's median from 2.6-10.2
-//! µs (its worst batch 17-26) to 3.0-3.1 (3.2-3.5): two yields, where the
-//! two sides share a CPU.
+//! from 8.5-9.2 to 11.1-11.3 GB/s. A round trip whose two sides share a
+//! CPU is two yields, 3.0-3.1 µs (worst batch 3.5), where it was 2.6-10.2
+//! (worst 17-26); but the build before drew two CPUs more often in another
+//! sitting (1.1-1.2 µs in 4 of 6 runs against 2.1-3.0), a placement no
+//! waiter chooses.
 //!
 //! The waker publishes its position, then reads the record, each side with
 //! a sequentially consistent fence in between, so either the sleeper sees
