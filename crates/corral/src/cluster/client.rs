@@ -18,7 +18,7 @@ use redis::Commands;
 
 use super::broker::Broker;
 use super::wire::{self, Keys, OutcomeBatch, TaskEntry, WireJob};
-use crate::poison::lock;
+use crate::poison::{self, lock};
 use crate::pool::callback::Callbacks;
 use crate::pool::engine::Engine;
 use crate::pool::{
@@ -166,10 +166,7 @@ impl Client {
     }
 
     fn wait<'a>(&self, st: MutexGuard<'a, State>, timeout: Duration) -> MutexGuard<'a, State> {
-        self.changed
-            .wait_timeout(st, timeout)
-            .unwrap_or_else(|p| p.into_inner())
-            .0
+        poison::wait_timeout(&self.changed, st, timeout)
     }
 
     /// Waits until `done` holds or `deadline` passes.

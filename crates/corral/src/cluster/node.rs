@@ -23,6 +23,7 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, St
 use super::ClusterError;
 use super::broker::{Broker, redact};
 use super::wire::{self, Keys, TaskEntry, WireJob, WireOutcome};
+use crate::poison;
 use crate::pool::{Job, Raw, Sink};
 use crate::{Pool, PoolBuilder, TaskError};
 
@@ -266,7 +267,7 @@ struct Shared {
 
 impl Shared {
     fn flight(&self) -> MutexGuard<'_, HashMap<String, Held>> {
-        self.flight.lock().unwrap_or_else(|p| p.into_inner())
+        poison::lock(&self.flight)
     }
 }
 
@@ -374,12 +375,7 @@ impl Reader {
         let held = |f: &HashMap<String, Held>| f.values().map(|h| h.left).sum::<usize>();
         let mut flight = self.shared.flight();
         while held(&flight) >= self.shared.most {
-            flight = self
-                .shared
-                .room
-                .wait_timeout(flight, READ_BLOCK)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            flight = poison::wait_timeout(&self.shared.room, flight, READ_BLOCK);
         }
         self.shared.most - held(&flight)
     }

@@ -22,7 +22,7 @@ use super::error::ManagerError;
 use super::frames::FrameBuf;
 use super::protocol::{self, Answer};
 use crate::connection::{Address, Client};
-use crate::poison::lock;
+use crate::poison::{self, lock};
 use crate::sys;
 
 /// How long a waiting call goes without hearing from the server before
@@ -205,11 +205,7 @@ impl Session {
             let slice = deadline.map_or(SLICE, |d| d.saturating_duration_since(now).min(SLICE));
             if inbox.reading {
                 inbox.sleepers += 1;
-                inbox = self
-                    .bell
-                    .wait_timeout(inbox, slice)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
+                inbox = poison::wait_timeout(&self.bell, inbox, slice);
                 inbox.sleepers -= 1;
                 continue;
             }

@@ -11,6 +11,7 @@ use super::client::{LIVENESS, Link};
 use super::error::ManagerError;
 use super::protocol::{self, Kind, PROXY_MARK};
 use crate::Data;
+use crate::poison;
 
 thread_local! {
     /// Set while a value is turned into manager data: a proxy inside is
@@ -120,7 +121,7 @@ impl Handle {
     }
 
     pub(crate) fn with_timeout(&self, timeout: Option<Duration>) -> Handle {
-        let (instance, id) = *self.target.lock().unwrap_or_else(|p| p.into_inner());
+        let (instance, id) = *poison::lock(&self.target);
         self.link.retain(instance, id, false);
         Handle {
             link: self.link.clone(),
@@ -138,7 +139,7 @@ impl Handle {
     /// The object's id on the current server: after a restart, a named
     /// object is found again; an anonymous one is lost.
     fn current(&self, instance: u64) -> Result<u64, ManagerError> {
-        let mut target = self.target.lock().unwrap_or_else(|p| p.into_inner());
+        let mut target = poison::lock(&self.target);
         if target.0 == instance {
             return Ok(target.1);
         }
@@ -189,7 +190,7 @@ impl Handle {
     /// Sends `method` wanting no reply, on the live session only (from
     /// `Drop`: a dead manager took the object's state with it).
     pub(crate) fn post(&self, method: &str, args: Vec<Value>) {
-        let (instance, id) = *self.target.lock().unwrap_or_else(|p| p.into_inner());
+        let (instance, id) = *poison::lock(&self.target);
         if let Some(session) = self.link.live_session()
             && session.instance == instance
         {
@@ -213,7 +214,7 @@ impl Drop for Handle {
 
 impl fmt::Debug for Handle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (_, id) = *self.target.lock().unwrap_or_else(|p| p.into_inner());
+        let (_, id) = *poison::lock(&self.target);
         f.debug_struct("Proxy")
             .field("typeid", &self.kind.typeid())
             .field("id", &format_args!("{id:x}"))
@@ -224,7 +225,7 @@ impl fmt::Debug for Handle {
 
 impl Serialize for Handle {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let (instance, id) = *self.target.lock().unwrap_or_else(|p| p.into_inner());
+        let (instance, id) = *poison::lock(&self.target);
         // Whoever receives it must still find the object (unless a manager
         // object stores it, which then holds it).
         if !STORING.with(|s| s.get()) {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Wake, Waker};
 use std::thread::{JoinHandle, ThreadId};
 
-use crate::poison::lock;
+use crate::poison::{self, lock};
 
 /// A callback, bound to its task's outcome.
 pub(super) type Callback = Box<dyn FnOnce() + Send>;
@@ -117,11 +117,7 @@ impl Callbacks {
         drop(runner);
         let mut guard = lock(&self.pending.lock);
         while self.pending.count.load(Ordering::Acquire) > 0 {
-            guard = self
-                .pending
-                .zero
-                .wait(guard)
-                .unwrap_or_else(|p| p.into_inner());
+            guard = poison::wait(&self.pending.zero, guard);
         }
         drop(guard);
         if let Some(thread) = thread {

@@ -26,6 +26,7 @@ use super::life::{Action, Event, Life, Retire, Why};
 use super::results;
 use super::ring;
 use super::worker::{self, BatchMsg, InitMsg, JobMsg, RegionFd, WorkerBoot};
+use crate::poison;
 use crate::sys::{self, SharedRegion};
 use crate::wire::{self, FrameReader, Out, Progress};
 use crate::{
@@ -464,7 +465,7 @@ impl Shared {
 
     /// Takes the pool's lock, and queues the jobs left in the inbox.
     pub(super) fn lock(&self) -> MutexGuard<'_, Core> {
-        let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        let mut core = poison::lock(&self.core);
         self.queue(&mut core, self.inbox.take(false));
         core
     }
@@ -527,17 +528,14 @@ impl Shared {
         while !done(&mut core) {
             core.waiters += 1;
             core = match deadline {
-                None => self.changed.wait(core).unwrap_or_else(|p| p.into_inner()),
+                None => poison::wait(&self.changed, core),
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         core.waiters -= 1;
                         return core;
                     }
-                    self.changed
-                        .wait_timeout(core, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
+                    poison::wait_timeout(&self.changed, core, left)
                 }
             };
             core.waiters -= 1;
@@ -1172,13 +1170,13 @@ impl Shared {
     /// The chunk size the last `imap` of function `func` settled on (1 if
     /// none ran).
     pub(super) fn chunk_hint(&self, func: i64) -> usize {
-        let hints = self.chunk_hints.lock().unwrap_or_else(|p| p.into_inner());
+        let hints = poison::lock(&self.chunk_hints);
         hints.get(&func).copied().unwrap_or(1)
     }
 
     /// Remembers the chunk size an `imap` of `func` settled on.
     pub(super) fn set_chunk_hint(&self, func: i64, size: usize) {
-        let mut hints = self.chunk_hints.lock().unwrap_or_else(|p| p.into_inner());
+        let mut hints = poison::lock(&self.chunk_hints);
         if hints.len() < 1024 || hints.contains_key(&func) {
             hints.insert(func, size);
         }
@@ -1186,7 +1184,7 @@ impl Shared {
 
     /// A shared byte array of at least `bytes` bytes, reused if one is free.
     pub(super) fn scratch(&self, bytes: usize) -> Result<crate::RawArray<u8>, Error> {
-        let mut free = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        let mut free = poison::lock(&self.scratch);
         let fitting = free
             .iter()
             .enumerate()
@@ -1202,7 +1200,7 @@ impl Shared {
     /// Keeps a scratch array for the next `map_pod` (at most four, of at
     /// most [`MAX_SCRATCH`] bytes each).
     pub(super) fn return_scratch(&self, array: crate::RawArray<u8>) {
-        let mut free = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        let mut free = poison::lock(&self.scratch);
         if array.len() <= MAX_SCRATCH {
             free.push(array);
             free.sort_by_key(|a| std::cmp::Reverse(a.len()));

@@ -12,6 +12,8 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::poison::lock;
+
 /// Items left for the next holder of the pool's lock.
 #[derive(Debug)]
 pub(super) struct Inbox<T> {
@@ -45,7 +47,7 @@ impl<T> Inbox<T> {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State<T>> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     /// Leaves `items`: `Ok(true)` if the caller must call the dispatcher

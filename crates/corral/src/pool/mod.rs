@@ -128,7 +128,7 @@ pub(crate) use self::job::{
 };
 pub use self::task::{AsCompleted, Task, as_completed, wait_all, wait_any, wait_first_error};
 use self::task::{Held, TaskSlot};
-use crate::poison::lock;
+use crate::poison::{self, lock};
 use crate::start::bootstrap::func_offset;
 use crate::start::{identity, runtime};
 use crate::{Data, Error, StartMethod, TaskError, wire};
@@ -1091,11 +1091,7 @@ impl Pool {
             // The parent's thread: not this process's to join.
             return;
         }
-        let handle = self
-            .dispatcher
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let handle = lock(&self.dispatcher).take();
         if let Some(handle) = handle {
             let _ = handle.join();
         }
@@ -1233,7 +1229,7 @@ impl<R: Data> MapSink<R> {
         });
         let mut st = lock(&self.state);
         while st.left > 0 {
-            st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = poison::wait(&self.done, st);
         }
         st
     }
@@ -1393,14 +1389,10 @@ impl<R> StreamSink<R> {
             return;
         }
         match deadline {
-            None => drop(self.arrived.wait(st).unwrap_or_else(|p| p.into_inner())),
+            None => drop(poison::wait(&self.arrived, st)),
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
-                drop(
-                    self.arrived
-                        .wait_timeout(st, left)
-                        .unwrap_or_else(|p| p.into_inner()),
-                );
+                drop(poison::wait_timeout(&self.arrived, st, left));
             }
         }
     }

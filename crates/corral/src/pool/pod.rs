@@ -12,6 +12,7 @@ use bytemuck::Pod;
 
 use super::worker::{self, ByPointer, ByType, PodFunc, PodInput, PodOutput, PodRan};
 use super::{JobBuilder, MapSink, Pool, Sink, add_item};
+use crate::poison;
 use crate::{Data, Error, RawArray, TaskError, sys, trace};
 
 impl Pool {
@@ -366,11 +367,7 @@ impl Pool {
     /// allocator may map afresh for each call) costs ~200 page faults to
     /// fill: a repeated `map` of 100k ran 1.7-3x as fast with it.
     fn numbers_buffer<A: Data>(&self) -> Vec<A> {
-        let kept = self
-            .numbers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let kept = poison::lock(&self.numbers).take();
         match kept.map(|b| b.downcast::<Vec<A>>()) {
             Some(Ok(mut buffer)) => {
                 buffer.clear();
@@ -385,7 +382,7 @@ impl Pool {
     /// big map's memory).
     fn keep_numbers_buffer<A: Data>(&self, buffer: Vec<A>) {
         if buffer.capacity() * std::mem::size_of::<A>() <= KEPT_NUMBERS_BYTES {
-            *self.numbers.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(buffer));
+            *poison::lock(&self.numbers) = Some(Box::new(buffer));
         }
     }
 

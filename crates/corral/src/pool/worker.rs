@@ -41,6 +41,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::results::{self, TAG_CANCELLED, TAG_CODEC, TAG_DONE, TAG_PANIC, TAG_VALUE};
 use super::ring::{self, RingAt};
+use crate::poison;
 use crate::start::bootstrap;
 use crate::start::orphans::TREE_ENV;
 use crate::sys::code::{Verified, code_pointer};
@@ -567,7 +568,7 @@ struct KeptBuffer(Vec<u64>);
 impl KeptBuffer {
     /// The kept buffer, grown to `words` words.
     fn take(words: usize) -> KeptBuffer {
-        let mut kept = std::mem::take(&mut *KEPT_BUFFER.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut kept = std::mem::take(&mut *poison::lock(&KEPT_BUFFER));
         if kept.len() < words {
             kept.resize(words, 0);
         }
@@ -593,7 +594,7 @@ impl KeptBuffer {
 
 impl Drop for KeptBuffer {
     fn drop(&mut self) {
-        *KEPT_BUFFER.lock().unwrap_or_else(|p| p.into_inner()) = std::mem::take(&mut self.0);
+        *poison::lock(&KEPT_BUFFER) = std::mem::take(&mut self.0);
     }
 }
 
@@ -671,7 +672,7 @@ static CALLER: std::sync::Mutex<Option<(i32, OwnedFd)>> = std::sync::Mutex::new(
 /// to be freed and handed out again in between: the kernel hands pids out
 /// in turn, so only after all the others.)
 fn caller_alive(pid: i32) -> bool {
-    let mut caller = CALLER.lock().unwrap_or_else(|p| p.into_inner());
+    let mut caller = poison::lock(&CALLER);
     if caller.as_ref().is_none_or(|(p, _)| *p != pid) {
         *caller = sys::pidfd_open(pid).ok().map(|fd| (pid, fd));
     }
@@ -698,7 +699,7 @@ const MAPPED_KEPT: usize = 4;
 fn mapped(fd: OwnedFd) -> Result<crate::RawArray<u8>, String> {
     let st = rustix::fs::fstat(&fd).map_err(|e| e.to_string())?;
     let key = (st.st_dev as u64, st.st_ino as u64);
-    let mut maps = MAPPED.lock().unwrap_or_else(|p| p.into_inner());
+    let mut maps = poison::lock(&MAPPED);
     if let Some((_, array)) = maps.iter().find(|(k, _)| *k == key) {
         return Ok(array.clone());
     }

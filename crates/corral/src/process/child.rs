@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::poison;
 use crate::start::bootstrap::decode_outcome;
 use crate::start::forkserver::decode_status;
 use crate::start::runtime;
@@ -131,7 +132,7 @@ impl Proc {
     }
 
     fn lock(&self) -> MutexGuard<'_, ProcState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        poison::lock(&self.state)
     }
 
     /// Reads whatever result bytes are available without blocking.

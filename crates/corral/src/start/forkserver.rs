@@ -52,6 +52,7 @@ use super::request::{
     Request, read_request, send_request,
 };
 use super::spare::{OFFER, Offer, Spares, Started};
+use crate::poison;
 use crate::{Error, sys, wire};
 
 /// Environment variable through which an exec'd fork server finds its socket.
@@ -244,20 +245,20 @@ impl ServerClient {
 
     /// How many descriptors the spare on offer holds here (0 or 3).
     pub(crate) fn held_fds(&self) -> usize {
-        let held = self.offer.lock().unwrap_or_else(|p| p.into_inner());
+        let held = poison::lock(&self.offer);
         held.as_ref().map_or(0, |_| Offer::FDS)
     }
 
     /// The spare on offer, after reading the offers that arrived.
     fn take_offer(&self) -> Result<Option<Offer>, Error> {
         self.read_offers()?;
-        Ok(self.offer.lock().unwrap_or_else(|p| p.into_inner()).take())
+        Ok(poison::lock(&self.offer).take())
     }
 
     /// The pid of the spare on offer, after reading the offers that arrived.
     pub(crate) fn offered_pid(&self) -> Result<Option<i32>, Error> {
         self.read_offers()?;
-        let held = self.offer.lock().unwrap_or_else(|p| p.into_inner());
+        let held = poison::lock(&self.offer);
         Ok(held.as_ref().map(Offer::pid))
     }
 
@@ -277,7 +278,7 @@ impl ServerClient {
         if errno != OFFER {
             return Some((bytes, fds));
         }
-        *self.offer.lock().unwrap_or_else(|p| p.into_inner()) = Offer::new(pid, fds);
+        *poison::lock(&self.offer) = Offer::new(pid, fds);
         None
     }
 

@@ -14,6 +14,7 @@
 use std::ffi::{CString, OsString};
 use std::sync::Mutex;
 
+use crate::poison;
 use crate::{Error, sys};
 
 /// Set in the environment of a child started by a [`Reexec::Command`]: the
@@ -65,7 +66,7 @@ static HOW: Mutex<Reexec> = Mutex::new(Reexec::SameProgram);
 /// assert!(matches!(spawned, Err(corral::Error::ReexecRefused(_))));
 /// ```
 pub fn set_reexec(how: Reexec) {
-    *HOW.lock().unwrap_or_else(|p| p.into_inner()) = how;
+    *poison::lock(&HOW) = how;
 }
 
 /// A re-execution, made ready before the fork: a forked child of a threaded
@@ -84,7 +85,7 @@ impl ExecPlan {
     /// The re-execution in force, or [`Error::ReexecRefused`] naming `what`
     /// it was needed for.
     pub(crate) fn current(what: &'static str) -> Result<ExecPlan, Error> {
-        let how = HOW.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let how = poison::lock(&HOW).clone();
         match how {
             Reexec::SameProgram => Ok(ExecPlan::same_program()),
             Reexec::Command(argv) => {
@@ -155,7 +156,7 @@ static HOOKS: Mutex<Hooks> = Mutex::new(Hooks {
 });
 
 fn hooks() -> std::sync::MutexGuard<'static, Hooks> {
-    HOOKS.lock().unwrap_or_else(|p| p.into_inner())
+    poison::lock(&HOOKS)
 }
 
 /// Registers functions run around each fork that creates a corral child (a
