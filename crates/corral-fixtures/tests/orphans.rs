@@ -67,6 +67,10 @@ fn no_descendant_outlives_a_sigkilled_parent() {
             "nested-fork-server",
             "pool-worker",
             "fork-pool-worker",
+            "nested-pool-worker",
+            "nested-task-subprocess",
+            "nested-pool-worker",
+            "nested-task-subprocess",
             "spare"
         ]
     );

@@ -1,7 +1,7 @@
 //! Starts descendants of every kind, prints their pids (`pid <what> <pid>`,
 //! then `ready`) and hangs, waiting to be SIGKILLed by a test.
 
-use corral::{Process, Sender, StartMethod};
+use corral::{Process, Queue, Sender, StartMethod};
 use corral_fixtures::hang;
 use std::io::Write;
 
@@ -10,6 +10,30 @@ fn nested(tx: Sender) {
     let server = corral::internal::fork_server_pid().unwrap_or(0);
     tx.send(&(grandchild.pid(), server)).expect("report");
     hang(())
+}
+
+/// A task that makes a pool of its own, each of whose two tasks runs a
+/// subprocess: a tree three processes deep below the outer worker, which
+/// the parent's death takes down from the top while the nested fork
+/// server takes it down from the middle.
+fn nested_pool(report: Queue<(u32, u32)>) {
+    let pool = corral::Pool::new(2).expect("a nested pool");
+    let tasks: Vec<_> = (0..2)
+        .map(|_| pool.submit(run_subprocess, report.clone()))
+        .collect();
+    hang((pool, tasks))
+}
+
+/// Starts `sleep 30`, reports (this worker, the subprocess) and hangs.
+fn run_subprocess(report: Queue<(u32, u32)>) {
+    let child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("start sleep");
+    report
+        .put((std::process::id(), child.id()))
+        .expect("report");
+    hang(child)
 }
 
 fn report_and_hang(tx: Sender) {
@@ -73,6 +97,15 @@ fn main() {
         pids.push((what, pid));
         pools.push((pool, task));
     }
+    let nested = corral::Pool::new(1).expect("a pool");
+    let report = Queue::unbounded().expect("a queue");
+    let task = nested.submit(nested_pool, report.clone());
+    for _ in 0..2 {
+        let (worker, subprocess) = report.get().expect("a nested task reports");
+        pids.push(("nested-pool-worker", worker));
+        pids.push(("nested-task-subprocess", subprocess));
+    }
+    pools.push((nested, task));
     // The fork server keeps a spare child ready once it has forked one.
     let mut spares = Vec::new();
     corral_fixtures::wait_for(std::time::Duration::from_secs(10), || {

@@ -711,25 +711,24 @@ fn shutdown(kids: Vec<Kid>, shm_names: &[String], orphans: &mut Orphans) -> ! {
     for name in shm_names {
         let _ = sys::SharedRegion::unlink_named(name);
     }
+    // The group first: one call ends a worker with the subprocesses of its
+    // tasks, none of them left orphaned by the worker's death meanwhile.
     for kid in &kids {
-        let _ = sys::signal(kid.pidfd.as_fd(), sys::Sig::Kill);
         let _ = sys::signal_group(kid.pid, sys::Sig::Kill);
+        let _ = sys::signal(kid.pidfd.as_fd(), sys::Sig::Kill);
     }
     // A killed worker's children become ours only once it has exited: wait
     // for that (briefly: SIGKILL is not ignorable) before sweeping, or a
     // job a worker started would outlive the program.
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let until = Instant::now() + Duration::from_secs(2);
     for kid in &kids {
-        let left = until.saturating_duration_since(std::time::Instant::now());
+        let left = until.saturating_duration_since(Instant::now());
         let _ = sys::poll_readable(&[kid.pidfd.as_fd()], Some(left));
     }
-    let pids: Vec<i32> = kids.iter().map(|k| k.pid).collect();
-    orphans.kill_all(&pids);
-    for kid in kids {
-        if kid.status.is_some() {
-            let _ = sys::reap(kid.pidfd.as_fd(), true);
-        }
-    }
+    // The kids are the server's children (but for those it only watches):
+    // `kill_all` reaps them with the rest of its subtree.
+    drop(kids);
+    orphans.kill_all(Instant::now() + Duration::from_secs(2));
     sys::exit_immediately(0)
 }
 

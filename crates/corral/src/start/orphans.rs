@@ -14,11 +14,13 @@
 //! subtree, as soon as that worker is gone (at once if it already is). Any
 //! other orphan is reaped once it has exited and the server has a moment
 //! with nothing to do (200 µs; 20 ms at the latest), and killed when the
-//! parent program dies. What escapes: a descendant that clears its
+//! parent program dies: the server then kills whatever is left below it,
+//! round after round, until it has no child at all. What escapes: a descendant that clears its
 //! environment and whose parent still lives (it is not an orphan yet)
 //! survives its worker until the program ends.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use crate::sys;
 
@@ -87,14 +89,41 @@ impl Orphans {
         }
     }
 
-    /// The parent program is gone: every adopted orphan dies too.
-    pub(super) fn kill_all(&mut self, kids: &[i32]) {
-        self.sweep(kids, &[]);
-        for orphan in &self.adopted {
-            sys::kill_tree(orphan.pid);
+    /// The parent program is gone: every process left in the server's
+    /// subtree dies too, and is reaped, until the server has no child left
+    /// (or `until` passes). Looked for again after each round, not once: a
+    /// descendant whose own parent dies meanwhile (a nested pool's worker,
+    /// killed by its fork server, which is itself being killed) becomes the
+    /// server's child only then, and one seen too early would outlive the
+    /// program, adopted by init.
+    pub(super) fn kill_all(&mut self, until: Instant) {
+        // Reaped below by `waitpid` like every other child.
+        self.adopted.clear();
+        loop {
+            sys::reap_exited_children();
+            let children = sys::children_of(self.server);
+            if children.is_empty() || Instant::now() >= until {
+                return;
+            }
+            for pid in children {
+                sys::kill_tree(pid);
+            }
+            self.wait_for_an_exit(until);
         }
-        for orphan in self.adopted.drain(..) {
-            let _ = sys::reap(orphan.pidfd.as_fd(), true);
+    }
+
+    /// Waits for a child to exit (a `SIGCHLD`), at most a few milliseconds
+    /// and not past `until`.
+    fn wait_for_an_exit(&self, until: Instant) {
+        let most = until
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(5));
+        match &self.sigchld {
+            Some(fd) => {
+                let _ = sys::poll_readable(&[fd.as_fd()], Some(most));
+                sys::signalfd_drain(fd.as_fd());
+            }
+            None => std::thread::sleep(most.min(Duration::from_millis(1))),
         }
     }
 }
