@@ -63,6 +63,21 @@ fn main() {
         pids.push((what, child.pid()));
         keep.push(child);
     }
+    // Children under each method that started a subprocess of their own.
+    let report = Queue::unbounded().expect("a queue");
+    for (what, method) in [
+        ("forkserver-child-subprocess", StartMethod::ForkServer),
+        ("spawn-child-subprocess", StartMethod::Spawn),
+        ("fork-child-subprocess", StartMethod::Fork),
+    ] {
+        let child = Process::builder()
+            .start_method(method)
+            .spawn(run_subprocess, report.clone())
+            .expect(what);
+        let (_, subprocess) = report.get().expect("the child reports");
+        pids.push((what, subprocess));
+        keep.push(child);
+    }
     let from_thread = std::thread::spawn(|| {
         Process::builder()
             .start_method(StartMethod::Fork)

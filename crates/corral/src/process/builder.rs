@@ -294,9 +294,11 @@ impl ProcessBuilder {
             ),
             Err(e) => return Err(Error::io("opening a pidfd")(e)),
         };
-        if !main_thread && matches!(reaper, Reaper::Own) {
-            // The death signal would follow this thread, not this process; let
-            // the fork server kill the child when this process dies.
+        if matches!(reaper, Reaper::Own) {
+            // The fork server kills the child's process group (the
+            // subprocesses it started) and the child when this process dies:
+            // the death signal ends the child alone, and follows the thread
+            // that forked (if not the main one), not this process.
             let _ = runtime::with_server(|server| server.watch(pid, pidfd.as_fd()));
         }
         Ok(Child::new(

@@ -17,7 +17,12 @@
 //!   another thread held at that instant stays locked in the child, so a child
 //!   that touches such a lock deadlocks (it is not memory-unsafe). Prefer it
 //!   only for single-threaded programs or when the closure touches no shared
-//!   locks.
+//!   locks. When your program dies, its Fork children die with the
+//!   subprocesses they started (their process group), as under the other
+//!   methods; but a descendant that left the group (`setsid`, a
+//!   double-forking daemon) is found only under ForkServer and Spawn, whose
+//!   server adopts it (it is a child subreaper): a Fork child's is adopted
+//!   by init and outlives your program.
 //!
 //! A task crosses into a ForkServer or Spawn child as data: the offsets of its
 //! function and a typed entry point, and the serialized argument. Before it
