@@ -92,8 +92,9 @@ pub(super) fn child_main(
     env: &[CString],
 ) -> ! {
     sys::enter_child(server_pid, true, prepared.name.as_deref());
-    // The server blocks SIGCHLD for its signalfd; the child must not.
-    sys::unblock_sigchld();
+    // The server blocks SIGCHLD for its signalfd, and the signals that ask
+    // a process to end; the child must not.
+    sys::unblock_server_signals();
     let result_raw = keep[0];
     sys::close_all_except(keep);
     let result = sys::adopt_inherited_fds(&[result_raw])

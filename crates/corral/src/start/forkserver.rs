@@ -389,6 +389,9 @@ fn serve(ctrl: RawFd) -> ! {
     let server_pid = sys::getpid();
     // The parent may close a status pipe before the server reports into it.
     sys::ignore_sigpipe();
+    // It ends when the parent does, not at a `pkill` of the whole program
+    // (it would leave what it started to no one).
+    sys::block_ending_signals();
     // A parent that ignores SIGCHLD would have the kernel reap the server's
     // children before it can open their pidfds or report their status.
     sys::default_sigchld();
@@ -403,6 +406,7 @@ fn serve(ctrl: RawFd) -> ! {
     let server = Server {
         ctrl: &ctrl,
         pid: server_pid,
+        parent: sys::getppid(),
         plan: &plan,
         env: &env,
     };
@@ -573,7 +577,7 @@ impl State {
             if let Some(i) = self.kids.iter().position(|k| k.pid == *pid) {
                 let kid = self.kids.swap_remove(i);
                 worker_ended |= kid.group_dies;
-                report(kid);
+                report(kid, server.parent);
             }
         }
         if sigchld || !exited.is_empty() {
@@ -671,8 +675,19 @@ impl State {
     }
 }
 
-fn report(kid: Kid) {
-    let Some(status) = kid.status else { return };
+/// A child ended: its status to its status pipe (after killing what is
+/// left of its group if it was a pool worker's). A child the parent forked
+/// itself (watched) that ends while the parent is exiting takes its group
+/// with it, as at the server's shutdown: its death signal comes when the
+/// parent's first thread ends, which may be before the parent's socket
+/// closes, and its subprocesses would otherwise outlive the program.
+fn report(kid: Kid, parent: i32) {
+    let Some(status) = kid.status else {
+        if sys::is_exiting(parent) {
+            let _ = sys::signal_group(kid.pid, sys::Sig::Kill);
+        }
+        return;
+    };
     if kid.group_dies {
         // Before reaping: the zombie keeps the group id from reuse.
         let _ = sys::signal_group(kid.pid, sys::Sig::Kill);
@@ -736,6 +751,8 @@ fn shutdown(kids: Vec<Kid>, shm_names: &[String], orphans: &mut Orphans) -> ! {
 struct Server<'a> {
     ctrl: &'a OwnedFd,
     pid: i32,
+    /// The program the server serves, its parent.
+    parent: i32,
     plan: &'a ExecPlan,
     env: &'a [CString],
 }

@@ -82,6 +82,24 @@ pub(crate) fn getpid() -> i32 {
     rustix::process::getpid().as_raw_nonzero().get()
 }
 
+/// The calling process's parent's id.
+pub(crate) fn getppid() -> i32 {
+    rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get())
+}
+
+/// Whether process `pid` is gone or on its way out: its first thread has
+/// exited (a zombie, `Z` in `/proc/<pid>/stat`, while the others end), or
+/// nothing answers to the pid.
+pub(crate) fn is_exiting(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_none_or(|rest| matches!(rest.trim_start().chars().next(), Some('Z' | 'X'))),
+    }
+}
+
 /// Whether a process with this pid exists (a zombie counts).
 pub(crate) fn process_exists(pid: i32) -> bool {
     match Pid::from_raw(pid) {
@@ -779,21 +797,44 @@ pub(crate) fn sigchld_fd() -> io::Result<OwnedFd> {
     }
 }
 
-/// Unblocks `SIGCHLD` (a fork server's child must not inherit its mask).
+/// The signals that ask a process to end and that a fork server holds
+/// blocked: `SIGTERM`, `SIGINT`, `SIGHUP`, `SIGQUIT`, as a kernel signal
+/// set.
+const ENDING_SIGNALS: u64 = (1 << (libc::SIGTERM - 1))
+    | (1 << (libc::SIGINT - 1))
+    | (1 << (libc::SIGHUP - 1))
+    | (1 << (libc::SIGQUIT - 1));
+
+/// Blocks the signals that ask a process to end ([`ENDING_SIGNALS`]): a
+/// fork server ends when its parent does (its socket closes), killing what
+/// it started then; `pkill` of the whole program, server included, would
+/// otherwise end the server first and leave that to no one. `SIGKILL`
+/// cannot be blocked.
+pub(crate) fn block_ending_signals() {
+    sigprocmask_raw(libc::SIG_BLOCK, ENDING_SIGNALS);
+}
+
+/// Unblocks what a fork server blocks (`SIGCHLD` for its signalfd, and
+/// [`ENDING_SIGNALS`]): its child must not inherit that mask.
 /// Async-signal-safe.
-///
-/// The system call itself, with the kernel's 64-bit mask: through the same
-/// libc page as [`close_all_except`]'s, where `sigemptyset` and
-/// `sigprocmask` are two more pages of libc's code, each a page fault in a
-/// fork server's child (see `sys::text`).
-pub(crate) fn unblock_sigchld() {
-    let mask: u64 = 1 << (libc::SIGCHLD - 1);
+pub(crate) fn unblock_server_signals() {
+    sigprocmask_raw(
+        libc::SIG_UNBLOCK,
+        (1 << (libc::SIGCHLD - 1)) | ENDING_SIGNALS,
+    );
+}
+
+/// `rt_sigprocmask(how, mask)`: the system call itself, with the kernel's
+/// 64-bit mask, through the same libc page as [`close_all_except`]'s, where
+/// `sigemptyset` and `sigprocmask` are two more pages of libc's code, each
+/// a page fault in a fork server's child (see `sys::text`).
+fn sigprocmask_raw(how: libc::c_int, mask: u64) {
     // SAFETY: `rt_sigprocmask` reads `size_of::<u64>()` bytes of the mask
     // (the kernel's signal set) and writes no old set (null).
     unsafe {
         libc::syscall(
             libc::SYS_rt_sigprocmask,
-            libc::SIG_UNBLOCK,
+            how,
             &raw const mask,
             std::ptr::null_mut::<u64>(),
             size_of::<u64>(),
