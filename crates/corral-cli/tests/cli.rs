@@ -678,6 +678,47 @@ fn a_signalled_or_killed_corral_leaves_no_job_behind() {
     }
 }
 
+/// `pkill corral`: SIGTERM to corral and to every process of it below (its
+/// fork server and workers, all named corral), not to the jobs. The fork
+/// server holds the signal blocked and ends when corral does, killing the
+/// jobs of the workers that died; had it ended at once, they would have
+/// been left to no one.
+#[test]
+fn a_pkill_of_every_corral_process_leaves_no_job_behind() {
+    let marker = sleep_marker(6);
+    let mut run = Background::start(&marker);
+    assert!(
+        wait_for(Duration::from_secs(10), || procs_with(&marker).len() >= 6),
+        "jobs did not start"
+    );
+    let exe = std::fs::canonicalize(BIN).unwrap();
+    let is_corral =
+        |pid: &u32| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == exe);
+    let mut ours = vec![run.child.id()];
+    ours.extend(
+        corral_fixtures::descendants(run.child.id())
+            .into_iter()
+            .filter(is_corral),
+    );
+    assert!(
+        ours.len() >= 4,
+        "corral, its fork server and two workers: {ours:?}"
+    );
+    for pid in &ours {
+        let _ = Command::new("kill")
+            .arg(format!("-{}", libc_sig::TERM))
+            .arg(pid.to_string())
+            .status();
+    }
+    let _ = run.child.wait();
+    let gone = wait_for(Duration::from_secs(1), || procs_with(&marker).is_empty());
+    assert!(
+        gone,
+        "jobs left 1 s after the pkill: {:?}",
+        procs_with(&marker)
+    );
+}
+
 mod libc_sig {
     pub(super) const INT: i32 = 2;
     pub(super) const KILL: i32 = 9;
