@@ -6,7 +6,12 @@
 //!   multi-threaded) program. Fast and safe. Once you have started one
 //!   child, the server forks one more ahead of need whenever it is idle
 //!   (named `corral-spare` in `ps`, using no CPU), which the next start
-//!   takes: that start then waits for neither a fork nor the server.
+//!   takes: that start then waits for neither a fork nor the server. The
+//!   server ends when your program does, and then kills everything it
+//!   started or watches, with their process groups; it holds `SIGTERM`,
+//!   `SIGINT`, `SIGHUP` and `SIGQUIT` blocked (its children do not), so that
+//!   a `pkill -f your-program` that reaches it too still finds it there to
+//!   do so.
 //! * [`StartMethod::Spawn`]: the server forks and the child re-executes the
 //!   current binary (`/proc/self/exe`), which runs `main` up to
 //!   `corral::init()` and then the task. Slowest and most isolated; the basis
