@@ -15,9 +15,9 @@
 //! other orphan is reaped once it has exited and the server has a moment
 //! with nothing to do (200 µs; 20 ms at the latest), and killed when the
 //! parent program dies: the server then kills whatever is left below it,
-//! round after round, until it has no child at all. What escapes: a descendant that clears its
-//! environment and whose parent still lives (it is not an orphan yet)
-//! survives its worker until the program ends.
+//! round after round, until it has no child at all. What escapes: a
+//! descendant that clears its environment and whose parent still lives (it
+//! is not an orphan yet) survives its worker until the program ends.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};

@@ -430,15 +430,13 @@ pub(crate) fn reap_pid(pid: i32) -> io::Result<()> {
 }
 
 /// Reaps every child of this process that has exited, whoever it is (an
-/// adopted orphan too); returns how many.
-pub(crate) fn reap_exited_children() -> usize {
-    let mut reaped = 0;
+/// adopted orphan too).
+pub(crate) fn reap_exited_children() {
     loop {
         match rustix::process::wait(rustix::process::WaitOptions::NOHANG) {
-            Ok(Some(_)) => reaped += 1,
-            Err(rustix::io::Errno::INTR) => continue,
+            Ok(Some(_)) | Err(rustix::io::Errno::INTR) => continue,
             // None exited yet, or no child at all.
-            Ok(None) | Err(_) => return reaped,
+            Ok(None) | Err(_) => return,
         }
     }
 }
