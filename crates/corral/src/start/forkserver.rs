@@ -572,15 +572,17 @@ impl State {
         if ready[0] {
             self.serve_waiting(server);
         }
-        let mut worker_ended = false;
+        let (mut worker_ended, mut child_ended) = (false, false);
         for pid in &exited {
             if let Some(i) = self.kids.iter().position(|k| k.pid == *pid) {
                 let kid = self.kids.swap_remove(i);
                 worker_ended |= kid.group_dies;
+                // Not a watched one: the parent's, whose orphans are not ours.
+                child_ended |= kid.status.is_some();
                 report(kid, server.parent);
             }
         }
-        if sigchld || !exited.is_empty() {
+        if sigchld || child_ended {
             self.orphans.take_signal();
             self.sweep_due.get_or_insert_with(Instant::now);
         }
