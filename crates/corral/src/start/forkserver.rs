@@ -685,7 +685,8 @@ impl State {
 /// closes, and its subprocesses would otherwise outlive the program.
 fn report(kid: Kid, parent: i32) {
     let Some(status) = kid.status else {
-        if sys::is_exiting(parent) {
+        // Its first thread gone, the parent shows as a zombie meanwhile.
+        if !sys::process_alive(parent as u32) {
             let _ = sys::signal_group(kid.pid, sys::Sig::Kill);
         }
         return;

@@ -87,19 +87,6 @@ pub(crate) fn getppid() -> i32 {
     rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get())
 }
 
-/// Whether process `pid` is gone or on its way out: its first thread has
-/// exited (a zombie, `Z` in `/proc/<pid>/stat`, while the others end), or
-/// nothing answers to the pid.
-pub(crate) fn is_exiting(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_none_or(|rest| matches!(rest.trim_start().chars().next(), Some('Z' | 'X'))),
-    }
-}
-
 /// Whether a process with this pid exists (a zombie counts).
 pub(crate) fn process_exists(pid: i32) -> bool {
     match Pid::from_raw(pid) {
@@ -122,7 +109,7 @@ pub(crate) fn enter_child(parent: i32, die_with_parent: bool, name: Option<&CStr
     if die_with_parent {
         let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
         // The parent may have died before the death signal was armed.
-        if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(parent) {
+        if getppid() != parent {
             exit_immediately(1);
         }
     }
