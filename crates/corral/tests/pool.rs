@@ -730,6 +730,64 @@ fn cancel_skips_a_task_a_worker_holds_but_has_not_started() {
     assert_eq!(stats.cancelled, 1, "{stats:?}");
 }
 
+fn mark_wait_mark(marks: (String, u32)) -> u8 {
+    let (dir, i) = marks;
+    std::fs::write(format!("{dir}/{i}.start"), b"").unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(format!("{dir}/{i}.end"), b"").unwrap();
+    1
+}
+
+/// A cancellation that meets its task just as the worker starts it: the
+/// worker either skips the task or is killed in it, and never runs it to
+/// its end (the fence between the worker's mark of each start and its look
+/// at the skip list, `Recorder::begin`, against the supervisor's post and
+/// its look at the mark).
+#[test]
+fn a_task_cancelled_as_it_starts_is_skipped_or_killed_never_run_to_its_end() {
+    let pool = Pool::new(2).unwrap();
+    let dir = std::env::temp_dir().join(format!("corral-cancel-race-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let arg = |i| (dir.display().to_string(), i);
+    let rounds = 150u32;
+    for i in 0..rounds {
+        let task = pool.submit(mark_wait_mark, arg(i));
+        // From at once to well after the start: 0-800 µs, spread.
+        let delay = Duration::from_micros(u64::from(i * 7919 % 800));
+        let until = Instant::now() + delay;
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        task.cancel();
+        assert_eq!(done(task).unwrap_err(), TaskError::Cancelled, "round {i}");
+    }
+    still_works(&pool);
+    // Every task that ran has ended once the pool has (a killed one ended
+    // with its worker).
+    pool.close();
+    assert!(pool.join_timeout(Duration::from_secs(30)));
+    let marks = |kind: &str| {
+        (0..rounds)
+            .filter(|i| dir.join(format!("{i}.{kind}")).exists())
+            .count()
+    };
+    let (started, ended) = (marks("start"), marks("end"));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        ended, 0,
+        "cancelled tasks ran to their end ({started} started)"
+    );
+    let stats = pool.stats();
+    assert_eq!(stats.cancelled, u64::from(rounds), "{stats:?}");
+    // Each task that began its work had its worker killed (some were
+    // killed in the instant between their start and their first step).
+    assert!(
+        stats.workers_replaced >= started as u64,
+        "{started} started: {stats:?}"
+    );
+}
+
 #[test]
 fn imap_pulls_no_more_than_its_window_ahead() {
     let pulled = Arc::new(AtomicUsize::new(0));

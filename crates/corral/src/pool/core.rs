@@ -247,13 +247,17 @@ impl Worker {
         worker::head(&self.region)
     }
 
-    /// The item it runs now, as (batch, position), if any.
+    /// The item it runs now, as (batch, position), if any. Its batch need
+    /// not be the front one: a worker that finished the front batch runs
+    /// the next while the front's outcomes wait unread (a cancelled task
+    /// whose worker skipped it, then the next task, handed to that worker
+    /// and cancelled as it ran, was left to run to its end).
     fn running(&self) -> Option<(u64, usize)> {
         let seq = self.head().seq.load(Ordering::SeqCst);
         let started = self.head().started.load(Ordering::SeqCst) as usize;
         let finished = self.head().finished.load(Ordering::SeqCst) as usize;
-        let front = self.inflight.front()?;
-        (front.seq == seq && started > finished).then(|| (seq, started - 1))
+        let held = self.inflight.iter().any(|b| b.seq == seq);
+        (held && started > finished).then(|| (seq, started - 1))
     }
 
     /// Whether it ever said READY (a READY frame read, or a batch begun).
