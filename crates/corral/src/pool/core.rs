@@ -95,6 +95,9 @@ fn post_skip(head: &worker::WorkerHead, seq: u64, range: &Range<usize>) -> bool 
     true
 }
 
+/// Positions of a worker's batches, as (batch, range).
+type Covered = Vec<(u64, Range<usize>)>;
+
 /// A batch a worker holds.
 struct InFlight {
     seq: u64,
@@ -245,6 +248,27 @@ impl Worker {
     /// The head of its shared region.
     fn head(&self) -> &worker::WorkerHead {
         worker::head(&self.region)
+    }
+
+    /// The positions of its batches that `what` covers, as (batch, range):
+    /// jobs of one call lie side by side in a batch, one range for them all.
+    fn covered(&self, what: &Cancel<'_>) -> Covered {
+        let mut covered: Covered = Vec::new();
+        for batch in &self.inflight {
+            for (job, &start) in batch.jobs.iter().zip(&batch.starts) {
+                let Some(r) = what.covers(job) else {
+                    continue;
+                };
+                let r = start + r.start..start + r.end;
+                match covered.last_mut() {
+                    Some((seq, last)) if *seq == batch.seq && last.end == r.start => {
+                        last.end = r.end;
+                    }
+                    _ => covered.push((batch.seq, r)),
+                }
+            }
+        }
+        covered
     }
 
     /// The item it runs now, as (batch, position), if any. Its batch need
@@ -426,6 +450,10 @@ impl Shared {
         let wake = sys::eventfd().map_err(Error::io("creating the pool's wake-up eventfd"))?;
         let region = SharedRegion::create(c"corral-pool", size_of::<worker::PoolHead>())
             .map_err(Error::io("creating the pool's shared memory"))?;
+        if sys::global_barrier_works() {
+            let head = region.layout::<worker::PoolHead>();
+            head.barrier.store(1, Ordering::Relaxed);
+        }
         let shared = Arc::new(Shared {
             core: Mutex::new(Core {
                 pending: VecDeque::new(),
@@ -1117,38 +1145,32 @@ impl Shared {
     pub(super) fn cancel(&self, what: Cancel<'_>, kill_running: bool) {
         let mut core = self.lock();
         let now = Instant::now();
-        let mut killed = false;
-        for w in &mut core.workers {
+        // Tell each worker to skip what it has not started... (With no room
+        // left to tell it, such an item runs; its outcome is discarded.)
+        let mut posted: Vec<(usize, Covered)> = Vec::new();
+        for (k, w) in core.workers.iter().enumerate() {
             if w.life.being_killed() {
                 continue;
             }
-            let mut covered: Vec<(u64, Range<usize>)> = Vec::new();
-            for batch in &w.inflight {
-                for (job, &start) in batch.jobs.iter().zip(&batch.starts) {
-                    let Some(r) = what.covers(job) else {
-                        continue;
-                    };
-                    let r = start + r.start..start + r.end;
-                    // Jobs of one call lie side by side in a batch: one entry
-                    // covers them all.
-                    match covered.last_mut() {
-                        Some((seq, last)) if *seq == batch.seq && last.end == r.start => {
-                            last.end = r.end;
-                        }
-                        _ => covered.push((batch.seq, r)),
-                    }
-                }
-            }
-            // Tell the worker to skip what it has not started... (With no
-            // room left to tell it, such an item runs; its outcome is
-            // discarded.)
+            let covered = w.covered(&what);
             for (seq, range) in &covered {
                 post_skip(w.head(), *seq, range);
             }
-            // ...then kill it if it runs one of them. Read after posting:
-            // either it sees the skip, or this sees the item started.
+            if !covered.is_empty() {
+                posted.push((k, covered));
+            }
+        }
+        // ...then kill it if it runs one of them. Read after posting, and
+        // after the barrier that fences the workers' plain stores of
+        // `started` (`Recorder::begin`): either a worker sees the skip, or
+        // this sees the item started.
+        if kill_running && !posted.is_empty() {
+            self.fence_cancellations();
+        }
+        let mut killed = false;
+        for (k, covered) in posted.iter().filter(|_| kill_running) {
+            let w = &mut core.workers[*k];
             if let Some((seq, index)) = w.running()
-                && kill_running
                 && covered.iter().any(|(s, r)| *s == seq && r.contains(&index))
             {
                 w.apply(Event::Kill(Why::Cancel { seq, index }), now);
@@ -1168,6 +1190,24 @@ impl Shared {
         drop(core);
         if killed {
             self.wake_dispatcher();
+        }
+    }
+
+    /// The heavy half of the fence between a cancellation's post and its
+    /// look at `started` (see `Recorder::begin`). Should the barrier fail
+    /// (a seccomp filter installed since the pool began), the workers go
+    /// back to fenced stores from their next item, and this cancellation's
+    /// item that started unseen runs, its outcome discarded, as one does
+    /// when the skip list is full.
+    fn fence_cancellations(&self) {
+        let barrier = &self.region.layout::<worker::PoolHead>().barrier;
+        if barrier.load(Ordering::Relaxed) == 1 && !sys::global_barrier() {
+            barrier.store(0, Ordering::Relaxed);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            trace::event!(
+                warn,
+                "membarrier failed: cancellations fall back to fenced stores"
+            );
         }
     }
 

@@ -53,7 +53,17 @@ sys::shared_layout! {
     /// publishes and the supervisor reads (also after the worker died), the
     /// positions of its results ring, and the skip list the supervisor
     /// writes. The ring's bytes follow.
+    ///
+    /// Its words are grouped by who writes them and how often, each group
+    /// on its own 128 bytes (a cache line and the one the CPU fetches with
+    /// it): a word written at every item beside one the other side polls
+    /// or writes moves the line between the CPUs at every item. Sharing one
+    /// line, the worker's `started` store waited for the line a watching
+    /// supervisor had just read `tail` from (and written `head` to): 12 ns
+    /// of a `map` item's 88 (`bench/README.md`).
     pub(super) struct WorkerHead {
+        // The worker's progress: written at each item, read by the
+        // supervisor now and then (a tick, a cancellation, a death).
         /// Sequence number of the batch being run (0: none yet;
         /// [`SEQ_INIT_FAILED`] while the initializer runs).
         pub(super) seq: AtomicU64,
@@ -61,28 +71,18 @@ sys::shared_layout! {
         pub(super) started: AtomicU64,
         /// When the current item started ([`sys::monotonic_ns`]).
         pub(super) start_ns: AtomicU64,
-        /// Bytes of entries the worker has published in the results ring.
-        pub(super) tail: AtomicU64,
-        /// 1 once an allocation failure aborted the worker.
-        pub(super) out_of_memory: AtomicU64,
         /// How many items of the batch have finished (their entry written).
         pub(super) finished: AtomicU64,
-        /// Bytes of the results ring the supervisor has consumed.
-        pub(super) head: AtomicU64,
+        /// 1 once an allocation failure aborted the worker.
+        pub(super) out_of_memory: AtomicU64,
+        _progress_line: [AtomicU64; 11],
+        // What the worker published: written at each outcome (or frame),
+        // polled by the supervisor's threads.
+        /// Bytes of entries the worker has published in the results ring.
+        pub(super) tail: AtomicU64,
         /// Frames the worker has sent on its socket: the supervisor reads
         /// the socket only when it has not seen them all (or `poll` says so).
         pub(super) frames_sent: AtomicU64,
-        /// Bytes of batches the supervisor has published in the task ring.
-        pub(super) task_tail: AtomicU64,
-        /// Bytes of the task ring the worker has consumed.
-        pub(super) task_head: AtomicU64,
-        /// 1 while the worker sleeps in its socket for want of a batch: the
-        /// supervisor that publishes one then wakes it with a bare frame.
-        pub(super) asleep: AtomicU64,
-        /// The CPU the supervisor thread that handed the last batch ran on
-        /// ([`crate::spin::cpu_mark`]; 0: none yet): see
-        /// `Inbox::hander_waits_for_this_cpu`.
-        pub(super) handed_on: AtomicU64,
         /// The CPU the worker last told the supervisor of outcomes from
         /// (rang the pool's bell, then yielded to the thread it woke,
         /// announced them to the dispatcher, or left them at a batch's end
@@ -95,6 +95,28 @@ sys::shared_layout! {
         /// tail of 220-240 µs (the caller watching while the worker it had
         /// woken waited for its CPU).
         pub(super) told_on: AtomicU64,
+        _published_line: [AtomicU64; 13],
+        // What the supervisor read: written as it reads.
+        /// Bytes of the results ring the supervisor has consumed.
+        pub(super) head: AtomicU64,
+        _consumed_line: [AtomicU64; 15],
+        // What the supervisor handed: written at each batch.
+        /// Bytes of batches the supervisor has published in the task ring.
+        pub(super) task_tail: AtomicU64,
+        /// The CPU the supervisor thread that handed the last batch ran on
+        /// ([`crate::spin::cpu_mark`]; 0: none yet): see
+        /// `Inbox::hander_waits_for_this_cpu`.
+        pub(super) handed_on: AtomicU64,
+        _handed_line: [AtomicU64; 14],
+        // What the worker took: written at each batch.
+        /// Bytes of the task ring the worker has consumed.
+        pub(super) task_head: AtomicU64,
+        /// 1 while the worker sleeps in its socket for want of a batch: the
+        /// supervisor that publishes one then wakes it with a bare frame.
+        pub(super) asleep: AtomicU64,
+        _taken_line: [AtomicU64; 14],
+        // Cancellations: written by the supervisor now and then, the count
+        // read by the worker at each item.
         /// How many entries of `skips` are in use.
         pub(super) skip_count: AtomicU64,
         /// Items the supervisor cancelled after handing them out; the worker
@@ -102,6 +124,23 @@ sys::shared_layout! {
         pub(super) skips: [Skip; CANCEL_SLOTS],
     }
 }
+
+// Each group of `WorkerHead` starts its own 128 bytes.
+const _: () = {
+    use std::mem::offset_of;
+    let groups = [
+        offset_of!(WorkerHead, tail),
+        offset_of!(WorkerHead, head),
+        offset_of!(WorkerHead, task_tail),
+        offset_of!(WorkerHead, task_head),
+        offset_of!(WorkerHead, skip_count),
+    ];
+    let mut k = 0;
+    while k < groups.len() {
+        assert!(groups[k] == (k + 1) * 128);
+        k += 1;
+    }
+};
 
 sys::shared_layout! {
     /// The head of the region a pool shares with all its workers.
@@ -117,6 +156,10 @@ sys::shared_layout! {
         pub(super) sleeper: AtomicU64,
         /// The futex the sleeper waits on: a count of rings.
         pub(super) bell: AtomicU32,
+        /// 1 if the pool fences its cancellations with a global barrier
+        /// ([`sys::global_barrier`]): a worker registered for it marks
+        /// each item started with a plain store ([`Recorder::begin`]).
+        pub(super) barrier: AtomicU32,
     }
 }
 
@@ -819,6 +862,8 @@ pub(crate) struct Recorder<'a> {
     /// Publishes nothing: the initializer's outcome stays in `msg`, told
     /// only if it failed.
     holding: bool,
+    /// Registered for the pool's global barrier ([`PoolHead::barrier`]).
+    light_fence: bool,
 }
 
 impl Recorder<'_> {
@@ -828,11 +873,21 @@ impl Recorder<'_> {
         if self.timed {
             self.start_ns.store(sys::monotonic_ns(), Ordering::Relaxed);
         }
-        // SeqCst, paired with the supervisor's in `Shared::cancel`: either
-        // it sees this item started (and kills the worker), or this worker
-        // sees the cancellation (and skips the item).
-        self.started
-            .store(u64::from(self.next) + 1, Ordering::SeqCst);
+        // Paired with the supervisor's in `Shared::cancel` (post a skip,
+        // then read `started`): either it sees this item started (and kills
+        // the worker), or this worker sees the cancellation (and skips the
+        // item). That takes a full fence between this store and the load
+        // of `cancels`: a SeqCst store (`xchg`, which waits for the line
+        // the supervisor reads: 12 ns of a `map` item's 88 here), or, once
+        // registered, a compiler fence whose hardware half the supervisor
+        // makes for both sides by a global barrier after its post.
+        let started = u64::from(self.next) + 1;
+        if self.light_fence && self.pool.barrier.load(Ordering::Relaxed) == 1 {
+            self.started.store(started, Ordering::Relaxed);
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        } else {
+            self.started.store(started, Ordering::SeqCst);
+        }
         self.msg.truncate(FRAME_HEADER);
         results::open_entry(&mut self.msg, self.seq, self.next)
     }
@@ -1060,6 +1115,8 @@ impl<'a> Recorder<'a> {
             timed: false,
             flush_at: u64::MAX,
             holding: true,
+            light_fence: pool.layout::<PoolHead>().barrier.load(Ordering::Relaxed) == 1
+                && sys::register_for_global_barrier(),
         }
     }
 }

@@ -319,6 +319,38 @@ pub(crate) fn current_cpu() -> usize {
     rustix::thread::sched_getcpu()
 }
 
+/// Whether [`global_barrier`] works here (`membarrier`'s global expedited
+/// command: Linux 4.16 and later, unless a seccomp filter forbids it);
+/// asked, and tried once, per process.
+pub(crate) fn global_barrier_works() -> bool {
+    use rustix::thread::{MembarrierCommand, MembarrierQuery, membarrier, membarrier_query};
+    static WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WORKS.get_or_init(|| {
+        let needed = MembarrierQuery::GLOBAL_EXPEDITED | MembarrierQuery::REGISTER_GLOBAL_EXPEDITED;
+        membarrier_query().contains(needed)
+            && membarrier(MembarrierCommand::GlobalExpedited).is_ok()
+    })
+}
+
+/// Registers this process for [`global_barrier`]: from now on, another
+/// process's call makes each of this process's running threads execute a
+/// full memory barrier before it returns. False if it could not.
+pub(crate) fn register_for_global_barrier() -> bool {
+    use rustix::thread::{MembarrierCommand, membarrier};
+    membarrier(MembarrierCommand::RegisterGlobalExpedited).is_ok()
+}
+
+/// Makes every running thread of every registered process (see
+/// [`register_for_global_barrier`]) execute a full memory barrier, and
+/// returns once they all have (1-2 µs here): the heavy side of an
+/// asymmetric fence, whose light side is a compiler fence. Threads not
+/// running have passed a context switch, itself a full barrier. False if
+/// the call failed (it cannot once [`global_barrier_works`] said yes,
+/// unless a seccomp filter was installed since).
+pub(crate) fn global_barrier() -> bool {
+    use rustix::thread::{MembarrierCommand, membarrier};
+    membarrier(MembarrierCommand::GlobalExpedited).is_ok()
+}
 /// Raises the soft limit on open descriptors to the hard limit.
 pub(crate) fn raise_fd_limit() {
     use rustix::process::{Resource, getrlimit, setrlimit};
