@@ -1164,11 +1164,14 @@ impl Shared {
         // after the barrier that fences the workers' plain stores of
         // `started` (`Recorder::begin`): either a worker sees the skip, or
         // this sees the item started.
-        if kill_running && !posted.is_empty() {
+        if !kill_running {
+            posted.clear();
+        }
+        if !posted.is_empty() {
             self.fence_cancellations();
         }
         let mut killed = false;
-        for (k, covered) in posted.iter().filter(|_| kill_running) {
+        for (k, covered) in &posted {
             let w = &mut core.workers[*k];
             if let Some((seq, index)) = w.running()
                 && covered.iter().any(|(s, r)| *s == seq && r.contains(&index))
