@@ -730,6 +730,56 @@ fn cancel_skips_a_task_a_worker_holds_but_has_not_started() {
     assert_eq!(stats.cancelled, 1, "{stats:?}");
 }
 
+/// More cancellations of tasks a busy worker holds than a fixed list has
+/// room for (the worker held 28): every cancelled task is skipped, every
+/// other one runs, and no worker is killed.
+#[test]
+fn every_cancelled_task_a_busy_worker_holds_is_skipped() {
+    let pool = Pool::builder().processes(1).build().unwrap();
+    let dir = std::env::temp_dir().join(format!("corral-skips-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (rx0, tx0) = corral::Pipe::simplex().unwrap();
+    let (rx1, tx1) = corral::Pipe::simplex().unwrap();
+    let first = pool.submit(wait_for_go, rx0);
+    let second = pool.submit(wait_for_go, rx1);
+    let path = |i: usize| dir.join(i.to_string()).display().to_string();
+    let marks: Vec<Task<u8>> = (0..100)
+        .map(|i| pool.submit(leave_a_mark, path(i)))
+        .collect();
+    // The first ends: the worker takes the hundred in one batch, behind the
+    // second, which waits.
+    tx0.send(&1u8).unwrap();
+    assert_eq!(done(first).unwrap(), 1);
+    let until = Instant::now() + Duration::from_secs(30);
+    while pool.stats().queued > 0 {
+        assert!(Instant::now() < until, "the worker never took the batch");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for task in marks.iter().skip(1).step_by(2) {
+        task.cancel();
+    }
+    tx1.send(&2u8).unwrap();
+    assert_eq!(done(second).unwrap(), 2);
+    let outcomes: Vec<_> = marks.into_iter().map(done).collect();
+    // The worker has ended the batch once it runs what came after it.
+    still_works(&pool);
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        let ran = std::path::Path::new(&path(i)).exists();
+        if i % 2 == 1 {
+            assert_eq!(outcome.unwrap_err(), TaskError::Cancelled, "task {i}");
+            assert!(!ran, "cancelled task {i} ran");
+        } else {
+            assert_eq!(outcome.unwrap(), 1, "task {i}");
+            assert!(ran, "task {i} left no mark");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let stats = pool.stats();
+    assert_eq!(stats.cancelled, 50, "{stats:?}");
+    assert_eq!(stats.workers_replaced, 0, "{stats:?}");
+}
+
 fn mark_wait_mark(marks: (String, u32)) -> u8 {
     let (dir, i) = marks;
     std::fs::write(format!("{dir}/{i}.start"), b"").unwrap();
@@ -741,7 +791,7 @@ fn mark_wait_mark(marks: (String, u32)) -> u8 {
 /// A cancellation that meets its task just as the worker starts it: the
 /// worker either skips the task or is killed in it, and never runs it to
 /// its end (the fence between the worker's mark of each start and its look
-/// at the skip list, `Recorder::begin`, against the supervisor's post and
+/// at its skip table, `Recorder::begin`, against the supervisor's post and
 /// its look at the mark).
 #[test]
 fn a_task_cancelled_as_it_starts_is_skipped_or_killed_never_run_to_its_end() {

@@ -80,23 +80,17 @@ fn teller_waits_here(core: &Core) -> bool {
         .any(|w| !w.inflight.is_empty() && w.head().told_on.load(Ordering::Relaxed) == here)
 }
 
-/// Tells a worker to skip positions `range` of batch `seq` if it has not
-/// started them; false if its skip list is full.
-fn post_skip(head: &worker::WorkerHead, seq: u64, range: &Range<usize>) -> bool {
-    let count = head.skip_count.load(Ordering::Relaxed) as usize;
-    let Some(entry) = head.skips.get(count) else {
-        return false;
-    };
-    entry.seq.store(seq, Ordering::Relaxed);
-    entry
-        .range
-        .store(worker::skip_range(range), Ordering::Relaxed);
-    head.skip_count.store(count as u64 + 1, Ordering::SeqCst);
-    true
-}
+// A worker's skip tables cover every batch it may hold, and every
+// position of a batch but its last job's (see `worker::Skips`).
+const _: () = assert!(MAX_INFLIGHT <= worker::SKIP_TABLES && MAX_BATCH_ITEMS <= worker::SKIP_BITS);
 
-/// Positions of a worker's batches, as (batch, range).
-type Covered = Vec<(u64, Range<usize>)>;
+/// Positions `range` of the batch `seq` a worker holds, whose skip table is
+/// `table`.
+struct Covered {
+    seq: u64,
+    table: usize,
+    range: Range<usize>,
+}
 
 /// A batch a worker holds.
 struct InFlight {
@@ -112,6 +106,8 @@ struct InFlight {
     shortest: Option<Duration>,
     /// Its end was read (see `Shared::end_batches`).
     ended: bool,
+    /// Its skip table in the worker's head (`worker::Skips`).
+    skips: usize,
 }
 
 impl InFlight {
@@ -252,19 +248,23 @@ impl Worker {
 
     /// The positions of its batches that `what` covers, as (batch, range):
     /// jobs of one call lie side by side in a batch, one range for them all.
-    fn covered(&self, what: &Cancel<'_>) -> Covered {
-        let mut covered: Covered = Vec::new();
+    fn covered(&self, what: &Cancel<'_>) -> Vec<Covered> {
+        let mut covered: Vec<Covered> = Vec::new();
         for batch in &self.inflight {
             for (job, &start) in batch.jobs.iter().zip(&batch.starts) {
                 let Some(r) = what.covers(job) else {
                     continue;
                 };
-                let r = start + r.start..start + r.end;
+                let range = start + r.start..start + r.end;
                 match covered.last_mut() {
-                    Some((seq, last)) if *seq == batch.seq && last.end == r.start => {
-                        last.end = r.end;
+                    Some(last) if last.seq == batch.seq && last.range.end == range.start => {
+                        last.range.end = range.end;
                     }
-                    _ => covered.push((batch.seq, r)),
+                    _ => covered.push(Covered {
+                        seq: batch.seq,
+                        table: batch.skips,
+                        range,
+                    }),
                 }
             }
         }
@@ -1139,22 +1139,21 @@ impl Shared {
     }
 
     /// Cancels the items `what` names wherever a worker holds them: those
-    /// not started yet are put on the worker's skip list; a running one has
+    /// not started yet are put in the worker's skip table; a running one has
     /// its worker killed if `kill_running`. (Items still in the pool's queue
     /// are skipped when their turn comes: their sink no longer wants them.)
     pub(super) fn cancel(&self, what: Cancel<'_>, kill_running: bool) {
         let mut core = self.lock();
         let now = Instant::now();
-        // Tell each worker to skip what it has not started... (With no room
-        // left to tell it, such an item runs; its outcome is discarded.)
-        let mut posted: Vec<(usize, Covered)> = Vec::new();
+        // Tell each worker to skip what it has not started...
+        let mut posted: Vec<(usize, Vec<Covered>)> = Vec::new();
         for (k, w) in core.workers.iter().enumerate() {
             if w.life.being_killed() {
                 continue;
             }
             let covered = w.covered(&what);
-            for (seq, range) in &covered {
-                post_skip(w.head(), *seq, range);
+            for c in &covered {
+                w.head().skips[c.table].post(&c.range);
             }
             if !covered.is_empty() {
                 posted.push((k, covered));
@@ -1174,7 +1173,9 @@ impl Shared {
         for (k, covered) in &posted {
             let w = &mut core.workers[*k];
             if let Some((seq, index)) = w.running()
-                && covered.iter().any(|(s, r)| *s == seq && r.contains(&index))
+                && covered
+                    .iter()
+                    .any(|c| c.seq == seq && c.range.contains(&index))
             {
                 w.apply(Event::Kill(Why::Cancel { seq, index }), now);
                 killed = true;
@@ -1200,8 +1201,7 @@ impl Shared {
     /// look at `started` (see `Recorder::begin`). Should the barrier fail
     /// (a seccomp filter installed since the pool began), the workers go
     /// back to fenced stores from their next item, and this cancellation's
-    /// item that started unseen runs, its outcome discarded, as one does
-    /// when the skip list is full.
+    /// item that started unseen runs, its outcome discarded.
     fn fence_cancellations(&self) {
         let barrier = &self.region.layout::<worker::PoolHead>().barrier;
         if barrier.load(Ordering::Relaxed) == 1 && !sys::global_barrier() {
@@ -1951,11 +1951,13 @@ fn send_batch(
         timed,
         jobs: wire.messages(&jobs),
     };
-    if w.inflight.is_empty() {
-        // The worker is between batches and reads no entry now: reclaim the
-        // cancellation slots (entries name batches, so old ones never match).
-        w.head().skip_count.store(0, Ordering::SeqCst);
-    }
+    // A skip table no batch it holds has: the worker ended that batch (it
+    // holds fewer than `MAX_INFLIGHT`). Given before the hand-off, which
+    // publishes it to the worker.
+    let skips = (0..worker::SKIP_TABLES)
+        .find(|&t| w.inflight.iter().all(|b| b.skips != t))
+        .expect("a worker with room has a free skip table");
+    w.head().skips[skips].assign(seq);
     debug_assert!(
         fds.len() <= sys::MAX_FDS_PER_MESSAGE,
         "take_batch splits by descriptors"
@@ -1974,6 +1976,7 @@ fn send_batch(
         starts,
         shortest,
         ended: false,
+        skips,
     });
     Ok(())
 }

@@ -51,7 +51,7 @@ use crate::{Connection, Data, wire};
 sys::shared_layout! {
     /// The head of a pool worker's shared region: the progress the worker
     /// publishes and the supervisor reads (also after the worker died), the
-    /// positions of its results ring, and the skip list the supervisor
+    /// positions of its results ring, and the skip tables the supervisor
     /// writes. The ring's bytes follow.
     ///
     /// Its words are grouped by who writes them and how often, each group
@@ -115,13 +115,11 @@ sys::shared_layout! {
         /// supervisor that publishes one then wakes it with a bare frame.
         pub(super) asleep: AtomicU64,
         _taken_line: [AtomicU64; 14],
-        // Cancellations: written by the supervisor now and then, the count
+        // Cancellations: written by the supervisor now and then, a count
         // read by the worker at each item.
-        /// How many entries of `skips` are in use.
-        pub(super) skip_count: AtomicU64,
-        /// Items the supervisor cancelled after handing them out; the worker
-        /// skips them.
-        pub(super) skips: [Skip; CANCEL_SLOTS],
+        /// Items the supervisor cancelled after handing them out, one
+        /// table for each batch the worker may hold; the worker skips them.
+        pub(super) skips: [Skips; SKIP_TABLES],
     }
 }
 
@@ -133,7 +131,7 @@ const _: () = {
         offset_of!(WorkerHead, head),
         offset_of!(WorkerHead, task_tail),
         offset_of!(WorkerHead, task_head),
-        offset_of!(WorkerHead, skip_count),
+        offset_of!(WorkerHead, skips),
     ];
     let mut k = 0;
     while k < groups.len() {
@@ -172,16 +170,64 @@ impl PoolHead {
 }
 
 sys::shared_layout! {
-    /// One skip-list entry: positions `range` (see [`skip_range`]) of batch
-    /// `seq`.
-    pub(super) struct Skip {
+    /// The positions of one batch the supervisor cancelled after handing it
+    /// out. A table serves one batch at a time: the supervisor gives it to
+    /// the next batch it hands once the worker has ended the last (it holds
+    /// at most [`SKIP_TABLES`] batches), so it never fills up however many
+    /// cancellations a busy worker takes (a list of 28 entries, emptied only
+    /// when the worker held nothing, let a cancelled task run once full).
+    pub(super) struct Skips {
+        /// The batch it is for (0: none).
         pub(super) seq: AtomicU64,
-        pub(super) range: AtomicU64,
+        /// Cancellations posted to it: the worker reads `bits` only when
+        /// this is not 0.
+        pub(super) posted: AtomicU64,
+        /// 1 if every position from [`SKIP_BITS`] on is cancelled. They all
+        /// belong to the batch's last job (the supervisor adds no job to a
+        /// batch that holds that many items), which a cancellation covers
+        /// whole.
+        pub(super) beyond: AtomicU64,
+        /// Bit `p % 64` of word `p / 64` set: position `p` is cancelled.
+        pub(super) bits: [AtomicU64; SKIP_BITS / 64],
     }
 }
 
-/// Room for that many skip entries.
-pub(super) const CANCEL_SLOTS: usize = 28;
+/// Skip tables in a worker's head: one for each batch it may hold.
+pub(super) const SKIP_TABLES: usize = 2;
+/// Positions of a batch a skip table has a bit for.
+pub(super) const SKIP_BITS: usize = 4096;
+
+impl Skips {
+    /// Gives the table to batch `seq`, clearing what an earlier batch left.
+    pub(super) fn assign(&self, seq: u64) {
+        if self.posted.load(Ordering::Relaxed) != 0 {
+            self.bits.iter().for_each(|w| w.store(0, Ordering::Relaxed));
+            self.beyond.store(0, Ordering::Relaxed);
+            self.posted.store(0, Ordering::Relaxed);
+        }
+        self.seq.store(seq, Ordering::Relaxed);
+    }
+
+    /// Marks positions `range` cancelled (SeqCst, paired with the worker's
+    /// look in [`Recorder::cancelled`]: see `Shared::cancel`).
+    pub(super) fn post(&self, range: &std::ops::Range<usize>) {
+        for p in range.start..range.end.min(SKIP_BITS) {
+            self.bits[p / 64].fetch_or(1 << (p % 64), Ordering::Relaxed);
+        }
+        if range.end > SKIP_BITS {
+            self.beyond.store(1, Ordering::Relaxed);
+        }
+        self.posted.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether position `at` is cancelled.
+    fn covers(&self, at: usize) -> bool {
+        match self.bits.get(at / 64) {
+            Some(word) => word.load(Ordering::Relaxed) & (1 << (at % 64)) != 0,
+            None => self.beyond.load(Ordering::Relaxed) == 1,
+        }
+    }
+}
 /// Where the results ring starts.
 const RESULTS_OFFSET: usize = size_of::<WorkerHead>();
 /// Results ring capacity: an entry that does not fit goes by the socket.
@@ -825,26 +871,14 @@ pub(super) fn head(region: &SharedRegion) -> &WorkerHead {
     region.layout::<WorkerHead>()
 }
 
-/// A skip-list entry's positions `range` of a batch, as one word: the
-/// first in the low half, the end (excluded) in the high half.
-pub(super) fn skip_range(range: &std::ops::Range<usize>) -> u64 {
-    (range.start as u64 & 0xffff_ffff) | ((range.end as u64) << 32)
-}
-
-/// Whether position `at` is in a skip-list entry's range.
-#[inline]
-fn in_skip_range(word: u64, at: u32) -> bool {
-    let (from, to) = (word as u32, (word >> 32) as u32);
-    from <= at && at < to
-}
-
 /// Where a worker writes outcomes: the results ring (or, for an entry that
 /// does not fit it, the socket), with the progress words the supervisor
 /// watches.
 pub(crate) struct Recorder<'a> {
     region: &'a SharedRegion,
     pool: &'a PoolHead,
-    cancels: &'a AtomicU64,
+    /// The skip table of the batch being run (none for the initializer).
+    skips: Option<&'a Skips>,
     seq: u64,
     started: &'a AtomicU64,
     finished: &'a AtomicU64,
@@ -877,7 +911,7 @@ impl Recorder<'_> {
         // then read `started`): either it sees this item started (and kills
         // the worker), or this worker sees the cancellation (and skips the
         // item). That takes a full fence between this store and the load
-        // of `cancels`: a SeqCst store (`xchg`, which waits for the line
+        // of `posted`: a SeqCst store (`xchg`, which waits for the line
         // the supervisor reads: 12 ns of a `map` item's 88 here), or, once
         // registered, a compiler fence whose hardware half the supervisor
         // makes for both sides by a global barrier after its post.
@@ -895,13 +929,9 @@ impl Recorder<'_> {
     /// Whether the supervisor cancelled the item just announced.
     #[inline]
     fn cancelled(&self) -> bool {
-        let n = self.cancels.load(Ordering::SeqCst) as usize;
-        n > 0
-            && (0..n.min(CANCEL_SLOTS)).any(|k| {
-                let skip = &head(self.region).skips[k];
-                skip.seq.load(Ordering::Relaxed) == self.seq
-                    && in_skip_range(skip.range.load(Ordering::Relaxed), self.next)
-            })
+        self.skips.is_some_and(|skips| {
+            skips.posted.load(Ordering::SeqCst) != 0 && skips.covers(self.next as usize)
+        })
     }
 
     /// Seals the entry started at `at` and publishes it; announces what was
@@ -1106,7 +1136,7 @@ impl<'a> Recorder<'a> {
             finished: &head(region).finished,
             start_ns: &head(region).start_ns,
             frames_sent: &head(region).frames_sent,
-            cancels: &head(region).skip_count,
+            skips: None,
             ring: ring::Writer::new(results_ring(region)),
             seq: SEQ_INIT_FAILED,
             conn,
@@ -1339,6 +1369,11 @@ fn run_batch(
     rec.next = 0;
     rec.timed = batch.timed;
     rec.seq = batch.seq;
+    // Given to the batch before it was handed (`send_batch`).
+    rec.skips = head(region)
+        .skips
+        .iter()
+        .find(|t| t.seq.load(Ordering::Relaxed) == batch.seq);
     rec.flush_at = sys::monotonic_coarse_ns() + FLUSH_NS;
     let mut fds = fds.into_iter();
     for job in &batch.jobs {
