@@ -780,6 +780,53 @@ fn every_cancelled_task_a_busy_worker_holds_is_skipped() {
     assert_eq!(stats.workers_replaced, 0, "{stats:?}");
 }
 
+/// Positions of the map below whose item leaves a mark: both sides of
+/// 4096 (a skip table has bits for the positions below) in the first
+/// chunk, of 5000 items, and the last item.
+const MARKED: [u32; 6] = [0, 100, 4095, 4096, 4999, 19_999];
+
+fn mark_some(arg: (String, u32)) -> u32 {
+    let (dir, i) = arg;
+    if MARKED.contains(&i) {
+        std::fs::write(format!("{dir}/{i}"), b"").unwrap();
+    }
+    i
+}
+
+/// A cancelled `map_async` whose first chunk a busy worker holds, with
+/// more items than a skip table has bits for: none of its items runs.
+#[test]
+fn a_cancelled_map_a_busy_worker_holds_runs_none_of_its_items() {
+    let pool = Pool::builder().processes(1).build().unwrap();
+    let dir = std::env::temp_dir().join(format!("corral-skip-map-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (rx, tx) = corral::Pipe::simplex().unwrap();
+    let blocker = pool.submit(wait_for_go, rx);
+    let n = 20_000u32;
+    let items = (0..n).map(|i| (dir.display().to_string(), i));
+    let all = pool.map_async(mark_some, items);
+    // The worker takes a batch of the map behind the blocker.
+    assert!(fx::wait_for(Duration::from_secs(30), || {
+        pool.stats().queued < n as usize
+    }));
+    all.cancel();
+    tx.send(&3u8).unwrap();
+    assert_eq!(done(blocker).unwrap(), 3);
+    assert_eq!(done(all).unwrap_err(), TaskError::Cancelled);
+    // The worker has ended the batch once it runs what came after it.
+    still_works(&pool);
+    let ran: Vec<u32> = MARKED
+        .into_iter()
+        .filter(|i| dir.join(i.to_string()).exists())
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(ran.is_empty(), "cancelled items ran: {ran:?}");
+    let stats = pool.stats();
+    assert_eq!(stats.cancelled, u64::from(n), "{stats:?}");
+    assert_eq!(stats.workers_replaced, 0, "{stats:?}");
+}
+
 fn mark_wait_mark(marks: (String, u32)) -> u8 {
     let (dir, i) = marks;
     std::fs::write(format!("{dir}/{i}.start"), b"").unwrap();
