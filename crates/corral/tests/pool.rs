@@ -730,15 +730,21 @@ fn cancel_skips_a_task_a_worker_holds_but_has_not_started() {
     assert_eq!(stats.cancelled, 1, "{stats:?}");
 }
 
+/// An empty directory of this test process's own, for tasks' marks.
+fn fresh_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// More cancellations of tasks a busy worker holds than a fixed list has
 /// room for (the worker held 28): every cancelled task is skipped, every
 /// other one runs, and no worker is killed.
 #[test]
 fn every_cancelled_task_a_busy_worker_holds_is_skipped() {
     let pool = Pool::builder().processes(1).build().unwrap();
-    let dir = std::env::temp_dir().join(format!("corral-skips-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("corral-skips");
     let (rx0, tx0) = corral::Pipe::simplex().unwrap();
     let (rx1, tx1) = corral::Pipe::simplex().unwrap();
     let first = pool.submit(wait_for_go, rx0);
@@ -798,9 +804,7 @@ fn mark_some(arg: (String, u32)) -> u32 {
 #[test]
 fn a_cancelled_map_a_busy_worker_holds_runs_none_of_its_items() {
     let pool = Pool::builder().processes(1).build().unwrap();
-    let dir = std::env::temp_dir().join(format!("corral-skip-map-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("corral-skip-map");
     let (rx, tx) = corral::Pipe::simplex().unwrap();
     let blocker = pool.submit(wait_for_go, rx);
     let n = 20_000u32;
@@ -843,9 +847,7 @@ fn mark_wait_mark(marks: (String, u32)) -> u8 {
 #[test]
 fn a_task_cancelled_as_it_starts_is_skipped_or_killed_never_run_to_its_end() {
     let pool = Pool::new(2).unwrap();
-    let dir = std::env::temp_dir().join(format!("corral-cancel-race-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("corral-cancel-race");
     let arg = |i| (dir.display().to_string(), i);
     let rounds = 150u32;
     for i in 0..rounds {
