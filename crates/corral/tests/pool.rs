@@ -834,7 +834,11 @@ fn a_cancelled_map_a_busy_worker_holds_runs_none_of_its_items() {
 fn mark_wait_mark(marks: (String, u32)) -> u8 {
     let (dir, i) = marks;
     std::fs::write(format!("{dir}/{i}.start"), b"").unwrap();
-    std::thread::sleep(Duration::from_millis(20));
+    // Long enough that the cancellation, issued within a millisecond of the
+    // submit, comes before the end even on a loaded machine that preempts
+    // the test's thread (20 ms did not always: the task then ended first,
+    // and was cancelled before its outcome was read).
+    std::thread::sleep(Duration::from_secs(3));
     std::fs::write(format!("{dir}/{i}.end"), b"").unwrap();
     1
 }
