@@ -92,6 +92,25 @@ struct Covered {
     range: Range<usize>,
 }
 
+/// Tells each worker to skip the items of `what` it holds and has not
+/// started; returns, by worker, what it was told.
+fn post_skips(core: &Core, what: &Cancel<'_>) -> Vec<(usize, Vec<Covered>)> {
+    let mut posted = Vec::new();
+    for (k, w) in core.workers.iter().enumerate() {
+        if w.life.being_killed() {
+            continue;
+        }
+        let covered = w.covered(what);
+        for c in &covered {
+            w.head().skips[c.table].post(&c.range);
+        }
+        if !covered.is_empty() {
+            posted.push((k, covered));
+        }
+    }
+    posted
+}
+
 /// A batch a worker holds.
 struct InFlight {
     seq: u64,
@@ -1144,43 +1163,8 @@ impl Shared {
     /// are skipped when their turn comes: their sink no longer wants them.)
     pub(super) fn cancel(&self, what: Cancel<'_>, kill_running: bool) {
         let mut core = self.lock();
-        let now = Instant::now();
-        // Tell each worker to skip what it has not started...
-        let mut posted: Vec<(usize, Vec<Covered>)> = Vec::new();
-        for (k, w) in core.workers.iter().enumerate() {
-            if w.life.being_killed() {
-                continue;
-            }
-            let covered = w.covered(&what);
-            for c in &covered {
-                w.head().skips[c.table].post(&c.range);
-            }
-            if !covered.is_empty() {
-                posted.push((k, covered));
-            }
-        }
-        // ...then kill it if it runs one of them. Read after posting, and
-        // after the barrier that fences the workers' plain stores of
-        // `started` (`Recorder::begin`): either a worker sees the skip, or
-        // this sees the item started.
-        if !kill_running {
-            posted.clear();
-        }
-        if !posted.is_empty() {
-            self.fence_cancellations();
-        }
-        let mut killed = false;
-        for (k, covered) in &posted {
-            let w = &mut core.workers[*k];
-            if let Some((seq, index)) = w.running()
-                && covered
-                    .iter()
-                    .any(|c| c.seq == seq && c.range.contains(&index))
-            {
-                w.apply(Event::Kill(Why::Cancel { seq, index }), now);
-                killed = true;
-            }
-        }
+        let posted = post_skips(&core, &what);
+        let killed = kill_running && !posted.is_empty() && self.kill_covered(&mut core, &posted);
         if let Cancel::All = what {
             let jobs: Vec<Job> = core.pending.drain(..).collect();
             core.pending_items = 0;
@@ -1195,6 +1179,28 @@ impl Shared {
         if killed {
             self.wake_dispatcher();
         }
+    }
+
+    /// Kills each worker of `posted` that runs an item it was told to
+    /// skip; whether any. Read after the posts, and after the barrier that
+    /// fences the workers' plain stores of `started` (`Recorder::begin`):
+    /// either a worker sees the skip, or this sees the item started.
+    fn kill_covered(&self, core: &mut Core, posted: &[(usize, Vec<Covered>)]) -> bool {
+        self.fence_cancellations();
+        let now = Instant::now();
+        let mut killed = false;
+        for (k, covered) in posted {
+            let w = &mut core.workers[*k];
+            if let Some((seq, index)) = w.running()
+                && covered
+                    .iter()
+                    .any(|c| c.seq == seq && c.range.contains(&index))
+            {
+                w.apply(Event::Kill(Why::Cancel { seq, index }), now);
+                killed = true;
+            }
+        }
+        killed
     }
 
     /// The heavy half of the fence between a cancellation's post and its

@@ -211,8 +211,15 @@ impl Skips {
     /// Marks positions `range` cancelled (SeqCst, paired with the worker's
     /// look in [`Recorder::cancelled`]: see `Shared::cancel`).
     pub(super) fn post(&self, range: &std::ops::Range<usize>) {
-        for p in range.start..range.end.min(SKIP_BITS) {
-            self.bits[p / 64].fetch_or(1 << (p % 64), Ordering::Relaxed);
+        let end = range.end.min(SKIP_BITS);
+        let mut p = range.start;
+        // A word at a time: a whole cancelled batch is 64 stores, not 4096.
+        while p < end {
+            let word = p / 64;
+            let upto = end.min((word + 1) * 64);
+            let mask = u64::MAX >> (64 - (upto - p)) << (p % 64);
+            self.bits[word].fetch_or(mask, Ordering::Relaxed);
+            p = upto;
         }
         if range.end > SKIP_BITS {
             self.beyond.store(1, Ordering::Relaxed);
