@@ -323,12 +323,11 @@ pub(crate) fn current_cpu() -> usize {
 /// command: Linux 4.16 and later, unless a seccomp filter forbids it);
 /// asked, and tried once, per process.
 pub(crate) fn global_barrier_works() -> bool {
-    use rustix::thread::{MembarrierCommand, MembarrierQuery, membarrier, membarrier_query};
+    use rustix::thread::{MembarrierQuery, membarrier_query};
     static WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *WORKS.get_or_init(|| {
         let needed = MembarrierQuery::GLOBAL_EXPEDITED | MembarrierQuery::REGISTER_GLOBAL_EXPEDITED;
-        membarrier_query().contains(needed)
-            && membarrier(MembarrierCommand::GlobalExpedited).is_ok()
+        membarrier_query().contains(needed) && global_barrier()
     })
 }
 
