@@ -557,7 +557,10 @@ pub(super) enum PodRan {
 impl<A: Pod, R: Pod> PodChunk<A, R> {
     /// Bytes of items read (and of results written) at a time: larger
     /// blocks pay fewer system calls, smaller ones stay in the caches.
-    const BLOCK_BYTES: usize = 256 << 10;
+    /// 64 KiB (a block's items and results in 128 KiB of L2): 10M `u64`
+    /// squared ran 1.3 times as fast as with 256 KiB, 100k 1.6 times
+    /// (medians of eight alternating pairs); 16 and 128 KiB no better.
+    const BLOCK_BYTES: usize = 64 << 10;
 
     fn run(self, f: impl PodFunc<A, R>) -> PodRan {
         let input = PodSide::from(self.input);
@@ -611,7 +614,9 @@ impl<A: Pod, R: Pod> PodChunk<A, R> {
 /// `panics`. One guard covers the items up to a panic, not one each: a
 /// guard per item kept `f` from being called in a tight loop, and cost
 /// half again the time of a cheap `f`. A forked copy of this worker that
-/// `f` returns into ends there.
+/// `f` returns into ends there, looked for after each group of
+/// [`FORK_CHECK`] items, outside the item loop (a look inside it, through
+/// a call, cost 10M `u64` squared 7 %).
 fn run_block<A: Pod, R: Pod>(
     f: impl PodFunc<A, R>,
     items: &[A],
@@ -623,15 +628,17 @@ fn run_block<A: Pod, R: Pod>(
     let (mut next, forks) = (0, sys::forks());
     while next < items.len() {
         let ran = panics.run(|| {
-            for (j, (out, &x)) in results[next..].iter_mut().zip(&items[next..]).enumerate() {
-                begun.store(done + (next + j) as u64 + 1, Ordering::Relaxed);
-                *out = f.call(x);
-                if j % FORK_CHECK == FORK_CHECK - 1 && sys::forks() != forks {
+            let groups = results[next..].chunks_mut(FORK_CHECK);
+            let mut at = done + next as u64;
+            for (outs, xs) in groups.zip(items[next..].chunks(FORK_CHECK)) {
+                for (out, &x) in outs.iter_mut().zip(xs) {
+                    at += 1;
+                    begun.store(at, Ordering::Relaxed);
+                    *out = f.call(x);
+                }
+                if sys::forks() != forks {
                     bootstrap::leave_as_a_forked_copy();
                 }
-            }
-            if sys::forks() != forks {
-                bootstrap::leave_as_a_forked_copy();
             }
         });
         next = match ran {

@@ -137,6 +137,7 @@ pub(crate) fn watch_forks() -> u64 {
 
 /// How many forks separate this process from the one that began watching
 /// (see [`ForkState::forks`]).
+#[inline]
 pub(crate) fn forks() -> u64 {
     FORK_STATE.forks.load(Ordering::Relaxed)
 }
