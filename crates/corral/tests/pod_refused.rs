@@ -25,6 +25,10 @@ fn square(x: u64) -> u64 {
     x.wrapping_mul(x)
 }
 
+fn rotate([a, b, c]: [u32; 3]) -> [u32; 3] {
+    [b, c, a]
+}
+
 #[test]
 fn map_pod_goes_through_shared_memory_where_workers_may_not_reach_the_caller() {
     within(Duration::from_secs(60), || {
@@ -50,5 +54,11 @@ fn map_pod_goes_through_shared_memory_where_workers_may_not_reach_the_caller() {
             assert_eq!(out.len(), xs.len());
             assert!(out.iter().zip(&xs).all(|(o, x)| *o == square(*x)));
         }
+        // Over 8 MiB of results are copied out by threads, a part each
+        // (12-byte values: parts that are no whole number of pages).
+        let triples: Vec<[u32; 3]> = (0..1_000_003u32).map(|i| [i, !i, i / 3]).collect();
+        let out = pool.map_pod(rotate, &triples).unwrap();
+        assert_eq!(out.len(), triples.len());
+        assert!(out.iter().zip(&triples).all(|(o, t)| *o == rotate(*t)));
     });
 }
