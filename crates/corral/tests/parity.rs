@@ -1051,6 +1051,60 @@ fn a_map_of_numbers_runs_every_item_even_if_some_fail() {
     assert_eq!(pool.map(square, 0..10u64).unwrap()[9], 81);
 }
 
+/// Appends its item's number to `<temp>/corral-once-<x / 10^6>` (one
+/// `O_APPEND` write), then aborts its worker for the numbers of
+/// [`ABORTS_AT`].
+fn mark_once(x: u64) -> u64 {
+    use std::io::Write;
+    let path = std::env::temp_dir().join(format!("corral-once-{}", x / 1_000_000));
+    let mut marks = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    let i = (x % 1_000_000) as u32;
+    marks.write_all(&i.to_le_bytes()).unwrap();
+    if ABORTS_AT.contains(&i) {
+        std::process::abort();
+    }
+    x
+}
+
+/// Where [`mark_once`] aborts, of 20,000 items in four ranges of 5,000: the
+/// last item of a group of eight, the first of one, one deep in a range's
+/// second block of 8,192, and the very last item.
+const ABORTS_AT: [u32; 4] = [7, 5_008, 13_191, 19_999];
+
+/// A worker killed in the middle of a `map_pod` range (which its worker
+/// runs in blocks, noting each item it begins): every item runs exactly
+/// once, the killing ones included, whichever position it dies at.
+#[test]
+fn a_map_pod_whose_workers_die_runs_every_item_exactly_once() {
+    within(Duration::from_secs(60), || {
+        let token = u64::from(std::process::id());
+        let path = std::env::temp_dir().join(format!("corral-once-{token}"));
+        std::fs::write(&path, b"").unwrap();
+        let pool = Pool::new(2).unwrap();
+        let items: Vec<u64> = (0..20_000).map(|i| token * 1_000_000 + i).collect();
+        let err = pool.map_pod(mark_once, &items).unwrap_err();
+        assert_eq!(
+            err,
+            TaskError::WorkerLost(ExitStatus::Signal(libc::SIGABRT))
+        );
+        let marks = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let mut runs = vec![0u32; items.len()];
+        for mark in marks.chunks_exact(4) {
+            runs[u32::from_le_bytes(mark.try_into().unwrap()) as usize] += 1;
+        }
+        let wrong: Vec<(usize, u32)> = runs
+            .iter()
+            .enumerate()
+            .filter(|&(_, &n)| n != 1)
+            .map(|(i, &n)| (i, n))
+            .take(10)
+            .collect();
+        assert_eq!(wrong, [], "(item, runs) of items not run exactly once");
+        assert_eq!(pool.stats().workers_replaced, ABORTS_AT.len() as u64);
+    });
+}
+
 macro_rules! doubles {
     ($($name:ident: $t:ty),*) => {$(
         fn $name(x: $t) -> $t {
