@@ -1071,38 +1071,59 @@ fn mark_once(x: u64) -> u64 {
 /// second block of 8,192, and the very last item.
 const ABORTS_AT: [u32; 4] = [7, 5_008, 13_191, 19_999];
 
+/// [`mark_once`] of an item that `map` encodes (not a plain number).
+fn mark_once_encoded((x,): (u64,)) -> (u64,) {
+    (mark_once(x),)
+}
+
 /// A worker killed in the middle of a `map_pod` range (which its worker
-/// runs in blocks, noting each item it begins): every item runs exactly
-/// once, the killing ones included, whichever position it dies at.
+/// runs in blocks, noting each item it begins), or of a `map`'s batch:
+/// every item runs exactly once, the killing ones included, whichever
+/// position it dies at.
 #[test]
-fn a_map_pod_whose_workers_die_runs_every_item_exactly_once() {
+fn a_map_whose_workers_die_runs_every_item_exactly_once() {
     within(Duration::from_secs(60), || {
-        let token = u64::from(std::process::id());
-        let path = std::env::temp_dir().join(format!("corral-once-{token}"));
-        std::fs::write(&path, b"").unwrap();
-        let pool = Pool::new(2).unwrap();
-        let items: Vec<u64> = (0..20_000).map(|i| token * 1_000_000 + i).collect();
-        let err = pool.map_pod(mark_once, &items).unwrap_err();
-        assert_eq!(
-            err,
-            TaskError::WorkerLost(ExitStatus::Signal(libc::SIGABRT))
-        );
-        let marks = std::fs::read(&path).unwrap();
-        std::fs::remove_file(&path).unwrap();
-        let mut runs = vec![0u32; items.len()];
-        for mark in marks.chunks_exact(4) {
-            runs[u32::from_le_bytes(mark.try_into().unwrap()) as usize] += 1;
+        for pod in [true, false] {
+            let (runs, replaced) = runs_of_a_map_marking_once(pod);
+            let wrong: Vec<(usize, u32)> = runs
+                .iter()
+                .enumerate()
+                .filter(|&(_, &n)| n != 1)
+                .map(|(i, &n)| (i, n))
+                .take(10)
+                .collect();
+            assert_eq!(wrong, [], "map_pod: {pod}: (item, runs) not run once");
+            assert_eq!(replaced, ABORTS_AT.len() as u64, "map_pod: {pod}");
         }
-        let wrong: Vec<(usize, u32)> = runs
-            .iter()
-            .enumerate()
-            .filter(|&(_, &n)| n != 1)
-            .map(|(i, &n)| (i, n))
-            .take(10)
-            .collect();
-        assert_eq!(wrong, [], "(item, runs) of items not run exactly once");
-        assert_eq!(pool.stats().workers_replaced, ABORTS_AT.len() as u64);
     });
+}
+
+/// Maps [`mark_once`] over 20,000 items (by `map_pod`, or by `map` as
+/// encoded items): how many times each ran, and how many workers the pool
+/// replaced.
+fn runs_of_a_map_marking_once(pod: bool) -> (Vec<u32>, u64) {
+    let token = u64::from(std::process::id());
+    let path = std::env::temp_dir().join(format!("corral-once-{token}"));
+    std::fs::write(&path, b"").unwrap();
+    let pool = Pool::new(2).unwrap();
+    let items: Vec<u64> = (0..20_000).map(|i| token * 1_000_000 + i).collect();
+    let err = if pod {
+        pool.map_pod(mark_once, &items).unwrap_err()
+    } else {
+        let encoded = items.iter().map(|&x| (x,));
+        pool.map(mark_once_encoded, encoded).unwrap_err()
+    };
+    assert_eq!(
+        err,
+        TaskError::WorkerLost(ExitStatus::Signal(libc::SIGABRT))
+    );
+    let marks = std::fs::read(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let mut runs = vec![0u32; items.len()];
+    for mark in marks.chunks_exact(4) {
+        runs[u32::from_le_bytes(mark.try_into().unwrap()) as usize] += 1;
+    }
+    (runs, pool.stats().workers_replaced)
 }
 
 macro_rules! doubles {
