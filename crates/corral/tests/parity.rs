@@ -1079,12 +1079,12 @@ fn mark_once_encoded((x,): (u64,)) -> (u64,) {
 /// A worker killed in the middle of a `map_pod` range (which its worker
 /// runs in blocks, noting each item it begins), or of a `map`'s batch:
 /// every item runs exactly once, the killing ones included, whichever
-/// position it dies at.
+/// position it dies at, under every start method.
 #[test]
 fn a_map_whose_workers_die_runs_every_item_exactly_once() {
     within(Duration::from_secs(60), || {
-        for pod in [true, false] {
-            let (runs, replaced) = runs_of_a_map_marking_once(pod);
+        for (method, pod) in METHODS.iter().flat_map(|&m| [(m, true), (m, false)]) {
+            let (runs, replaced) = runs_of_a_map_marking_once(method, pod);
             let wrong: Vec<(usize, u32)> = runs
                 .iter()
                 .enumerate()
@@ -1092,20 +1092,25 @@ fn a_map_whose_workers_die_runs_every_item_exactly_once() {
                 .map(|(i, &n)| (i, n))
                 .take(10)
                 .collect();
-            assert_eq!(wrong, [], "map_pod: {pod}: (item, runs) not run once");
-            assert_eq!(replaced, ABORTS_AT.len() as u64, "map_pod: {pod}");
+            let case = format!("{method:?}, map_pod: {pod}");
+            assert_eq!(wrong, [], "{case}: (item, runs) not run once");
+            assert_eq!(replaced, ABORTS_AT.len() as u64, "{case}");
         }
     });
 }
 
 /// Maps [`mark_once`] over 20,000 items (by `map_pod`, or by `map` as
-/// encoded items): how many times each ran, and how many workers the pool
-/// replaced.
-fn runs_of_a_map_marking_once(pod: bool) -> (Vec<u32>, u64) {
+/// encoded items) in a pool of workers started by `method`: how many times
+/// each ran, and how many workers the pool replaced.
+fn runs_of_a_map_marking_once(method: StartMethod, pod: bool) -> (Vec<u32>, u64) {
     let token = u64::from(std::process::id());
     let path = std::env::temp_dir().join(format!("corral-once-{token}"));
     std::fs::write(&path, b"").unwrap();
-    let pool = Pool::new(2).unwrap();
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(method)
+        .build()
+        .unwrap();
     let items: Vec<u64> = (0..20_000).map(|i| token * 1_000_000 + i).collect();
     let err = if pod {
         pool.map_pod(mark_once, &items).unwrap_err()
