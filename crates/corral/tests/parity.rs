@@ -1066,10 +1066,14 @@ fn mark_once(x: u64) -> u64 {
     x
 }
 
-/// Where [`mark_once`] aborts, of 20,000 items in four ranges of 5,000: the
-/// last item of a group of eight, the first of one, one deep in a range's
-/// second block of 8,192, and the very last item.
-const ABORTS_AT: [u32; 4] = [7, 5_008, 13_191, 19_999];
+/// Where [`mark_once`] aborts, of [`MARKED`] items (`map_pod`'s four ranges
+/// of 10,000, each run in blocks of 8,192): the last item of a group of
+/// eight, the first of one, one in a range's second block, and the very
+/// last item.
+const ABORTS_AT: [u32; 4] = [7, 10_008, 28_195, 39_999];
+
+/// How many items the test maps.
+const MARKED: u64 = 40_000;
 
 /// [`mark_once`] of an item that `map` encodes (not a plain number).
 fn mark_once_encoded((x,): (u64,)) -> (u64,) {
@@ -1099,7 +1103,7 @@ fn a_map_whose_workers_die_runs_every_item_exactly_once() {
     });
 }
 
-/// Maps [`mark_once`] over 20,000 items (by `map_pod`, or by `map` as
+/// Maps [`mark_once`] over [`MARKED`] items (by `map_pod`, or by `map` as
 /// encoded items) in a pool of workers started by `method`: how many times
 /// each ran, and how many workers the pool replaced.
 fn runs_of_a_map_marking_once(method: StartMethod, pod: bool) -> (Vec<u32>, u64) {
@@ -1111,7 +1115,7 @@ fn runs_of_a_map_marking_once(method: StartMethod, pod: bool) -> (Vec<u32>, u64)
         .start_method(method)
         .build()
         .unwrap();
-    let items: Vec<u64> = (0..20_000).map(|i| token * 1_000_000 + i).collect();
+    let items: Vec<u64> = (0..MARKED).map(|i| token * 1_000_000 + i).collect();
     let err = if pod {
         pool.map_pod(mark_once, &items).unwrap_err()
     } else {
