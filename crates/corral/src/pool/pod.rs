@@ -13,8 +13,7 @@ use bytemuck::Pod;
 use super::worker::{self, ByPointer, ByType, PodFunc, PodInput, PodOutput, PodRan};
 use super::{JobBuilder, MapSink, Pool, Sink, add_item};
 use crate::poison;
-use crate::shared::Filling;
-use crate::{Data, Error, RawArray, TaskError, trace};
+use crate::{Data, Error, RawArray, TaskError, sys, trace};
 
 impl Pool {
     /// [`map`](Pool::map) for plain data, without encoding
@@ -120,18 +119,8 @@ impl Pool {
             .step_by(per as usize)
             .map(|start| (start, per.min(n as u64 - start)))
             .collect();
-        let mut results = fresh_results::<R>(n);
+        let mut results = fresh_vec::<R>(n);
         let Err((error, mut rest)) = self.pod_round(f, items, &mut results, &ranges) else {
-            #[expect(
-                unsafe_code,
-                reason = "the workers' writes, vouched for by their reports"
-            )]
-            // SAFETY: the round ended with every range done: each was
-            // written whole by its worker (`process_vm_writev` of all its
-            // bytes, reported only after the last one; the worker writes
-            // nothing after its report) or copied whole from the shared
-            // array its worker filled (`copy_out`).
-            let results = unsafe { results.assume_filled() };
             return Ok(results);
         };
         // A worker died in a range: the items after the one it was running
@@ -158,7 +147,7 @@ impl Pool {
         &self,
         f: impl PodFunc<A, R>,
         items: &[A],
-        results: &mut Filling<R>,
+        results: &mut [R],
         ranges: &[(u64, u64)],
     ) -> Result<(), (TaskError, Vec<(u64, u64)>)> {
         let progress = Progress::new(self, ranges);
@@ -188,7 +177,7 @@ impl Pool {
         &self,
         f: impl PodFunc<A, R>,
         items: &[A],
-        results: &mut Filling<R>,
+        results: &mut [R],
         ranges: &[(u64, u64)],
         progress: Option<&Progress>,
     ) -> Result<Vec<(u64, u64)>, PodFailed> {
@@ -196,7 +185,7 @@ impl Pool {
             return Ok(ranges.to_vec());
         }
         let pid = std::process::id() as i32;
-        let (from, to) = (items.as_ptr() as u64, results.address());
+        let (from, to) = (items.as_ptr() as u64, results.as_mut_ptr() as u64);
         // `results` is not touched here until every range has ended: a
         // range ends once its worker reported it (after its last write) or
         // is dead, so no worker writes into it after this returns.
@@ -234,7 +223,7 @@ impl Pool {
         &self,
         f: impl PodFunc<A, R>,
         items: &[A],
-        results: &mut Filling<R>,
+        results: &mut [R],
         ranges: &[(u64, u64)],
         progress: Option<&Progress>,
     ) -> Result<(), PodFailed> {
@@ -246,7 +235,7 @@ impl Pool {
             .shared
             .scratch(in_bytes.len())
             .map_err(|e| PodFailed::from(in_shared_memory(e)))?;
-        let output = match self.shared.scratch(results.bytes()) {
+        let output = match self.shared.scratch(std::mem::size_of_val(results)) {
             Ok(output) => output,
             Err(e) => {
                 self.shared.return_scratch(input);
@@ -529,13 +518,13 @@ fn in_shared_memory(e: Error) -> TaskError {
     TaskError::Codec(format!("placing map_pod's arrays in shared memory: {e}"))
 }
 
-/// Room for `n` results, fresh from the allocator and not yet written:
-/// each first write of a page of a large one costs a page fault, so huge
-/// pages where the kernel has them (and keeps them).
-fn fresh_results<R: Pod>(n: usize) -> Filling<R> {
-    let mut results = Filling::new(n);
-    if results.bytes() >= PARALLEL_COPY {
-        results.prefer_huge_pages();
+/// A vector of `n` zeroed values, fresh from the allocator and not yet
+/// touched (for a large one): each first write of a page costs a page
+/// fault, so huge pages where the kernel has them (and keeps them).
+fn fresh_vec<R: Pod>(n: usize) -> Vec<R> {
+    let mut results: Vec<R> = bytemuck::allocation::zeroed_vec(n);
+    if n * size_of::<R>() >= PARALLEL_COPY {
+        sys::prefer_huge_pages(&mut results);
     }
     results
 }
@@ -543,13 +532,14 @@ fn fresh_results<R: Pod>(n: usize) -> Filling<R> {
 /// Copies the results of `ranges` from `output` into `results`. Writing
 /// fresh memory costs a page fault per page: a large copy is shared among
 /// threads, as rayon's `collect` shares it.
-fn copy_out<R: Pod + Send>(
+fn copy_out<R: Pod>(
     output: &RawArray<u8>,
-    results: &mut Filling<R>,
+    results: &mut [R],
     ranges: &[(u64, u64)],
     threads: usize,
 ) {
     let r = size_of::<R>();
+    let bytes: &mut [u8] = bytemuck::cast_slice_mut(results);
     // Ranges that follow each other are copied as one.
     let mut runs: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
     for &(start, len) in ranges {
@@ -559,14 +549,11 @@ fn copy_out<R: Pod + Send>(
         }
     }
     for (start, len) in runs {
-        let (start, len) = (start as usize, len as usize);
-        let per = copy_part(len * r, threads).div_ceil(r.max(1));
-        in_parallel(
-            results.part(start..start + len).chunks_mut(per),
-            |k, part| {
-                output.load_into_uninit((start + k * per) * r, part);
-            },
-        );
+        let range = &mut bytes[start as usize * r..(start + len) as usize * r];
+        let per = copy_part(range.len(), threads);
+        in_parallel(range.chunks_mut(per), |k, part| {
+            output.load_bytes_into(start as usize * r + k * per, part);
+        });
     }
 }
 

@@ -34,7 +34,6 @@
     reason = "plain data in shared memory is read and written through raw pointers"
 )]
 
-mod filling;
 pub(crate) mod memory;
 #[cfg(test)]
 pub(crate) mod model;
@@ -47,7 +46,6 @@ use std::ops::{Deref, DerefMut};
 
 use bytemuck::Pod;
 
-pub(crate) use filling::Filling;
 pub use segment::SharedMemory;
 
 use crate::sys::{self, Acquired, NotAcquired, RobustMutex};
@@ -753,20 +751,6 @@ impl<T: Pod> RawArray<T> {
             "range out of bounds"
         );
         self.obj.region().load_into(HEADER + at, out);
-    }
-
-    /// Copies bytes from byte `at` of the elements into `out`, values of a
-    /// plain type not yet written (see [`Filling`]).
-    ///
-    /// # Panics
-    ///
-    /// If the bytes reach past the end.
-    pub(crate) fn load_into_uninit<R: Pod>(&self, at: usize, out: &mut [std::mem::MaybeUninit<R>]) {
-        assert!(
-            at + std::mem::size_of_val(out) <= self.len * std::mem::size_of::<T>(),
-            "range out of bounds"
-        );
-        self.obj.region().load_into_uninit(HEADER + at, out);
     }
 
     /// Copies `bytes` to byte `at` of the elements.

@@ -229,26 +229,6 @@ impl SharedRegion {
         unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
     }
 
-    /// Copies the bytes of `out` (of a plain type: any bytes make a value)
-    /// out of the region at `offset`, into values not yet written.
-    ///
-    /// # Panics
-    ///
-    /// If the range lies outside the region.
-    pub(crate) fn load_into_uninit<T: bytemuck::Pod>(
-        &self,
-        offset: usize,
-        out: &mut [std::mem::MaybeUninit<T>],
-    ) {
-        let len = std::mem::size_of_val(out);
-        let src = self.ptr_at(offset, len);
-        // SAFETY: the source range is inside the mapping (checked by
-        // `ptr_at`); `out` is ordinary process memory of `len` bytes,
-        // distinct from it, and writing bytes into `MaybeUninit` values is
-        // always allowed (after it, each holds a valid `T`: `T` is `Pod`).
-        unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr().cast::<u8>(), len) };
-    }
-
     /// Appends `len` bytes of the region at `offset` to `out` (no zero-fill
     /// of the destination first).
     ///
