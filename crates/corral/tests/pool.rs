@@ -234,6 +234,48 @@ fn map_maps_the_items_there_whatever_the_size_hint_claims() {
 
 /// Every fault fails its own task only; every other task returns its value;
 /// the pool goes on.
+fn even_square(x: u64) -> u64 {
+    assert!(x.is_multiple_of(2), "odd {x}");
+    x * x
+}
+
+fn text(x: u64) -> String {
+    x.to_string()
+}
+
+/// A joined task's slot is kept for its thread's next task: every task of
+/// the later waves, of either result type, must end with its own outcome
+/// (a value, a panic, a cancellation), never one its slot held before.
+#[test]
+fn tasks_submitted_again_after_a_join_each_get_their_own_outcome() {
+    fx::within(Duration::from_secs(120), || {
+        let pool = Pool::new(2).unwrap();
+        for wave in 0..6u64 {
+            let base = wave * 1_000;
+            let hung = pool.submit(nap, 60_000);
+            let squares: Vec<_> = (base..base + 1_000)
+                .map(|x| pool.submit(even_square, x))
+                .collect();
+            let texts: Vec<_> = (base..base + 100).map(|x| pool.submit(text, x)).collect();
+            hung.cancel();
+            assert_eq!(done(hung).unwrap_err(), TaskError::Cancelled, "wave {wave}");
+            for (x, task) in (base..).zip(squares) {
+                match done(task) {
+                    Ok(value) => assert!(x.is_multiple_of(2) && value == x * x, "{x}: {value}"),
+                    Err(e) => {
+                        assert!(!x.is_multiple_of(2), "{x}: {e}");
+                        assert_eq!(e.panic().unwrap().message, format!("odd {x}"));
+                    }
+                }
+            }
+            for (x, task) in (base..).zip(texts) {
+                assert_eq!(done(task).unwrap(), x.to_string());
+            }
+        }
+        still_works(&pool);
+    });
+}
+
 #[test]
 fn each_fault_fails_alone() {
     let pool = Pool::builder()
