@@ -603,28 +603,49 @@ impl Shared {
     /// Queues jobs, waiting while `max_pending` items wait already.
     ///
     /// On error (closed or broken pool) the jobs are failed with it.
-    pub(super) fn submit(&self, mut jobs: Vec<Job>) {
+    pub(super) fn submit(&self, jobs: Vec<Job>) {
+        match self.lock_or_leave(jobs) {
+            Ok(()) => {}
+            Err((core, jobs)) => self.submit_locked(core, jobs),
+        }
+    }
+
+    /// [`submit`](Shared::submit) of one job.
+    pub(super) fn submit_one(&self, job: Job) {
+        match self.lock_or_leave([job]) {
+            Ok(()) => {}
+            Err((core, [job])) => self.submit_locked(core, vec![job]),
+        }
+    }
+
+    /// Without a bound on the queue, a thread never waits for the lock to
+    /// submit: it leaves the jobs in the inbox if another holds it
+    /// (`Ok`). Otherwise the lock, and the jobs back.
+    fn lock_or_leave<J: IntoIterator<Item = Job>>(
+        &self,
+        jobs: J,
+    ) -> Result<(), (MutexGuard<'_, Core>, J)> {
+        if self.config.max_pending != usize::MAX {
+            return Err((self.lock(), jobs));
+        }
+        if let Some(core) = self.try_lock() {
+            return Err((core, jobs));
+        }
+        match self.inbox.offer(jobs) {
+            Ok(call) => {
+                if call {
+                    self.wake_dispatcher();
+                }
+                Ok(())
+            }
+            Err(back) => Err((self.lock(), back)),
+        }
+    }
+
+    /// [`submit`](Shared::submit), the lock held.
+    fn submit_locked<'a>(&'a self, mut core: MutexGuard<'a, Core>, jobs: Vec<Job>) {
         let items: usize = jobs.iter().map(Job::len).sum();
         let max = self.config.max_pending;
-        // Without a bound on the queue, a thread never waits for the lock
-        // to submit: it leaves the jobs in the inbox if another holds it.
-        let held = (max == usize::MAX).then(|| self.try_lock());
-        let mut core = match held {
-            Some(Some(core)) => core,
-            Some(None) => match self.inbox.offer(jobs) {
-                Ok(call) => {
-                    if call {
-                        self.wake_dispatcher();
-                    }
-                    return;
-                }
-                Err(back) => {
-                    jobs = back;
-                    self.lock()
-                }
-            },
-            None => self.lock(),
-        };
         if core.pending_items + items > max && core.pending_items > 0 {
             core = self.wait_until(core, None, |c| {
                 c.pending_items == 0 || c.pending_items + items <= max || c.phase != Phase::Open

@@ -22,6 +22,10 @@ pub(crate) trait Engine: Send + Sync + std::fmt::Debug {
     /// Queues jobs (blocking while the engine's `max_pending` items wait);
     /// a closed or broken engine fails them at once.
     fn submit(&self, jobs: Vec<Job>);
+    /// [`submit`](Engine::submit) of one job (a task).
+    fn submit_one(&self, job: Job) {
+        self.submit(vec![job]);
+    }
     /// Queues jobs for a thread that waits for them at once (`apply`), and
     /// works or spins as [`help_until`](Engine::help_until) does; whether
     /// `ready` holds. The watch begins before the hand-off, so that a
@@ -103,6 +107,10 @@ pub(crate) trait Engine: Send + Sync + std::fmt::Debug {
 impl Engine for Shared {
     fn submit(&self, jobs: Vec<Job>) {
         Shared::submit(self, jobs);
+    }
+
+    fn submit_one(&self, job: Job) {
+        Shared::submit_one(self, job);
     }
 
     fn submit_and_help(&self, jobs: Vec<Job>, ready: &mut dyn FnMut() -> bool) -> bool {
@@ -231,6 +239,13 @@ impl<E: Engine + 'static> Engine for Owned<E> {
         match self.here() {
             Some(engine) => engine.submit(jobs),
             None => fail_jobs(&jobs, &TaskError::ForkedCopy(self.owner)),
+        }
+    }
+
+    fn submit_one(&self, job: Job) {
+        match self.here() {
+            Some(engine) => engine.submit_one(job),
+            None => fail_jobs(&[job], &TaskError::ForkedCopy(self.owner)),
         }
     }
 

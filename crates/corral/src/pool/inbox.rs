@@ -50,10 +50,11 @@ impl<T> Inbox<T> {
         lock(&self.state)
     }
 
-    /// Leaves `items`: `Ok(true)` if the caller must call the dispatcher
-    /// (the inbox was empty), `Err` with the items if it is closed (the
-    /// caller then takes the lock, and is refused there).
-    pub(super) fn offer(&self, items: Vec<T>) -> Result<bool, Vec<T>> {
+    /// Leaves `items` (a vector, or an array of one: no vector to allocate
+    /// and free for a single task): `Ok(true)` if the caller must call the
+    /// dispatcher (the inbox was empty), `Err` with the items if it is
+    /// closed (the caller then takes the lock, and is refused there).
+    pub(super) fn offer<I: IntoIterator<Item = T>>(&self, items: I) -> Result<bool, I> {
         let mut state = self.state();
         if state.closed {
             return Err(items);

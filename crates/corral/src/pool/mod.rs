@@ -601,7 +601,7 @@ impl Pool {
         timeout: Option<Duration>,
         waits: bool,
     ) -> Task<R> {
-        let slot = Arc::new(TaskSlot::<R>::new());
+        let slot = TaskSlot::<R>::fresh();
         let task = Task::new(slot.clone(), self.shared.clone());
         let mut args = Args::new();
         match wire::encode_into(&arg, &mut args) {
@@ -620,7 +620,7 @@ impl Pool {
                     // The job takes this reference: a clone and a drop
                     // fewer (two atomic operations a task).
                     self.shared
-                        .submit(vec![Job::single(function, args, fds, slot, timeout)]);
+                        .submit_one(Job::single(function, args, fds, slot, timeout));
                 }
             }
             Err(e) => {
