@@ -628,7 +628,11 @@ impl Shared {
         if self.config.max_pending != usize::MAX {
             return Err((self.lock(), jobs));
         }
-        if let Some(core) = self.try_lock() {
+        // Jobs left already: the dispatcher is called, these go with them
+        // (no try at a lock it likely holds, whose line is on its CPU).
+        if !self.inbox.holds_items()
+            && let Some(core) = self.try_lock()
+        {
             return Err((core, jobs));
         }
         match self.inbox.offer(jobs) {

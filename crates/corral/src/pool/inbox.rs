@@ -10,7 +10,7 @@
 //! and the dispatcher is woken so that some thread does.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::poison::lock;
 
@@ -20,7 +20,12 @@ pub(super) struct Inbox<T> {
     state: Mutex<State<T>>,
     /// Whether `state` holds items (read without its lock).
     full: AtomicBool,
+    /// How many items the last take found: the room the next take leaves.
+    room: AtomicUsize,
 }
+
+/// The most items a take makes room for in advance.
+const ROOM_MAX: usize = 256;
 
 #[derive(Debug)]
 struct State<T> {
@@ -43,6 +48,7 @@ impl<T> Inbox<T> {
                 closed: false,
             }),
             full: AtomicBool::new(false),
+            room: AtomicUsize::new(0),
         }
     }
 
@@ -69,6 +75,11 @@ impl<T> Inbox<T> {
         Ok(first)
     }
 
+    /// Whether items were left and not taken yet (a dispatcher is called).
+    pub(super) fn holds_items(&self) -> bool {
+        self.full.load(Ordering::Acquire)
+    }
+
     /// Takes what was left (nothing without a look at the lock if it is
     /// empty); `close` also makes it accept nothing more, so that nothing
     /// is left in it after.
@@ -76,10 +87,23 @@ impl<T> Inbox<T> {
         if !close && !self.full.load(Ordering::Acquire) {
             return Vec::new();
         }
+        // Room for as many items as this take finds, made before the lock:
+        // the next offers push into it without growing it (each growth
+        // copied every item left so far), and the thread that takes them
+        // frees it.
+        let room = Vec::with_capacity(if close {
+            0
+        } else {
+            self.room.load(Ordering::Relaxed)
+        });
         let mut state = self.state();
         state.closed |= close;
         self.full.store(false, Ordering::Relaxed);
-        std::mem::take(&mut state.items)
+        let taken = std::mem::replace(&mut state.items, room);
+        drop(state);
+        self.room
+            .store(taken.len().clamp(4, ROOM_MAX), Ordering::Relaxed);
+        taken
     }
 }
 
@@ -98,6 +122,34 @@ mod tests {
         assert_eq!(inbox.take(true), [4]);
         assert_eq!(inbox.offer(vec![5]), Err(vec![5]), "closed");
         assert!(inbox.take(false).is_empty());
+    }
+
+    #[test]
+    fn a_take_leaves_room_for_as_many_items_as_it_found() {
+        let inbox = Inbox::new();
+        for i in 0..10 {
+            inbox.offer([i]).expect("open");
+        }
+        assert!(inbox.holds_items());
+        assert_eq!(inbox.take(false).len(), 10);
+        assert!(!inbox.holds_items());
+        // The room is made at the next take, before its lock.
+        inbox.offer([10]).expect("open");
+        assert_eq!(inbox.take(false), [10]);
+        inbox.offer([11]).expect("open");
+        assert!(inbox.take(false).capacity() >= 10, "room made");
+        for i in 0..2 * ROOM_MAX {
+            inbox.offer([i]).expect("open");
+        }
+        assert_eq!(inbox.take(false).len(), 2 * ROOM_MAX);
+        inbox.offer([0]).expect("open");
+        inbox.take(false);
+        inbox.offer([0]).expect("open");
+        let next = inbox.take(false);
+        assert!(
+            (ROOM_MAX..2 * ROOM_MAX).contains(&next.capacity()),
+            "bounded"
+        );
     }
 
     /// Producers offer items and pass on each wake-up owed; a dispatcher
