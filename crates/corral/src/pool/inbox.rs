@@ -87,7 +87,7 @@ impl<T> Inbox<T> {
         if !close && !self.full.load(Ordering::Acquire) {
             return Vec::new();
         }
-        // Room for as many items as this take finds, made before the lock:
+        // Room for as many items as the last take found, made before the lock:
         // the next offers push into it without growing it (each growth
         // copied every item left so far), and the thread that takes them
         // frees it.
