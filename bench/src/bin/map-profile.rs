@@ -5,7 +5,8 @@
 //!
 //! `map-profile [ITEMS] [ROUNDS] [CHUNK]`: defaults 100000, 3, automatic.
 //! CHUNK `each` submits every item as its own task and then joins them all
-//! (the benchmark's submit-each figure) instead of mapping; `pod` maps a
+//! (the benchmark's submit-each figure, and the time of each half) instead
+//! of mapping; `pod` maps a
 //! vector of the items with `map_pod`; `encoded` maps them as `(u64,)`,
 //! which `map` encodes item by item (a `map` of plain `u64` takes
 //! `map_pod`'s path).
@@ -40,12 +41,18 @@ fn main() {
     let pids: Vec<u32> = pool.workers().iter().map(|w| w.pid).collect();
     let cpu_before = cpu_ticks(&pids);
     let start = std::time::Instant::now();
+    // Submit-each's two halves: submitting all, then joining all.
+    let (mut submitting, mut joining) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
     for _ in 0..rounds {
         if each {
+            let t = std::time::Instant::now();
             let tasks: Vec<_> = (0..items).map(|x| pool.submit(square, x)).collect();
+            submitting += t.elapsed();
+            let t = std::time::Instant::now();
             for task in tasks {
                 task.join().expect("task");
             }
+            joining += t.elapsed();
             continue;
         }
         if encoded {
@@ -71,6 +78,14 @@ fn main() {
     let workers: Vec<String> = pool.workers().iter().map(|w| w.pid.to_string()).collect();
     println!("parent {}", std::process::id());
     println!("workers {}", workers.join(" "));
+    if each {
+        let ns = |d: std::time::Duration| d.as_nanos() as f64 / (items as f64 * rounds as f64);
+        println!(
+            "each: submitting {:.0} ns a task, joining {:.0} ns a task",
+            ns(submitting),
+            ns(joining)
+        );
+    }
 }
 
 /// Clock ticks of CPU (user and system) of this process and `workers`.
