@@ -646,7 +646,10 @@ impl State {
             .filter(|k| k.group_dies)
             .map(|k| k.pid)
             .collect();
-        self.orphans.sweep(&pids, &workers);
+        if self.orphans.sweep(&pids, &workers) {
+            // An orphan's environment could not be read: look again soon.
+            self.sweep_due = Some(Instant::now());
+        }
     }
 
     /// Reads and serves one request; shuts down at end-of-file.

@@ -31,8 +31,38 @@ pub(crate) const TREE_ENV: &str = "CORRAL_WORKER_TREE";
 struct Orphan {
     pid: i32,
     pidfd: OwnedFd,
-    /// The pool worker it descends from, if its environment says so.
-    worker: Option<i32>,
+    /// The pool worker it descends from, as its environment says.
+    mark: Mark,
+    adopted: Instant,
+}
+
+/// How long an orphan's environment is read again while it reads empty:
+/// an `exec` ends within it; an environment emptied on purpose stays so.
+const UNREAD_FOR: Duration = Duration::from_secs(1);
+
+/// What an orphan's environment says of the worker it descends from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mark {
+    Worker(i32),
+    /// No worker's mark.
+    None,
+    /// Not readable yet: an orphan adopted in the middle of an `exec`
+    /// shows an empty environment. Read again at each sweep, sweeps kept
+    /// coming while one is unread (for [`UNREAD_FOR`] at most, then taken
+    /// for unmarked); before, such an orphan was taken for unmarked at
+    /// once, and a daemon adopted so outlived its worker (seen once in CI).
+    Unread,
+}
+
+impl Mark {
+    fn of(pid: i32) -> Mark {
+        match sys::env_of(pid, TREE_ENV) {
+            None => Mark::Unread,
+            Some(value) => value
+                .and_then(|v| v.parse().ok())
+                .map_or(Mark::None, Mark::Worker),
+        }
+    }
 }
 
 /// The server's adopted orphans.
@@ -69,8 +99,9 @@ impl Orphans {
 
     /// After a child of the server exited: reaps adopted orphans that are
     /// gone, adopts new ones (children of the server not in `kids`), and
-    /// kills those whose worker is no longer among `workers`.
-    pub(super) fn sweep(&mut self, kids: &[i32], workers: &[i32]) {
+    /// kills those whose worker is no longer among `workers`. Whether one
+    /// could not be read yet (then another sweep is due).
+    pub(super) fn sweep(&mut self, kids: &[i32], workers: &[i32]) -> bool {
         self.adopted
             .retain(|o| matches!(sys::reap(o.pidfd.as_fd(), false), Ok(None)));
         for pid in sys::children_of(self.server) {
@@ -78,15 +109,30 @@ impl Orphans {
                 continue;
             }
             if let Ok(pidfd) = sys::pidfd_open(pid) {
-                let worker = sys::env_of(pid, TREE_ENV).and_then(|v| v.parse().ok());
-                self.adopted.push(Orphan { pid, pidfd, worker });
+                self.adopted.push(Orphan {
+                    pid,
+                    pidfd,
+                    mark: Mark::Unread,
+                    adopted: Instant::now(),
+                });
             }
         }
-        for orphan in &self.adopted {
-            if orphan.worker.is_some_and(|w| !workers.contains(&w)) {
+        let mut unread = false;
+        for orphan in &mut self.adopted {
+            if orphan.mark == Mark::Unread {
+                orphan.mark = match Mark::of(orphan.pid) {
+                    Mark::Unread if orphan.adopted.elapsed() >= UNREAD_FOR => Mark::None,
+                    mark => mark,
+                };
+                unread |= orphan.mark == Mark::Unread;
+            }
+            if let Mark::Worker(w) = orphan.mark
+                && !workers.contains(&w)
+            {
                 sys::kill_tree(orphan.pid);
             }
         }
+        unread
     }
 
     /// The parent program is gone: every process left in the server's
