@@ -873,9 +873,10 @@ pub(crate) fn children_of(pid: i32) -> Vec<i32> {
     let mut out = Vec::new();
     for task in tasks.flatten() {
         let path = task.path().join("children");
-        if let Ok(text) = std::fs::read_to_string(path) {
+        if let Ok(bytes) = read_at_once(&path.to_string_lossy()) {
             out.extend(
-                text.split_whitespace()
+                String::from_utf8_lossy(&bytes)
+                    .split_whitespace()
                     .filter_map(|p| p.parse::<i32>().ok()),
             );
         }
@@ -890,9 +891,25 @@ pub(crate) fn name_of(pid: i32) -> Option<String> {
     Some(name.trim_end().to_owned())
 }
 
-/// How much of an environment [`env_of`] reads in one call (below glibc's
-/// threshold for allocating with `mmap`).
-const ENVIRON_READ: usize = 60 << 10;
+/// How much of a `/proc` file [`read_at_once`] reads in one call (below
+/// glibc's threshold for allocating with `mmap`).
+const PROC_READ: usize = 60 << 10;
+
+/// A `/proc` file read in one `read` (the rest after [`PROC_READ`] bytes,
+/// if any, read on): what several reads return is not one snapshot (a list
+/// of children read in pieces skips one when an earlier one exits between
+/// two reads; an environment is cut by an `exec`).
+fn read_at_once(path: &str) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut bytes = vec![0; PROC_READ];
+    let n = file.read(&mut bytes)?;
+    bytes.truncate(n);
+    if n == PROC_READ {
+        file.read_to_end(&mut bytes)?;
+    }
+    Ok(bytes)
+}
 
 /// The value of `key` in process `pid`'s environment (as it was at its
 /// `exec`), from `/proc`: `Some(None)` if it has no such variable, `None`
@@ -900,21 +917,13 @@ const ENVIRON_READ: usize = 60 << 10;
 /// `exec`: look again later). An environment emptied on purpose
 /// (`env -i`) reads as the latter too.
 pub(crate) fn env_of(pid: i32, key: &str) -> Option<Option<String>> {
-    use std::io::Read;
-    // One `read` for the whole of it: the file reads the memory of the
-    // program the process ran when it was opened, each `read` on its own,
-    // so a process that `exec`s between two reads ends the file early, and
-    // the variables after the cut (a worker's mark is the last one) were
-    // missing (`std::fs::read` starts with a 32-byte read: 170 of 30,827
-    // reads of a process that execs in a loop came out cut).
-    let mut file = std::fs::File::open(format!("/proc/{pid}/environ")).ok()?;
-    let mut environ = vec![0; ENVIRON_READ];
-    let n = file.read(&mut environ).ok()?;
-    environ.truncate(n);
-    if n == ENVIRON_READ {
-        // An environment over 60 KiB: the rest, read on (it may be cut).
-        file.read_to_end(&mut environ).ok()?;
-    }
+    // The file reads the memory of the program the process ran when it was
+    // opened, each `read` on its own, so a process that `exec`s between two
+    // reads ends the file early, and the variables after the cut (a
+    // worker's mark is the last one) were missing (`std::fs::read` starts
+    // with a 32-byte read: 170 of 30,827 reads of a process that execs in
+    // a loop came out cut).
+    let environ = read_at_once(&format!("/proc/{pid}/environ")).ok()?;
     // Between `execve`'s switch to the new program's memory and its setting
     // up of the new stack, the file reads empty (about 5 % of the reads of
     // a process that execs in a loop).
