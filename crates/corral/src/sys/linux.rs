@@ -891,24 +891,28 @@ pub(crate) fn name_of(pid: i32) -> Option<String> {
     Some(name.trim_end().to_owned())
 }
 
-/// How much of a `/proc` file [`read_at_once`] reads in one call (below
-/// glibc's threshold for allocating with `mmap`).
-const PROC_READ: usize = 60 << 10;
+/// How much of a `/proc` file [`read_at_once`] tries first.
+const PROC_READ: usize = 4 << 10;
 
-/// A `/proc` file read in one `read` (the rest after [`PROC_READ`] bytes,
-/// if any, read on): what several reads return is not one snapshot (a list
-/// of children read in pieces skips one when an earlier one exits between
-/// two reads; an environment is cut by an `exec`).
+/// A `/proc` file read in one `read`: what several reads return is not one
+/// snapshot (a list of children read in pieces skips one when an earlier
+/// one exits between two reads; an environment is cut by an `exec`). A
+/// file that fills the buffer is opened and read again with one twice as
+/// large. (Small first: the fork server reads these after each child's
+/// exit, and each page of a buffer it zeroes is a copy-on-write fault
+/// while a child shares its heap.)
 fn read_at_once(path: &str) -> io::Result<Vec<u8>> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut bytes = vec![0; PROC_READ];
-    let n = file.read(&mut bytes)?;
-    bytes.truncate(n);
-    if n == PROC_READ {
-        file.read_to_end(&mut bytes)?;
+    let mut size = PROC_READ;
+    loop {
+        let mut bytes = vec![0; size];
+        let n = std::fs::File::open(path)?.read(&mut bytes)?;
+        if n < size || size >= 16 << 20 {
+            bytes.truncate(n);
+            return Ok(bytes);
+        }
+        size *= 2;
     }
-    Ok(bytes)
 }
 
 /// The value of `key` in process `pid`'s environment (as it was at its
@@ -1083,4 +1087,30 @@ pub(crate) fn poll_in_out(fd: BorrowedFd<'_>) -> io::Result<(bool, bool)> {
         r.contains(PollFlags::IN) || failed,
         r.contains(PollFlags::OUT),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_over_the_first_buffer_is_read_whole() {
+        let dir = std::env::temp_dir().join(format!("corral-read-at-once-{}", std::process::id()));
+        let bytes: Vec<u8> = (0..3 * PROC_READ + 17).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&dir, &bytes).unwrap();
+        let read = read_at_once(&dir.to_string_lossy());
+        std::fs::remove_file(&dir).unwrap();
+        assert_eq!(read.unwrap(), bytes);
+        let own = children_of(std::process::id() as i32);
+        let child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let with = children_of(std::process::id() as i32);
+        let mut child = child;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(with.contains(&(child.id() as i32)), "{with:?}");
+        assert!(!own.contains(&(child.id() as i32)));
+    }
 }
