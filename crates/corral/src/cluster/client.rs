@@ -627,7 +627,7 @@ impl Engine for Client {
         }
         let mut refused = Vec::new();
         for mut job in jobs {
-            if !job.fds.is_empty() {
+            if !job.fds().is_empty() {
                 refused.push(job);
                 continue;
             }
@@ -635,15 +635,17 @@ impl Engine for Client {
             st.next_id += 1;
             let n = job.len();
             let indices = job.take_indices();
+            let timeout = job.timeout().or(self.settings.task_timeout);
+            let (args, ends) = job.take_args();
             st.stats.submitted += n as u64;
             st.outstanding += n;
             st.outgoing.push(WireJob {
                 id,
                 entry: job.entry,
                 func: job.func,
-                args: job.args.into_vec(),
-                ends: job.ends.into_vec(),
-                timeout: job.timeout.or(self.settings.task_timeout),
+                args,
+                ends,
+                timeout,
             });
             st.pending.insert(
                 id,

@@ -137,7 +137,7 @@ impl InFlight {
 
     /// The time limit of item `index`, given the pool's default.
     fn timeout(&self, index: usize, default: Option<Duration>) -> Option<Duration> {
-        self.jobs[self.locate(index).0].timeout.or(default)
+        self.jobs[self.locate(index).0].timeout().or(default)
     }
 }
 
@@ -1072,7 +1072,7 @@ impl Shared {
                 count_failure(&mut core.stats, &TaskError::Cancelled, job.len());
                 continue;
             }
-            if let Some(first) = job.fds.first().map(Vec::len)
+            if let Some(first) = job.fds().first().map(Vec::len)
                 && first > sys::MAX_FDS_PER_MESSAGE
             {
                 let one = job.take_front(1);
@@ -1109,7 +1109,7 @@ impl Shared {
             }
             items += job.len();
             bytes += job.args.len();
-            fds += job.fds.iter().map(Vec::len).sum::<usize>();
+            fds += job.fds().iter().map(Vec::len).sum::<usize>();
             jobs.push(job);
         }
         jobs
@@ -1963,7 +1963,7 @@ fn send_batch(
 ) -> Result<(), (Vec<Job>, SendFailure)> {
     let shortest = jobs
         .iter()
-        .filter_map(|j| j.timeout.or(default_timeout))
+        .filter_map(|j| j.timeout().or(default_timeout))
         .min();
     let timed = shortest.is_some();
     let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
@@ -1974,7 +1974,7 @@ fn send_batch(
         starts.push(total);
         total += job.len();
         bytes += job.args.len() + 8 * job.len() + 32;
-        fds.extend(job.fds.iter().flatten().map(|fd| fd.as_fd()));
+        fds.extend(job.fds().iter().flatten().map(|fd| fd.as_fd()));
     }
     let wire = WireJobs::of(&jobs);
     let msg = BatchMsg {
@@ -2080,13 +2080,12 @@ impl WireJobs {
                 (first.entry, first.func) == (job.entry, job.func)
                     && [first, job]
                         .iter()
-                        .all(|j| j.fds.is_empty() && j.args.len() <= MERGE_ARGS_MAX)
+                        .all(|j| j.fds().is_empty() && j.args.len() <= MERGE_ARGS_MAX)
             });
             if !joins {
-                wire.tables
-                    .extend(job.ends.iter().flat_map(|e| e.to_le_bytes()));
+                wire.tables.extend(job.ends().flat_map(|e| e.to_le_bytes()));
                 let ends_end = wire.tables.len();
-                let counts = job.fds.iter().map(|f| f.len() as u32);
+                let counts = job.fds().iter().map(|f| f.len() as u32);
                 wire.tables.extend(counts.flat_map(u32::to_le_bytes));
                 let (counts_end, at) = (wire.tables.len(), wire.args.len());
                 wire.runs.push(WireRun {
@@ -2105,7 +2104,7 @@ impl WireJobs {
             let offset = (wire.args.len() - run.args.start) as u32;
             // Usually a single task's few bytes: appended without `memcpy`.
             Out::append(&mut wire.args, &job.args);
-            let ends = job.ends.iter().map(|e| e + offset);
+            let ends = job.ends().map(|e| e + offset);
             wire.tables.extend(ends.flat_map(u32::to_le_bytes));
             run.count += 1;
             run.ends_end = wire.tables.len();

@@ -9,7 +9,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use smallvec::{SmallVec, smallvec};
+use smallvec::SmallVec;
 
 use crate::{Data, RemotePanic, TaskError, wire};
 
@@ -130,32 +130,40 @@ impl Cancel<'_> {
 /// cost 585–795 ns of CPU in all, without them 385–470; `bench/README.md`.)
 pub(crate) type Args = SmallVec<[u8; 16]>;
 
-/// Where each item's argument ends in [`Args`] (inline for a few items).
-pub(crate) type Ends = SmallVec<[u32; 4]>;
-
 /// Items that share a function and a sink, in flight or waiting.
+///
+/// A single task's job is one cache line (64 bytes): the function, its
+/// argument inline, its sink. It crosses from the submitting thread's CPU to
+/// the pool thread's and is moved a few times on its way to a worker, and
+/// each move of a second line was a cache miss a task (at 128 bytes,
+/// submit-each cost 570 ns of CPU a task; padded to 192, 655;
+/// `bench/README.md`). Whatever else a job may have (more items, their
+/// numbers, descriptors, its own time limit) is in [`Items`], boxed.
 pub(crate) struct Job {
     pub(crate) entry: i64,
     pub(crate) func: i64,
     /// The encoded arguments, back to back.
     pub(crate) args: Args,
-    /// End of each item's argument in `args`.
-    pub(crate) ends: Ends,
-    /// Each item's number in the sink; empty: numbered from 0 (a single
-    /// task's job, which so costs no allocation). Read by [`Job::index`].
-    /// (Boxed slices, not vectors, keep a job within 128 bytes, which the
-    /// compiler moves inline: a job is moved about five times on its way
-    /// to a worker, and at 144 bytes each move was a call to `memcpy`,
-    /// most of the ten a single task made; `bench/README.md`.)
-    pub(crate) indices: Box<[u32]>,
-    /// Each item's descriptors (empty: none for any item).
-    pub(crate) fds: Box<[Vec<OwnedFd>]>,
     pub(crate) sink: Arc<dyn Sink>,
-    /// The items' own time limit (`None`: the pool's `task_timeout`).
-    pub(crate) timeout: Option<Duration>,
+    /// `None`: one item, numbered 0, its argument all of `args`, without
+    /// descriptors, under the pool's time limit.
+    items: Option<Box<Items>>,
 }
 
-const _: () = assert!(std::mem::size_of::<Job>() <= 128);
+const _: () = assert!(std::mem::size_of::<Job>() <= 64);
+
+/// A job's items past the single task's case.
+struct Items {
+    /// End of each item's argument in `args`.
+    ends: Vec<u32>,
+    /// Each item's number in the sink; empty: numbered from 0. Read by
+    /// [`Job::index`].
+    indices: Box<[u32]>,
+    /// Each item's descriptors (empty: none for any item).
+    fds: Box<[Vec<OwnedFd>]>,
+    /// The items' own time limit (`None`: the pool's `task_timeout`).
+    timeout: Option<Duration>,
+}
 
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -196,105 +204,170 @@ impl JobBuilder {
 
     /// The job (with the pool's time limit).
     pub(crate) fn build(self) -> Job {
-        Job {
-            entry: self.entry,
-            func: self.func,
-            args: Args::from_vec(self.args),
-            ends: Ends::from_vec(self.ends),
-            indices: self.indices.into_boxed_slice(),
-            fds: self.fds.into_boxed_slice(),
-            sink: self.sink,
-            timeout: None,
-        }
+        Job::new(
+            (self.entry, self.func),
+            Args::from_vec(self.args),
+            Items {
+                ends: self.ends,
+                indices: self.indices.into_boxed_slice(),
+                fds: self.fds.into_boxed_slice(),
+                timeout: None,
+            },
+            self.sink,
+        )
     }
 }
 
 impl Job {
+    /// A job of `items`, boxed only if it is more than a single task.
+    fn new((entry, func): (i64, i64), args: Args, items: Items, sink: Arc<dyn Sink>) -> Job {
+        let single = items.ends.len() == 1
+            && items.ends[0] as usize == args.len()
+            && items.indices.iter().all(|&i| i == 0)
+            && items.fds.iter().all(Vec::is_empty)
+            && items.timeout.is_none();
+        Job {
+            entry,
+            func,
+            args,
+            sink,
+            items: (!single).then(|| Box::new(items)),
+        }
+    }
+
     /// A job of items already encoded back to back (a cluster node's,
     /// from the stream), numbered from 0.
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn encoded(
-        (entry, func): (i64, i64),
+        function: (i64, i64),
         args: Vec<u8>,
         ends: Vec<u32>,
         sink: Arc<dyn Sink>,
         timeout: Option<Duration>,
     ) -> Job {
-        Job {
-            entry,
-            func,
+        let items = Items {
+            ends,
             indices: Box::default(),
-            args: Args::from_vec(args),
-            ends: Ends::from_vec(ends),
             fds: Box::default(),
-            sink,
             timeout,
-        }
+        };
+        Job::new(function, Args::from_vec(args), items, sink)
     }
 
     /// A job of one item.
     pub(super) fn single(
-        (entry, func): (i64, i64),
+        function: (i64, i64),
         args: Args,
         fds: Vec<OwnedFd>,
         sink: Arc<dyn Sink>,
         timeout: Option<Duration>,
     ) -> Job {
-        let fds = if fds.is_empty() {
-            Box::default()
-        } else {
-            Box::new([fds]) as Box<[_]>
-        };
-        Job {
-            entry,
-            func,
-            ends: smallvec![args.len() as u32],
-            args,
-            indices: Box::default(),
-            fds,
-            sink,
-            timeout,
+        if fds.is_empty() && timeout.is_none() {
+            let (entry, func) = function;
+            return Job {
+                entry,
+                func,
+                args,
+                sink,
+                items: None,
+            };
         }
+        let items = Items {
+            ends: vec![args.len() as u32],
+            indices: Box::default(),
+            fds: if fds.is_empty() {
+                Box::default()
+            } else {
+                Box::new([fds])
+            },
+            timeout,
+        };
+        Job::new(function, args, items, sink)
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.ends.len()
+        self.items.as_ref().map_or(1, |t| t.ends.len())
+    }
+
+    /// Where item `i`'s argument ends in `args`.
+    pub(crate) fn end(&self, i: usize) -> u32 {
+        match &self.items {
+            None => self.args.len() as u32,
+            Some(t) => t.ends[i],
+        }
+    }
+
+    /// Where each item's argument ends in `args`, in position order.
+    pub(crate) fn ends(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.len()).map(|i| self.end(i))
+    }
+
+    /// Each item's descriptors (empty: none for any item).
+    pub(crate) fn fds(&self) -> &[Vec<OwnedFd>] {
+        self.items.as_ref().map_or(&[], |t| &t.fds)
+    }
+
+    /// The items' own time limit (`None`: the pool's).
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        self.items.as_ref().and_then(|t| t.timeout)
     }
 
     pub(crate) fn arg(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        &self.args[start..self.ends[i] as usize]
+        let start = if i == 0 { 0 } else { self.end(i - 1) as usize };
+        &self.args[start..self.end(i) as usize]
     }
 
     /// A job of the items at `positions` (moving their descriptors).
     pub(super) fn subset(&mut self, positions: &[usize]) -> Job {
         let mut out = JobBuilder::new(self.entry, self.func, positions.len(), self.sink.clone());
+        let has_fds = !self.fds().is_empty();
         for &p in positions {
             out.args.extend_from_slice(self.arg(p));
             out.ends.push(out.args.len() as u32);
             out.indices.push(self.index(p));
-            if !self.fds.is_empty() {
-                out.fds.push(std::mem::take(&mut self.fds[p]));
-            }
+        }
+        if has_fds {
+            let fds = self.items.as_mut().map_or(&mut [][..], |t| &mut t.fds[..]);
+            out.fds = positions
+                .iter()
+                .map(|&p| std::mem::take(&mut fds[p]))
+                .collect();
         }
         if out.fds.iter().all(Vec::is_empty) {
             out.fds.clear();
         }
-        Job {
-            timeout: self.timeout,
-            ..out.build()
+        let mut job = out.build();
+        job.set_timeout(self.timeout());
+        job
+    }
+
+    /// Gives the items a time limit of their own.
+    fn set_timeout(&mut self, timeout: Option<Duration>) {
+        if timeout.is_none() && self.items.is_none() {
+            return;
         }
+        let len = self.args.len() as u32;
+        self.items
+            .get_or_insert_with(|| {
+                Box::new(Items {
+                    ends: vec![len],
+                    indices: Box::default(),
+                    fds: Box::default(),
+                    timeout: None,
+                })
+            })
+            .timeout = timeout;
     }
 
     /// How many of its leading items fit in `items` more items (`None`: any
     /// number) carrying at most `fds` descriptors.
     pub(super) fn fits(&self, items: Option<usize>, fds: usize) -> usize {
         let most = items.map_or(self.len(), |n| n.min(self.len()));
-        if self.fds.is_empty() {
+        if self.fds().is_empty() {
             return most;
         }
         let mut carried = 0;
-        self.fds[..most]
+        self.fds()[..most]
             .iter()
             .take_while(|f| {
                 carried += f.len();
@@ -321,21 +394,30 @@ impl Job {
     /// there is one, numbers every item: a short one is a bug, not a job
     /// numbered from 0 past its end.
     pub(crate) fn index(&self, p: usize) -> u32 {
-        if self.indices.is_empty() {
-            p as u32
-        } else {
-            self.indices[p]
+        match &self.items {
+            Some(t) if !t.indices.is_empty() => t.indices[p],
+            _ => p as u32,
         }
     }
 
     /// Takes every item's number in its sink, in position order.
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn take_indices(&mut self) -> Vec<u32> {
-        if self.indices.is_empty() {
-            (0..self.len() as u32).collect()
-        } else {
-            std::mem::take(&mut self.indices).into_vec()
+        match &mut self.items {
+            Some(t) if !t.indices.is_empty() => std::mem::take(&mut t.indices).into_vec(),
+            _ => (0..self.len() as u32).collect(),
         }
+    }
+
+    /// Its arguments and where each ends, taking them (a cluster client's,
+    /// for the stream).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn take_args(&mut self) -> (Vec<u8>, Vec<u32>) {
+        let ends = match &mut self.items {
+            Some(t) => std::mem::take(&mut t.ends),
+            None => vec![self.args.len() as u32],
+        };
+        (std::mem::take(&mut self.args).into_vec(), ends)
     }
 }
 
@@ -354,5 +436,85 @@ pub(crate) fn refusal(broken: Option<&TaskError>, open: bool) -> Option<TaskErro
 pub(crate) fn fail_jobs(jobs: &[Job], error: &TaskError) {
     for job in jobs {
         job.fail_all(error);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nowhere;
+
+    impl Sink for Nowhere {
+        fn deliver(&self, _: &mut dyn Iterator<Item = (u32, Raw<'_>)>) {}
+        fn wanted(&self, _: u32) -> bool {
+            true
+        }
+    }
+
+    fn builder(items: &[(u32, &[u8])]) -> JobBuilder {
+        let mut b = JobBuilder::new(1, 2, items.len(), Arc::new(Nowhere));
+        for &(index, arg) in items {
+            b.args.extend_from_slice(arg);
+            b.ends.push(b.args.len() as u32);
+            b.indices.push(index);
+        }
+        b
+    }
+
+    fn items(job: &Job) -> Vec<(u32, Vec<u8>)> {
+        (0..job.len())
+            .map(|p| (job.index(p), job.arg(p).to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn a_single_task_is_one_line_and_keeps_its_number_limit_and_descriptors() {
+        let plain = Job::single(
+            (1, 2),
+            Args::from_slice(b"abc"),
+            Vec::new(),
+            Arc::new(Nowhere),
+            None,
+        );
+        assert!(plain.items.is_none(), "nothing boxed");
+        assert_eq!(items(&plain), [(0, b"abc".to_vec())]);
+        assert_eq!(plain.ends().collect::<Vec<_>>(), [3]);
+        let limit = Some(Duration::from_millis(5));
+        let timed = Job::single(
+            (1, 2),
+            Args::from_slice(b"x"),
+            Vec::new(),
+            Arc::new(Nowhere),
+            limit,
+        );
+        assert_eq!((timed.timeout(), timed.len()), (limit, 1));
+        assert!(timed.fds().is_empty(), "no descriptors: none for any item");
+        let fd = rustix::io::dup(std::io::stdin()).expect("dup");
+        let with_fd = Job::single((1, 2), Args::new(), vec![fd], Arc::new(Nowhere), None);
+        assert_eq!((with_fd.fds().len(), with_fd.fds()[0].len()), (1, 1));
+        // One item built, numbered 5, keeps its number; numbered 0, is one line.
+        let five = builder(&[(5, b"q")]).build();
+        assert_eq!(items(&five), [(5, b"q".to_vec())]);
+        assert!(builder(&[(0, b"q")]).build().items.is_none());
+    }
+
+    #[test]
+    fn a_split_job_keeps_each_items_number_argument_and_time_limit() {
+        let mut job = builder(&[(7, b"a"), (0, b"bb"), (9, b"")]).build();
+        let limit = Some(Duration::from_secs(1));
+        job.set_timeout(limit);
+        let front = job.take_front(1);
+        assert_eq!(items(&front), [(7, b"a".to_vec())]);
+        assert_eq!(items(&job), [(0, b"bb".to_vec()), (9, Vec::new())]);
+        assert_eq!((front.timeout(), job.timeout()), (limit, limit));
+        let mut untimed = builder(&[(0, b"a"), (1, b"b")]).build();
+        let one = untimed.take_front(1);
+        assert!(one.items.is_none(), "a plain single task again");
+        assert_eq!(
+            (items(&untimed), untimed.take_indices()),
+            (vec![(1, b"b".to_vec())], vec![1])
+        );
+        assert_eq!(untimed.take_args(), (b"b".to_vec(), vec![1]));
     }
 }
