@@ -555,8 +555,9 @@ impl Pool {
     ///
     /// A task's outcome waits in a small slot of memory. Once a thread
     /// has joined a task, that slot is kept for the next task the thread
-    /// submits (at most 4 MiB of them a thread, freed when it ends), so a
-    /// stream of small tasks costs no allocation each.
+    /// submits (at most 8 MiB of them a thread, freed when it ends: a
+    /// burst of some 100,000 small tasks), so a stream of small tasks costs
+    /// no allocation each.
     ///
     /// # Examples
     ///
