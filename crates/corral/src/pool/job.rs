@@ -9,7 +9,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use smallvec::SmallVec;
+use smallvec::{SmallVec, smallvec};
 
 use crate::{Data, RemotePanic, TaskError, wire};
 
@@ -130,6 +130,12 @@ impl Cancel<'_> {
 /// cost 585–795 ns of CPU in all, without them 385–470; `bench/README.md`.)
 pub(crate) type Args = SmallVec<[u8; 16]>;
 
+/// Where each item's argument ends in [`Args`] (inline for a few items).
+pub(crate) type Ends = SmallVec<[u32; 4]>;
+
+/// Each item's number in its sink (inline for a few items).
+pub(crate) type Indices = SmallVec<[u32; 4]>;
+
 /// Items that share a function and a sink, in flight or waiting.
 ///
 /// A single task's job is one cache line (64 bytes): the function, its
@@ -152,13 +158,16 @@ pub(crate) struct Job {
 
 const _: () = assert!(std::mem::size_of::<Job>() <= 64);
 
-/// A job's items past the single task's case.
+/// A job's items past the single task's case: one allocation, its tables
+/// inline for a few items (a `map` of chunk size 1 makes a job of each
+/// item, and the pool thread frees it: a free from another thread is
+/// glibc's slowest path).
 struct Items {
     /// End of each item's argument in `args`.
-    ends: Vec<u32>,
+    ends: Ends,
     /// Each item's number in the sink; empty: numbered from 0. Read by
     /// [`Job::index`].
-    indices: Box<[u32]>,
+    indices: Indices,
     /// Each item's descriptors (empty: none for any item).
     fds: Box<[Vec<OwnedFd>]>,
     /// The items' own time limit (`None`: the pool's `task_timeout`).
@@ -177,8 +186,8 @@ pub(crate) struct JobBuilder {
     entry: i64,
     func: i64,
     pub(crate) args: Vec<u8>,
-    pub(crate) ends: Vec<u32>,
-    pub(crate) indices: Vec<u32>,
+    pub(crate) ends: Ends,
+    pub(crate) indices: Indices,
     pub(crate) fds: Vec<Vec<OwnedFd>>,
     pub(crate) sink: Arc<dyn Sink>,
 }
@@ -190,8 +199,8 @@ impl JobBuilder {
             entry,
             func,
             args: Vec::new(),
-            ends: Vec::with_capacity(items),
-            indices: Vec::with_capacity(items),
+            ends: Ends::with_capacity(items),
+            indices: Indices::with_capacity(items),
             fds: Vec::new(),
             sink,
         }
@@ -209,7 +218,7 @@ impl JobBuilder {
             Args::from_vec(self.args),
             Items {
                 ends: self.ends,
-                indices: self.indices.into_boxed_slice(),
+                indices: self.indices,
                 fds: self.fds.into_boxed_slice(),
                 timeout: None,
             },
@@ -246,8 +255,8 @@ impl Job {
         timeout: Option<Duration>,
     ) -> Job {
         let items = Items {
-            ends,
-            indices: Box::default(),
+            ends: Ends::from_vec(ends),
+            indices: Indices::new(),
             fds: Box::default(),
             timeout,
         };
@@ -273,8 +282,8 @@ impl Job {
             };
         }
         let items = Items {
-            ends: vec![args.len() as u32],
-            indices: Box::default(),
+            ends: smallvec![args.len() as u32],
+            indices: Indices::new(),
             fds: if fds.is_empty() {
                 Box::default()
             } else {
@@ -350,8 +359,8 @@ impl Job {
         self.items
             .get_or_insert_with(|| {
                 Box::new(Items {
-                    ends: vec![len],
-                    indices: Box::default(),
+                    ends: smallvec![len],
+                    indices: Indices::new(),
                     fds: Box::default(),
                     timeout: None,
                 })
@@ -414,7 +423,7 @@ impl Job {
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn take_args(&mut self) -> (Vec<u8>, Vec<u32>) {
         let ends = match &mut self.items {
-            Some(t) => std::mem::take(&mut t.ends),
+            Some(t) => std::mem::take(&mut t.ends).into_vec(),
             None => vec![self.args.len() as u32],
         };
         (std::mem::take(&mut self.args).into_vec(), ends)
