@@ -141,8 +141,8 @@ pub(crate) type Indices = SmallVec<[u32; 4]>;
 /// A single task's job is one cache line (64 bytes): the function, its
 /// argument inline, its sink. It crosses from the submitting thread's CPU to
 /// the pool thread's and is moved a few times on its way to a worker, and
-/// each move of a second line was a cache miss a task (at 128 bytes,
-/// submit-each cost 570 ns of CPU a task; padded to 192, 655;
+/// every line of it crosses (submit-each, alternating runs: 512 ns of CPU a
+/// task at 128 bytes, 430 at 64; padded to 192 bytes, 655 against 570;
 /// `bench/README.md`). Whatever else a job may have (more items, their
 /// numbers, descriptors, its own time limit) is in [`Items`], boxed.
 pub(crate) struct Job {
@@ -301,7 +301,10 @@ impl Job {
     /// Where item `i`'s argument ends in `args`.
     pub(crate) fn end(&self, i: usize) -> u32 {
         match &self.items {
-            None => self.args.len() as u32,
+            None => {
+                debug_assert_eq!(i, 0, "a single task's job has one item");
+                self.args.len() as u32
+            }
             Some(t) => t.ends[i],
         }
     }
