@@ -480,30 +480,28 @@ mod tests {
             .collect()
     }
 
+    fn single(arg: &[u8], fds: Vec<OwnedFd>, timeout: Option<Duration>) -> Job {
+        Job::single(
+            (1, 2),
+            Args::from_slice(arg),
+            fds,
+            Arc::new(Nowhere),
+            timeout,
+        )
+    }
+
     #[test]
     fn a_single_task_is_one_line_and_keeps_its_number_limit_and_descriptors() {
-        let plain = Job::single(
-            (1, 2),
-            Args::from_slice(b"abc"),
-            Vec::new(),
-            Arc::new(Nowhere),
-            None,
-        );
+        let plain = single(b"abc", Vec::new(), None);
         assert!(plain.items.is_none(), "nothing boxed");
         assert_eq!(items(&plain), [(0, b"abc".to_vec())]);
         assert_eq!(plain.ends().collect::<Vec<_>>(), [3]);
         let limit = Some(Duration::from_millis(5));
-        let timed = Job::single(
-            (1, 2),
-            Args::from_slice(b"x"),
-            Vec::new(),
-            Arc::new(Nowhere),
-            limit,
-        );
+        let timed = single(b"x", Vec::new(), limit);
         assert_eq!((timed.timeout(), timed.len()), (limit, 1));
         assert!(timed.fds().is_empty(), "no descriptors: none for any item");
         let fd = rustix::io::dup(std::io::stdin()).expect("dup");
-        let with_fd = Job::single((1, 2), Args::new(), vec![fd], Arc::new(Nowhere), None);
+        let with_fd = single(b"", vec![fd], None);
         assert_eq!((with_fd.fds().len(), with_fd.fds()[0].len()), (1, 1));
         // One item built, numbered 5, keeps its number; numbered 0, is one line.
         let five = builder(&[(5, b"q")]).build();
