@@ -213,6 +213,11 @@ impl JobBuilder {
 
     /// The job (with the pool's time limit).
     pub(crate) fn build(self) -> Job {
+        self.build_timed(None)
+    }
+
+    /// The job, with a time limit of its own if `timeout`.
+    fn build_timed(self, timeout: Option<Duration>) -> Job {
         Job::new(
             (self.entry, self.func),
             Args::from_vec(self.args),
@@ -220,7 +225,7 @@ impl JobBuilder {
                 ends: self.ends,
                 indices: self.indices,
                 fds: self.fds.into_boxed_slice(),
-                timeout: None,
+                timeout,
             },
             self.sink,
         )
@@ -348,27 +353,7 @@ impl Job {
         if out.fds.iter().all(Vec::is_empty) {
             out.fds.clear();
         }
-        let mut job = out.build();
-        job.set_timeout(self.timeout());
-        job
-    }
-
-    /// Gives the items a time limit of their own.
-    fn set_timeout(&mut self, timeout: Option<Duration>) {
-        if timeout.is_none() && self.items.is_none() {
-            return;
-        }
-        let len = self.args.len() as u32;
-        self.items
-            .get_or_insert_with(|| {
-                Box::new(Items {
-                    ends: smallvec![len],
-                    indices: Indices::new(),
-                    fds: Box::default(),
-                    timeout: None,
-                })
-            })
-            .timeout = timeout;
+        out.build_timed(self.timeout())
     }
 
     /// How many of its leading items fit in `items` more items (`None`: any
@@ -511,9 +496,8 @@ mod tests {
 
     #[test]
     fn a_split_job_keeps_each_items_number_argument_and_time_limit() {
-        let mut job = builder(&[(7, b"a"), (0, b"bb"), (9, b"")]).build();
         let limit = Some(Duration::from_secs(1));
-        job.set_timeout(limit);
+        let mut job = builder(&[(7, b"a"), (0, b"bb"), (9, b"")]).build_timed(limit);
         let front = job.take_front(1);
         assert_eq!(items(&front), [(7, b"a".to_vec())]);
         assert_eq!(items(&job), [(0, b"bb".to_vec()), (9, Vec::new())]);
