@@ -479,9 +479,14 @@ impl Progress {
     /// Zeroed words for `ranges`; `None` if no shared memory is to be had
     /// (then a dying worker's range simply fails).
     fn new(pool: &Pool, ranges: &[(u64, u64)]) -> Option<Progress> {
-        let words = pool.shared.scratch(8 * ranges.len()).ok()?;
+        let words = pool
+            .shared
+            .scratch(worker::PROGRESS_STRIDE * ranges.len())
+            .ok()?;
         for i in 0..ranges.len() {
-            words.word_at(8 * i).store(0, Ordering::Relaxed);
+            words
+                .word_at(worker::PROGRESS_STRIDE * i)
+                .store(0, Ordering::Relaxed);
         }
         Some(Progress {
             words,
@@ -502,7 +507,11 @@ impl Progress {
             .iter()
             .filter_map(|&(start, len)| {
                 let i = self.starts.binary_search(&start).expect("a range's start");
-                let begun = self.words.word_at(8 * i).load(Ordering::Relaxed).min(len);
+                let begun = self
+                    .words
+                    .word_at(worker::PROGRESS_STRIDE * i)
+                    .load(Ordering::Relaxed)
+                    .min(len);
                 (begun < len).then(|| (start + begun, len - begun))
             })
             .collect()

@@ -568,7 +568,7 @@ impl<A: Pod, R: Pod> PodChunk<A, R> {
         let output = PodSide::from(self.output);
         let progress = self.progress.map(|(fd, word)| {
             let array = mapped(fd.0).expect("mapping map_pod's progress");
-            (array, 8 * word as usize)
+            (array, PROGRESS_STRIDE * word as usize)
         });
         let unwatched = AtomicU64::new(0);
         let begun = progress
@@ -653,6 +653,12 @@ fn run_block<A: Pod, R: Pod>(
         };
     }
 }
+
+/// Bytes between two ranges' progress words in a `map_pod`'s shared
+/// array: each worker stores to its word at every item, so two words in
+/// one cache line (or in the pair of lines the CPU fetches together) would
+/// make the workers take that line from each other at every item.
+pub(super) const PROGRESS_STRIDE: usize = 128;
 
 /// Items between two looks, in a `map_pod` block, for a forked copy of the
 /// worker: `f` forked and its child returned, and that copy must end
