@@ -994,18 +994,31 @@ fn mark_then_fail(x: u64) -> u64 {
     }
 }
 
-/// Maps `mark_then_fail` over the items `first..40` (as `map_pod` if
-/// `pod`): the error, and how many items ran.
-fn map_marking(pool: &Pool, first: u64, pod: bool) -> (TaskError, usize) {
+/// How [`map_marking`] maps its items.
+#[derive(Debug, Clone, Copy)]
+enum Marking {
+    Map,
+    /// `map_pod`, its results the size of its items (written over them in
+    /// the worker).
+    Pod,
+    /// `map_pod` to results half the size of its items (written beside).
+    PodNarrow,
+}
+
+/// Maps `mark_then_fail` over the items `first..40` (`how`): the error, and
+/// how many items ran.
+fn map_marking(pool: &Pool, first: u64, how: Marking) -> (TaskError, usize) {
     let token = u64::from(std::process::id());
     let dir = std::env::temp_dir().join(format!("corral-every-{token}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let items: Vec<u64> = (first..40).map(|i| token * 1000 + i).collect();
-    let err = if pod {
-        pool.map_pod(mark_then_fail, &items).unwrap_err()
-    } else {
-        pool.map(mark_then_fail, items).unwrap_err()
+    let err = match how {
+        Marking::Map => pool.map(mark_then_fail, items).unwrap_err(),
+        Marking::Pod => pool.map_pod(mark_then_fail, &items).unwrap_err(),
+        Marking::PodNarrow => pool
+            .map_pod(|x: u64| mark_then_fail(x) as u32, &items)
+            .unwrap_err(),
     };
     let ran = std::fs::read_dir(&dir).unwrap().count();
     std::fs::remove_dir_all(&dir).unwrap();
@@ -1014,14 +1027,15 @@ fn map_marking(pool: &Pool, first: u64, pod: bool) -> (TaskError, usize) {
 
 /// `map` of plain numbers runs through `map_pod`'s path; as with any
 /// `map`, every item runs even if some panic or kill their worker, and
-/// the error is the first failure in input order. `map_pod` the same.
+/// the error is the first failure in input order. `map_pod` the same,
+/// whether its workers write results over their items or beside them.
 #[test]
 fn a_map_of_numbers_runs_every_item_even_if_some_fail() {
     let pool = Pool::new(2).unwrap();
-    for pod in [false, true] {
-        let (err, ran) = map_marking(&pool, 0, pod);
+    for how in [Marking::Map, Marking::Pod, Marking::PodNarrow] {
+        let (err, ran) = map_marking(&pool, 0, how);
         let panic = err.panic().expect("a panic");
-        assert_eq!(panic.message, "item 3", "map_pod: {pod}");
+        assert_eq!(panic.message, "item 3", "{how:?}");
         assert!(
             panic
                 .location
@@ -1034,19 +1048,19 @@ fn a_map_of_numbers_runs_every_item_even_if_some_fail() {
         // later panics' are dropped unresolved).
         assert!(
             panic.backtrace.contains("mark_then_fail"),
-            "map_pod: {pod}: {}",
+            "{how:?}: {}",
             panic.backtrace
         );
-        assert_eq!(ran, 40, "map_pod: {pod}");
+        assert_eq!(ran, 40, "{how:?}");
         // Two items abort their workers (in one range when they are 4
         // ranges of 7): the items after each still run.
-        let (err, ran) = map_marking(&pool, 12, pod);
+        let (err, ran) = map_marking(&pool, 12, how);
         assert_eq!(
             err,
             TaskError::WorkerLost(ExitStatus::Signal(libc::SIGABRT)),
-            "map_pod: {pod}"
+            "{how:?}"
         );
-        assert_eq!(ran, 28, "map_pod: {pod}");
+        assert_eq!(ran, 28, "{how:?}");
     }
     assert_eq!(pool.map(square, 0..10u64).unwrap()[9], 81);
 }
