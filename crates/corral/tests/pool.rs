@@ -1017,6 +1017,57 @@ fn an_apply_that_waits_for_room_under_max_pending_ends() {
     }
 }
 
+/// The CPUs a worker may run on.
+fn allowed_cpus(_: ()) -> Vec<usize> {
+    let set = rustix::thread::sched_getaffinity(None).unwrap();
+    (0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|&cpu| set.is_set(cpu))
+        .collect()
+}
+
+/// A caller and workers confined to one CPU take turns on it: a worker
+/// whose task came from a thread that last ran on its CPU yields that CPU
+/// while it waits for its next batch, rather than sleeping, and the caller
+/// yields to it while it waits for the outcome. Every hand-off must still
+/// end: `apply`s, a map of one task a batch (handed by the pool's thread),
+/// and a burst of submits.
+#[test]
+fn a_caller_and_workers_sharing_one_cpu_hand_off_every_task() {
+    let outcome = fx::within(Duration::from_secs(60), || {
+        let mut one = rustix::thread::CpuSet::new();
+        one.set(rustix::thread::sched_getcpu());
+        rustix::thread::sched_setaffinity(None, &one).unwrap();
+        // Forked workers inherit this thread's CPU.
+        let pool = Pool::builder()
+            .processes(2)
+            .start_method(StartMethod::Fork)
+            .build()
+            .unwrap();
+        let cpus: HashSet<Vec<usize>> = pool
+            .map_chunked(allowed_cpus, vec![(); 64], 1)
+            .unwrap()
+            .into_iter()
+            .collect();
+        let applied = (0..5_000u64)
+            .filter(|&x| pool.apply(square, x) == Ok(x * x))
+            .count();
+        let mapped = pool.map_chunked(square, 0..5_000u64, 1).unwrap();
+        let tasks: Vec<Task<u64>> = (0..5_000u64).map(|x| pool.submit(square, x)).collect();
+        let joined = (0..5_000u64)
+            .zip(tasks)
+            .map(|(x, t)| t.join() == Ok(x * x))
+            .filter(|ended| *ended)
+            .count();
+        (cpus, applied, mapped, joined)
+    });
+    let (cpus, applied, mapped, joined) = outcome;
+    assert_eq!(cpus.len(), 1, "workers on other CPUs: {cpus:?}");
+    assert_eq!(cpus.iter().next().unwrap().len(), 1, "{cpus:?}");
+    assert_eq!(applied, 5_000);
+    assert_eq!(mapped, (0..5_000u64).map(|x| x * x).collect::<Vec<_>>());
+    assert_eq!(joined, 5_000);
+}
+
 #[test]
 fn workers_retire_after_max_tasks_per_child() {
     let pool = Pool::builder()

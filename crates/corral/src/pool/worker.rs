@@ -1268,8 +1268,22 @@ const WATCH: Duration = Duration::from_micros(100);
 /// Under a CPU hog, in runs of each build alone: Python's `Pool.apply`
 /// round trip went from 4-6 us or 231-255 us (bimodal) to 47-70 us, the
 /// executor's from 160-277 us to 23-83 us, and the Rust `map` of 100k
-/// from 9.4-10.1 to 15.7-17.8 M items/s (alternating runs).
+/// from 9.4-10.1 to 15.7-17.8 M items/s (alternating runs). A watch
+/// that finds that thread's last CPU its own yields it at each turn from
+/// the start instead (`Inbox::gives_way`), but for one in [`PROBE`].
 const WATCH_PEER: Duration = Duration::from_micros(10);
+
+/// Of the watches in a row that would give way to the hander on this CPU
+/// (`Inbox::gives_way`), one in this many does not, but spins and sleeps
+/// as before. Two threads that only yield to each other never sleep, so
+/// the scheduler never places either anew: where another CPU is idle,
+/// they kept sharing one (in 2026-12-03's trial without this look, Python's
+/// `Pool.apply` took 6.5 µs in 11 of 16 unloaded runs, against 1.5). With
+/// it, the unloaded runs that begin on one CPU move apart within the run:
+/// Python's `apply` took about 6 µs in 2 of 20 runs (the build before: 0
+/// of 20), and the Rust `apply` 3.8 µs in 1 of 30 (2.0-2.3 otherwise).
+/// One in 16 did no better (4 of 20).
+const PROBE: u32 = 64;
 
 /// Where a worker's batches come from: its task ring, in order, where a
 /// marker stands for each batch that comes by the socket instead.
@@ -1292,6 +1306,8 @@ struct Inbox<'a> {
     watching: &'a AtomicU64,
     sleeper: &'a AtomicU64,
     handed_on: &'a AtomicU64,
+    /// Watches in a row that found the hander on this CPU.
+    gave_way: u32,
 }
 
 /// A message of the task ring.
@@ -1317,6 +1333,7 @@ impl<'a> Inbox<'a> {
             watching: &pool.layout::<PoolHead>().watching,
             sleeper: &pool.layout::<PoolHead>().sleeper,
             handed_on: &head(region).handed_on,
+            gave_way: 0,
         }
     }
 
@@ -1357,9 +1374,10 @@ impl<'a> Inbox<'a> {
     }
 
     /// Watches the ring for a while; true if something was published.
-    fn watch(&self) -> bool {
+    fn watch(&mut self) -> bool {
         let start = Instant::now();
         let until = start + WATCH;
+        let give_way = self.gives_way();
         loop {
             for _ in 0..64 {
                 if ring::nonempty(self.ring) {
@@ -1368,13 +1386,38 @@ impl<'a> Inbox<'a> {
                 std::hint::spin_loop();
             }
             let now = Instant::now();
-            if now >= until
-                || (now >= start + WATCH_PEER
-                    && (self.peer_waits_for_a_cpu() || self.hander_waits_for_this_cpu()))
+            if now >= until {
+                return false;
+            }
+            if give_way {
+                std::thread::yield_now();
+            } else if now >= start + WATCH_PEER
+                && (self.peer_waits_for_a_cpu() || self.hander_waits_for_this_cpu())
             {
                 return false;
             }
         }
+    }
+
+    /// Whether this watch yields its CPU at each turn: the thread that
+    /// handed the last batch last ran on this very CPU, so its next step
+    /// (reading this worker's outcome, handing the next batch) waits for
+    /// it. Ending the watch instead (after [`WATCH_PEER`], as until
+    /// 2026-12-04) held that thread off for 10 µs and then left the worker
+    /// asleep, so that the next batch paid a wake-up: under a CPU hog, the
+    /// `apply` round trip's slow mode (caller and worker on one CPU) took
+    /// 16.4-20.4 µs, now 3.8-3.9 with the caller's watch yielding at once
+    /// too (`core::teller_waits_here`; 5.8 without); Python's
+    /// `corral.Pool.apply` 30-42 µs, now 6.2 (medians, alternating runs).
+    /// Every [`PROBE`]th such watch in a row spins and sleeps as any other
+    /// instead (see there).
+    fn gives_way(&mut self) -> bool {
+        if !crate::spin::ran_here(self.handed_on.load(Ordering::Relaxed)) {
+            self.gave_way = 0;
+            return false;
+        }
+        self.gave_way = self.gave_way.wrapping_add(1);
+        !self.gave_way.is_multiple_of(PROBE)
     }
 
     /// Whether a supervisor thread watches for outcomes but has left this
