@@ -1280,7 +1280,7 @@ const WATCH_PEER: Duration = Duration::from_micros(10);
 /// they kept sharing one (in 2026-12-03's trial without this look, Python's
 /// `Pool.apply` took 6.5 µs in 11 of 16 unloaded runs, against 1.5). With
 /// it, the unloaded runs that begin on one CPU move apart within the run:
-/// Python's `apply` took about 6 µs in 2 of 20 runs (the build before: 0
+/// Python's `apply` took about 6 µs in 4 of 40 runs (the build before: 0
 /// of 20), and the Rust `apply` 3.8 µs in 1 of 30 (2.0-2.3 otherwise).
 /// One in 16 did no better (4 of 20).
 const PROBE: u32 = 64;
