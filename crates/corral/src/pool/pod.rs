@@ -483,15 +483,19 @@ impl Progress {
             .shared
             .scratch(worker::PROGRESS_STRIDE * ranges.len())
             .ok()?;
-        for i in 0..ranges.len() {
-            words
-                .word_at(worker::PROGRESS_STRIDE * i)
-                .store(0, Ordering::Relaxed);
-        }
-        Some(Progress {
+        let progress = Progress {
             words,
             starts: ranges.iter().map(|r| r.0).collect(),
-        })
+        };
+        for i in 0..ranges.len() {
+            progress.word(i).store(0, Ordering::Relaxed);
+        }
+        Some(progress)
+    }
+
+    /// The word of the `i`th range.
+    fn word(&self, i: usize) -> &std::sync::atomic::AtomicU64 {
+        self.words.word_at(worker::PROGRESS_STRIDE * i)
     }
 
     /// The word of the range starting at `start`, for its worker.
@@ -507,11 +511,7 @@ impl Progress {
             .iter()
             .filter_map(|&(start, len)| {
                 let i = self.starts.binary_search(&start).expect("a range's start");
-                let begun = self
-                    .words
-                    .word_at(worker::PROGRESS_STRIDE * i)
-                    .load(Ordering::Relaxed)
-                    .min(len);
+                let begun = self.word(i).load(Ordering::Relaxed).min(len);
                 (begun < len).then(|| (start + begun, len - begun))
             })
             .collect()
