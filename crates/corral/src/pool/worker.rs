@@ -1282,7 +1282,10 @@ const WATCH_PEER: Duration = Duration::from_micros(10);
 /// it, the unloaded runs that begin on one CPU move apart within the run:
 /// Python's `apply` took about 6 µs in 4 of 40 runs (the build before: 0
 /// of 20), and the Rust `apply` 3.8 µs in 1 of 30 (2.0-2.3 otherwise).
-/// One in 16 did no better (4 of 20).
+/// One in 16 did no better (4 of 20). The machine's phase matters more:
+/// an hour later the Rust `apply` took 5-6 µs in 18 of 30 short runs (the
+/// build before: 20 µs in 2 of 12), and a look spinning the whole
+/// [`WATCH`] did no better (15 of 30; `bench/README.md`).
 const PROBE: u32 = 64;
 
 /// Where a worker's batches come from: its task ring, in order, where a
