@@ -1891,14 +1891,20 @@ enum Death {
 }
 
 impl Death {
-    /// How dead worker `w` ended (reaped here if it was not yet).
+    /// How dead worker `w` ended, once it has been reaped: here if it is a
+    /// child of this process; otherwise by the fork server, which kills its
+    /// group, reaps it and only then reports its status. Waiting for that
+    /// report makes a buried worker gone, with no `/proc` entry (`join` and
+    /// `terminate` promise the workers are gone), rather than a zombie the
+    /// server is in the middle of reaping.
     fn of(w: &Worker) -> Death {
-        match w.child.join_in_place() {
-            Ok(()) => Death::Exited(ExitStatus::Code(0)),
-            Err(e) => match e.exit_status() {
-                Some(status) => Death::Exited(status),
-                None => Death::Lost(e.to_string()),
-            },
+        let outcome = w.child.join_in_place();
+        match (outcome, w.child.exit_status()) {
+            (_, Some(status)) => Death::Exited(status),
+            // Its status is lost (the kernel reaped it with `SIGCHLD`
+            // ignored, or the server died): its result speaks.
+            (Ok(()), None) => Death::Exited(ExitStatus::Code(0)),
+            (Err(e), None) => Death::Lost(e.to_string()),
         }
     }
 
