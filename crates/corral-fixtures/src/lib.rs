@@ -140,14 +140,15 @@ pub fn peek_memory((pid, addr): (u32, u64)) -> i32 {
     read.err().and_then(|e| e.raw_os_error()).unwrap_or(0)
 }
 
-/// Whether `pid` is gone: no such process, or a zombie awaiting its reaper.
+/// Whether `pid` is gone: no such process, a zombie awaiting its reaper,
+/// or one its reaper is reaping (`X`, seen for an instant).
 pub fn is_gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
         Ok(stat) => stat
             .rsplit(')')
             .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+            .is_some_and(|rest| rest.trim_start().starts_with(['Z', 'X', 'x'])),
     }
 }
 

@@ -40,7 +40,8 @@ def alive(pid):
             state = f.read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return False
-    return state != "Z"
+    # Z: a zombie awaiting its reaper; X: being reaped (seen for an instant).
+    return state not in ("Z", "X", "x")
 
 
 def wait_until(predicate, timeout, step=0.02):

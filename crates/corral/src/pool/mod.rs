@@ -959,6 +959,9 @@ impl Pool {
 
     /// Closes the pool, waits for every submitted task and stops the
     /// workers. (Python requires `close()` first; here `join` implies it.)
+    /// When it returns, every worker has been reaped, as Python's `join`
+    /// leaves them: no zombie, no `/proc` entry, and whatever a worker
+    /// left in its process group sent `SIGKILL`.
     ///
     /// # Examples
     ///
@@ -1030,7 +1033,8 @@ impl Pool {
     }
 
     /// Kills the workers at once. Unfinished tasks end with
-    /// [`TaskError::PoolClosed`].
+    /// [`TaskError::PoolClosed`]. When it returns, the workers have been
+    /// reaped, as after [`join`](Pool::join).
     ///
     /// # Examples
     ///
