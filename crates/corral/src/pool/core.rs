@@ -1882,6 +1882,10 @@ impl Shared {
     }
 }
 
+/// How long a burial waits at most for the fork server's report that it
+/// reaped the worker (see [`Death::of`]).
+const REAP_REPORT_WAIT: Duration = Duration::from_secs(1);
+
 /// How a worker's process ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Death {
@@ -1898,8 +1902,12 @@ impl Death {
     /// `terminate` promise the workers are gone), rather than a zombie the
     /// server is in the middle of reaping.
     fn of(w: &Worker) -> Death {
-        let outcome = w.child.join_in_place();
-        match (outcome, w.child.exit_status()) {
+        // The report comes within microseconds; a server stopped (SIGSTOP)
+        // delays each burial by the bound, after which the worker is left
+        // to it as a zombie.
+        let report_by = crate::time::deadline(REAP_REPORT_WAIT);
+        let outcome = w.child.join_in_place(report_by);
+        match (outcome, w.child.exit_status_by(report_by)) {
             (_, Some(status)) => Death::Exited(status),
             // Its status is lost (the kernel reaped it with `SIGCHLD`
             // ignored, or the server died): its result speaks.

@@ -286,19 +286,17 @@ impl Proc {
         sys::signal(self.pidfd.as_fd(), sig)
     }
 
-    fn outcome<R: Data>(&self) -> Result<R, ProcessError> {
+    /// The child's result, or how it ended without one, waiting until
+    /// `report_by` at most for the fork server's report of its status.
+    fn outcome<R: Data>(&self, report_by: Option<Instant>) -> Result<R, ProcessError> {
         let mut st = self.lock();
         if let Some(frame) = st.frame.take() {
-            return decode_outcome(&frame).map_err(|e| {
-                match self.fate(&mut st, Some(Instant::now() + Duration::from_secs(60))) {
-                    Ok(Some(Fate::Exited(status))) => e.with_exit_status(status),
-                    _ => e,
-                }
+            return decode_outcome(&frame).map_err(|e| match self.fate(&mut st, report_by) {
+                Ok(Some(Fate::Exited(status))) => e.with_exit_status(status),
+                _ => e,
             });
         }
-        // The fork server reports within microseconds of the exit; a minute
-        // means it is wedged, which is as good as lost.
-        match self.fate(&mut st, Some(Instant::now() + Duration::from_secs(60)))? {
+        match self.fate(&mut st, report_by)? {
             Some(Fate::Exited(status)) => Err(ProcessError::Exited(status)),
             Some(Fate::Lost) | None => Err(ProcessError::Lost),
         }
@@ -311,6 +309,11 @@ impl Proc {
 
 /// How long a waiter polls before it sleeps.
 const SPIN: Duration = Duration::from_micros(300);
+
+/// How long `join` waits at most for the fork server's report of an exited
+/// child's status: it comes within microseconds of the exit; a minute means
+/// the server is wedged, which is as good as lost.
+const REPORT_WAIT: Duration = Duration::from_secs(60);
 
 fn remaining(deadline: Option<Instant>) -> Option<Duration> {
     deadline.map(|d| d.saturating_duration_since(Instant::now()))
@@ -398,7 +401,7 @@ impl<R: Data> Child<R> {
         }
         self.proc.wait(None)?;
         runtime::unregister(&self.proc);
-        self.proc.outcome()
+        self.proc.outcome(crate::time::deadline(REPORT_WAIT))
     }
 
     /// Whether this handle is a forked child's copy (see
@@ -408,11 +411,12 @@ impl<R: Data> Child<R> {
     }
 
     /// [`join`](Child::join) for an owner that keeps the handle (a pool's
-    /// worker record); joining it again returns a codec or lost error.
-    pub(crate) fn join_in_place(&self) -> Result<R, ProcessError> {
+    /// worker record), waiting until `report_by` at most for the fork
+    /// server's report; joining it again returns a codec or lost error.
+    pub(crate) fn join_in_place(&self, report_by: Option<Instant>) -> Result<R, ProcessError> {
         self.proc.wait(None)?;
         runtime::unregister(&self.proc);
-        self.proc.outcome()
+        self.proc.outcome(report_by)
     }
 
     /// Like [`join`](Child::join), but gives up after `timeout` and hands the
@@ -425,7 +429,8 @@ impl<R: Data> Child<R> {
         match self.proc.wait(crate::time::deadline(timeout)) {
             Ok(true) => {
                 runtime::unregister(&self.proc);
-                self.proc.outcome().map_err(JoinTimeout::Failed)
+                let report_by = crate::time::deadline(REPORT_WAIT);
+                self.proc.outcome(report_by).map_err(JoinTimeout::Failed)
             }
             Ok(false) => Err(JoinTimeout::Elapsed(self)),
             Err(e) => Err(JoinTimeout::Failed(ProcessError::Io(e))),
@@ -477,14 +482,17 @@ impl<R: Data> Child<R> {
     /// child (it may wait a moment for the fork server's report of an exited
     /// one).
     pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.exit_status_by(crate::time::deadline(Duration::from_secs(10)))
+    }
+
+    /// [`exit_status`](Child::exit_status), waiting until `report_by` at
+    /// most for the fork server's report.
+    pub(crate) fn exit_status_by(&self, report_by: Option<Instant>) -> Option<ExitStatus> {
         if !self.proc.try_finish() {
             return None;
         }
         let mut st = self.proc.lock();
-        match self
-            .proc
-            .fate(&mut st, Some(Instant::now() + Duration::from_secs(10)))
-        {
+        match self.proc.fate(&mut st, report_by) {
             Ok(Some(Fate::Exited(status))) => Some(status),
             _ => None,
         }
