@@ -35,7 +35,7 @@ fn a_pool_ends_while_its_fork_server_is_stopped() {
         pool.join();
         let _ = done.send(started.elapsed());
     });
-    // Two workers, each waited for at most a second.
+    // Two workers, each waited for at most 2 s.
     let took = joined.recv_timeout(Duration::from_secs(30));
     sigcont(server);
     let took = took.expect("join ended while the fork server was stopped");

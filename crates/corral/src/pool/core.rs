@@ -1883,8 +1883,11 @@ impl Shared {
 }
 
 /// How long a burial waits at most for the fork server's report that it
-/// reaped the worker (see [`Death::of`]).
-const REAP_REPORT_WAIT: Duration = Duration::from_secs(1);
+/// reaped the worker (see [`Death::of`]): long enough for a server behind a
+/// queue of starts on a loaded machine (a crash past it is reported lost,
+/// without its status), short enough that a stopped server delays a join
+/// by seconds, not minutes.
+const REAP_REPORT_WAIT: Duration = Duration::from_secs(2);
 
 /// How a worker's process ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
