@@ -152,6 +152,13 @@ pub fn is_gone(pid: u32) -> bool {
     }
 }
 
+/// Whether `pid` has been reaped: no `/proc` entry at all, not even a
+/// zombie. (Check it at once after the event: a number long free may have
+/// been taken by another process.)
+pub fn is_reaped(pid: u32) -> bool {
+    !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// The children of this process's fork server (none without one).
 pub fn server_children() -> Vec<u32> {
     let Some(server) = corral::internal::fork_server_pid() else {

@@ -4,10 +4,9 @@
 //! long version.
 
 use std::collections::HashSet;
-use std::path::Path;
 
 use corral::{Pool, StartMethod, TaskError};
-use corral_fixtures::{open_fds, shm_entries, zombie_children};
+use corral_fixtures::{is_reaped, open_fds, shm_entries, zombie_children};
 
 corral::test_support!();
 
@@ -17,12 +16,6 @@ fn pid(_: ()) -> u32 {
 
 fn square(x: u64) -> u64 {
     x * x
-}
-
-/// Whether `pid` has been reaped: no `/proc` entry at all. (Checked at once
-/// after a pool ends, the number cannot have been taken by another process.)
-fn reaped(pid: u32) -> bool {
-    !Path::new(&format!("/proc/{pid}")).exists()
 }
 
 #[test]
@@ -67,7 +60,7 @@ fn pool_cycles_leave_nothing_behind() {
         started.extend(pool.workers().iter().map(|w| w.pid));
         drop(pool);
         // Gone, and reaped: not even a zombie its fork server is reaping.
-        let left: Vec<u32> = started.into_iter().filter(|&p| !reaped(p)).collect();
+        let left: Vec<u32> = started.into_iter().filter(|&p| !is_reaped(p)).collect();
         assert_eq!(
             left,
             Vec::<u32>::new(),

@@ -7,17 +7,12 @@
 use std::time::{Duration, Instant};
 
 use corral::Pool;
-use corral_fixtures::{sigcont, sigstop, wait_for};
+use corral_fixtures::{is_reaped, sigcont, sigstop, wait_for};
 
 corral::test_support!();
 
 fn square(x: u64) -> u64 {
     x * x
-}
-
-/// Whether `pid` has been reaped: no `/proc` entry at all.
-fn reaped(pid: u32) -> bool {
-    !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 #[test]
@@ -44,7 +39,7 @@ fn a_pool_ends_while_its_fork_server_is_stopped() {
     assert!(
         wait_for(Duration::from_secs(10), || workers
             .iter()
-            .all(|&p| reaped(p))),
+            .all(|&p| is_reaped(p))),
         "workers left: {workers:?}"
     );
     // And serves the next pool.

@@ -961,7 +961,9 @@ impl Pool {
     /// workers. (Python requires `close()` first; here `join` implies it.)
     /// When it returns, every worker has been reaped, as Python's `join`
     /// leaves them: no zombie, no `/proc` entry, and whatever a worker
-    /// left in its process group sent `SIGKILL`.
+    /// left in its process group sent `SIGKILL`. (Only a fork server
+    /// stopped from outside, `SIGSTOP`, leaves a worker to reap later: the
+    /// pool waits 2 s for its report.)
     ///
     /// # Examples
     ///
