@@ -178,11 +178,12 @@ impl Report {
     }
 }
 
-/// Whether process `pid` runs (a zombie does not).
+/// Whether process `pid` runs (a zombie does not, nor one being reaped:
+/// state `X`, seen for an instant).
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         stat.rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+            .is_some_and(|(_, rest)| !rest.starts_with(['Z', 'X', 'x']))
     })
 }
 

@@ -19,7 +19,8 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def children_of(pid):
-    """The pids of a process's live children (zombies excluded)."""
+    """The pids of a process's live children (zombies, and those being
+    reaped, excluded)."""
     kids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -29,7 +30,7 @@ def children_of(pid):
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[1]) == pid and fields[0] != "Z":
+        if int(fields[1]) == pid and fields[0] not in ("Z", "X", "x"):
             kids.append(int(entry))
     return kids
 
