@@ -347,3 +347,64 @@ fn a_child_joins_its_own_children_before_it_exits() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+fn cpus_allowed(_: ()) -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
+}
+
+/// The fork server forks each child pinned to its own CPU (so that the
+/// child is queued there); the child takes the server's mask back first
+/// thing. A child (or pool worker) left on one CPU would be a pool that
+/// runs on one core.
+#[test]
+fn children_may_run_on_every_cpu_the_program_may() {
+    let here = cpus_allowed(());
+    for method in METHODS {
+        // Back to back (forked on request) and after a pause (the spare).
+        for round in 0..6 {
+            if round % 3 == 2 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let child = builder(method).spawn(cpus_allowed, ()).unwrap();
+            assert_eq!(done(child).unwrap(), here, "{method:?} round {round}");
+        }
+    }
+    let pool = corral::Pool::new(2).unwrap();
+    for worker in 0..2 {
+        assert_eq!(
+            pool.apply(cpus_allowed, ()).unwrap(),
+            here,
+            "worker {worker}"
+        );
+    }
+}
+
+/// After a child's exit the fork server watches for the next request a
+/// moment, then sleeps: once starts stop, it is seen asleep (state `S`)
+/// and stays so.
+#[test]
+fn the_fork_server_sleeps_once_starts_stop() {
+    fn state(pid: u32) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(") ")?.1.chars().next()
+    }
+    for i in 0..50 {
+        assert_eq!(done(corral::spawn(add, (i, 1)).unwrap()).unwrap(), i + 1);
+    }
+    let server = corral::internal::fork_server_pid().expect("a fork server");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut asleep_in_a_row = 0;
+    while asleep_in_a_row < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the fork server is still running: {:?}",
+            state(server)
+        );
+        if state(server) == Some('S') {
+            asleep_in_a_row += 1;
+        } else {
+            asleep_in_a_row = 0;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

@@ -319,6 +319,29 @@ pub(crate) fn current_cpu() -> usize {
     rustix::thread::sched_getcpu()
 }
 
+/// The CPUs a thread may run on, as it had them before [`pin_here`].
+pub(crate) struct Affinity(rustix::thread::CpuSet);
+
+impl Affinity {
+    /// Gives the calling thread this mask again (in a forked child: the
+    /// mask of the thread that forked it). A mask refused (the CPUs
+    /// changed meanwhile) leaves the thread where it is.
+    pub(crate) fn restore(&self) {
+        let _ = rustix::thread::sched_setaffinity(None, &self.0);
+    }
+}
+
+/// Pins the calling thread to the CPU it runs on, and returns the mask it
+/// had: a child it forks meanwhile is queued on that CPU. `None` if it
+/// could not be pinned (a seccomp filter, say), which changes nothing.
+pub(crate) fn pin_here() -> Option<Affinity> {
+    let had = rustix::thread::sched_getaffinity(None).ok()?;
+    let mut here = rustix::thread::CpuSet::new();
+    here.set(rustix::thread::sched_getcpu());
+    rustix::thread::sched_setaffinity(None, &here).ok()?;
+    Some(Affinity(had))
+}
+
 /// Whether [`global_barrier`] works here (`membarrier`'s global expedited
 /// command: Linux 4.16 and later, unless a seccomp filter forbids it);
 /// asked, and tried once, per process.
