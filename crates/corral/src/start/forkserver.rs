@@ -31,17 +31,21 @@
 //!
 //! A program that starts children one after the other (start, join, start
 //! again) sends each request the moment the last child has exited. An idle
-//! CPU of a virtual machine wakes slowly, so after reporting a child's exit
-//! the server watches for the next request for [`WATCH_AFTER_EXIT`] rather
-//! than sleeping at once (a watch that sees nothing come makes the next
-//! exits pass without one: [`Watch`]). And it forks each child pinned to
-//! the CPU it runs on (the child takes the server's mask back first
+//! CPU of a virtual machine wakes slowly, so when a child's exit leaves no
+//! other child of the server running, the server watches for the next
+//! request for [`WATCH_AFTER_EXIT`] rather than sleeping at once (a watch
+//! that sees nothing come makes the next exits pass without one:
+//! [`Watch`]). And when no other child runs, it forks the next one pinned
+//! to the CPU it runs on (the child takes the server's mask back first
 //! thing): the child runs there at once, and the server answers after it,
 //! rather than the child waiting on the parent's CPU, where the parent
 //! watches for the answer, or on an idle one; back to back, the parent then
 //! reads the answer and the child's exit together. Either alone gained
 //! nothing; both made back-to-back starts about 15 % faster on a 2-CPU VM
-//! (`bench/README.md`).
+//! (`bench/README.md`). Neither applies to a pool's workers, which are
+//! replaced while others run: a replacement pinned beside them waited for
+//! them, and the watch took a CPU from them (a pool with
+//! `max_tasks_per_child(1)` took 45 % and 10–20 % longer a task).
 //!
 //! # Lifetime
 //!
@@ -602,7 +606,8 @@ impl State {
                 report(kid, server.parent);
             }
         }
-        if child_ended {
+        // A pool's workers are replaced while others run: not watched for.
+        if child_ended && !worker_ended && self.none_running() {
             self.watch.after_exit();
         }
         if sigchld || child_ended {
@@ -624,6 +629,11 @@ impl State {
         let spare = self.spare_needed().then_some(IDLE_BEFORE_SPARE);
         let code = self.code.pending().then_some(IDLE_BEFORE_CODE_COPY);
         sweep.into_iter().chain(spare).chain(code).min()
+    }
+
+    /// Whether no child of the server runs (a spare on offer waits).
+    fn none_running(&self) -> bool {
+        none_running(&self.kids, &self.spares)
     }
 
     fn spare_needed(&self) -> bool {
@@ -885,7 +895,10 @@ fn start(request: Request, server: &Server<'_>, kids: &mut Vec<Kid>, spares: &mu
     if kind == KIND_FORK {
         spares.wanted = true;
     }
-    match fork_child(prepared, &fds, server) {
+    // Not a pool's worker, nor beside other children running: pinned
+    // beside them, it would queue behind them.
+    let pin = !group_dies && none_running(kids, spares);
+    match fork_child(prepared, &fds, server, pin) {
         Ok((pid, pidfd)) => {
             server.reply(pid, 0, Some(&pidfd));
             kids.push(Kid {
@@ -920,17 +933,23 @@ fn watch(kids: &mut Vec<Kid>, meta: &[u8], mut fds: Vec<OwnedFd>) {
     }
 }
 
-/// Forks a child for a prepared request; its pid and a pidfd of it.
+/// Whether none of `kids` runs but the spare on offer, which waits.
+fn none_running(kids: &[Kid], spares: &Spares) -> bool {
+    kids.iter().all(|k| spares.offered == Some(k.pid))
+}
+
+/// Forks a child for a prepared request; its pid and a pidfd of it. `pin`:
+/// queue the child on this CPU (see "Back-to-back starts" above); it gets
+/// the server's mask back first thing.
 fn fork_child(
     prepared: Prepared<'_>,
     fds: &[OwnedFd],
     server: &Server<'_>,
+    pin: bool,
 ) -> io::Result<(i32, OwnedFd)> {
     let mut keep: Vec<RawFd> = fds.iter().map(sys::raw).collect();
     let hooks = prepared.is_fork().then(ForkHooks::before);
-    // The child is queued on this CPU (see "Back-to-back starts" above),
-    // and gets the server's mask back first thing.
-    let pinned = sys::pin_here();
+    let pinned = pin.then(sys::pin_here).flatten();
     let forked = sys::fork_with(|| {
         if let Some(mask) = &pinned {
             mask.restore();
