@@ -159,6 +159,34 @@ pub fn is_reaped(pid: u32) -> bool {
     !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// The state letter of `pid` in `/proc/PID/stat` (`R`, `S`, `Z`...), or
+/// `None` once it is gone.
+pub fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// Whether every one of `pids` is seen asleep (state `S`) in 20 looks in
+/// a row, 5 ms apart, within `limit`: a process that sleeps rather than
+/// spins when it has nothing to do. Panics with their states if not.
+pub fn assert_stay_asleep(pids: &[u32], limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    let mut asleep_in_a_row = 0;
+    while asleep_in_a_row < 20 {
+        let states: Vec<Option<char>> = pids.iter().map(|&p| proc_state(p)).collect();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running after {limit:?}: {pids:?} in states {states:?}"
+        );
+        if states.iter().all(|&s| s == Some('S')) {
+            asleep_in_a_row += 1;
+        } else {
+            asleep_in_a_row = 0;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// The children of this process's fork server (none without one).
 pub fn server_children() -> Vec<u32> {
     let Some(server) = corral::internal::fork_server_pid() else {

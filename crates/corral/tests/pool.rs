@@ -609,29 +609,11 @@ fn single_task_arguments_of_every_size_arrive_whole() {
 /// `/proc`), and stays so, instead of spinning.
 #[test]
 fn idle_workers_sleep_rather_than_spin() {
-    fn state(pid: u32) -> Option<char> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        stat.rsplit_once(") ")?.1.chars().next()
-    }
     let pool = Pool::new(2).unwrap();
     still_works(&pool);
     let pids: Vec<u32> = pool.workers().iter().map(|w| w.pid).collect();
     assert_eq!(pids.len(), 2);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut asleep_in_a_row = 0;
-    while asleep_in_a_row < 20 {
-        assert!(
-            Instant::now() < deadline,
-            "workers still running: {:?}",
-            pids.iter().map(|&p| state(p)).collect::<Vec<_>>()
-        );
-        if pids.iter().all(|&p| state(p) == Some('S')) {
-            asleep_in_a_row += 1;
-        } else {
-            asleep_in_a_row = 0;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    fx::assert_stay_asleep(&pids, Duration::from_secs(10));
 }
 
 #[test]

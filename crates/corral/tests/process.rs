@@ -384,27 +384,9 @@ fn children_may_run_on_every_cpu_the_program_may() {
 /// and stays so.
 #[test]
 fn the_fork_server_sleeps_once_starts_stop() {
-    fn state(pid: u32) -> Option<char> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        stat.rsplit_once(") ")?.1.chars().next()
-    }
     for i in 0..50 {
         assert_eq!(done(corral::spawn(add, (i, 1)).unwrap()).unwrap(), i + 1);
     }
     let server = corral::internal::fork_server_pid().expect("a fork server");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut asleep_in_a_row = 0;
-    while asleep_in_a_row < 20 {
-        assert!(
-            Instant::now() < deadline,
-            "the fork server is still running: {:?}",
-            state(server)
-        );
-        if state(server) == Some('S') {
-            asleep_in_a_row += 1;
-        } else {
-            asleep_in_a_row = 0;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    fx::assert_stay_asleep(&[server], Duration::from_secs(10));
 }
