@@ -324,10 +324,15 @@ pub(crate) struct Affinity(rustix::thread::CpuSet);
 
 impl Affinity {
     /// Gives the calling thread this mask again (in a forked child: the
-    /// mask of the thread that forked it). A mask refused (the CPUs
-    /// changed meanwhile) leaves the thread where it is.
+    /// mask of the thread that forked it). If it is refused (its CPUs went
+    /// away meanwhile), every CPU the thread's cpuset allows, rather than
+    /// staying pinned.
     pub(crate) fn restore(&self) {
-        let _ = rustix::thread::sched_setaffinity(None, &self.0);
+        if rustix::thread::sched_setaffinity(None, &self.0).is_err() {
+            let mut every = rustix::thread::CpuSet::new();
+            (0..rustix::thread::CpuSet::MAX_CPU).for_each(|cpu| every.set(cpu));
+            let _ = rustix::thread::sched_setaffinity(None, &every);
+        }
     }
 }
 
@@ -1115,6 +1120,28 @@ pub(crate) fn poll_in_out(fd: BorrowedFd<'_>) -> io::Result<(bool, bool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cpus_allowed() -> usize {
+        rustix::thread::sched_getaffinity(None).map_or(0, |set| set.count() as usize)
+    }
+
+    #[test]
+    fn a_pinned_thread_gets_its_mask_back_or_every_cpu() {
+        std::thread::spawn(|| {
+            let all = cpus_allowed();
+            let pinned = pin_here().expect("pinned");
+            assert_eq!(cpus_allowed(), 1);
+            pinned.restore();
+            assert_eq!(cpus_allowed(), all);
+            // A mask the kernel refuses (no CPU at all): every CPU the
+            // cpuset allows instead (more than `all` under `taskset`).
+            pin_here().expect("pinned again");
+            Affinity(rustix::thread::CpuSet::new()).restore();
+            assert!(cpus_allowed() >= all);
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn a_file_over_the_first_buffer_is_read_whole() {
