@@ -166,8 +166,8 @@ pub fn proc_state(pid: u32) -> Option<char> {
     stat.rsplit_once(") ")?.1.chars().next()
 }
 
-/// Whether every one of `pids` is seen asleep (state `S`) in 20 looks in
-/// a row, 5 ms apart, within `limit`: a process that sleeps rather than
+/// Asserts that every one of `pids` is seen asleep (state `S`) in 20 looks
+/// in a row, 5 ms apart, within `limit`: a process that sleeps rather than
 /// spins when it has nothing to do. Panics with their states if not.
 pub fn assert_stay_asleep(pids: &[u32], limit: std::time::Duration) {
     let deadline = std::time::Instant::now() + limit;

@@ -352,10 +352,10 @@ fn cpus_allowed(_: ()) -> usize {
     std::thread::available_parallelism().map_or(0, |n| n.get())
 }
 
-/// The fork server forks each child pinned to its own CPU (so that the
-/// child is queued there); the child takes the server's mask back first
-/// thing. A child (or pool worker) left on one CPU would be a pool that
-/// runs on one core.
+/// The fork server forks a lone start's child pinned to its own CPU (so
+/// that the child is queued there); the child takes the server's mask back
+/// first thing. A child left on one CPU would run everything it starts on
+/// one core; pool workers, not pinned, are checked as well.
 #[test]
 fn children_may_run_on_every_cpu_the_program_may() {
     let here = cpus_allowed(());

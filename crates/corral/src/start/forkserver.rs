@@ -745,9 +745,9 @@ impl Watch {
         }
     }
 
-    /// Which of `fds` are readable: watched for (polled without sleeping)
-    /// while a watch lasts, then waited for up to `timeout` (`None`: for
-    /// ever).
+    /// Which of `fds` are readable (the first: the control socket, where
+    /// requests come): watched for (polled without sleeping) while a watch
+    /// lasts, then waited for up to `timeout` (`None`: for ever).
     fn wait(&mut self, fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
         if let Some(until) = self.until.take() {
             while Instant::now() < until {
