@@ -315,6 +315,10 @@ const SPIN: Duration = Duration::from_micros(300);
 /// the server is wedged, which is as good as lost.
 const REPORT_WAIT: Duration = Duration::from_secs(60);
 
+/// How long `exit_status` waits at most for that report of a child seen
+/// exited: a question about a status, not a join, gives up sooner.
+const STATUS_WAIT: Duration = Duration::from_secs(10);
+
 fn remaining(deadline: Option<Instant>) -> Option<Duration> {
     deadline.map(|d| d.saturating_duration_since(Instant::now()))
 }
@@ -482,7 +486,7 @@ impl<R: Data> Child<R> {
     /// child (it may wait a moment for the fork server's report of an exited
     /// one).
     pub fn exit_status(&self) -> Option<ExitStatus> {
-        self.exit_status_by(crate::time::deadline(Duration::from_secs(10)))
+        self.exit_status_by(crate::time::deadline(STATUS_WAIT))
     }
 
     /// [`exit_status`](Child::exit_status), waiting until `report_by` at
