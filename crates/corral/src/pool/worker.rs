@@ -1381,12 +1381,17 @@ impl<'a> Inbox<'a> {
         let start = Instant::now();
         let until = start + WATCH;
         let give_way = self.gives_way();
+        // A watch that gives way looks once a turn: 64 `pause`s took about
+        // 3 µs here, all of it on the CPU the hander waits for.
+        let spins = if give_way { 1 } else { 64 };
         loop {
-            for _ in 0..64 {
+            for _ in 0..spins {
                 if ring::nonempty(self.ring) {
                     return true;
                 }
-                std::hint::spin_loop();
+                if !give_way {
+                    std::hint::spin_loop();
+                }
             }
             let now = Instant::now();
             if now >= until {
