@@ -576,6 +576,67 @@ fn results_of_every_size_arrive_whole_and_in_place() {
     still_works(&pool);
 }
 
+/// A `map`'s values come back in packs, which may hold the items of many
+/// small chunks (the jobs a batch carries as one) and which a panic, a
+/// value too large for one, or a chunk's end closes: with chunks of every
+/// size, every outcome reaches its own item once, counted once.
+#[test]
+fn packed_values_reach_their_own_items_across_chunks_and_failures() {
+    fn labelled(i: u64) -> String {
+        assert!(i % 37 != 5, "item {i} fails");
+        // Now and then a value too large for a pack (64 KiB).
+        let len = if i % 101 == 7 {
+            70 << 10
+        } else {
+            (i % 13) as usize
+        };
+        format!("{i}:{}", "v".repeat(len))
+    }
+    let expected = |i: u64| {
+        format!(
+            "{i}:{}",
+            "v".repeat(if i % 101 == 7 {
+                70 << 10
+            } else {
+                (i % 13) as usize
+            })
+        )
+    };
+    let pool = Pool::new(2).unwrap();
+    for chunk in [1, 3, 7, 64, 1000] {
+        let before = pool.stats();
+        // Only items that do not fail: every value in its place.
+        let good: Vec<u64> = (0..2000).filter(|i| i % 37 != 5).collect();
+        let values = pool.map_chunked(labelled, good.clone(), chunk).unwrap();
+        let wrong: Vec<u64> = good
+            .iter()
+            .zip(&values)
+            .filter(|&(&i, v)| *v != expected(i))
+            .map(|(&i, _)| i)
+            .take(5)
+            .collect();
+        assert_eq!(wrong, [] as [u64; 0], "chunks of {chunk}");
+        // With the failing ones: the first in input order is the error, and
+        // every item's outcome is counted once.
+        let err = pool.map_chunked(labelled, 0..2000u64, chunk).unwrap_err();
+        let TaskError::Panicked(panic) = err else {
+            panic!("chunks of {chunk}: {err:?}")
+        };
+        assert_eq!(panic.message, "item 5 fails", "chunks of {chunk}");
+        let after = pool.stats();
+        let failing = (0..2000u64).filter(|i| i % 37 == 5).count() as u64;
+        assert_eq!(
+            (
+                after.completed - before.completed,
+                after.failed - before.failed
+            ),
+            (good.len() as u64 + 2000 - failing, failing),
+            "chunks of {chunk}"
+        );
+    }
+    still_works(&pool);
+}
+
 /// A single task's argument is kept inline in its job when it is small and
 /// on the heap when not; consecutive small ones travel merged into one
 /// message. Every size on either side of the inline limit (16 bytes) comes

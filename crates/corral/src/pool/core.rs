@@ -1570,8 +1570,10 @@ impl Shared {
     /// item that was running, requeues the rest, counts.
     fn bury(&self, core: &mut Core, i: usize) {
         // Whatever it wrote before dying is still in the socket or its
-        // ring, READY included: read it whatever the worker's state.
+        // ring, READY included: read it whatever the worker's state. Then
+        // the pack it left open, whose values are outcomes all the same.
         self.read_worker(core, i, true);
+        self.read_staged_pack(core, i);
         let mut w = core.workers.remove(i);
         let death = Death::of(&w);
         let failed_item = self.settle_running(core, &mut w, &death);
@@ -1592,6 +1594,18 @@ impl Shared {
             self.died_starting(core, &w, &death);
         }
         self.notify(core);
+    }
+
+    /// Delivers the values of the pack dead worker `i` left open (see
+    /// `worker::staged_pack`), if it belongs to a batch it holds.
+    fn read_staged_pack(&self, core: &mut Core, i: usize) {
+        let w = &core.workers[i];
+        let Some((seq, pack)) = worker::staged_pack(&w.region) else {
+            return;
+        };
+        if w.inflight.iter().any(|b| b.seq == seq) {
+            self.take_entries(core, i, &pack);
+        }
     }
 
     /// Delivers what dead worker `w` finished of its front batch and fails
@@ -2275,13 +2289,25 @@ fn deliver_records(
     // The next run is most often the next job's (a batch of single tasks):
     // looked at before a search.
     let mut next_job = 0;
-    while let Some(first) = entries.peek() {
-        if first.seq != seq || first.tag == results::TAG_DONE {
-            return;
-        }
-        let index = first.index as usize;
+    // A pack's values not handed yet: a pack may hold the items of several
+    // jobs (those the batch sent as one).
+    let mut pack: Option<Pack<'_>> = None;
+    loop {
+        let index = match &pack {
+            Some(p) => p.index,
+            None => {
+                let Some(first) = entries.peek() else { return };
+                if first.seq != seq || first.tag == results::TAG_DONE {
+                    return;
+                }
+                first.index as usize
+            }
+        };
         if index >= items {
-            entries.pass(&first);
+            match pack.take() {
+                Some(_) => {}
+                None => entries.pass(&entries.peek().expect("an entry")),
+            }
             continue;
         }
         let job_end = |j: usize| batch.starts.get(j + 1).copied().unwrap_or(items);
@@ -2295,6 +2321,7 @@ fn deliver_records(
         next_job = j + 1;
         let mut run = Run {
             entries: &mut *entries,
+            pack: &mut pack,
             seq,
             items: batch.starts[j]..job_end(j),
             job: &batch.jobs[j],
@@ -2315,6 +2342,9 @@ fn deliver_records(
 /// counted once, duplicates (an item already ended) passed over.
 struct Run<'e, 'b> {
     entries: &'e mut results::Entries<'b>,
+    /// The values of a pack still to hand out, from the entries or to be
+    /// left to the next job's run.
+    pack: &'e mut Option<Pack<'b>>,
     seq: u64,
     /// The job's positions in its batch.
     items: Range<usize>,
@@ -2327,44 +2357,83 @@ struct Run<'e, 'b> {
     last: Option<u32>,
 }
 
+/// The values of a pack entry not handed out yet: the next one is item
+/// `index`'s.
+struct Pack<'b> {
+    index: usize,
+    body: &'b [u8],
+}
+
 impl<'b> Iterator for Run<'_, 'b> {
     type Item = (u32, Raw<'b>);
 
     #[inline]
     fn next(&mut self) -> Option<(u32, Raw<'b>)> {
         loop {
+            if let Some(pack) = self.pack.as_mut() {
+                if !self.items.contains(&pack.index) {
+                    return None; // the next job's
+                }
+                let Some((value, rest)) = results::pack_next(pack.body) else {
+                    *self.pack = None;
+                    continue;
+                };
+                let index = pack.index;
+                (pack.index, pack.body) = (index + 1, rest);
+                match self.take(index, results::TAG_VALUE, value) {
+                    Some(outcome) => return Some(outcome),
+                    None => continue,
+                }
+            }
             let (seq, items) = (self.seq, &self.items);
             let r = self.entries.next_if(|r| {
                 r.seq == seq && r.tag != results::TAG_DONE && items.contains(&(r.index as usize))
             })?;
-            let index = r.index as usize;
-            if std::mem::replace(&mut self.got[index], true) {
+            if r.tag == results::TAG_PACK {
+                *self.pack = Some(Pack {
+                    index: r.index as usize,
+                    body: r.body,
+                });
                 continue;
             }
-            *self.remaining -= 1;
-            *self.outstanding -= 1;
-            let raw = match r.tag {
-                results::TAG_VALUE => {
-                    self.stats.completed += 1;
-                    Raw::Value(r.body)
-                }
-                results::TAG_PANIC => {
-                    self.stats.failed += 1;
-                    Raw::Panic(r.body)
-                }
-                results::TAG_CANCELLED => {
-                    count_failure(self.stats, &TaskError::Cancelled, 1);
-                    Raw::Failed(Box::new(TaskError::Cancelled))
-                }
-                _ => {
-                    self.stats.failed += 1;
-                    Raw::Codec(r.body)
-                }
-            };
-            let number = self.job.index(index - self.items.start);
-            self.last = Some(number);
-            return Some((number, raw));
+            if let Some(outcome) = self.take(r.index as usize, r.tag, r.body) {
+                return Some(outcome);
+            }
         }
+    }
+}
+
+impl<'b> Run<'_, 'b> {
+    /// Counts item `index`'s outcome, of `tag` and `body`, and gives it;
+    /// `None` if the item has one already.
+    #[inline]
+    fn take(&mut self, index: usize, tag: u8, body: &'b [u8]) -> Option<(u32, Raw<'b>)> {
+        if std::mem::replace(&mut self.got[index], true) {
+            return None;
+        }
+        *self.remaining -= 1;
+        *self.outstanding -= 1;
+        let raw = match tag {
+            results::TAG_VALUE => {
+                self.stats.completed += 1;
+                Raw::Value(body)
+            }
+            results::TAG_PANIC => {
+                self.stats.failed += 1;
+                Raw::Panic(body)
+            }
+            results::TAG_CANCELLED => {
+                count_failure(self.stats, &TaskError::Cancelled, 1);
+                Raw::Failed(Box::new(TaskError::Cancelled))
+            }
+            _ => {
+                self.stats.failed += 1;
+                Raw::Codec(body)
+            }
+        };
+        let number = self.job.index(index - self.items.start);
+        self.last = Some(number);
+        Some((number, raw))
     }
 }
 

@@ -814,7 +814,7 @@ impl Pool {
             self.fit_quota(chunk.unwrap_or_else(|| n.div_ceil(4 * self.processes()).max(1)));
         let sink = Arc::new(MapSink::<R>::new(n, task));
         let dyn_sink: Arc<dyn Sink> = sink.clone();
-        let (entry, func) = (worker::job_entry_offset::<A, R>(), func_offset(f));
+        let (entry, func) = (worker::map_entry_offset::<A, R>(), func_offset(f));
         let mut count = 0;
         while count < n {
             let mut job = JobBuilder::new(entry, func, chunk.min(n - count), dyn_sink.clone());

@@ -28,6 +28,14 @@
 //! supervisor reads its ring like any other time: finished items keep their
 //! results, the item that was running is the one that failed, and unstarted
 //! items run elsewhere.
+//!
+//! A `map`'s values are gathered in *packs* (one entry for up to
+//! [`PACK_ITEMS`] values, see [`results::TAG_PACK`]) before they are
+//! published. Each value of the open pack is also copied, as it is added,
+//! into the region's pack area, whose length the worker stores after the
+//! copy; the supervisor reads that area when it buries the worker, so that
+//! a value is never lost, nor its item run again, once the item has
+//! finished.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
@@ -75,7 +83,13 @@ sys::shared_layout! {
         pub(super) finished: AtomicU64,
         /// 1 once an allocation failure aborted the worker.
         pub(super) out_of_memory: AtomicU64,
-        _progress_line: [AtomicU64; 11],
+        /// The open pack (see [`Recorder::pack_value`]), read only once
+        /// the worker is dead: its batch, its first item, and the bytes of
+        /// its values in the pack area (0: none open).
+        pub(super) pack_seq: AtomicU64,
+        pub(super) pack_first: AtomicU64,
+        pub(super) pack_bytes: AtomicU64,
+        _progress_line: [AtomicU64; 8],
         // What the worker published: written at each outcome (or frame),
         // polled by the supervisor's threads.
         /// Bytes of entries the worker has published in the results ring.
@@ -247,8 +261,21 @@ const TASKS_BYTES: usize = 512 << 10;
 /// holds at most two batches, so two of these and the markers of others
 /// always fit.
 pub(super) const TASK_MAX: usize = TASKS_BYTES / 4;
+/// Where the pack area starts: a copy of the open pack's values, which
+/// outlives the worker (see [`Recorder::pack_value`]).
+const PACK_OFFSET: usize = TASKS_OFFSET + TASKS_BYTES;
+/// The pack area's size: a pack closes before its values outgrow it.
+const PACK_BYTES: usize = 64 << 10;
 /// Size of a worker's shared region (its pages come as they are touched).
-pub(super) const REGION_BYTES: usize = TASKS_OFFSET + TASKS_BYTES;
+pub(super) const REGION_BYTES: usize = PACK_OFFSET + PACK_BYTES;
+/// Most values in one pack.
+const PACK_ITEMS: u32 = 256;
+/// How long a pack stays open after its first value (coarse clock, ns),
+/// looked at every [`PACK_LOOK`] values: a `map` of slow items publishes
+/// its outcomes a few at a time.
+const PACK_NS: u64 = 1_000_000;
+/// A pack's age is looked at once in this many values.
+const PACK_LOOK: u32 = 8;
 
 /// Frame sequence number: the worker is initialized and waiting.
 pub(super) const SEQ_READY: u64 = u64::MAX - 1;
@@ -419,6 +446,29 @@ fn job_trampoline<A: Data, R: Data>(
     rec: &mut Recorder<'_>,
 ) -> Result<(), crate::SendError> {
     run_items(job, fds, rec, verified.func::<A, R>(func))
+}
+
+/// The entry offset for a `map`'s jobs of type `fn(A) -> R`: their values
+/// end in packs ([`results::TAG_PACK`]).
+pub(super) fn map_entry_offset<A: Data, R: Data>() -> i64 {
+    sys::code::offset_of(map_trampoline::<A, R> as JobEntry as usize)
+}
+
+/// [`job_trampoline`] for a `map`'s jobs: values end in packs, items that
+/// carry descriptors one by one.
+fn map_trampoline<A: Data, R: Data>(
+    verified: &Verified,
+    func: i64,
+    job: &JobMsg<'_>,
+    fds: &mut std::vec::IntoIter<OwnedFd>,
+    rec: &mut Recorder<'_>,
+) -> Result<(), crate::SendError> {
+    let f = verified.func::<A, R>(func);
+    if job.fds.is_empty() && !rec.holding {
+        run_packed(job, rec, f)
+    } else {
+        run_items(job, fds, rec, f)
+    }
 }
 
 /// A [`Pool::map_pod`](crate::Pool::map_pod) function as its jobs carry
@@ -942,6 +992,48 @@ fn run_items<A: Data, R: Data>(
     Ok(())
 }
 
+/// [`run_items`] for items without descriptors whose values go in packs:
+/// each value is added to the open pack, any other outcome closes it and
+/// goes alone. The pack is closed when the job ends.
+#[inline]
+fn run_packed<A: Data, R: Data>(
+    job: &JobMsg<'_>,
+    rec: &mut Recorder<'_>,
+    f: impl Fn(A) -> R + Copy,
+) -> Result<(), crate::SendError> {
+    let mut start = 0usize;
+    for end in job.ends.chunks_exact(4) {
+        let end = u32::from_le_bytes(end.try_into().expect("4 bytes")) as usize;
+        let arg = job.args.get(start..end).unwrap_or(&[]);
+        start = end;
+        rec.mark_started();
+        if rec.cancelled() {
+            rec.close_pack()?;
+            let at = rec.open_entry();
+            rec.end(at, TAG_CANCELLED)?;
+            continue;
+        }
+        let at = rec.open_pack_item();
+        let (tag, value) = match wire::decode_plain::<A>(arg) {
+            Ok(arg) => run_one(f, arg, &mut rec.msg),
+            Err(e) => {
+                let why = format!("the argument: {}", e.message());
+                rec.msg.extend_from_slice(why.as_bytes());
+                (TAG_CODEC, None)
+            }
+        };
+        if tag == TAG_VALUE {
+            rec.pack_value(at)?;
+        } else {
+            rec.alone(at, tag)?;
+        }
+        if let Some(value) = value.filter(|_| std::mem::needs_drop::<R>()) {
+            let _ = bootstrap::catch_panic_hooked(move || drop(value));
+        }
+    }
+    rec.close_pack()
+}
+
 /// Calls `f(arg)` and appends its outcome to `out`; returns the tag and the
 /// value, which the caller drops once the outcome is published.
 #[inline]
@@ -982,6 +1074,8 @@ pub(crate) struct Recorder<'a> {
     seq: u64,
     started: &'a AtomicU64,
     finished: &'a AtomicU64,
+    /// Bytes of the open pack's values in the pack area.
+    pack_bytes: &'a AtomicU64,
     start_ns: &'a AtomicU64,
     frames_sent: &'a AtomicU64,
     ring: ring::Writer<'a>,
@@ -998,12 +1092,36 @@ pub(crate) struct Recorder<'a> {
     holding: bool,
     /// Registered for the pool's global barrier ([`PoolHead::barrier`]).
     light_fence: bool,
+    /// The open pack in `msg`, if any.
+    pack: Option<Pack>,
+}
+
+/// A pack being filled (see [`Recorder::pack_value`]).
+struct Pack {
+    /// Values in it.
+    count: u32,
+    /// When it closes (coarse clock, ns).
+    close_at: u64,
 }
 
 impl Recorder<'_> {
     /// Announces the next item; returns where its entry starts in `msg`.
     #[inline]
     fn begin(&mut self) -> usize {
+        self.mark_started();
+        self.open_entry()
+    }
+
+    /// Starts the entry of the next item's outcome in `msg`; returns where.
+    #[inline]
+    fn open_entry(&mut self) -> usize {
+        self.msg.truncate(FRAME_HEADER);
+        results::open_entry(&mut self.msg, self.seq, self.next)
+    }
+
+    /// Marks the next item started.
+    #[inline]
+    fn mark_started(&mut self) {
         if self.timed {
             self.start_ns.store(sys::monotonic_ns(), Ordering::Relaxed);
         }
@@ -1022,8 +1140,6 @@ impl Recorder<'_> {
         } else {
             self.started.store(started, Ordering::SeqCst);
         }
-        self.msg.truncate(FRAME_HEADER);
-        results::open_entry(&mut self.msg, self.seq, self.next)
     }
 
     /// Whether the supervisor cancelled the item just announced.
@@ -1045,6 +1161,13 @@ impl Recorder<'_> {
         }
         self.publish()?;
         self.finished.store(u64::from(self.next), Ordering::Release);
+        self.tell_if_due()
+    }
+
+    /// After a publication: announces what was published if outcomes
+    /// have waited long enough.
+    #[inline]
+    fn tell_if_due(&mut self) -> Result<(), crate::SendError> {
         // A thread watching the rings reads the outcome without a word: no
         // clock read while one is there. This look is a plain load, not
         // `announce`'s fenced one, so it can miss a watcher leaving at this
@@ -1062,6 +1185,98 @@ impl Recorder<'_> {
             self.flush_at = now + FLUSH_NS;
         }
         Ok(())
+    }
+
+    /// Starts the next item's value in the open pack, opening one if none
+    /// is; returns where the value starts in `msg`.
+    #[inline]
+    fn open_pack_item(&mut self) -> usize {
+        if self.pack.is_none() {
+            let head = head(self.region);
+            head.pack_seq.store(self.seq, Ordering::Relaxed);
+            head.pack_first
+                .store(u64::from(self.next), Ordering::Relaxed);
+            self.open_entry();
+        }
+        results::open_pack_item(&mut self.msg)
+    }
+
+    /// Adds the value encoded at `at` in `msg` to the open pack, and copies
+    /// it into the pack area: a worker that dies leaves the pack there,
+    /// and the supervisor reads it at the burial (`staged_pack`), so that
+    /// a value is never lost once its item has finished. Closes the pack
+    /// once full or old.
+    #[inline]
+    fn pack_value(&mut self, at: usize) -> Result<(), crate::SendError> {
+        results::seal_pack_item(&mut self.msg, at);
+        let from = at - (FRAME_HEADER + results::ENTRY_HEADER);
+        let to = self.msg.len() - (FRAME_HEADER + results::ENTRY_HEADER);
+        if to > PACK_BYTES {
+            // No room left in the pack area: the value goes in a pack of
+            // its own, or, too large for one, alone.
+            let value = self.msg.split_off(at);
+            self.msg.truncate(at);
+            self.close_pack()?;
+            let at = self.open_pack_item();
+            self.msg
+                .extend_from_slice(&value[results::PACK_ITEM_HEADER..]);
+            return if value.len() <= PACK_BYTES {
+                self.pack_value(at)
+            } else {
+                self.alone(at, TAG_VALUE)
+            };
+        }
+        // The length from a register and the value apart: a load across
+        // both, just written by two stores, waited for them to drain.
+        let (len, value) = self.msg[at..].split_at(results::PACK_ITEM_HEADER);
+        let len: [u8; results::PACK_ITEM_HEADER] = len.try_into().expect("a length");
+        let area = PACK_OFFSET + from;
+        self.region.store_bytes(area, &len);
+        self.region.store_bytes(area + len.len(), value);
+        self.pack_bytes.store(to as u64, Ordering::Relaxed);
+        self.next += 1;
+        self.finished.store(u64::from(self.next), Ordering::Release);
+        let pack = self.pack.get_or_insert_with(|| Pack {
+            count: 0,
+            close_at: sys::monotonic_coarse_ns().saturating_add(PACK_NS),
+        });
+        pack.count += 1;
+        // The clock is read at every [`PACK_LOOK`]th value: a read at each
+        // cost a small item 5-9 ns, more than the rest of its bookkeeping.
+        let full = pack.count >= PACK_ITEMS
+            || (pack.count.is_multiple_of(PACK_LOOK)
+                && sys::monotonic_coarse_ns() >= pack.close_at);
+        if full {
+            self.close_pack()?;
+        }
+        Ok(())
+    }
+
+    /// The outcome at `at` in `msg` (opened as a pack's value) goes alone,
+    /// with `tag`: the open pack is closed first.
+    fn alone(&mut self, at: usize, tag: u8) -> Result<(), crate::SendError> {
+        let outcome = self.msg.split_off(at + results::PACK_ITEM_HEADER);
+        self.msg.truncate(at);
+        if self.pack.is_some() {
+            self.close_pack()?;
+        }
+        let at = self.open_entry();
+        self.msg.extend_from_slice(&outcome);
+        self.end(at, tag)
+    }
+
+    /// Publishes the open pack, if any (an opened one without values is
+    /// dropped).
+    fn close_pack(&mut self) -> Result<(), crate::SendError> {
+        let Some(_) = self.pack.take() else {
+            self.msg.truncate(FRAME_HEADER);
+            return Ok(());
+        };
+        results::close_entry(&mut self.msg, FRAME_HEADER, results::TAG_PACK);
+        self.publish()?;
+        self.pack_bytes.store(0, Ordering::Relaxed);
+        self.msg.truncate(FRAME_HEADER);
+        self.tell_if_due()
     }
 
     /// Publishes the entry in `msg`: in the ring, or, if it does not fit
@@ -1128,6 +1343,26 @@ fn report_abort(region: &SharedRegion, panic: &crate::RemotePanic) {
     if results::publish(&mut ring::Writer::new(results_ring(region)), &entry) {
         head(region).finished.store(started, Ordering::Release);
     }
+}
+
+/// The pack a dead worker left open, as an entry of batch `seq`, if it left one with
+/// values (see [`Recorder::pack_value`]). Read only once the worker is
+/// dead: a live one writes the pack area as it goes.
+pub(super) fn staged_pack(region: &SharedRegion) -> Option<(u64, Vec<u8>)> {
+    let head = head(region);
+    let bytes = usize::try_from(head.pack_bytes.load(Ordering::Acquire)).ok()?;
+    if bytes == 0 || bytes > PACK_BYTES {
+        return None;
+    }
+    let (seq, first) = (
+        head.pack_seq.load(Ordering::Relaxed),
+        head.pack_first.load(Ordering::Relaxed),
+    );
+    let mut entry = Vec::with_capacity(results::ENTRY_HEADER + bytes);
+    let at = results::open_entry(&mut entry, seq, u32::try_from(first).ok()?);
+    region.load_append(PACK_OFFSET, bytes, &mut entry);
+    results::close_entry(&mut entry, at, results::TAG_PACK);
+    Some((seq, entry))
 }
 
 fn frame_header(seq: u64) -> Vec<u8> {
@@ -1234,6 +1469,7 @@ impl<'a> Recorder<'a> {
             pool: pool.layout::<PoolHead>(),
             started: &head(region).started,
             finished: &head(region).finished,
+            pack_bytes: &head(region).pack_bytes,
             start_ns: &head(region).start_ns,
             frames_sent: &head(region).frames_sent,
             skips: None,
@@ -1247,6 +1483,7 @@ impl<'a> Recorder<'a> {
             holding: true,
             light_fence: pool.layout::<PoolHead>().barrier.load(Ordering::Relaxed) == 1
                 && sys::register_for_global_barrier(),
+            pack: None,
         }
     }
 }
