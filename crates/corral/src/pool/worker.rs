@@ -1345,9 +1345,10 @@ fn report_abort(region: &SharedRegion, panic: &crate::RemotePanic) {
     }
 }
 
-/// The pack a dead worker left open, as an entry of batch `seq`, if it left one with
-/// values (see [`Recorder::pack_value`]). Read only once the worker is
-/// dead: a live one writes the pack area as it goes.
+/// The pack a dead worker left open, if it left one with values (see
+/// [`Recorder::pack_value`]): its batch and the pack as an entry. Read
+/// only once the worker is dead: a live one writes the pack area as it
+/// goes.
 pub(super) fn staged_pack(region: &SharedRegion) -> Option<(u64, Vec<u8>)> {
     let head = head(region);
     let bytes = usize::try_from(head.pack_bytes.load(Ordering::Acquire)).ok()?;
