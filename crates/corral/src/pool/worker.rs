@@ -432,31 +432,20 @@ code_pointer!(JobEntry);
 
 /// The entry offset for jobs of type `fn(A) -> R`.
 pub(super) fn job_entry_offset<A: Data, R: Data>() -> i64 {
-    sys::code::offset_of(job_trampoline::<A, R> as JobEntry as usize)
-}
-
-/// Runs every item of a job: decodes each argument, calls `f`, records the
-/// outcome. Monomorphized, so a job of small items pays no dynamic dispatch
-/// per item.
-fn job_trampoline<A: Data, R: Data>(
-    verified: &Verified,
-    func: i64,
-    job: &JobMsg<'_>,
-    fds: &mut std::vec::IntoIter<OwnedFd>,
-    rec: &mut Recorder<'_>,
-) -> Result<(), crate::SendError> {
-    run_items(job, fds, rec, verified.func::<A, R>(func))
+    sys::code::offset_of(job_trampoline::<A, R, false> as JobEntry as usize)
 }
 
 /// The entry offset for a `map`'s jobs of type `fn(A) -> R`: their values
 /// end in packs ([`results::TAG_PACK`]).
 pub(super) fn map_entry_offset<A: Data, R: Data>() -> i64 {
-    sys::code::offset_of(map_trampoline::<A, R> as JobEntry as usize)
+    sys::code::offset_of(job_trampoline::<A, R, true> as JobEntry as usize)
 }
 
-/// [`job_trampoline`] for a `map`'s jobs: values end in packs, items that
-/// carry descriptors one by one.
-fn map_trampoline<A: Data, R: Data>(
+/// Runs every item of a job: decodes each argument, calls `f`, records the
+/// outcome. Monomorphized, so a job of small items pays no dynamic dispatch
+/// per item. With `PACKED` (a `map`'s jobs), values end in packs, and items
+/// that carry descriptors one by one.
+fn job_trampoline<A: Data, R: Data, const PACKED: bool>(
     verified: &Verified,
     func: i64,
     job: &JobMsg<'_>,
@@ -464,7 +453,7 @@ fn map_trampoline<A: Data, R: Data>(
     rec: &mut Recorder<'_>,
 ) -> Result<(), crate::SendError> {
     let f = verified.func::<A, R>(func);
-    if job.fds.is_empty() && !rec.holding {
+    if PACKED && job.fds.is_empty() && !rec.holding {
         run_packed(job, rec, f)
     } else {
         run_items(job, fds, rec, f)
