@@ -2300,14 +2300,15 @@ fn deliver_records(
                 if first.seq != seq || first.tag == results::TAG_DONE {
                     return;
                 }
+                if first.index as usize >= items {
+                    entries.pass(&first);
+                    continue;
+                }
                 first.index as usize
             }
         };
         if index >= items {
-            match pack.take() {
-                Some(_) => {}
-                None => entries.pass(&entries.peek().expect("an entry")),
-            }
+            pack = None; // values past the batch's items: not ours
             continue;
         }
         let job_end = |j: usize| batch.starts.get(j + 1).copied().unwrap_or(items);
