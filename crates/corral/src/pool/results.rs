@@ -58,11 +58,13 @@ pub(super) fn open_pack_item(out: &mut Vec<u8>) -> usize {
     at
 }
 
-/// Fills in the length of the pack value opened at `at`.
+/// Fills in the length of the pack value opened at `at`; returns the
+/// length's bytes as written.
 #[inline]
-pub(super) fn seal_pack_item(out: &mut [u8], at: usize) {
-    let len = (out.len() - at - PACK_ITEM_HEADER) as u32;
-    out[at..at + PACK_ITEM_HEADER].copy_from_slice(&len.to_le_bytes());
+pub(super) fn seal_pack_item(out: &mut [u8], at: usize) -> [u8; PACK_ITEM_HEADER] {
+    let len = ((out.len() - at - PACK_ITEM_HEADER) as u32).to_le_bytes();
+    out[at..at + PACK_ITEM_HEADER].copy_from_slice(&len);
+    len
 }
 
 /// Room kept free for [`TAG_DONE`] entries: a worker holds at most a few

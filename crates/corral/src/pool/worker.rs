@@ -1197,7 +1197,7 @@ impl Recorder<'_> {
     /// once full or old.
     #[inline]
     fn pack_value(&mut self, at: usize) -> Result<(), crate::SendError> {
-        results::seal_pack_item(&mut self.msg, at);
+        let len = results::seal_pack_item(&mut self.msg, at);
         let from = at - (FRAME_HEADER + results::ENTRY_HEADER);
         let to = self.msg.len() - (FRAME_HEADER + results::ENTRY_HEADER);
         if to > PACK_BYTES {
@@ -1215,13 +1215,12 @@ impl Recorder<'_> {
                 self.alone(at, TAG_VALUE)
             };
         }
-        // The length from a register and the value apart: a load across
-        // both, just written by two stores, waited for them to drain.
-        let (len, value) = self.msg[at..].split_at(results::PACK_ITEM_HEADER);
-        let len: [u8; results::PACK_ITEM_HEADER] = len.try_into().expect("a length");
+        // The length and the value apart: a load across both, just written
+        // by two stores, waited for them to drain.
         let area = PACK_OFFSET + from;
         self.region.store_bytes(area, &len);
-        self.region.store_bytes(area + len.len(), value);
+        self.region
+            .store_bytes(area + len.len(), &self.msg[at + len.len()..]);
         self.pack_bytes.store(to as u64, Ordering::Relaxed);
         self.next += 1;
         self.finished.store(u64::from(self.next), Ordering::Release);
