@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::callback::Callbacks;
 use super::inbox::Inbox;
-use super::job::{Cancel, Job, Raw, deliver_guarded, fail_jobs, refusal};
+use super::job::{self, Cancel, Job, Raw, deliver_guarded, fail_jobs, refusal};
 use super::life::{Action, Event, Life, Retire, Why};
 use super::results;
 use super::ring;
@@ -2284,8 +2284,7 @@ fn deliver_records(
     stats: &mut PoolStats,
     outstanding: &mut usize,
 ) {
-    let seq = batch.seq;
-    let items = batch.got.len();
+    let (seq, items) = (batch.seq, batch.got.len());
     // The next run is most often the next job's (a batch of single tasks):
     // looked at before a search.
     let mut next_job = 0;
@@ -2320,11 +2319,16 @@ fn deliver_records(
             batch.starts.partition_point(|&s| s <= index) - 1
         };
         next_job = j + 1;
+        let items_of_job = batch.starts[j]..job_end(j);
+        if let Some(p) = pack.take() {
+            pack = deliver_pack(batch, j, items_of_job, p, stats, outstanding);
+            continue;
+        }
         let mut run = Run {
             entries: &mut *entries,
             pack: &mut pack,
             seq,
-            items: batch.starts[j]..job_end(j),
+            items: items_of_job,
             job: &batch.jobs[j],
             got: &mut batch.got,
             remaining: &mut batch.remaining,
@@ -2339,12 +2343,40 @@ fn deliver_records(
     }
 }
 
-/// The outcomes of one job's run of entries, as its sink takes them: each
-/// counted once, duplicates (an item already ended) passed over.
+/// Hands job `j`'s values in `pack` (its items are the batch's `items`) to
+/// its sink in one call; returns what is left of the pack (the next job's
+/// values), if anything.
+fn deliver_pack<'b>(
+    batch: &mut InFlight,
+    j: usize,
+    items: Range<usize>,
+    pack: Pack<'b>,
+    stats: &mut PoolStats,
+    outstanding: &mut usize,
+) -> Option<Pack<'b>> {
+    let job = &batch.jobs[j];
+    let got = &mut batch.got[items.clone()];
+    let mut values = job::Values::new(job, pack.index - items.start, pack.body, got);
+    job::deliver_values_guarded(&*job.sink, &mut values);
+    // A sink stops early only when cancelled: the rest still count.
+    values.finish();
+    let taken = values.taken();
+    stats.completed += taken as u64;
+    batch.remaining -= taken;
+    *outstanding -= taken;
+    let (pos, body) = values.rest()?;
+    Some(Pack {
+        index: items.start + pos,
+        body,
+    })
+}
+
+/// The outcomes of one job's run of entries other than packs, as its sink
+/// takes them: each counted once, duplicates (an item already ended)
+/// passed over. A pack ends the run, and is left in `pack`.
 struct Run<'e, 'b> {
     entries: &'e mut results::Entries<'b>,
-    /// The values of a pack still to hand out, from the entries or to be
-    /// left to the next job's run.
+    /// Where a pack met is left, for [`deliver_pack`].
     pack: &'e mut Option<Pack<'b>>,
     seq: u64,
     /// The job's positions in its batch.
@@ -2371,20 +2403,8 @@ impl<'b> Iterator for Run<'_, 'b> {
     #[inline]
     fn next(&mut self) -> Option<(u32, Raw<'b>)> {
         loop {
-            if let Some(pack) = self.pack.as_mut() {
-                if !self.items.contains(&pack.index) {
-                    return None; // the next job's
-                }
-                let Some((value, rest)) = results::pack_next(pack.body) else {
-                    *self.pack = None;
-                    continue;
-                };
-                let index = pack.index;
-                (pack.index, pack.body) = (index + 1, rest);
-                match self.take(index, results::TAG_VALUE, value) {
-                    Some(outcome) => return Some(outcome),
-                    None => continue,
-                }
+            if self.pack.is_some() {
+                return None;
             }
             let (seq, items) = (self.seq, &self.items);
             let r = self.entries.next_if(|r| {
@@ -2395,7 +2415,7 @@ impl<'b> Iterator for Run<'_, 'b> {
                     index: r.index as usize,
                     body: r.body,
                 });
-                continue;
+                return None;
             }
             if let Some(outcome) = self.take(r.index as usize, r.tag, r.body) {
                 return Some(outcome);

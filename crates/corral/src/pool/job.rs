@@ -27,8 +27,7 @@ impl Raw<'_> {
     /// Decodes the outcome as the task's result.
     pub(crate) fn decode<R: Data>(self) -> Result<R, TaskError> {
         match self {
-            Raw::Value(bytes) => wire::decode_plain(bytes)
-                .map_err(|e| TaskError::Codec(format!("the result: {}", e.message()))),
+            Raw::Value(bytes) => decode_value(bytes),
             Raw::Panic(bytes) => Err(match postcard::from_bytes::<RemotePanic>(bytes) {
                 Ok(panic) => TaskError::Panicked(panic),
                 Err(e) => TaskError::Codec(format!("a panic report: {e}")),
@@ -51,6 +50,12 @@ impl Raw<'_> {
     }
 }
 
+/// Decodes a task's result from its value's bytes.
+#[inline]
+pub(crate) fn decode_value<R: Data>(bytes: &[u8]) -> Result<R, TaskError> {
+    wire::decode_plain(bytes).map_err(|e| TaskError::Codec(format!("the result: {}", e.message())))
+}
+
 /// Where the outcomes of a job's items go (a task's slot, a map's vector, an
 /// iterator's buffer). Items are numbered by the sink.
 pub(crate) trait Sink: Send + Sync {
@@ -67,6 +72,91 @@ pub(crate) trait Sink: Send + Sync {
     fn abandon(&self) {}
     /// Item(s) of a one-item job were handed to the worker with this pid.
     fn assigned(&self, _pid: u32) {}
+    /// Takes the values of a run of a job's items, read straight from a
+    /// pack. A sink that takes many overrides it with a loop over
+    /// [`Values::next_value`], monomorphized for its type, rather than a
+    /// dynamic call an item.
+    fn deliver_values(&self, values: &mut Values<'_, '_>) {
+        self.deliver(values);
+    }
+}
+
+/// The values of a run of one job's items, one after another in a pack's
+/// body (`results::pack_next`), each item counted once: an item that has
+/// an outcome already (`got`) is passed over.
+pub(crate) struct Values<'a, 'b> {
+    job: &'a Job,
+    /// The job's next item, and the end of the run.
+    pos: usize,
+    end: usize,
+    body: &'b [u8],
+    /// The job's items that have an outcome.
+    got: &'a mut [bool],
+    /// How many values it gave.
+    taken: usize,
+    /// The number of the item it gave last.
+    last: Option<u32>,
+}
+
+impl<'a, 'b> Values<'a, 'b> {
+    /// The values in `body` of `job`'s items from `pos` on, up to the
+    /// job's end (or the body's).
+    pub(crate) fn new(job: &'a Job, pos: usize, body: &'b [u8], got: &'a mut [bool]) -> Self {
+        let end = job.len().min(got.len());
+        Values {
+            job,
+            pos,
+            end,
+            body,
+            got,
+            taken: 0,
+            last: None,
+        }
+    }
+
+    /// The next item's number and its value's bytes.
+    #[inline]
+    pub(crate) fn next_value(&mut self) -> Option<(u32, &'b [u8])> {
+        while self.pos < self.end {
+            let (value, rest) = super::results::pack_next(self.body)?;
+            let pos = self.pos;
+            (self.pos, self.body) = (pos + 1, rest);
+            if !std::mem::replace(&mut self.got[pos], true) {
+                self.taken += 1;
+                let number = self.job.index(pos);
+                self.last = Some(number);
+                return Some((number, value));
+            }
+        }
+        None
+    }
+
+    /// Passes over the values the sink did not take (it stops early only
+    /// when cancelled): each still counts as its item's outcome.
+    pub(crate) fn finish(&mut self) {
+        while self.next_value().is_some() {}
+    }
+
+    /// How many items it gave an outcome.
+    pub(crate) fn taken(&self) -> usize {
+        self.taken
+    }
+
+    /// Once the run is over: the job's end and the pack's bytes after it
+    /// (the next job's values), if it reached the job's end with bytes
+    /// left; `None` if the pack ended first (or stopped making sense).
+    pub(crate) fn rest(&self) -> Option<(usize, &'b [u8])> {
+        (self.pos == self.end && !self.body.is_empty()).then_some((self.pos, self.body))
+    }
+}
+
+impl<'b> Iterator for Values<'_, 'b> {
+    type Item = (u32, Raw<'b>);
+
+    fn next(&mut self) -> Option<(u32, Raw<'b>)> {
+        self.next_value()
+            .map(|(number, value)| (number, Raw::Value(value)))
+    }
 }
 
 /// Hands outcomes to `sink`, guarding the user code decoding runs (a
@@ -81,9 +171,32 @@ pub(crate) fn deliver_guarded<'a, I: Iterator<Item = (u32, Raw<'a>)>>(
     outcomes: &mut I,
     last: impl Fn(&I) -> Option<u32>,
 ) {
+    guarded(sink, outcomes, last, |sink, outcomes| {
+        sink.deliver(outcomes)
+    });
+}
+
+/// [`deliver_guarded`] for a pack's values ([`Sink::deliver_values`]).
+pub(crate) fn deliver_values_guarded(sink: &dyn Sink, values: &mut Values<'_, '_>) {
+    guarded(
+        sink,
+        values,
+        |v| v.last,
+        |sink, values| sink.deliver_values(values),
+    );
+}
+
+/// Calls `give` until it returns without a panic; each panic fails the
+/// outcome `last` names (see [`deliver_guarded`]).
+fn guarded<I>(
+    sink: &dyn Sink,
+    outcomes: &mut I,
+    last: impl Fn(&I) -> Option<u32>,
+    give: impl Fn(&dyn Sink, &mut I),
+) {
     use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
     loop {
-        let Err(payload) = catch_unwind(AssertUnwindSafe(|| sink.deliver(&mut *outcomes))) else {
+        let Err(payload) = catch_unwind(AssertUnwindSafe(|| give(sink, &mut *outcomes))) else {
             return;
         };
         // Not in an outcome's decoding: a bug of the sink's own.
@@ -390,6 +503,7 @@ impl Job {
     /// The number in its sink of the item at position `p`. A list, when
     /// there is one, numbers every item: a short one is a bug, not a job
     /// numbered from 0 past its end.
+    #[inline]
     pub(crate) fn index(&self, p: usize) -> u32 {
         match &self.items {
             Some(t) if !t.indices.is_empty() => t.indices[p],
@@ -510,5 +624,48 @@ mod tests {
             (vec![(1, b"b".to_vec())], vec![1])
         );
         assert_eq!(untimed.take_args(), (b"b".to_vec(), vec![1]));
+    }
+
+    /// A pack's body of `values`, each as `[len: u32][bytes]`.
+    fn pack(values: &[&[u8]]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for v in values {
+            let at = super::super::results::open_pack_item(&mut body);
+            body.extend_from_slice(v);
+            super::super::results::seal_pack_item(&mut body, at);
+        }
+        body
+    }
+
+    fn taken(values: &mut Values<'_, '_>) -> Vec<(u32, Vec<u8>)> {
+        std::iter::from_fn(|| values.next_value())
+            .map(|(n, v)| (n, v.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn a_packs_values_go_to_their_items_once_and_the_rest_to_the_next_job() {
+        let job = builder(&[(10, b""), (11, b""), (12, b""), (13, b"")]).build();
+        // From position 1 on; item 12 has its outcome already.
+        let body = pack(&[b"b", b"c", b"d", b"e", b"next"]);
+        let mut got = [false, false, true, false];
+        let mut values = Values::new(&job, 1, &body, &mut got);
+        assert_eq!(
+            taken(&mut values),
+            [(11, b"b".to_vec()), (13, b"d".to_vec())]
+        );
+        assert_eq!(values.taken(), 2);
+        // The job's end reached with a value left: the next job's.
+        assert_eq!(values.rest(), Some((4, &pack(&[b"e", b"next"])[..])));
+        assert_eq!(got, [false, true, true, true]);
+        // A pack that ends first, or stops making sense, leaves nothing.
+        let mut got = [false; 4];
+        let mut short = Values::new(&job, 0, &body[..9], &mut got);
+        assert_eq!(taken(&mut short), [(10, b"b".to_vec())]);
+        assert_eq!(short.rest(), None);
+        let mut got = [false; 4];
+        let mut rest = Values::new(&job, 0, &body, &mut got);
+        rest.finish();
+        assert_eq!((rest.taken(), got), (4, [true; 4]));
     }
 }

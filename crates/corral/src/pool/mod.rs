@@ -1157,6 +1157,27 @@ struct MapState<R> {
     waker: Option<std::task::Waker>,
 }
 
+impl<R: Data> MapState<R> {
+    /// Item `index`'s outcome, decoded by `outcome` unless the item has
+    /// one already.
+    #[inline]
+    fn take(&mut self, index: u32, outcome: impl FnOnce() -> Result<R, TaskError>) {
+        let i = index as usize;
+        let known = self.values.get(i).is_none_or(Option::is_some)
+            || (!self.errors.is_empty() && self.errors.contains_key(&index));
+        if known {
+            return;
+        }
+        match outcome() {
+            Ok(value) => self.values[i] = Some(Held::new(value)),
+            Err(e) => {
+                self.errors.insert(index, e);
+            }
+        }
+        self.left -= 1;
+    }
+}
+
 /// The outcomes of one `map` call.
 struct MapSink<R> {
     state: Mutex<MapState<R>>,
@@ -1256,27 +1277,30 @@ impl<R: Data> Sink for MapSink<R> {
             return;
         }
         let mut st = lock(&self.state);
-        let st = &mut *st;
         if st.left == 0 {
             return;
         }
         for (index, raw) in outcomes {
-            let i = index as usize;
-            let known = st.values.get(i).is_none_or(Option::is_some)
-                || (!st.errors.is_empty() && st.errors.contains_key(&index));
-            if known {
-                continue;
-            }
-            match raw.decode() {
-                Ok(value) => st.values[i] = Some(Held::new(value)),
-                Err(e) => {
-                    st.errors.insert(index, e);
-                }
-            }
-            st.left -= 1;
+            st.take(index, || raw.decode());
         }
         if st.left == 0 {
-            self.finished(st);
+            self.finished(&mut st);
+        }
+    }
+
+    fn deliver_values(&self, values: &mut job::Values<'_, '_>) {
+        if self.cancelled.load(Ordering::Acquire) {
+            return;
+        }
+        let mut st = lock(&self.state);
+        if st.left == 0 {
+            return;
+        }
+        while let Some((index, bytes)) = values.next_value() {
+            st.take(index, || job::decode_value(bytes));
+        }
+        if st.left == 0 {
+            self.finished(&mut st);
         }
     }
 
