@@ -1,4 +1,4 @@
-"""Turns bench/out/ (run-N.jsonl, hog.jsonl) into bench/RESULTS.md: medians of the runs side by side,
+"""Turns bench/out/ (run-N.jsonl, hog-N.jsonl) into bench/RESULTS.md: medians of the runs side by side,
 with ratios against the anchors measured in the same run."""
 import glob
 import json
@@ -23,13 +23,25 @@ def load(path):
 
 
 def load_runs(outdir):
-    """The runs (`run-N.jsonl`) and the run under a CPU hog (`hog.jsonl`),
-    or a single file as one run."""
+    """The runs (`run-N.jsonl`) and the runs under a CPU hog (`hog-N.jsonl`,
+    or an older report's single `hog.jsonl`), or a single file as one run."""
     if os.path.isfile(outdir):
         return [load(outdir)], None
     runs = [load(p) for p in sorted(glob.glob(os.path.join(outdir, "run-*.jsonl")))]
-    hog_path = os.path.join(outdir, "hog.jsonl")
-    return runs, (load(hog_path) if os.path.exists(hog_path) else None)
+    hogs = sorted(glob.glob(os.path.join(outdir, "hog-*.jsonl")))
+    if not hogs and os.path.exists(os.path.join(outdir, "hog.jsonl")):
+        hogs = [os.path.join(outdir, "hog.jsonl")]
+    return runs, ([load(p) for p in hogs] or None)
+
+
+def hog_figures(hogs):
+    """name -> (median over the runs under the hog, unit, [each run's value])."""
+    out = {}
+    for name in {n for r in hogs for n in r}:
+        vals = [r[name][0] for r in hogs if name in r]
+        unit = next(r[name][1] for r in hogs if name in r)
+        out[name] = (statistics.median(vals), unit, vals)
+    return out
 
 
 def measured_at(outdir):
@@ -52,10 +64,13 @@ def spread_section(runs, hog, w):
     (issue #14: no figure may fall by more than 3×)."""
     units = {n: u for r in runs for n, (_, u) in r.items()}
     med = medians(runs)
+    hogged = hog_figures(hog) if hog else {}
+    n_hog = len(hog) if hog else 0
     w(f"## Spread over {len(runs)} runs, and under a CPU hog")
     w("")
-    w("Median and range (min–max) of every figure over the runs; then the figure from one more run with a "
-      "busy loop pinned to CPU 0, and how far it fell (the worse-way ratio to the median). "
+    w(f"Median and range (min–max) of every figure over the runs; then its median over {n_hog} more "
+      f"run{'s' if n_hog != 1 else ''} with a busy loop pinned to CPU 0 (each run's figure in brackets), "
+      "and how far it fell (the worse-way ratio of the two medians). "
       "Figures whose unit has no better direction (idle CPU %) are left out.")
     w("")
     w("| figure | median | range | spread | under the hog | fall | ≤ 3× |")
@@ -68,14 +83,15 @@ def spread_section(runs, hog, w):
         vals = [r[name][0] for r in runs if name in r]
         m, lo, hi = med[name], min(vals), max(vals)
         spread = f"±{(hi - lo) / 2 / m * 100:.0f} %" if m else "n/a"
-        hv = hog.get(name, (None,))[0] if hog else None
+        hv, _, each = hogged.get(name, (None, None, []))
         if hv and m:
             fall = hv / m if unit in LOWER_IS_BETTER else m / hv
             worst.append((fall, name))
             fall_s, ok = f"{fall:.2f}×", verdict(fall <= 3)
         else:
             fall_s, ok = "n/a", "n/a"
-        w(f"| {name} | {fmt(m, unit)} | {fmt(lo, unit)} – {fmt(hi, unit)} | {spread} | {fmt(hv, unit)} | {fall_s} | {ok} |")
+        hog_s = fmt(hv, unit) + (" (" + ", ".join(fmt(v, unit) for v in each) + ")" if len(each) > 1 else "")
+        w(f"| {name} | {fmt(m, unit)} | {fmt(lo, unit)} – {fmt(hi, unit)} | {spread} | {hog_s} | {fall_s} | {ok} |")
     w("")
     if worst:
         bad = [n for f, n in worst if f > 3]
@@ -243,7 +259,7 @@ def issue14_section(runs, hog, py, w):
         # The rule is about corral's figures; an anchor's fall (CPython's,
         # a raw loop's) is shown beside it but is not corral's to hold.
         falls = {True: [], False: []}
-        for name, (hv, unit) in hog.items():
+        for name, (hv, unit, _) in hog_figures(hog).items():
             mv = g(name)
             if unit == "%" or not hv or not mv:
                 continue

@@ -54,7 +54,7 @@ redis_pid=$!
 trap 'kill $redis_pid 2>/dev/null; rm -rf "$redis_dir"' EXIT
 export CORRAL_BENCH_REDIS="redis://:bench@127.0.0.1:$redis_port/0"
 mkdir -p bench/out
-rm -f bench/out/run-*.jsonl bench/out/hog.jsonl
+rm -f bench/out/run-*.jsonl bench/out/hog.jsonl bench/out/hog-*.jsonl
 
 # One run of every benchmark, appended to $1.
 one_run() {
@@ -80,19 +80,25 @@ one_run() {
 }
 
 # Every figure is the median of CORRAL_BENCH_RUNS whole runs (5 by
-# default), reported with its spread; then one more run with a CPU hog (a
-# busy loop pinned to CPU 0) shows what a busy machine costs each figure.
+# default), reported with its spread; then CORRAL_BENCH_HOG_RUNS more runs
+# (3 by default) with a CPU hog (a busy loop pinned to CPU 0) show what a
+# busy machine costs each figure, as their median: one run alone drew
+# whatever phase the host was in (bench/README.md, "2026-12-04: the hog
+# figures as medians").
 runs=${CORRAL_BENCH_RUNS:-5}
 for i in $(seq 1 "$runs"); do
     echo "== run $i of $runs" >&2
     one_run "bench/out/run-$i.jsonl"
 done
 if [ "${CORRAL_BENCH_HOG:-1}" != 0 ]; then
-    echo "== run under a CPU hog pinned to CPU 0" >&2
+    hog_runs=${CORRAL_BENCH_HOG_RUNS:-3}
     taskset -c 0 sh -c 'while :; do :; done' &
     hog=$!
     trap 'kill $hog $redis_pid 2>/dev/null; rm -rf "$redis_dir"' EXIT
-    one_run bench/out/hog.jsonl
+    for i in $(seq 1 "$hog_runs"); do
+        echo "== run $i of $hog_runs under a CPU hog pinned to CPU 0" >&2
+        one_run "bench/out/hog-$i.jsonl"
+    done
     kill "$hog"
     trap 'kill $redis_pid 2>/dev/null; rm -rf "$redis_dir"' EXIT
 fi
