@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use smallvec::{SmallVec, smallvec};
 
+use super::results;
 use crate::{Data, RemotePanic, TaskError, wire};
 
 /// An outcome on its way to a sink.
@@ -118,7 +119,7 @@ impl<'a, 'b> Values<'a, 'b> {
     #[inline]
     pub(crate) fn next_value(&mut self) -> Option<(u32, &'b [u8])> {
         while self.pos < self.end {
-            let (value, rest) = super::results::pack_next(self.body)?;
+            let (value, rest) = results::pack_next(self.body)?;
             let pos = self.pos;
             (self.pos, self.body) = (pos + 1, rest);
             if !std::mem::replace(&mut self.got[pos], true) {
@@ -630,9 +631,9 @@ mod tests {
     fn pack(values: &[&[u8]]) -> Vec<u8> {
         let mut body = Vec::new();
         for v in values {
-            let at = super::super::results::open_pack_item(&mut body);
+            let at = results::open_pack_item(&mut body);
             body.extend_from_slice(v);
-            super::super::results::seal_pack_item(&mut body, at);
+            results::seal_pack_item(&mut body, at);
         }
         body
     }
