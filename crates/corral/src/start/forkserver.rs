@@ -37,7 +37,7 @@
 //! that sees nothing come makes the next exits pass without one:
 //! [`Watch`]). And when no other child runs, it forks the next one pinned
 //! to the CPU it runs on (the child takes the server's mask back first
-//! thing): the child runs there at once, and the server answers after it,
+//! thing; a `Spawn` child, whose start is long, is never pinned: [`pins`]): the child runs there at once, and the server answers after it,
 //! rather than the child waiting on the parent's CPU, where the parent
 //! watches for the answer, or on an idle one; back to back, the parent then
 //! reads the answer and the child's exit together. Either alone gained
@@ -895,9 +895,7 @@ fn start(request: Request, server: &Server<'_>, kids: &mut Vec<Kid>, spares: &mu
     if kind == KIND_FORK {
         spares.wanted = true;
     }
-    // Not a pool's worker, nor beside other children running: pinned
-    // beside them, it would queue behind them.
-    let pin = !group_dies && none_running(kids, spares);
+    let pin = pins(&prepared, none_running(kids, spares));
     match fork_child(prepared, &fds, server, pin) {
         Ok((pid, pidfd)) => {
             server.reply(pid, 0, Some(&pidfd));
@@ -931,6 +929,20 @@ fn watch(kids: &mut Vec<Kid>, meta: &[u8], mut fds: Vec<OwnedFd>) {
             group_dies: false,
         });
     }
+}
+
+/// Whether the child of `prepared` is forked pinned to the server's CPU
+/// (see "Back-to-back starts" above): only a lone start (`alone`: no other
+/// child of the server runs), not a pool's worker, and only a child that
+/// runs the task itself. Pinned beside other children, a child queues
+/// behind them; and a re-executing child (`Spawn`) needs a millisecond and
+/// more of CPU before its task starts, longer than any wait the pin saves:
+/// pinned to a CPU another thread keeps busy, it shared that CPU for its
+/// whole start (a `Spawn` start and join under a CPU hog took 4.0 ms in a
+/// quarter of the runs, against 1.2 unloaded; 1.5 unpinned, and no
+/// difference unloaded).
+fn pins(prepared: &Prepared<'_>, alone: bool) -> bool {
+    alone && prepared.is_fork() && !prepared.group_dies()
 }
 
 /// Whether none of `kids` runs but the spare on offer, which waits.
@@ -972,6 +984,36 @@ fn fork_child(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The start message of a child, a pool's worker or not.
+    fn meta(group_dies: bool) -> Vec<u8> {
+        postcard::to_stdvec(&bootstrap::StartMeta {
+            identity: Vec::new(),
+            entry: 0,
+            func: 0,
+            name: None,
+            daemon: false,
+            parent: 1,
+            depth: 1,
+            group_dies,
+            context: Default::default(),
+            exec: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn only_a_lone_forked_child_that_is_no_worker_is_pinned() {
+        let (plain, worker) = (meta(false), meta(true));
+        let pinned = |kind, meta: &[u8], alone| pins(&Prepared::new(kind, meta, &[], &[]), alone);
+        assert!(pinned(KIND_FORK, &plain, true));
+        assert!(!pinned(KIND_FORK, &plain, false), "beside other children");
+        assert!(!pinned(KIND_FORK, &worker, true), "a pool's worker");
+        assert!(
+            !pinned(KIND_EXEC, &plain, true),
+            "a Spawn child's start is long"
+        );
+    }
 
     /// Which of `exits` were watched, each watch seeing `fd` as it is.
     fn watched(watch: &mut Watch, fd: BorrowedFd<'_>, exits: usize) -> Vec<bool> {
