@@ -37,10 +37,11 @@
 //! that sees nothing come makes the next exits pass without one:
 //! [`Watch`]). And when no other child runs, it forks the next one pinned
 //! to the CPU it runs on (the child takes the server's mask back first
-//! thing; a `Spawn` child, whose start is long, is never pinned: [`pins`]): the child runs there at once, and the server answers after it,
-//! rather than the child waiting on the parent's CPU, where the parent
-//! watches for the answer, or on an idle one; back to back, the parent then
-//! reads the answer and the child's exit together. Either alone gained
+//! thing; a `Spawn` child, whose start is long, is never pinned: [`pins`]):
+//! the child runs there at once, and the server answers after it, rather
+//! than the child waiting on the parent's CPU, where the parent watches for
+//! the answer, or on an idle one; back to back, the parent then reads the
+//! answer and the child's exit together. Either alone gained
 //! nothing; both made back-to-back starts about 15 % faster on a 2-CPU VM
 //! (`bench/README.md`). Neither applies to a pool's workers, which are
 //! replaced while others run: a replacement pinned beside them waited for
@@ -938,9 +939,10 @@ fn watch(kids: &mut Vec<Kid>, meta: &[u8], mut fds: Vec<OwnedFd>) {
 /// behind them; and a re-executing child (`Spawn`) needs a millisecond and
 /// more of CPU before its task starts, longer than any wait the pin saves:
 /// pinned to a CPU another thread keeps busy, it shared that CPU for its
-/// whole start (a `Spawn` start and join under a CPU hog took 4.0 ms in a
-/// quarter of the runs, against 1.2 unloaded; 1.5 unpinned, and no
-/// difference unloaded).
+/// whole start (under a CPU hog, a `Spawn` child pinned beside it took
+/// 3.7-4.0 ms to start and join, one on the other CPU 1.5; unpinned, at
+/// most 2 children in 200 ran beside the hog, and unloaded nothing
+/// changed).
 fn pins(prepared: &Prepared<'_>, alone: bool) -> bool {
     alone && prepared.is_fork() && !prepared.group_dies()
 }
