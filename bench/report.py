@@ -293,7 +293,7 @@ def issue14_section(runs, hog, py, w):
       "spawn+join pays making and tearing down a process (a raw `fork`+`_exit`+`waitpid` "
       "alone is 110–300 µs here, measured in a small helper process) and, back to back, the fork server "
       "and its child share one CPU while the parent watches for the answer on the other (the server forks "
-      "a lone `ForkServer` start's child pinned to its own CPU (not a `Spawn` child, whose long start then shared a CPU another thread kept busy), where it runs at once rather than waiting behind the "
+      "a lone `ForkServer` start's child pinned to its own CPU (a `Spawn` child is neither pinned nor its answer watched for: either put its long start beside a CPU hog), where it runs at once rather than waiting behind the "
       "server's answer or on an idle CPU, and after the child's exit it watches 100 µs for the next "
       "request rather than letting its CPU idle: since 2026-12-04, 1.44 against 1.51 and 1.29 against "
       "1.59 in alternating runs); a fork copies no page tables of "

@@ -222,7 +222,7 @@ impl ServerClient {
         let mut fds = vec![theirs.as_fd(), status_write.as_fd()];
         fds.extend_from_slice(handles);
         self.send(kind, meta, arg, &fds)?;
-        let (pid, pidfd) = self.read_reply()?;
+        let (pid, pidfd) = self.read_reply(reply_watch(launch))?;
         Ok(Started {
             pid,
             pidfd,
@@ -231,11 +231,12 @@ impl ServerClient {
         })
     }
 
-    /// The server's answer to a start request: the child's pid and a pidfd
-    /// of it. Offers that come first are kept.
-    fn read_reply(&self) -> Result<(i32, OwnedFd), Error> {
+    /// The server's answer to a start request, watched for up to `watch`
+    /// before sleeping: the child's pid and a pidfd of it. Offers that come
+    /// first are kept.
+    fn read_reply(&self, watch: Duration) -> Result<(i32, OwnedFd), Error> {
         let (reply, received) = loop {
-            let message = self.read_message(true)?.expect("a blocking read");
+            let message = self.read_message(Some(watch))?.expect("a blocking read");
             if let Some(reply) = self.keep_offer(message) {
                 break reply;
             }
@@ -284,7 +285,7 @@ impl ServerClient {
     }
 
     fn read_offers(&self) -> Result<(), Error> {
-        while let Some(message) = self.read_message(false)? {
+        while let Some(message) = self.read_message(None)? {
             // Only offers come unasked.
             let _ = self.keep_offer(message);
         }
@@ -304,16 +305,15 @@ impl ServerClient {
     }
 
     /// Reads one 8-byte message (a reply or an offer) and its descriptors.
-    /// `wait`: watch for it a while (a fork takes ~150 µs; watching that
-    /// long is cheaper than being woken), then sleep; otherwise `None` if
-    /// none has begun to arrive.
-    fn read_message(&self, wait: bool) -> Result<Option<Message>, Error> {
+    /// `wait`: watch for it that long, then sleep; `None`: `None` if none
+    /// has begun to arrive.
+    fn read_message(&self, wait: Option<Duration>) -> Result<Option<Message>, Error> {
         let mut message = [0u8; 8];
         let mut got = 0;
         let mut received = Vec::new();
-        let spin_until = std::time::Instant::now() + std::time::Duration::from_micros(300);
+        let spin_until = Instant::now() + wait.unwrap_or(Duration::ZERO);
         while got < message.len() {
-            let blocking = (wait || got > 0) && std::time::Instant::now() >= spin_until;
+            let blocking = (wait.is_some() || got > 0) && Instant::now() >= spin_until;
             let n = match sys::recv_with_fds_flags(
                 self.sock.as_fd(),
                 &mut message[got..],
@@ -321,7 +321,7 @@ impl ServerClient {
                 blocking,
             ) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if !wait && got == 0 {
+                    if wait.is_none() && got == 0 {
                         return Ok(None);
                     }
                     std::hint::spin_loop();
@@ -932,6 +932,22 @@ fn watch(kids: &mut Vec<Kid>, meta: &[u8], mut fds: Vec<OwnedFd>) {
     }
 }
 
+/// How long a start's caller watches for the server's answer before it
+/// sleeps. A Fork start's answer comes once the server has forked (about
+/// 150 µs), which is cheaper to watch for than to be woken by. A `Spawn`
+/// start's caller sleeps at once: while it watches, its CPU looks busy to
+/// the kernel, which then puts the child the server forks on the other CPU,
+/// whatever runs there, and a child that re-executes the program needs a
+/// millisecond and more of CPU before its task starts (under a CPU hog on
+/// the other CPU, a whole run of `Spawn` starts and joins took 4.0 ms each
+/// rather than 1.5 in 3 of 21 runs; none of 21 without the watch).
+fn reply_watch(launch: Launch) -> Duration {
+    match launch {
+        Launch::Fork => Duration::from_micros(300),
+        Launch::Exec => Duration::ZERO,
+    }
+}
+
 /// Whether the child of `prepared` is forked pinned to the server's CPU
 /// (see "Back-to-back starts" above): only a lone start (`alone`: no other
 /// child of the server runs), not a pool's worker, and only a child that
@@ -940,9 +956,9 @@ fn watch(kids: &mut Vec<Kid>, meta: &[u8], mut fds: Vec<OwnedFd>) {
 /// more of CPU before its task starts, longer than any wait the pin saves:
 /// pinned to a CPU another thread keeps busy, it shared that CPU for its
 /// whole start (under a CPU hog, a `Spawn` child pinned beside it took
-/// 3.7-4.0 ms to start and join, one on the other CPU 1.5; unpinned, at
-/// most 2 children in 200 ran beside the hog, and unloaded nothing
-/// changed).
+/// 3.7-4.0 ms to start and join, one on the other CPU 1.5; unloaded,
+/// unpinning changed nothing). Where the kernel puts an unpinned child
+/// depends on its caller too: [`reply_watch`].
 fn pins(prepared: &Prepared<'_>, alone: bool) -> bool {
     alone && prepared.is_fork() && !prepared.group_dies()
 }
@@ -1015,6 +1031,12 @@ mod tests {
             !pinned(KIND_EXEC, &plain, true),
             "a Spawn child's start is long"
         );
+    }
+
+    #[test]
+    fn a_spawn_starts_caller_sleeps_at_once_for_the_answer() {
+        assert_eq!(reply_watch(Launch::Exec), Duration::ZERO);
+        assert!(reply_watch(Launch::Fork) > Duration::ZERO);
     }
 
     /// Which of `exits` were watched, each watch seeing `fd` as it is.
