@@ -37,16 +37,18 @@
 //! that sees nothing come makes the next exits pass without one:
 //! [`Watch`]). And when no other child runs, it forks the next one pinned
 //! to the CPU it runs on (the child takes the server's mask back first
-//! thing; a `Spawn` child, whose start is long, is never pinned: [`pins`]):
-//! the child runs there at once, and the server answers after it, rather
-//! than the child waiting on the parent's CPU, where the parent watches for
-//! the answer, or on an idle one; back to back, the parent then reads the
-//! answer and the child's exit together. Either alone gained
+//! thing): the child runs there at once, and the server answers after it,
+//! rather than the child waiting on the parent's CPU, where the parent
+//! watches for the answer, or on an idle one; back to back, the parent then
+//! reads the answer and the child's exit together. Either alone gained
 //! nothing; both made back-to-back starts about 15 % faster on a 2-CPU VM
 //! (`bench/README.md`). Neither applies to a pool's workers, which are
 //! replaced while others run: a replacement pinned beside them waited for
 //! them, and the watch took a CPU from them (a pool with
-//! `max_tasks_per_child(1)` took 45 % and 10–20 % longer a task).
+//! `max_tasks_per_child(1)` took 45 % and 10–20 % longer a task). A `Spawn`
+//! child, whose start is long, is never pinned, and its caller sleeps at
+//! once for the server's answer ([`pins`], [`reply_watch`]): either could
+//! put its whole start beside a busy thread.
 //!
 //! # Lifetime
 //!
