@@ -942,7 +942,7 @@ fn watch(kids: &mut Vec<Kid>, meta: &[u8], mut fds: Vec<OwnedFd>) {
 /// whatever runs there, and a child that re-executes the program needs a
 /// millisecond and more of CPU before its task starts (under a CPU hog on
 /// the other CPU, a whole run of `Spawn` starts and joins took 4.0 ms each
-/// rather than 1.5 in 3 of 21 runs; none of 21 without the watch).
+/// rather than 1.5 in 3 of 21 runs; none of 33 without the watch).
 fn reply_watch(launch: Launch) -> Duration {
     match launch {
         Launch::Fork => Duration::from_micros(300),
