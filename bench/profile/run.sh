@@ -2,7 +2,7 @@
 # Where a `map` item's time goes. Runs `map-profile` (a 2-worker pool mapping
 # `x -> x * x` over ITEMS integers ROUNDS times after a warm-up) under
 # `perf record` with the software CPU clock (this machine has no hardware
-# counters, and valgrind 3.19 lacks `pidfd_open`, which corral needs), the
+# counters; callgrind.sh counts instructions instead), the
 # fork server and the workers included, and prints the CPU time per item of
 # each role (the parent's main thread, its pool thread, the workers) by
 # function.

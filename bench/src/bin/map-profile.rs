@@ -1,7 +1,8 @@
-//! What `bench/profile/run.sh` runs under callgrind: a 2-worker pool that
-//! maps `x -> x * x` over `ITEMS` integers `ROUNDS` times (after one warm-up
-//! map), so that instruction counts per item can be read off the parent and
-//! each worker (this machine has no hardware counters).
+//! What `bench/profile/run.sh` runs under perf and `callgrind.sh` under
+//! callgrind: a 2-worker pool that maps `x -> x * x` over `ITEMS` integers
+//! `ROUNDS` times (after one warm-up map), so that the CPU time and the
+//! instructions per item can be read off the parent and each worker (this
+//! machine has no hardware counters).
 //!
 //! `map-profile [ITEMS] [ROUNDS] [CHUNK]`: defaults 100000, 3, automatic.
 //! CHUNK `each` submits every item as its own task and then joins them all
