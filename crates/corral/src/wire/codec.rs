@@ -150,9 +150,13 @@ impl Out for Vec<u8> {
 /// A small buffer (a single task's argument, kept inline in its job).
 impl<const N: usize> Out for smallvec::SmallVec<[u8; N]> {
     fn append(&mut self, data: &[u8]) {
-        // Not `extend_from_slice`: it inserts, with two calls to `memcpy`
-        // (one of them empty) for a varint of a byte or two.
-        self.extend(data.iter().copied());
+        // Byte by byte: `extend_from_slice` inserts, with a call to
+        // `memmove` (of nothing), and `extend` reserves by the iterator's
+        // hint first; a submitted `u64`'s encoding took 93 instructions
+        // under callgrind that way, 67 this way.
+        for &byte in data {
+            smallvec::SmallVec::push(self, byte);
+        }
     }
 
     fn push(&mut self, byte: u8) {
