@@ -48,7 +48,7 @@ def costs(path):
 def role(path, per_fn, threads_of_pid):
     """Which part of the pool a process or thread is."""
     names = " ".join(per_fn)
-    if "job_trampoline" in names:
+    if "worker_main" in names or "_trampoline" in names:
         return "worker"
     pid, _, thread = os.path.basename(path).partition("-")
     if threads_of_pid[pid] > 1:
