@@ -2,9 +2,14 @@
 //! the items from the caller's memory and write the results into it, or,
 //! where the kernel refuses that, go through shared memory (joblib's memory
 //! mapping, done for Rust).
+//!
+//! Shared-memory code: its one `unsafe` block takes the results' memory,
+//! which is not cleared first ([`sys::Landing`]), as written once every
+//! range has been reported written.
 
 use std::any::{Any, TypeId};
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -49,8 +54,11 @@ impl Pool {
     /// sent as soon as its items are in), and the results copied out. The
     /// first refusal is remembered for the rest of the program.
     ///
-    /// The results are written into a fresh vector, where each first write
-    /// of a page costs a page fault: above 8 MiB the vector asks for
+    /// The results are written into a fresh vector, which is not cleared
+    /// first (every value is written before the call returns it; clearing
+    /// was a pass over the vector that took about a quarter of the
+    /// time of a `map` of 100k `u64`), and where each first write of a page costs a page fault:
+    /// above 8 MiB the vector asks for
     /// transparent huge pages (`MADV_HUGEPAGE`, a fault per 2 MiB rather
     /// than per 4 KiB, where the kernel allows them), except in a virtual
     /// machine whose kernel hands freed memory back to the host (free page
@@ -119,9 +127,19 @@ impl Pool {
             .step_by(per as usize)
             .map(|start| (start, per.min(n as u64 - start)))
             .collect();
-        let mut results = fresh_vec::<R>(n);
+        let mut results = sys::Landing::<R>::new(n);
         let Err((error, mut rest)) = self.pod_round(f, items, &mut results, &ranges) else {
-            return Ok(results);
+            #[expect(
+                unsafe_code,
+                reason = "the workers, not this process, wrote the results"
+            )]
+            // SAFETY: the round succeeded, so every range ended written in
+            // full: in place by a worker that reported it done after its
+            // last write (a range ends only once its worker reported it or
+            // is dead, and a dead one's range fails the round), or through
+            // shared memory, copied out by `copy_out`.
+            let filled = unsafe { results.assume_filled() };
+            return Ok(filled);
         };
         // A worker died in a range: the items after the one it was running
         // run all the same, as `map`'s do (their results go with the
@@ -147,7 +165,7 @@ impl Pool {
         &self,
         f: impl PodFunc<A, R>,
         items: &[A],
-        results: &mut [R],
+        results: &mut sys::Landing<R>,
         ranges: &[(u64, u64)],
     ) -> Result<(), (TaskError, Vec<(u64, u64)>)> {
         let progress = Progress::new(self, ranges);
@@ -177,7 +195,7 @@ impl Pool {
         &self,
         f: impl PodFunc<A, R>,
         items: &[A],
-        results: &mut [R],
+        results: &mut sys::Landing<R>,
         ranges: &[(u64, u64)],
         progress: Option<&Progress>,
     ) -> Result<Vec<(u64, u64)>, PodFailed> {
@@ -185,7 +203,7 @@ impl Pool {
             return Ok(ranges.to_vec());
         }
         let pid = std::process::id() as i32;
-        let (from, to) = (items.as_ptr() as u64, results.as_mut_ptr() as u64);
+        let (from, to) = (items.as_ptr() as u64, results.addr());
         // `results` is not touched here until every range has ended: a
         // range ends once its worker reported it (after its last write) or
         // is dead, so no worker writes into it after this returns.
@@ -223,7 +241,7 @@ impl Pool {
         &self,
         f: impl PodFunc<A, R>,
         items: &[A],
-        results: &mut [R],
+        results: &mut sys::Landing<R>,
         ranges: &[(u64, u64)],
         progress: Option<&Progress>,
     ) -> Result<(), PodFailed> {
@@ -235,7 +253,7 @@ impl Pool {
             .shared
             .scratch(in_bytes.len())
             .map_err(|e| PodFailed::from(in_shared_memory(e)))?;
-        let output = match self.shared.scratch(std::mem::size_of_val(results)) {
+        let output = match self.shared.scratch(results.byte_len()) {
             Ok(output) => output,
             Err(e) => {
                 self.shared.return_scratch(input);
@@ -253,7 +271,13 @@ impl Pool {
         });
         let done = matches!(&ran, Ok(ran) if ran.iter().all(|r| *r == Ok(PodRan::Done)));
         if done {
-            copy_out(&output, results, ranges, self.processes());
+            copy_out(
+                &output,
+                results.bytes_mut(),
+                size_of::<R>(),
+                ranges,
+                self.processes(),
+            );
         }
         // Ranges that failed may still be written by no one: every range
         // has ended, so the scratch space is free again.
@@ -527,28 +551,17 @@ fn in_shared_memory(e: Error) -> TaskError {
     TaskError::Codec(format!("placing map_pod's arrays in shared memory: {e}"))
 }
 
-/// A vector of `n` zeroed values, fresh from the allocator and not yet
-/// touched (for a large one): each first write of a page costs a page
-/// fault, so huge pages where the kernel has them (and keeps them).
-fn fresh_vec<R: Pod>(n: usize) -> Vec<R> {
-    let mut results: Vec<R> = bytemuck::allocation::zeroed_vec(n);
-    if n * size_of::<R>() >= PARALLEL_COPY {
-        sys::prefer_huge_pages(&mut results);
-    }
-    results
-}
-
-/// Copies the results of `ranges` from `output` into `results`. Writing
-/// fresh memory costs a page fault per page: a large copy is shared among
-/// threads, as rayon's `collect` shares it.
-fn copy_out<R: Pod>(
+/// Copies the results of `ranges` (of `r` bytes each) from `output` into
+/// `bytes`, the results' memory. Writing fresh memory costs a page fault per
+/// page: a large copy is shared among threads, as rayon's `collect` shares
+/// it.
+fn copy_out(
     output: &RawArray<u8>,
-    results: &mut [R],
+    bytes: &mut [MaybeUninit<u8>],
+    r: usize,
     ranges: &[(u64, u64)],
     threads: usize,
 ) {
-    let r = size_of::<R>();
-    let bytes: &mut [u8] = bytemuck::cast_slice_mut(results);
     // Ranges that follow each other are copied as one.
     let mut runs: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
     for &(start, len) in ranges {
@@ -561,7 +574,7 @@ fn copy_out<R: Pod>(
         let range = &mut bytes[start as usize * r..(start + len) as usize * r];
         let per = copy_part(range.len(), threads);
         in_parallel(range.chunks_mut(per), |k, part| {
-            output.load_bytes_into(start as usize * r + k * per, part);
+            output.load_bytes_into_uninit(start as usize * r + k * per, part);
         });
     }
 }

@@ -42,6 +42,7 @@ mod segment;
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 use std::ops::{Deref, DerefMut};
 
 use bytemuck::Pod;
@@ -751,6 +752,20 @@ impl<T: Pod> RawArray<T> {
             "range out of bounds"
         );
         self.obj.region().load_into(HEADER + at, out);
+    }
+
+    /// [`load_bytes_into`](Self::load_bytes_into) for memory not yet
+    /// written: afterwards every byte of `out` is.
+    ///
+    /// # Panics
+    ///
+    /// If the bytes reach past the end.
+    pub(crate) fn load_bytes_into_uninit(&self, at: usize, out: &mut [MaybeUninit<u8>]) {
+        assert!(
+            at + out.len() <= self.len * std::mem::size_of::<T>(),
+            "range out of bounds"
+        );
+        self.obj.region().load_into_uninit(HEADER + at, out);
     }
 
     /// Copies `bytes` to byte `at` of the elements.

@@ -15,8 +15,9 @@
 //! * external programs run as jobs: limits set between `fork` and `exec`
 //!   ([`limit_at_exec`]), reaping with resource usage ([`reap_with_usage`]),
 //!   signals to a job's process group ([`signal_group_number`]);
-//! * shared memory ([`SharedRegion`]), resource limits and the clock that
-//!   pool workers and their supervisor share.
+//! * shared memory ([`SharedRegion`]), memory that other processes fill
+//!   ([`Landing`]), resource limits and the clock that pool workers and
+//!   their supervisor share.
 //!
 //! Linux is the supported platform (pidfd, memfd, `prctl`, `close_range`).
 #![expect(unsafe_code, reason = "this module is the FFI boundary of the crate")]
@@ -26,6 +27,7 @@ mod exe;
 mod futex;
 mod global;
 mod job;
+mod landing;
 mod linux;
 mod shm;
 mod text;
@@ -37,6 +39,7 @@ pub(crate) use global::{
     watch_forks,
 };
 pub(crate) use job::*;
+pub(crate) use landing::Landing;
 pub(crate) use linux::*;
 pub(crate) use shm::{SharedLayout, SharedRegion, shared_layout};
 pub(crate) use text::HugeCode;

@@ -12,6 +12,7 @@
 //! through those atomics (release / acquire).
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64};
@@ -227,6 +228,21 @@ impl SharedRegion {
         // SAFETY: the source range is inside the mapping (checked by
         // `ptr_at`); `out` is ordinary process memory, distinct from it.
         unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
+    }
+
+    /// [`load_into`](Self::load_into) for memory not yet written (no
+    /// zero-fill of the destination first): afterwards every byte of `out`
+    /// is.
+    ///
+    /// # Panics
+    ///
+    /// If the range lies outside the region.
+    pub(crate) fn load_into_uninit(&self, offset: usize, out: &mut [MaybeUninit<u8>]) {
+        let src = self.ptr_at(offset, out.len());
+        // SAFETY: the source range is inside the mapping (checked by
+        // `ptr_at`); `out` is ordinary process memory, distinct from it, and
+        // any bytes may be written to `MaybeUninit<u8>`s.
+        unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr().cast::<u8>(), out.len()) };
     }
 
     /// Appends `len` bytes of the region at `offset` to `out` (no zero-fill
