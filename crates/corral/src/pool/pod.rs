@@ -56,13 +56,13 @@ impl Pool {
     ///
     /// The results are written into a fresh vector, which is not cleared
     /// first (every value is written before the call returns it; clearing
-    /// was a pass over the vector that took about a quarter of the
-    /// time of a `map` of 100k `u64`), and where each first write of a page costs a page fault:
-    /// above 8 MiB the vector asks for
-    /// transparent huge pages (`MADV_HUGEPAGE`, a fault per 2 MiB rather
-    /// than per 4 KiB, where the kernel allows them), except in a virtual
-    /// machine whose kernel hands freed memory back to the host (free page
-    /// reporting), where a fresh huge page costs 512 faults of the host's.
+    /// was a pass over the vector that took about a quarter of the time of
+    /// a `map` of 100k `u64`), and where each first write of a page costs a
+    /// page fault: above 8 MiB the vector asks for transparent huge pages
+    /// (`MADV_HUGEPAGE`, a fault per 2 MiB rather than per 4 KiB, where the
+    /// kernel allows them), except in a virtual machine whose kernel hands
+    /// freed memory back to the host (free page reporting), where a fresh
+    /// huge page costs 512 faults of the host's.
     ///
     /// # Errors
     ///
