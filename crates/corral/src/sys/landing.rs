@@ -10,6 +10,10 @@ use std::mem::MaybeUninit;
 
 use bytemuck::Pod;
 
+/// The size from which a landing asks for huge pages: a smaller one spans
+/// few of them, and its faults are few anyway.
+const HUGE_ADVICE: usize = 8 << 20;
+
 /// `len` values of `T` that are written (by other processes, or through
 /// [`bytes_mut`](Landing::bytes_mut)) before they become a vector
 /// ([`assume_filled`](Landing::assume_filled)). Dropped unfilled, it frees
@@ -21,14 +25,15 @@ pub(crate) struct Landing<T> {
 }
 
 impl<T: Pod> Landing<T> {
-    /// Room for `len` values, not written yet. Above 8 MiB it asks for
-    /// transparent huge pages (see [`super::prefer_huge_pages`]).
+    /// Room for `len` values, not written yet. From [`HUGE_ADVICE`] bytes
+    /// on it asks for transparent huge pages (see
+    /// [`super::prefer_huge_pages`]).
     pub(crate) fn new(len: usize) -> Landing<T> {
         let mut landing = Landing {
             vec: Vec::with_capacity(len),
             len,
         };
-        if landing.byte_len() >= 8 << 20 {
+        if landing.byte_len() >= HUGE_ADVICE {
             super::prefer_huge_pages(landing.bytes_mut());
         }
         landing
